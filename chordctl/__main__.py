@@ -1,0 +1,3 @@
+from chordctl.cli.main import main
+
+main()

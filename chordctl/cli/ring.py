@@ -1,0 +1,145 @@
+"""``chordctl ring``: the ring as the nodes report it, and where a key lives."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import click
+
+from chordctl import render
+from chordctl.cli.common import State, pass_state
+from chordctl.client import Client
+from chordctl.config import Config
+from chordctl.core.ring import Ring
+from chordctl.core.request import parse_key
+from chordctl.errors import ChordError, ExitStatus, InvalidInputError
+
+STATUS_TIMEOUT = 1.0
+
+
+def ring_of(cfg: Config) -> Ring:
+    return Ring(cfg.ring.bits, len(cfg.nodes), cfg.ring.placement, cfg.ring.routing)
+
+
+def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
+    """Admin.Status of every node in parallel: a NodeStatus, or the ChordError."""
+
+    def one(address: str):
+        try:
+            with Client(cfg, target=address, timeout=timeout) as c:
+                return c.status(timeout=timeout)
+        except ChordError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(32, len(cfg.nodes))) as pool:
+        return list(pool.map(one, [n.address for n in cfg.nodes]))
+
+
+def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dict]]:
+    ring = ring_of(cfg)
+    rows, docs = [], []
+    for i, node in enumerate(cfg.nodes):
+        low, high = ring.arc(i)
+        st = statuses[i]
+        up = not isinstance(st, Exception)
+        arc = f"({low}, {high}]"
+        rows.append([i, ring.ids[i], arc, node.address, "up" if up else "DOWN",
+                     st.keys if up else "-", st.snapshot_counter if up else "-",
+                     st.log_counter if up else "-"])
+        doc = {"index": i, "id": str(ring.ids[i]), "arc": [str(low), str(high)],
+               "arc_size": str(ring.arc_size(i)), "address": node.address, "up": up}
+        if up:
+            doc.update({"keys": st.keys, "snapshot": st.snapshot_counter,
+                        "log": st.log_counter, "last_seq": st.last_seq, "pid": st.pid,
+                        "uptime_seconds": round(st.uptime_seconds, 3),
+                        "routing": [{"role": e.role, "index": e.node_index, "id": e.node_id}
+                                    for e in st.routing]})
+        else:
+            doc["error"] = str(st)
+        docs.append(doc)
+    return rows, docs
+
+
+HEADERS = ["index", "id", "arc (low, id]", "address", "state", "keys", "snapshot", "log"]
+
+
+def print_ring(cfg: Config, fmt: str, timeout: float = STATUS_TIMEOUT) -> int:
+    """Print the ring table; returns how many nodes are down."""
+    statuses = poll_nodes(cfg, timeout)
+    rows, docs = ring_rows(cfg, statuses)
+    click.echo(render.render_rows(rows, HEADERS, fmt, docs))
+    return sum(1 for s in statuses if isinstance(s, Exception))
+
+
+@click.group()
+def ring() -> None:
+    """Inspect the ring."""
+
+
+@ring.command()
+@click.option("--timeout", type=float, default=STATUS_TIMEOUT, show_default=True,
+              help="Seconds to wait for each node before marking it down.")
+@pass_state
+def show(state: State, timeout: float) -> None:
+    """Every node of the config: id, owned arc, address, up/down, keys, snapshot.
+
+    Nodes are asked in parallel; one that does not answer within --timeout is
+    marked DOWN and the others are still shown. Exit 3 if any node is down.
+
+    \b
+    Example:
+        chordctl -c examples/configs/ring4.yaml ring show
+        chordctl -o json ring show
+    """
+    cfg = state.config()
+    down = print_ring(cfg, state.fmt("table"), timeout)
+    if down:
+        click.secho(f"chordctl: {down} of {len(cfg.nodes)} node(s) down", fg="red", err=True)
+        click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
+
+
+@ring.command(context_settings={"ignore_unknown_options": True})
+@click.argument("key")
+@click.option("--from", "entry", type=int, default=0, show_default=True, metavar="I",
+              help="Entry node index the route starts from.")
+@pass_state
+def locate(state: State, key: str, entry: int) -> None:
+    """KEY's ring position, its owner, and the route from an entry node.
+
+    Computed from the config alone (the same pure ring arithmetic the nodes
+    use); `kv read KEY --trace` shows the route a live request takes.
+
+    \b
+    Example:
+        chordctl ring locate 10
+        chordctl ring locate 10 --from 2
+    """
+    cfg = state.config()
+    try:
+        k, _ = parse_key(key, cfg.limits.max_key_digits)
+    except ValueError as e:
+        raise InvalidInputError(str(e)) from None
+    cfg.node(entry)
+    r = ring_of(cfg)
+    pos = r.position(k)
+    owner = r.owner_of_position(pos)
+    route = r.route(entry, k)
+    low, high = r.arc(owner)
+    fmt = state.fmt("table")
+    if fmt == "json":
+        click.echo(render.to_json({
+            "key": key, "position": str(pos), "placement": r.placement,
+            "owner": {"index": owner, "id": str(r.ids[owner]),
+                      "address": cfg.nodes[owner].address, "arc": [str(low), str(high)]},
+            "route": [{"index": i, "id": str(r.ids[i])} for i in route],
+            "hops": len(route) - 1}))
+        return
+    rows = [["key", key], ["position", f"{pos} ({r.placement} placement, m={r.bits})"],
+            ["owner", f"node {owner} (id {r.ids[owner]}, {cfg.nodes[owner].address})"],
+            ["owner arc", f"({low}, {high}]"],
+            ["route", " -> ".join(f"{r.ids[i]}" for i in route)],
+            ["hops", str(len(route) - 1)]]
+    if fmt == "plain":
+        click.echo(render.plain(rows))
+    else:
+        click.echo(render.table(rows, ["field", "value"]))

@@ -1,0 +1,266 @@
+"""The gRPC client shared by the one-shot commands, the shell and the tests.
+
+One channel for the client's life; every call is asynchronous underneath
+(``submit`` returns a future) with the configured deadline; gRPC failures
+become ChordError subclasses, so callers never see grpc exceptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import grpc
+
+from chordctl.config import Config
+from chordctl.core import request as rq
+from chordctl.core.request import parse_key
+from chordctl.errors import (AlreadyExistsError, ChordError, DeadlineExceededError,
+                             InternalError, InvalidInputError, NotFoundError,
+                             ResourceExhaustedError, UnavailableError)
+from chordctl.pb import chord_pb2 as pb
+from chordctl.pb import chord_pb2_grpc as pb_grpc
+
+OPS = {"create": rq.OP_CREATE, "read": rq.OP_READ, "update": rq.OP_UPDATE,
+       "delete": rq.OP_DELETE}
+CONNECT_TIMEOUT = 1.0
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_MAX_VALUE = 1024 * 1024
+DEFAULT_MAX_DIGITS = 4096
+
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+]
+
+_ERRORS: dict[grpc.StatusCode, type[ChordError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.ABORTED: UnavailableError,
+    grpc.StatusCode.CANCELLED: UnavailableError,
+}
+_CODE_BY_NUMBER = {sc.value[0]: sc for sc in grpc.StatusCode}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """The outcome of one operation, as every front end renders it."""
+
+    op: str
+    key: str
+    value: bytes | None
+    node_index: int
+    node_id: str
+    message: str
+    route: tuple[str, ...] = ()
+
+
+def error_for(code: grpc.StatusCode | int, message: str, address: str = "") -> ChordError:
+    """The ChordError for a gRPC status (a code object or its number)."""
+    if isinstance(code, int):
+        code = _CODE_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    cls = _ERRORS.get(code, InternalError)
+    if code == grpc.StatusCode.UNAVAILABLE and not message:
+        message = f"client: {address} is unreachable"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED and "deadline" in message.lower():
+        message = f"client: no reply from {address} within the deadline ({message}); " \
+                  f"is the cluster up? (`chordctl ring show`)"
+    elif code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in message.lower():
+        message = f"client: cannot connect to {address}; is the node running? " \
+                  f"(`chordctl ring show`, `chordctl cluster up`)"
+    return cls(message)
+
+
+class Client:
+    """Talks to one entry node (``--target``, or the config's first reachable)."""
+
+    def __init__(self, config: Config | None = None, target: str | None = None,
+                 timeout: float | None = None):
+        self.config = config
+        if target:
+            self.addresses = [target]
+        elif config is not None:
+            self.addresses = [n.address for n in config.nodes]
+        else:
+            raise InvalidInputError("client: no node to talk to; give --target HOST:PORT or a "
+                                    "config with -c")
+        self.timeout = timeout if timeout is not None else (
+            config.client.timeout if config else DEFAULT_TIMEOUT)
+        self.max_value = config.limits.max_value_bytes if config else DEFAULT_MAX_VALUE
+        self.max_digits = config.limits.max_key_digits if config else DEFAULT_MAX_DIGITS
+        self.address: str | None = None
+        self._channel: grpc.Channel | None = None
+        self._kv: pb_grpc.KeyValueStub | None = None
+        self._admin: pb_grpc.AdminStub | None = None
+
+    # -- connection -----------------------------------------------------------
+
+    def connect(self) -> str:
+        """Open the channel to the first node that answers; returns its address."""
+        if self._channel is not None:
+            return self.address
+        if len(self.addresses) == 1:
+            self._open(self.addresses[0])
+            return self.address
+        for address in self.addresses:
+            channel = grpc.insecure_channel(address, CHANNEL_OPTIONS)
+            try:
+                grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
+            except grpc.FutureTimeoutError:
+                channel.close()
+                continue
+            self._adopt(address, channel)
+            return address
+        raise UnavailableError(
+            f"client: no node of the config answered within {CONNECT_TIMEOUT:.0f}s (tried "
+            f"{', '.join(self.addresses)}); start the ring with `chordctl cluster up`")
+
+    def _open(self, address: str) -> None:
+        self._adopt(address, grpc.insecure_channel(address, CHANNEL_OPTIONS))
+
+    def _adopt(self, address: str, channel: grpc.Channel) -> None:
+        self.address = address
+        self._channel = channel
+        self._kv = pb_grpc.KeyValueStub(channel)
+        self._admin = pb_grpc.AdminStub(channel)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- validation -----------------------------------------------------------
+
+    def check(self, op: str, key: str, value: bytes | None) -> None:
+        """Raise InvalidInputError for anything a node would refuse."""
+        if op not in OPS:
+            raise InvalidInputError(f"unknown operation {op!r}; expected one of "
+                                    f"{', '.join(OPS)}")
+        try:
+            parse_key(key, self.max_digits)
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from None
+        if op in ("create", "update"):
+            if value is None:
+                raise InvalidInputError(f"{op} needs a value")
+            if len(value) > self.max_value:
+                raise InvalidInputError(
+                    f"value of {len(value)} bytes is over the limit of {self.max_value} "
+                    f"bytes (limits.max_value_bytes)")
+
+    # -- operations -----------------------------------------------------------
+
+    def submit(self, op: str, key: str, value: bytes | None = None, trace: bool = False,
+               callback: Callable[[Result | ChordError], None] | None = None,
+               timeout: float | None = None) -> grpc.Future:
+        """Send one operation without waiting; *callback* gets a Result or a ChordError."""
+        self.check(op, key, value)
+        self.connect()
+        kv = self._kv
+        t = timeout if timeout is not None else self.timeout
+        if op == "create":
+            fut = kv.Create.future(pb.WriteRequest(key=key, value=value, trace=trace), timeout=t)
+        elif op == "update":
+            fut = kv.Update.future(pb.WriteRequest(key=key, value=value, trace=trace), timeout=t)
+        elif op == "read":
+            fut = kv.Read.future(pb.KeyRequest(key=key, trace=trace), timeout=t)
+        else:
+            fut = kv.Delete.future(pb.KeyRequest(key=key, trace=trace), timeout=t)
+        if callback is not None:
+            address = self.address
+            fut.add_done_callback(lambda f: callback(_outcome(f, op, key, address)))
+        return fut
+
+    def call(self, op: str, key: str, value: bytes | None = None,
+             trace: bool = False) -> Result:
+        """One operation, waiting for its reply; raises ChordError on failure."""
+        fut = self.submit(op, key, value, trace)
+        out = _outcome(fut, op, key, self.address)
+        if isinstance(out, ChordError):
+            raise out
+        return out
+
+    def create(self, key: str, value: bytes, trace: bool = False) -> Result:
+        return self.call("create", key, value, trace)
+
+    def read(self, key: str, trace: bool = False) -> Result:
+        return self.call("read", key, None, trace)
+
+    def update(self, key: str, value: bytes, trace: bool = False) -> Result:
+        return self.call("update", key, value, trace)
+
+    def delete(self, key: str, trace: bool = False) -> Result:
+        return self.call("delete", key, None, trace)
+
+    def batch(self, ops: Sequence[tuple[str, str, bytes | None]],
+              timeout: float | None = None) -> list[Result | ChordError]:
+        """Many operations in one call; one Result or ChordError per operation, in order."""
+        self.connect()
+        msgs = []
+        for op, key, value in ops:
+            if op not in OPS:
+                raise InvalidInputError(f"unknown operation {op!r}")
+            msgs.append(pb.Operation(op=OPS[op], key=key, value=value or b""))
+        try:
+            reply = self._kv.Batch(pb.BatchRequest(ops=msgs),
+                                   timeout=timeout if timeout is not None else self.timeout)
+        except grpc.RpcError as e:
+            raise error_for(e.code(), e.details() or "", self.address) from None
+        out: list[Result | ChordError] = []
+        for (op, key, _), res in zip(ops, reply.results):
+            if res.code:
+                out.append(error_for(res.code, res.message, self.address))
+            else:
+                out.append(Result(op, key, res.value if op == "read" else None, res.node_index,
+                                  res.node_id, res.message, tuple(res.route)))
+        return out
+
+    # -- admin ----------------------------------------------------------------
+
+    def status(self, timeout: float | None = None) -> pb.NodeStatus:
+        self.connect()
+        try:
+            return self._admin.Status(pb.StatusRequest(),
+                                      timeout=timeout if timeout is not None else self.timeout)
+        except grpc.RpcError as e:
+            raise error_for(e.code(), e.details() or "", self.address) from None
+
+    def take_snapshot(self, timeout: float | None = None) -> pb.SnapshotReply:
+        self.connect()
+        try:
+            return self._admin.TakeSnapshot(pb.SnapshotRequest(), timeout=timeout or 300.0)
+        except grpc.RpcError as e:
+            raise error_for(e.code(), e.details() or "", self.address) from None
+
+
+    def files(self, timeout: float | None = None) -> pb.FilesReply:
+        self.connect()
+        try:
+            return self._admin.Files(pb.FilesRequest(),
+                                     timeout=timeout if timeout is not None else self.timeout)
+        except grpc.RpcError as e:
+            raise error_for(e.code(), e.details() or "", self.address) from None
+
+
+def _outcome(fut: grpc.Future, op: str, key: str, address: str | None) -> Result | ChordError:
+    try:
+        reply = fut.result()
+    except grpc.RpcError as e:
+        return error_for(e.code(), e.details() or "", address or "?")
+    except grpc.FutureCancelledError:
+        return UnavailableError(f"client: {op} {key} was cancelled")
+    return Result(op, key, reply.value if op == "read" else None, reply.node_index,
+                  reply.node_id, reply.message, tuple(reply.route))

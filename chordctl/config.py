@@ -1,0 +1,270 @@
+"""YAML configuration -> frozen, validated dataclasses. The only YAML importer.
+
+Every problem is reported as a ConfigError naming the field
+(``config: ring.bits: must be an integer >= 1 (got 0)``), never a traceback.
+Relative ``storage.data_dir`` paths are taken relative to the current
+directory, so the bundled examples keep their data under ``./data``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from typing import Any
+
+import yaml
+
+from chordctl.errors import ConfigError
+
+PLACEMENTS = ("direct", "hash")
+ROUTINGS = ("fingers", "neighbors")
+FSYNC_POLICIES = ("always", "batch", "everysec", "never")
+CLIENT_ROUTES = ("entry", "direct")
+DEFAULT_CONFIG = "chordctl.yaml"
+ENV_CONFIG = "CHORDCTL_CONFIG"
+
+
+@dataclasses.dataclass(frozen=True)
+class RingConfig:
+    bits: int = 16
+    placement: str = "direct"
+    routing: str = "fingers"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    host: str
+    port: int
+    metrics_port: int | None = None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageConfig:
+    data_dir: str = "./data"
+    snapshot_interval: float = 30.0
+    fsync: str = "batch"
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitsConfig:
+    max_value_bytes: int = 1024 * 1024
+    max_key_digits: int = 4096
+    max_hops: int = 64
+    max_in_flight: int = 100_000
+    max_batch_ops: int = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    timeout: float = 5.0
+    grace: float = 5.0
+    route: str = "entry"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    ring: RingConfig
+    nodes: tuple[NodeConfig, ...]
+    storage: StorageConfig = StorageConfig()
+    limits: LimitsConfig = LimitsConfig()
+    client: ClientConfig = ClientConfig()
+    path: str | None = None
+
+    def node_dir(self, index: int) -> str:
+        """The node's own directory, ``<storage.data_dir>/node-<i>``."""
+        return os.path.join(self.storage.data_dir, f"node-{index}")
+
+    def node(self, index: int) -> NodeConfig:
+        if not 0 <= index < len(self.nodes):
+            raise ConfigError(
+                f"config: no node {index}: the config lists {len(self.nodes)} "
+                f"node(s), numbered 0..{len(self.nodes) - 1}"
+            )
+        return self.nodes[index]
+
+
+def load(path: str | None = None) -> Config:
+    """Load and validate the config at *path* (or $CHORDCTL_CONFIG, or ./chordctl.yaml)."""
+    path = path or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config: {path} not found; pass -c/--config PATH or set "
+            f"${ENV_CONFIG} (examples are in examples/configs/)"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "not valid YAML"
+        raise ConfigError(f"config: {path}: {problem}{where}") from None
+    return from_dict(data, path=path)
+
+
+def from_dict(data: Any, path: str | None = None) -> Config:
+    """Validate a parsed YAML document into a Config."""
+    prefix = f"config: {path}: " if path else "config: "
+    try:
+        return _build(data, path)
+    except _FieldError as e:
+        raise ConfigError(prefix + str(e)) from None
+
+
+class _FieldError(Exception):
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+
+
+def _check_keys(section: dict, allowed: tuple[str, ...], where: str) -> None:
+    for key in section:
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            extra = f" (did you mean {where + '.' if where else ''}{hint[0]}?)" if hint else ""
+            name = f"{where}.{key}" if where else str(key)
+            raise _FieldError(name, f"unknown field{extra}; known: {', '.join(allowed)}")
+
+
+def _section(data: dict, name: str) -> dict:
+    value = data.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _FieldError(name, f"must be a mapping (got {_show(value)})")
+    return value
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _int(section: dict, where: str, name: str, default: Any, low: int | None = None,
+         high: int | None = None, required: bool = False) -> Any:
+    field = f"{where}.{name}"
+    if name not in section or section[name] is None:
+        if required:
+            raise _FieldError(field, "missing (required)")
+        return default
+    value = section[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _FieldError(field, f"must be an integer (got {_show(value)})")
+    if low is not None and value < low:
+        raise _FieldError(field, f"must be an integer >= {low} (got {value})")
+    if high is not None and value > high:
+        raise _FieldError(field, f"must be an integer <= {high} (got {value})")
+    return value
+
+
+def _number(section: dict, where: str, name: str, default: float, low: float,
+            strict: bool) -> float:
+    field = f"{where}.{name}"
+    if name not in section or section[name] is None:
+        return default
+    value = section[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _FieldError(field, f"must be a number of seconds (got {_show(value)})")
+    if (value <= low) if strict else (value < low):
+        op = ">" if strict else ">="
+        raise _FieldError(field, f"must be {op} {low} (got {value})")
+    return float(value)
+
+
+def _choice(section: dict, where: str, name: str, default: str, choices: tuple[str, ...]) -> str:
+    field = f"{where}.{name}"
+    value = section.get(name, default)
+    if value is None:
+        return default
+    if value not in choices:
+        raise _FieldError(field, f"must be one of {' | '.join(choices)} (got {value!r})")
+    return value
+
+
+def _build(data: Any, path: str | None) -> Config:
+    if data is None:
+        raise _FieldError("(document)", "the file is empty; it needs at least ring.bits and nodes")
+    if not isinstance(data, dict):
+        raise _FieldError("(document)", f"must be a mapping of sections (got {_show(data)})")
+    _check_keys(data, ("ring", "nodes", "storage", "limits", "client"), "")
+
+    if "ring" not in data:
+        raise _FieldError("ring", "missing (required): give at least ring.bits")
+    ring_d = _section(data, "ring")
+    _check_keys(ring_d, ("bits", "placement", "routing"), "ring")
+    ring = RingConfig(
+        bits=_int(ring_d, "ring", "bits", None, low=1, high=4096, required=True),
+        placement=_choice(ring_d, "ring", "placement", "direct", PLACEMENTS),
+        routing=_choice(ring_d, "ring", "routing", "fingers", ROUTINGS),
+    )
+
+    raw_nodes = data.get("nodes")
+    if raw_nodes is None:
+        raise _FieldError("nodes", "missing (required): list at least one {host, port}")
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        raise _FieldError("nodes", f"must be a non-empty list of {{host, port}} (got {_show(raw_nodes)})")
+    if len(raw_nodes) > 2 ** ring.bits:
+        raise _FieldError("nodes", f"{len(raw_nodes)} nodes do not fit a ring of "
+                          f"2^{ring.bits} = {2 ** ring.bits} ids; raise ring.bits")
+    nodes = []
+    seen: dict[tuple[str, int], int] = {}
+    for i, raw in enumerate(raw_nodes):
+        where = f"nodes[{i}]"
+        if not isinstance(raw, dict):
+            raise _FieldError(where, f"must be a mapping {{host, port}} (got {_show(raw)})")
+        _check_keys(raw, ("host", "port", "metrics_port"), where)
+        host = raw.get("host")
+        if host is None:
+            raise _FieldError(f"{where}.host", "missing (required)")
+        if not isinstance(host, str) or not host.strip():
+            raise _FieldError(f"{where}.host", f"must be a host name or address (got {_show(host)})")
+        port = _int(raw, where, "port", None, low=1, high=65535, required=True)
+        metrics_port = _int(raw, where, "metrics_port", None, low=1, high=65535)
+        endpoint = (host, port)
+        if endpoint in seen:
+            raise _FieldError(f"{where}.port", f"duplicate address {host}:{port}, "
+                              f"already used by nodes[{seen[endpoint]}]")
+        seen[endpoint] = i
+        nodes.append(NodeConfig(host=host, port=port, metrics_port=metrics_port))
+
+    st = _section(data, "storage")
+    _check_keys(st, ("data_dir", "snapshot_interval", "fsync"), "storage")
+    data_dir = st.get("data_dir", StorageConfig.data_dir)
+    if not isinstance(data_dir, str) or not data_dir:
+        raise _FieldError("storage.data_dir", f"must be a directory path (got {_show(data_dir)})")
+    storage = StorageConfig(
+        data_dir=data_dir,
+        snapshot_interval=_number(st, "storage", "snapshot_interval",
+                                  StorageConfig.snapshot_interval, 0.0, strict=False),
+        fsync=_choice(st, "storage", "fsync", "batch", FSYNC_POLICIES),
+    )
+
+    lim = _section(data, "limits")
+    _check_keys(lim, tuple(f.name for f in dataclasses.fields(LimitsConfig)), "limits")
+    limits = LimitsConfig(
+        max_value_bytes=_int(lim, "limits", "max_value_bytes", LimitsConfig.max_value_bytes,
+                             low=1, high=64 * 1024 * 1024),
+        max_key_digits=_int(lim, "limits", "max_key_digits", LimitsConfig.max_key_digits,
+                            low=1, high=1_000_000),
+        max_hops=_int(lim, "limits", "max_hops", LimitsConfig.max_hops, low=1),
+        max_in_flight=_int(lim, "limits", "max_in_flight", LimitsConfig.max_in_flight, low=1),
+        max_batch_ops=_int(lim, "limits", "max_batch_ops", LimitsConfig.max_batch_ops, low=1),
+    )
+
+    cl = _section(data, "client")
+    _check_keys(cl, ("timeout", "grace", "route"), "client")
+    client = ClientConfig(
+        timeout=_number(cl, "client", "timeout", ClientConfig.timeout, 0.0, strict=True),
+        grace=_number(cl, "client", "grace", ClientConfig.grace, 0.0, strict=False),
+        route=_choice(cl, "client", "route", "entry", CLIENT_ROUTES),
+    )
+    return Config(ring=ring, nodes=tuple(nodes), storage=storage, limits=limits,
+                  client=client, path=path)

@@ -1,0 +1,455 @@
+"""One node's pipeline: queues F1..F4 and the threads between them.
+
+    queue              name            consumer thread   what flows
+    F1  self.incoming  receivers ->    dispatcher        lists of Requests, markers
+    F2  self.to_log    dispatcher ->   log-writer        OwnedBatch, markers
+    F3  self.to_apply  dispatcher ->   applier           OwnedBatch, markers
+    F4  self.to_route  dispatcher ->   router            lists of foreign Requests
+        self.to_snap   applier ->      snapshot-writer   frozen captures
+
+The dispatcher drains F1 into one batch, gives each owned mutation a sequence
+number, and puts the same OwnedBatch into F2 and F3 (so the log and the map
+see the same order). The log writer appends a batch's mutations with one
+write and, under ``batch``/``always``, one fsync, then marks it logged; the
+applier applies it in order and marks it applied. Whichever finishes second
+completes the batch: a request is answered only when it is applied AND every
+mutation up to it is durable (reads included, so a read never returns a
+value that a crash could still take away).
+
+A snapshot is a marker that travels the same path: at the marker the log
+writer closes ``log.(X-1)`` and opens ``log.X``, and the applier freezes the
+map (copy-on-write, O(chunks)) and hands it to the snapshot writer. The cut is
+therefore exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Callable
+
+from chordctl.config import Config
+from chordctl.core import request as rq
+from chordctl.core.request import Request
+from chordctl.core.ring import Ring
+from chordctl.core.storage import files, recovery, records, snapshot
+from chordctl.core.storage.log import LogFile
+from chordctl.core.store import Store
+
+logger = logging.getLogger("chordctl.node")
+
+_STOP = object()
+DRAIN_LIMIT = 4096           # F1 items merged into one batch at most
+JOIN_TIMEOUT = 10.0
+
+Complete = Callable[[list[Request]], None]
+
+
+class OwnedBatch:
+    """Requests this node owns, in F1 order; completed after log and apply."""
+
+    __slots__ = ("reqs", "mutations", "_pending", "_lock", "error", "_node")
+
+    def __init__(self, reqs: list[Request], mutations: int, node: "Node"):
+        self.reqs = reqs
+        self.mutations = mutations
+        self._pending = 2
+        self._lock = threading.Lock()
+        self.error: tuple[int, str] | None = None
+        self._node = node
+
+    def stage_done(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            last = self._pending == 0
+        if last:
+            self._node._complete_owned(self)
+
+
+class SnapshotMarker:
+    """Travels F1 -> F2/F3; see the module docstring."""
+
+    __slots__ = ("force", "counter", "last_seq", "on_done", "skipped", "result", "error")
+
+    def __init__(self, force: bool, on_done: Callable[["SnapshotMarker"], None] | None = None):
+        self.force = force
+        self.counter = 0
+        self.last_seq = 0
+        self.on_done = on_done
+        self.skipped = False
+        self.result: tuple[str, int, int] | None = None   # (path, bytes, keys)
+        self.error: str | None = None
+
+    def finish(self) -> None:
+        if self.on_done is not None:
+            self.on_done(self)
+
+
+class Node:
+    """Pipeline of one ring node. recover(), then start(complete), then stop()."""
+
+    def __init__(self, config: Config, index: int, store: Store | None = None):
+        self.config = config
+        self.index = index
+        self.ring = Ring(config.ring.bits, len(config.nodes), config.ring.placement,
+                         config.ring.routing)
+        self.node_id = self.ring.ids[index]
+        self.label = f"node {index} (id {self.node_id})"
+        self.directory = config.node_dir(index)
+        self.fsync = config.storage.fsync
+        self.store = store if store is not None else Store()
+        self.incoming: queue.SimpleQueue = queue.SimpleQueue()   # F1
+        self.to_log: queue.SimpleQueue = queue.SimpleQueue()     # F2
+        self.to_apply: queue.SimpleQueue = queue.SimpleQueue()   # F3
+        self.to_route: queue.SimpleQueue = queue.SimpleQueue()   # F4
+        self.to_snap: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._complete: Complete | None = None
+        self._router = None
+        self._stopping = threading.Event()
+        self._snap_busy = threading.Lock()
+        self.report: recovery.RecoveryReport | None = None
+        self.seq = 0                   # last sequence number given (dispatcher)
+        self._seq_at_snapshot = 0      # dispatcher: seq covered by the last snapshot
+        self._next_counter = 0
+        self.log: LogFile | None = None
+        self.snapshot_counter = 0      # newest snap.X written or recovered
+        self.snapshots_taken = 0
+        self.last_snapshot: dict = {}
+        self.failed: str | None = None  # set when the log cannot be written
+        self.started_at = time.time()
+
+    # -- life cycle ---------------------------------------------------------
+
+    def recover(self) -> recovery.RecoveryReport:
+        """Replay snapshot and logs; must run before start()."""
+        os.makedirs(self.directory, exist_ok=True)
+        t0 = time.monotonic()
+        report = recovery.recover(self.directory, self.store, repair=True)
+        self.report = report
+        self.seq = report.last_seq
+        self._seq_at_snapshot = report.last_seq if not report.records else -1
+        self.snapshot_counter = report.snapshot or 0
+        self._next_counter = report.current_log   # dispatcher: last counter handed out
+        self.log = LogFile(self.directory, report.current_log)
+        logger.info(
+            "%s recovered %d keys in %.3fs (snapshot %s, %d log records from %s%s)",
+            self.label, report.keys, time.monotonic() - t0,
+            f"snap.{report.snapshot}" if report.snapshot else "none", report.records,
+            ", ".join(f"log.{c}" for c, _ in report.logs) or "no logs",
+            f", torn tail of {report.torn_bytes} bytes dropped" if report.torn_bytes else "")
+        return report
+
+    def start(self, complete: Complete, router=None) -> None:
+        """Start the threads; *complete* is called with finished requests."""
+        if self.log is None:
+            raise RuntimeError("node: recover() must run before start()")
+        self._complete = complete
+        self._router = router
+        for name, target in (("dispatcher", self._dispatch_loop),
+                             ("log-writer", self._log_loop),
+                             ("applier", self._apply_loop),
+                             ("router", self._route_loop),
+                             ("snapshot-writer", self._snapshot_loop)):
+            t = threading.Thread(target=target, name=f"{name}-{self.index}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        interval = self.config.storage.snapshot_interval
+        if interval > 0:
+            t = threading.Thread(target=self._timer_loop, args=(interval,),
+                                 name=f"snapshot-timer-{self.index}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def submit(self, reqs: list[Request]) -> None:
+        """Receivers: put one list of requests into F1."""
+        self.incoming.put(reqs)
+
+    def request_snapshot(self, force: bool,
+                         on_done: Callable[[SnapshotMarker], None] | None = None) -> None:
+        self.incoming.put(SnapshotMarker(force, on_done))
+
+    def stop(self) -> None:
+        """Drain the pipeline in order, fsync and close the log, join threads."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.incoming.put(_STOP)
+        for t in self._threads:
+            t.join(JOIN_TIMEOUT)
+            if t.is_alive():
+                logger.error("%s: thread %s did not stop in %.0fs", self.label, t.name,
+                             JOIN_TIMEOUT)
+
+    # -- F1: dispatcher -------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        get = self.incoming.get
+        empty = self.incoming.empty
+        owns = self.ring.owns
+        position = self.ring.position
+        me = self.index
+        single = self.ring.n == 1
+        while True:
+            items = [get()]
+            while len(items) < DRAIN_LIMIT and not empty():
+                items.append(get())
+            owned: list[Request] = []
+            foreign: list[Request] = []
+            mutations = 0
+            seq = self.seq
+            for item in items:
+                if item is _STOP:
+                    self.seq = seq
+                    self._flush_owned(owned, mutations)
+                    if foreign:
+                        self.to_route.put(foreign)
+                    for q in (self.to_log, self.to_apply, self.to_route):
+                        q.put(_STOP)
+                    return
+                if type(item) is SnapshotMarker:
+                    self.seq = seq
+                    self._flush_owned(owned, mutations)
+                    owned, mutations = [], 0
+                    self._dispatch_marker(item)
+                    continue
+                for r in item:
+                    if single or owns(me, position(r.key)):
+                        if r.op != rq.OP_READ:
+                            seq += 1
+                            r.seq = seq
+                            mutations += 1
+                        owned.append(r)
+                    else:
+                        foreign.append(r)
+            self.seq = seq
+            self._flush_owned(owned, mutations)
+            if foreign:
+                self.to_route.put(foreign)
+
+    def _flush_owned(self, owned: list[Request], mutations: int) -> None:
+        if owned:
+            batch = OwnedBatch(owned, mutations, self)
+            self.to_log.put(batch)
+            self.to_apply.put(batch)
+
+    def _dispatch_marker(self, marker: SnapshotMarker) -> None:
+        if self.failed:
+            marker.error = self.failed
+            marker.finish()
+            return
+        if self.seq == self._seq_at_snapshot and not marker.force:
+            marker.skipped = True
+            marker.counter = self.snapshot_counter
+            marker.finish()
+            return
+        if not self._snap_busy.acquire(blocking=False):
+            marker.skipped = True
+            marker.error = "a snapshot is already being written; try again when it is done"
+            marker.finish()
+            return
+        self._seq_at_snapshot = self.seq
+        self._next_counter += 1
+        marker.counter = self._next_counter
+        marker.last_seq = self.seq
+        self.to_log.put(marker)
+        self.to_apply.put(marker)
+
+    # -- F2: log writer -------------------------------------------------------
+
+    def _log_loop(self) -> None:
+        get = self.to_log.get
+        empty = self.to_log.empty
+        encode_many = records.encode_many
+        read = rq.OP_READ
+        sync_each = self.fsync == "always"
+        sync_group = self.fsync in ("always", "batch")
+        everysec = self.fsync == "everysec"
+        last_sync = time.monotonic()
+        while True:
+            if everysec:
+                try:
+                    first = get(timeout=max(0.0, 1.0 - (time.monotonic() - last_sync)))
+                except queue.Empty:
+                    self._sync_log()
+                    last_sync = time.monotonic()
+                    continue
+                items = [first]
+            else:
+                items = [get()]
+            while not empty():
+                items.append(get())
+            done: list[OwnedBatch] = []
+            parts: list[bytes] = []
+            count = 0
+            for item in items:
+                if item is _STOP or type(item) is SnapshotMarker:
+                    self._write_log(parts, count, done, sync=True)
+                    parts, count, done = [], 0, []
+                    if item is _STOP:
+                        if self.log is not None:
+                            try:
+                                self.log.close()
+                            except OSError as e:
+                                logger.error("%s: log: close failed: %s", self.label, e)
+                        return
+                    self._rotate_log(item)
+                    continue
+                if item.mutations and not self.failed:
+                    parts.append(encode_many(
+                        [(r.seq, r.op, r.key_text, r.value) for r in item.reqs if r.op != read]))
+                    count += item.mutations
+                done.append(item)
+                if sync_each:
+                    self._write_log(parts, count, done, sync=True)
+                    parts, count, done = [], 0, []
+            self._write_log(parts, count, done, sync=sync_group)
+            if everysec and time.monotonic() - last_sync >= 1.0:
+                self._sync_log()
+                last_sync = time.monotonic()
+
+    def _write_log(self, parts: list[bytes], count: int, done: list[OwnedBatch],
+                   sync: bool) -> None:
+        if not done and not parts:
+            return
+        if not self.failed:
+            try:
+                if parts:
+                    self.log.append(parts[0] if len(parts) == 1 else b"".join(parts), count)
+                if sync:
+                    self.log.sync()
+            except OSError as e:
+                # Fail-stop: the map may now hold effects the log does not,
+                # so this node must not answer anything until it restarts.
+                self.failed = (f"log: cannot write {self.log.path}: {e.strerror}; the node "
+                               f"refuses requests until it is restarted with the disk fixed")
+                logger.error("%s: %s", self.label, self.failed)
+        if self.failed:
+            for batch in done:
+                batch.error = (rq.UNAVAILABLE, f"{self.label}: {self.failed}")
+        for batch in done:
+            batch.stage_done()
+
+    def _sync_log(self) -> None:
+        try:
+            self.log.sync()
+        except OSError as e:
+            self.failed = f"log: fsync of {self.log.path} failed: {e.strerror}"
+            logger.error("%s: %s", self.label, self.failed)
+
+    def _rotate_log(self, marker: SnapshotMarker) -> None:
+        try:
+            self.log.close()
+            self.log = LogFile(self.directory, marker.counter)
+        except OSError as e:
+            self.failed = f"log: cannot rotate to log.{marker.counter}: {e.strerror}"
+            logger.error("%s: %s", self.label, self.failed)
+
+    # -- F3: applier ----------------------------------------------------------
+
+    def _apply_loop(self) -> None:
+        get = self.to_apply.get
+        apply = self.store.apply
+        while True:
+            item = get()
+            if item is _STOP:
+                self.to_snap.put(_STOP)
+                return
+            if type(item) is SnapshotMarker:
+                self.to_snap.put((item, self.store.freeze()))
+                continue
+            for r in item.reqs:
+                r.code, r.result = apply(r.op, r.key, r.value)
+            item.stage_done()
+
+    def _complete_owned(self, batch: OwnedBatch) -> None:
+        idx = self.index
+        nid = str(self.node_id)
+        reqs = batch.reqs
+        if batch.error:
+            code, message = batch.error
+            for r in reqs:
+                r.code, r.message, r.result = code, message, None
+        for r in reqs:
+            r.node_index = idx
+            r.node_id = nid
+        self._complete(reqs)
+
+    # -- F4: router -----------------------------------------------------------
+
+    def _route_loop(self) -> None:
+        get = self.to_route.get
+        while True:
+            item = get()
+            if item is _STOP:
+                if self._router is not None:
+                    self._router.close()
+                return
+            if self._router is None:
+                for r in item:
+                    r.fail(rq.INTERNAL, f"{self.label}: no router configured")
+                self._complete(item)
+                continue
+            try:
+                self._router.forward(item)
+            except Exception as e:  # never lose a request silently
+                logger.exception("%s: router failed", self.label)
+                for r in item:
+                    r.fail(rq.INTERNAL, f"{self.label}: router error: {e}")
+                self._complete(item)
+
+    # -- snapshots ------------------------------------------------------------
+
+    def _timer_loop(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            self.request_snapshot(force=False)
+
+    def _snapshot_loop(self) -> None:
+        while True:
+            item = self.to_snap.get()
+            if item is _STOP:
+                return
+            marker, chunks = item
+            try:
+                t0 = time.monotonic()
+                path, size = snapshot.write(self.directory, marker.counter, marker.last_seq,
+                                            chunks)
+                keys = sum(len(c) for c in chunks)
+                self.snapshot_counter = marker.counter
+                self.snapshots_taken += 1
+                elapsed = time.monotonic() - t0
+                self.last_snapshot = {"counter": marker.counter, "bytes": size, "keys": keys,
+                                      "seconds": elapsed}
+                marker.result = (path, size, keys)
+                logger.info("%s: wrote %s (%d keys, %d bytes) in %.3fs", self.label, path, keys,
+                            size, elapsed)
+                self._prune(marker.counter)
+            except OSError as e:
+                marker.error = f"snapshot: cannot write snap.{marker.counter}: {e.strerror}"
+                logger.error("%s: %s", self.label, marker.error)
+            finally:
+                self._snap_busy.release()
+                marker.finish()
+
+    def _prune(self, newest: int) -> None:
+        """Keep the last 3 snapshots and the logs they need; only after newest is durable."""
+        logs, snaps = files.list_counters(self.directory)
+        keep_snaps = [s for s in snaps if s <= newest][-3:]
+        oldest_snap = keep_snaps[0] if keep_snaps else 0
+        # log.(X-2) .. log.X, and never a log that a kept snapshot still needs
+        # (counters can skip after a crash between rotation and snapshot).
+        oldest_log = min(oldest_snap, newest - 2)
+        removed = False
+        for s in snaps:
+            if s < oldest_snap:
+                os.unlink(os.path.join(self.directory, files.snap_name(s)))
+                removed = True
+        for c in logs:
+            if c < oldest_log:
+                os.unlink(os.path.join(self.directory, files.log_name(c)))
+                removed = True
+        if removed:
+            files.fsync_dir(self.directory)

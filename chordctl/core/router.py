@@ -1,0 +1,149 @@
+"""F4: send requests this node does not own to the next hop, asynchronously.
+
+The router thread groups what it takes from F4 by next hop and sends each
+group as one ``KeyValue.Batch`` call (the service clients use) with the
+tightest deadline of the group. It never waits for the network: a callback
+on gRPC's thread turns the reply (or the failure, naming the node that could
+not be reached) into each request's result and completes the requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import grpc
+
+from chordctl.config import Config
+from chordctl.core import request as rq
+from chordctl.core.request import Request
+from chordctl.core.ring import Ring
+from chordctl.pb import chord_pb2 as pb
+from chordctl.pb import chord_pb2_grpc as pb_grpc
+
+logger = logging.getLogger("chordctl.router")
+
+# Each hop keeps this share of its remaining time for itself, so that a failure
+# further on is reported back before the caller's own deadline passes.
+FORWARD_BUDGET = 0.9
+MIN_TIMEOUT = 0.005
+
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+]
+
+
+class Router:
+    def __init__(self, config: Config, index: int, ring: Ring,
+                 complete: Callable[[list[Request]], None]):
+        self.config = config
+        self.index = index
+        self.ring = ring
+        self.complete = complete
+        self.max_hops = config.limits.max_hops
+        self.label = f"node {index} (id {ring.ids[index]})"
+        # Channels are opened lazily, and next_hop only ever names routing-table
+        # entries, so a node talks to O(log n) peers, never the whole membership.
+        self._stubs: dict[int, pb_grpc.KeyValueStub] = {}
+        self._channels: list[grpc.Channel] = []
+        self._lock = threading.Lock()
+        self.forwarded = 0
+
+    def peer_label(self, i: int) -> str:
+        return f"node {i} (id {self.ring.ids[i]}, {self.config.nodes[i].address})"
+
+    def _stub(self, i: int) -> pb_grpc.KeyValueStub:
+        stub = self._stubs.get(i)
+        if stub is None:
+            channel = grpc.insecure_channel(self.config.nodes[i].address, CHANNEL_OPTIONS)
+            self._channels.append(channel)
+            stub = self._stubs[i] = pb_grpc.KeyValueStub(channel)
+        return stub
+
+    def forward(self, reqs: list[Request]) -> None:
+        groups: dict[int, list[Request]] = {}
+        failed: list[Request] = []
+        position = self.ring.position
+        next_hop = self.ring.next_hop
+        me = self.index
+        for r in reqs:
+            if r.hops >= self.max_hops:
+                r.fail(rq.ABORTED, f"route: hop limit {self.max_hops} reached at {self.label}; "
+                                   f"the nodes' ring configurations probably differ")
+                failed.append(r)
+                continue
+            nh = next_hop(me, position(r.key))
+            group = groups.get(nh)
+            if group is None:
+                groups[nh] = [r]
+            else:
+                group.append(r)
+        if failed:
+            self.complete(failed)
+        now = time.monotonic()
+        for nh, group in groups.items():
+            remaining = min(r.deadline for r in group) - now
+            if remaining <= MIN_TIMEOUT:
+                for r in group:
+                    r.fail(rq.DEADLINE_EXCEEDED,
+                           f"{self.label}: deadline passed before forwarding to "
+                           f"{self.peer_label(nh)}")
+                self.complete(group)
+                continue
+            ops = [pb.Operation(op=r.op, key=r.key_text.decode(), value=r.value, trace=r.trace,
+                                hops=r.hops + 1, route=r.route or ()) for r in group]
+            timeout = max(MIN_TIMEOUT, remaining * FORWARD_BUDGET)
+            try:
+                future = self._stub(nh).Batch.future(pb.BatchRequest(ops=ops), timeout=timeout)
+            except Exception as e:  # channel creation failed: bad address
+                self._fail_group(group, nh, f"cannot open a channel: {e}")
+                continue
+            self.forwarded += len(group)
+            future.add_done_callback(lambda f, g=group, n=nh, t=timeout: self._on_reply(f, g, n, t))
+
+    def _fail_group(self, group: list[Request], nh: int, why: str) -> None:
+        for r in group:
+            r.fail(rq.UNAVAILABLE, f"{self.label} could not reach {self.peer_label(nh)}: {why}")
+        self.complete(group)
+
+    def _on_reply(self, future: grpc.Future, group: list[Request], nh: int,
+                  timeout: float) -> None:
+        try:
+            reply = future.result()
+        except grpc.RpcError as e:
+            code = e.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                why = f"no answer within {timeout:.2f}s"
+            elif code == grpc.StatusCode.UNAVAILABLE:
+                why = f"unreachable ({e.details() or 'connection failed'})"
+            else:
+                why = f"{code.name}: {e.details()}"
+            self._fail_group(group, nh, why)
+            return
+        except Exception as e:  # cancelled at shutdown
+            self._fail_group(group, nh, f"call failed: {e!r}")
+            return
+        results = reply.results
+        if len(results) != len(group):
+            self._fail_group(group, nh, f"answered {len(results)} results for {len(group)} "
+                                        f"operations")
+            return
+        for r, res in zip(group, results):
+            r.code = res.code
+            r.message = res.message
+            r.result = res.value if res.code == 0 else None
+            r.node_index = res.node_index
+            r.node_id = res.node_id
+            if r.trace:
+                r.route = list(res.route)
+        self.complete(group)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()

@@ -1,0 +1,114 @@
+"""Start one node: recover, bind, serve until told to stop, shut down cleanly.
+
+``create_server(config, index)`` builds everything and returns it unstarted;
+``serve(config, index)`` is the foreground life of ``chordctl node serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from chordctl.config import Config
+from chordctl.core.node import Node
+from chordctl.core.router import Router
+from chordctl.core.servicer import AdminServicer, KeyValueServicer, finish_on_loop
+from chordctl.errors import ChordError
+from chordctl.pb import chord_pb2 as pb
+from chordctl.pb import chord_pb2_grpc as pb_grpc
+
+logger = logging.getLogger("chordctl.server")
+
+SERVICES = ("chord.v1.KeyValue", "chord.v1.Admin")
+SHUTDOWN_GRACE = 5.0
+
+
+class NodeServer:
+    """A node, its router and its gRPC server, wired on one event loop."""
+
+    def __init__(self, config: Config, index: int):
+        self.config = config
+        self.index = index
+        self.node = Node(config, index)
+        self.server: grpc.aio.Server | None = None
+        self.health = HealthServicer()
+        self.port = 0
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        address = cfg.node(self.index).address
+        limit = cfg.limits.max_value_bytes * 2 + 16 * 1024 * 1024
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ])
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise ChordError(f"node: cannot listen on {address} ({e}); is another process "
+                             f"using the port? Check `chordctl ring show`") from None
+        if self.port == 0:
+            raise ChordError(f"node: cannot listen on {address}; is another process using "
+                             f"the port?")
+        # Replay before serving: the port is bound but nothing is answered yet.
+        self.node.recover()
+
+        def complete(reqs):
+            loop.call_soon_threadsafe(finish_on_loop, reqs)
+
+        router = Router(cfg, self.index, self.node.ring, complete)
+        self.node.start(complete, router)
+        pb_grpc.add_KeyValueServicer_to_server(KeyValueServicer(self.node, loop), server)
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.node, loop, router), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                        reflection.SERVICE_NAME), server)
+        await server.start()
+        self.server = server
+        for name in ("",) + SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("%s serving on %s (pid %d, fsync %s, %d keys)", self.node.label,
+                    address, os.getpid(), cfg.storage.fsync, len(self.node.store))
+        return self.port
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        # Every request the server let in has its reply by now (or was
+        # cancelled); drain the pipeline and fsync the log.
+        await asyncio.get_running_loop().run_in_executor(None, self.node.stop)
+        logger.info("%s stopped; log flushed", self.node.label)
+
+
+async def serve(config: Config, index: int) -> None:
+    """Run node *index* until SIGTERM or SIGINT; a second signal exits at once."""
+    loop = asyncio.get_running_loop()
+    ns = NodeServer(config, index)
+    await ns.start()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            logger.warning("second signal: exiting now")
+            os._exit(1)
+        logger.info("%s: %s received, shutting down", ns.node.label, signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await stop.wait()
+    await ns.stop()
+
+
+__all__ = ["NodeServer", "serve", "pb"]

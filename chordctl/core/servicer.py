@@ -1,0 +1,240 @@
+"""gRPC servicers (asyncio): protobuf <-> Requests, into F1, await the result.
+
+The receivers are coroutines on the node's event loop: thousands of requests
+can wait without a thread each. Validation happens here, before F1, so a bad
+request changes nothing and never reaches the pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import grpc
+
+from chordctl.core import request as rq
+from chordctl.core.node import Node, SnapshotMarker
+from chordctl.core.request import Request, describe, parse_key
+from chordctl.pb import chord_pb2 as pb
+from chordctl.pb import chord_pb2_grpc as pb_grpc
+
+STATUS = {sc.value[0]: sc for sc in grpc.StatusCode}
+VALID_OPS = (rq.OP_CREATE, rq.OP_READ, rq.OP_UPDATE, rq.OP_DELETE)
+
+
+class _BatchWaiter:
+    """One future for a whole Batch call: resolved when its last request is."""
+
+    __slots__ = ("future", "remaining")
+
+    def __init__(self, future: asyncio.Future, count: int):
+        self.future = future
+        self.remaining = count
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, _request: Request) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.future.set_result(None)
+
+
+def finish_on_loop(reqs: list[Request]) -> None:
+    """Runs on the event loop: wake every receiver waiting for *reqs*."""
+    for r in reqs:
+        w = r.waiter
+        if not w.done():
+            w.set_result(r)
+
+
+class KeyValueServicer(pb_grpc.KeyValueServicer):
+    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop):
+        self.node = node
+        self.loop = loop
+        limits = node.config.limits
+        self.max_value = limits.max_value_bytes
+        self.max_digits = limits.max_key_digits
+        self.max_in_flight = limits.max_in_flight
+        self.max_batch = limits.max_batch_ops
+        self.default_timeout = node.config.client.timeout
+        self.node_id = str(node.node_id)
+        self.in_flight = 0
+        self.delay_key: int | None = None   # test hook, see CHORDCTL_TEST_DELAY
+        self.delay = 0.0
+        hook = os.environ.get("CHORDCTL_TEST_DELAY")
+        if hook:  # "KEY:SECONDS": hold requests for KEY that long (tests only)
+            k, _, s = hook.partition(":")
+            self.delay_key, self.delay = int(k), float(s)
+
+    # -- helpers --------------------------------------------------------------
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            remaining = self.default_timeout
+        return time.monotonic() + remaining
+
+    def _make(self, op: int, key_text: str, value: bytes, trace: bool, hops: int,
+              route, deadline: float) -> Request:
+        """A validated Request; ValueError with the reason otherwise."""
+        if op not in VALID_OPS:
+            raise ValueError(f"unknown operation {op}; expected create, read, update or delete")
+        key, canon = parse_key(key_text, self.max_digits)
+        if op in (rq.OP_CREATE, rq.OP_UPDATE):
+            if len(value) > self.max_value:
+                raise ValueError(f"value of {len(value)} bytes is over the limit of "
+                                 f"{self.max_value} bytes (limits.max_value_bytes)")
+        else:
+            value = b""
+        r = Request(op, key, canon, value, deadline, trace, hops,
+                    list(route) + [self.node_id] if trace else None)
+        return r
+
+    async def _hold_for_test(self, reqs: list[Request]) -> None:
+        if self.delay_key is not None and any(r.key == self.delay_key for r in reqs):
+            await asyncio.sleep(self.delay)
+
+    def _fill(self, r: Request) -> None:
+        if not r.message:
+            r.message = describe(r.op, r.key_text.decode(), r.code,
+                                 f"node {r.node_index} (id {r.node_id})"
+                                 if r.node_index >= 0 else self.node.label)
+
+    async def _unary(self, op: int, key: str, value: bytes, trace: bool,
+                     context: grpc.aio.ServicerContext) -> pb.Reply:
+        if self.node.failed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {self.node.failed}")
+        try:
+            r = self._make(op, key, value, trace, 0, (), self._deadline(context))
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if self.in_flight >= self.max_in_flight:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.node.label} has {self.in_flight} requests in flight "
+                                f"(limits.max_in_flight); retry later")
+        fut = self.loop.create_future()
+        r.waiter = fut
+        self.in_flight += 1
+        try:
+            if self.delay_key is not None:
+                await self._hold_for_test([r])
+            self.node.submit([r])
+            await fut
+        finally:
+            self.in_flight -= 1
+        self._fill(r)
+        if r.code != rq.OK:
+            await context.abort(STATUS.get(r.code, grpc.StatusCode.UNKNOWN), r.message)
+        return pb.Reply(value=r.result or b"", node_index=r.node_index, node_id=r.node_id,
+                        message=r.message, route=r.route or ())
+
+    # -- KeyValue -------------------------------------------------------------
+
+    async def Create(self, request, context):
+        return await self._unary(rq.OP_CREATE, request.key, request.value, request.trace, context)
+
+    async def Read(self, request, context):
+        return await self._unary(rq.OP_READ, request.key, b"", request.trace, context)
+
+    async def Update(self, request, context):
+        return await self._unary(rq.OP_UPDATE, request.key, request.value, request.trace, context)
+
+    async def Delete(self, request, context):
+        return await self._unary(rq.OP_DELETE, request.key, b"", request.trace, context)
+
+    async def Batch(self, request, context):
+        ops = request.ops
+        if len(ops) > self.max_batch:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"batch of {len(ops)} operations is over the limit of "
+                                f"{self.max_batch} (limits.max_batch_ops); split it")
+        if self.node.failed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {self.node.failed}")
+        if self.in_flight + len(ops) > self.max_in_flight:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.node.label} has {self.in_flight} requests in flight "
+                                f"(limits.max_in_flight); retry later")
+        deadline = self._deadline(context)
+        slots: list[Request | pb.Result] = []
+        valid: list[Request] = []
+        make = self._make
+        for o in ops:
+            try:
+                r = make(o.op, o.key, o.value, o.trace, o.hops, o.route, deadline)
+            except ValueError as e:
+                slots.append(pb.Result(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                       message=str(e), node_index=self.node.index,
+                                       node_id=self.node_id))
+                continue
+            slots.append(r)
+            valid.append(r)
+        if valid:
+            fut = self.loop.create_future()
+            waiter = _BatchWaiter(fut, len(valid))
+            for r in valid:
+                r.waiter = waiter
+            self.in_flight += len(valid)
+            try:
+                if self.delay_key is not None:
+                    await self._hold_for_test(valid)
+                self.node.submit(valid)
+                await fut
+            finally:
+                self.in_flight -= len(valid)
+        results = []
+        append = results.append
+        for s in slots:
+            if type(s) is Request:
+                self._fill(s)
+                append(pb.Result(code=s.code, message=s.message, value=s.result or b"",
+                                 node_index=s.node_index, node_id=s.node_id, route=s.route or ()))
+            else:
+                append(s)
+        return pb.BatchReply(results=results)
+
+
+class AdminServicer(pb_grpc.AdminServicer):
+    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop, router=None):
+        self.node = node
+        self.loop = loop
+        self.router = router
+
+    async def Status(self, request, context):
+        node = self.node
+        ring = node.ring
+        low, _high = ring.arc(node.index)
+        routing = [pb.RoutingEntry(role=e.role, node_index=e.index, node_id=str(ring.ids[e.index]),
+                                   address=node.config.nodes[e.index].address)
+                   for e in ring.routing_table(node.index)]
+        return pb.NodeStatus(
+            node_index=node.index, node_id=str(node.node_id), arc_low=str(low),
+            address=node.config.nodes[node.index].address, keys=len(node.store),
+            snapshot_counter=node.snapshot_counter,
+            log_counter=node.log.counter if node.log else 0, last_seq=node.seq,
+            routing=routing, fsync=node.fsync, uptime_seconds=time.time() - node.started_at,
+            pid=os.getpid(), placement=ring.placement, routing_mode=ring.routing)
+
+    async def TakeSnapshot(self, request, context):
+        fut = self.loop.create_future()
+
+        def done(marker: SnapshotMarker) -> None:
+            self.loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(marker))
+
+        self.node.request_snapshot(force=True, on_done=done)
+        marker = await fut
+        if marker.error and not marker.result:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {marker.error}")
+        path, size, keys = marker.result or ("", 0, 0)
+        return pb.SnapshotReply(counter=marker.counter, path=path, bytes=size, keys=keys,
+                                skipped=marker.skipped)
+
+    async def Files(self, request, context):
+        from chordctl.core.storage import inventory
+        docs = await self.loop.run_in_executor(None, inventory.describe, self.node.directory)
+        return pb.FilesReply(directory=os.path.abspath(self.node.directory), files=[
+            pb.FileInfo(name=d["file"], kind=d["kind"], counter=d["counter"], bytes=d["bytes"],
+                        mtime=d["mtime"], records=-1 if d["records"] is None else d["records"],
+                        in_use=d["in_use"], status=d["status"], current=d.get("current", False))
+            for d in docs])

@@ -1,0 +1,50 @@
+"""Names of a node's files and directory helpers (``log.X``, ``snap.X``).
+
+A node directory holds ``log.0, log.1, ...`` and ``snap.1, snap.2, ...``;
+``snap.X`` holds exactly the effect of every record in ``log.0 .. log.(X-1)``.
+Snapshots being written are named ``snap.X.tmp`` and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+LOG_PREFIX = "log."
+SNAP_PREFIX = "snap."
+TMP_SUFFIX = ".tmp"
+_NAME = re.compile(r"^(log|snap)\.(\d+)$")
+
+
+def log_name(counter: int) -> str:
+    return f"{LOG_PREFIX}{counter}"
+
+
+def snap_name(counter: int) -> str:
+    return f"{SNAP_PREFIX}{counter}"
+
+
+def list_counters(directory: str) -> tuple[list[int], list[int]]:
+    """(log counters, snapshot counters) present in *directory*, ascending."""
+    logs: list[int] = []
+    snaps: list[int] = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return logs, snaps
+    for name in names:
+        m = _NAME.match(name)
+        if m:
+            (logs if m.group(1) == "log" else snaps).append(int(m.group(2)))
+    logs.sort()
+    snaps.sort()
+    return logs, snaps
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a create, rename or unlink in *directory* durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,130 @@
+"""Snapshot files ``snap.X``: the whole map at the cut before ``log.X``.
+
+Byte layout (little-endian)::
+
+    header   8s  magic b"CHSNAP1\\n"
+             Q   counter       X
+             Q   last_seq      sequence number of the last record it includes
+             Q   keys          number of keys
+             I   chunks        number of chunk frames that follow
+             I   header_crc    CRC-32 of the 36 bytes above
+    chunks   repeated: I length, I crc (CRC-32 of data), data = marshal(dict)
+    footer   8s  magic b"CHSNEND\\n", I chunks (again)
+
+Each chunk is one of the store's copy-on-write chunks, so writing needs no
+copy of the map and loading assigns chunks without re-hashing. A snapshot is
+written to ``snap.X.tmp``, fsynced, renamed and the directory fsynced, so a
+crash never leaves a partial ``snap.X``.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import struct
+import zlib
+from typing import NamedTuple
+
+from chordctl.core.storage import files
+from chordctl.errors import CorruptRecordError
+
+MAGIC = b"CHSNAP1\n"
+END_MAGIC = b"CHSNEND\n"
+_HEAD = struct.Struct("<8sQQQI")
+_HEAD_CRC = struct.Struct("<I")
+_FRAME = struct.Struct("<II")
+_FOOT = struct.Struct("<8sI")
+HEADER_SIZE = _HEAD.size + _HEAD_CRC.size
+
+
+class SnapshotInfo(NamedTuple):
+    counter: int
+    last_seq: int
+    keys: int
+    chunks: int
+
+
+class Snapshot(NamedTuple):
+    info: SnapshotInfo
+    chunks: list[dict[int, bytes]]
+
+
+def write(directory: str, counter: int, last_seq: int,
+          chunks: list[dict[int, bytes]]) -> tuple[str, int]:
+    """Write ``snap.<counter>`` atomically; return (path, size in bytes)."""
+    final = os.path.join(directory, files.snap_name(counter))
+    tmp = final + files.TMP_SUFFIX
+    keys = sum(len(c) for c in chunks)
+    head = _HEAD.pack(MAGIC, counter, last_seq, keys, len(chunks))
+    size = 0
+    with open(tmp, "wb") as f:
+        f.write(head + _HEAD_CRC.pack(zlib.crc32(head)))
+        size += HEADER_SIZE
+        # One marshal call per chunk: the GIL is released between chunks, so
+        # request threads keep running while a large snapshot is written.
+        for chunk in chunks:
+            data = marshal.dumps(chunk)
+            f.write(_FRAME.pack(len(data), zlib.crc32(data)))
+            f.write(data)
+            size += _FRAME.size + len(data)
+        f.write(_FOOT.pack(END_MAGIC, len(chunks)))
+        size += _FOOT.size
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    files.fsync_dir(directory)
+    return final, size
+
+
+def read_info(path: str) -> SnapshotInfo:
+    """The header of a snapshot, verified (cheap: no chunk is decoded)."""
+    with open(path, "rb") as f:
+        head = f.read(HEADER_SIZE)
+    return _parse_header(head, path)
+
+
+def _parse_header(buf: bytes, path: str) -> SnapshotInfo:
+    if len(buf) < HEADER_SIZE:
+        raise CorruptRecordError(path, 0, "snapshot header cut short")
+    magic, counter, last_seq, keys, nchunks = _HEAD.unpack_from(buf, 0)
+    (crc,) = _HEAD_CRC.unpack_from(buf, _HEAD.size)
+    if magic != MAGIC:
+        raise CorruptRecordError(path, 0, "not a chordctl snapshot (bad magic)")
+    if zlib.crc32(buf[:_HEAD.size]) != crc:
+        raise CorruptRecordError(path, 0, "snapshot header checksum mismatch")
+    return SnapshotInfo(counter, last_seq, keys, nchunks)
+
+
+def read(path: str) -> Snapshot:
+    """Load and verify a whole snapshot; CorruptRecordError on any damage."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    info = _parse_header(buf, path)
+    off = HEADER_SIZE
+    end = len(buf)
+    chunks: list[dict[int, bytes]] = []
+    loads = marshal.loads
+    crc32 = zlib.crc32
+    for _ in range(info.chunks):
+        if off + _FRAME.size > end:
+            raise CorruptRecordError(path, off, "snapshot cut short")
+        length, crc = _FRAME.unpack_from(buf, off)
+        body = off + _FRAME.size
+        if body + length > end:
+            raise CorruptRecordError(path, off, "snapshot chunk cut short")
+        data = buf[body:body + length]
+        if crc32(data) != crc:
+            raise CorruptRecordError(path, off, "snapshot chunk checksum mismatch")
+        try:
+            chunk = loads(data)
+        except (ValueError, EOFError, TypeError) as e:
+            raise CorruptRecordError(path, off, f"snapshot chunk undecodable ({e})") from None
+        if not isinstance(chunk, dict):
+            raise CorruptRecordError(path, off, "snapshot chunk is not a map")
+        chunks.append(chunk)
+        off = body + length
+    if end - off != _FOOT.size or _FOOT.unpack_from(buf, off) != (END_MAGIC, info.chunks):
+        raise CorruptRecordError(path, off, "snapshot footer missing or wrong")
+    if sum(len(c) for c in chunks) != info.keys:
+        raise CorruptRecordError(path, 0, "snapshot key count does not match its chunks")
+    return Snapshot(info, chunks)

@@ -1,0 +1,81 @@
+"""The ChordError hierarchy and the CLI's exit statuses.
+
+The core and the client raise these; the CLI maps each to its ExitStatus and
+prints the message (never a traceback). Messages begin with the subsystem and
+say what to do.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit codes of chordctl (SPEC section 7)."""
+
+    OK = 0
+    FAILED = 1        # the operation failed: not found, already exists
+    USAGE = 2         # usage error or invalid input
+    UNAVAILABLE = 3   # cluster unreachable or timed out
+
+
+class ChordError(Exception):
+    """Base of every error chordctl reports to a user."""
+
+    exit_status = ExitStatus.FAILED
+
+
+class ConfigError(ChordError):
+    """The configuration file is missing or malformed."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class InvalidInputError(ChordError):
+    """A request or argument is malformed (bad key, oversized value...)."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class NotFoundError(ChordError):
+    """The key does not exist."""
+
+
+class AlreadyExistsError(ChordError):
+    """create on a key that exists."""
+
+
+class UnavailableError(ChordError):
+    """A node could not be reached, or did not answer within the deadline."""
+
+    exit_status = ExitStatus.UNAVAILABLE
+
+
+class DeadlineExceededError(UnavailableError):
+    """The request's deadline passed before a reply came."""
+
+
+class ResourceExhaustedError(UnavailableError):
+    """A node refused the request because it is at its limit."""
+
+
+class StorageError(ChordError):
+    """The log or a snapshot is unreadable; the node must not start."""
+
+
+class CorruptRecordError(StorageError):
+    """A record or snapshot failed its checksum, or framing is inconsistent."""
+
+    def __init__(self, path: str, offset: int, reason: str):
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__(
+            f"storage: {reason} in {path} at offset {offset}; the file is "
+            f"corrupt -- restore it from a backup or move it aside to start "
+            f"from the previous snapshot"
+        )
+
+
+class InternalError(ChordError):
+    """A node failed in a way it did not expect; see its log."""

@@ -1,0 +1,197 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OP_UNSPECIFIED: _ClassVar[Op]
+    CREATE: _ClassVar[Op]
+    READ: _ClassVar[Op]
+    UPDATE: _ClassVar[Op]
+    DELETE: _ClassVar[Op]
+OP_UNSPECIFIED: Op
+CREATE: Op
+READ: Op
+UPDATE: Op
+DELETE: Op
+
+class KeyRequest(_message.Message):
+    __slots__ = ("key", "trace")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    trace: bool
+    def __init__(self, key: _Optional[str] = ..., trace: _Optional[bool] = ...) -> None: ...
+
+class WriteRequest(_message.Message):
+    __slots__ = ("key", "value", "trace")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: bytes
+    trace: bool
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., trace: _Optional[bool] = ...) -> None: ...
+
+class Reply(_message.Message):
+    __slots__ = ("value", "node_index", "node_id", "message", "route")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    NODE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    value: bytes
+    node_index: int
+    node_id: str
+    message: str
+    route: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, value: _Optional[bytes] = ..., node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., message: _Optional[str] = ..., route: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Operation(_message.Message):
+    __slots__ = ("op", "key", "value", "trace", "hops", "route")
+    OP_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    op: Op
+    key: str
+    value: bytes
+    trace: bool
+    hops: int
+    route: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, op: _Optional[_Union[Op, str]] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., trace: _Optional[bool] = ..., hops: _Optional[int] = ..., route: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BatchRequest(_message.Message):
+    __slots__ = ("ops",)
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[Operation]
+    def __init__(self, ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ...) -> None: ...
+
+class Result(_message.Message):
+    __slots__ = ("code", "message", "value", "node_index", "node_id", "route")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    NODE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    value: bytes
+    node_index: int
+    node_id: str
+    route: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., value: _Optional[bytes] = ..., node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., route: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BatchReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[Result]
+    def __init__(self, results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RoutingEntry(_message.Message):
+    __slots__ = ("role", "node_index", "node_id", "address")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NODE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    node_index: int
+    node_id: str
+    address: str
+    def __init__(self, role: _Optional[str] = ..., node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("node_index", "node_id", "arc_low", "address", "keys", "snapshot_counter", "log_counter", "last_seq", "routing", "fsync", "uptime_seconds", "pid", "placement", "routing_mode")
+    NODE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ARC_LOW_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    LOG_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
+    FSYNC_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_MODE_FIELD_NUMBER: _ClassVar[int]
+    node_index: int
+    node_id: str
+    arc_low: str
+    address: str
+    keys: int
+    snapshot_counter: int
+    log_counter: int
+    last_seq: int
+    routing: _containers.RepeatedCompositeFieldContainer[RoutingEntry]
+    fsync: str
+    uptime_seconds: float
+    pid: int
+    placement: str
+    routing_mode: str
+    def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotReply(_message.Message):
+    __slots__ = ("counter", "path", "bytes", "keys", "skipped")
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    counter: int
+    path: str
+    bytes: int
+    keys: int
+    skipped: bool
+    def __init__(self, counter: _Optional[int] = ..., path: _Optional[str] = ..., bytes: _Optional[int] = ..., keys: _Optional[int] = ..., skipped: _Optional[bool] = ...) -> None: ...
+
+class FilesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FileInfo(_message.Message):
+    __slots__ = ("name", "kind", "counter", "bytes", "mtime", "records", "in_use", "status", "current")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    IN_USE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    counter: int
+    bytes: int
+    mtime: float
+    records: int
+    in_use: bool
+    status: str
+    current: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., counter: _Optional[int] = ..., bytes: _Optional[int] = ..., mtime: _Optional[float] = ..., records: _Optional[int] = ..., in_use: _Optional[bool] = ..., status: _Optional[str] = ..., current: _Optional[bool] = ...) -> None: ...
+
+class FilesReply(_message.Message):
+    __slots__ = ("directory", "files")
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    directory: str
+    files: _containers.RepeatedCompositeFieldContainer[FileInfo]
+    def __init__(self, directory: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ...) -> None: ...
