@@ -7,7 +7,9 @@ become ChordError subclasses, so callers never see grpc exceptions.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import threading
 from typing import Callable, Sequence
 
 import grpc
@@ -99,6 +101,9 @@ class Client:
         self._channel: grpc.Channel | None = None
         self._kv: pb_grpc.KeyValueStub | None = None
         self._admin: pb_grpc.AdminStub | None = None
+        # submit_ordered: key -> operations waiting for the one in flight.
+        self._order_lock = threading.Lock()
+        self._waiting: dict[int, collections.deque] = {}
 
     # -- connection -----------------------------------------------------------
 
@@ -107,7 +112,7 @@ class Client:
         if self._channel is not None:
             return self.address
         if len(self.addresses) == 1:
-            self._open(self.addresses[0])
+            self.open(self.addresses[0])
             return self.address
         for address in self.addresses:
             channel = grpc.insecure_channel(address, CHANNEL_OPTIONS)
@@ -122,7 +127,8 @@ class Client:
             f"client: no node of the config answered within {CONNECT_TIMEOUT:.0f}s (tried "
             f"{', '.join(self.addresses)}); start the ring with `chordctl cluster up`")
 
-    def _open(self, address: str) -> None:
+    def open(self, address: str) -> None:
+        """Use *address* without checking that it answers (calls fail until it does)."""
         self._adopt(address, grpc.insecure_channel(address, CHANNEL_OPTIONS))
 
     def _adopt(self, address: str, channel: grpc.Channel) -> None:
@@ -183,6 +189,47 @@ class Client:
             address = self.address
             fut.add_done_callback(lambda f: callback(_outcome(f, op, key, address)))
         return fut
+
+    def submit_ordered(self, op: str, key: str, value: bytes | None,
+                       callback: Callable[[Result | ChordError], None],
+                       trace: bool = False) -> None:
+        """Like submit, but operations on the same key are sent one after another.
+
+        Concurrent gRPC calls may be served in any order; a pipelining client
+        (the shell) still wants `create 1 a` before `read 1`. Each key gets its
+        own little queue: the next operation on a key is sent when the previous
+        one's reply arrives; different keys still travel concurrently.
+        """
+        self.check(op, key, value)
+        k = parse_key(key, self.max_digits)[0]
+        item = (op, key, value, callback, trace)
+        with self._order_lock:
+            queue = self._waiting.get(k)
+            if queue is not None:
+                queue.append(item)
+                return
+            self._waiting[k] = collections.deque()
+        self._send_ordered(k, item)
+
+    def _send_ordered(self, k: int, item) -> None:
+        op, key, value, callback, trace = item
+
+        def done(outcome: Result | ChordError) -> None:
+            try:
+                callback(outcome)
+            finally:
+                with self._order_lock:
+                    queue = self._waiting[k]
+                    nxt = queue.popleft() if queue else None
+                    if nxt is None:
+                        del self._waiting[k]
+                if nxt is not None:
+                    self._send_ordered(k, nxt)
+
+        try:
+            self.submit(op, key, value, trace, callback=done)
+        except ChordError as e:
+            done(e)
 
     def call(self, op: str, key: str, value: bytes | None = None,
              trace: bool = False) -> Result:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from typing import Any
 
@@ -173,6 +174,13 @@ def _number(section: dict, where: str, name: str, default: float, low: float,
     value = section[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _FieldError(field, f"must be a number of seconds (got {_show(value)})")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:   # an int too large for a float
+        finite = False
+    if not finite:
+        # nan passes every comparison below; inf overflows timers and deadlines.
+        raise _FieldError(field, f"must be a finite number of seconds (got {value})")
     if (value <= low) if strict else (value < low):
         op = ">" if strict else ">="
         raise _FieldError(field, f"must be {op} {low} (got {value})")

@@ -55,8 +55,9 @@ def cli(ctx: click.Context, config_path: str | None, target: str | None,
 
 
 def _register() -> None:
-    from chordctl.cli import cluster, kv, logs, node, ring, snapshot
-    for group in (node.node, kv.kv, ring.ring, cluster.cluster, snapshot.snapshot, logs.log):
+    from chordctl.cli import cluster, kv, logs, node, ring, shell, snapshot
+    for group in (node.node, kv.kv, ring.ring, cluster.cluster, snapshot.snapshot, logs.log,
+                  shell.shell):
         cli.add_command(group)
 
 

@@ -85,8 +85,9 @@ def scan(buf: bytes, path: str = "<buffer>", allow_torn: bool = True) -> ScanRes
 
     A damaged record is a torn tail when nothing valid can follow it: the file
     ends inside it, or its payload checksum fails and it ends exactly at the
-    end of the file, or the rest of the file is zeros (a crash after the file
-    grew but before the data reached it). With allow_torn False (a log that
+    end of the file, or everything after it (after its header, when the header
+    itself is bad) is zeros (a crash after the file grew but before all the
+    data reached it). With allow_torn False (a log that
     is not the newest) a torn tail is corruption too.
     """
     records: list[Record] = []
@@ -101,7 +102,9 @@ def scan(buf: bytes, path: str = "<buffer>", allow_torn: bool = True) -> ScanRes
             return _torn(records, off, end, path, allow_torn, "record header cut short")
         length, pcrc, hcrc = unpack_header(buf, off)
         if _crc32(_pack_len_crc(length, pcrc)) != hcrc:
-            if not any(mv[off:]):
+            # The header cannot be trusted, but if nothing but zeros follows
+            # it no record can: the write was cut and the file zero-filled.
+            if not any(mv[off + HEADER_SIZE:]):
                 return _torn(records, off, end, path, allow_torn, "zero-filled tail")
             raise CorruptRecordError(path, off, "record header checksum mismatch")
         if length < PAYLOAD_HEAD_SIZE or length > MAX_PAYLOAD:
@@ -112,7 +115,9 @@ def scan(buf: bytes, path: str = "<buffer>", allow_torn: bool = True) -> ScanRes
             return _torn(records, off, end, path, allow_torn, "record payload cut short")
         payload = buf[body:stop]
         if _crc32(payload) != pcrc:
-            if stop == end:
+            # Zero-filled pages after a crash usually start mid-record, so
+            # zeros after this record mean nothing valid follows it either.
+            if stop == end or not any(mv[stop:]):
                 return _torn(records, off, end, path, allow_torn, "last record checksum mismatch")
             raise CorruptRecordError(path, off, "record checksum mismatch")
         seq, op, klen = unpack_head(payload, 0)

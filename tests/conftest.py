@@ -1,0 +1,215 @@
+"""Shared fixtures: free loopback ports, configs, real node processes, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import closing
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from chordctl import config as config_mod
+from chordctl.cli.cluster import wait_exit, wait_serving
+from chordctl.cli.main import cli
+
+READY_TIMEOUT = 30.0
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (bound to 0 by the kernel, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def write_config(directory, n: int = 1, *, bits: int = 16, placement: str = "direct",
+                 routing: str = "fingers", fsync: str = "batch", snapshot_interval: float = 0,
+                 timeout: float = 5, grace: float = 2, limits: dict | None = None,
+                 name: str = "chordctl.yaml") -> str:
+    """Write a config with n nodes on free loopback ports; returns its path."""
+    directory = str(directory)
+    doc = {
+        "ring": {"bits": bits, "placement": placement, "routing": routing},
+        "nodes": [{"host": "127.0.0.1", "port": p} for p in free_ports(n)],
+        "storage": {"data_dir": os.path.join(directory, "data"),
+                    "snapshot_interval": snapshot_interval, "fsync": fsync},
+        "client": {"timeout": timeout, "grace": grace},
+    }
+    if limits:
+        doc["limits"] = limits
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f)
+    return path
+
+
+class NodeProc:
+    """One real `chordctl node serve` process that this test started."""
+
+    def __init__(self, config_path: str, index: int, env: dict | None = None):
+        self.config_path = config_path
+        self.index = index
+        self.config = config_mod.load(config_path)
+        self.address = self.config.nodes[index].address
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(os.path.dirname(config_path), f"node-{index}.stderr")
+
+    def start(self, wait: bool = True) -> "NodeProc":
+        env = dict(os.environ)
+        if self.env:
+            env.update(self.env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "chordctl", "-c", self.config_path, "node", "serve",
+                 "--node", str(self.index)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        try:
+            wait_serving(self.address, self.proc, timeout)
+        except Exception as e:
+            raise AssertionError(f"node {self.index} not ready: {e}\n{self.log()}") from None
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()[-5000:]
+        except OSError:
+            return ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send *sig*; for SIGKILL/SIGTERM wait for the process to be gone."""
+        if not self.alive:
+            return
+        self.proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else 0
+
+    def restart(self) -> "NodeProc":
+        self.kill()
+        return self.start()
+
+
+class Cluster:
+    def __init__(self, config_path: str, env: dict | None = None):
+        self.config_path = config_path
+        self.config = config_mod.load(config_path)
+        self.nodes = [NodeProc(config_path, i, env) for i in range(len(self.config.nodes))]
+
+    def start(self) -> "Cluster":
+        for n in self.nodes:
+            n.start(wait=False)
+        for n in self.nodes:
+            n.wait_ready()
+        return self
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            if n.alive:
+                n.proc.send_signal(signal.SIGTERM)
+        for n in self.nodes:
+            if n.proc is not None:
+                try:
+                    n.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    n.proc.kill()
+                    n.proc.wait()
+
+    def address(self, i: int) -> str:
+        return self.config.nodes[i].address
+
+
+@pytest.fixture
+def make_cluster(tmp_path):
+    """make_cluster(n, **config options) -> a started Cluster, stopped at teardown."""
+    made: list[Cluster] = []
+
+    def make(n: int = 1, env: dict | None = None, start: bool = True, **options) -> Cluster:
+        path = write_config(tmp_path, n, name=f"chordctl-{len(made)}.yaml", **options)
+        c = Cluster(path, env)
+        made.append(c)
+        return c.start() if start else c
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+class CLI:
+    """Runs chordctl in-process with click's CliRunner against a config."""
+
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, input: bytes | str | None = None, target: str | None = None,
+                 output: str | None = None):
+        argv: list[str] = []
+        if self.config_path:
+            argv += ["-c", self.config_path]
+        if target:
+            argv += ["--target", target]
+        if output:
+            argv += ["-o", output]
+        argv += list(args)
+        return self.runner.invoke(cli, argv, input=input, catch_exceptions=False)
+
+
+@pytest.fixture
+def run_cli():
+    """run_cli(config_path) -> a CLI runner bound to that config."""
+    return CLI
+
+
+def run_chordctl(*args: str, input: bytes | None = None, timeout: float = 60,
+                 env: dict | None = None) -> subprocess.CompletedProcess:
+    """chordctl as a real process (for exit codes, stdout/stderr as a user sees them)."""
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    return subprocess.run([sys.executable, "-m", "chordctl", *args], input=input,
+                          capture_output=True, timeout=timeout, env=e)
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "") -> None:
+    """Await a condition that has no event to wait on (e.g. a file appearing)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+__all__ = ["free_ports", "write_config", "NodeProc", "Cluster", "CLI", "run_chordctl",
+           "wait_until", "wait_exit", "closing"]
