@@ -29,6 +29,7 @@ from chordctl.errors import ChordError, InvalidInputError
 EXIT_WORDS = ("sair", "exit", "quit")
 COMMANDS = ("create", "read", "update", "delete", "ring", "locate", "help") + EXIT_WORDS
 HISTORY_ENV = "CHORDCTL_HISTORY"
+NOTICE_AFTER = 0.5   # say that we are waiting only when replies are slow
 
 HELP = """\
 Commands (case-insensitive; replies arrive tagged [n] as they come):
@@ -169,7 +170,9 @@ class Shell:
 
     def _on_reply(self, tag: int, cmd: Command, outcome: Result | ChordError) -> None:
         failed = isinstance(outcome, ChordError)
-        self._replies.put((format_result(tag, cmd, outcome), failed))
+        # Replies, failed or not, are the session's output: all on stdout, in
+        # arrival order; stderr is for the shell's own notices.
+        self._replies.put((format_result(tag, cmd, outcome), False))
         with self._cond:
             self._pending -= 1
             if failed:
@@ -192,9 +195,9 @@ class Shell:
                 f"(id {r.ids[owner]}, {self.config.nodes[owner].address}); "
                 f"route from node 0: {route}")
 
-    def wait_pending(self) -> int:
-        """Wait for replies still pending, at most grace seconds; returns how many never came."""
-        deadline = time.monotonic() + self.grace
+    def wait_pending(self, seconds: float) -> int:
+        """Wait for replies still pending, at most *seconds*; returns how many never came."""
+        deadline = time.monotonic() + seconds
         with self._cond:
             while self._pending > 0:
                 left = deadline - time.monotonic()
@@ -219,12 +222,11 @@ class Shell:
                 if not self.handle(line):
                     break
         finally:
-            with self._cond:
-                waiting = self._pending
-            if waiting:
-                self.say(f"waiting up to {self.grace:g}s for {waiting} pending "
-                         f"repl{'y' if waiting == 1 else 'ies'}...", error=True)
-            missing = self.wait_pending()
+            missing = self.wait_pending(min(NOTICE_AFTER, self.grace))
+            if missing:
+                self.say(f"waiting up to {self.grace:g}s for {missing} pending "
+                         f"repl{'y' if missing == 1 else 'ies'}...", error=True)
+                missing = self.wait_pending(max(0.0, self.grace - NOTICE_AFTER))
             if missing:
                 self.say(f"{missing} repl{'y' if missing == 1 else 'ies'} never came "
                          f"(gave up after {self.grace:g}s)", error=True)

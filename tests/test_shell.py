@@ -1,0 +1,222 @@
+"""The shell: validation, tagged asynchronous replies, grace period, a real terminal."""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import re
+import sys
+import time
+
+import pexpect
+import pytest
+
+from chordctl.client import Client
+from chordctl.errors import InvalidInputError
+from chordctl.shell import Command, Shell, parse_command, run_piped
+from conftest import run_chordctl
+
+TAG = re.compile(r"^\[(\d+)\] (OK|ERR) ", re.M)
+
+
+# -- parse_command (pure) ----------------------------------------------------
+
+@pytest.mark.parametrize("line, expected", [
+    ("create 10 hello world", Command("create", "10", b"hello world")),
+    ("CREATE 10 x", Command("create", "10", b"x")),
+    ("Read 7", Command("read", "7")),
+    ("update 7   spaced  value ", Command("update", "7", b"spaced  value")),
+    ("delete 0", Command("delete", "0")),
+    ("locate 99", Command("locate", "99")),
+    ("ring", Command("ring")),
+    ("help", Command("help")),
+    ("sair", Command("exit")),
+    ("EXIT", Command("exit")),
+    ("quit", Command("exit")),
+    ("", None),
+    ("   ", None),
+    ("# a comment", None),
+])
+def test_parse_command_accepts(line, expected):
+    assert parse_command(line) == expected
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("frob 1", "unknown command"),
+    ("create", "needs a key"),
+    ("create 10", "needs a value"),
+    ("update 10   ", "needs a value"),
+    ("read", "needs a key"),
+    ("read -5", "negative"),
+    ("read abc", "not a non-negative"),
+    ("read 1.5", "not a non-negative"),
+    ("read 10 extra", "takes only a key"),
+    ("ring now", "takes no arguments"),
+])
+def test_parse_command_rejects_with_reason(line, fragment):
+    with pytest.raises(InvalidInputError, match=fragment):
+        parse_command(line)
+
+
+def test_parse_command_rejects_oversized_value():
+    with pytest.raises(InvalidInputError, match="over the limit"):
+        parse_command("create 1 " + "x" * 65, max_value=64)
+
+
+# -- piped sessions ------------------------------------------------------------
+
+def _script(n_valid_groups: int = 40) -> tuple[str, int, int, int]:
+    """200 mixed lines: (text, valid requests, expected failures, invalid lines)."""
+    lines, valid, failures, invalid = [], 0, 0, 0
+    for i in range(n_valid_groups):
+        k = 1000 + i
+        lines += [f"create {k} v{k}", f"read {k}", f"update {k} w{k}", f"create {k} dup"]
+        valid += 4
+        failures += 1          # the duplicate create
+        if i % 4 == 0:
+            lines.append(f"read {k + 50000}")   # missing key
+            valid += 1
+            failures += 1
+        else:
+            lines.append(f"frob {k}" if i % 2 else f"read -{k}")
+            invalid += 1
+    assert len(lines) == 200
+    return "\n".join(lines) + "\n", valid, failures, invalid
+
+
+def test_piped_script_gets_one_tagged_reply_per_valid_command(make_cluster):
+    cluster = make_cluster(4)
+    text, valid, failures, invalid = _script()
+    res = run_chordctl("-c", cluster.config_path, "shell", input=text.encode(), timeout=120)
+    out = res.stdout.decode() + res.stderr.decode()
+    tags = [int(t) for t, _ in TAG.findall(out)]
+    assert sorted(tags) == list(range(1, valid + 1)), out
+    assert len([1 for _, s in TAG.findall(out) if s == "ERR"]) == failures
+    assert out.count("(not sent)") == invalid
+    assert res.returncode == 1
+    assert "Traceback" not in out
+    # Operations on one key keep their order: every read saw its create.
+    for i in range(40):
+        k = 1000 + i
+        assert f"OK read {k} -> v{k}" in out
+
+
+def test_piped_script_without_failures_exits_zero(make_cluster):
+    cluster = make_cluster(1)
+    res = run_chordctl("-c", cluster.config_path, "shell",
+                       input=b"create 1 a\nread 1\ndelete 1\nsair\nread 1\n")
+    out = res.stdout.decode()
+    assert res.returncode == 0, res.stderr.decode()
+    assert "[1] OK created key 1" in out and "[2] OK read 1 -> a" in out
+    assert "[3] OK deleted key 1" in out
+    assert "[4]" not in out            # input ended at sair
+
+
+def test_later_replies_print_before_a_slow_one(make_cluster):
+    cluster = make_cluster(1, env={"CHORDCTL_TEST_DELAY": "77:1.5"}, timeout=10)
+    res = run_chordctl("-c", cluster.config_path, "shell",
+                       input=b"read 77\ncreate 5 five\nread 5\n", timeout=60)
+    out = res.stdout.decode()
+    slow = out.index("[1] ERR read 77")
+    assert out.index("[2] OK created key 5") < slow
+    assert out.index("[3] OK read 5 -> five") < slow
+
+
+def test_grace_waits_for_a_stalled_reply_then_reports_it(make_cluster):
+    cluster = make_cluster(1, env={"CHORDCTL_TEST_DELAY": "77:30"}, timeout=60, grace=1)
+    t0 = time.monotonic()
+    res = run_chordctl("-c", cluster.config_path, "shell", input=b"read 77\n", timeout=60)
+    elapsed = time.monotonic() - t0
+    err = res.stderr.decode()
+    assert "1 reply never came" in err, err
+    assert res.returncode == 1
+    assert elapsed >= 1.0            # it did wait the grace period
+    assert elapsed < 20              # and did not wait for the 30 s stall
+
+
+def test_exits_at_once_with_nothing_pending(make_cluster):
+    cluster = make_cluster(1, grace=30)
+    client = Client(cluster.config)
+    out = io.StringIO()
+    shell = Shell(client, cluster.config, out=out, err=out)
+    t0 = time.monotonic()
+    code = run_piped(shell, io.StringIO("create 3 c\nread 3\n"))
+    # The replies came before input ended or right after; no 30 s grace wait.
+    assert time.monotonic() - t0 < 10
+    assert code == 0
+    assert "[2] OK read 3 -> c" in out.getvalue()
+    client.close()
+
+
+def test_node_gone_mid_session_fails_clearly_and_recovers(make_cluster):
+    cluster = make_cluster(1, timeout=3)
+    node = cluster.nodes[0]
+    client = Client(cluster.config)
+    out = io.StringIO()
+    shell = Shell(client, cluster.config, out=out, err=out, grace=5)
+    lines: queue.SimpleQueue = queue.SimpleQueue()
+    replies = []
+
+    def next_line():
+        line = lines.get()
+        if line is None:
+            raise EOFError
+        return line
+
+    import threading
+    t = threading.Thread(target=shell.run, args=(next_line,))
+    t.start()
+    try:
+        lines.put("create 1 one\n")
+        _await_text(out, "[1] OK")
+        node.kill()
+        lines.put("read 1\n")
+        _await_text(out, "[2] ERR read 1")
+        node.start()
+        lines.put("read 1\n")
+        _await_text(out, "[3] OK read 1 -> one", timeout=20)
+    finally:
+        lines.put(None)
+        t.join(30)
+        client.close()
+    text = out.getvalue()
+    assert "unreachable" in text or "cannot connect" in text or "UNAVAILABLE" in text, text
+    del replies
+
+
+def _await_text(buf: io.StringIO, text: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in buf.getvalue():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not printed; output:\n{buf.getvalue()}")
+        time.sleep(0.02)
+
+
+# -- a real terminal -----------------------------------------------------------
+
+def test_interactive_session_in_a_pty(make_cluster, tmp_path):
+    cluster = make_cluster(1)
+    env = dict(os.environ, CHORDCTL_HISTORY=str(tmp_path / "history"), TERM="xterm",
+               PYTHONUNBUFFERED="1")
+    child = pexpect.spawn(sys.executable, ["-m", "chordctl", "-c", cluster.config_path, "shell"],
+                          env=env, encoding="utf-8", timeout=20, dimensions=(40, 200))
+    try:
+        child.expect("chordctl 127.0.0.1:")
+        child.sendline("create 42 answer")
+        child.expect(r"\[1\] OK created key 42")
+        child.sendline("read 42")
+        child.expect(r"\[2\] OK read 42 -> answer")
+        child.sendline("frob")
+        child.expect("unknown command")
+        # Up arrow recalls the last line sent ("frob"), twice: "read 42".
+        child.send("\x1b[A\x1b[A")
+        child.send("\r")
+        child.expect(r"\[3\] OK read 42 -> answer")
+        child.sendline("sair")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 1         # one invalid line
+    history = (tmp_path / "history").read_text()
+    assert "create 42 answer" in history and "sair" in history
