@@ -29,6 +29,7 @@ CONNECT_TIMEOUT = 1.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_VALUE = 1024 * 1024
 DEFAULT_MAX_DIGITS = 4096
+DEFAULT_MAX_BATCH = 10_000
 
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -74,18 +75,103 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "") -> C
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and "deadline" in message.lower():
         message = f"client: no reply from {address} within the deadline ({message}); " \
                   f"is the cluster up? (`chordctl ring show`)"
-    elif code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in message.lower():
+    elif code == grpc.StatusCode.UNAVAILABLE and message.lower().startswith("failed to connect"):
+        # Only gRPC's own text means *this* client could not connect; a node's
+        # relayed "node 0 ... could not reach node 3 ... (failed to connect ...)"
+        # must reach the user as is, naming the node that is really down.
         message = f"client: cannot connect to {address}; is the node running? " \
                   f"(`chordctl ring show`, `chordctl cluster up`)"
     return cls(message)
 
 
+class _Lane:
+    """Coalesces single operations bound for one node into Batch calls.
+
+    While fewer than ``depth`` Batch calls are in flight an operation leaves
+    at once (a batch of one: no added latency when idle); otherwise it waits
+    and leaves with everything else that queued up behind the calls in
+    flight. Each operation still gets its own result, exactly as unary.
+    """
+
+    def __init__(self, stub: pb_grpc.KeyValueStub, address: str, depth: int, limit: int):
+        self.stub = stub
+        self.address = address
+        self.depth = depth
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.pending: list[tuple[pb.Operation, str, str, Callable]] = []
+        self.in_flight = 0
+
+    def add(self, msg: pb.Operation, op: str, key: str, callback: Callable,
+            timeout: float) -> None:
+        with self.lock:
+            self.pending.append((msg, op, key, callback))
+            if self.in_flight >= self.depth:
+                return
+            batch = self.pending[:self.limit]
+            del self.pending[:self.limit]
+            self.in_flight += 1
+        self._send(batch, timeout)
+
+    def _send(self, batch: list, timeout: float) -> None:
+        fut = self.stub.Batch.future(pb.BatchRequest(ops=[b[0] for b in batch]), timeout=timeout)
+        fut.add_done_callback(lambda f: self._done(f, batch, timeout))
+
+    def _done(self, fut: grpc.Future, batch: list, timeout: float) -> None:
+        try:
+            results = fut.result().results
+            failure = None
+            if len(results) != len(batch):
+                failure = InternalError(f"client: {self.address} answered {len(results)} "
+                                        f"results for {len(batch)} operations")
+        except grpc.RpcError as e:
+            results, failure = (), error_for(e.code(), e.details() or "", self.address)
+        except grpc.FutureCancelledError:
+            results, failure = (), UnavailableError("client: request cancelled")
+        with self.lock:
+            nxt = self.pending[:self.limit]
+            del self.pending[:self.limit]
+            if not nxt:
+                self.in_flight -= 1
+        if nxt:
+            self._send(nxt, timeout)
+        for i, (_msg, op, key, callback) in enumerate(batch):
+            if failure is not None:
+                callback(failure)
+                continue
+            res = results[i]
+            if res.code:
+                callback(error_for(res.code, res.message, self.address))
+            else:
+                callback(Result(op, key, res.value if op == "read" else None, res.node_index,
+                                res.node_id, res.message, tuple(res.route)))
+
+
 class Client:
-    """Talks to one entry node (``--target``, or the config's first reachable)."""
+    """Talks to one entry node (``--target``, or the config's first reachable).
+
+    ``route="direct"`` (``client.route: direct``) sends each operation to the
+    key's owner, computed from the config like a token-aware driver;
+    ``coalesce=True`` sends concurrent single operations as Batch calls.
+    """
 
     def __init__(self, config: Config | None = None, target: str | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, route: str | None = None,
+                 coalesce: bool = False, coalesce_depth: int = 2):
         self.config = config
+        self.route = route or (config.client.route if config else "entry")
+        if self.route == "direct" and config is None:
+            raise InvalidInputError("client: direct routing needs the config (-c PATH)")
+        self.coalesce = coalesce
+        self.coalesce_depth = coalesce_depth
+        self._lanes: dict[str, _Lane] = {}
+        self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
+        self._node_channels: list[grpc.Channel] = []
+        self._ring = None
+        if self.route == "direct":
+            from chordctl.core.ring import Ring
+            self._ring = Ring(config.ring.bits, len(config.nodes), config.ring.placement,
+                              config.ring.routing)
         if target:
             self.addresses = [target]
         elif config is not None:
@@ -141,6 +227,25 @@ class Client:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        for channel in self._node_channels:
+            channel.close()
+        self._node_channels.clear()
+        self._node_stubs.clear()
+        self._lanes.clear()
+
+    def stub_for(self, key: str) -> tuple[pb_grpc.KeyValueStub, str]:
+        """The stub to send an operation on *key* to, and its address."""
+        if self._ring is None:
+            self.connect()
+            return self._kv, self.address
+        owner = self._ring.owner(int(key))
+        stub = self._node_stubs.get(owner)
+        address = self.config.nodes[owner].address
+        if stub is None:
+            channel = grpc.insecure_channel(address, CHANNEL_OPTIONS)
+            self._node_channels.append(channel)
+            stub = self._node_stubs[owner] = pb_grpc.KeyValueStub(channel)
+        return stub, address
 
     def __enter__(self) -> "Client":
         return self
@@ -174,9 +279,16 @@ class Client:
                timeout: float | None = None) -> grpc.Future:
         """Send one operation without waiting; *callback* gets a Result or a ChordError."""
         self.check(op, key, value)
-        self.connect()
-        kv = self._kv
+        kv, address = self.stub_for(key)
         t = timeout if timeout is not None else self.timeout
+        if self.coalesce and callback is not None:
+            lane = self._lanes.get(address)
+            if lane is None:
+                lane = self._lanes.setdefault(address, _Lane(kv, address, self.coalesce_depth,
+                                                             DEFAULT_MAX_BATCH))
+            lane.add(pb.Operation(op=OPS[op], key=key, value=value or b"", trace=trace),
+                     op, key, callback, t)
+            return None
         if op == "create":
             fut = kv.Create.future(pb.WriteRequest(key=key, value=value, trace=trace), timeout=t)
         elif op == "update":
@@ -186,7 +298,6 @@ class Client:
         else:
             fut = kv.Delete.future(pb.KeyRequest(key=key, trace=trace), timeout=t)
         if callback is not None:
-            address = self.address
             fut.add_done_callback(lambda f: callback(_outcome(f, op, key, address)))
         return fut
 
@@ -234,8 +345,20 @@ class Client:
     def call(self, op: str, key: str, value: bytes | None = None,
              trace: bool = False) -> Result:
         """One operation, waiting for its reply; raises ChordError on failure."""
-        fut = self.submit(op, key, value, trace)
-        out = _outcome(fut, op, key, self.address)
+        if self.coalesce:
+            box: list = []
+            done = threading.Event()
+
+            def got(outcome):
+                box.append(outcome)
+                done.set()
+
+            self.submit(op, key, value, trace, callback=got)
+            done.wait()
+            out = box[0]
+        else:
+            fut = self.submit(op, key, value, trace)
+            out = _outcome(fut, op, key, self.address)
         if isinstance(out, ChordError):
             raise out
         return out

@@ -55,9 +55,9 @@ def cli(ctx: click.Context, config_path: str | None, target: str | None,
 
 
 def _register() -> None:
-    from chordctl.cli import cluster, kv, logs, node, ring, shell, snapshot
+    from chordctl.cli import bench, cluster, kv, logs, node, ring, shell, snapshot
     for group in (node.node, kv.kv, ring.ring, cluster.cluster, snapshot.snapshot, logs.log,
-                  shell.shell):
+                  shell.shell, bench.bench):
         cli.add_command(group)
 
 
