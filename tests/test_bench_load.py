@@ -1,0 +1,164 @@
+"""`kv load`, `bench`, the coalescing client and coalesced forwards, end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from chordctl.bench import engine, workloads
+from chordctl.client import Client
+from chordctl.core.ring import Ring
+from chordctl.errors import AlreadyExistsError, NotFoundError
+
+
+def test_kv_load_csv_reports_records_and_failures(make_cluster, run_cli, tmp_path):
+    cluster = make_cluster(4)
+    cli = run_cli(cluster.config_path)
+    path = tmp_path / "data.csv"
+    path.write_text("key,value\n" + "".join(f"{k},val{k}\n" for k in range(0, 60000, 97)))
+    res = cli("kv", "load", str(path), output="json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    n = len(range(0, 60000, 97))
+    assert doc["records"] == n and doc["ok"] == n and doc["failures"] == 0
+    assert doc["records_per_s"] > 0
+    with Client(cluster.config) as c:
+        assert c.read("9700").value == b"val9700"
+    # The same file again: every record fails as already existing, exit 1.
+    res = cli("kv", "load", str(path), output="json")
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert doc["failures"] == n and doc["errors"] == {"already exists": n}
+
+
+def test_kv_load_jsonl_from_stdin_counts_malformed_lines(make_cluster, run_cli):
+    cluster = make_cluster(1)
+    cli = run_cli(cluster.config_path)
+    text = ('{"key": "1", "value": "one"}\n'
+            'not json\n'
+            '{"key": "2", "value": "AAEC", "encoding": "base64"}\n'
+            '{"key": "-3", "value": "neg"}\n'
+            '{"value": "no key"}\n')
+    res = cli("kv", "load", "--format", "jsonl", "-", input=text, output="json")
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert doc["records"] == 5 and doc["ok"] == 2 and doc["failures"] == 3
+    assert doc["errors"] == {"malformed input": 2, "invalid input": 1}
+    with Client(cluster.config) as c:
+        assert c.read("1").value == b"one"
+        assert c.read("2").value == b"\x00\x01\x02"
+
+
+def test_kv_load_missing_file_is_a_usage_error(make_cluster, run_cli, tmp_path):
+    cluster = make_cluster(1)
+    res = run_cli(cluster.config_path)("kv", "load", str(tmp_path / "nope.csv"))
+    assert res.exit_code == 2
+    assert "cannot read" in res.output
+
+
+def test_bench_runs_end_to_end_with_well_formed_json(make_cluster, run_cli):
+    cluster = make_cluster(4)
+    res = run_cli(cluster.config_path)(
+        "bench", "--records", "300", "--ops", "300", "--seq-ops", "50", "--concurrency", "8",
+        "--workloads", "A,C", "--distributions", "uniform,zipfian", "--routes", "entry,direct",
+        output="json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    phases = {r["phase"] for r in doc["results"]}
+    assert "load (batch 1000, direct)" in phases
+    assert {"seq read, entry owns", "seq read, 1 forward", "seq update, entry owns"} <= phases
+    for w in ("A", "C"):
+        for d in ("uniform", "zipfian"):
+            for r in ("entry", "direct"):
+                assert f"ycsb {w} {d} {r}" in phases
+    for row in doc["results"]:
+        assert row["errors"] == 0, row
+        assert row["ops"] > 0 and row["ops_per_s"] > 0
+        if row["p50_ms"] != "":
+            assert 0 <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert doc["machine"]["nodes"] == 4
+
+
+def test_bench_rejects_unknown_workload(make_cluster, run_cli):
+    cluster = make_cluster(1)
+    res = run_cli(cluster.config_path)("bench", "--workloads", "Z")
+    assert res.exit_code == 2 and "not one of" in res.output
+
+
+def test_zipfian_prefers_few_keys_and_stays_in_range():
+    z = workloads.Zipfian(1000, seed=3)
+    draws = [z() for _ in range(20000)]
+    assert all(0 <= d < 1000 for d in draws)
+    counts = sorted((draws.count(k) for k in set(draws)), reverse=True)
+    assert sum(counts[:10]) > 0.2 * len(draws)      # the head is heavy
+    ops = list(workloads.operations("B", "uniform", 100, 2000, str, b"v"))
+    reads = sum(1 for o in ops if o[0] == "read")
+    assert 0.9 * 2000 < reads < 0.99 * 2000
+
+
+def test_percentiles_are_ordered():
+    vals = sorted(i / 1000 for i in range(1000))
+    assert engine.percentile(vals, 0.5) <= engine.percentile(vals, 0.99) <= vals[-1]
+    assert engine.percentile([], 0.5) == 0.0
+
+
+def test_coalescing_client_gives_every_operation_its_own_result(make_cluster):
+    cluster = make_cluster(4)
+    outcomes: dict[int, object] = {}
+    done = threading.Event()
+    lock = threading.Lock()
+    n = 400
+    with Client(cluster.config, coalesce=True) as c:
+        for i in range(n):
+            key = str(i * 163)
+            op = "create" if i % 2 == 0 else "read"   # reads of keys never created fail
+
+            def cb(out, i=i):
+                with lock:
+                    outcomes[i] = out
+                    if len(outcomes) == n:
+                        done.set()
+
+            c.submit(op, key, b"v%d" % i if op == "create" else None, callback=cb)
+        assert done.wait(60)
+    ring = Ring(16, 4)
+    for i, out in outcomes.items():
+        if i % 2 == 0:
+            assert not isinstance(out, Exception), out
+            assert out.node_index == ring.owner(i * 163)
+        else:
+            assert isinstance(out, NotFoundError), out
+
+
+def test_coalesced_forward_keeps_each_clients_order_per_key(make_cluster):
+    cluster = make_cluster(4)
+    ring = Ring(16, 4)
+    entry = 0
+    # Keys another node owns, so every batch is forwarded (and coalesced).
+    keys = [k for k in range(1, 60000, 37) if ring.owner(k) != entry][:16]
+    errors = []
+
+    def client_thread(key: int) -> None:
+        with Client(cluster.config, target=cluster.address(entry)) as c:
+            ops = [("create", str(key), b"0")]
+            ops += [("update", str(key), b"%d" % j) for j in range(1, 30)]
+            ops += [("read", str(key), None), ("create", str(key), b"x"),
+                    ("delete", str(key), None), ("read", str(key), None)]
+            res = c.batch(ops)
+            try:
+                assert len(res) == len(ops)
+                assert all(not isinstance(r, Exception) for r in res[:31]), res
+                assert res[30].value == b"29"
+                assert isinstance(res[31], AlreadyExistsError)
+                assert not isinstance(res[32], Exception)
+                assert isinstance(res[33], NotFoundError)
+                assert res[0].node_index == ring.owner(key)
+            except AssertionError as e:
+                errors.append(e)
+
+    threads = [threading.Thread(target=client_thread, args=(k,)) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[0]
