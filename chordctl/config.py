@@ -50,6 +50,7 @@ class StorageConfig:
     data_dir: str = "./data"
     snapshot_interval: float = 30.0
     fsync: str = "batch"
+    snapshot_on_shutdown: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +104,9 @@ def load(path: str | None = None) -> Config:
         ) from None
     except OSError as e:
         raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config: {path}: not UTF-8 text (bad byte at offset {e.start}); "
+                          f"save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -110,6 +114,10 @@ def load(path: str | None = None) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "not valid YAML"
         raise ConfigError(f"config: {path}: {problem}{where}") from None
+    except ValueError as e:
+        # PyYAML builds ints and dates with int()/date(), which raise this
+        # (an integer of more than 4300 digits, a date like 2020-13-01).
+        raise ConfigError(f"config: {path}: a value cannot be read ({e})") from None
     return from_dict(data, path=path)
 
 
@@ -130,9 +138,10 @@ class _FieldError(Exception):
 def _check_keys(section: dict, allowed: tuple[str, ...], where: str) -> None:
     for key in section:
         if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            text = key if isinstance(key, str) else _brief(key)
+            hint = difflib.get_close_matches(text, allowed, n=1)
             extra = f" (did you mean {where + '.' if where else ''}{hint[0]}?)" if hint else ""
-            name = f"{where}.{key}" if where else str(key)
+            name = f"{where}.{text}" if where else text
             raise _FieldError(name, f"unknown field{extra}; known: {', '.join(allowed)}")
 
 
@@ -146,7 +155,18 @@ def _section(data: dict, name: str) -> dict:
 
 
 def _show(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {_brief(value)}"
+
+
+def _brief(value: Any) -> str:
+    """repr() for a message: never raises, never floods the terminal."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's limit on digits for str()
+        if isinstance(value, int):
+            return f"an integer of {value.bit_length()} bits"
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _int(section: dict, where: str, name: str, default: Any, low: int | None = None,
@@ -160,9 +180,9 @@ def _int(section: dict, where: str, name: str, default: Any, low: int | None = N
     if isinstance(value, bool) or not isinstance(value, int):
         raise _FieldError(field, f"must be an integer (got {_show(value)})")
     if low is not None and value < low:
-        raise _FieldError(field, f"must be an integer >= {low} (got {value})")
+        raise _FieldError(field, f"must be an integer >= {low} (got {_brief(value)})")
     if high is not None and value > high:
-        raise _FieldError(field, f"must be an integer <= {high} (got {value})")
+        raise _FieldError(field, f"must be an integer <= {high} (got {_brief(value)})")
     return value
 
 
@@ -180,10 +200,10 @@ def _number(section: dict, where: str, name: str, default: float, low: float,
         finite = False
     if not finite:
         # nan passes every comparison below; inf overflows timers and deadlines.
-        raise _FieldError(field, f"must be a finite number of seconds (got {value})")
+        raise _FieldError(field, f"must be a finite number of seconds (got {_brief(value)})")
     if (value <= low) if strict else (value < low):
         op = ">" if strict else ">="
-        raise _FieldError(field, f"must be {op} {low} (got {value})")
+        raise _FieldError(field, f"must be {op} {low} (got {_brief(value)})")
     return float(value)
 
 
@@ -193,7 +213,7 @@ def _choice(section: dict, where: str, name: str, default: str, choices: tuple[s
     if value is None:
         return default
     if value not in choices:
-        raise _FieldError(field, f"must be one of {' | '.join(choices)} (got {value!r})")
+        raise _FieldError(field, f"must be one of {' | '.join(choices)} (got {_brief(value)})")
     return value
 
 
@@ -244,7 +264,12 @@ def _build(data: Any, path: str | None) -> Config:
         nodes.append(NodeConfig(host=host, port=port, metrics_port=metrics_port))
 
     st = _section(data, "storage")
-    _check_keys(st, ("data_dir", "snapshot_interval", "fsync"), "storage")
+    _check_keys(st, ("data_dir", "snapshot_interval", "fsync", "snapshot_on_shutdown"),
+                "storage")
+    on_shutdown = st.get("snapshot_on_shutdown", True)
+    if not isinstance(on_shutdown, bool):
+        raise _FieldError("storage.snapshot_on_shutdown",
+                          f"must be true or false (got {_show(on_shutdown)})")
     data_dir = st.get("data_dir", StorageConfig.data_dir)
     if not isinstance(data_dir, str) or not data_dir:
         raise _FieldError("storage.data_dir", f"must be a directory path (got {_show(data_dir)})")
@@ -253,6 +278,7 @@ def _build(data: Any, path: str | None) -> Config:
         snapshot_interval=_number(st, "storage", "snapshot_interval",
                                   StorageConfig.snapshot_interval, 0.0, strict=False),
         fsync=_choice(st, "storage", "fsync", "batch", FSYNC_POLICIES),
+        snapshot_on_shutdown=on_shutdown,
     )
 
     lim = _section(data, "limits")

@@ -38,14 +38,15 @@ def free_ports(n: int) -> list[int]:
 def write_config(directory, n: int = 1, *, bits: int = 16, placement: str = "direct",
                  routing: str = "fingers", fsync: str = "batch", snapshot_interval: float = 0,
                  timeout: float = 5, grace: float = 2, limits: dict | None = None,
-                 name: str = "chordctl.yaml") -> str:
+                 snapshot_on_shutdown: bool = True, name: str = "chordctl.yaml") -> str:
     """Write a config with n nodes on free loopback ports; returns its path."""
     directory = str(directory)
     doc = {
         "ring": {"bits": bits, "placement": placement, "routing": routing},
         "nodes": [{"host": "127.0.0.1", "port": p} for p in free_ports(n)],
         "storage": {"data_dir": os.path.join(directory, "data"),
-                    "snapshot_interval": snapshot_interval, "fsync": fsync},
+                    "snapshot_interval": snapshot_interval, "fsync": fsync,
+                    "snapshot_on_shutdown": snapshot_on_shutdown},
         "client": {"timeout": timeout, "grace": grace},
     }
     if limits:

@@ -19,7 +19,9 @@ value that a crash could still take away).
 A snapshot is a marker that travels the same path: at the marker the log
 writer closes ``log.(X-1)`` and opens ``log.X``, and the applier freezes the
 map (copy-on-write, O(chunks)) and hands it to the snapshot writer. The cut is
-therefore exact.
+therefore exact. The snapshot writer starts ``snap.X`` only once the log writer
+has rotated, so on disk too ``snap.X`` never holds an operation that
+``log.(X-1)`` lacks.
 """
 
 from __future__ import annotations
@@ -51,12 +53,14 @@ Complete = Callable[[list[Request]], None]
 class OwnedBatch:
     """Requests this node owns, in F1 order; completed after log and apply."""
 
-    __slots__ = ("reqs", "mutations", "_pending", "_lock", "error", "_node")
+    __slots__ = ("reqs", "mutations", "seq", "_pending", "_lock", "error", "_node")
 
-    def __init__(self, reqs: list[Request], mutations: int, node: "Node"):
+    def __init__(self, reqs: list[Request], mutations: int, seq: int, node: "Node",
+                 stages: int = 2):
         self.reqs = reqs
         self.mutations = mutations
-        self._pending = 2
+        self.seq = seq               # last sequence number given when it was dispatched
+        self._pending = stages
         self._lock = threading.Lock()
         self.error: tuple[int, str] | None = None
         self._node = node
@@ -72,12 +76,16 @@ class OwnedBatch:
 class SnapshotMarker:
     """Travels F1 -> F2/F3; see the module docstring."""
 
-    __slots__ = ("force", "counter", "last_seq", "on_done", "skipped", "result", "error")
+    __slots__ = ("force", "counter", "last_seq", "on_done", "skipped", "result", "error",
+                 "rotated")
 
     def __init__(self, force: bool, on_done: Callable[["SnapshotMarker"], None] | None = None):
         self.force = force
         self.counter = 0
         self.last_seq = 0
+        # Set by the log writer once log.(X-1) is closed and fsynced and log.X
+        # exists; snap.X waits for it (see _snapshot_loop).
+        self.rotated = threading.Event()
         self.on_done = on_done
         self.skipped = False
         self.result: tuple[str, int, int] | None = None   # (path, bytes, keys)
@@ -113,6 +121,7 @@ class Node:
         self._snap_busy = threading.Lock()
         self.report: recovery.RecoveryReport | None = None
         self.seq = 0                   # last sequence number given (dispatcher)
+        self.durable_seq = 0           # last one logged under the fsync policy (log writer)
         self._seq_at_snapshot = 0      # dispatcher: seq covered by the last snapshot
         self._next_counter = 0
         self.log: LogFile | None = None
@@ -131,6 +140,7 @@ class Node:
         report = recovery.recover(self.directory, self.store, repair=True)
         self.report = report
         self.seq = report.last_seq
+        self.durable_seq = report.last_seq
         self._seq_at_snapshot = report.last_seq if not report.records else -1
         self.snapshot_counter = report.snapshot or 0
         self._next_counter = report.current_log   # dispatcher: last counter handed out
@@ -172,11 +182,18 @@ class Node:
                          on_done: Callable[[SnapshotMarker], None] | None = None) -> None:
         self.incoming.put(SnapshotMarker(force, on_done))
 
-    def stop(self) -> None:
-        """Drain the pipeline in order, fsync and close the log, join threads."""
+    def stop(self, final_snapshot: bool = True) -> None:
+        """Drain the pipeline in order, fsync and close the log, join threads.
+
+        With *final_snapshot* (a clean shutdown) a snapshot is taken first if
+        anything changed since the last one, so the next start loads it
+        instead of replaying the log.
+        """
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if final_snapshot and self._threads:
+            self.request_snapshot(force=False)
         self.incoming.put(_STOP)
         for t in self._threads:
             t.join(JOIN_TIMEOUT)
@@ -231,10 +248,16 @@ class Node:
                 self.to_route.put(foreign)
 
     def _flush_owned(self, owned: list[Request], mutations: int) -> None:
-        if owned:
-            batch = OwnedBatch(owned, mutations, self)
-            self.to_log.put(batch)
-            self.to_apply.put(batch)
+        if not owned:
+            return
+        if mutations == 0 and self.durable_seq >= self.seq:
+            # Reads only, and every mutation before them is already durable:
+            # nothing for the log writer to wait for, so only the applier.
+            self.to_apply.put(OwnedBatch(owned, 0, self.seq, self, stages=1))
+            return
+        batch = OwnedBatch(owned, mutations, self.seq, self)
+        self.to_log.put(batch)
+        self.to_apply.put(batch)
 
     def _dispatch_marker(self, marker: SnapshotMarker) -> None:
         if self.failed:
@@ -330,6 +353,8 @@ class Node:
         if self.failed:
             for batch in done:
                 batch.error = (rq.UNAVAILABLE, f"{self.label}: {self.failed}")
+        elif done:
+            self.durable_seq = done[-1].seq
         for batch in done:
             batch.stage_done()
 
@@ -347,6 +372,8 @@ class Node:
         except OSError as e:
             self.failed = f"log: cannot rotate to log.{marker.counter}: {e.strerror}"
             logger.error("%s: %s", self.label, self.failed)
+        finally:
+            marker.rotated.set()
 
     # -- F3: applier ----------------------------------------------------------
 
@@ -413,6 +440,15 @@ class Node:
             if item is _STOP:
                 return
             marker, chunks = item
+            # The applier can reach the marker before the log writer does: wait
+            # until every record up to the cut is durable in log.(X-1), or a
+            # crash could leave a snap.X holding operations that no log holds.
+            marker.rotated.wait()
+            if self.failed:
+                marker.error = f"snapshot: snap.{marker.counter} not written: {self.failed}"
+                self._snap_busy.release()
+                marker.finish()
+                continue
             try:
                 t0 = time.monotonic()
                 path, size = snapshot.write(self.directory, marker.counter, marker.last_seq,

@@ -87,7 +87,8 @@ class NodeServer:
             await self.server.stop(grace)
         # Every request the server let in has its reply by now (or was
         # cancelled); drain the pipeline and fsync the log.
-        await asyncio.get_running_loop().run_in_executor(None, self.node.stop)
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.node.stop, self.config.storage.snapshot_on_shutdown)
         logger.info("%s stopped; log flushed", self.node.label)
 
 

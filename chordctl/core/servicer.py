@@ -188,6 +188,11 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         for s in slots:
             if type(s) is Request:
                 self._fill(s)
+                if s.node_index < 0:
+                    # Failed here before any owner saw it (hop limit, next hop
+                    # unreachable, deadline): this node answers for it. -1 does
+                    # not fit the uint32 field and would fail the whole reply.
+                    s.node_index, s.node_id = self.node.index, self.node_id
                 append(pb.Result(code=s.code, message=s.message, value=s.result or b"",
                                  node_index=s.node_index, node_id=s.node_id, route=s.route or ()))
             else:

@@ -117,8 +117,11 @@ def scan(buf: bytes, path: str = "<buffer>", allow_torn: bool = True) -> ScanRes
         if _crc32(payload) != pcrc:
             # Zero-filled pages after a crash usually start mid-record, so
             # zeros after this record mean nothing valid follows it either.
-            if stop == end or not any(mv[stop:]):
+            if stop == end:
                 return _torn(records, off, end, path, allow_torn, "last record checksum mismatch")
+            if not any(mv[stop:]):
+                return _torn(records, off, end, path, allow_torn,
+                             "record checksum mismatch before a zero-filled tail")
             raise CorruptRecordError(path, off, "record checksum mismatch")
         seq, op, klen = unpack_head(payload, 0)
         kend = PAYLOAD_HEAD_SIZE + klen
