@@ -51,7 +51,7 @@ class Router:
         # Channels are opened lazily, and next_hop only ever names routing-table
         # entries, so a node talks to O(log n) peers, never the whole membership.
         self._stubs: dict[int, pb_grpc.KeyValueStub] = {}
-        self._channels: list[grpc.Channel] = []
+        self._channels: dict[int, grpc.Channel] = {}
         self._lock = threading.Lock()
         self.forwarded = 0
 
@@ -59,12 +59,22 @@ class Router:
         return f"node {i} (id {self.ring.ids[i]}, {self.config.nodes[i].address})"
 
     def _stub(self, i: int) -> pb_grpc.KeyValueStub:
-        stub = self._stubs.get(i)
-        if stub is None:
-            channel = grpc.insecure_channel(self.config.nodes[i].address, CHANNEL_OPTIONS)
-            self._channels.append(channel)
-            stub = self._stubs[i] = pb_grpc.KeyValueStub(channel)
-        return stub
+        with self._lock:
+            stub = self._stubs.get(i)
+            if stub is None:
+                channel = grpc.insecure_channel(self.config.nodes[i].address, CHANNEL_OPTIONS)
+                self._channels[i] = channel
+                stub = self._stubs[i] = pb_grpc.KeyValueStub(channel)
+            return stub
+
+    def _reopen(self, i: int, failed: pb_grpc.KeyValueStub) -> None:
+        """Replace peer i's channel, unless another failure already did."""
+        with self._lock:
+            if self._stubs.get(i) is not failed:
+                return
+            del self._stubs[i]
+            channel = self._channels.pop(i)
+        channel.close()
 
     def forward(self, reqs: list[Request]) -> None:
         groups: dict[int, list[Request]] = {}
@@ -98,26 +108,44 @@ class Router:
                 continue
             ops = [pb.Operation(op=r.op, key=r.key_text.decode(), value=r.value, trace=r.trace,
                                 hops=r.hops + 1, route=r.route or ()) for r in group]
-            timeout = max(MIN_TIMEOUT, remaining * FORWARD_BUDGET)
-            try:
-                future = self._stub(nh).Batch.future(pb.BatchRequest(ops=ops), timeout=timeout)
-            except Exception as e:  # channel creation failed: bad address
-                self._fail_group(group, nh, f"cannot open a channel: {e}")
-                continue
             self.forwarded += len(group)
-            future.add_done_callback(lambda f, g=group, n=nh, t=timeout: self._on_reply(f, g, n, t))
+            self._send(nh, group, pb.BatchRequest(ops=ops),
+                       max(MIN_TIMEOUT, remaining * FORWARD_BUDGET), may_retry=True)
+
+    def _send(self, nh: int, group: list[Request], batch: pb.BatchRequest, timeout: float,
+              may_retry: bool) -> None:
+        try:
+            stub = self._stub(nh)
+            future = stub.Batch.future(batch, timeout=timeout)
+        except Exception as e:  # channel creation failed: bad address
+            self._fail_group(group, nh, f"cannot open a channel: {e}")
+            return
+        future.add_done_callback(
+            lambda f: self._on_reply(f, group, nh, timeout, stub, batch, may_retry))
 
     def _fail_group(self, group: list[Request], nh: int, why: str) -> None:
         for r in group:
             r.fail(rq.UNAVAILABLE, f"{self.label} could not reach {self.peer_label(nh)}: {why}")
         self.complete(group)
 
-    def _on_reply(self, future: grpc.Future, group: list[Request], nh: int,
-                  timeout: float) -> None:
+    def _on_reply(self, future: grpc.Future, group: list[Request], nh: int, timeout: float,
+                  stub: pb_grpc.KeyValueStub, batch: pb.BatchRequest, may_retry: bool) -> None:
         try:
             reply = future.result()
         except grpc.RpcError as e:
             code = e.code()
+            if (may_retry and code == grpc.StatusCode.UNAVAILABLE
+                    and (e.details() or "").lower().startswith("failed to connect")):
+                # The call never left this node: the channel is in reconnect
+                # backoff since the peer was last down. A restarted peer is
+                # ready long before the backoff ends, so retry once, now, on a
+                # fresh channel (safe for mutations: nothing was sent).
+                remaining = min(r.deadline for r in group) - time.monotonic()
+                if remaining > MIN_TIMEOUT:
+                    self._reopen(nh, stub)
+                    self._send(nh, group, batch, max(MIN_TIMEOUT, remaining * FORWARD_BUDGET),
+                               may_retry=False)
+                    return
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 why = f"no answer within {timeout:.2f}s"
             elif code == grpc.StatusCode.UNAVAILABLE:
@@ -145,5 +173,7 @@ class Router:
         self.complete(group)
 
     def close(self) -> None:
-        for channel in self._channels:
+        with self._lock:
+            channels = list(self._channels.values())
+        for channel in channels:
             channel.close()

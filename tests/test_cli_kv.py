@@ -1,0 +1,325 @@
+"""`chordctl kv` against one real `chordctl node serve` process.
+
+Most cases run the CLI in-process (CliRunner); the ones about what a user
+sees from a real process (exit codes, raw stdout bytes, stdin, no traceback)
+run `python -m chordctl` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+
+from conftest import NodeProc, free_ports, run_chordctl, write_config
+from chordctl import config as config_mod
+from chordctl.client import Client
+
+MAX_VALUE = 256                 # limits.max_value_bytes of the node under test
+CLIENT_TIMEOUT = 5
+NODE_ID = str(2**16 - 1)        # SPEC 4: a one-node ring of m=16 has id 2^m - 1
+BINARY = bytes(range(256))      # every byte value, exactly MAX_VALUE long
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli_kv")
+    path = write_config(d, 1, timeout=CLIENT_TIMEOUT, limits={"max_value_bytes": MAX_VALUE})
+    n = NodeProc(path, 0).start()
+    yield n
+    assert n.stop() == 0, n.log()
+
+
+@pytest.fixture
+def cli(node, run_cli):
+    return run_cli(node.config_path)
+
+
+@pytest.fixture
+def log_size(node):
+    """Size of the node's log.0 now (0 before the first write)."""
+    path = os.path.join(node.config.node_dir(0), "log.0")
+    return lambda: os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def value_of(node: NodeProc, key: str) -> bytes | None:
+    """The key's value as the node has it, or None; read through the library."""
+    with Client(node.config) as c:
+        results = c.batch([("read", key, None)])
+    r = results[0]
+    return None if isinstance(r, Exception) else r.value
+
+
+def assert_clean_failure(r, code: int, *fragments: str) -> None:
+    __tracebackhide__ = True
+    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    for f in fragments:
+        assert f in r.stderr, (f, r.stderr)
+
+
+# -- CRUD: the happy path -----------------------------------------------------------
+
+
+def test_crud_roundtrip_prints_bare_values(cli):
+    r = cli("kv", "create", "100", "hello world")
+    assert r.exit_code == 0, r.stderr
+    assert "created" in r.stdout and "100" in r.stdout
+
+    r = cli("kv", "read", "100")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout_bytes == b"hello world\n"
+    assert r.stderr == ""
+
+    r = cli("kv", "update", "100", "olá ✓")
+    assert r.exit_code == 0, r.stderr
+    r = cli("kv", "read", "100")
+    assert r.stdout_bytes == "olá ✓\n".encode()
+
+    r = cli("kv", "delete", "100")
+    assert r.exit_code == 0, r.stderr
+    r = cli("kv", "read", "100")
+    assert_clean_failure(r, 1, "key 100 ", "not found")
+    assert r.stdout == ""
+
+
+def test_key_with_leading_zeros_is_the_same_key(cli):
+    assert cli("kv", "create", "0101", "z").exit_code == 0
+    r = cli("kv", "read", "101")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout_bytes == b"z\n"
+
+
+def test_real_process_read_prints_exact_value_bytes(node):
+    cfg = node.config_path
+    p = run_chordctl("-c", cfg, "kv", "create", "110", "plain text")
+    assert p.returncode == 0, p.stderr
+    p = run_chordctl("-c", cfg, "kv", "read", "110")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"plain text\n"
+    p = run_chordctl("-c", cfg, "kv", "delete", "110")
+    assert p.returncode == 0, p.stderr
+    p = run_chordctl("-c", cfg, "kv", "read", "110")
+    assert p.returncode == 1
+    assert b"110" in p.stderr and b"Traceback" not in p.stderr
+
+
+# -- CRUD: failures name the key and change nothing --------------------------------
+
+
+def test_create_existing_key_fails_and_keeps_old_value(cli, node):
+    assert cli("kv", "create", "200", "original").exit_code == 0
+    r = cli("kv", "create", "200", "intruder")
+    assert_clean_failure(r, 1, "key 200 ", "already exists")
+    assert r.stdout == ""
+    assert value_of(node, "200") == b"original"
+
+
+@pytest.mark.parametrize("args", [("read",), ("update", "new"), ("delete",)])
+def test_missing_key_fails_and_is_not_created(cli, node, args):
+    # (A refused mutation may still be logged -- the log writer runs beside the
+    # applier and replay refuses it again -- so only the state is checked.)
+    op, *rest = args
+    r = cli("kv", op, "201", *rest)
+    assert_clean_failure(r, 1, "key 201 ", "not found")
+    assert r.stdout == ""
+    assert value_of(node, "201") is None
+
+
+# -- bad input: exit 2, a message, nothing changed ---------------------------------
+
+
+BAD_INPUT = [
+    # (argv after "kv", what stderr must say, keys that must stay absent)
+    (("read", "-5"), "negative", ("5",)),
+    (("create", "-5", "x"), "negative", ("5",)),
+    (("update", "-5", "x"), "negative", ("5",)),
+    (("delete", "-5"), "negative", ("5",)),
+    (("read", "abc"), "not a non-negative decimal integer", ()),
+    (("create", "abc", "x"), "not a non-negative decimal integer", ()),
+    (("create", "1.5", "x"), "not a non-negative decimal integer", ("1", "15", "2")),
+    (("read", "1.5"), "not a non-negative decimal integer", ()),
+    (("create", "", "x"), "empty", ()),
+    (("read", ""), "empty", ()),
+    (("create", "300", "x" * (MAX_VALUE + 1)), "over the limit", ("300",)),
+    (("frob", "1"), "frob", ("1",)),
+    (("create", "301"), "missing VALUE", ("301",)),
+    (("create", "302", "v", "--file", "/dev/null"), "not both", ("302",)),
+    (("create", "303", "--file", "/nonexistent/value.bin"), "cannot read", ("303",)),
+]
+
+
+@pytest.mark.parametrize("argv,message,absent", BAD_INPUT,
+                         ids=[" ".join(a)[:40] or "empty" for a, _, _ in BAD_INPUT])
+def test_bad_input_exits_2_and_changes_nothing(cli, node, log_size, argv, message, absent):
+    before = log_size()
+    r = cli("kv", *argv)
+    assert_clean_failure(r, 2, message)
+    assert r.stdout == ""
+    assert log_size() == before
+    for key in absent:
+        assert value_of(node, key) is None, key
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("update", "310", "y" * (MAX_VALUE + 1)), "over the limit"),
+    (("update", "310"), "missing VALUE"),
+    (("update", "-310", "x"), "negative"),
+])
+def test_bad_update_leaves_existing_value(cli, node, log_size, argv, message):
+    if value_of(node, "310") is None:
+        assert cli("kv", "create", "310", "kept").exit_code == 0
+    before = log_size()
+    r = cli("kv", *argv)
+    assert_clean_failure(r, 2, message)
+    assert value_of(node, "310") == b"kept"
+    assert log_size() == before
+
+
+def test_value_that_looks_like_an_option_is_stored_as_given(cli, node):
+    # Keys may be typed as "-5" (and refused); values starting with "-" are data.
+    r = cli("kv", "create", "315", "-1x")
+    assert r.exit_code == 0, r.stderr
+    assert value_of(node, "315") == b"-1x"
+
+
+def test_value_at_the_limit_is_accepted(cli, node):
+    r = cli("kv", "create", "320", "v" * MAX_VALUE)
+    assert r.exit_code == 0, r.stderr
+    assert value_of(node, "320") == b"v" * MAX_VALUE
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("kv", "read", "-5"), b"negative"),
+    (("kv", "frob", "1"), b"frob"),
+    (("kv", "create", "330", "x" * (MAX_VALUE + 1)), b"over the limit"),
+])
+def test_real_process_bad_input_has_no_traceback(node, argv, message):
+    p = run_chordctl("-c", node.config_path, *argv)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert message in p.stderr
+    assert b"Traceback" not in p.stderr and p.stdout == b""
+    assert value_of(node, "330") is None
+
+
+# -- output formats and tracing ------------------------------------------------------
+
+
+def test_json_output_has_result_fields(cli):
+    r = cli("kv", "create", "400", "json value", output="json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is True and doc["op"] == "create" and doc["key"] == "400"
+    assert doc["node_index"] == 0 and doc["node_id"] == NODE_ID
+
+    r = cli("kv", "read", "400", output="json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert {"ok", "op", "key", "value", "node_index", "node_id"} <= doc.keys()
+    assert (doc["ok"], doc["op"], doc["key"], doc["value"]) == (True, "read", "400", "json value")
+    assert (doc["node_index"], doc["node_id"]) == (0, NODE_ID)
+
+    for op, args in (("update", ("400", "v2")), ("delete", ("400",))):
+        r = cli("kv", op, *args, output="json")
+        assert r.exit_code == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert (doc["ok"], doc["op"], doc["key"], doc["node_index"], doc["node_id"]) == \
+            (True, op, "400", 0, NODE_ID)
+
+
+def test_trace_on_one_node_is_a_route_of_one_id(cli):
+    assert cli("kv", "create", "410", "traced").exit_code == 0
+
+    r = cli("kv", "read", "410", "--trace")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout_bytes == b"traced\n"          # the route goes to stderr
+    assert f"route: {NODE_ID} (0 hops)" in r.stderr
+
+    r = cli("kv", "read", "410", "--trace", output="json")
+    assert json.loads(r.stdout)["route"] == [NODE_ID]
+
+    r = cli("kv", "update", "410", "again", "--trace", output="json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["route"] == [NODE_ID]
+
+    r = cli("kv", "read", "410", output="json")
+    assert "route" not in json.loads(r.stdout)
+
+
+# -- binary values -----------------------------------------------------------------
+
+
+def read_json_bytes(cli, key: str) -> bytes:
+    r = cli("kv", "read", key, output="json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["encoding"] == "base64"
+    return base64.b64decode(doc["value"])
+
+
+def test_file_path_binary_value_round_trips(cli, node, tmp_path):
+    src = tmp_path / "value.bin"
+    src.write_bytes(BINARY)
+    r = cli("kv", "create", "500", "--file", str(src))
+    assert r.exit_code == 0, r.stderr
+    assert read_json_bytes(cli, "500") == BINARY
+    assert cli("kv", "read", "500").stdout_bytes == BINARY + b"\n"
+
+    src.write_bytes(BINARY[::-1])
+    assert cli("kv", "update", "500", "--file", str(src)).exit_code == 0
+    assert read_json_bytes(cli, "500") == BINARY[::-1]
+
+
+def test_file_stdin_binary_value_round_trips(cli):
+    data = b"\x00\xff\xfe\r\n\x80binary\x00"
+    r = cli("kv", "create", "510", "--file", "-", input=data)
+    assert r.exit_code == 0, r.stderr
+    assert read_json_bytes(cli, "510") == data
+
+
+def test_real_process_stdin_binary_round_trips(node):
+    data = BINARY[128:] + BINARY[:128]
+    p = run_chordctl("-c", node.config_path, "kv", "create", "520", "--file", "-", input=data)
+    assert p.returncode == 0, p.stderr
+    p = run_chordctl("-c", node.config_path, "kv", "read", "520")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == data + b"\n"
+
+
+def test_file_over_the_limit_is_refused(cli, node, tmp_path):
+    src = tmp_path / "big.bin"
+    src.write_bytes(BINARY + b"!")
+    r = cli("kv", "create", "530", "--file", str(src))
+    assert_clean_failure(r, 2, "over the limit")
+    assert value_of(node, "530") is None
+
+
+# -- cluster unreachable -------------------------------------------------------------
+
+
+def test_unreachable_target_exits_3(cli):
+    (port,) = free_ports(1)
+    address = f"127.0.0.1:{port}"
+    r = cli("kv", "read", "1", target=address)
+    assert_clean_failure(r, 3, address)
+    r = cli("kv", "create", "1", "x", target=address)
+    assert_clean_failure(r, 3, address)
+
+
+def test_real_process_unreachable_target_exits_3(node):
+    (port,) = free_ports(1)
+    address = f"127.0.0.1:{port}"
+    # subprocess.run raises TimeoutExpired if the CLI hangs well past its deadline.
+    p = run_chordctl("-c", node.config_path, "--target", address, "kv", "read", "1",
+                     timeout=CLIENT_TIMEOUT + 20)
+    assert p.returncode == 3, (p.stdout, p.stderr)
+    assert address.encode() in p.stderr and b"Traceback" not in p.stderr
+
+
+def test_config_whose_node_is_down_exits_3(run_cli, tmp_path):
+    path = write_config(tmp_path, 1, timeout=CLIENT_TIMEOUT)   # never started
+    address = config_mod.load(path).nodes[0].address
+    r = run_cli(path)("kv", "read", "1")
+    assert_clean_failure(r, 3, address)
