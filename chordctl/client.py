@@ -14,9 +14,10 @@ from typing import Callable, Sequence
 
 import grpc
 
+from chordctl import security
 from chordctl.config import Config
 from chordctl.core import request as rq
-from chordctl.core.request import parse_key
+from chordctl.core.request import describe, parse_key
 from chordctl.errors import (AlreadyExistsError, ChordError, DeadlineExceededError,
                              InternalError, InvalidInputError, NotFoundError,
                              ResourceExhaustedError, UnavailableError)
@@ -79,8 +80,7 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "") -> C
         # Only gRPC's own text means *this* client could not connect; a node's
         # relayed "node 0 ... could not reach node 3 ... (failed to connect ...)"
         # must reach the user as is, naming the node that is really down.
-        message = f"client: cannot connect to {address}; is the node running? " \
-                  f"(`chordctl ring show`, `chordctl cluster up`)"
+        message = f"client: cannot connect to {address}{security.connect_failure(message)}"
     return cls(message)
 
 
@@ -144,7 +144,8 @@ class _Lane:
                 callback(error_for(res.code, res.message, self.address))
             else:
                 callback(Result(op, key, res.value if op == "read" else None, res.node_index,
-                                res.node_id, res.message, tuple(res.route)))
+                                res.node_id, res.message or _sentence(op, key, res),
+                                tuple(res.route)))
 
 
 class Client:
@@ -200,22 +201,24 @@ class Client:
         if len(self.addresses) == 1:
             self.open(self.addresses[0])
             return self.address
+        why = ""
         for address in self.addresses:
-            channel = grpc.insecure_channel(address, CHANNEL_OPTIONS)
+            channel = security.channel(self.config, address, CHANNEL_OPTIONS)
             try:
                 grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
             except grpc.FutureTimeoutError:
+                why = why or _why_not_ready(channel, address)
                 channel.close()
                 continue
             self._adopt(address, channel)
             return address
         raise UnavailableError(
             f"client: no node of the config answered within {CONNECT_TIMEOUT:.0f}s (tried "
-            f"{', '.join(self.addresses)}); start the ring with `chordctl cluster up`")
+            f"{', '.join(self.addresses)}); start the ring with `chordctl cluster up`{why}")
 
     def open(self, address: str) -> None:
         """Use *address* without checking that it answers (calls fail until it does)."""
-        self._adopt(address, grpc.insecure_channel(address, CHANNEL_OPTIONS))
+        self._adopt(address, security.channel(self.config, address, CHANNEL_OPTIONS))
 
     def _adopt(self, address: str, channel: grpc.Channel) -> None:
         self.address = address
@@ -242,7 +245,7 @@ class Client:
         stub = self._node_stubs.get(owner)
         address = self.config.nodes[owner].address
         if stub is None:
-            channel = grpc.insecure_channel(address, CHANNEL_OPTIONS)
+            channel = security.channel(self.config, address, CHANNEL_OPTIONS)
             self._node_channels.append(channel)
             stub = self._node_stubs[owner] = pb_grpc.KeyValueStub(channel)
         return stub, address
@@ -395,7 +398,8 @@ class Client:
                 out.append(error_for(res.code, res.message, self.address))
             else:
                 out.append(Result(op, key, res.value if op == "read" else None, res.node_index,
-                                  res.node_id, res.message, tuple(res.route)))
+                                  res.node_id, res.message or _sentence(op, key, res),
+                                  tuple(res.route)))
         return out
 
     # -- admin ----------------------------------------------------------------
@@ -423,6 +427,22 @@ class Client:
                                      timeout=timeout if timeout is not None else self.timeout)
         except grpc.RpcError as e:
             raise error_for(e.code(), e.details() or "", self.address) from None
+
+
+def _sentence(op: str, key: str, res: pb.Result) -> str:
+    """Batch results leave out the sentence of a success (it is derivable)."""
+    return describe(OPS[op], key, 0, f"node {res.node_index} (id {res.node_id})")
+
+
+def _why_not_ready(channel: grpc.Channel, address: str) -> str:
+    """gRPC's reason why *channel* did not connect (a refusal, a TLS mismatch), or ""."""
+    try:
+        channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=CONNECT_TIMEOUT / 4)
+    except grpc.RpcError as e:
+        details = e.details() or ""
+        if details.lower().startswith("failed to connect"):
+            return f"; {address}: cannot connect{security.connect_failure(details)}"
+    return ""
 
 
 def _outcome(fut: grpc.Future, op: str, key: str, address: str | None) -> Result | ChordError:

@@ -16,6 +16,7 @@ from typing import Callable
 
 import grpc
 
+from chordctl import security
 from chordctl.config import Config
 from chordctl.core import request as rq
 from chordctl.core.request import Request
@@ -62,7 +63,8 @@ class Router:
         with self._lock:
             stub = self._stubs.get(i)
             if stub is None:
-                channel = grpc.insecure_channel(self.config.nodes[i].address, CHANNEL_OPTIONS)
+                channel = security.channel(self.config, self.config.nodes[i].address,
+                                           CHANNEL_OPTIONS)
                 self._channels[i] = channel
                 stub = self._stubs[i] = pb_grpc.KeyValueStub(channel)
             return stub
@@ -106,10 +108,20 @@ class Router:
                            f"{self.peer_label(nh)}")
                 self.complete(group)
                 continue
-            ops = [pb.Operation(op=r.op, key=r.key_text.decode(), value=r.value, trace=r.trace,
-                                hops=r.hops + 1, route=r.route or ()) for r in group]
+            batch = pb.BatchRequest()
+            add = batch.ops.add
+            for r in group:
+                o = add()
+                o.op = r.op
+                o.key = r.key_text.decode()
+                if r.value:
+                    o.value = r.value
+                o.hops = r.hops + 1
+                if r.trace:
+                    o.trace = True
+                    o.route.extend(r.route)
             self.forwarded += len(group)
-            self._send(nh, group, pb.BatchRequest(ops=ops),
+            self._send(nh, group, batch,
                        max(MIN_TIMEOUT, remaining * FORWARD_BUDGET), may_retry=True)
 
     def _send(self, nh: int, group: list[Request], batch: pb.BatchRequest, timeout: float,

@@ -157,17 +157,41 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                                 f"{self.node.label} has {self.in_flight} requests in flight "
                                 f"(limits.max_in_flight); retry later")
         deadline = self._deadline(context)
-        slots: list[Request | pb.Result] = []
+        # The hot loop of bulk work: plain keys take an inlined fast path;
+        # anything unusual goes through _make for canonical form or the error.
+        slots: list[Request | tuple[int, str]] = []
         valid: list[Request] = []
         make = self._make
+        max_digits = self.max_digits
+        max_value = self.max_value
+        node_id = self.node_id
+        plain_ops = (rq.OP_CREATE, rq.OP_UPDATE)
         for o in ops:
-            try:
-                r = make(o.op, o.key, o.value, o.trace, o.hops, o.route, deadline)
-            except ValueError as e:
-                slots.append(pb.Result(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                                       message=str(e), node_index=self.node.index,
-                                       node_id=self.node_id))
-                continue
+            op = o.op
+            text = o.key
+            trace = o.trace
+            if (not trace and 0 < len(text) <= max_digits and text.isdigit() and text.isascii()
+                    and (text[0] != "0" or len(text) == 1)):
+                if op in plain_ops:
+                    value = o.value
+                    if len(value) > max_value:
+                        slots.append((rq.INVALID_ARGUMENT,
+                                      f"value of {len(value)} bytes is over the limit of "
+                                      f"{max_value} bytes (limits.max_value_bytes)"))
+                        continue
+                elif op == rq.OP_READ or op == rq.OP_DELETE:
+                    value = b""
+                else:
+                    slots.append((rq.INVALID_ARGUMENT, f"unknown operation {op}; expected "
+                                                       f"create, read, update or delete"))
+                    continue
+                r = Request(op, int(text), text.encode(), value, deadline, False, o.hops)
+            else:
+                try:
+                    r = make(op, text, o.value, trace, o.hops, o.route, deadline)
+                except ValueError as e:
+                    slots.append((rq.INVALID_ARGUMENT, str(e)))
+                    continue
             slots.append(r)
             valid.append(r)
         if valid:
@@ -183,21 +207,36 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 await fut
             finally:
                 self.in_flight -= len(valid)
-        results = []
-        append = results.append
+        reply = pb.BatchReply()
+        add = reply.results.add
+        my_index = self.node.index
         for s in slots:
+            res = add()
             if type(s) is Request:
-                self._fill(s)
+                code = s.code
+                if code:
+                    self._fill(s)
+                    res.code = code
+                    res.message = s.message
+                elif s.message:
+                    res.message = s.message     # relayed from the owner
+                if s.result:
+                    res.value = s.result
                 if s.node_index < 0:
                     # Failed here before any owner saw it (hop limit, next hop
-                    # unreachable, deadline): this node answers for it. -1 does
-                    # not fit the uint32 field and would fail the whole reply.
-                    s.node_index, s.node_id = self.node.index, self.node_id
-                append(pb.Result(code=s.code, message=s.message, value=s.result or b"",
-                                 node_index=s.node_index, node_id=s.node_id, route=s.route or ()))
+                    # unreachable, deadline): this node answers for it.
+                    res.node_index = my_index
+                    res.node_id = node_id
+                else:
+                    res.node_index = s.node_index
+                    res.node_id = s.node_id
+                if s.route:
+                    res.route.extend(s.route)
             else:
-                append(s)
-        return pb.BatchReply(results=results)
+                res.code, res.message = s
+                res.node_index = my_index
+                res.node_id = node_id
+        return reply
 
 
 class AdminServicer(pb_grpc.AdminServicer):
