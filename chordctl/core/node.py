@@ -36,6 +36,7 @@ from typing import Callable
 from chordctl.config import Config
 from chordctl.core import request as rq
 from chordctl.core.request import Request
+from chordctl.core.metrics import NodeMetrics
 from chordctl.core.ring import Ring
 from chordctl.core.storage import files, recovery, records, snapshot
 from chordctl.core.storage.log import LogFile
@@ -129,6 +130,7 @@ class Node:
         self.snapshots_taken = 0
         self.last_snapshot: dict = {}
         self.failed: str | None = None  # set when the log cannot be written
+        self.metrics = NodeMetrics()
         self.started_at = time.time()
 
     # -- life cycle ---------------------------------------------------------
@@ -342,8 +344,10 @@ class Node:
             try:
                 if parts:
                     self.log.append(parts[0] if len(parts) == 1 else b"".join(parts), count)
-                if sync:
+                if sync and self.log.dirty:
+                    t0 = time.perf_counter()
                     self.log.sync()
+                    self.metrics.fsync.observe(time.perf_counter() - t0)
             except OSError as e:
                 # Fail-stop: the map may now hold effects the log does not,
                 # so this node must not answer anything until it restarts.
@@ -403,6 +407,7 @@ class Node:
         for r in reqs:
             r.node_index = idx
             r.node_id = nid
+        self.metrics.served(reqs)
         self._complete(reqs)
 
     # -- F4: router -----------------------------------------------------------
@@ -459,6 +464,9 @@ class Node:
                 elapsed = time.monotonic() - t0
                 self.last_snapshot = {"counter": marker.counter, "bytes": size, "keys": keys,
                                       "seconds": elapsed}
+                self.metrics.snapshot.observe(elapsed)
+                self.metrics.snapshot_bytes = size
+                self.metrics.snapshot_keys = keys
                 marker.result = (path, size, keys)
                 logger.info("%s: wrote %s (%d keys, %d bytes) in %.3fs", self.label, path, keys,
                             size, elapsed)

@@ -55,6 +55,7 @@ class Router:
         self._channels: dict[int, grpc.Channel] = {}
         self._lock = threading.Lock()
         self.forwarded = 0
+        self.metrics = None          # NodeMetrics, when the node wires one in
 
     def peer_label(self, i: int) -> str:
         return f"node {i} (id {self.ring.ids[i]}, {self.config.nodes[i].address})"
@@ -121,6 +122,8 @@ class Router:
                     o.trace = True
                     o.route.extend(r.route)
             self.forwarded += len(group)
+            if self.metrics is not None:
+                self.metrics.forwarded += len(group)
             self._send(nh, group, batch,
                        max(MIN_TIMEOUT, remaining * FORWARD_BUDGET), may_retry=True)
 

@@ -60,6 +60,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         self.max_batch = limits.max_batch_ops
         self.default_timeout = node.config.client.timeout
         self.node_id = str(node.node_id)
+        self.metrics = node.metrics
         self.in_flight = 0
         self.delay_key: int | None = None   # test hook, see CHORDCTL_TEST_DELAY
         self.delay = 0.0
@@ -114,6 +115,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{self.node.label} has {self.in_flight} requests in flight "
                                 f"(limits.max_in_flight); retry later")
+        t0 = time.perf_counter()
         fut = self.loop.create_future()
         r.waiter = fut
         self.in_flight += 1
@@ -125,6 +127,9 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         finally:
             self.in_flight -= 1
         self._fill(r)
+        metrics = self.metrics
+        metrics.answered(op, r.code)
+        metrics.took(rq.OP_NAMES[op], time.perf_counter() - t0)
         if r.code != rq.OK:
             await context.abort(STATUS.get(r.code, grpc.StatusCode.UNKNOWN), r.message)
         return pb.Reply(value=r.result or b"", node_index=r.node_index, node_id=r.node_id,
@@ -156,6 +161,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{self.node.label} has {self.in_flight} requests in flight "
                                 f"(limits.max_in_flight); retry later")
+        t0 = time.perf_counter()
         deadline = self._deadline(context)
         # The hot loop of bulk work: plain keys take an inlined fast path;
         # anything unusual goes through _make for canonical form or the error.
@@ -210,10 +216,13 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         reply = pb.BatchReply()
         add = reply.results.add
         my_index = self.node.index
+        answered = self.metrics.requests
         for s in slots:
             res = add()
             if type(s) is Request:
                 code = s.code
+                outcome = (s.op, code)
+                answered[outcome] = answered.get(outcome, 0) + 1
                 if code:
                     self._fill(s)
                     res.code = code
@@ -236,6 +245,8 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 res.code, res.message = s
                 res.node_index = my_index
                 res.node_id = node_id
+                self.metrics.answered(0, res.code)
+        self.metrics.took("batch", time.perf_counter() - t0)
         return reply
 
 

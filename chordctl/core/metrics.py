@@ -1,0 +1,155 @@
+"""Prometheus metrics of one node, served on its optional ``metrics_port``.
+
+The request path only bumps plain integers (a dict entry, a bucket slot):
+no locks, no metric objects per request. A custom collector turns them into
+Prometheus families when scraped, so the cost of metrics is paid by the
+scraper, not by the requests.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+
+from chordctl.core import request as rq
+
+logger = logging.getLogger("chordctl.metrics")
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0)
+FSYNC_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 1.0)
+SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+CODE_NAMES = {0: "OK", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND",
+              6: "ALREADY_EXISTS", 8: "RESOURCE_EXHAUSTED", 10: "ABORTED", 13: "INTERNAL",
+              14: "UNAVAILABLE"}
+
+
+class Histogram:
+    """Bucket counts, a sum and a count; one writer thread, any reader."""
+
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float, n: int = 1) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += n
+        self.total += value * n
+        self.count += n
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, acc = [], 0
+        for bound, c in zip(self.bounds, self.counts):
+            acc += c
+            out.append((repr(bound), acc))
+        out.append(("+Inf", acc + self.counts[-1]))
+        return out
+
+
+class NodeMetrics:
+    def __init__(self):
+        self.requests: dict[tuple[int, int], int] = {}    # (op, code) -> count
+        self.latency: dict[str, Histogram] = {}           # "read", ..., "batch"
+        self.hops = [0] * 65                              # hops at the owner, clamped
+        self.fsync = Histogram(FSYNC_BUCKETS)
+        self.snapshot = Histogram(SNAPSHOT_BUCKETS)
+        self.snapshot_bytes = 0
+        self.snapshot_keys = 0
+        self.forwarded = 0
+
+    def answered(self, op: int, code: int, n: int = 1) -> None:
+        key = (op, code)
+        self.requests[key] = self.requests.get(key, 0) + n
+
+    def took(self, kind: str, seconds: float) -> None:
+        h = self.latency.get(kind)
+        if h is None:
+            h = self.latency[kind] = Histogram(LATENCY_BUCKETS)
+        h.observe(seconds)
+
+    def served(self, reqs) -> None:
+        """At the owner: how many hops each request took to get here."""
+        hops = self.hops
+        top = len(hops) - 1
+        for r in reqs:
+            h = r.hops
+            hops[h if h < top else top] += 1
+
+
+def start_server(node, metrics: NodeMetrics, host: str, port: int) -> None:
+    """Serve /metrics over HTTP in a daemon thread (prometheus_client)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    registry = CollectorRegistry()
+    registry.register(_Collector(node, metrics))
+    start_http_server(port, addr=host, registry=registry)
+    logger.info("%s: metrics on http://%s:%d/metrics", node.label, host, port)
+
+
+class _Collector:
+    def __init__(self, node, metrics: NodeMetrics):
+        self.node = node
+        self.m = metrics
+
+    def collect(self):
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+        node, m = self.node, self.m
+        labels = {"node": str(node.index), "id": str(node.node_id)}
+        names, values = list(labels), list(labels.values())
+
+        c = CounterMetricFamily("chordctl_requests", "Operations answered, by operation and "
+                                "outcome", labels=names + ["op", "code"])
+        for (op, code), n in sorted(m.requests.items()):
+            c.add_metric(values + [rq.OP_NAMES.get(op, str(op)),
+                                   CODE_NAMES.get(code, str(code))], n)
+        yield c
+
+        h = HistogramMetricFamily("chordctl_request_latency_seconds",
+                                  "Time from receipt to reply, by call kind",
+                                  labels=names + ["kind"])
+        for kind, hist in sorted(m.latency.items()):
+            h.add_metric(values + [kind], hist.cumulative(), sum_value=hist.total)
+        yield h
+
+        q = GaugeMetricFamily("chordctl_queue_depth", "Items waiting in each pipeline queue",
+                              labels=names + ["queue"])
+        for name, queue in (("F1", node.incoming), ("F2", node.to_log), ("F3", node.to_apply),
+                            ("F4", node.to_route)):
+            q.add_metric(values + [name], queue.qsize())
+        yield q
+
+        hops = HistogramMetricFamily("chordctl_request_hops",
+                                     "Forwards a request took to reach this node (its owner)",
+                                     labels=names)
+        acc, buckets = 0, []
+        for i, n in enumerate(m.hops[:-1]):
+            acc += n
+            buckets.append((str(i), acc))
+        buckets.append(("+Inf", acc + m.hops[-1]))
+        hops.add_metric(values, buckets, sum_value=sum(i * n for i, n in enumerate(m.hops)))
+        yield hops
+
+        f = HistogramMetricFamily("chordctl_fsync_seconds", "Log fsync latency", labels=names)
+        f.add_metric(values, m.fsync.cumulative(), sum_value=m.fsync.total)
+        yield f
+
+        s = HistogramMetricFamily("chordctl_snapshot_seconds", "Time to write a snapshot",
+                                  labels=names)
+        s.add_metric(values, m.snapshot.cumulative(), sum_value=m.snapshot.total)
+        yield s
+        for name, doc, value in (
+                ("chordctl_snapshot_bytes", "Size of the newest snapshot", m.snapshot_bytes),
+                ("chordctl_snapshot_counter", "X of the newest snap.X", node.snapshot_counter),
+                ("chordctl_keys", "Keys held by this node", len(node.store)),
+                ("chordctl_log_sequence", "Sequence number of the last logged mutation",
+                 node.durable_seq)):
+            g = GaugeMetricFamily(name, doc, labels=names)
+            g.add_metric(values, value)
+            yield g
+        fw = CounterMetricFamily("chordctl_forwarded", "Operations forwarded to another node",
+                                 labels=names)
+        fw.add_metric(values, m.forwarded)
+        yield fw

@@ -1,0 +1,67 @@
+"""Prometheus metrics on a node's metrics_port."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from chordctl.client import Client
+from conftest import Cluster, free_ports, write_config
+
+
+def _scrape(port: int) -> dict[str, list]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def test_metrics_report_requests_latency_queues_hops_fsync_snapshots_keys(tmp_path):
+    path = write_config(tmp_path, 2)
+    doc = yaml.safe_load(open(path))
+    ports = free_ports(2)
+    for node, port in zip(doc["nodes"], ports):
+        node["metrics_port"] = port
+    yaml.safe_dump(doc, open(path, "w"))
+    cluster = Cluster(path).start()
+    try:
+        # Node 0 (id 65535) owns (32767, 65535]; key 10 is node 1's: one forward.
+        with Client(cluster.config, target=cluster.address(0)) as c:
+            c.create("40000", b"a")
+            c.create("10", b"b")
+            c.read("10")
+            try:
+                c.read("11")
+            except Exception:
+                pass
+            c.batch([("create", "40001", b"c"), ("read", "40000", None)])
+            c.take_snapshot()
+        m0 = _scrape(ports[0])
+        m1 = _scrape(ports[1])
+    finally:
+        cluster.stop()
+
+    def value(samples, name, **labels):
+        return sum(s.value for s in samples if s.name == name and
+                   all(s.labels.get(k) == v for k, v in labels.items()))
+
+    reqs = m0["chordctl_requests"]
+    assert value(reqs, "chordctl_requests_total", op="create", code="OK") == 3
+    assert value(reqs, "chordctl_requests_total", op="read", code="NOT_FOUND") == 1
+    assert value(reqs, "chordctl_requests_total", op="read", code="OK") == 2
+    lat = m0["chordctl_request_latency_seconds"]
+    assert value(lat, "chordctl_request_latency_seconds_count", kind="create") == 2
+    assert value(lat, "chordctl_request_latency_seconds_count", kind="batch") == 1
+    queues = {s.labels["queue"] for s in m0["chordctl_queue_depth"]}
+    assert queues == {"F1", "F2", "F3", "F4"}
+    assert value(m0["chordctl_keys"], "chordctl_keys") == 2
+    assert value(m0["chordctl_forwarded"], "chordctl_forwarded_total") == 3
+    # Node 1 served 3 requests that each took one forward to reach it.
+    hops = m1["chordctl_request_hops"]
+    assert value(hops, "chordctl_request_hops_bucket", le="0") == 0
+    assert value(hops, "chordctl_request_hops_bucket", le="1") == 3
+    assert value(m0["chordctl_fsync_seconds"], "chordctl_fsync_seconds_count") >= 2
+    assert value(m0["chordctl_snapshot_seconds"], "chordctl_snapshot_seconds_count") == 1
+    assert value(m0["chordctl_snapshot_bytes"], "chordctl_snapshot_bytes") > 0
+    assert all(s.labels["node"] == "0" for s in reqs)
