@@ -52,6 +52,8 @@ def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dic
             doc.update({"keys": st.keys, "snapshot": st.snapshot_counter,
                         "log": st.log_counter, "last_seq": st.last_seq, "pid": st.pid,
                         "uptime_seconds": round(st.uptime_seconds, 3),
+                        "rss_bytes": st.rss_bytes, "ready_seconds": round(st.ready_seconds, 3),
+                        "recovery_seconds": round(st.recovery_seconds, 3),
                         "routing": [{"role": e.role, "index": e.node_index, "id": e.node_id}
                                     for e in st.routing]})
         else:

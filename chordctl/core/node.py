@@ -132,6 +132,8 @@ class Node:
         self.failed: str | None = None  # set when the log cannot be written
         self.metrics = NodeMetrics()
         self.started_at = time.time()
+        self.recovery_seconds = 0.0
+        self.ready_seconds = 0.0        # process start -> serving (set by the server)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -141,6 +143,7 @@ class Node:
         t0 = time.monotonic()
         report = recovery.recover(self.directory, self.store, repair=True)
         self.report = report
+        self.recovery_seconds = time.monotonic() - t0
         self.seq = report.last_seq
         self.durable_seq = report.last_seq
         self._seq_at_snapshot = report.last_seq if not report.records else -1

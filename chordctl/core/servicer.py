@@ -13,6 +13,7 @@ import time
 
 import grpc
 
+from chordctl.core import procinfo
 from chordctl.core import request as rq
 from chordctl.core.node import Node, SnapshotMarker
 from chordctl.core.request import Request, describe, parse_key
@@ -269,7 +270,9 @@ class AdminServicer(pb_grpc.AdminServicer):
             snapshot_counter=node.snapshot_counter,
             log_counter=node.log.counter if node.log else 0, last_seq=node.seq,
             routing=routing, fsync=node.fsync, uptime_seconds=time.time() - node.started_at,
-            pid=os.getpid(), placement=ring.placement, routing_mode=ring.routing)
+            pid=os.getpid(), placement=ring.placement, routing_mode=ring.routing,
+            rss_bytes=procinfo.rss_bytes(), ready_seconds=node.ready_seconds,
+            recovery_seconds=node.recovery_seconds)
 
     async def TakeSnapshot(self, request, context):
         fut = self.loop.create_future()

@@ -113,7 +113,7 @@ class RoutingEntry(_message.Message):
     def __init__(self, role: _Optional[str] = ..., node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_index", "node_id", "arc_low", "address", "keys", "snapshot_counter", "log_counter", "last_seq", "routing", "fsync", "uptime_seconds", "pid", "placement", "routing_mode")
+    __slots__ = ("node_index", "node_id", "arc_low", "address", "keys", "snapshot_counter", "log_counter", "last_seq", "routing", "fsync", "uptime_seconds", "pid", "placement", "routing_mode", "rss_bytes", "ready_seconds", "recovery_seconds")
     NODE_INDEX_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ARC_LOW_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,9 @@ class NodeStatus(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     ROUTING_MODE_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    READY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     node_index: int
     node_id: str
     arc_low: str
@@ -142,7 +145,10 @@ class NodeStatus(_message.Message):
     pid: int
     placement: str
     routing_mode: str
-    def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ...) -> None: ...
+    rss_bytes: int
+    ready_seconds: float
+    recovery_seconds: float
+    def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ..., rss_bytes: _Optional[int] = ..., ready_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ()
