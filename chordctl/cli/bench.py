@@ -149,11 +149,18 @@ def _owned_keys(ring: Ring, keys: list[str], node: int) -> list[str]:
               help="Send concurrent operations as Batch calls (the client library's option).")
 @click.option("--baseline", is_flag=True,
               help="Also measure a bare gRPC echo of the same shapes (1 and 2 hops, batch).")
+@click.option("--snapshot-phase", is_flag=True,
+              help="Also run workload C while every node takes snapshots, to compare "
+                   "latency with and without one.")
+@click.option("--skip-load", is_flag=True,
+              help="Use the keys a previous run with the same --key-base loaded.")
+@click.option("--key-base", type=int, default=None,
+              help="First key of this run's key range [default: new per run].")
 @click.option("--seed", type=int, default=1, show_default=True)
 @pass_state
 def bench(state: State, records: int, ops: int, seq_ops: int, concurrency: int, wl: str,
           distributions: str, routes: str, value_size: int, coalesce: bool, baseline: bool,
-          seed: int) -> None:
+          snapshot_phase: bool, skip_load: bool, key_base: int | None, seed: int) -> None:
     """Benchmark a running ring: load, sequential owned/forwarded, YCSB A/B/C.
 
     Prints throughput and p50/p95/p99/max latency per phase and operation;
@@ -171,18 +178,22 @@ def bench(state: State, records: int, ops: int, seq_ops: int, concurrency: int, 
     fmt = state.fmt("table")
     show = sys.stderr.isatty()
     ring = Ring(cfg.ring.bits, len(cfg.nodes), cfg.ring.placement, cfg.ring.routing)
-    base = 10 ** 12 * (1 + int(time.time() * 1000) % 10 ** 6)
+    base = key_base if key_base is not None else 10 ** 12 * (1 + int(time.time() * 1000) % 10 ** 6)
+    if skip_load and key_base is None:
+        raise InvalidInputError("bench: --skip-load needs the --key-base of the run that loaded")
     keys = [str(base + i * KEY_STRIDE) for i in range(records)]
     value = b"v" * value_size
     rows: list[dict] = []
 
     # Load: pipelined Batch calls, each to the key's owner.
-    with Client(cfg, route="direct") as c:
-        with _Bar(records, "load", show) as bar:
-            rep = bulk.load(c, ((k, value) for k in keys), progress=bar)
-    rows.append({"phase": "load (batch 1000, direct)", "op": "create", "concurrency": 4,
-                 "ops": rep.records, "errors": rep.failures, "ops_per_s": round(rep.rate, 1),
-                 "p50_ms": "", "p95_ms": "", "p99_ms": "", "max_ms": ""})
+    if not skip_load:
+        with Client(cfg, route="direct") as c:
+            with _Bar(records, "load", show) as bar:
+                rep = bulk.load(c, ((k, value) for k in keys), progress=bar)
+        rows.append({"phase": "load (batch 1000, direct)", "op": "create", "concurrency": 4,
+                     "ops": rep.records, "errors": rep.failures,
+                     "ops_per_s": round(rep.rate, 1),
+                     "p50_ms": "", "p95_ms": "", "p99_ms": "", "max_ms": ""})
 
     # Sequential single operations: the entry node owns the key / one forward.
     entry = 0
@@ -215,6 +226,9 @@ def bench(state: State, records: int, ops: int, seq_ops: int, concurrency: int, 
                         rows.extend(engine.summarize(
                             engine.drive(c, name, gen, ops, concurrency, bar)))
 
+    if snapshot_phase:
+        rows.extend(_snapshot_phase(cfg, keys, ops, concurrency, coalesce, seed, show))
+
     base_rows = run_baseline(seq_ops, concurrency, ops, show) if baseline else []
     machine = {"python": platform.python_version(), "cpus": os.cpu_count(),
                "platform": platform.platform(), "nodes": len(cfg.nodes),
@@ -233,6 +247,42 @@ def bench(state: State, records: int, ops: int, seq_ops: int, concurrency: int, 
             click.echo(f"{k}: {v}")
 
 
+def _snapshot_phase(cfg: Config, keys: list[str], ops: int, concurrency: int, coalesce: bool,
+                    seed: int, show: bool) -> list[dict]:
+    """Workload C twice: quiet, then while every node writes snapshot after snapshot."""
+    rows: list[dict] = []
+    with Client(cfg, route="entry", target=cfg.nodes[0].address, coalesce=coalesce) as c:
+        for name in ("ycsb C, no snapshot", "ycsb C, during snapshots"):
+            stop = threading.Event()
+            taken = [0]
+
+            def snapshots() -> None:
+                while not stop.is_set():
+                    for node in cfg.nodes:
+                        try:
+                            with Client(cfg, target=node.address) as admin:
+                                admin.take_snapshot()
+                                taken[0] += 1
+                        except ChordError:
+                            pass
+
+            worker = threading.Thread(target=snapshots, daemon=True)
+            if "during" in name:
+                worker.start()
+            gen = workloads.operations("C", "uniform", len(keys), ops, keys.__getitem__, b"",
+                                       seed)
+            with _Bar(ops, name, show) as bar:
+                phase = engine.drive(c, name, gen, ops, concurrency, bar)
+            stop.set()
+            if worker.is_alive():
+                worker.join(120)
+            for row in engine.summarize(phase):
+                if "during" in name:
+                    row["phase"] = f"{name} ({taken[0]} taken)"
+                rows.append(row)
+    return rows
+
+
 def _ratios(rows: list[dict], base: list[dict]) -> dict:
     def rate(rs, phase, op=None):
         for r in rs:
@@ -249,4 +299,9 @@ def _ratios(rows: list[dict], base: list[dict]) -> dict:
         out["seq owned / echo 1 hop"] = round(owned / one, 3)
     if two and fwd:
         out["seq 1 forward / echo 2 hops"] = round(fwd / two, 3)
+    quiet = [r for r in rows if r["phase"] == "ycsb C, no snapshot"]
+    busy = [r for r in rows if r["phase"].startswith("ycsb C, during snapshots")]
+    if quiet and busy and quiet[0]["p99_ms"]:
+        out["p99 during snapshots / p99 without"] = round(busy[0]["p99_ms"] /
+                                                          quiet[0]["p99_ms"], 3)
     return out
