@@ -38,6 +38,8 @@ class NodeConfig:
     host: str
     port: int
     metrics_port: int | None = None
+    cert: str | None = None        # overrides tls.cert / tls.key for this node
+    key: str | None = None
 
     @property
     def address(self) -> str:
@@ -70,6 +72,25 @@ class ClientConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TlsConfig:
+    """Transport security; its presence turns TLS on (see chordctl.security).
+
+    ``cert``/``key``: every node's server certificate (``nodes[i].cert/key``
+    override it per node). ``ca``: the bundle that verifies peers (system roots
+    when absent). ``require_client_cert``: mutual TLS, nodes refuse clients
+    without a certificate signed by ``ca``. ``client_cert``/``client_key``:
+    what clients, and nodes forwarding to each other, present.
+    """
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    require_client_cert: bool = False
+    client_cert: str | None = None
+    client_key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     ring: RingConfig
     nodes: tuple[NodeConfig, ...]
@@ -77,6 +98,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     client: ClientConfig = ClientConfig()
     path: str | None = None
+    tls: TlsConfig | None = None   # None: plaintext gRPC
 
     def node_dir(self, index: int) -> str:
         """The node's own directory, ``<storage.data_dir>/node-<i>``."""
@@ -222,7 +244,7 @@ def _build(data: Any, path: str | None) -> Config:
         raise _FieldError("(document)", "the file is empty; it needs at least ring.bits and nodes")
     if not isinstance(data, dict):
         raise _FieldError("(document)", f"must be a mapping of sections (got {_show(data)})")
-    _check_keys(data, ("ring", "nodes", "storage", "limits", "client"), "")
+    _check_keys(data, ("ring", "nodes", "storage", "limits", "client", "tls"), "")
 
     if "ring" not in data:
         raise _FieldError("ring", "missing (required): give at least ring.bits")
@@ -248,7 +270,7 @@ def _build(data: Any, path: str | None) -> Config:
         where = f"nodes[{i}]"
         if not isinstance(raw, dict):
             raise _FieldError(where, f"must be a mapping {{host, port}} (got {_show(raw)})")
-        _check_keys(raw, ("host", "port", "metrics_port"), where)
+        _check_keys(raw, ("host", "port", "metrics_port", "cert", "key"), where)
         host = raw.get("host")
         if host is None:
             raise _FieldError(f"{where}.host", "missing (required)")
@@ -261,7 +283,12 @@ def _build(data: Any, path: str | None) -> Config:
             raise _FieldError(f"{where}.port", f"duplicate address {host}:{port}, "
                               f"already used by nodes[{seen[endpoint]}]")
         seen[endpoint] = i
-        nodes.append(NodeConfig(host=host, port=port, metrics_port=metrics_port))
+        cert, key = _file_pair(raw, where, "cert", "key")
+        if cert and data.get("tls") is None:
+            raise _FieldError(f"{where}.cert", "a node certificate needs a tls section "
+                              "(at least tls.ca, to verify the nodes)")
+        nodes.append(NodeConfig(host=host, port=port, metrics_port=metrics_port,
+                                cert=cert, key=key))
 
     st = _section(data, "storage")
     _check_keys(st, ("data_dir", "snapshot_interval", "fsync", "snapshot_on_shutdown"),
@@ -300,5 +327,67 @@ def _build(data: Any, path: str | None) -> Config:
         grace=_number(cl, "client", "grace", ClientConfig.grace, 0.0, strict=False),
         route=_choice(cl, "client", "route", "entry", CLIENT_ROUTES),
     )
+    tls = _tls(data, nodes)
     return Config(ring=ring, nodes=tuple(nodes), storage=storage, limits=limits,
-                  client=client, path=path)
+                  client=client, path=path, tls=tls)
+
+
+def _file(section: dict, where: str, name: str) -> str | None:
+    """An optional path to an existing file."""
+    field = f"{where}.{name}"
+    value = section.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _FieldError(field, f"must be a file path (got {_show(value)})")
+    if not os.path.isfile(value):
+        what = "is not a file" if os.path.exists(value) else "no such file"
+        raise _FieldError(field, f"{_brief(value)}: {what}")
+    return value
+
+
+def _file_pair(section: dict, where: str, cert_name: str,
+               key_name: str) -> tuple[str | None, str | None]:
+    """A certificate and its key: both or neither."""
+    cert = _file(section, where, cert_name)
+    key = _file(section, where, key_name)
+    if cert and not key:
+        raise _FieldError(f"{where}.{key_name}", f"missing: {where}.{cert_name} needs its "
+                          f"private key")
+    if key and not cert:
+        raise _FieldError(f"{where}.{cert_name}", f"missing: {where}.{key_name} needs its "
+                          f"certificate")
+    return cert, key
+
+
+def _tls(data: dict, nodes: list[NodeConfig]) -> TlsConfig | None:
+    if data.get("tls") is None:
+        return None
+    t = _section(data, "tls")
+    _check_keys(t, tuple(f.name for f in dataclasses.fields(TlsConfig)), "tls")
+    cert, key = _file_pair(t, "tls", "cert", "key")
+    client_cert, client_key = _file_pair(t, "tls", "client_cert", "client_key")
+    ca = _file(t, "tls", "ca")
+    require = t.get("require_client_cert", False)
+    if require is None:
+        require = False
+    if not isinstance(require, bool):
+        raise _FieldError("tls.require_client_cert",
+                          f"must be true or false (got {_show(require)})")
+    if not cert:
+        # Either no node has a certificate (a client-only config) or each has its own.
+        have = [i for i, n in enumerate(nodes) if n.cert]
+        if have and len(have) < len(nodes):
+            i = next(i for i, n in enumerate(nodes) if not n.cert)
+            raise _FieldError(f"nodes[{i}].cert", f"missing: nodes[{have[0]}] has its own "
+                              f"certificate, so every node needs one (or set tls.cert)")
+    if require:
+        if not ca:
+            raise _FieldError("tls.ca", "missing: tls.require_client_cert needs the CA "
+                              "that signed the client certificates")
+        if not client_cert:
+            raise _FieldError("tls.client_cert", "missing: with tls.require_client_cert the "
+                              "nodes present it to each other; set tls.client_cert and "
+                              "tls.client_key")
+    return TlsConfig(cert=cert, key=key, ca=ca, require_client_cert=require,
+                     client_cert=client_cert, client_key=client_key)

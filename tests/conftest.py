@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from chordctl import config as config_mod
 from chordctl.cli.cluster import wait_exit, wait_serving
 from chordctl.cli.main import cli
+from chordctl.client import Client
 
 READY_TIMEOUT = 30.0
 
@@ -85,8 +86,16 @@ class NodeProc:
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         try:
             wait_serving(self.address, self.proc, timeout)
+            # The port was free when the config was written; make sure the
+            # node answering is ours, not another test run's that took it.
+            with Client(self.config, target=self.address) as c:
+                pid = c.status(timeout=10).pid
         except Exception as e:
             raise AssertionError(f"node {self.index} not ready: {e}\n{self.log()}") from None
+        if pid != self.proc.pid:
+            raise AssertionError(f"node {self.index}: {self.address} is served by pid {pid}, "
+                                 f"not by our node (pid {self.proc.pid}): a port collision "
+                                 f"with another test run\n{self.log()}")
 
     def log(self) -> str:
         try:

@@ -13,6 +13,7 @@ import click
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chordctl import security
 from chordctl.cli.common import State, pass_state
 from chordctl.cli.ring import print_ring
 from chordctl.config import Config
@@ -64,10 +65,14 @@ def wait_exit(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
-def wait_serving(address: str, proc: subprocess.Popen | None, timeout: float) -> None:
-    """Block until the node at *address* reports SERVING, or fail with its reason."""
+def wait_serving(address: str, proc: subprocess.Popen | None, timeout: float,
+                 config: Config | None = None) -> None:
+    """Block until the node at *address* reports SERVING, or fail with its reason.
+
+    *config* gives the channel its TLS settings (plaintext without one).
+    """
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with security.channel(config, address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             left = deadline - time.monotonic()
@@ -79,6 +84,8 @@ def wait_serving(address: str, proc: subprocess.Popen | None, timeout: float) ->
             try:
                 if fut.result().status == health_pb2.HealthCheckResponse.SERVING:
                     return
+                # NOT_SERVING: the node answers but is still replaying its log.
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
             except grpc.RpcError:
                 pass
             if proc is not None and proc.poll() is not None:
@@ -163,7 +170,7 @@ def up(state: State, detach: bool, wait_s: float) -> None:
                 f.write(f"{procs[i].pid}\n")
         for i, node in enumerate(cfg.nodes):
             try:
-                wait_serving(node.address, procs[i], wait_s)
+                wait_serving(node.address, procs[i], wait_s, cfg)
             except ChordError as e:
                 raise ChordError(f"{e}\n--- last lines of {log_path(cfg, i)} ---\n"
                                  f"{_tail(log_path(cfg, i))}") from None

@@ -39,4 +39,34 @@ class State:
         return self.output or default
 
 
-pass_state = click.make_pass_decorator(State)
+_get_state = click.make_pass_decorator(State)
+
+CONFIG_HELP = "Config file [default: ./chordctl.yaml, or $CHORDCTL_CONFIG]."
+TARGET_HELP = "Talk to this node instead of the config's first reachable one."
+OUTPUT_HELP = "Output format [default: per command]."
+
+
+def _override(field: str):
+    def callback(ctx: click.Context, _param, value):
+        if value is not None:
+            setattr(ctx.find_object(State), field, value)
+        return value
+    return callback
+
+
+def shared_options(f):
+    """-c/--config, --target and -o/--output, accepted after the command name too
+    (``chordctl kv read 10 --target 127.0.0.1:50062``), overriding the global ones."""
+    from chordctl.render import FORMATS
+    f = click.option("-o", "--output", type=click.Choice(FORMATS), expose_value=False,
+                     callback=_override("output"), help=OUTPUT_HELP)(f)
+    f = click.option("--target", metavar="HOST:PORT", expose_value=False,
+                     callback=_override("target"), help=TARGET_HELP)(f)
+    f = click.option("-c", "--config", metavar="PATH", expose_value=False,
+                     callback=_override("config_path"), help=CONFIG_HELP)(f)
+    return f
+
+
+def pass_state(f):
+    """Pass the State, and accept the shared options on this command as well."""
+    return shared_options(_get_state(f))

@@ -7,7 +7,7 @@ import sys
 import click
 
 from chordctl import __version__
-from chordctl.cli.common import State
+from chordctl.cli.common import CONFIG_HELP, OUTPUT_HELP, TARGET_HELP, State
 from chordctl.errors import ChordError, ExitStatus
 from chordctl.render import FORMATS
 
@@ -31,11 +31,9 @@ class ChordGroup(click.Group):
 
 @click.group(cls=ChordGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", "config_path", metavar="PATH", envvar="CHORDCTL_CONFIG",
-              help="Config file [default: ./chordctl.yaml, or $CHORDCTL_CONFIG].")
-@click.option("--target", metavar="HOST:PORT",
-              help="Talk to this node instead of the config's first reachable one.")
-@click.option("-o", "--output", type=click.Choice(FORMATS), default=None,
-              help="Output format [default: per command].")
+              help=CONFIG_HELP)
+@click.option("--target", metavar="HOST:PORT", help=TARGET_HELP)
+@click.option("-o", "--output", type=click.Choice(FORMATS), default=None, help=OUTPUT_HELP)
 @click.version_option(__version__, prog_name="chordctl")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, target: str | None,

@@ -37,6 +37,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    # Channels to the same address otherwise share one subchannel and with it
+    # its reconnect backoff, and a reopened channel (see _on_reply) would
+    # still fail fast until the old backoff ends.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 

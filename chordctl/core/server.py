@@ -1,4 +1,4 @@
-"""Start one node: recover, bind, serve until told to stop, shut down cleanly.
+"""Start one node: bind, serve (NOT_SERVING), recover, SERVING; stop cleanly.
 
 ``create_server(config, index)`` builds everything and returns it unstarted;
 ``serve(config, index)`` is the foreground life of ``chordctl node serve``.
@@ -16,7 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from chordctl import security
 from chordctl.config import Config
+from chordctl.core import metrics, procinfo
+from chordctl.core.gate import ReadinessGate
 from chordctl.core.node import Node
 from chordctl.core.router import Router
 from chordctl.core.servicer import AdminServicer, KeyValueServicer, finish_on_loop
@@ -39,46 +42,81 @@ class NodeServer:
         self.node = Node(config, index)
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
+        self.gate = ReadinessGate(self.node.label)
         self.port = 0
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
         cfg = self.config
         address = cfg.node(self.index).address
+        warning = security.plaintext_warning(cfg, self.index)
+        if warning:
+            logger.warning("%s", warning)
+        credentials = security.server_credentials(cfg, self.index)
         limit = cfg.limits.max_value_bytes * 2 + 16 * 1024 * 1024
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=[self.gate], options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
         ])
         try:
-            self.port = server.add_insecure_port(address)
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
         except RuntimeError as e:
             raise ChordError(f"node: cannot listen on {address} ({e}); is another process "
                              f"using the port? Check `chordctl ring show`") from None
         if self.port == 0:
             raise ChordError(f"node: cannot listen on {address}; is another process using "
                              f"the port?")
-        # Replay before serving: the port is bound but nothing is answered yet.
-        self.node.recover()
 
         def complete(reqs):
             loop.call_soon_threadsafe(finish_on_loop, reqs)
 
         router = Router(cfg, self.index, self.node.ring, complete)
-        self.node.start(complete, router)
+        router.metrics = self.node.metrics
         pb_grpc.add_KeyValueServicer_to_server(KeyValueServicer(self.node, loop), server)
         pb_grpc.add_AdminServicer_to_server(AdminServicer(self.node, loop, router), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                         reflection.SERVICE_NAME), server)
+        # Serve before replaying: health answers NOT_SERVING and the gate
+        # answers UNAVAILABLE ("recovering") until the node is ready.
+        for name in ("",) + SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         self.server = server
+        try:
+            # Test hook: hold the node in its recovering state this many seconds.
+            delay = float(os.environ.get("CHORDCTL_TEST_REPLAY_DELAY") or 0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # In a thread: the event loop keeps answering health checks meanwhile.
+            await loop.run_in_executor(None, self.node.recover)
+            self.node.start(complete, router)
+        except BaseException:
+            await server.stop(None)
+            self.server = None
+            raise
+        self.gate.open()
+        self.node.ready_seconds = procinfo.seconds_since_start()
+        node_cfg = cfg.node(self.index)
+        if node_cfg.metrics_port:
+            try:
+                metrics.start_server(self.node, self.node.metrics, node_cfg.host,
+                                     node_cfg.metrics_port)
+            except OSError as e:
+                logger.error("%s: cannot serve metrics on port %d: %s", self.node.label,
+                             node_cfg.metrics_port, e.strerror)
         for name in ("",) + SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        logger.info("%s serving on %s (pid %d, fsync %s, %d keys)", self.node.label,
-                    address, os.getpid(), cfg.storage.fsync, len(self.node.store))
+        logger.info("%s serving on %s (pid %d, fsync %s, %s, %d keys, ready %.2fs after "
+                    "process start, rss %.1f MB)", self.node.label,
+                    address, os.getpid(), cfg.storage.fsync,
+                    "TLS" if credentials is not None else "plaintext", len(self.node.store),
+                    self.node.ready_seconds, procinfo.rss_bytes() / 1e6)
         return self.port
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:

@@ -1,0 +1,191 @@
+"""`chordctl cluster up/down` as real processes, and `ring locate` against the ring model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from chordctl import config as config_mod
+from chordctl.cli.cluster import log_path, pid_path, wait_exit
+from chordctl.client import Client
+from chordctl.core.ring import Ring
+from conftest import run_chordctl, wait_until, write_config
+
+UP_TIMEOUT = 120   # seconds for `cluster up` to start 4 nodes on a busy 2-core machine
+EXIT_TIMEOUT = 30
+
+
+def read_pids(cfg) -> dict[int, int]:
+    pids = {}
+    for i in range(len(cfg.nodes)):
+        try:
+            with open(pid_path(cfg, i)) as f:
+                pids[i] = int(f.read().strip())
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def is_our_chordctl(pid: int, config_path: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read()
+    except OSError:
+        return False
+    return b"chordctl" in argv and os.path.abspath(config_path).encode() in argv
+
+
+def kill_leftovers(cfg, config_path: str, pids: dict[int, int]) -> None:
+    """Never leave a node running: SIGKILL what the pid files name, if it is still ours."""
+    pids = {**pids, **read_pids(cfg)}
+    for pid in pids.values():
+        if is_our_chordctl(pid, config_path):
+            os.kill(pid, signal.SIGKILL)
+            wait_exit(pid, EXIT_TIMEOUT)
+
+
+def ring_rows(table: str) -> dict[int, str]:
+    """The data rows of a `ring show` table, by node index."""
+    rows = {}
+    for line in table.splitlines():
+        words = line.split()
+        if words and words[0].isdigit():
+            rows[int(words[0])] = line
+    return rows
+
+
+@pytest.fixture
+def config4(tmp_path):
+    path = write_config(tmp_path, 4, timeout=5)
+    cfg = config_mod.load(path)
+    started: dict[int, int] = {}
+    yield path, cfg, started
+    kill_leftovers(cfg, path, started)
+
+
+def up_detached(path: str, cfg, started: dict[int, int]) -> subprocess.CompletedProcess:
+    r = run_chordctl("-c", path, "cluster", "up", "--detach", timeout=UP_TIMEOUT)
+    started.update(read_pids(cfg))
+    return r
+
+
+def test_cluster_up_detach_runs_every_node_and_down_stops_them(config4, run_cli):
+    path, cfg, started = config4
+    r = up_detached(path, cfg, started)
+    assert r.returncode == 0, r.stderr.decode()
+    rows = ring_rows(r.stdout.decode())
+    assert sorted(rows) == [0, 1, 2, 3], r.stdout.decode()
+    for i, line in rows.items():
+        assert " up " in line and cfg.nodes[i].address in line, line
+    assert sorted(started) == [0, 1, 2, 3]
+    assert all(is_our_chordctl(pid, path) for pid in started.values())
+
+    cli = run_cli(path)
+    for key in ("10", "40000", "65535", "70000"):
+        c = cli("kv", "create", key, f"v{key}")
+        assert c.exit_code == 0, c.output
+        c = cli("kv", "read", key)
+        assert (c.exit_code, c.stdout) == (0, f"v{key}\n"), c.output
+
+    r = run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT)
+    assert r.returncode == 0, r.stderr.decode()
+    for i, pid in started.items():
+        assert wait_exit(pid, EXIT_TIMEOUT), f"node {i} (pid {pid}) still running"
+        assert f"node {i} (pid {pid})" in r.stdout.decode()
+        assert not os.path.exists(pid_path(cfg, i))
+        # Each node logged into its own directory.
+        with open(log_path(cfg, i), encoding="utf-8", errors="replace") as f:
+            assert f"node-{i}" in f.read()
+    # Gone for good: ring show sees every node down.
+    r = run_chordctl("-c", path, "ring", "show", timeout=UP_TIMEOUT)
+    assert r.returncode == 3
+    assert all(" DOWN " in line for line in ring_rows(r.stdout.decode()).values())
+
+
+def test_cluster_up_twice_refuses_while_the_ring_runs(config4):
+    path, cfg, started = config4
+    assert up_detached(path, cfg, started).returncode == 0
+    first = dict(started)
+
+    r = run_chordctl("-c", path, "cluster", "up", "--detach", timeout=UP_TIMEOUT)
+    assert r.returncode != 0
+    err = r.stderr.decode()
+    assert "already running" in err and "cluster down" in err, err
+    # The first ring is untouched: same processes, still serving.
+    assert read_pids(cfg) == first
+    with Client(cfg, target=cfg.nodes[3].address) as c:
+        assert c.create("12345", b"still here").node_index == Ring(16, 4).owner(12345)
+    assert run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT).returncode == 0
+
+
+def test_cluster_up_in_foreground_stops_every_node_on_sigint(config4, tmp_path):
+    path, cfg, started = config4
+    out_path, err_path = tmp_path / "up.out", tmp_path / "up.err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "chordctl", "-c", path, "cluster", "up"],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                start_new_session=True)
+    try:
+        wait_until(lambda: "Ctrl-C here stops every node" in err_path.read_text()
+                   or proc.poll() is not None, timeout=UP_TIMEOUT, what="the ring to be up")
+        assert proc.poll() is None, err_path.read_text()
+        started.update(read_pids(cfg))
+        assert sorted(started) == [0, 1, 2, 3]
+        rows = ring_rows(out_path.read_text())
+        assert sorted(rows) == [0, 1, 2, 3] and all(" up " in r for r in rows.values())
+
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=UP_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code in (0, 130), err_path.read_text()
+    for i, pid in started.items():
+        assert wait_exit(pid, EXIT_TIMEOUT), f"node {i} (pid {pid}) outlived cluster up"
+        assert not os.path.exists(pid_path(cfg, i))
+    assert "stopping every node" in err_path.read_text()
+
+
+@pytest.mark.parametrize("routing", ["fingers", "neighbors"])
+def test_ring_locate_matches_the_simulated_route(tmp_path, run_cli, routing):
+    path = write_config(tmp_path, 8, routing=routing)
+    ring = Ring(16, 8, "direct", routing)
+    cli = run_cli(path)
+    for key in (0, 8191, 8192, 40000, 65535, 65536, 2**100 + 3):
+        for entry in range(8):
+            route = ring.route(entry, key)
+            owner = ring.owner(key)
+            r = cli("ring", "locate", str(key), "--from", str(entry), output="json")
+            assert r.exit_code == 0, r.output
+            doc = json.loads(r.stdout)
+            assert doc["owner"]["index"] == owner
+            assert doc["owner"]["address"] == cli_address(path, owner)
+            assert [h["index"] for h in doc["route"]] == route
+            assert [h["id"] for h in doc["route"]] == [str(ring.ids[i]) for i in route]
+            assert doc["hops"] == len(route) - 1
+            assert doc["position"] == str(key % 65536)
+
+            r = cli("ring", "locate", str(key), "--from", str(entry))
+            assert r.exit_code == 0, r.output
+            fields = table_fields(r.stdout)
+            assert fields["route"] == " -> ".join(str(ring.ids[i]) for i in route)
+            assert fields["hops"] == str(len(route) - 1)
+            assert fields["owner"].startswith(f"node {owner} (id {ring.ids[owner]}")
+
+
+def table_fields(text: str) -> dict[str, str]:
+    """A two-column `field value` table as a dict (labels may contain spaces)."""
+    lines = text.splitlines()
+    width = len(lines[1].split()[0]) + 2  # the dashes under the first column
+    return {line[:width].strip(): line[width:].strip() for line in lines[2:] if line.strip()}
+
+
+def cli_address(path: str, i: int) -> str:
+    return config_mod.load(path).nodes[i].address
+
