@@ -76,8 +76,9 @@ class NodeServer:
 
         router = Router(cfg, self.index, self.node.ring, complete)
         router.metrics = self.node.metrics
-        pb_grpc.add_KeyValueServicer_to_server(KeyValueServicer(self.node, loop), server)
-        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.node, loop, router), server)
+        kv = KeyValueServicer(self.node, loop)
+        pb_grpc.add_KeyValueServicer_to_server(kv, server)
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.node, loop, router, kv), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -252,10 +252,12 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop, router=None):
+    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop, router=None,
+                 kv: KeyValueServicer | None = None):
         self.node = node
         self.loop = loop
         self.router = router
+        self.kv = kv
 
     async def Status(self, request, context):
         node = self.node
@@ -272,7 +274,8 @@ class AdminServicer(pb_grpc.AdminServicer):
             routing=routing, fsync=node.fsync, uptime_seconds=time.time() - node.started_at,
             pid=os.getpid(), placement=ring.placement, routing_mode=ring.routing,
             rss_bytes=procinfo.rss_bytes(), ready_seconds=node.ready_seconds,
-            recovery_seconds=node.recovery_seconds)
+            recovery_seconds=node.recovery_seconds,
+            in_flight=self.kv.in_flight if self.kv is not None else 0)
 
     async def TakeSnapshot(self, request, context):
         fut = self.loop.create_future()

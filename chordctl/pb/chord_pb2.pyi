@@ -113,7 +113,7 @@ class RoutingEntry(_message.Message):
     def __init__(self, role: _Optional[str] = ..., node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_index", "node_id", "arc_low", "address", "keys", "snapshot_counter", "log_counter", "last_seq", "routing", "fsync", "uptime_seconds", "pid", "placement", "routing_mode", "rss_bytes", "ready_seconds", "recovery_seconds")
+    __slots__ = ("node_index", "node_id", "arc_low", "address", "keys", "snapshot_counter", "log_counter", "last_seq", "routing", "fsync", "uptime_seconds", "pid", "placement", "routing_mode", "rss_bytes", "ready_seconds", "recovery_seconds", "in_flight")
     NODE_INDEX_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ARC_LOW_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,7 @@ class NodeStatus(_message.Message):
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     READY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RECOVERY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     node_index: int
     node_id: str
     arc_low: str
@@ -148,7 +149,8 @@ class NodeStatus(_message.Message):
     rss_bytes: int
     ready_seconds: float
     recovery_seconds: float
-    def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ..., rss_bytes: _Optional[int] = ..., ready_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ...) -> None: ...
+    in_flight: int
+    def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ..., rss_bytes: _Optional[int] = ..., ready_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., in_flight: _Optional[int] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ()
