@@ -32,13 +32,6 @@ DEFAULT_MAX_VALUE = 1024 * 1024
 DEFAULT_MAX_DIGITS = 4096
 DEFAULT_MAX_BATCH = 10_000
 
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-]
 
 _ERRORS: dict[grpc.StatusCode, type[ChordError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -203,7 +196,7 @@ class Client:
             return self.address
         why = ""
         for address in self.addresses:
-            channel = security.channel(self.config, address, CHANNEL_OPTIONS)
+            channel = security.channel(self.config, address)
             try:
                 grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
             except grpc.FutureTimeoutError:
@@ -218,7 +211,7 @@ class Client:
 
     def open(self, address: str) -> None:
         """Use *address* without checking that it answers (calls fail until it does)."""
-        self._adopt(address, security.channel(self.config, address, CHANNEL_OPTIONS))
+        self._adopt(address, security.channel(self.config, address))
 
     def _adopt(self, address: str, channel: grpc.Channel) -> None:
         self.address = address
@@ -245,7 +238,7 @@ class Client:
         stub = self._node_stubs.get(owner)
         address = self.config.nodes[owner].address
         if stub is None:
-            channel = security.channel(self.config, address, CHANNEL_OPTIONS)
+            channel = security.channel(self.config, address)
             self._node_channels.append(channel)
             stub = self._node_stubs[owner] = pb_grpc.KeyValueStub(channel)
         return stub, address
@@ -279,19 +272,30 @@ class Client:
 
     def submit(self, op: str, key: str, value: bytes | None = None, trace: bool = False,
                callback: Callable[[Result | ChordError], None] | None = None,
-               timeout: float | None = None) -> grpc.Future:
-        """Send one operation without waiting; *callback* gets a Result or a ChordError."""
+               timeout: float | None = None) -> None:
+        """Send one operation without waiting; *callback* gets a Result or a ChordError.
+
+        A call that never left this client because the channel is still
+        backing off from an earlier outage (gRPC's "failed to connect") is
+        sent once more on a fresh channel: the node may be back already, and
+        nothing was sent, so even a write is safe to repeat.
+        """
         self.check(op, key, value)
-        kv, address = self.stub_for(key)
         t = timeout if timeout is not None else self.timeout
-        if self.coalesce and callback is not None:
+        deliver = callback if callback is not None else (lambda _outcome: None)
+        self._send(op, key, value, trace, deliver, t, retry=True)
+
+    def _send(self, op: str, key: str, value: bytes | None, trace: bool,
+              callback: Callable[[Result | ChordError], None], t: float, retry: bool) -> None:
+        kv, address = self.stub_for(key)
+        if self.coalesce:
             lane = self._lanes.get(address)
             if lane is None:
                 lane = self._lanes.setdefault(address, _Lane(kv, address, self.coalesce_depth,
                                                              DEFAULT_MAX_BATCH))
             lane.add(pb.Operation(op=OPS[op], key=key, value=value or b"", trace=trace),
                      op, key, callback, t)
-            return None
+            return
         if op == "create":
             fut = kv.Create.future(pb.WriteRequest(key=key, value=value, trace=trace), timeout=t)
         elif op == "update":
@@ -300,9 +304,29 @@ class Client:
             fut = kv.Read.future(pb.KeyRequest(key=key, trace=trace), timeout=t)
         else:
             fut = kv.Delete.future(pb.KeyRequest(key=key, trace=trace), timeout=t)
-        if callback is not None:
-            fut.add_done_callback(lambda f: callback(_outcome(f, op, key, address)))
-        return fut
+
+        def done(f: grpc.Future) -> None:
+            if retry and _never_sent(f):
+                self._reopen(address, kv)
+                self._send(op, key, value, trace, callback, t, retry=False)
+            else:
+                callback(_outcome(f, op, key, address))
+
+        fut.add_done_callback(done)
+
+    def _reopen(self, address: str, failed: pb_grpc.KeyValueStub) -> None:
+        """Replace the channel behind *failed*, unless another failure already did."""
+        with self._order_lock:
+            if failed is self._kv:
+                old = self._channel
+                self.open(address)
+                if old is not None:
+                    old.close()
+                return
+            for index, stub in list(self._node_stubs.items()):
+                if stub is failed:
+                    del self._node_stubs[index]
+                    self._lanes.pop(address, None)
 
     def submit_ordered(self, op: str, key: str, value: bytes | None,
                        callback: Callable[[Result | ChordError], None],
@@ -348,20 +372,16 @@ class Client:
     def call(self, op: str, key: str, value: bytes | None = None,
              trace: bool = False) -> Result:
         """One operation, waiting for its reply; raises ChordError on failure."""
-        if self.coalesce:
-            box: list = []
-            done = threading.Event()
+        box: list = []
+        done = threading.Event()
 
-            def got(outcome):
-                box.append(outcome)
-                done.set()
+        def got(outcome):
+            box.append(outcome)
+            done.set()
 
-            self.submit(op, key, value, trace, callback=got)
-            done.wait()
-            out = box[0]
-        else:
-            fut = self.submit(op, key, value, trace)
-            out = _outcome(fut, op, key, self.address)
+        self.submit(op, key, value, trace, callback=got)
+        done.wait()
+        out = box[0]
         if isinstance(out, ChordError):
             raise out
         return out
@@ -404,29 +424,35 @@ class Client:
 
     # -- admin ----------------------------------------------------------------
 
-    def status(self, timeout: float | None = None) -> pb.NodeStatus:
+    def _admin_call(self, method: str, request, timeout: float | None):
         self.connect()
         try:
-            return self._admin.Status(pb.StatusRequest(),
-                                      timeout=timeout if timeout is not None else self.timeout)
+            return getattr(self._admin, method)(
+                request, timeout=timeout if timeout is not None else self.timeout)
         except grpc.RpcError as e:
             raise error_for(e.code(), e.details() or "", self.address) from None
+
+    def status(self, timeout: float | None = None) -> pb.NodeStatus:
+        return self._admin_call("Status", pb.StatusRequest(), timeout)
 
     def take_snapshot(self, timeout: float | None = None) -> pb.SnapshotReply:
-        self.connect()
-        try:
-            return self._admin.TakeSnapshot(pb.SnapshotRequest(), timeout=timeout or 300.0)
-        except grpc.RpcError as e:
-            raise error_for(e.code(), e.details() or "", self.address) from None
-
+        """Snapshot now; waits for the file (a big map takes a while: 300 s by default)."""
+        return self._admin_call("TakeSnapshot", pb.SnapshotRequest(), timeout or 300.0)
 
     def files(self, timeout: float | None = None) -> pb.FilesReply:
-        self.connect()
-        try:
-            return self._admin.Files(pb.FilesRequest(),
-                                     timeout=timeout if timeout is not None else self.timeout)
-        except grpc.RpcError as e:
-            raise error_for(e.code(), e.details() or "", self.address) from None
+        return self._admin_call("Files", pb.FilesRequest(), timeout)
+
+
+def _never_sent(fut: grpc.Future) -> bool:
+    """True when the call failed before leaving this process (no connection)."""
+    try:
+        fut.result()
+    except grpc.RpcError as e:
+        return (e.code() == grpc.StatusCode.UNAVAILABLE
+                and (e.details() or "").lower().startswith("failed to connect"))
+    except Exception:
+        return False
+    return False
 
 
 def _sentence(op: str, key: str, res: pb.Result) -> str:

@@ -73,7 +73,22 @@ def channel_credentials(config: Config) -> grpc.ChannelCredentials:
                                         certificate_chain=chain)
 
 
-def channel(config: Config | None, address: str, options: Options = ()) -> grpc.Channel:
+# Every channel chordctl opens, client's or node's.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    # Channels to the same address otherwise share one subchannel and with it
+    # its reconnect backoff, so a reopened channel (the router's retry after a
+    # peer restarted) would still fail fast until the old backoff ends.
+    ("grpc.use_local_subchannel_pool", 1),
+)
+
+
+def channel(config: Config | None, address: str,
+            options: Options = CHANNEL_OPTIONS) -> grpc.Channel:
     """A channel to *address*: TLS when the config has a tls section, else plaintext."""
     if not enabled(config):
         return grpc.insecure_channel(address, list(options))

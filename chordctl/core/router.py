@@ -31,17 +31,6 @@ logger = logging.getLogger("chordctl.router")
 FORWARD_BUDGET = 0.9
 MIN_TIMEOUT = 0.005
 
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    # Channels to the same address otherwise share one subchannel and with it
-    # its reconnect backoff, and a reopened channel (see _on_reply) would
-    # still fail fast until the old backoff ends.
-    ("grpc.use_local_subchannel_pool", 1),
-]
 
 
 class Router:
@@ -68,8 +57,7 @@ class Router:
         with self._lock:
             stub = self._stubs.get(i)
             if stub is None:
-                channel = security.channel(self.config, self.config.nodes[i].address,
-                                           CHANNEL_OPTIONS)
+                channel = security.channel(self.config, self.config.nodes[i].address)
                 self._channels[i] = channel
                 stub = self._stubs[i] = pb_grpc.KeyValueStub(channel)
             return stub
