@@ -116,10 +116,13 @@ def create(state: State, index: int | None) -> None:
             rows.append([i, "-", "-", "-", f"failed: {e}"])
             docs.append({"node": i, "error": str(e)})
             continue
-        rows.append([i, f"snap.{rep.counter}", rep.keys, rep.bytes, rep.path])
+        rows.append([i, f"snap.{rep.counter}", rep.keys, rep.bytes, f"{rep.capture_ms:.2f}",
+                     f"{rep.seconds:.3f}", rep.path])
         docs.append({"node": i, "counter": rep.counter, "keys": rep.keys, "bytes": rep.bytes,
+                     "capture_ms": round(rep.capture_ms, 3), "seconds": round(rep.seconds, 3),
                      "path": rep.path})
-    click.echo(render.render_rows(rows, ["node", "snapshot", "keys", "bytes", "path"],
-                                  state.fmt("table"), docs))
+    click.echo(render.render_rows(
+        rows, ["node", "snapshot", "keys", "bytes", "capture ms", "write s", "path"],
+        state.fmt("table"), docs))
     if failed:
         click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))

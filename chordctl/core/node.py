@@ -78,7 +78,7 @@ class SnapshotMarker:
     """Travels F1 -> F2/F3; see the module docstring."""
 
     __slots__ = ("force", "counter", "last_seq", "on_done", "skipped", "result", "error",
-                 "rotated")
+                 "rotated", "seconds", "capture_ms")
 
     def __init__(self, force: bool, on_done: Callable[["SnapshotMarker"], None] | None = None):
         self.force = force
@@ -90,6 +90,8 @@ class SnapshotMarker:
         self.on_done = on_done
         self.skipped = False
         self.result: tuple[str, int, int] | None = None   # (path, bytes, keys)
+        self.seconds = 0.0       # writing snap.X (snapshot-writer thread)
+        self.capture_ms = 0.0    # freezing the map (applier thread, on the request path)
         self.error: str | None = None
 
     def finish(self) -> None:
@@ -393,7 +395,10 @@ class Node:
                 self.to_snap.put(_STOP)
                 return
             if type(item) is SnapshotMarker:
-                self.to_snap.put((item, self.store.freeze()))
+                t0 = time.perf_counter()
+                chunks = self.store.freeze()
+                item.capture_ms = (time.perf_counter() - t0) * 1e3
+                self.to_snap.put((item, chunks))
                 continue
             for r in item.reqs:
                 r.code, r.result = apply(r.op, r.key, r.value)
@@ -471,6 +476,7 @@ class Node:
                 self.metrics.snapshot_bytes = size
                 self.metrics.snapshot_keys = keys
                 marker.result = (path, size, keys)
+                marker.seconds = elapsed
                 logger.info("%s: wrote %s (%d keys, %d bytes) in %.3fs", self.label, path, keys,
                             size, elapsed)
                 self._prune(marker.counter)

@@ -289,7 +289,8 @@ class AdminServicer(pb_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {marker.error}")
         path, size, keys = marker.result or ("", 0, 0)
         return pb.SnapshotReply(counter=marker.counter, path=path, bytes=size, keys=keys,
-                                skipped=marker.skipped)
+                                skipped=marker.skipped, seconds=marker.seconds,
+                                capture_ms=marker.capture_ms)
 
     async def Files(self, request, context):
         from chordctl.core.storage import inventory

@@ -157,18 +157,22 @@ class SnapshotRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SnapshotReply(_message.Message):
-    __slots__ = ("counter", "path", "bytes", "keys", "skipped")
+    __slots__ = ("counter", "path", "bytes", "keys", "skipped", "seconds", "capture_ms")
     COUNTER_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_MS_FIELD_NUMBER: _ClassVar[int]
     counter: int
     path: str
     bytes: int
     keys: int
     skipped: bool
-    def __init__(self, counter: _Optional[int] = ..., path: _Optional[str] = ..., bytes: _Optional[int] = ..., keys: _Optional[int] = ..., skipped: _Optional[bool] = ...) -> None: ...
+    seconds: float
+    capture_ms: float
+    def __init__(self, counter: _Optional[int] = ..., path: _Optional[str] = ..., bytes: _Optional[int] = ..., keys: _Optional[int] = ..., skipped: _Optional[bool] = ..., seconds: _Optional[float] = ..., capture_ms: _Optional[float] = ...) -> None: ...
 
 class FilesRequest(_message.Message):
     __slots__ = ()
