@@ -80,6 +80,16 @@ def encode_many(records: Iterable[tuple[int, int, bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
+class Tail:
+    """Where iter_records stopped: filled in when its iteration ends."""
+
+    __slots__ = ("valid_bytes", "torn_bytes")
+
+    def __init__(self):
+        self.valid_bytes = 0
+        self.torn_bytes = 0
+
+
 def scan(buf: bytes, path: str = "<buffer>", allow_torn: bool = True) -> ScanResult:
     """Decode every record in *buf*, the whole content of one log file.
 
@@ -90,50 +100,63 @@ def scan(buf: bytes, path: str = "<buffer>", allow_torn: bool = True) -> ScanRes
     data reached it). With allow_torn False (a log that
     is not the newest) a torn tail is corruption too.
     """
-    records: list[Record] = []
-    append = records.append
+    tail = Tail()
+    found = [Record(seq, op, key, value)
+             for _off, seq, op, key, value in iter_records(buf, path, allow_torn, tail)]
+    return ScanResult(found, tail.valid_bytes, tail.torn_bytes)
+
+
+def iter_records(buf: bytes, path: str, allow_torn: bool, tail: Tail):
+    """Yield (offset, seq, op, key, value) for each record, as scan() decides;
+    when the iteration ends, *tail* says where the valid records end and how
+    many torn bytes follow. Allocates nothing per record beyond key and value:
+    recovery replays millions of records through this loop."""
     unpack_header = HEADER.unpack_from
     unpack_head = PAYLOAD_HEAD.unpack_from
+    crc32 = _crc32
+    mutations = MUTATIONS
+    head_size = PAYLOAD_HEAD_SIZE
     mv = memoryview(buf)
     end = len(buf)
     off = 0
+    why = ""
     while off < end:
         if end - off < HEADER_SIZE:
-            return _torn(records, off, end, path, allow_torn, "record header cut short")
+            why = "record header cut short"
+            break
         length, pcrc, hcrc = unpack_header(buf, off)
-        if _crc32(_pack_len_crc(length, pcrc)) != hcrc:
+        if crc32(mv[off:off + 8]) != hcrc:
             # The header cannot be trusted, but if nothing but zeros follows
             # it no record can: the write was cut and the file zero-filled.
             if not any(mv[off + HEADER_SIZE:]):
-                return _torn(records, off, end, path, allow_torn, "zero-filled tail")
+                why = "zero-filled tail"
+                break
             raise CorruptRecordError(path, off, "record header checksum mismatch")
-        if length < PAYLOAD_HEAD_SIZE or length > MAX_PAYLOAD:
+        if length < head_size or length > MAX_PAYLOAD:
             raise CorruptRecordError(path, off, f"impossible record length {length}")
         body = off + HEADER_SIZE
         stop = body + length
         if stop > end:
-            return _torn(records, off, end, path, allow_torn, "record payload cut short")
-        payload = buf[body:stop]
-        if _crc32(payload) != pcrc:
+            why = "record payload cut short"
+            break
+        if crc32(mv[body:stop]) != pcrc:
             # Zero-filled pages after a crash usually start mid-record, so
             # zeros after this record mean nothing valid follows it either.
             if stop == end:
-                return _torn(records, off, end, path, allow_torn, "last record checksum mismatch")
+                why = "last record checksum mismatch"
+                break
             if not any(mv[stop:]):
-                return _torn(records, off, end, path, allow_torn,
-                             "record checksum mismatch before a zero-filled tail")
+                why = "record checksum mismatch before a zero-filled tail"
+                break
             raise CorruptRecordError(path, off, "record checksum mismatch")
-        seq, op, klen = unpack_head(payload, 0)
-        kend = PAYLOAD_HEAD_SIZE + klen
-        if op not in MUTATIONS or kend > length:
+        seq, op, klen = unpack_head(buf, body)
+        kstart = body + head_size
+        kend = kstart + klen
+        if op not in mutations or kend > stop:
             raise CorruptRecordError(path, off, f"malformed record (op {op}, key length {klen})")
-        append(Record(seq, op, payload[PAYLOAD_HEAD_SIZE:kend], payload[kend:]))
+        yield off, seq, op, buf[kstart:kend], buf[kend:stop]
         off = stop
-    return ScanResult(records, off, 0)
-
-
-def _torn(records: list[Record], off: int, end: int, path: str, allow_torn: bool,
-          why: str) -> ScanResult:
-    if not allow_torn:
+    if off < end and not allow_torn:
         raise CorruptRecordError(path, off, f"{why} (only the newest log may end torn)")
-    return ScanResult(records, off, end - off)
+    tail.valid_bytes = off
+    tail.torn_bytes = end - off

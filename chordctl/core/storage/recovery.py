@@ -89,19 +89,21 @@ def recover(directory: str, store: Store, repair: bool = True) -> RecoveryReport
         path = os.path.join(directory, files.log_name(c))
         with open(path, "rb") as f:
             buf = f.read()
-        result = records.scan(buf, path, allow_torn=(c == newest))
+        tail = records.Tail()
         seq = report.last_seq
+        first = seq
         apply = store.apply
-        for rec in result.records:
+        for off, rseq, op, key, value in records.iter_records(buf, path, c == newest, tail):
             seq += 1
-            if rec.seq != seq:
-                offset = _offset_of(buf, result, rec)
+            if rseq != seq:
                 raise CorruptRecordError(
-                    path, offset, f"sequence gap (expected record {seq}, found {rec.seq})")
-            apply(rec.op, int(rec.key), rec.value)
+                    path, off, f"sequence gap (expected record {seq}, found {rseq})")
+            apply(op, int(key), value)
+        count = seq - first
         report.last_seq = seq
-        report.records += len(result.records)
-        report.logs.append((c, len(result.records)))
+        report.records += count
+        report.logs.append((c, count))
+        result = tail
         if result.torn_bytes:
             report.torn_bytes = result.torn_bytes
             report.torn_file = path
@@ -118,12 +120,3 @@ def recover(directory: str, store: Store, repair: bool = True) -> RecoveryReport
     report.current_log = max([base] + log_counters)
     report.keys = len(store)
     return report
-
-
-def _offset_of(buf: bytes, result: records.ScanResult, rec: records.Record) -> int:
-    off = 0
-    for r in result.records:
-        if r is rec:
-            return off
-        off += records.HEADER_SIZE + records.PAYLOAD_HEAD_SIZE + len(r.key) + len(r.value)
-    return off
