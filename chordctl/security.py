@@ -95,6 +95,14 @@ def channel(config: Config | None, address: str,
     return grpc.secure_channel(address, channel_credentials(config), list(options))
 
 
+def aio_channel(config: Config | None, address: str,
+                options: Options = CHANNEL_OPTIONS) -> grpc.aio.Channel:
+    """channel(), for grpc.aio: call it on the event loop that will use it."""
+    if not enabled(config):
+        return grpc.aio.insecure_channel(address, list(options))
+    return grpc.aio.secure_channel(address, channel_credentials(config), list(options))
+
+
 def is_loopback(host: str) -> bool:
     if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
         return True

@@ -1,16 +1,18 @@
 """F4: send requests this node does not own to the next hop, asynchronously.
 
-The router thread groups what it takes from F4 by next hop and sends each
-group as one ``KeyValue.Batch`` call (the service clients use) with the
-tightest deadline of the group. It never waits for the network: a callback
-on gRPC's thread turns the reply (or the failure, naming the node that could
-not be reached) into each request's result and completes the requests.
+The router thread takes what the dispatcher put in F4, groups it by next hop
+and builds one ``KeyValue.Batch`` request per group (the service clients
+use) with the tightest deadline of the group. It never waits for the
+network: it hands each call to the node's event loop, where grpc.aio sends
+it; when the reply (or the failure, naming the node that could not be
+reached) comes, the loop turns it into each request's result and answers the
+waiting receivers directly, with no further thread hop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from typing import Callable
 
@@ -32,44 +34,38 @@ FORWARD_BUDGET = 0.9
 MIN_TIMEOUT = 0.005
 
 
-
 class Router:
+    """Forwarding for one node.
+
+    *complete* answers requests from any thread (it hops to the loop);
+    *finish* answers them when already on *loop*.
+    """
+
     def __init__(self, config: Config, index: int, ring: Ring,
-                 complete: Callable[[list[Request]], None]):
+                 complete: Callable[[list[Request]], None],
+                 loop: asyncio.AbstractEventLoop,
+                 finish: Callable[[list[Request]], None]):
         self.config = config
         self.index = index
         self.ring = ring
         self.complete = complete
+        self.loop = loop
+        self.finish = finish
         self.max_hops = config.limits.max_hops
         self.label = f"node {index} (id {ring.ids[index]})"
-        # Channels are opened lazily, and next_hop only ever names routing-table
-        # entries, so a node talks to O(log n) peers, never the whole membership.
+        # Channels are opened lazily (on the loop), and next_hop only ever names
+        # routing-table entries, so a node talks to O(log n) peers, never the
+        # whole membership.
         self._stubs: dict[int, pb_grpc.KeyValueStub] = {}
-        self._channels: dict[int, grpc.Channel] = {}
-        self._lock = threading.Lock()
+        self._channels: dict[int, grpc.aio.Channel] = {}
+        self._tasks: set[asyncio.Task] = set()
         self.forwarded = 0
         self.metrics = None          # NodeMetrics, when the node wires one in
 
     def peer_label(self, i: int) -> str:
         return f"node {i} (id {self.ring.ids[i]}, {self.config.nodes[i].address})"
 
-    def _stub(self, i: int) -> pb_grpc.KeyValueStub:
-        with self._lock:
-            stub = self._stubs.get(i)
-            if stub is None:
-                channel = security.channel(self.config, self.config.nodes[i].address)
-                self._channels[i] = channel
-                stub = self._stubs[i] = pb_grpc.KeyValueStub(channel)
-            return stub
-
-    def _reopen(self, i: int, failed: pb_grpc.KeyValueStub) -> None:
-        """Replace peer i's channel, unless another failure already did."""
-        with self._lock:
-            if self._stubs.get(i) is not failed:
-                return
-            del self._stubs[i]
-            channel = self._channels.pop(i)
-        channel.close()
+    # -- router thread --------------------------------------------------------
 
     def forward(self, reqs: list[Request]) -> None:
         groups: dict[int, list[Request]] = {}
@@ -92,6 +88,7 @@ class Router:
         if failed:
             self.complete(failed)
         now = time.monotonic()
+        calls = []
         for nh, group in groups.items():
             remaining = min(r.deadline for r in group) - now
             if remaining <= MIN_TIMEOUT:
@@ -116,30 +113,45 @@ class Router:
             self.forwarded += len(group)
             if self.metrics is not None:
                 self.metrics.forwarded += len(group)
-            self._send(nh, group, batch,
-                       max(MIN_TIMEOUT, remaining * FORWARD_BUDGET), may_retry=True)
+            calls.append((nh, group, batch))
+        if calls:
+            # One wake-up of the loop for everything taken from F4 at once.
+            self.loop.call_soon_threadsafe(self._start_calls, calls)
 
-    def _send(self, nh: int, group: list[Request], batch: pb.BatchRequest, timeout: float,
-              may_retry: bool) -> None:
+    # -- event loop -----------------------------------------------------------
+
+    def _stub(self, i: int) -> pb_grpc.KeyValueStub:
+        stub = self._stubs.get(i)
+        if stub is None:
+            channel = security.aio_channel(self.config, self.config.nodes[i].address)
+            self._channels[i] = channel
+            stub = self._stubs[i] = pb_grpc.KeyValueStub(channel)
+        return stub
+
+    def _reopen(self, i: int, failed: pb_grpc.KeyValueStub) -> None:
+        """Replace peer i's channel, unless another failure already did."""
+        if self._stubs.get(i) is not failed:
+            return
+        del self._stubs[i]
+        self._spawn(self._channels.pop(i).close())
+
+    def _spawn(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start_calls(self, calls: list) -> None:
+        for nh, group, batch in calls:
+            timeout = max(MIN_TIMEOUT, (min(r.deadline for r in group) - time.monotonic())
+                          * FORWARD_BUDGET)
+            self._spawn(self._call(nh, group, batch, timeout, may_retry=True))
+
+    async def _call(self, nh: int, group: list[Request], batch: pb.BatchRequest,
+                    timeout: float, may_retry: bool) -> None:
         try:
             stub = self._stub(nh)
-            future = stub.Batch.future(batch, timeout=timeout)
-        except Exception as e:  # channel creation failed: bad address
-            self._fail_group(group, nh, f"cannot open a channel: {e}")
-            return
-        future.add_done_callback(
-            lambda f: self._on_reply(f, group, nh, timeout, stub, batch, may_retry))
-
-    def _fail_group(self, group: list[Request], nh: int, why: str) -> None:
-        for r in group:
-            r.fail(rq.UNAVAILABLE, f"{self.label} could not reach {self.peer_label(nh)}: {why}")
-        self.complete(group)
-
-    def _on_reply(self, future: grpc.Future, group: list[Request], nh: int, timeout: float,
-                  stub: pb_grpc.KeyValueStub, batch: pb.BatchRequest, may_retry: bool) -> None:
-        try:
-            reply = future.result()
-        except grpc.RpcError as e:
+            reply = await stub.Batch(batch, timeout=timeout)
+        except grpc.aio.AioRpcError as e:
             code = e.code()
             if (may_retry and code == grpc.StatusCode.UNAVAILABLE
                     and (e.details() or "").lower().startswith("failed to connect")):
@@ -150,8 +162,9 @@ class Router:
                 remaining = min(r.deadline for r in group) - time.monotonic()
                 if remaining > MIN_TIMEOUT:
                     self._reopen(nh, stub)
-                    self._send(nh, group, batch, max(MIN_TIMEOUT, remaining * FORWARD_BUDGET),
-                               may_retry=False)
+                    await self._call(nh, group, batch,
+                                     max(MIN_TIMEOUT, remaining * FORWARD_BUDGET),
+                                     may_retry=False)
                     return
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 why = f"no answer within {timeout:.2f}s"
@@ -161,7 +174,10 @@ class Router:
                 why = f"{code.name}: {e.details()}"
             self._fail_group(group, nh, why)
             return
-        except Exception as e:  # cancelled at shutdown
+        except asyncio.CancelledError:
+            self._fail_group(group, nh, "call cancelled (node shutting down)")
+            raise
+        except Exception as e:  # a bad address, a channel that cannot open
             self._fail_group(group, nh, f"call failed: {e!r}")
             return
         results = reply.results
@@ -177,10 +193,21 @@ class Router:
             r.node_id = res.node_id
             if r.trace:
                 r.route = list(res.route)
-        self.complete(group)
+        self.finish(group)
+
+    def _fail_group(self, group: list[Request], nh: int, why: str) -> None:
+        for r in group:
+            r.fail(rq.UNAVAILABLE, f"{self.label} could not reach {self.peer_label(nh)}: {why}")
+        self.finish(group)
 
     def close(self) -> None:
-        with self._lock:
-            channels = list(self._channels.values())
-        for channel in channels:
-            channel.close()
+        """From any thread: close the channels on the loop (without waiting)."""
+        def close_all() -> None:
+            for channel in self._channels.values():
+                self._spawn(channel.close())
+            self._channels.clear()
+            self._stubs.clear()
+        try:
+            self.loop.call_soon_threadsafe(close_all)
+        except RuntimeError:   # the loop is already closed
+            pass

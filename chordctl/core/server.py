@@ -74,7 +74,7 @@ class NodeServer:
         def complete(reqs):
             loop.call_soon_threadsafe(finish_on_loop, reqs)
 
-        router = Router(cfg, self.index, self.node.ring, complete)
+        router = Router(cfg, self.index, self.node.ring, complete, loop, finish_on_loop)
         router.metrics = self.node.metrics
         kv = KeyValueServicer(self.node, loop)
         pb_grpc.add_KeyValueServicer_to_server(kv, server)
