@@ -54,7 +54,7 @@ class NodeServer:
             logger.warning("%s", warning)
         credentials = security.server_credentials(cfg, self.index)
         limit = cfg.limits.max_value_bytes * 2 + 16 * 1024 * 1024
-        server = grpc.aio.server(interceptors=[self.gate], options=[
+        server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
@@ -76,9 +76,10 @@ class NodeServer:
 
         router = Router(cfg, self.index, self.node.ring, complete, loop, finish_on_loop)
         router.metrics = self.node.metrics
-        kv = KeyValueServicer(self.node, loop)
+        kv = KeyValueServicer(self.node, loop, self.gate)
         pb_grpc.add_KeyValueServicer_to_server(kv, server)
-        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.node, loop, router, kv), server)
+        pb_grpc.add_AdminServicer_to_server(
+            AdminServicer(self.node, loop, router, kv, self.gate), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

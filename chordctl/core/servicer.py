@@ -14,6 +14,7 @@ import time
 import grpc
 
 from chordctl.core import procinfo
+from chordctl.core.gate import ReadinessGate
 from chordctl.core import request as rq
 from chordctl.core.node import Node, SnapshotMarker
 from chordctl.core.request import Request, describe, parse_key
@@ -21,6 +22,8 @@ from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 
 STATUS = {sc.value[0]: sc for sc in grpc.StatusCode}
+_OPEN = ReadinessGate("node")
+_OPEN.open()
 VALID_OPS = (rq.OP_CREATE, rq.OP_READ, rq.OP_UPDATE, rq.OP_DELETE)
 
 
@@ -51,9 +54,11 @@ def finish_on_loop(reqs: list[Request]) -> None:
 
 
 class KeyValueServicer(pb_grpc.KeyValueServicer):
-    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop):
+    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop,
+                 gate: ReadinessGate | None = None):
         self.node = node
         self.loop = loop
+        self.gate = gate or _OPEN
         limits = node.config.limits
         self.max_value = limits.max_value_bytes
         self.max_digits = limits.max_key_digits
@@ -106,6 +111,8 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
 
     async def _unary(self, op: int, key: str, value: bytes, trace: bool,
                      context: grpc.aio.ServicerContext) -> pb.Reply:
+        if not self.gate.ready:
+            await self.gate.refuse(context)
         if self.node.failed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {self.node.failed}")
         try:
@@ -151,6 +158,8 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         return await self._unary(rq.OP_DELETE, request.key, b"", request.trace, context)
 
     async def Batch(self, request, context):
+        if not self.gate.ready:
+            await self.gate.refuse(context)
         ops = request.ops
         if len(ops) > self.max_batch:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -253,13 +262,16 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
 
 class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, node: Node, loop: asyncio.AbstractEventLoop, router=None,
-                 kv: KeyValueServicer | None = None):
+                 kv: KeyValueServicer | None = None, gate: ReadinessGate | None = None):
         self.node = node
         self.loop = loop
         self.router = router
         self.kv = kv
+        self.gate = gate or _OPEN
 
     async def Status(self, request, context):
+        if not self.gate.ready:
+            await self.gate.refuse(context)
         node = self.node
         ring = node.ring
         low, _high = ring.arc(node.index)
@@ -278,6 +290,8 @@ class AdminServicer(pb_grpc.AdminServicer):
             in_flight=self.kv.in_flight if self.kv is not None else 0)
 
     async def TakeSnapshot(self, request, context):
+        if not self.gate.ready:
+            await self.gate.refuse(context)
         fut = self.loop.create_future()
 
         def done(marker: SnapshotMarker) -> None:
@@ -293,6 +307,8 @@ class AdminServicer(pb_grpc.AdminServicer):
                                 capture_ms=marker.capture_ms)
 
     async def Files(self, request, context):
+        if not self.gate.ready:
+            await self.gate.refuse(context)
         from chordctl.core.storage import inventory
         docs = await self.loop.run_in_executor(None, inventory.describe, self.node.directory)
         return pb.FilesReply(directory=os.path.abspath(self.node.directory), files=[
