@@ -74,6 +74,11 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "") -> C
         # relayed "node 0 ... could not reach node 3 ... (failed to connect ...)"
         # must reach the user as is, naming the node that is really down.
         message = f"client: cannot connect to {address}{security.connect_failure(message)}"
+    elif code == grpc.StatusCode.UNAVAILABLE and not message.startswith(("node ", "client:")):
+        # gRPC's own words for a connection lost mid-call ("Socket closed",
+        # "Connection reset by peer"); every node-made message names its node.
+        message = (f"client: lost the connection to {address} ({message}); is the node "
+                   f"running? (`chordctl ring show`)")
     return cls(message)
 
 

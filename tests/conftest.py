@@ -70,7 +70,8 @@ class NodeProc:
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(os.path.dirname(config_path), f"node-{index}.stderr")
 
-    def start(self, wait: bool = True) -> "NodeProc":
+    def start(self, wait: bool = True, preexec_fn=None) -> "NodeProc":
+        """Start the node; *preexec_fn* runs in the child before exec (e.g. setrlimit)."""
         env = dict(os.environ)
         if self.env:
             env.update(self.env)
@@ -78,7 +79,8 @@ class NodeProc:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "chordctl", "-c", self.config_path, "node", "serve",
                  "--node", str(self.index)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                preexec_fn=preexec_fn)
         if wait:
             self.wait_ready()
         return self

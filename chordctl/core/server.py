@@ -22,7 +22,8 @@ from chordctl.core import metrics, procinfo
 from chordctl.core.gate import ReadinessGate
 from chordctl.core.node import Node
 from chordctl.core.router import Router
-from chordctl.core.servicer import AdminServicer, KeyValueServicer, finish_on_loop
+from chordctl.core.servicer import (AdminServicer, KeyValueServicer, add_key_value_servicer,
+                                     finish_on_loop)
 from chordctl.errors import ChordError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
@@ -77,7 +78,7 @@ class NodeServer:
         router = Router(cfg, self.index, self.node.ring, complete, loop, finish_on_loop)
         router.metrics = self.node.metrics
         kv = KeyValueServicer(self.node, loop, self.gate)
-        pb_grpc.add_KeyValueServicer_to_server(kv, server)
+        add_key_value_servicer(kv, server)   # malformed bodies: INVALID_ARGUMENT
         pb_grpc.add_AdminServicer_to_server(
             AdminServicer(self.node, loop, router, kv, self.gate), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

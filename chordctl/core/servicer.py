@@ -12,6 +12,7 @@ import os
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from chordctl.core import procinfo
 from chordctl.core.gate import ReadinessGate
@@ -25,6 +26,52 @@ STATUS = {sc.value[0]: sc for sc in grpc.StatusCode}
 _OPEN = ReadinessGate("node")
 _OPEN.open()
 VALID_OPS = (rq.OP_CREATE, rq.OP_READ, rq.OP_UPDATE, rq.OP_DELETE)
+
+
+class MalformedRequest:
+    """What a request body that is not a valid message of its type decodes to.
+
+    gRPC answers a deserializer's exception with UNKNOWN; a malformed request
+    is bad input (SPEC section 2), so the handler answers INVALID_ARGUMENT.
+    """
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _lenient(message_type):
+    parse = message_type.FromString
+    name = message_type.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except DecodeError as e:
+            return MalformedRequest(f"request: the body is not a valid {name} message ({e}); "
+                                    f"build requests from proto/chord.proto")
+    return deserialize
+
+
+def add_key_value_servicer(servicer: "KeyValueServicer", server) -> None:
+    """pb_grpc.add_KeyValueServicer_to_server; a body that does not decode: MalformedRequest."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), request_deserializer=_lenient(request),
+            response_serializer=reply.SerializeToString)
+        for name, request, reply in (("Create", pb.WriteRequest, pb.Reply),
+                                     ("Read", pb.KeyRequest, pb.Reply),
+                                     ("Update", pb.WriteRequest, pb.Reply),
+                                     ("Delete", pb.KeyRequest, pb.Reply),
+                                     ("Batch", pb.BatchRequest, pb.BatchReply))}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("chord.v1.KeyValue", handlers),))
+    server.add_registered_method_handlers("chord.v1.KeyValue", handlers)
+
+
+async def _refuse_malformed(request: MalformedRequest, context) -> None:
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
 
 class _BatchWaiter:
@@ -146,18 +193,28 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
     # -- KeyValue -------------------------------------------------------------
 
     async def Create(self, request, context):
+        if type(request) is MalformedRequest:
+            await _refuse_malformed(request, context)
         return await self._unary(rq.OP_CREATE, request.key, request.value, request.trace, context)
 
     async def Read(self, request, context):
+        if type(request) is MalformedRequest:
+            await _refuse_malformed(request, context)
         return await self._unary(rq.OP_READ, request.key, b"", request.trace, context)
 
     async def Update(self, request, context):
+        if type(request) is MalformedRequest:
+            await _refuse_malformed(request, context)
         return await self._unary(rq.OP_UPDATE, request.key, request.value, request.trace, context)
 
     async def Delete(self, request, context):
+        if type(request) is MalformedRequest:
+            await _refuse_malformed(request, context)
         return await self._unary(rq.OP_DELETE, request.key, b"", request.trace, context)
 
     async def Batch(self, request, context):
+        if type(request) is MalformedRequest:
+            await _refuse_malformed(request, context)
         if not self.gate.ready:
             await self.gate.refuse(context)
         ops = request.ops

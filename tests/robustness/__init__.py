@@ -1,0 +1,1 @@
+"""Fault-injection suite: a history recorder, a linearizability checker, faults and fuzzing."""
