@@ -437,6 +437,18 @@ class Client:
         except grpc.RpcError as e:
             raise error_for(e.code(), e.details() or "", self.address) from None
 
+    def health(self, timeout: float | None = None) -> str:
+        """The node's grpc.health.v1 status for service "": SERVING, NOT_SERVING, ..."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        self.connect()
+        try:
+            reply = health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(service=""),
+                timeout=timeout if timeout is not None else self.timeout)
+        except grpc.RpcError as e:
+            raise error_for(e.code(), e.details() or "", self.address) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
     def status(self, timeout: float | None = None) -> pb.NodeStatus:
         return self._admin_call("Status", pb.StatusRequest(), timeout)
 

@@ -115,3 +115,36 @@ def test_health_not_serving_once_graceful_shutdown_begins(tmp_path) -> None:
         assert node.proc.wait(timeout=30) == 0, node.log()
     finally:
         node.stop()
+
+
+def test_ring_show_marks_a_replaying_node_recovering(tmp_path, run_cli) -> None:
+    import json
+    import time
+    path = write_config(tmp_path, 2)
+    cfg = config_mod.load(path)
+    nodes = [NodeProc(path, i) for i in range(2)]
+    nodes[0].start()
+    nodes[1].env = {"CHORDCTL_TEST_REPLAY_DELAY": "30"}
+    nodes[1].start(wait=False)
+    try:
+        with grpc.insecure_channel(nodes[1].address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 30
+            while True:   # until node 1's server answers (it holds NOT_SERVING for 30 s)
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(service=""),
+                                         timeout=5, wait_for_ready=True)
+                    break
+                except grpc.RpcError:
+                    assert time.monotonic() < deadline, "node 1 never answered health"
+            assert reply.status == NOT_SERVING
+        res = run_cli(path)("ring", "show", output="json")
+        assert res.exit_code == 3
+        states = [n["state"] for n in json.loads(res.stdout)]
+        assert states == ["up", "recovering"]
+        table = run_cli(path)("ring", "show")
+        assert "recovering" in table.stdout
+    finally:
+        for n in nodes:
+            n.stop()
+    del cfg

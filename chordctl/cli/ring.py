@@ -21,12 +21,23 @@ def ring_of(cfg: Config) -> Ring:
     return Ring(cfg.ring.bits, len(cfg.nodes), cfg.ring.placement, cfg.ring.routing)
 
 
+class NotServing(Exception):
+    """The node answers health checks but is not serving (replaying, stopping)."""
+
+    def __init__(self, health: str):
+        super().__init__(f"health {health}: the node is recovering or shutting down")
+        self.health = health
+
+
 def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
-    """Admin.Status of every node in parallel: a NodeStatus, or the ChordError."""
+    """Health, then Admin.Status, of every node in parallel: a NodeStatus, or why not."""
 
     def one(address: str):
         try:
             with Client(cfg, target=address, timeout=timeout) as c:
+                health = c.health(timeout=timeout)
+                if health != "SERVING":
+                    return NotServing(health)
                 return c.status(timeout=timeout)
         except ChordError as e:
             return e
@@ -43,11 +54,13 @@ def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dic
         st = statuses[i]
         up = not isinstance(st, Exception)
         arc = f"({low}, {high}]"
-        rows.append([i, ring.ids[i], arc, node.address, "up" if up else "DOWN",
+        state = "up" if up else ("recovering" if isinstance(st, NotServing) else "DOWN")
+        rows.append([i, ring.ids[i], arc, node.address, state,
                      st.keys if up else "-", st.snapshot_counter if up else "-",
                      st.log_counter if up else "-"])
         doc = {"index": i, "id": str(ring.ids[i]), "arc": [str(low), str(high)],
-               "arc_size": str(ring.arc_size(i)), "address": node.address, "up": up}
+               "arc_size": str(ring.arc_size(i)), "address": node.address, "up": up,
+               "state": state}
         if up:
             doc.update({"keys": st.keys, "snapshot": st.snapshot_counter,
                         "log": st.log_counter, "last_seq": st.last_seq, "pid": st.pid,
@@ -85,8 +98,10 @@ def ring() -> None:
 def show(state: State, timeout: float) -> None:
     """Every node of the config: id, owned arc, address, up/down, keys, snapshot.
 
-    Nodes are asked in parallel; one that does not answer within --timeout is
-    marked DOWN and the others are still shown. Exit 3 if any node is down.
+    Nodes are asked in parallel (gRPC health, then Admin.Status); one that
+    does not answer within --timeout is marked DOWN, one whose health is not
+    SERVING (replaying its log, shutting down) is marked recovering, and the
+    others are still shown. Exit 3 if any node is not up.
 
     \b
     Example:
