@@ -189,3 +189,29 @@ def table_fields(text: str) -> dict[str, str]:
 def cli_address(path: str, i: int) -> str:
     return config_mod.load(path).nodes[i].address
 
+
+
+def test_cluster_up_refuses_a_port_held_by_another_ring(tmp_path):
+    """A node of another config on the same port answers SERVING; `up` must not take it
+    for its own node, and must stop what it started."""
+    from conftest import Cluster, run_chordctl, write_config
+    other = tmp_path / "other"
+    other.mkdir()
+    path_a = write_config(other, 1)
+    held = Cluster(path_a).start()
+    try:
+        mine = tmp_path / "mine"
+        mine.mkdir()
+        path_b = write_config(mine, 1)
+        import yaml
+        doc = yaml.safe_load(open(path_b))
+        doc["nodes"][0]["port"] = held.config.nodes[0].port
+        yaml.safe_dump(doc, open(path_b, "w"))
+        res = run_chordctl("-c", path_b, "cluster", "up", "--detach", "--wait", "20")
+        err = res.stderr.decode()
+        assert res.returncode != 0
+        assert "served by another process" in err or "cannot listen" in err, err
+        assert "Traceback" not in err
+        assert held.nodes[0].alive     # the other ring's node is untouched
+    finally:
+        held.stop()

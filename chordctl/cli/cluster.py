@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chordctl import security
 from chordctl.cli.common import State, pass_state
 from chordctl.cli.ring import print_ring
+from chordctl.client import Client
 from chordctl.config import Config
 from chordctl.errors import ChordError, UnavailableError
 
@@ -171,6 +172,15 @@ def up(state: State, detach: bool, wait_s: float) -> None:
         for i, node in enumerate(cfg.nodes):
             try:
                 wait_serving(node.address, procs[i], wait_s, cfg)
+                # SERVING may come from another process holding the port (an
+                # older ring): only our own node counts.
+                with Client(cfg, target=node.address) as c:
+                    pid = c.status().pid
+                if pid != procs[i].pid:
+                    raise ChordError(
+                        f"cluster: {node.address} (node {i}) is served by another process "
+                        f"(pid {pid}), not by the node just started; stop it (`chordctl "
+                        f"cluster down` with its config) or change the port")
             except ChordError as e:
                 raise ChordError(f"{e}\n--- last lines of {log_path(cfg, i)} ---\n"
                                  f"{_tail(log_path(cfg, i))}") from None
