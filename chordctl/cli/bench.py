@@ -256,7 +256,7 @@ def _snapshot_phase(cfg: Config, keys: list[str], ops: int, concurrency: int, co
             stop = threading.Event()
             taken = [0]
 
-            def snapshots() -> None:
+            def snapshots(stop: threading.Event = stop, taken: list = taken) -> None:
                 while not stop.is_set():
                     for node in cfg.nodes:
                         try:

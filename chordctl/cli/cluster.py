@@ -159,7 +159,7 @@ def up(state: State, detach: bool, wait_s: float) -> None:
                              f"run `chordctl cluster down` first")
     procs: dict[int, subprocess.Popen] = {}
     try:
-        for i, node in enumerate(cfg.nodes):
+        for i in range(len(cfg.nodes)):
             os.makedirs(cfg.node_dir(i), exist_ok=True)
             with open(log_path(cfg, i), "ab") as log:
                 procs[i] = subprocess.Popen(

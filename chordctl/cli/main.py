@@ -8,7 +8,7 @@ import click
 
 from chordctl import __version__
 from chordctl.cli.common import CONFIG_HELP, OUTPUT_HELP, TARGET_HELP, State
-from chordctl.errors import ChordError, ExitStatus
+from chordctl.errors import ChordError
 from chordctl.render import FORMATS
 
 
