@@ -162,3 +162,31 @@ def test_coalesced_forward_keeps_each_clients_order_per_key(make_cluster):
     for t in threads:
         t.join(60)
     assert not errors, errors[0]
+
+
+def test_bench_reuses_a_loaded_key_range_and_compares_snapshot_latency(make_cluster, run_cli):
+    cluster = make_cluster(2)
+    cli = run_cli(cluster.config_path)
+    common = ["--records", "200", "--ops", "200", "--seq-ops", "20", "--concurrency", "8",
+              "--workloads", "C", "--distributions", "uniform", "--routes", "entry",
+              "--key-base", "5000000"]
+    first = cli("bench", *common, output="json")
+    assert first.exit_code == 0, first.output
+    second = cli("bench", *common, "--skip-load", "--snapshot-phase", output="json")
+    assert second.exit_code == 0, second.output
+    doc = json.loads(second.stdout)
+    phases = [r["phase"] for r in doc["results"]]
+    assert not any(p.startswith("load") for p in phases)          # nothing created again
+    assert "ycsb C, no snapshot" in phases
+    assert any(p.startswith("ycsb C, during snapshots (") for p in phases)
+    assert all(r["errors"] == 0 for r in doc["results"])          # the keys were there
+    assert "p99 during snapshots / p99 without" in doc["ratios"]
+    with Client(cluster.config) as c:
+        st = c.status()
+    assert st.snapshot_counter >= 1 and st.rss_bytes > 10_000_000 and st.ready_seconds > 0
+
+
+def test_bench_skip_load_needs_the_key_base(make_cluster, run_cli):
+    cluster = make_cluster(1)
+    res = run_cli(cluster.config_path)("bench", "--skip-load")
+    assert res.exit_code == 2 and "--key-base" in res.output
