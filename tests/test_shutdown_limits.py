@@ -38,16 +38,41 @@ def _wait_in_flight(cluster, minimum: int = 1, timeout: float = 10.0) -> None:
             time.sleep(0.01)
 
 
-def test_sigterm_answers_the_request_in_flight_then_exits_zero(tmp_path):
-    path = write_config(tmp_path, 1, timeout=20)
-    cluster = Cluster(path, env={"CHORDCTL_TEST_DELAY": "77:1.5"}).start()
-    node = cluster.nodes[0]
+def _node_holding_a_read(tmp_path, hold: float, timeout: float):
+    """A one-node cluster whose receiver holds a read of key 77 for *hold* seconds,
+    that read in flight (its thread and the box its outcome lands in)."""
+    path = write_config(tmp_path, 1, timeout=timeout)
+    cluster = Cluster(path, env={"CHORDCTL_TEST_DELAY": f"77:{hold}"}).start()
     box: list = []
     started = threading.Event()
+    t = _held_read(cluster, "77", box, started)
+    started.wait(10)
+    _wait_in_flight(cluster)
+    return cluster, t, box
+
+
+def _wait_not_serving(address: str, timeout: float = 10.0) -> None:
+    """Until a graceful stop has begun: health says NOT_SERVING, or new calls are refused."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            except grpc.RpcError:
+                return
+            if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                return
+            assert time.monotonic() < deadline, "the node never began to stop"
+            time.sleep(0.01)
+
+
+def test_sigterm_answers_the_request_in_flight_then_exits_zero(tmp_path):
+    cluster, t, box = _node_holding_a_read(tmp_path, hold=1.5, timeout=20)
+    node = cluster.nodes[0]
     try:
-        t = _held_read(cluster, "77", box, started)
-        started.wait(10)
-        _wait_in_flight(cluster)
         node.proc.send_signal(signal.SIGTERM)
         t.join(30)
         assert node.proc.wait(timeout=30) == 0
@@ -59,17 +84,11 @@ def test_sigterm_answers_the_request_in_flight_then_exits_zero(tmp_path):
 
 
 def test_second_signal_exits_at_once(tmp_path):
-    path = write_config(tmp_path, 1, timeout=60)
-    cluster = Cluster(path, env={"CHORDCTL_TEST_DELAY": "77:30"}).start()
+    cluster, t, _box = _node_holding_a_read(tmp_path, hold=30, timeout=60)
     node = cluster.nodes[0]
-    box: list = []
-    started = threading.Event()
     try:
-        t = _held_read(cluster, "77", box, started)
-        started.wait(10)
-        _wait_in_flight(cluster)
         node.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)     # the first signal starts a graceful stop (5 s grace)
+        _wait_not_serving(cluster.address(0))   # the graceful stop (5 s grace) has begun
         t0 = time.monotonic()
         node.proc.send_signal(signal.SIGTERM)
         code = node.proc.wait(timeout=10)
