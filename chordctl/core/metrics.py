@@ -57,7 +57,6 @@ class NodeMetrics:
         self.fsync = Histogram(FSYNC_BUCKETS)
         self.snapshot = Histogram(SNAPSHOT_BUCKETS)
         self.snapshot_bytes = 0
-        self.snapshot_keys = 0
         self.forwarded = 0
 
     def answered(self, op: int, code: int, n: int = 1) -> None:

@@ -129,8 +129,6 @@ class Node:
         self._next_counter = 0
         self.log: LogFile | None = None
         self.snapshot_counter = 0      # newest snap.X written or recovered
-        self.snapshots_taken = 0
-        self.last_snapshot: dict = {}
         self.failed: str | None = None  # set when the log cannot be written
         self.metrics = NodeMetrics()
         self.started_at = time.time()
@@ -468,13 +466,9 @@ class Node:
                                             chunks)
                 keys = sum(len(c) for c in chunks)
                 self.snapshot_counter = marker.counter
-                self.snapshots_taken += 1
                 elapsed = time.monotonic() - t0
-                self.last_snapshot = {"counter": marker.counter, "bytes": size, "keys": keys,
-                                      "seconds": elapsed}
                 self.metrics.snapshot.observe(elapsed)
                 self.metrics.snapshot_bytes = size
-                self.metrics.snapshot_keys = keys
                 marker.result = (path, size, keys)
                 marker.seconds = elapsed
                 logger.info("%s: wrote %s (%d keys, %d bytes) in %.3fs", self.label, path, keys,

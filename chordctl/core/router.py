@@ -59,7 +59,6 @@ class Router:
         self._stubs: dict[int, pb_grpc.KeyValueStub] = {}
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.forwarded = 0
         self.metrics = None          # NodeMetrics, when the node wires one in
 
     def peer_label(self, i: int) -> str:
@@ -110,7 +109,6 @@ class Router:
                 if r.trace:
                     o.trace = True
                     o.route.extend(r.route)
-            self.forwarded += len(group)
             if self.metrics is not None:
                 self.metrics.forwarded += len(group)
             calls.append((nh, group, batch))

@@ -80,7 +80,7 @@ class NodeServer:
         kv = KeyValueServicer(self.node, loop, self.gate)
         add_key_value_servicer(kv, server)   # malformed bodies: INVALID_ARGUMENT
         pb_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.node, loop, router, kv, self.gate), server)
+            AdminServicer(self.node, loop, kv, self.gate), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

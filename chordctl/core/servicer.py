@@ -156,8 +156,11 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                                  f"node {r.node_index} (id {r.node_id})"
                                  if r.node_index >= 0 else self.node.label)
 
-    async def _unary(self, op: int, key: str, value: bytes, trace: bool,
-                     context: grpc.aio.ServicerContext) -> pb.Reply:
+    async def _unary(self, op: int, request, context: grpc.aio.ServicerContext) -> pb.Reply:
+        if type(request) is MalformedRequest:
+            await _refuse_malformed(request, context)
+        key, trace = request.key, request.trace
+        value = request.value if op == rq.OP_CREATE or op == rq.OP_UPDATE else b""
         if not self.gate.ready:
             await self.gate.refuse(context)
         if self.node.failed:
@@ -193,24 +196,16 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
     # -- KeyValue -------------------------------------------------------------
 
     async def Create(self, request, context):
-        if type(request) is MalformedRequest:
-            await _refuse_malformed(request, context)
-        return await self._unary(rq.OP_CREATE, request.key, request.value, request.trace, context)
+        return await self._unary(rq.OP_CREATE, request, context)
 
     async def Read(self, request, context):
-        if type(request) is MalformedRequest:
-            await _refuse_malformed(request, context)
-        return await self._unary(rq.OP_READ, request.key, b"", request.trace, context)
+        return await self._unary(rq.OP_READ, request, context)
 
     async def Update(self, request, context):
-        if type(request) is MalformedRequest:
-            await _refuse_malformed(request, context)
-        return await self._unary(rq.OP_UPDATE, request.key, request.value, request.trace, context)
+        return await self._unary(rq.OP_UPDATE, request, context)
 
     async def Delete(self, request, context):
-        if type(request) is MalformedRequest:
-            await _refuse_malformed(request, context)
-        return await self._unary(rq.OP_DELETE, request.key, b"", request.trace, context)
+        return await self._unary(rq.OP_DELETE, request, context)
 
     async def Batch(self, request, context):
         if type(request) is MalformedRequest:
@@ -318,11 +313,10 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop, router=None,
+    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop,
                  kv: KeyValueServicer | None = None, gate: ReadinessGate | None = None):
         self.node = node
         self.loop = loop
-        self.router = router
         self.kv = kv
         self.gate = gate or _OPEN
 
