@@ -177,6 +177,18 @@ def test_owner_is_owner_of_key_position() -> None:
             assert ring.owner(key) == ring.owner_of_position(key_position(key, 10, placement))
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize(("m", "n"), [(m, n) for (m, n) in SMALL_RINGS if m <= 4] + [(16, 4)])
+def test_key_test_agrees_with_owner_for_every_node(placement: str, m: int, n: int) -> None:
+    """The dispatcher's fast ownership test is the (X, Y] rule, wrap-around included."""
+    ring = Ring(m, n, placement)
+    keys = list(range(3 * 2**m)) if m <= 4 else list(range(0, 3 * 2**m, 97))
+    keys += [2**64 + 3, 10**40 + 7]
+    for i in range(n):
+        mine = ring.key_test(i)
+        assert [mine(k) for k in keys] == [ring.owner(k) == i for k in keys]
+
+
 def test_unknown_placement_in_key_position_raises() -> None:
     with pytest.raises(ValueError, match="placement"):
         key_position(1, 8, "md5")

@@ -62,11 +62,15 @@ class OwnedBatch:
         self.mutations = mutations
         self.seq = seq               # last sequence number given when it was dispatched
         self._pending = stages
-        self._lock = threading.Lock()
+        # One stage (reads the applier alone answers) needs no lock.
+        self._lock = threading.Lock() if stages > 1 else None
         self.error: tuple[int, str] | None = None
         self._node = node
 
     def stage_done(self) -> None:
+        if self._lock is None:
+            self._node._complete_owned(self)
+            return
         with self._lock:
             self._pending -= 1
             last = self._pending == 0
@@ -108,6 +112,7 @@ class Node:
         self.ring = Ring(config.ring.bits, len(config.nodes), config.ring.placement,
                          config.ring.routing)
         self.node_id = self.ring.ids[index]
+        self.node_id_text = str(self.node_id)
         self.label = f"node {index} (id {self.node_id})"
         self.directory = config.node_dir(index)
         self.fsync = config.storage.fsync
@@ -211,10 +216,7 @@ class Node:
     def _dispatch_loop(self) -> None:
         get = self.incoming.get
         empty = self.incoming.empty
-        owns = self.ring.owns
-        position = self.ring.position
-        me = self.index
-        single = self.ring.n == 1
+        mine = self.ring.key_test(self.index)
         while True:
             items = [get()]
             while len(items) < DRAIN_LIMIT and not empty():
@@ -239,7 +241,7 @@ class Node:
                     self._dispatch_marker(item)
                     continue
                 for r in item:
-                    if single or owns(me, position(r.key)):
+                    if mine(r.key):
                         if r.op != rq.OP_READ:
                             seq += 1
                             r.seq = seq
@@ -404,7 +406,7 @@ class Node:
 
     def _complete_owned(self, batch: OwnedBatch) -> None:
         idx = self.index
-        nid = str(self.node_id)
+        nid = self.node_id_text
         reqs = batch.reqs
         if batch.error:
             code, message = batch.error

@@ -54,12 +54,13 @@ class Request:
         self.message = message
 
 
+_DONE = {OP_CREATE: "created", OP_READ: "read", OP_UPDATE: "updated", OP_DELETE: "deleted"}
+
+
 def describe(op: int, key: str, code: int, node: str) -> str:
     """The human sentence of a result produced by *node* (``node 1 (id 49151)``)."""
     if code == OK:
-        verb = {OP_CREATE: "created", OP_READ: "read", OP_UPDATE: "updated",
-                OP_DELETE: "deleted"}[op]
-        return f"{verb} key {key} on {node}"
+        return f"{_DONE[op]} key {key} on {node}"
     if code == NOT_FOUND:
         return f"key {key} not found (owner: {node})"
     if code == ALREADY_EXISTS:

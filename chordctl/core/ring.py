@@ -11,6 +11,7 @@ whole thing can be tested exhaustively on small rings.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PLACEMENTS = ("direct", "hash")
@@ -106,6 +107,16 @@ class Ring:
     def owns(self, i: int, pos: int) -> bool:
         """Whether node i owns ring position pos."""
         return self.owner_of_position(pos) == i
+
+    def key_test(self, i: int) -> Callable[[int], bool]:
+        """A fast ``key -> whether node i owns it`` for the dispatcher's loop."""
+        low, _ = self.arc(i)
+        base, span, size = low + 1, self.arc_size(i), self.size
+        if self.placement == "direct":
+            # pos = key mod size lies in (low, high] iff (key - low - 1) mod size < span.
+            return lambda key: (key - base) % size < span
+        bits, placement = self.bits, self.placement
+        return lambda key: (key_position(key, bits, placement) - base) % size < span
 
     def arc(self, i: int) -> tuple[int, int]:
         """(low, high) such that node i owns (low, high] mod size; low == high means everything."""
