@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from chordctl.core import affinity
 from chordctl.errors import ConfigError
 
 PLACEMENTS = ("direct", "hash")
@@ -40,6 +41,7 @@ class NodeConfig:
     metrics_port: int | None = None
     cert: str | None = None        # overrides tls.cert / tls.key for this node
     key: str | None = None
+    cpus: frozenset[int] | None = None   # pin the node process to these CPUs
 
     @property
     def address(self) -> str:
@@ -239,6 +241,21 @@ def _choice(section: dict, where: str, name: str, default: str, choices: tuple[s
     return value
 
 
+def _cpus(section: dict, where: str) -> frozenset[int] | None:
+    value = section.get("cpus")
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return frozenset({value})
+    if not isinstance(value, str):
+        raise _FieldError(f"{where}.cpus", f"must be a CPU list like 0, 0-3 or 0,2 "
+                          f"(got {_show(value)})")
+    try:
+        return affinity.parse_cpulist(value)
+    except ValueError as e:
+        raise _FieldError(f"{where}.cpus", f"{e} (got {_brief(value)})") from None
+
+
 def _build(data: Any, path: str | None) -> Config:
     if data is None:
         raise _FieldError("(document)", "the file is empty; it needs at least ring.bits and nodes")
@@ -270,7 +287,7 @@ def _build(data: Any, path: str | None) -> Config:
         where = f"nodes[{i}]"
         if not isinstance(raw, dict):
             raise _FieldError(where, f"must be a mapping {{host, port}} (got {_show(raw)})")
-        _check_keys(raw, ("host", "port", "metrics_port", "cert", "key"), where)
+        _check_keys(raw, ("host", "port", "metrics_port", "cert", "key", "cpus"), where)
         host = raw.get("host")
         if host is None:
             raise _FieldError(f"{where}.host", "missing (required)")
@@ -288,7 +305,7 @@ def _build(data: Any, path: str | None) -> Config:
             raise _FieldError(f"{where}.cert", "a node certificate needs a tls section "
                               "(at least tls.ca, to verify the nodes)")
         nodes.append(NodeConfig(host=host, port=port, metrics_port=metrics_port,
-                                cert=cert, key=key))
+                                cert=cert, key=key, cpus=_cpus(raw, where)))
 
     st = _section(data, "storage")
     _check_keys(st, ("data_dir", "snapshot_interval", "fsync", "snapshot_on_shutdown"),

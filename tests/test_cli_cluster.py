@@ -9,10 +9,12 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from chordctl import config as config_mod
 from chordctl.cli.cluster import log_path, pid_path, wait_exit
 from chordctl.client import Client
+from chordctl.core import affinity
 from chordctl.core.ring import Ring
 from conftest import run_chordctl, wait_until, write_config
 
@@ -215,3 +217,51 @@ def test_cluster_up_refuses_a_port_held_by_another_ring(tmp_path):
         assert held.nodes[0].alive     # the other ring's node is untouched
     finally:
         held.stop()
+
+
+def _cpus_of_nodes(path: str) -> list[str]:
+    r = run_chordctl("-c", path, "-o", "json", "ring", "show", timeout=UP_TIMEOUT)
+    assert r.returncode == 0, r.stderr.decode()
+    return [n["cpus"] for n in json.loads(r.stdout)]
+
+
+@pytest.mark.skipif(len(affinity.available()) < 2, reason="pinning needs 2 or more CPUs")
+def test_cluster_up_pins_nodes_round_robin_and_keeps_configured_cpus(tmp_path):
+    path = write_config(tmp_path, 3, timeout=5)
+    cpus = affinity.available()
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    doc["nodes"][2]["cpus"] = str(cpus[-1])        # the config's own choice wins
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f)
+    cfg = config_mod.load(path)
+    started: dict[int, int] = {}
+    try:
+        r = up_detached(path, cfg, started)
+        assert r.returncode == 0, r.stderr.decode()
+        assert _cpus_of_nodes(path) == [str(cpus[0]), str(cpus[1 % len(cpus)]), str(cpus[-1])]
+        # Every thread of the process is pinned, not just the main one.
+        for line in os.listdir(f"/proc/{started[1]}/task"):
+            assert os.sched_getaffinity(int(line)) == {cpus[1 % len(cpus)]}
+        assert run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT).returncode == 0
+
+        r = run_chordctl("-c", path, "cluster", "up", "--detach", "--cpus", "none",
+                         timeout=UP_TIMEOUT)
+        started.update(read_pids(cfg))
+        assert r.returncode == 0, r.stderr.decode()
+        assert _cpus_of_nodes(path) == [affinity.format_cpulist(cpus)] * 3
+    finally:
+        kill_leftovers(cfg, path, started)
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--cpus", "99999"], {}, "CPU 99999 is not available to this process"),
+    (["--cpus", "zero"], {}, "node: --cpus has 'zero'"),
+    ([], {"CHORDCTL_EVENT_LOOP": "twisted"}, "CHORDCTL_EVENT_LOOP='twisted' is not one of"),
+])
+def test_node_serve_refuses_bad_placement_with_exit_2(tmp_path, args, env, message):
+    path = write_config(tmp_path, 1)
+    r = run_chordctl("-c", path, "node", "serve", "--node", "0", *args, env=env, timeout=60)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert message in err and "Traceback" not in err

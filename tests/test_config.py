@@ -160,6 +160,11 @@ def test_env_var_names_config_file(tmp_path, monkeypatch) -> None:
         ((("nodes", 0, "host"), "  ", False), ["nodes[0].host"]),
         ((("nodes", 0, "host"), 127, False), ["nodes[0].host"]),
         ((("nodes", 1, "metrics_port"), -1, False), ["nodes[1].metrics_port"]),
+        ((("nodes", 1, "cpus"), -1, False), ["nodes[1].cpus", "CPU list"]),
+        ((("nodes", 1, "cpus"), "3-1", False), ["nodes[1].cpus", "backwards"]),
+        ((("nodes", 0, "cpus"), "zero", False), ["nodes[0].cpus", "'zero'"]),
+        ((("nodes", 0, "cpus"), [0, 1], False), ["nodes[0].cpus", "list"]),
+        ((("nodes", 0, "cpus"), True, False), ["nodes[0].cpus", "bool"]),
     ],
     ids=lambda v: repr(v) if not isinstance(v, list) else "",
 )
@@ -168,6 +173,16 @@ def test_config_error_names_field(change, fields: list[str]) -> None:
     msg = config_error(with_change(path, value, delete=delete))
     for field in fields:
         assert field in msg, (field, msg)
+
+
+@pytest.mark.parametrize(("value", "cpus"), [(None, None), (1, {1}), ("0", {0}),
+                                             ("0-2,5", {0, 1, 2, 5})])
+def test_node_cpus(value, cpus) -> None:
+    doc = valid()
+    if value is not None:
+        doc["nodes"][1]["cpus"] = value
+    got = from_dict(doc).nodes[1].cpus
+    assert got == (frozenset(cpus) if cpus is not None else None)
 
 
 def test_duplicate_port_names_both_nodes() -> None:

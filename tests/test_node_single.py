@@ -316,3 +316,21 @@ def test_fsync_policy_serves_and_keeps_data_across_restart(tmp_path, policy):
             assert c.status().keys == 19
     finally:
         assert n.stop() == 0, n.log()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_node_runs_on_either_event_loop(tmp_path, loop):
+    """uvloop by default where it is installed; CHORDCTL_EVENT_LOOP=asyncio falls back."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    path = write_config(tmp_path, 1)
+    node = NodeProc(path, 0, env={"CHORDCTL_EVENT_LOOP": "auto" if loop == "uvloop" else loop})
+    node.start()
+    try:
+        with Client(node.config) as c:
+            assert c.status().event_loop == loop
+            crud_ok(c, "17")
+            crud_nok(c, "18", "19")
+    finally:
+        assert node.stop() == 0
+    assert f", {loop}, fsync" in node.log()

@@ -4,7 +4,7 @@ Read returns at once (or, with --forward, asks the next echo and returns its
 reply: the 2-hop shape); Batch returns one OK result per operation. No queue,
 no log, no map: the ceiling that the real node is measured against.
 
-    python -m chordctl.bench.echo --port P [--forward HOST:PORT]
+    python -m chordctl.bench.echo --port P [--forward HOST:PORT] [--cpus LIST]
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import signal
 
 import grpc
 
+from chordctl.core import eventloop
+from chordctl.core.affinity import parse_cpulist, pin_process
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 
@@ -58,5 +60,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--forward")
+    ap.add_argument("--cpus", help="pin to these CPUs, like the node it stands for")
     a = ap.parse_args()
-    asyncio.run(main(a.port, a.forward))
+    if a.cpus:
+        pin_process(parse_cpulist(a.cpus))
+    eventloop.run(main(a.port, a.forward))   # the node's loop, for the same shape

@@ -18,6 +18,7 @@ from chordctl.cli.common import State, pass_state
 from chordctl.cli.ring import print_ring
 from chordctl.client import Client
 from chordctl.config import Config
+from chordctl.core import affinity
 from chordctl.errors import ChordError, UnavailableError
 
 PID_FILE = "node.pid"
@@ -137,13 +138,20 @@ def cluster() -> None:
               help="Return once every node is ready, leaving them running.")
 @click.option("--wait", "wait_s", type=float, default=60.0, show_default=True,
               help="Seconds to wait for each node to be ready.")
+@click.option("--cpus", "cpus_mode", type=click.Choice(["auto", "none"]), default="auto",
+              show_default=True,
+              help="auto: pin each node without `cpus` in the config to one CPU, round "
+                   "robin (on a machine with 2 or more); none: pin no node.")
 @pass_state
-def up(state: State, detach: bool, wait_s: float) -> None:
+def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
     """Start every node of the config as local processes and wait until all are ready.
 
     Each node logs to <data_dir>/node-<i>/node.log. In the foreground it
     runs until Ctrl-C (or `chordctl cluster down` from another terminal),
     then stops every node cleanly.
+
+    Each node is one Python process; pinned to one CPU its threads hand
+    requests to each other without waking another CPU (BENCHMARKS.md).
 
     \b
     Example:
@@ -158,13 +166,19 @@ def up(state: State, detach: bool, wait_s: float) -> None:
             raise ChordError(f"cluster: node {i} is already running (pid {pid}); "
                              f"run `chordctl cluster down` first")
     procs: dict[int, subprocess.Popen] = {}
+    pins = affinity.round_robin(len(cfg.nodes)) if cpus_mode == "auto" else None
     try:
-        for i in range(len(cfg.nodes)):
+        for i, node in enumerate(cfg.nodes):
             os.makedirs(cfg.node_dir(i), exist_ok=True)
+            pin: list[str] = []
+            if cpus_mode == "none":
+                pin = ["--cpus", affinity.NONE]
+            elif pins is not None and node.cpus is None:
+                pin = ["--cpus", affinity.format_cpulist(pins[i])]
             with open(log_path(cfg, i), "ab") as log:
                 procs[i] = subprocess.Popen(
                     [sys.executable, "-m", "chordctl", "-c", config_path, "node", "serve",
-                     "--node", str(i)],
+                     "--node", str(i), *pin],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True)
             with open(pid_path(cfg, i), "w") as f:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
@@ -10,6 +9,8 @@ import sys
 import click
 
 from chordctl.cli.common import State, pass_state
+from chordctl.core import affinity, eventloop
+from chordctl.errors import InvalidInputError
 
 
 class _JsonFormatter(logging.Formatter):
@@ -52,8 +53,13 @@ def node() -> None:
               default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
+@click.option("--cpus", metavar="LIST|none",
+              help="Pin the node process to these CPUs (0, 0-3, 0,2), or `none` to "
+                   "leave it unpinned [default: the node's `cpus` in the config, "
+                   "else unpinned].")
 @pass_state
-def serve(state: State, index: int, log_level: str, log_format: str) -> None:
+def serve(state: State, index: int, log_level: str, log_format: str,
+          cpus: str | None) -> None:
     """Run node I of the config in the foreground until SIGTERM or Ctrl-C.
 
     The node replays its snapshot and log before it answers any request.
@@ -68,9 +74,26 @@ def serve(state: State, index: int, log_level: str, log_format: str) -> None:
     from chordctl.core.server import serve as serve_node
 
     cfg = state.config()
-    cfg.node(index)
+    node_cfg = cfg.node(index)
+    pin = node_cfg.cpus
+    if cpus is not None:
+        try:
+            pin = None if cpus == affinity.NONE else affinity.parse_cpulist(cpus)
+        except ValueError as e:
+            raise InvalidInputError(f"node: --cpus {e}") from None
+    if pin is not None:
+        try:
+            affinity.pin_process(pin)
+        except (OSError, ValueError) as e:
+            raise InvalidInputError(f"node: cannot pin node {index} to CPUs "
+                                    f"{affinity.format_cpulist(pin)}: {e}; change the node's "
+                                    f"`cpus` in the config or pass --cpus none") from None
+    try:
+        loop = eventloop.choice()
+    except ValueError as e:
+        raise InvalidInputError(f"node: {e}") from None
     setup_logging(index, node_id(cfg.ring.bits, len(cfg.nodes), index), log_level, log_format)
     try:
-        asyncio.run(serve_node(cfg, index))
+        eventloop.run(serve_node(cfg, index), loop)
     except KeyboardInterrupt:
         pass

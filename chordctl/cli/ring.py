@@ -67,6 +67,7 @@ def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dic
                         "uptime_seconds": round(st.uptime_seconds, 3),
                         "rss_bytes": st.rss_bytes, "ready_seconds": round(st.ready_seconds, 3),
                         "recovery_seconds": round(st.recovery_seconds, 3),
+                        "cpus": st.cpus, "event_loop": st.event_loop,
                         "routing": [{"role": e.role, "index": e.node_index, "id": e.node_id}
                                     for e in st.routing]})
         else:

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from chordctl import security
 from chordctl.config import Config
-from chordctl.core import metrics, procinfo
+from chordctl.core import affinity, eventloop, metrics, procinfo
 from chordctl.core.gate import ReadinessGate
 from chordctl.core.node import Node
 from chordctl.core.router import Router
@@ -115,9 +115,11 @@ class NodeServer:
                              node_cfg.metrics_port, e.strerror)
         for name in ("",) + SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        logger.info("%s serving on %s (pid %d, fsync %s, %s, %d keys, ready %.2fs after "
-                    "process start, rss %.1f MB)", self.node.label,
-                    address, os.getpid(), cfg.storage.fsync,
+        logger.info("%s serving on %s (pid %d, cpus %s, %s, fsync %s, %s, %d keys, ready "
+                    "%.2fs after process start, rss %.1f MB)", self.node.label,
+                    address, os.getpid(), affinity.format_cpulist(affinity.available()),
+                    eventloop.name(asyncio.get_running_loop()),
+                    cfg.storage.fsync,
                     "TLS" if credentials is not None else "plaintext", len(self.node.store),
                     self.node.ready_seconds, procinfo.rss_bytes() / 1e6)
         return self.port

@@ -14,7 +14,7 @@ import time
 import grpc
 from google.protobuf.message import DecodeError
 
-from chordctl.core import procinfo
+from chordctl.core import affinity, eventloop, procinfo
 from chordctl.core.gate import ReadinessGate
 from chordctl.core import request as rq
 from chordctl.core.node import Node, SnapshotMarker
@@ -165,10 +165,18 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             await self.gate.refuse(context)
         if self.node.failed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {self.node.failed}")
-        try:
-            r = self._make(op, key, value, trace, 0, (), self._deadline(context))
-        except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + (self.default_timeout if remaining is None else remaining)
+        if (not trace and key.isdigit() and key.isascii() and len(key) <= self.max_digits
+                and (key[0] != "0" or len(key) == 1) and len(value) <= self.max_value):
+            # The common case, inlined: a canonical key, no trace (the checks
+            # are _make's, which explains anything else).
+            r = Request(op, int(key), key.encode(), value, deadline)
+        else:
+            try:
+                r = self._make(op, key, value, trace, 0, (), deadline)
+            except ValueError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if self.in_flight >= self.max_in_flight:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{self.node.label} has {self.in_flight} requests in flight "
@@ -190,8 +198,11 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         metrics.took(rq.OP_NAMES[op], time.perf_counter() - t0)
         if r.code != rq.OK:
             await context.abort(STATUS.get(r.code, grpc.StatusCode.UNKNOWN), r.message)
+        if r.route:
+            return pb.Reply(value=r.result or b"", node_index=r.node_index, node_id=r.node_id,
+                            message=r.message, route=r.route)
         return pb.Reply(value=r.result or b"", node_index=r.node_index, node_id=r.node_id,
-                        message=r.message, route=r.route or ())
+                        message=r.message)
 
     # -- KeyValue -------------------------------------------------------------
 
@@ -338,7 +349,9 @@ class AdminServicer(pb_grpc.AdminServicer):
             pid=os.getpid(), placement=ring.placement, routing_mode=ring.routing,
             rss_bytes=procinfo.rss_bytes(), ready_seconds=node.ready_seconds,
             recovery_seconds=node.recovery_seconds,
-            in_flight=self.kv.in_flight if self.kv is not None else 0)
+            in_flight=self.kv.in_flight if self.kv is not None else 0,
+            cpus=affinity.format_cpulist(affinity.available()),
+            event_loop=eventloop.name(self.loop))
 
     async def TakeSnapshot(self, request, context):
         if not self.gate.ready:

@@ -113,7 +113,7 @@ class RoutingEntry(_message.Message):
     def __init__(self, role: _Optional[str] = ..., node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_index", "node_id", "arc_low", "address", "keys", "snapshot_counter", "log_counter", "last_seq", "routing", "fsync", "uptime_seconds", "pid", "placement", "routing_mode", "rss_bytes", "ready_seconds", "recovery_seconds", "in_flight")
+    __slots__ = ("node_index", "node_id", "arc_low", "address", "keys", "snapshot_counter", "log_counter", "last_seq", "routing", "fsync", "uptime_seconds", "pid", "placement", "routing_mode", "rss_bytes", "ready_seconds", "recovery_seconds", "in_flight", "cpus", "event_loop")
     NODE_INDEX_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ARC_LOW_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,8 @@ class NodeStatus(_message.Message):
     READY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RECOVERY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_LOOP_FIELD_NUMBER: _ClassVar[int]
     node_index: int
     node_id: str
     arc_low: str
@@ -150,7 +152,9 @@ class NodeStatus(_message.Message):
     ready_seconds: float
     recovery_seconds: float
     in_flight: int
-    def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ..., rss_bytes: _Optional[int] = ..., ready_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., in_flight: _Optional[int] = ...) -> None: ...
+    cpus: str
+    event_loop: str
+    def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ..., rss_bytes: _Optional[int] = ..., ready_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., in_flight: _Optional[int] = ..., cpus: _Optional[str] = ..., event_loop: _Optional[str] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,100 @@
+"""CPU pinning of a node process (Linux ``sched_setaffinity``).
+
+A node is one Python process whose threads take turns on the GIL; its
+pipeline hands every request from thread to thread (F1 -> F3 -> event loop).
+When those threads may run on any CPU, each hand-off wakes the next thread on
+whichever CPU is idle, and on a virtual machine waking an idle virtual CPU
+costs tens of microseconds. Pinning the whole process to one CPU keeps the
+hand-offs on that CPU's run queue (measured: 40 -> 11 us for F1, 50 -> 10 us
+for the reply; see BENCHMARKS.md). ``cluster up`` pins each node to one CPU
+of those it may use, round robin, the way ScyllaDB gives each shard a core
+and Redis offers ``server_cpulist``.
+
+CPU lists use the Linux cpulist syntax of ``taskset -c``: ``0``, ``0-3``,
+``0,2,4-5``.
+"""
+
+from __future__ import annotations
+
+import os
+
+NONE = "none"
+
+
+def parse_cpulist(text: str) -> frozenset[int]:
+    """``"0,2-3"`` -> {0, 2, 3}; ValueError says what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("is empty; give CPUs like 0, 0-3 or 0,2")
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"has {part!r}, which is not a CPU number or range "
+                             f"(give CPUs like 0, 0-3 or 0,2)")
+        a, b = int(low), int(high) if dash else int(low)
+        if b < a:
+            raise ValueError(f"has the range {part!r}, which runs backwards")
+        if b - a > 65535:
+            raise ValueError(f"has the range {part!r}, which is too long")
+        cpus.update(range(a, b + 1))
+    return frozenset(cpus)
+
+
+def format_cpulist(cpus) -> str:
+    """{0, 2, 3} -> ``"0,2-3"``."""
+    out: list[str] = []
+    run: list[int] = []
+    for c in sorted(cpus):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [c]
+    if run:
+        out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ",".join(out)
+
+
+def available() -> list[int]:
+    """The CPUs this process may run on, in order."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def round_robin(count: int, cpus: list[int] | None = None) -> list[frozenset[int]] | None:
+    """One CPU per node, round robin over *cpus*; None when there is only one CPU."""
+    cpus = available() if cpus is None else cpus
+    if len(cpus) < 2:
+        return None
+    return [frozenset({cpus[i % len(cpus)]}) for i in range(count)]
+
+
+def pin_process(cpus: frozenset[int]) -> None:
+    """Pin every thread of this process to *cpus*; OSError/ValueError with the reason.
+
+    Call it before the process starts threads: threads created later inherit
+    the calling thread's mask. Threads that already exist are pinned too, by
+    their ids from /proc/self/task.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        raise OSError("CPU pinning needs Linux (os.sched_setaffinity)")
+    allowed = set(available())
+    missing = sorted(set(cpus) - allowed)
+    if missing:
+        raise ValueError(f"CPU {format_cpulist(missing)} is not available to this process "
+                         f"(available: {format_cpulist(allowed)})")
+    os.sched_setaffinity(0, cpus)
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:   # a thread that ended meanwhile
+            pass
+
