@@ -7,6 +7,7 @@ import threading
 
 from chordctl.bench import engine, workloads
 from chordctl.client import Client
+from chordctl.core import affinity
 from chordctl.core.ring import Ring
 from chordctl.errors import AlreadyExistsError, NotFoundError
 
@@ -77,6 +78,32 @@ def test_bench_runs_end_to_end_with_well_formed_json(make_cluster, run_cli):
         if row["p50_ms"] != "":
             assert 0 <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert doc["machine"]["nodes"] == 4
+
+
+def test_bench_baseline_interleaves_rounds_and_reports_median_ratios(make_cluster, run_cli):
+    cluster = make_cluster(4)
+    res = run_cli(cluster.config_path)(
+        "bench", "--records", "200", "--ops", "200", "--seq-ops", "31", "--rounds", "3",
+        "--concurrency", "8", "--workloads", "C", "--distributions", "uniform",
+        "--routes", "entry", "--baseline", output="json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    base = {r["phase"]: r for r in doc["baseline"]}
+    results = {r["phase"]: r for r in doc["results"]}
+    # Every sequential shape, node's and echo's, pools its 3 rounds (11 + 10 + 10).
+    for phase in ("echo unary 1 hop", "echo unary 2 hops"):
+        assert base[phase]["ops"] == 31 and base[phase]["errors"] == 0
+    for phase in ("seq read, entry owns", "seq read, 1 forward", "seq update, entry owns"):
+        assert results[phase]["ops"] == 31 and results[phase]["errors"] == 0
+    assert {"echo unary 1 hop x8", "echo coalesced 1 hop x8", "echo batch of 100"} <= set(base)
+    for key in ("seq owned / echo 1 hop", "seq 1 forward / echo 2 hops"):
+        rounds = doc["ratio_rounds"][key]
+        assert len(rounds) == 3 and all(r > 0 for r in rounds)
+        assert doc["ratios"][key] == sorted(rounds)[1]            # the median round
+    # Unpinned nodes: the echoes run where the nodes may run.
+    cpus = affinity.format_cpulist(affinity.available())
+    assert doc["machine"]["node_cpus"] == [cpus, cpus]
+    assert doc["machine"]["event_loop"] in ("uvloop", "asyncio")
 
 
 def test_bench_rejects_unknown_workload(make_cluster, run_cli):

@@ -29,6 +29,19 @@ class Phase:
         return self.count / self.seconds if self.seconds > 0 else 0.0
 
 
+def merge(phases: list[Phase]) -> Phase:
+    """Several runs of one phase as one: latencies and errors pooled, seconds added."""
+    out = Phase(phases[0].name, phases[0].concurrency)
+    for p in phases:
+        out.seconds += p.seconds
+        for op, lat in p.latencies.items():
+            out.latencies.setdefault(op, []).extend(lat)
+        for op, n in p.errors.items():
+            out.errors[op] = out.errors.get(op, 0) + n
+        out.sample_error = out.sample_error or p.sample_error
+    return out
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0

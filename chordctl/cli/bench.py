@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
@@ -56,11 +58,19 @@ def _csv(value: str, allowed: tuple[str, ...], name: str) -> list[str]:
     return items
 
 
-def _echo_pair(port_a: int, port_b: int) -> list[subprocess.Popen]:
-    """Echo B on port_b, echo A on port_a forwarding to B: 1 hop is B, 2 hops is A->B."""
+def _echo_pair(port_a: int, port_b: int,
+               pins: tuple[str, str] | None = None) -> list[subprocess.Popen]:
+    """Echo B on port_b, echo A on port_a forwarding to B: 1 hop is B, 2 hops is A->B.
+
+    *pins*: CPU lists for A and B, so the echoes run pinned like the nodes
+    they are compared with (`cluster up` pins each node to one CPU).
+    """
     procs = []
-    for args in (["--port", str(port_b)], ["--port", str(port_a), "--forward",
-                                            f"127.0.0.1:{port_b}"]):
+    pin_a, pin_b = pins or ("", "")
+    for pin, args in ((pin_b, ["--port", str(port_b)]),
+                      (pin_a, ["--port", str(port_a), "--forward", f"127.0.0.1:{port_b}"])):
+        if pin:
+            args = [*args, "--cpus", pin]
         p = subprocess.Popen([sys.executable, "-m", "chordctl.bench.echo", *args],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = p.stdout.readline()
@@ -85,45 +95,118 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def run_baseline(seq_ops: int, concurrency: int, ops: int, show: bool) -> list[dict]:
-    port_a, port_b = _free_ports(2)
-    procs = _echo_pair(port_a, port_b)
-    rows: list[dict] = []
-    try:
-        one = f"127.0.0.1:{port_b}"
-        two = f"127.0.0.1:{port_a}"
-        reads = lambda n: (("read", str(i), None) for i in range(n))  # noqa: E731
-        for name, target, n, conc, coalesce in (
-                ("echo unary 1 hop", one, seq_ops, 1, False),
-                ("echo unary 2 hops", two, seq_ops, 1, False),
-                (f"echo unary 1 hop x{concurrency}", one, ops, concurrency, False),
-                (f"echo coalesced 1 hop x{concurrency}", one, ops, concurrency, True)):
-            with Client(None, target=target, coalesce=coalesce) as c:
-                c.read("0") if not coalesce else None   # connect outside the timing
-                with _Bar(n, name, show) as bar:
-                    phase = engine.drive(c, name, reads(n), n, conc, bar)
-            rows.extend(engine.summarize(phase))
-        # Batches of 100 reads: the per-call cost spread over 100 operations.
-        with Client(None, target=one) as c:
-            batch = [("read", str(i), None) for i in range(100)]
-            calls = max(1, ops // 100)
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                c.batch(batch)
-            secs = time.perf_counter() - t0
-        rows.append({"phase": "echo batch of 100", "op": "read", "concurrency": 1,
-                     "ops": calls * 100, "errors": 0, "ops_per_s": round(calls * 100 / secs, 1),
-                     "p50_ms": "", "p95_ms": "", "p99_ms": "", "max_ms": ""})
-    finally:
-        for p in procs:
+class EchoPair:
+    """Two echo servers (B, and A forwarding to B) for the baseline; a context manager."""
+
+    def __init__(self, pins: tuple[str, str] | None = None):
+        port_a, port_b = _free_ports(2)
+        self.one = f"127.0.0.1:{port_b}"       # 1 hop: B answers
+        self.two = f"127.0.0.1:{port_a}"       # 2 hops: A asks B
+        self.procs = _echo_pair(port_a, port_b, pins)
+
+    def __enter__(self) -> "EchoPair":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
             p.terminate()
-        for p in procs:
+        for p in self.procs:
             p.wait(10)
+
+
+def _reads(n: int):
+    return (("read", str(i), None) for i in range(n))
+
+
+def run_baseline(echo: EchoPair, concurrency: int, ops: int, show: bool) -> list[dict]:
+    """The echo's concurrent and batch shapes (its sequential ones run interleaved)."""
+    rows: list[dict] = []
+    for name, target, n, conc, coalesce in (
+            (f"echo unary 1 hop x{concurrency}", echo.one, ops, concurrency, False),
+            (f"echo coalesced 1 hop x{concurrency}", echo.one, ops, concurrency, True)):
+        with Client(None, target=target, coalesce=coalesce) as c:
+            c.read("0") if not coalesce else None   # connect outside the timing
+            with _Bar(n, name, show) as bar:
+                phase = engine.drive(c, name, _reads(n), n, conc, bar)
+        rows.extend(engine.summarize(phase))
+    # Batches of 100 reads: the per-call cost spread over 100 operations.
+    with Client(None, target=echo.one) as c:
+        batch = [("read", str(i), None) for i in range(100)]
+        calls = max(1, ops // 100)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            c.batch(batch)
+        secs = time.perf_counter() - t0
+    rows.append({"phase": "echo batch of 100", "op": "read", "concurrency": 1,
+                 "ops": calls * 100, "errors": 0, "ops_per_s": round(calls * 100 / secs, 1),
+                 "p50_ms": "", "p95_ms": "", "p99_ms": "", "max_ms": ""})
     return rows
 
 
-def _one_hop_keys(cfg: Config, ring: Ring, keys: list[str], entry: int) -> list[str]:
-    return [k for k in keys if len(ring.route(entry, int(k))) == 2]
+def run_sequential(cfg: Config, entry: int, owned: list[str], forwarded: list[str],
+                   value: bytes, seq_ops: int, rounds: int, echo: EchoPair | None,
+                   show: bool) -> tuple[list[dict], list[dict], dict[str, list[float]]]:
+    """Sequential reads (owned, one forward) and updates, in *rounds* rounds.
+
+    With an echo, each round also times the echo's 1- and 2-hop shapes right
+    after the node's: the machine's speed drifts (other tenants, turbo), and
+    interleaving puts each ratio's two sides in the same few seconds. Returns
+    the node's rows, the echo's rows and each round's ratio.
+    """
+    per = [seq_ops // rounds + (1 if r < seq_ops % rounds else 0) for r in range(rounds)]
+    per = [n for n in per if n > 0]
+    shapes: list[tuple[str, str | None, list[str], str]] = [
+        ("seq read, entry owns", cfg.nodes[entry].address, owned, "read")]
+    if echo is not None:
+        shapes.append(("echo unary 1 hop", echo.one, [], "read"))
+    if forwarded:
+        shapes.append(("seq read, 1 forward", cfg.nodes[entry].address, forwarded, "read"))
+        if echo is not None:
+            shapes.append(("echo unary 2 hops", echo.two, [], "read"))
+    shapes.append(("seq update, entry owns", cfg.nodes[entry].address, owned, "update"))
+    phases: dict[str, list[engine.Phase]] = {name: [] for name, *_ in shapes}
+    clients = {name: Client(cfg if pool else None, target=target)
+               for name, target, pool, _ in shapes}
+    try:
+        for name, _, pool, _ in shapes:
+            clients[name].read(pool[0] if pool else "0")     # connect outside the timing
+        done = 0
+        with _Bar(sum(per) * len(shapes), "sequential", show) as bar:
+            for n in per:
+                for name, _, pool, op in shapes:
+                    if pool:
+                        v = value if op == "update" else None
+                        gen = ((op, pool[(done + i) % len(pool)], v) for i in range(n))
+                    else:
+                        gen = _reads(n)
+                    phases[name].append(engine.drive(clients[name], name, gen, n, 1, bar))
+                done += n
+    finally:
+        for c in clients.values():
+            c.close()
+    rows: list[dict] = []
+    echo_rows: list[dict] = []
+    for name, runs in phases.items():
+        merged = engine.merge(runs)
+        (echo_rows if name.startswith("echo") else rows).extend(engine.summarize(merged))
+    ratios: dict[str, list[float]] = {}
+    for key, node, base in (("seq owned / echo 1 hop", "seq read, entry owns",
+                             "echo unary 1 hop"),
+                            ("seq 1 forward / echo 2 hops", "seq read, 1 forward",
+                             "echo unary 2 hops")):
+        if phases.get(node) and phases.get(base):
+            ratios[key] = [round(a.rate / b.rate, 3)
+                           for a, b in zip(phases[node], phases[base]) if b.rate > 0]
+    return rows, echo_rows, ratios
+
+
+def _one_hop_keys(ring: Ring, keys: list[str], entry: int) -> list[str]:
+    """Keys one forward away from *entry*, all owned by the same node (its neighbour)."""
+    one_hop = [k for k in keys if len(ring.route(entry, int(k))) == 2]
+    if not one_hop:
+        return []
+    owner = ring.owner(int(one_hop[0]))
+    return [k for k in one_hop if ring.owner(int(k)) == owner]
 
 
 def _owned_keys(ring: Ring, keys: list[str], node: int) -> list[str]:
@@ -137,6 +220,10 @@ def _owned_keys(ring: Ring, keys: list[str], node: int) -> list[str]:
               help="Operations per workload run.")
 @click.option("--seq-ops", type=click.IntRange(1), default=2_000, show_default=True,
               help="Operations of each sequential phase.")
+@click.option("--rounds", type=click.IntRange(1), default=5, show_default=True,
+              help="Rounds the sequential phases are split into; with --baseline each "
+                   "round times the echo right after the node, and a ratio is the median "
+                   "of the rounds'.")
 @click.option("--concurrency", type=click.IntRange(1), default=64, show_default=True,
               help="Requests in flight during the workloads.")
 @click.option("--workloads", "wl", default="A,B,C", show_default=True,
@@ -158,7 +245,8 @@ def _owned_keys(ring: Ring, keys: list[str], node: int) -> list[str]:
               help="First key of this run's key range [default: new per run].")
 @click.option("--seed", type=int, default=1, show_default=True)
 @pass_state
-def bench(state: State, records: int, ops: int, seq_ops: int, concurrency: int, wl: str,
+def bench(state: State, records: int, ops: int, seq_ops: int, rounds: int, concurrency: int,
+          wl: str,
           distributions: str, routes: str, value_size: int, coalesce: bool, baseline: bool,
           snapshot_phase: bool, skip_load: bool, key_base: int | None, seed: int) -> None:
     """Benchmark a running ring: load, sequential owned/forwarded, YCSB A/B/C.
@@ -195,23 +283,22 @@ def bench(state: State, records: int, ops: int, seq_ops: int, concurrency: int, 
                      "ops_per_s": round(rep.rate, 1),
                      "p50_ms": "", "p95_ms": "", "p99_ms": "", "max_ms": ""})
 
-    # Sequential single operations: the entry node owns the key / one forward.
+    # Sequential single operations: the entry node owns the key / one forward,
+    # interleaved round by round with the echo's same shapes (--baseline).
     entry = 0
     owned = _owned_keys(ring, keys, entry) or keys
-    forwarded = _one_hop_keys(cfg, ring, keys, entry)
-    with Client(cfg, target=cfg.nodes[entry].address) as c:
-        c.read(owned[0])
-        for name, pool in (("seq read, entry owns", owned),
-                           ("seq read, 1 forward", forwarded)):
-            if not pool:
-                continue
-            gen = (("read", pool[i % len(pool)], None) for i in range(seq_ops))
-            with _Bar(seq_ops, name, show) as bar:
-                rows.extend(engine.summarize(engine.drive(c, name, gen, seq_ops, 1, bar)))
-        gen = (("update", owned[i % len(owned)], value) for i in range(seq_ops))
-        name = "seq update, entry owns"
-        with _Bar(seq_ops, name, show) as bar:
-            rows.extend(engine.summarize(engine.drive(c, name, gen, seq_ops, 1, bar)))
+    forwarded = _one_hop_keys(ring, keys, entry)
+    # The echoes run on the CPUs of the nodes they stand for: A of the entry
+    # node, B of the owner in the forwarded phase.
+    sts = _statuses(cfg, (entry, ring.owner(int(forwarded[0])) if forwarded else entry))
+    pins = (sts[0].cpus, sts[1].cpus) if sts else None
+    with contextlib.ExitStack() as stack:
+        echo = stack.enter_context(EchoPair(pins)) if baseline else None
+        seq_rows, base_rows, round_ratios = run_sequential(
+            cfg, entry, owned, forwarded, value, seq_ops, rounds, echo, show)
+        rows.extend(seq_rows)
+        if echo is not None:
+            base_rows.extend(run_baseline(echo, concurrency, ops, show))
 
     # YCSB core workloads.
     for route in rts:
@@ -229,13 +316,16 @@ def bench(state: State, records: int, ops: int, seq_ops: int, concurrency: int, 
     if snapshot_phase:
         rows.extend(_snapshot_phase(cfg, keys, ops, concurrency, coalesce, seed, show))
 
-    base_rows = run_baseline(seq_ops, concurrency, ops, show) if baseline else []
     machine = {"python": platform.python_version(), "cpus": os.cpu_count(),
                "platform": platform.platform(), "nodes": len(cfg.nodes),
-               "fsync": cfg.storage.fsync, "coalesce": coalesce}
+               "fsync": cfg.storage.fsync, "coalesce": coalesce,
+               "node_cpus": list(pins) if pins else None,
+               "event_loop": sts[0].event_loop if sts else None}
     if fmt == "json":
         click.echo(render.to_json({"machine": machine, "results": rows,
-                                   "baseline": base_rows, "ratios": _ratios(rows, base_rows)}))
+                                   "baseline": base_rows,
+                                   "ratios": _ratios(rows, round_ratios),
+                                   "ratio_rounds": round_ratios}))
         return
     click.echo(render.render_rows([[r[h] for h in HEADERS] for r in rows], HEADERS, fmt))
     if base_rows:
@@ -243,8 +333,25 @@ def bench(state: State, records: int, ops: int, seq_ops: int, concurrency: int, 
         click.echo(render.render_rows([[r[h] for h in HEADERS] for r in base_rows], HEADERS,
                                       fmt))
         click.echo("")
-        for k, v in _ratios(rows, base_rows).items():
-            click.echo(f"{k}: {v}")
+        for k, v in _ratios(rows, round_ratios).items():
+            spread = round_ratios.get(k)
+            click.echo(f"{k}: {v}" + (f"  (median of {len(spread)} interleaved rounds: "
+                                      f"{min(spread)}-{max(spread)})" if spread else ""))
+        if pins:
+            click.echo(f"echo servers pinned like the nodes: 1 hop on CPUs {pins[1]}, "
+                       f"2 hops on {pins[0]} -> {pins[1]}")
+
+
+def _statuses(cfg: Config, nodes: tuple[int, ...]) -> list | None:
+    """Status of each of *nodes*; None if one cannot be read."""
+    try:
+        out = []
+        for i in nodes:
+            with Client(cfg, target=cfg.nodes[i].address) as c:
+                out.append(c.status())
+        return out
+    except ChordError:
+        return None
 
 
 def _snapshot_phase(cfg: Config, keys: list[str], ops: int, concurrency: int, coalesce: bool,
@@ -283,22 +390,8 @@ def _snapshot_phase(cfg: Config, keys: list[str], ops: int, concurrency: int, co
     return rows
 
 
-def _ratios(rows: list[dict], base: list[dict]) -> dict:
-    def rate(rs, phase, op=None):
-        for r in rs:
-            if r["phase"] == phase and (op is None or r["op"] == op):
-                return float(r["ops_per_s"])
-        return None
-
-    out = {}
-    one = rate(base, "echo unary 1 hop")
-    two = rate(base, "echo unary 2 hops")
-    owned = rate(rows, "seq read, entry owns")
-    fwd = rate(rows, "seq read, 1 forward")
-    if one and owned:
-        out["seq owned / echo 1 hop"] = round(owned / one, 3)
-    if two and fwd:
-        out["seq 1 forward / echo 2 hops"] = round(fwd / two, 3)
+def _ratios(rows: list[dict], round_ratios: dict[str, list[float]]) -> dict:
+    out: dict[str, float] = {k: statistics.median(v) for k, v in round_ratios.items() if v}
     quiet = [r for r in rows if r["phase"] == "ycsb C, no snapshot"]
     busy = [r for r in rows if r["phase"].startswith("ycsb C, during snapshots")]
     if quiet and busy and quiet[0]["p99_ms"]:
