@@ -240,9 +240,13 @@ def test_cluster_up_pins_nodes_round_robin_and_keeps_configured_cpus(tmp_path):
         r = up_detached(path, cfg, started)
         assert r.returncode == 0, r.stderr.decode()
         assert _cpus_of_nodes(path) == [str(cpus[0]), str(cpus[1 % len(cpus)]), str(cpus[-1])]
-        # Every thread of the process is pinned, not just the main one.
-        for line in os.listdir(f"/proc/{started[1]}/task"):
-            assert os.sched_getaffinity(int(line)) == {cpus[1 % len(cpus)]}
+        # Every thread of the process is pinned and SCHED_BATCH, not just the
+        # main one; only the log writer runs anywhere (affinity.py says why).
+        tids = [int(t) for t in os.listdir(f"/proc/{started[1]}/task")]
+        masks = sorted((os.sched_getaffinity(t) for t in tids), key=len)
+        assert masks[:-1] == [{cpus[1 % len(cpus)]}] * (len(tids) - 1)
+        assert masks[-1] == set(cpus)
+        assert all(os.sched_getscheduler(t) == os.SCHED_BATCH for t in tids)
         assert run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT).returncode == 0
 
         r = run_chordctl("-c", path, "cluster", "up", "--detach", "--cpus", "none",

@@ -58,30 +58,6 @@ def _csv(value: str, allowed: tuple[str, ...], name: str) -> list[str]:
     return items
 
 
-def _echo_pair(port_a: int, port_b: int,
-               pins: tuple[str, str] | None = None) -> list[subprocess.Popen]:
-    """Echo B on port_b, echo A on port_a forwarding to B: 1 hop is B, 2 hops is A->B.
-
-    *pins*: CPU lists for A and B, so the echoes run pinned like the nodes
-    they are compared with (`cluster up` pins each node to one CPU).
-    """
-    procs = []
-    pin_a, pin_b = pins or ("", "")
-    for pin, args in ((pin_b, ["--port", str(port_b)]),
-                      (pin_a, ["--port", str(port_a), "--forward", f"127.0.0.1:{port_b}"])):
-        if pin:
-            args = [*args, "--cpus", pin]
-        p = subprocess.Popen([sys.executable, "-m", "chordctl.bench.echo", *args],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = p.stdout.readline()
-        if not line.startswith("echo on"):
-            for q in procs + [p]:
-                q.kill()
-            raise ChordError("bench: the echo baseline server did not start")
-        procs.append(p)
-    return procs
-
-
 def _free_ports(n: int) -> list[int]:
     import socket
     socks = []
@@ -95,16 +71,45 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-class EchoPair:
-    """Two echo servers (B, and A forwarding to B) for the baseline; a context manager."""
+def _start_echo(port: int, pin: str, forward: str | None = None) -> subprocess.Popen:
+    args = ["--port", str(port)]
+    if forward:
+        args += ["--forward", forward]
+    if pin:
+        args += ["--cpus", pin]
+    p = subprocess.Popen([sys.executable, "-m", "chordctl.bench.echo", *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if not p.stdout.readline().startswith("echo on"):
+        p.kill()
+        p.wait(10)
+        raise ChordError("bench: the echo baseline server did not start")
+    return p
+
+
+class EchoServers:
+    """The baseline's echo servers, run like the nodes they stand for; a context manager.
+
+    ``one`` answers at once (the entry node serving a key it owns); ``two``
+    asks a third echo (the entry node forwarding to the owner). *pins*: the
+    CPU lists of the entry node and of the owner, so each echo runs pinned
+    like its node (`cluster up` pins each node to one CPU).
+    """
 
     def __init__(self, pins: tuple[str, str] | None = None):
-        port_a, port_b = _free_ports(2)
-        self.one = f"127.0.0.1:{port_b}"       # 1 hop: B answers
-        self.two = f"127.0.0.1:{port_a}"       # 2 hops: A asks B
-        self.procs = _echo_pair(port_a, port_b, pins)
+        pin_entry, pin_owner = pins or ("", "")
+        port_one, port_a, port_b = _free_ports(3)
+        self.one = f"127.0.0.1:{port_one}"
+        self.two = f"127.0.0.1:{port_a}"
+        self.procs: list[subprocess.Popen] = []
+        try:
+            for port, pin, forward in ((port_one, pin_entry, None), (port_b, pin_owner, None),
+                                       (port_a, pin_entry, f"127.0.0.1:{port_b}")):
+                self.procs.append(_start_echo(port, pin, forward))
+        except BaseException:
+            self.__exit__()
+            raise
 
-    def __enter__(self) -> "EchoPair":
+    def __enter__(self) -> "EchoServers":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -118,7 +123,7 @@ def _reads(n: int):
     return (("read", str(i), None) for i in range(n))
 
 
-def run_baseline(echo: EchoPair, concurrency: int, ops: int, show: bool) -> list[dict]:
+def run_baseline(echo: EchoServers, concurrency: int, ops: int, show: bool) -> list[dict]:
     """The echo's concurrent and batch shapes (its sequential ones run interleaved)."""
     rows: list[dict] = []
     for name, target, n, conc, coalesce in (
@@ -144,7 +149,7 @@ def run_baseline(echo: EchoPair, concurrency: int, ops: int, show: bool) -> list
 
 
 def run_sequential(cfg: Config, entry: int, owned: list[str], forwarded: list[str],
-                   value: bytes, seq_ops: int, rounds: int, echo: EchoPair | None,
+                   value: bytes, seq_ops: int, rounds: int, echo: EchoServers | None,
                    show: bool) -> tuple[list[dict], list[dict], dict[str, list[float]]]:
     """Sequential reads (owned, one forward) and updates, in *rounds* rounds.
 
@@ -293,7 +298,7 @@ def bench(state: State, records: int, ops: int, seq_ops: int, rounds: int, concu
     sts = _statuses(cfg, (entry, ring.owner(int(forwarded[0])) if forwarded else entry))
     pins = (sts[0].cpus, sts[1].cpus) if sts else None
     with contextlib.ExitStack() as stack:
-        echo = stack.enter_context(EchoPair(pins)) if baseline else None
+        echo = stack.enter_context(EchoServers(pins)) if baseline else None
         seq_rows, base_rows, round_ratios = run_sequential(
             cfg, entry, owned, forwarded, value, seq_ops, rounds, echo, show)
         rows.extend(seq_rows)
@@ -338,7 +343,7 @@ def bench(state: State, records: int, ops: int, seq_ops: int, rounds: int, concu
             click.echo(f"{k}: {v}" + (f"  (median of {len(spread)} interleaved rounds: "
                                       f"{min(spread)}-{max(spread)})" if spread else ""))
         if pins:
-            click.echo(f"echo servers pinned like the nodes: 1 hop on CPUs {pins[1]}, "
+            click.echo(f"echo servers pinned like the nodes: 1 hop on CPUs {pins[0]}, "
                        f"2 hops on {pins[0]} -> {pins[1]}")
 
 
@@ -391,7 +396,8 @@ def _snapshot_phase(cfg: Config, keys: list[str], ops: int, concurrency: int, co
 
 
 def _ratios(rows: list[dict], round_ratios: dict[str, list[float]]) -> dict:
-    out: dict[str, float] = {k: statistics.median(v) for k, v in round_ratios.items() if v}
+    out: dict[str, float] = {k: round(statistics.median(v), 3)
+                             for k, v in round_ratios.items() if v}
     quiet = [r for r in rows if r["phase"] == "ycsb C, no snapshot"]
     busy = [r for r in rows if r["phase"].startswith("ycsb C, during snapshots")]
     if quiet and busy and quiet[0]["p99_ms"]:

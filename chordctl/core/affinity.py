@@ -10,6 +10,18 @@ for the reply; see BENCHMARKS.md). ``cluster up`` pins each node to one CPU
 of those it may use, round robin, the way ScyllaDB gives each shard a core
 and Redis offers ``server_cpulist``.
 
+A pinned node also runs its threads under ``SCHED_BATCH``: a thread woken
+by another of the node's threads does not preempt it, it runs when that one
+blocks. Only the thread holding the GIL can run Python anyway, and the
+holder gives it up when it blocks, so preempting it only costs two context
+switches (measured: 4-5% of a sequential request).
+
+The log writer is the exception: it spends its time in fdatasync, outside
+the GIL, and the disk's completion interrupt lands on whichever CPU the
+device's queue is bound to. Pinned elsewhere, it waits for a wake-up of its
+idle CPU after every fsync (measured: fdatasync 360 us on the pinned CPU,
+210 us unpinned), so it runs on every CPU the process had before pinning.
+
 CPU lists use the Linux cpulist syntax of ``taskset -c``: ``0``, ``0-3``,
 ``0,2,4-5``.
 """
@@ -19,6 +31,7 @@ from __future__ import annotations
 import os
 
 NONE = "none"
+_before_pin: frozenset[int] | None = None   # the process's CPUs before pin_process
 
 
 def parse_cpulist(text: str) -> frozenset[int]:
@@ -74,11 +87,11 @@ def round_robin(count: int, cpus: list[int] | None = None) -> list[frozenset[int
 
 
 def pin_process(cpus: frozenset[int]) -> None:
-    """Pin every thread of this process to *cpus*; OSError/ValueError with the reason.
+    """Pin every thread of this process to *cpus*, under SCHED_BATCH; OSError/ValueError.
 
     Call it before the process starts threads: threads created later inherit
-    the calling thread's mask. Threads that already exist are pinned too, by
-    their ids from /proc/self/task.
+    the calling thread's mask and policy. Threads that already exist are
+    pinned too, by their ids from /proc/self/task.
     """
     if not hasattr(os, "sched_setaffinity"):
         raise OSError("CPU pinning needs Linux (os.sched_setaffinity)")
@@ -87,7 +100,11 @@ def pin_process(cpus: frozenset[int]) -> None:
     if missing:
         raise ValueError(f"CPU {format_cpulist(missing)} is not available to this process "
                          f"(available: {format_cpulist(allowed)})")
+    global _before_pin
+    if _before_pin is None:
+        _before_pin = frozenset(allowed)
     os.sched_setaffinity(0, cpus)
+    _batch(0)
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
@@ -96,5 +113,23 @@ def pin_process(cpus: frozenset[int]) -> None:
         try:
             os.sched_setaffinity(tid, cpus)
         except OSError:   # a thread that ended meanwhile
+            continue
+        _batch(tid)
+
+
+def unpin_this_thread() -> None:
+    """Let the calling thread run on every CPU the process had before pin_process."""
+    if _before_pin is not None:
+        try:
+            os.sched_setaffinity(0, _before_pin)
+        except OSError:
             pass
+
+
+def _batch(tid: int) -> None:
+    """SCHED_BATCH for one thread, where the system allows it (any user may)."""
+    try:
+        os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
 

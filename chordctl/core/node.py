@@ -34,6 +34,7 @@ import time
 from typing import Callable
 
 from chordctl.config import Config
+from chordctl.core import affinity
 from chordctl.core import request as rq
 from chordctl.core.request import Request
 from chordctl.core.metrics import NodeMetrics
@@ -291,6 +292,7 @@ class Node:
     # -- F2: log writer -------------------------------------------------------
 
     def _log_loop(self) -> None:
+        affinity.unpin_this_thread()   # fdatasync wakes it on the disk's CPU (affinity.py)
         get = self.to_log.get
         empty = self.to_log.empty
         encode_many = records.encode_many
