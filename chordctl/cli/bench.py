@@ -206,11 +206,18 @@ def run_sequential(cfg: Config, entry: int, owned: list[str], forwarded: list[st
 
 
 def _one_hop_keys(ring: Ring, keys: list[str], entry: int) -> list[str]:
-    """Keys one forward away from *entry*, all owned by the same node (its neighbour)."""
+    """Keys one forward away from *entry*, all owned by the same node.
+
+    That node is the next one in join order when it is one hop away (always,
+    for fingers and for neighbours), so every run measures the same pair:
+    under `cluster up`'s round-robin pinning, two nodes on different CPUs,
+    like two machines.
+    """
     one_hop = [k for k in keys if len(ring.route(entry, int(k))) == 2]
-    if not one_hop:
+    owners = {ring.owner(int(k)) for k in one_hop}
+    if not owners:
         return []
-    owner = ring.owner(int(one_hop[0]))
+    owner = (entry + 1) % ring.n if (entry + 1) % ring.n in owners else min(owners)
     return [k for k in one_hop if ring.owner(int(k)) == owner]
 
 
