@@ -51,7 +51,7 @@ class Snapshot(NamedTuple):
 
 
 # Seconds the writer pauses per second of work (see write()); 0 in offline tools.
-YIELD_RATIO = 2.0
+YIELD_RATIO = 4.0
 
 
 def write(directory: str, counter: int, last_seq: int,
@@ -66,9 +66,11 @@ def write(directory: str, counter: int, last_seq: int,
         f.write(head + _HEAD_CRC.pack(zlib.crc32(head)))
         size += HEADER_SIZE
         # One marshal call per chunk (~0.1 ms for 1,000 keys), then step
-        # aside for twice as long: the writer shares the node's one GIL with
-        # the request threads, and this keeps it to a third of it, so request
-        # latency barely moves while a large snapshot is written.
+        # aside for four times as long: the writer shares the node's one GIL
+        # with the request threads, and this keeps it to a fifth of it, so
+        # request latency barely moves while a large snapshot is written, even
+        # with the node saturated (BENCHMARKS.md: twice as long gave p99 up to
+        # 2x at 40k reads/s).
         perf = time.perf_counter
         for chunk in chunks:
             t0 = perf()
