@@ -39,7 +39,13 @@ class LoadReport:
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
 
-def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = 1000,
+# Operations per Batch call. With entry routing the entry node re-batches
+# every call for each next hop; 4,000 spreads that per-call cost thinner
+# (1M records on 4 nodes: 1,000 -> 133-142k/s, 4,000 -> 153-156k/s).
+DEFAULT_BATCH = 4000
+
+
+def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAULT_BATCH,
          depth: int = 4, progress: Callable[[int], None] | None = None,
          op: int = CREATE) -> LoadReport:
     """Create every (key, value); failures are counted, never raised."""

@@ -69,7 +69,7 @@ def test_bench_runs_end_to_end_with_well_formed_json(make_cluster, run_cli):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     phases = {r["phase"] for r in doc["results"]}
-    assert "load (batch 1000, direct)" in phases
+    assert "load (batch 4000, direct)" in phases
     assert {"seq read, entry owns", "seq read, 1 forward", "seq update, entry owns"} <= phases
     for w in ("A", "C"):
         for d in ("uniform", "zipfian"):

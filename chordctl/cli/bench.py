@@ -290,7 +290,8 @@ def bench(state: State, records: int, ops: int, seq_ops: int, rounds: int, concu
         with Client(cfg, route="direct") as c:
             with _Bar(records, "load", show) as bar:
                 rep = bulk.load(c, ((k, value) for k in keys), progress=bar)
-        rows.append({"phase": "load (batch 1000, direct)", "op": "create", "concurrency": 4,
+        rows.append({"phase": f"load (batch {bulk.DEFAULT_BATCH}, direct)", "op": "create",
+                     "concurrency": 4,
                      "ops": rep.records, "errors": rep.failures,
                      "ops_per_s": round(rep.rate, 1),
                      "p50_ms": "", "p95_ms": "", "p99_ms": "", "max_ms": ""})

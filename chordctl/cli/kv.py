@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from chordctl import render
+from chordctl import bulk, render
 from chordctl.cli.common import State, pass_state
 from chordctl.client import Result
 from chordctl.errors import InvalidInputError
@@ -186,7 +186,8 @@ def _records(stream, fmt: str, bad: list[str]):
 @click.argument("file", metavar="FILE")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
               help="Input format [default: from the file name; csv for stdin].")
-@click.option("--batch", type=click.IntRange(1, 10_000), default=1000, show_default=True,
+@click.option("--batch", type=click.IntRange(1, 10_000), default=bulk.DEFAULT_BATCH,
+              show_default=True,
               help="Operations per Batch call.")
 @click.option("--depth", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Batch calls in flight at once.")
@@ -204,7 +205,6 @@ def load(state: State, file: str, fmt: str | None, batch: int, depth: int) -> No
         seq 1 1000 | sed 's/$/,hello/' | chordctl kv load -
         chordctl kv load --format jsonl dump.jsonl
     """
-    from chordctl import bulk
 
     if fmt is None:
         fmt = "jsonl" if file.endswith((".jsonl", ".json", ".ndjson")) else "csv"
