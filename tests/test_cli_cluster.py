@@ -269,3 +269,29 @@ def test_node_serve_refuses_bad_placement_with_exit_2(tmp_path, args, env, messa
     err = r.stderr.decode()
     assert r.returncode == 2, err
     assert message in err and "Traceback" not in err
+
+
+def test_cluster_up_runs_unpinned_where_the_system_refuses_pinning(tmp_path, run_cli,
+                                                                  monkeypatch):
+    """`--cpus auto` is a default, not a demand: a sandbox that forbids
+    sched_setaffinity gets a warning and unpinned nodes, not a failed start."""
+    def refuse(*_args):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    assert not affinity.can_pin()
+    path = write_config(tmp_path, 2, timeout=5)
+    cfg = config_mod.load(path)
+    started: dict[int, int] = {}
+    try:
+        res = run_cli(path)("cluster", "up", "--detach")
+        started.update(read_pids(cfg))
+        assert res.exit_code == 0, res.output
+        assert "does not let processes choose their CPUs" in res.stderr
+        # The nodes (real processes, not patched) were started without --cpus.
+        assert _cpus_of_nodes(path) == [affinity.format_cpulist(affinity.available())] * 2
+    finally:
+        kill_leftovers(cfg, path, started)
+
+
+def test_can_pin_here():
+    assert affinity.can_pin() == hasattr(os, "sched_setaffinity")

@@ -166,7 +166,13 @@ def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
             raise ChordError(f"cluster: node {i} is already running (pid {pid}); "
                              f"run `chordctl cluster down` first")
     procs: dict[int, subprocess.Popen] = {}
-    pins = affinity.round_robin(len(cfg.nodes)) if cpus_mode == "auto" else None
+    pins = None
+    if cpus_mode == "auto":
+        pins = affinity.round_robin(len(cfg.nodes))
+        if pins is not None and not affinity.can_pin():
+            click.echo("cluster: this system does not let processes choose their CPUs; "
+                       "the nodes run unpinned", err=True)
+            pins = None
     try:
         for i, node in enumerate(cfg.nodes):
             os.makedirs(cfg.node_dir(i), exist_ok=True)

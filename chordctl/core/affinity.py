@@ -86,6 +86,15 @@ def round_robin(count: int, cpus: list[int] | None = None) -> list[frozenset[int
     return [frozenset({cpus[i % len(cpus)]}) for i in range(count)]
 
 
+def can_pin() -> bool:
+    """Whether this system lets a process set its CPU affinity (some sandboxes refuse)."""
+    try:
+        os.sched_setaffinity(0, os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def pin_process(cpus: frozenset[int]) -> None:
     """Pin every thread of this process to *cpus*, under SCHED_BATCH; OSError/ValueError.
 
