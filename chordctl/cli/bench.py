@@ -351,8 +351,8 @@ def bench(state: State, records: int, ops: int, seq_ops: int, rounds: int, concu
             click.echo(f"{k}: {v}" + (f"  (median of {len(spread)} interleaved rounds: "
                                       f"{min(spread)}-{max(spread)})" if spread else ""))
         if pins:
-            click.echo(f"echo servers pinned like the nodes: 1 hop on CPUs {pins[0]}, "
-                       f"2 hops on {pins[0]} -> {pins[1]}")
+            two = f", 2 hops on {pins[0]} -> {pins[1]}" if forwarded else ""
+            click.echo(f"echo servers pinned like the nodes: 1 hop on CPUs {pins[0]}{two}")
 
 
 def _statuses(cfg: Config, nodes: tuple[int, ...]) -> list | None:
