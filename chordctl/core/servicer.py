@@ -156,73 +156,67 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                                  f"node {r.node_index} (id {r.node_id})"
                                  if r.node_index >= 0 else self.node.label)
 
-    def _unary(op: int):  # noqa: N805 -- called in the class body, once per operation
-        """The Create/Read/Update/Delete handler for *op*.
-
-        A factory rather than one method the four delegate to: gRPC then runs
-        one coroutine per request instead of two (the sequential path is
-        measured in microseconds; BENCHMARKS.md).
-        """
-        writes = op in (rq.OP_CREATE, rq.OP_UPDATE)
-        kind = rq.OP_NAMES[op]
-
-        async def handler(self, request, context: grpc.aio.ServicerContext) -> pb.Reply:
-            if type(request) is MalformedRequest:
-                await _refuse_malformed(request, context)
-            key, trace = request.key, request.trace
-            value = request.value if writes else b""
-            if not self.gate.ready:
-                await self.gate.refuse(context)
-            if self.node.failed:
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    f"{self.node.label}: {self.node.failed}")
-            remaining = context.time_remaining()
-            deadline = time.monotonic() + (self.default_timeout if remaining is None else remaining)
-            if (not trace and key.isdigit() and key.isascii() and len(key) <= self.max_digits
-                    and (key[0] != "0" or len(key) == 1) and len(value) <= self.max_value):
-                # The common case, inlined: a canonical key, no trace (the checks
-                # are _make's, which explains anything else).
-                r = Request(op, int(key), key.encode(), value, deadline)
-            else:
-                try:
-                    r = self._make(op, key, value, trace, 0, (), deadline)
-                except ValueError as e:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            if self.in_flight >= self.max_in_flight:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"{self.node.label} has {self.in_flight} requests in flight "
-                                    f"(limits.max_in_flight); retry later")
-            t0 = time.perf_counter()
-            fut = self.loop.create_future()
-            r.waiter = fut
-            self.in_flight += 1
+    async def _unary(self, op: int, request, context: grpc.aio.ServicerContext) -> pb.Reply:
+        if type(request) is MalformedRequest:
+            await _refuse_malformed(request, context)
+        key, trace = request.key, request.trace
+        value = request.value if op == rq.OP_CREATE or op == rq.OP_UPDATE else b""
+        if not self.gate.ready:
+            await self.gate.refuse(context)
+        if self.node.failed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {self.node.failed}")
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + (self.default_timeout if remaining is None else remaining)
+        if (not trace and key.isdigit() and key.isascii() and len(key) <= self.max_digits
+                and (key[0] != "0" or len(key) == 1) and len(value) <= self.max_value):
+            # The common case, inlined: a canonical key, no trace (the checks
+            # are _make's, which explains anything else).
+            r = Request(op, int(key), key.encode(), value, deadline)
+        else:
             try:
-                if self.delay_key is not None:
-                    await self._hold_for_test([r])
-                self.node.submit([r])
-                await fut
-            finally:
-                self.in_flight -= 1
-            self._fill(r)
-            metrics = self.metrics
-            metrics.answered(op, r.code)
-            metrics.took(kind, time.perf_counter() - t0)
-            if r.code != rq.OK:
-                await context.abort(STATUS.get(r.code, grpc.StatusCode.UNKNOWN), r.message)
-            if r.route:
-                return pb.Reply(value=r.result or b"", node_index=r.node_index, node_id=r.node_id,
-                                message=r.message, route=r.route)
+                r = self._make(op, key, value, trace, 0, (), deadline)
+            except ValueError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if self.in_flight >= self.max_in_flight:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.node.label} has {self.in_flight} requests in flight "
+                                f"(limits.max_in_flight); retry later")
+        t0 = time.perf_counter()
+        fut = self.loop.create_future()
+        r.waiter = fut
+        self.in_flight += 1
+        try:
+            if self.delay_key is not None:
+                await self._hold_for_test([r])
+            self.node.submit([r])
+            await fut
+        finally:
+            self.in_flight -= 1
+        self._fill(r)
+        metrics = self.metrics
+        metrics.answered(op, r.code)
+        metrics.took(rq.OP_NAMES[op], time.perf_counter() - t0)
+        if r.code != rq.OK:
+            await context.abort(STATUS.get(r.code, grpc.StatusCode.UNKNOWN), r.message)
+        if r.route:
             return pb.Reply(value=r.result or b"", node_index=r.node_index, node_id=r.node_id,
-                            message=r.message)
-        return handler
+                            message=r.message, route=r.route)
+        return pb.Reply(value=r.result or b"", node_index=r.node_index, node_id=r.node_id,
+                        message=r.message)
 
     # -- KeyValue -------------------------------------------------------------
 
-    Create = _unary(rq.OP_CREATE)
-    Read = _unary(rq.OP_READ)
-    Update = _unary(rq.OP_UPDATE)
-    Delete = _unary(rq.OP_DELETE)
-    del _unary
+    async def Create(self, request, context):
+        return await self._unary(rq.OP_CREATE, request, context)
+
+    async def Read(self, request, context):
+        return await self._unary(rq.OP_READ, request, context)
+
+    async def Update(self, request, context):
+        return await self._unary(rq.OP_UPDATE, request, context)
+
+    async def Delete(self, request, context):
+        return await self._unary(rq.OP_DELETE, request, context)
 
     async def Batch(self, request, context):
         if type(request) is MalformedRequest:
