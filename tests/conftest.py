@@ -39,12 +39,20 @@ def free_ports(n: int) -> list[int]:
 def write_config(directory, n: int = 1, *, bits: int = 16, placement: str = "direct",
                  routing: str = "fingers", fsync: str = "batch", snapshot_interval: float = 0,
                  timeout: float = 5, grace: float = 2, limits: dict | None = None,
-                 snapshot_on_shutdown: bool = True, name: str = "chordctl.yaml") -> str:
-    """Write a config with n nodes on free loopback ports; returns its path."""
+                 snapshot_on_shutdown: bool = True, name: str = "chordctl.yaml",
+                 cpus: list[str] | None = None) -> str:
+    """Write a config with n nodes on free loopback ports; returns its path.
+
+    *cpus*: node i gets ``cpus[i % len(cpus)]`` (pinned, as `cluster up` does).
+    """
     directory = str(directory)
+    nodes = [{"host": "127.0.0.1", "port": p} for p in free_ports(n)]
+    for i, node in enumerate(nodes):
+        if cpus:
+            node["cpus"] = cpus[i % len(cpus)]
     doc = {
         "ring": {"bits": bits, "placement": placement, "routing": routing},
-        "nodes": [{"host": "127.0.0.1", "port": p} for p in free_ports(n)],
+        "nodes": nodes,
         "storage": {"data_dir": os.path.join(directory, "data"),
                     "snapshot_interval": snapshot_interval, "fsync": fsync,
                     "snapshot_on_shutdown": snapshot_on_shutdown},

@@ -27,6 +27,7 @@ import time
 import pytest
 
 from chordctl.client import Client
+from chordctl.core import affinity
 from conftest import run_chordctl, wait_until
 from robustness.history import FAILED, NOT_FOUND, OK, UNKNOWN, History, Op
 from robustness.linearizability import check
@@ -243,6 +244,18 @@ def start_load(cluster, seed: int, **kw) -> tuple[History, Workload]:
 
 
 def test_kill_9_of_a_random_node_loses_no_acknowledged_write(ring):
+    kill_9_of_a_random_node(ring)
+
+
+@pytest.mark.skipif(len(affinity.available()) < 2, reason="pinning needs 2 or more CPUs")
+def test_kill_9_with_nodes_pinned_like_cluster_up(make_cluster):
+    """The same crash, with each node pinned to one CPU under SCHED_BATCH, as
+    `cluster up` runs them by default."""
+    cpus = [str(c) for c in affinity.available()]
+    kill_9_of_a_random_node(make_cluster(NODES, bits=BITS, timeout=DEADLINE, cpus=cpus))
+
+
+def kill_9_of_a_random_node(ring) -> None:
     victim = random.Random(SEED).randrange(NODES)
     history, load = start_load(ring, SEED)
     try:
