@@ -132,13 +132,15 @@ def test_percentiles_are_ordered():
     assert engine.percentile([], 0.5) == 0.0
 
 
-def test_coalescing_client_gives_every_operation_its_own_result(make_cluster):
+@pytest.mark.parametrize(("route", "depth"), [("entry", 2), ("direct", 1)])
+def test_coalescing_client_gives_every_operation_its_own_result(make_cluster, route, depth):
     cluster = make_cluster(4)
     outcomes: dict[int, object] = {}
     done = threading.Event()
     lock = threading.Lock()
     n = 400
-    with Client(cluster.config, coalesce=True) as c:
+    with Client(cluster.config, coalesce=True, route=route) as c:
+        assert c.coalesce_depth == depth      # Batch calls in flight per node
         for i in range(n):
             key = str(i * 163)
             op = "create" if i % 2 == 0 else "read"   # reads of keys never created fail
