@@ -56,18 +56,13 @@ def parse_cpulist(text: str) -> frozenset[int]:
 
 def format_cpulist(cpus) -> str:
     """{0, 2, 3} -> ``"0,2-3"``."""
-    out: list[str] = []
-    run: list[int] = []
+    runs: list[list[int]] = []          # [first, last] of each run of consecutive CPUs
     for c in sorted(cpus):
-        if run and c == run[-1] + 1:
-            run.append(c)
-            continue
-        if run:
-            out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-        run = [c]
-    if run:
-        out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-    return ",".join(out)
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def available() -> list[int]:

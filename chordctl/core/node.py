@@ -113,7 +113,6 @@ class Node:
         self.ring = Ring(config.ring.bits, len(config.nodes), config.ring.placement,
                          config.ring.routing)
         self.node_id = self.ring.ids[index]
-        self.node_id_text = str(self.node_id)
         self.label = f"node {index} (id {self.node_id})"
         self.directory = config.node_dir(index)
         self.fsync = config.storage.fsync
@@ -408,7 +407,7 @@ class Node:
 
     def _complete_owned(self, batch: OwnedBatch) -> None:
         idx = self.index
-        nid = self.node_id_text
+        nid = str(self.node_id)
         reqs = batch.reqs
         if batch.error:
             code, message = batch.error

@@ -165,18 +165,10 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             await self.gate.refuse(context)
         if self.node.failed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {self.node.failed}")
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + (self.default_timeout if remaining is None else remaining)
-        if (not trace and key.isdigit() and key.isascii() and len(key) <= self.max_digits
-                and (key[0] != "0" or len(key) == 1) and len(value) <= self.max_value):
-            # The common case, inlined: a canonical key, no trace (the checks
-            # are _make's, which explains anything else).
-            r = Request(op, int(key), key.encode(), value, deadline)
-        else:
-            try:
-                r = self._make(op, key, value, trace, 0, (), deadline)
-            except ValueError as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        try:
+            r = self._make(op, key, value, trace, 0, (), self._deadline(context))
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if self.in_flight >= self.max_in_flight:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{self.node.label} has {self.in_flight} requests in flight "
@@ -198,11 +190,8 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         metrics.took(rq.OP_NAMES[op], time.perf_counter() - t0)
         if r.code != rq.OK:
             await context.abort(STATUS.get(r.code, grpc.StatusCode.UNKNOWN), r.message)
-        if r.route:
-            return pb.Reply(value=r.result or b"", node_index=r.node_index, node_id=r.node_id,
-                            message=r.message, route=r.route)
         return pb.Reply(value=r.result or b"", node_index=r.node_index, node_id=r.node_id,
-                        message=r.message)
+                        message=r.message, route=r.route or ())
 
     # -- KeyValue -------------------------------------------------------------
 
