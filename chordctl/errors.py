@@ -79,3 +79,17 @@ class CorruptRecordError(StorageError):
 
 class InternalError(ChordError):
     """A node failed in a way it did not expect; see its log."""
+
+
+class DirectoryLockedError(ChordError):
+    """Another process holds a node directory's lock."""
+
+    exit_status = ExitStatus.USAGE
+
+    def __init__(self, directory: str, pid: int | None):
+        self.directory = directory
+        self.pid = pid
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(
+            f"storage: {directory} is in use by {who}; only one process may hold a node "
+            f"directory -- stop it first (`chordctl cluster down`, or kill {pid or 'it'})")

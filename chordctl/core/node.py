@@ -134,7 +134,8 @@ class Node:
         self._next_counter = 0
         self.log: LogFile | None = None
         self.snapshot_counter = 0      # newest snap.X written or recovered
-        self.failed: str | None = None  # set when the log cannot be written
+        self.failed: str | None = None  # set by fail() when the log cannot be written
+        self.on_failed: list[Callable[[str], None]] = []   # called once, from fail()
         self.metrics = NodeMetrics()
         self.started_at = time.time()
         self.recovery_seconds = 0.0
@@ -210,6 +211,21 @@ class Node:
             if t.is_alive():
                 logger.error("%s: thread %s did not stop in %.0fs", self.label, t.name,
                              JOIN_TIMEOUT)
+
+    def fail(self, reason: str) -> None:
+        """Fail-stop: refuse every request from now on and tell the listeners.
+
+        Called from the pipeline's threads; listeners must be quick and
+        thread-safe (the server uses one to set health to NOT_SERVING)."""
+        if self.failed:
+            return
+        self.failed = reason
+        logger.error("%s: %s", self.label, reason)
+        for listener in self.on_failed:
+            try:
+                listener(reason)
+            except Exception:
+                logger.exception("%s: on_failed listener raised", self.label)
 
     # -- F1: dispatcher -------------------------------------------------------
 
@@ -357,9 +373,8 @@ class Node:
             except OSError as e:
                 # Fail-stop: the map may now hold effects the log does not,
                 # so this node must not answer anything until it restarts.
-                self.failed = (f"log: cannot write {self.log.path}: {e.strerror}; the node "
-                               f"refuses requests until it is restarted with the disk fixed")
-                logger.error("%s: %s", self.label, self.failed)
+                self.fail(f"log: cannot write {self.log.path}: {e.strerror}; the node "
+                          f"refuses requests until it is restarted with the disk fixed")
         if self.failed:
             for batch in done:
                 batch.error = (rq.UNAVAILABLE, f"{self.label}: {self.failed}")
@@ -372,16 +387,14 @@ class Node:
         try:
             self.log.sync()
         except OSError as e:
-            self.failed = f"log: fsync of {self.log.path} failed: {e.strerror}"
-            logger.error("%s: %s", self.label, self.failed)
+            self.fail(f"log: fsync of {self.log.path} failed: {e.strerror}")
 
     def _rotate_log(self, marker: SnapshotMarker) -> None:
         try:
             self.log.close()
             self.log = LogFile(self.directory, marker.counter)
         except OSError as e:
-            self.failed = f"log: cannot rotate to log.{marker.counter}: {e.strerror}"
-            logger.error("%s: %s", self.label, self.failed)
+            self.fail(f"log: cannot rotate to log.{marker.counter}: {e.strerror}")
         finally:
             marker.rotated.set()
 
