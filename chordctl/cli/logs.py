@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -50,12 +51,19 @@ def _check_node_dir(data_dir: str) -> None:
         f"node's directory, e.g. ./data/node-0")
 
 
-def _lock(data_dir: str, shared: bool) -> DirectoryLock:
+@contextlib.contextmanager
+def _lock(data_dir: str, shared: bool):
+    """Shared for readers (side by side, never beside a running node, which
+    holds it exclusively); exclusive for repair."""
     lock = DirectoryLock(data_dir, shared=shared)
     try:
-        return lock.acquire()       # DirectoryLockedError (exit 2) names the holder
+        lock.acquire()          # DirectoryLockedError (exit 2) names the holder
     except OSError as e:
         raise recovery.access_error(lock.path, e, "lock") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 @log.command()
