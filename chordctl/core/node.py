@@ -419,7 +419,8 @@ class Node:
         try:
             self.log.sync()
         except OSError as e:
-            self.fail(f"log: fsync of {self.log.path} failed: {e.strerror}")
+            self.fail(f"log: fsync of {self.log.path} failed: {e.strerror}; the node refuses "
+                      f"requests until it is restarted with the disk fixed")
 
     def _rotate_log(self, marker: SnapshotMarker) -> None:
         if self.failed:
@@ -431,7 +432,8 @@ class Node:
             self.log.close()
             self.log = LogFile(self.directory, marker.counter)
         except OSError as e:
-            self.fail(f"log: cannot rotate to log.{marker.counter}: {e.strerror}")
+            self.fail(f"log: cannot rotate to log.{marker.counter}: {e.strerror}; the node "
+                      f"refuses requests until it is restarted with the disk fixed")
         finally:
             marker.rotated.set()
 
