@@ -618,3 +618,16 @@ def test_second_repair_keeps_the_first_broken_copy(node) -> None:
     node.recover(repair=True)
     assert os.path.exists(path + ".broken") and os.path.exists(path + ".broken.1")
     assert os.path.getsize(path) == good
+
+
+def test_snapshot_list_calls_an_unreadable_snapshot_unreadable_not_corrupt(node, monkeypatch):
+    from chordctl.core.storage import inventory
+
+    build_three_generations(node)
+
+    def read_info(path):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(snapshot, "read_info", read_info)
+    docs = {d["file"]: d for d in inventory.describe(node.dir)}
+    assert docs["snap.2"]["status"] == "unreadable: Permission denied"
+    assert not docs["snap.2"]["in_use"]
