@@ -70,11 +70,21 @@ class CorruptRecordError(StorageError):
         self.path = path
         self.offset = offset
         self.reason = reason
+        # No "move it aside": without a snapshot past it that throws away
+        # every acknowledged write it holds.
         super().__init__(
             f"storage: {reason} in {path} at offset {offset}; the file is "
-            f"corrupt -- restore it from a backup or move it aside to start "
-            f"from the previous snapshot"
+            f"damaged after it was written (not a torn write), so the node will not "
+            f"start rather than drop acknowledged writes -- keep the directory as it "
+            f"is and restore the node directory from a backup"
         )
+
+
+class StorageAccessError(StorageError):
+    """A node file or directory cannot be read or written (permissions, I/O):
+    an operator problem, not corruption; nothing is skipped or repaired."""
+
+    exit_status = ExitStatus.USAGE
 
 
 class InternalError(ChordError):

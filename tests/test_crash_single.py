@@ -184,7 +184,12 @@ def test_replay_drops_torn_tail_and_keeps_serving(tmp_path):
 
         n.start()
         warnings = torn_warnings(n, n.log())
-        assert len(warnings) == 1 and f"{len(half)} bytes" in warnings[0], n.log()
+        # What recovery found (reading only), then what the repair step did.
+        assert len(warnings) == 2, n.log()
+        assert f"{len(half)} bytes" in warnings[0] and "not replayed" in warnings[0]
+        assert f"{len(half)} bytes" in warnings[1] and "log.0.broken" in warnings[1]
+        with open(log + ".broken", "rb") as f:
+            assert f.read().endswith(half)       # the file as it was, kept
         got = read_all(n, [str(i) for i in range(50)] + ["777"])
         assert got.pop("777") is None
         assert got == {str(i): (f"u{i}" if i % 3 == 0 else f"v{i}").encode() for i in range(50)}
@@ -200,7 +205,7 @@ def test_replay_drops_torn_tail_and_keeps_serving(tmp_path):
         assert [r.seq for r in after.records] == list(range(1, last_seq + 13))
 
         n.start()
-        assert len(torn_warnings(n, full_log(n))) == 1, "the tail was not cut off the file"
+        assert len(torn_warnings(n, full_log(n))) == 2, "the tail was not cut off the file"
         got = read_all(n, ["1", "2"] + [str(i) for i in range(50, 60)])
         assert got["1"] == b"after the tear" and got["2"] is None
         assert all(got[str(i)] == f"new{i}".encode() for i in range(50, 60))

@@ -121,16 +121,41 @@ def test_torn_tail_of_only_record_leaves_nothing(cut_from_end: int) -> None:
     assert result == records.ScanResult([], 0, len(buf) - cut_from_end)
 
 
-def test_last_record_with_bad_payload_checksum_is_torn() -> None:
-    # The whole record reached the file but its payload did not all land:
-    # it ends exactly at the end of the file, so nothing valid can follow it.
+@pytest.mark.parametrize("bit", range(8))
+def test_replay_refuses_bitflip_in_last_record(bit: int) -> None:
+    # The whole record reached the file (it may have been fsynced and
+    # acknowledged): a flipped bit is corruption, never a torn write to cut.
     recs = sample_records()
     buf = bytearray(encode_many(recs))
     offs = offsets(recs)
-    buf[-1] ^= 0xFF
-    result = scan(bytes(buf), PATH)
-    assert result.records == [Record(*r) for r in recs[:-1]]
-    assert (result.valid_bytes, result.torn_bytes) == (offs[-2], offs[-1] - offs[-2])
+    buf[-1] ^= 1 << bit
+    with pytest.raises(CorruptRecordError) as err:
+        scan(bytes(buf), PATH)
+    assert err.value.offset == offs[-2]
+    assert "checksum" in err.value.reason
+
+
+def test_bitflip_anywhere_in_last_payload_is_corruption() -> None:
+    recs = sample_records()[:-1] + [(5, OP_CREATE, b"12", b"payload of the last record")]
+    buf = encode_many(recs)
+    offs = offsets(recs)
+    for pos in range(offs[-2] + HEADER_SIZE, offs[-1]):
+        damaged = bytearray(buf)
+        damaged[pos] ^= 0x10
+        with pytest.raises(CorruptRecordError) as err:
+            scan(bytes(damaged), PATH)
+        assert err.value.offset == offs[-2], pos
+
+
+def test_complete_bad_record_before_zero_tail_is_corruption() -> None:
+    # Zeros after a whole record do not explain its bad checksum.
+    recs = sample_records()[:-1] + [(5, OP_CREATE, b"12", b"nonzero")]
+    buf = bytearray(encode_many(recs))
+    offs = offsets(recs)
+    buf[-2] ^= 0x01
+    with pytest.raises(CorruptRecordError) as err:
+        scan(bytes(buf) + bytes(4096), PATH)
+    assert err.value.offset == offs[-2]
 
 
 @pytest.mark.parametrize("zeros", [1, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 1, 100, 4096])

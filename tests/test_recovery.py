@@ -11,7 +11,7 @@ from chordctl.core.storage import recovery, records, snapshot
 from chordctl.core.storage.log import LogFile
 from chordctl.core.storage.records import OP_CREATE, OP_DELETE, OP_UPDATE
 from chordctl.core.store import Store
-from chordctl.errors import CorruptRecordError, StorageError
+from chordctl.errors import CorruptRecordError, StorageAccessError, StorageError
 
 Op = tuple[int, int, bytes]   # (op, key, value)
 
@@ -58,7 +58,9 @@ class NodeDir:
 
     def recover(self, repair: bool = True, chunks: int = 16) -> tuple[Store, recovery.RecoveryReport]:
         store = Store(chunks=chunks)
-        report = recovery.recover(self.dir, store, repair=repair)
+        report = recovery.recover(self.dir, store)
+        if repair:
+            recovery.repair(self.dir, report)
         return store, report
 
 
@@ -150,14 +152,16 @@ def test_snapshot_with_logs_retention_removed(node) -> None:
 
 
 def test_newest_snapshot_without_later_log(node) -> None:
-    # A crash right after snap.2 was renamed, before anything reached log.2.
+    # A crash right after snap.2 was renamed, before anything reached log.2
+    # (which the rotation created before snap.2 was written).
     node.log(0, creates(range(5)))
     node.snap(1)
     node.log(1, creates(range(5, 8)))
+    LogFile(node.dir, 2).close()
     node.snap(2)
     store, report = node.recover()
     assert store.to_dict() == node.model
-    assert report.snapshot == 2 and report.logs == [] and report.last_seq == 8
+    assert report.snapshot == 2 and report.logs == [(2, 0)] and report.last_seq == 8
     # The next record goes to log.2, and the next snapshot is snap.3.
     assert report.current_log == 2 and report.next_snapshot == 3
 
@@ -481,3 +485,149 @@ def test_unrelated_files_are_ignored(node) -> None:
     store, report = node.recover()
     assert store.to_dict() == node.model
     assert report.snapshot == 2 and report.current_log == 2
+
+
+# -- damage a torn-tail rule must not hide ------------------------------------------
+
+
+def test_replay_refuses_bitflip_in_last_record_of_newest_log(node) -> None:
+    # The last record was fsynced and acknowledged: a flipped bit in it is
+    # corruption naming file and offset, never a torn tail cut away.
+    build_three_generations(node)
+    path = node.path("log.2")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        before = f.read()
+    offs = [0]
+    for rec in records.scan(before, path).records:
+        offs.append(offs[-1] + len(records.encode(*rec)))
+    damage(path, size - 1, xor=0x01)
+    for repair in (False, True):
+        with pytest.raises(CorruptRecordError) as err:
+            node.recover(repair=repair)
+        assert err.value.path == path and err.value.offset == offs[-2]
+        assert os.path.getsize(path) == size        # nothing truncated
+    assert not [n for n in os.listdir(node.dir) if n.endswith(".broken")]
+
+
+def test_corrupt_record_advice_never_says_to_throw_data_away(node) -> None:
+    node.log(0, creates(range(5)))                # no snapshot to fall back to
+    damage(node.path("log.0"), 3)
+    with pytest.raises(CorruptRecordError) as err:
+        node.recover()
+    text = str(err.value)
+    assert "move it aside" not in text and "previous snapshot" not in text
+    assert "backup" in text and node.path("log.0") in text
+
+
+def test_missing_newest_log_after_snapshot_refuses_to_start(node) -> None:
+    # Snapshot, write, kill -9, log.3 moved away: the write would be gone.
+    build_three_generations(node)
+    node.snap(3)
+    node.log(3, creates(range(40, 42)))
+    os.rename(node.path("log.3"), node.path("elsewhere"))
+    with pytest.raises(StorageError) as err:
+        node.recover()
+    assert node.path("log.3") in str(err.value) and "missing" in str(err.value)
+
+
+def test_missing_newest_log_behind_a_corrupt_newest_snapshot_refuses(node) -> None:
+    build_three_generations(node)
+    node.snap(3)
+    node.log(3, creates(range(40, 42)))
+    damage(node.path("snap.3"), 30)                # falls back to snap.2 + log.2 + log.3
+    os.unlink(node.path("log.3"))
+    with pytest.raises(StorageError) as err:
+        node.recover()
+    assert "log.3" in str(err.value)
+
+
+def test_unreadable_newest_snapshot_refuses_naming_the_file(node, monkeypatch) -> None:
+    # Permission denied is an operator problem, not corruption: never skipped
+    # silently for an older snapshot. (As root chmod cannot deny a read.)
+    build_three_generations(node)
+    real_read = snapshot.read
+
+    def read(path):
+        if path.endswith("snap.2"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_read(path)
+    monkeypatch.setattr(snapshot, "read", read)
+    with pytest.raises(StorageAccessError) as err:
+        node.recover()
+    assert node.path("snap.2") in str(err.value)
+    assert "Permission denied" in str(err.value) and "not corruption" in str(err.value)
+    assert err.value.exit_status == 2
+
+
+def test_unreadable_log_and_directory_are_access_errors(node, monkeypatch) -> None:
+    build_three_generations(node)
+    real_open = open
+
+    def fake_open(path, *a, **kw):
+        if str(path).endswith("log.2"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(recovery, "open", fake_open, raising=False)
+    with pytest.raises(StorageAccessError) as err:
+        node.recover()
+    assert node.path("log.2") in str(err.value)
+    monkeypatch.undo()
+
+    def listdir(path):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(recovery.os, "listdir", listdir)
+    with pytest.raises(StorageAccessError) as err:
+        recovery.recover(node.dir, Store(chunks=4))
+    assert node.dir in str(err.value)
+
+
+# -- repair is a separate, reversible step --------------------------------------------
+
+
+def test_recover_changes_no_file_and_repair_keeps_a_copy_before_cutting(node) -> None:
+    path, good, torn = torn_newest(node)
+    with open(node.path("snap.3.tmp"), "wb") as f:
+        f.write(b"half-written snapshot")
+    before = {n: open(node.path(n), "rb").read() for n in os.listdir(node.dir)}
+    store = Store(chunks=4)
+    report = recovery.recover(node.dir, store)
+    assert {n: open(node.path(n), "rb").read() for n in os.listdir(node.dir)} == before
+    assert report.needs_repair and report.tmp_files == ["snap.3.tmp"]
+    assert report.torn_offset == good and report.torn_bytes == torn
+
+    done = recovery.repair(node.dir, report)
+    assert os.path.getsize(path) == good
+    with open(path + ".broken", "rb") as f:
+        assert f.read() == before["log.2"]          # the file as it was, whole
+    assert "snap.3.tmp" not in os.listdir(node.dir)
+    assert len(done) == 2 and report.repairs == done
+    assert "log.2.broken" in done[0] and f"offset {good}" in done[0]
+    assert "snap.3.tmp" in done[1]
+    # Repaired: a second pass finds nothing to do, and the .broken copy is ignored.
+    store2 = Store(chunks=4)
+    again = recovery.recover(node.dir, store2)
+    assert not again.needs_repair and recovery.repair(node.dir, again) == []
+    assert store2.to_dict() == store.to_dict() == node.model
+
+
+def test_second_repair_keeps_the_first_broken_copy(node) -> None:
+    path, good, _ = torn_newest(node)
+    node.recover(repair=True)
+    append_raw(path, b"\x05" * 7)
+    node.recover(repair=True)
+    assert os.path.exists(path + ".broken") and os.path.exists(path + ".broken.1")
+    assert os.path.getsize(path) == good
+
+
+def test_snapshot_list_calls_an_unreadable_snapshot_unreadable_not_corrupt(node, monkeypatch):
+    from chordctl.core.storage import inventory
+
+    build_three_generations(node)
+
+    def read_info(path):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(snapshot, "read_info", read_info)
+    docs = {d["file"]: d for d in inventory.describe(node.dir)}
+    assert docs["snap.2"]["status"] == "unreadable: Permission denied"
+    assert not docs["snap.2"]["in_use"]

@@ -1,7 +1,8 @@
-"""``chordctl log replay``: rebuild a stopped node's state offline."""
+"""``chordctl log replay`` and ``log repair``: a stopped node's state, offline."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -9,20 +10,68 @@ import click
 
 from chordctl import render
 from chordctl.cli.common import State, pass_state
-from chordctl.core.storage import recovery
+from chordctl.core.storage import files, recovery
+from chordctl.core.storage.lock import DirectoryLock
 from chordctl.core.store import Store
-from chordctl.errors import ChordError, ExitStatus, InvalidInputError
+from chordctl.errors import ExitStatus, InvalidInputError
 
 
 @click.group()
 def log() -> None:
-    """Inspect operation logs."""
+    """Inspect and repair operation logs."""
+
+
+def _check_node_dir(data_dir: str) -> None:
+    """A node directory holds log.N or snap.N files; refuse anything else
+    (a data dir's parent, a typo'd path) instead of reporting "keys 0"."""
+    if not os.path.isdir(data_dir):
+        raise InvalidInputError(f"log: {data_dir} is not a directory")
+    try:
+        names = sorted(os.listdir(data_dir))
+    except OSError as e:
+        raise recovery.access_error(data_dir, e, "list") from None
+    logs, snaps = files.list_counters(data_dir)
+    if logs or snaps:
+        return
+    nodes = []
+    for name in names:
+        sub = os.path.join(data_dir, name)
+        try:
+            if os.path.isdir(sub) and any(files.list_counters(sub)):
+                nodes.append(name)
+        except OSError:
+            continue
+    if nodes:
+        shown = ", ".join(nodes[:4]) + (", ..." if len(nodes) > 4 else "")
+        raise InvalidInputError(
+            f"log: {data_dir} is not a node directory (it holds node directories: {shown}); "
+            f"point --data-dir at one of them, e.g. {os.path.join(data_dir, nodes[0])}")
+    raise InvalidInputError(
+        f"log: {data_dir} holds no node files (log.N, snap.N); point --data-dir at one "
+        f"node's directory, e.g. ./data/node-0")
+
+
+@contextlib.contextmanager
+def _lock(data_dir: str, shared: bool):
+    """Shared for readers (side by side, never beside a running node, which
+    holds it exclusively); exclusive for repair."""
+    lock = DirectoryLock(data_dir, shared=shared)
+    try:
+        lock.acquire()          # DirectoryLockedError (exit 2) names the holder
+    except OSError as e:
+        raise recovery.access_error(lock.path, e, "lock") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 @log.command()
 @click.option("--data-dir", "data_dir", required=True, metavar="DIR",
               help="A node directory, e.g. ./data/node-0.")
-@click.option("--dump", is_flag=True, help="Print every recovered key and value.")
+@click.option("--dump", is_flag=True,
+              help="Print every recovered key and value (on stdout; the summary goes to "
+                   "stderr).")
 @click.option("--verify", is_flag=True,
               help="Exit 1 on any damage, torn tails and snapshot fallbacks included.")
 @pass_state
@@ -30,30 +79,30 @@ def replay(state: State, data_dir: str, dump: bool, verify: bool) -> None:
     """Rebuild a node's state from DIR exactly as a restart would; change nothing.
 
     Reports the snapshot used, the logs replayed, records, keys and torn bytes
-    dropped. Run it on a stopped node's directory.
+    a restart would cut off. Run it on a stopped node's directory: it refuses
+    (exit 2) a directory a running node holds.
 
     \b
     Example:
         chordctl log replay --data-dir ./data/node-0
         chordctl log replay --data-dir ./data/node-0 --dump -o json
     """
-    if not os.path.isdir(data_dir):
-        raise InvalidInputError(f"log: {data_dir} is not a directory")
+    _check_node_dir(data_dir)
     store = Store()
-    try:
-        rep = recovery.recover(data_dir, store, repair=False)
-    except ChordError as e:
-        click.secho(f"chordctl: {e}", fg="red", err=True)
-        click.get_current_context().exit(int(ExitStatus.FAILED))
+    with _lock(data_dir, shared=True):
+        rep = recovery.recover(data_dir, store)
     fmt = state.fmt("table")
     summary = {
         "data_dir": data_dir,
         "snapshot": f"snap.{rep.snapshot}" if rep.snapshot else None,
         "snapshot_keys": rep.snapshot_keys,
         "fallbacks": rep.fallbacks,
+        "skipped": [{"file": f, "reason": why} for f, why in rep.skipped],
         "logs": [{"file": f"log.{c}", "records": n} for c, n in rep.logs],
         "records": rep.records, "keys": rep.keys, "last_seq": rep.last_seq,
         "torn_bytes": rep.torn_bytes, "torn_file": rep.torn_file,
+        "torn_offset": rep.torn_offset if rep.torn_bytes else None,
+        "tmp_files": rep.tmp_files,
     }
     items = sorted(store.items()) if dump else []
     if fmt == "json":
@@ -61,18 +110,21 @@ def replay(state: State, data_dir: str, dump: bool, verify: bool) -> None:
             summary["data"] = [{"key": str(k), **render.value_json(v)} for k, v in items]
         click.echo(render.to_json(summary))
     else:
+        torn = "0"
+        if rep.torn_bytes:
+            torn = (f"{rep.torn_bytes} (end of {os.path.basename(rep.torn_file)}, offset "
+                    f"{rep.torn_offset}; `log repair` cuts it)")
         rows = [["data dir", data_dir],
                 ["snapshot", summary["snapshot"] or "none"],
                 ["logs replayed", ", ".join(f"log.{c} ({n} records)" for c, n in rep.logs)
                  or "none"],
                 ["records replayed", rep.records], ["keys", rep.keys],
-                ["last sequence", rep.last_seq], ["torn bytes dropped", rep.torn_bytes]]
-        for fb in rep.fallbacks:
-            rows.append(["fallback", fb])
-        if fmt == "plain":
-            click.echo(render.plain(rows))
-        else:
-            click.echo(render.table(rows, ["recovered", ""]))
+                ["last sequence", rep.last_seq], ["torn bytes dropped", torn]]
+        for name, why in rep.skipped:
+            rows.append(["fallback", f"{name} skipped: {why}"])
+        text = render.plain(rows) if fmt == "plain" else render.table(rows, ["recovered", ""])
+        # With --dump, stdout carries only the key/value lines.
+        click.echo(text, err=dump)
         if dump:
             out = sys.stdout.buffer
             for k, v in items:
@@ -81,3 +133,35 @@ def replay(state: State, data_dir: str, dump: bool, verify: bool) -> None:
     if verify and (rep.torn_bytes or rep.fallbacks):
         click.secho("chordctl: log: damage found (see above)", fg="red", err=True)
         click.get_current_context().exit(int(ExitStatus.FAILED))
+
+
+@log.command()
+@click.option("--data-dir", "data_dir", required=True, metavar="DIR",
+              help="A stopped node's directory, e.g. ./data/node-0.")
+@pass_state
+def repair(state: State, data_dir: str) -> None:
+    """Do offline what a node does before it starts: cut a torn tail, drop *.tmp.
+
+    A torn tail (a write a crash cut short) is cut off the newest log after
+    the whole file is copied to log.X.broken; leftover snap.X.tmp files are
+    removed. Anything else (a bad checksum inside a complete record, a
+    missing log) is not repairable: it exits 1 and changes nothing.
+
+    \b
+    Example:
+        chordctl log repair --data-dir ./data/node-0
+    """
+    _check_node_dir(data_dir)
+    with _lock(data_dir, shared=False):
+        rep = recovery.recover(data_dir, Store())
+        done = recovery.repair(data_dir, rep)
+    if state.fmt("table") == "json":
+        click.echo(render.to_json({"data_dir": data_dir, "repairs": done, "keys": rep.keys,
+                                   "last_seq": rep.last_seq}))
+        return
+    if not done:
+        click.echo(f"log: nothing to repair in {data_dir} ({rep.keys} keys, last sequence "
+                   f"{rep.last_seq})")
+    for msg in done:
+        click.echo(msg)
+

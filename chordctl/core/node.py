@@ -147,7 +147,8 @@ class Node:
         """Replay snapshot and logs; must run before start()."""
         os.makedirs(self.directory, exist_ok=True)
         t0 = time.monotonic()
-        report = recovery.recover(self.directory, self.store, repair=True)
+        report = recovery.recover(self.directory, self.store)   # reads only
+        recovery.repair(self.directory, report)   # keeps copies, logs what it did
         self.report = report
         self.recovery_seconds = time.monotonic() - t0
         self.seq = report.last_seq
@@ -362,39 +363,77 @@ class Node:
                    sync: bool) -> None:
         if not done and not parts:
             return
+        verdict = None
         if not self.failed:
+            lf = self.log
+            good = lf.size             # its length after the last whole append
+            syncing = False
             try:
                 if parts:
-                    self.log.append(parts[0] if len(parts) == 1 else b"".join(parts), count)
-                if sync and self.log.dirty:
+                    lf.append(parts[0] if len(parts) == 1 else b"".join(parts), count)
+                if sync and lf.dirty:
+                    syncing = True
                     t0 = time.perf_counter()
-                    self.log.sync()
+                    lf.sync()
                     self.metrics.fsync.observe(time.perf_counter() - t0)
             except OSError as e:
-                # Fail-stop: the map may now hold effects the log does not,
-                # so this node must not answer anything until it restarts.
-                self.fail(f"log: cannot write {self.log.path}: {e.strerror}; the node "
-                          f"refuses requests until it is restarted with the disk fixed")
+                verdict = self._write_failed(lf, good, syncing, e)
         if self.failed:
+            # Batches of the failed write get its verdict; later ones were
+            # never written (a definite refusal, as self.failed says).
+            message = f"{self.label}: {verdict or self.failed}"
             for batch in done:
-                batch.error = (rq.UNAVAILABLE, f"{self.label}: {self.failed}")
+                batch.error = (rq.UNAVAILABLE, message)
         elif done:
             self.durable_seq = done[-1].seq
         for batch in done:
             batch.stage_done()
 
+    def _write_failed(self, lf: LogFile, good: int, syncing: bool, e: OSError) -> str:
+        """Fail-stop after a failed append or fsync; return what the replies
+        of that write must say.
+
+        The map may now hold effects the log does not, so the node answers
+        nothing until it restarts from disk. A failed append is cut back to
+        the log's last good length: if that cut is durable, no part of the
+        write can survive (a definite refusal). If the cut fails, or the
+        append was whole and its fsync failed, the records may or may not be
+        on disk after a restart: the outcome is unknown, and the reply says so.
+        """
+        what = f"log: cannot {'fsync' if syncing else 'write'} {lf.path}: {e.strerror or e}"
+        self.fail(f"{what}; the node refuses requests until it is restarted with the disk "
+                  f"fixed")
+        if not syncing:
+            try:
+                lf.rollback(good)
+            except OSError as e2:
+                logger.error("%s: log: cannot cut %s back to %d bytes after the failed "
+                             "write: %s", self.label, lf.path, good, e2.strerror or e2)
+            else:
+                return (f"{what}; not applied; safe to retry (the node refuses requests "
+                        f"until it is restarted with the disk fixed)")
+        return (f"{what}; outcome unknown: the write may or may not be there after the node "
+                f"restarts -- read the key then before retrying")
+
     def _sync_log(self) -> None:
         try:
             self.log.sync()
         except OSError as e:
-            self.fail(f"log: fsync of {self.log.path} failed: {e.strerror}")
+            self.fail(f"log: fsync of {self.log.path} failed: {e.strerror}; the node refuses "
+                      f"requests until it is restarted with the disk fixed")
 
     def _rotate_log(self, marker: SnapshotMarker) -> None:
+        if self.failed:
+            # Never rotate past a failed log: log.(X-1) may end torn, and a
+            # log.X after it would make that tail look like corruption.
+            marker.rotated.set()
+            return
         try:
             self.log.close()
             self.log = LogFile(self.directory, marker.counter)
         except OSError as e:
-            self.fail(f"log: cannot rotate to log.{marker.counter}: {e.strerror}")
+            self.fail(f"log: cannot rotate to log.{marker.counter}: {e.strerror}; the node "
+                      f"refuses requests until it is restarted with the disk fixed")
         finally:
             marker.rotated.set()
 

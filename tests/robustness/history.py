@@ -10,7 +10,8 @@ overlapped. An outcome is one of:
     unknown         timeout, unreachable node, node failure: it may or may not
                     have taken effect, at any moment after its invocation
     failed          certainly no effect: refused before it left the client
-                    (invalid input, no connection to the entry node at all)
+                    (invalid input, no connection to the entry node at all), or
+                    refused by a fail-stopped node ("not applied; safe to retry")
 
 Times are ``time.monotonic_ns()`` of this process, taken right before the
 request is sent and right after its reply arrives.
@@ -73,6 +74,10 @@ def classify(error: ChordError) -> str:
             # gRPC's own "failed to connect" (here, or relayed by the hop that
             # got it): that hop had no transport to the next one, so the
             # request never went further than a node that does not own it.
+            return FAILED
+        if "not applied; safe to retry" in text or "refuses requests until" in text:
+            # A fail-stopped node: its failed write was cut back off the log
+            # (not applied), or it refused the request without writing it.
             return FAILED
     return UNKNOWN
 

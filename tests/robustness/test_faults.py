@@ -3,7 +3,8 @@
 Eight client threads run creates, reads, updates and deletes against a real
 4-node ring while a fault is injected: kill -9 of a node, SIGSTOP past the
 client deadline, a rolling restart, snapshots forced mid-load (then a crash of
-every node), and a full disk under the log of a single node. After the fault
+every node), a full disk under the log of a single node, and a full disk hit
+while snapshots rotate (then space freed and a restart). After the fault
 is over and every node is back, the history, including a final read of every
 key, must be linearizable per key, and every acknowledged write must be there.
 
@@ -21,6 +22,7 @@ import os
 import random
 import resource
 import signal
+import subprocess
 import threading
 import time
 
@@ -28,6 +30,7 @@ import pytest
 
 from chordctl.client import Client
 from chordctl.core import affinity
+from chordctl.errors import ChordError
 from conftest import run_chordctl, wait_until
 from robustness.history import FAILED, NOT_FOUND, OK, UNKNOWN, History, Op
 from robustness.linearizability import check
@@ -380,10 +383,96 @@ def test_full_disk_under_the_log_fails_writes_without_acknowledging_them(make_cl
     # Still answering, with an error, not a hang or a crash.
     with Client(single.config, timeout=5) as c:
         probe = history.call(c, -2, "read", CONTENDED[0])
-    assert probe.outcome == UNKNOWN and "log: cannot write" in probe.detail, probe.detail
+    # Refused by the fail-stopped node: definitely not applied.
+    assert probe.outcome == FAILED and "log: cannot write" in probe.detail, probe.detail
     code = node.stop()
     assert code != -signal.SIGKILL, f"the node had to be killed\n{node.log()}"
 
     node.start()                      # the disk "fixed": no limit this time
     verify("full disk under the log", history, single.config, node.address, clients=6,
            min_ops=150)
+
+
+SMALL_DISK = "512k"
+PRELOAD_BASE = 5_000_000_000
+PRELOAD = 150                 # keys of 1 KB: each snapshot takes ~150 KB of the disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """The ring's data dir (tmp_path/data) on a SMALL_DISK tmpfs; yields remount(size)."""
+    mnt = tmp_path / "data"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); a "
+                    f"full disk during a snapshot needs one (RLIMIT_FSIZE only limits one "
+                    f"file's size, not the disk the snapshots share with the log)")
+
+    def remount(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+    try:
+        yield remount
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_while_snapshots_rotate_then_space_freed_and_restart(small_disk,
+                                                                         make_cluster):
+    """Snapshots forced back to back while the load fills a small disk: some
+    snapshots fail with ENOSPC (their .tmp must go), then a log append fails
+    with a snapshot marker queued behind it (the log must not rotate). Once
+    the disk is bigger the node must restart from what it holds, which is
+    every acknowledged write and none it refused."""
+    single = make_cluster(1, bits=BITS, timeout=5)
+    node = single.nodes[0]
+    node_dir = single.config.node_dir(0)
+    with Client(single.config, timeout=30) as c:
+        res = c.batch([("create", str(PRELOAD_BASE + i), b"p" * 1000) for i in range(PRELOAD)])
+    assert not [r for r in res if isinstance(r, ChordError)], res[:3]
+    history = History()
+    load = Workload(single.config, history, SEED + 5, clients=6, give_up_after=3)
+    load.create_own_keys()
+    stop = threading.Event()
+    snaps = {"ok": 0, "failed": 0}
+
+    def snapshotter() -> None:
+        with Client(single.config, target=node.address, timeout=30) as c:
+            while not stop.is_set():
+                try:
+                    c.take_snapshot(timeout=30)
+                    snaps["ok"] += 1
+                except ChordError:
+                    snaps["failed"] += 1
+                stop.wait(0.02)       # pacing, not synchronisation
+
+    t = threading.Thread(target=snapshotter, name="snapshotter", daemon=True)
+    load.start()
+    t.start()
+    try:
+        # Every client stops after its third failure: once the log is full.
+        for th in load.threads:
+            th.join(timeout=LOAD_BOUND)
+    finally:
+        stop.set()
+        t.join(timeout=60)
+        load.stop()
+    failed = [o for o in history.ops if o.outcome in (UNKNOWN, FAILED)]
+    assert any("log: cannot write" in o.detail for o in failed), \
+        f"the disk never filled: {history.summary()}, snapshots {snaps}\n{node.log()}"
+    assert snaps["ok"] >= 1 and snaps["failed"] >= 1, snaps
+    assert node.alive, f"the node died on a full disk\n{node.log()}"
+    names = os.listdir(node_dir)
+    assert not [n for n in names if n.endswith(".tmp")], f"a failed snapshot leaked: {names}"
+    assert node.stop() != -signal.SIGKILL, node.log()
+
+    small_disk("64m")                 # space freed
+    node.start()                      # must recover: no corruption, no refusal
+    verify("full disk while snapshots rotate", history, single.config, node.address,
+           clients=6, min_ops=150)
+    with Client(single.config, timeout=30) as c:
+        back = c.batch([("read", str(PRELOAD_BASE + i), None) for i in range(PRELOAD)])
+        assert all(not isinstance(r, ChordError) and r.value == b"p" * 1000 for r in back)
+        c.create(str(PRELOAD_BASE - 1), b"after the disk was freed")

@@ -24,8 +24,10 @@ def describe(directory: str) -> list[dict]:
         try:
             info = snapshot.read_info(path)
             doc["records"] = info.keys
-        except (CorruptRecordError, OSError) as e:
+        except CorruptRecordError as e:
             doc["status"] = f"corrupt: {e}"
+        except OSError as e:      # not corruption: recovery refuses it, never skips it
+            doc["status"] = f"unreadable: {e.strerror or e}"
         snap_docs.append(doc)
     # Recovery takes the newest snapshot that verifies; check from the newest.
     for doc in reversed(snap_docs):
@@ -33,9 +35,12 @@ def describe(directory: str) -> list[dict]:
             continue
         try:
             snapshot.read(os.path.join(directory, doc["file"]))
-        except (CorruptRecordError, OSError) as e:
+        except CorruptRecordError as e:
             doc["status"] = f"corrupt: {e}"
             continue
+        except OSError as e:
+            doc["status"] = f"unreadable: {e.strerror or e}"
+            break
         doc["in_use"] = True
         in_use_snap = doc["counter"]
         break
@@ -56,6 +61,8 @@ def describe(directory: str) -> list[dict]:
                 doc["status"] = f"torn tail of {res.torn_bytes} bytes"
         except CorruptRecordError as e:
             doc["status"] = f"corrupt: {e}"
+        except OSError as e:
+            doc["status"] = f"unreadable: {e.strerror or e}"
         if c == newest:
             doc["current"] = True
         out.append(doc)

@@ -37,6 +37,15 @@ class LogFile:
         self.records += count
         self.dirty = True
 
+    def rollback(self, size: int) -> None:
+        """Cut the file back to *size* (its length after the last whole
+        append) and make that durable, or raise OSError: after a failed
+        append, so no part of the failed write can survive a restart."""
+        os.ftruncate(self._fd, size)
+        os.fdatasync(self._fd)
+        self.size = size
+        self.dirty = False
+
     def sync(self) -> None:
         if self.dirty:
             os.fdatasync(self._fd)

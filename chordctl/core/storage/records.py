@@ -12,10 +12,16 @@ Byte layout of one record (little-endian)::
     25      k     key          the key in canonical decimal ASCII
     25+k    v     value        the rest of the payload (empty for delete)
 
-A log file is records back to back, nothing else. A record cut short at the
-end of the file (a crash mid-write) is a *torn tail*: the scanner stops there
-and reports how many bytes it dropped. A bad checksum followed by more data
-is *corruption* and raises CorruptRecordError naming the file and offset.
+A log file is records back to back, nothing else. Only two kinds of damage
+are a *torn tail* (a write a crash cut short, which was never fsynced and so
+never acknowledged under ``batch``/``always``): a record cut short by the end
+of the file, and a zero-filled remainder (the file grew but the data never
+landed: everything from inside the record to the end of the file is zeros).
+The scanner stops there and reports how many bytes it dropped. Anything else
+-- a complete record with non-zero bytes and a bad checksum, even the very
+last one, or a bad record followed by more data -- is *corruption* and raises
+CorruptRecordError naming the file and offset: a bit flip in an acknowledged
+record must stop the node, not be silently cut away.
 """
 
 from __future__ import annotations
@@ -93,12 +99,13 @@ class Tail:
 def scan(buf: bytes, path: str = "<buffer>", allow_torn: bool = True) -> ScanResult:
     """Decode every record in *buf*, the whole content of one log file.
 
-    A damaged record is a torn tail when nothing valid can follow it: the file
-    ends inside it, or its payload checksum fails and it ends exactly at the
-    end of the file, or everything after it (after its header, when the header
-    itself is bad) is zeros (a crash after the file grew but before all the
-    data reached it). With allow_torn False (a log that
-    is not the newest) a torn tail is corruption too.
+    A damaged record is a torn tail only when the file ends inside it, or
+    when its damage is a zero-filled remainder: the zeros that run to the end
+    of the file start inside it (after its header, when the header itself is
+    bad) -- a crash after the file grew but before all the data reached it.
+    A complete record with a bad checksum and no such zeros is corruption,
+    wherever it is. With allow_torn False (a log that is not the newest) a
+    torn tail is corruption too.
     """
     tail = Tail()
     found = [Record(seq, op, key, value)
@@ -140,13 +147,12 @@ def iter_records(buf: bytes, path: str, allow_torn: bool, tail: Tail):
             why = "record payload cut short"
             break
         if crc32(mv[body:stop]) != pcrc:
-            # Zero-filled pages after a crash usually start mid-record, so
-            # zeros after this record mean nothing valid follows it either.
-            if stop == end:
-                why = "last record checksum mismatch"
-                break
-            if not any(mv[stop:]):
-                why = "record checksum mismatch before a zero-filled tail"
+            # Zero-filled pages after a crash usually start mid-record: if the
+            # zeros that run to the end of the file start inside this record,
+            # its data never landed. A complete record with non-zero bytes is
+            # damage after the write (a bit flip), not a torn write.
+            if len(bytes(mv[body:]).rstrip(b"\0")) < length:
+                why = "zero-filled tail"
                 break
             raise CorruptRecordError(path, off, "record checksum mismatch")
         seq, op, klen = unpack_head(buf, body)

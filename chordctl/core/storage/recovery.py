@@ -1,10 +1,20 @@
 """Rebuild a node's map from its directory: newest valid snapshot, then logs.
 
-Used by the node before it serves, and offline by ``chordctl log replay``.
-A corrupt newest snapshot falls back to the previous one (and its logs); a
-torn tail of the newest log is dropped with a warning (and cut off the file
-when ``repair`` is set, so new records never follow garbage); any other
-damage raises CorruptRecordError naming the file and offset.
+Two separate steps, the way etcd's WAL does it:
+
+* ``recover()`` reads and never changes a file. Used by the node before it
+  serves, and offline by ``chordctl log replay``. A corrupt newest snapshot
+  falls back to the previous one (and its logs); a torn tail of the newest
+  log (see records.py: a write cut short by a crash) is not replayed and is
+  reported; any other damage raises CorruptRecordError naming the file and
+  offset. A missing log, or a file it cannot read (permissions, I/O), stops it
+  too: that is damage or an operator problem, never something to skip.
+* ``repair()`` then makes the directory fit for appending, from what
+  recover() found: it keeps a copy of a log with a torn tail as
+  ``log.X.broken`` before cutting the tail off, removes ``*.tmp`` leftovers of
+  snapshots being written, and says what it did. The node runs it before it
+  opens the log for appending (so new records never follow garbage), and
+  ``chordctl log repair`` runs it offline.
 """
 
 from __future__ import annotations
@@ -12,12 +22,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 
 from chordctl.core.storage import files, log, records, snapshot
 from chordctl.core.store import Store
-from chordctl.errors import CorruptRecordError, StorageError
+from chordctl.errors import CorruptRecordError, StorageAccessError, StorageError
 
 logger = logging.getLogger("chordctl.storage")
+
+BROKEN_SUFFIX = ".broken"
 
 
 @dataclasses.dataclass
@@ -26,40 +39,67 @@ class RecoveryReport:
     snapshot: int | None = None          # counter of the snapshot used
     snapshot_keys: int = 0
     fallbacks: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, why)
     logs: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (counter, records)
     records: int = 0
     keys: int = 0
     torn_bytes: int = 0
     torn_file: str | None = None
+    torn_offset: int = 0                 # where the torn tail starts in torn_file
+    tmp_files: list[str] = dataclasses.field(default_factory=list)  # leftovers repair removes
     last_seq: int = 0
     current_log: int = 0                 # counter of the log to append to
     warnings: list[str] = dataclasses.field(default_factory=list)
+    repairs: list[str] = dataclasses.field(default_factory=list)    # what repair() did
 
     @property
     def next_snapshot(self) -> int:
         return self.current_log + 1
 
+    @property
+    def needs_repair(self) -> bool:
+        return bool(self.torn_bytes or self.tmp_files)
 
-def recover(directory: str, store: Store, repair: bool = True) -> RecoveryReport:
+
+def access_error(path: str, e: OSError, doing: str = "read") -> StorageAccessError:
+    """An unreadable node file: an operator problem, not corruption."""
+    return StorageAccessError(
+        f"storage: cannot {doing} {path}: {e.strerror or e}; an unreadable file is not "
+        f"corruption, so nothing was skipped or changed -- give the node's user access "
+        f"to it (check owner and mode) and retry")
+
+
+def _listdir(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise access_error(directory, e, "list") from None
+
+
+def recover(directory: str, store: Store) -> RecoveryReport:
+    """Load *directory* into *store*; read only (see the module docstring)."""
     report = RecoveryReport(directory=directory)
+    _listdir(directory)          # an unreadable directory is an error, not "empty"
     log_counters, snap_counters = files.list_counters(directory)
 
     base = 0
     for counter in reversed(snap_counters):
-        path = os.path.join(directory, files.snap_name(counter))
+        name = files.snap_name(counter)
+        path = os.path.join(directory, name)
         try:
             snap = snapshot.read(path)
-        except (CorruptRecordError, OSError) as e:
-            msg = f"snapshot {path} is unusable ({e}); falling back to the previous one"
-            report.fallbacks.append(msg)
-            report.warnings.append(msg)
-            logger.warning("%s", msg)
+        except CorruptRecordError as e:
+            msg = f"snapshot {path} is unusable ({e.reason} at offset {e.offset}); " \
+                  f"falling back to the previous one"
+            _fallback(report, name, f"{e.reason} at offset {e.offset}", msg)
             continue
+        except OSError as e:
+            raise access_error(path, e) from None
         if snap.info.counter != counter:
             msg = f"snapshot {path} says it is snap.{snap.info.counter}; skipping it"
-            report.fallbacks.append(msg)
-            report.warnings.append(msg)
-            logger.warning("%s", msg)
+            _fallback(report, name, f"says it is snap.{snap.info.counter}", msg)
             continue
         store.load_chunks(snap.chunks)
         base = counter
@@ -74,21 +114,34 @@ def recover(directory: str, store: Store, repair: bool = True) -> RecoveryReport
                 f"the state cannot be rebuilt; restore the directory from a backup"
             )
 
-    to_replay = [c for c in log_counters if c >= base]
-    expected = base
-    for c in to_replay:
-        if c != expected:
+    # log.X is created (at the rotation) before snap.X is written, and only
+    # pruned below the snapshots kept, so every log from the base to the
+    # newest file of either kind exists; a missing one is lost history.
+    top = max(log_counters + snap_counters, default=0)
+    present = set(log_counters)
+    for c in range(base, top + 1):
+        if c in present or (c == 0 and not log_counters and not snap_counters):
+            continue
+        missing = os.path.join(directory, files.log_name(c))
+        if c == top:
             raise StorageError(
-                f"storage: {os.path.join(directory, files.log_name(expected))} is missing "
-                f"between the snapshot and log.{c}; the history has a hole -- restore it "
-                f"from a backup"
-            )
-        expected += 1
+                f"storage: {missing} is missing, but snap.{c} exists and log.{c} is created "
+                f"before it, so the writes acknowledged after that snapshot are gone with "
+                f"it; the node will not start without it -- put log.{c} back, or restore "
+                f"the directory from a backup")
+        raise StorageError(
+            f"storage: {missing} is missing between the snapshot and log.{top}; the "
+            f"history has a hole -- restore it from a backup"
+        )
+    to_replay = [c for c in log_counters if c >= base]
     newest = to_replay[-1] if to_replay else None
     for c in to_replay:
         path = os.path.join(directory, files.log_name(c))
-        with open(path, "rb") as f:
-            buf = f.read()
+        try:
+            with open(path, "rb") as f:
+                buf = f.read()
+        except OSError as e:
+            raise access_error(path, e) from None
         tail = records.Tail()
         seq = report.last_seq
         first = seq
@@ -103,20 +156,84 @@ def recover(directory: str, store: Store, repair: bool = True) -> RecoveryReport
         report.last_seq = seq
         report.records += count
         report.logs.append((c, count))
-        result = tail
-        if result.torn_bytes:
-            report.torn_bytes = result.torn_bytes
+        if tail.torn_bytes:
+            report.torn_bytes = tail.torn_bytes
             report.torn_file = path
-            msg = (f"log: dropped a torn record of {result.torn_bytes} bytes at the end "
-                   f"of {path} (offset {result.valid_bytes}); it was never acknowledged")
+            report.torn_offset = tail.valid_bytes
+            msg = (f"log: {path} ends with a torn record of {tail.torn_bytes} bytes at "
+                   f"offset {tail.valid_bytes} (a write cut short by a crash, never "
+                   f"acknowledged); it is not replayed")
             report.warnings.append(msg)
             logger.warning("%s", msg)
-            if repair:
-                log.truncate(path, result.valid_bytes)
-    if repair:
-        for name in os.listdir(directory) if os.path.isdir(directory) else ():
-            if name.endswith(files.TMP_SUFFIX):
-                os.unlink(os.path.join(directory, name))
+    report.tmp_files = sorted(n for n in _listdir(directory) if n.endswith(files.TMP_SUFFIX))
     report.current_log = max([base] + log_counters)
     report.keys = len(store)
     return report
+
+
+def _fallback(report: RecoveryReport, name: str, why: str, msg: str) -> None:
+    report.skipped.append((name, why))
+    report.fallbacks.append(msg)
+    report.warnings.append(msg)
+    logger.warning("%s", msg)
+
+
+def _free_name(path: str) -> str:
+    if not os.path.exists(path):
+        return path
+    n = 1
+    while os.path.exists(f"{path}.{n}"):
+        n += 1
+    return f"{path}.{n}"
+
+
+def repair(directory: str, report: RecoveryReport) -> list[str]:
+    """Fix what recover() found and may be fixed; return (and log) what was done.
+
+    Only a torn tail of the newest log and ``*.tmp`` leftovers: everything
+    else stops recover() itself. The torn log is first copied whole to
+    ``log.X.broken`` (fsynced), then cut back to its last whole record."""
+    done: list[str] = []
+    if report.torn_bytes and report.torn_file:
+        path = report.torn_file
+        expected = report.torn_offset + report.torn_bytes
+        try:
+            size = os.path.getsize(path)
+            if size != expected:
+                raise StorageError(
+                    f"log: {path} changed since it was read ({size} bytes, not {expected}); "
+                    f"is another process using {directory}? Nothing was repaired")
+            keep = _free_name(path + BROKEN_SUFFIX)
+            shutil.copyfile(path, keep)
+            fd = os.open(keep, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            files.fsync_dir(directory)
+            log.truncate(path, report.torn_offset)
+        except OSError as e:
+            raise access_error(getattr(e, "filename", None) or path, e, "repair") from None
+        done.append(
+            f"log: cut a torn record of {report.torn_bytes} bytes off the end of {path} "
+            f"(offset {report.torn_offset}; a write cut short by a crash, never "
+            f"acknowledged); the file as it was is kept as {keep} -- delete it when you "
+            f"no longer need it")
+    removed = False
+    for name in report.tmp_files:
+        path = os.path.join(directory, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise access_error(path, e, "remove") from None
+        removed = True
+        done.append(f"storage: removed {path}, left by a snapshot that was being written "
+                    f"when the node stopped")
+    if removed:
+        files.fsync_dir(directory)
+    for msg in done:
+        logger.warning("%s", msg)
+    report.repairs.extend(done)
+    return done

@@ -54,9 +54,25 @@ class Snapshot(NamedTuple):
 YIELD_RATIO = 4.0
 
 
-def write(directory: str, counter: int, last_seq: int,
-          chunks: list[dict[int, bytes]], duty: float = YIELD_RATIO) -> tuple[str, int]:
-    """Write ``snap.<counter>`` atomically; return (path, size in bytes)."""
+def write(directory: str, counter: int, *args, **kwargs) -> tuple[str, int]:
+    """Write ``snap.<counter>`` atomically; return (path, size in bytes).
+
+    Arguments as _write_file(). On any error ``snap.<counter>.tmp`` is
+    removed: a failed snapshot (ENOSPC...) must not leave its partial file to
+    fill the disk, and the logs still hold everything it would have held."""
+    try:
+        return _write_file(directory, counter, *args, **kwargs)
+    except BaseException:
+        tmp = os.path.join(directory, files.snap_name(counter)) + files.TMP_SUFFIX
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _write_file(directory: str, counter: int, last_seq: int,
+                chunks: list[dict[int, bytes]], duty: float = YIELD_RATIO) -> tuple[str, int]:
     final = os.path.join(directory, files.snap_name(counter))
     tmp = final + files.TMP_SUFFIX
     keys = sum(len(c) for c in chunks)
