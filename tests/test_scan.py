@@ -362,3 +362,25 @@ def test_scan_with_a_node_down_exits_3_naming_it(tmp_path) -> None:
             c.scan()
     finally:
         cluster.stop()
+
+
+def test_scan_fails_naming_the_node_that_dies_mid_stream(tmp_path) -> None:
+    path = write_config(tmp_path, 4, bits=BITS, timeout=5)
+    cluster = Cluster(path).start()
+    big = b"b" * 65536      # big pages: the rest of node 1's keys are still on node 1
+    try:
+        ring = _ring(cluster)
+        with Client(cluster.config, route="direct") as c:
+            for i in range(0, 400, 50):
+                c.batch([("create", str(k), big) for k in range(i, i + 50)])
+            s = c.scan(limit=0, page_size=1)
+            it = iter(s)
+            seen = [next(it).key for _ in range(8)]
+            cluster.nodes[1].kill()
+            with pytest.raises(UnavailableError) as e:
+                for entry in it:
+                    seen.append(entry.key)
+            assert f"node 1 (id {ring.ids[1]}) at {cluster.address(1)}" in str(e.value)
+            assert seen == list(range(len(seen))) and len(seen) < 400
+    finally:
+        cluster.stop()

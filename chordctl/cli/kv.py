@@ -8,9 +8,10 @@ import sys
 import click
 
 from chordctl import bulk, render
+from chordctl import scan as scan_mod
 from chordctl.cli.common import State, pass_state
 from chordctl.client import Result
-from chordctl.errors import InvalidInputError
+from chordctl.errors import ChordError, ExitStatus, InvalidInputError
 
 
 @click.group()
@@ -327,8 +328,10 @@ def _stream_table(rows, headers: list[str]) -> None:
 
 @kv.command(context_settings=_ARGS)
 @click.option("--from", "start", metavar="KEY", help="First key to list, inclusive [default: 0].")
-@click.option("--to", "end", metavar="KEY", help="Stop before this key (exclusive) [default: none].")
-@click.option("--limit", type=click.IntRange(0), default=1000, show_default=True,
+@click.option("--to", "end", metavar="KEY",
+              help="Stop before this key (exclusive) [default: none].")
+@click.option("--limit", type=click.IntRange(0), default=scan_mod.DEFAULT_LIMIT, metavar="N",
+              show_default=True,
               help="List at most N keys; 0 for all.")
 @click.option("--all", "everything", is_flag=True, help="List every key (--limit 0).")
 @click.option("--keys-only", is_flag=True, help="List the keys without their values.")
@@ -364,13 +367,12 @@ def scan(state: State, start: str | None, end: str | None, limit: int, everythin
         chordctl -o plain kv scan --all --keys-only | wc -l
         chordctl -o json kv scan --all | jq -c '.entries[]' > dump.jsonl
     """
-    from chordctl.errors import ChordError, ExitStatus
     fmt = state.fmt("table")
     if everything:
         limit = 0
     with state.client() as c:
         s = c.scan(start, end, limit, keys_only, partial)
-        for stream, err in s.skipped:
+        for _stream, err in s.skipped:
             click.secho(f"chordctl: warning: {err}; its keys are NOT listed", fg="yellow",
                         err=True)
         failure: ChordError | None = None
@@ -414,7 +416,6 @@ def scan(state: State, start: str | None, end: str | None, limit: int, everythin
 def _scan_json(s, keys_only: bool, last: list[int]) -> None:
     """One JSON document, written as the entries arrive (never all held)."""
     import json
-    from chordctl.errors import ChordError
     nodes = [{"index": v.index, "id": v.node_id, "address": v.address, "keys": v.keys,
               "last_seq": v.last_seq} for v in s.nodes]
     skipped = [{"address": st.address, "error": str(err)} for st, err in s.skipped]
@@ -463,7 +464,6 @@ def count(state: State, start: str | None, end: str | None) -> None:
         chordctl kv count --from 1000 --to 2000
         chordctl -o plain kv count
     """
-    from chordctl.errors import ExitStatus
     fmt = state.fmt("table")
     with state.client() as c:
         counts = c.count(start, end)

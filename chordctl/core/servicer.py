@@ -335,7 +335,8 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         if not self.gate.ready:
             await self.gate.refuse(context)
         if self.node.failed:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {self.node.failed}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"{self.node.label}: {self.node.failed}")
         fut = self.loop.create_future()
 
         def done(marker: ReadMarker) -> None:
