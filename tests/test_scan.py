@@ -20,7 +20,7 @@ from chordctl.core.node import Node, ReadMarker
 from chordctl.core.request import Request
 from chordctl.core.ring import Ring
 from chordctl.core.store import Store, count_keys, ordered_keys
-from chordctl.errors import InvalidInputError, UnavailableError
+from chordctl.errors import DeadlineExceededError, InvalidInputError, UnavailableError
 from chordctl.scan import Entry, Merge
 from conftest import Cluster, run_chordctl, wait_until, write_config
 
@@ -383,4 +383,31 @@ def test_scan_fails_naming_the_node_that_dies_mid_stream(tmp_path) -> None:
             assert f"node 1 (id {ring.ids[1]}) at {cluster.address(1)}" in str(e.value)
             assert seen == list(range(len(seen))) and len(seen) < 400
     finally:
+        cluster.stop()
+
+
+def test_scan_of_a_hung_node_times_out_naming_it(tmp_path) -> None:
+    import signal
+    path = write_config(tmp_path, 4, bits=BITS, timeout=1)
+    cluster = Cluster(path).start()
+    big = b"b" * 65536
+    label = f"node 3 (id {_ring(cluster).ids[3]}) at {cluster.address(3)}"
+    try:
+        with Client(cluster.config, route="direct", timeout=5) as c:
+            for i in range(0, 400, 50):
+                c.batch([("create", str(k), big) for k in range(i, i + 50)])
+        with Client(cluster.config) as c:
+            s = c.scan(limit=0, page_size=1)
+            it = iter(s)
+            next(it)
+            cluster.nodes[3].kill(signal.SIGSTOP)    # hangs with pages still to send
+            with pytest.raises(DeadlineExceededError) as e:
+                for _ in it:
+                    pass
+            assert f"scan: {label} sent nothing for 1s" in str(e.value)
+        # Stopped before the scan: gRPC gives up connecting; exit 3 all the same.
+        p = run_chordctl("-c", path, "kv", "scan", timeout=60)
+        assert p.returncode == 3 and label in p.stderr.decode(), p.stderr
+    finally:
+        cluster.nodes[3].kill(signal.SIGCONT)
         cluster.stop()
