@@ -436,16 +436,22 @@ class Client:
 
     # -- scan and count (chordctl/scan.py) ------------------------------------
 
-    def _each_node(self) -> list[tuple[int | None, str, str, pb_grpc.KeyValueStub, str]]:
-        """(index, label, address, stub, ring id) of every node a scan asks: all of
-        the config's, or only the --target node (which answers for its own keys)."""
+    def _each_node(self, start: str = "", end: str = ""
+                   ) -> list[tuple[int | None, str, str, pb_grpc.KeyValueStub, str]]:
+        """(index, label, address, stub, ring id) of every node a scan asks: the
+        config's that can hold keys in [start, end), or only the --target node
+        (which answers for its own keys)."""
         if self.target or self.config is None:
             self.connect()
             return [(None, "the node", self.address, self._kv, "")]
-        from chordctl.core.ring import node_id
+        from chordctl.core.ring import Ring, node_id
+        from chordctl.scan import nodes_for_range
+        cfg = self.config
+        n = len(cfg.nodes)
+        ring = self._ring or Ring(cfg.ring.bits, n, cfg.ring.placement, cfg.ring.routing)
         out = []
-        n = len(self.config.nodes)
-        for i, node in enumerate(self.config.nodes):
+        for i in nodes_for_range(ring, int(start or 0), int(end) if end else None):
+            node = cfg.nodes[i]
             stub = self._node_stubs.get(i)
             if stub is None:
                 channel = security.channel(self.config, node.address)
@@ -477,7 +483,8 @@ class Client:
                                  limit=limit + 1 if limit else 0, keys_only=keys_only,
                                  page_size=page_size)
         streams = [scan_mod.NodeStream(stub, request, label, address, self.timeout, index)
-                   for index, label, address, stub, _id in self._each_node()]
+                   for index, label, address, stub, _id in self._each_node(request.start,
+                                                                            request.end)]
         return scan_mod.Scan(streams, limit, partial).open()
 
     def count(self, start: str | None = None, end: str | None = None) -> list:
@@ -487,7 +494,8 @@ class Client:
                                   end=self._key_bound(end, "--to"))
         calls = [(index, label, address, ring_id,
                   stub.Count.future(request, timeout=self.timeout))
-                 for index, label, address, stub, ring_id in self._each_node()]
+                 for index, label, address, stub, ring_id in self._each_node(request.start,
+                                                                             request.end)]
         out = []
         for index, label, address, ring_id, fut in calls:
             try:

@@ -66,6 +66,31 @@ class NodeCount:
     error: ChordError | None = None
 
 
+def nodes_for_range(ring, start: int, end: int | None) -> list[int]:
+    """Indexes of the nodes that can hold keys in [start, end), ascending.
+
+    Under ``hash`` placement any node can. Under ``direct`` a key's position
+    is key mod 2^m, so a range shorter than the ring covers the positions
+    start mod 2^m .. (end - 1) mod 2^m (wrapping), and only their owners are
+    asked: walk the arcs clockwise from the first position.
+    """
+    if ring.placement != "direct" or end is None or end - start >= ring.size:
+        return list(range(ring.n))
+    if end <= start:
+        return []
+    size = ring.size
+    p = start % size
+    remaining = end - start          # positions left to cover, starting at p
+    found: set[int] = set()
+    while remaining > 0 and len(found) < ring.n:
+        i = ring.owner_of_position(p)
+        found.add(i)
+        owned = (ring.ids[i] - p) % size + 1      # p .. ids[i], clockwise
+        remaining -= owned
+        p = (ring.ids[i] + 1) % size
+    return sorted(found)
+
+
 class Merge:
     """Entries of several ascending sources in ascending key order, at most *limit* (0: all).
 

@@ -21,7 +21,7 @@ from chordctl.core.request import Request
 from chordctl.core.ring import Ring
 from chordctl.core.store import Store, count_keys, ordered_keys
 from chordctl.errors import DeadlineExceededError, InvalidInputError, UnavailableError
-from chordctl.scan import Entry, Merge
+from chordctl.scan import Entry, Merge, nodes_for_range
 from conftest import Cluster, run_chordctl, wait_until, write_config
 
 # -- store.ordered_keys ----------------------------------------------------------
@@ -105,6 +105,18 @@ def test_merge_limit_is_truncated_only_when_an_entry_is_left() -> None:
     assert [e.key for e in m] == [1, 2, 3] and not m.truncated
     m = Merge([_source(0, []), _source(1, [])], limit=0)
     assert list(m) == [] and not m.truncated
+
+
+def test_nodes_for_range_are_exactly_the_owners_of_the_range_under_direct() -> None:
+    for n in range(1, 6):
+        ring = Ring(4, n, "direct")
+        for start in range(0, 40):
+            for end in range(start, start + 20):
+                want = sorted({ring.owner(k) for k in range(start, end)})
+                assert nodes_for_range(ring, start, end) == want, (n, start, end)
+        assert nodes_for_range(ring, 5, None) == list(range(n))
+    # Under hash placement any node may hold any key.
+    assert nodes_for_range(Ring(4, 3, "hash"), 1, 2) == [0, 1, 2]
 
 
 # -- the ReadMarker on an in-process node -------------------------------------------
@@ -360,6 +372,14 @@ def test_scan_with_a_node_down_exits_3_naming_it(tmp_path) -> None:
         assert [n["keys"] for n in doc["nodes"]][2] is None
         with Client(cluster.config) as c, pytest.raises(UnavailableError):
             c.scan()
+        # Direct placement: a range whose positions node 2 does not own never asks it.
+        lo, hi = _ring(cluster).arc(2)
+        p = run_chordctl("-c", path, "-o", "plain", "kv", "scan", "--to", str(lo + 1),
+                         "--keys-only")
+        assert p.returncode == 0, p.stderr
+        assert [int(k) for k in p.stdout.split()] == list(range(lo + 1))
+        doc, err, rc = _json(cluster, "kv", "count", "--from", str(hi + 1), "--to", "256")
+        assert rc == 0 and doc["total"] == 0 and [n["index"] for n in doc["nodes"]] == [0, 1]
     finally:
         cluster.stop()
 
