@@ -177,6 +177,7 @@ class Client:
             from chordctl.core.ring import Ring
             self._ring = Ring(config.ring.bits, len(config.nodes), config.ring.placement,
                               config.ring.routing)
+        self.target = target
         if target:
             self.addresses = [target]
         elif config is not None:
@@ -431,6 +432,81 @@ class Client:
                 out.append(Result(op, key, res.value if op == "read" else None, res.node_index,
                                   res.node_id, res.message or _sentence(op, key, res),
                                   tuple(res.route)))
+        return out
+
+    # -- scan and count (chordctl/scan.py) ------------------------------------
+
+    def _each_node(self, start: str = "", end: str = ""
+                   ) -> list[tuple[int | None, str, str, pb_grpc.KeyValueStub, str]]:
+        """(index, label, address, stub, ring id) of every node a scan asks: the
+        config's that can hold keys in [start, end), or only the --target node
+        (which answers for its own keys)."""
+        if self.target or self.config is None:
+            self.connect()
+            return [(None, "the node", self.address, self._kv, "")]
+        from chordctl.core.ring import Ring, node_id
+        from chordctl.scan import nodes_for_range
+        cfg = self.config
+        n = len(cfg.nodes)
+        ring = self._ring or Ring(cfg.ring.bits, n, cfg.ring.placement, cfg.ring.routing)
+        out = []
+        for i in nodes_for_range(ring, int(start or 0), int(end) if end else None):
+            node = cfg.nodes[i]
+            stub = self._node_stubs.get(i)
+            if stub is None:
+                channel = security.channel(self.config, node.address)
+                self._node_channels.append(channel)
+                stub = self._node_stubs[i] = pb_grpc.KeyValueStub(channel)
+            ring_id = str(node_id(self.config.ring.bits, n, i))
+            out.append((i, f"node {i} (id {ring_id})", node.address, stub, ring_id))
+        return out
+
+    def _key_bound(self, key: str | None, what: str) -> str:
+        if key is None or key == "":
+            return ""
+        try:
+            parse_key(key, self.max_digits)
+        except ValueError as e:
+            raise InvalidInputError(f"scan: {what}: {e}") from None
+        return key
+
+    def scan(self, start: str | None = None, end: str | None = None, limit: int = 1000,
+             keys_only: bool = False, partial: bool = False, page_size: int = 0):
+        """A scan.Scan of the keys in [start, end) across the ring, ascending by key.
+
+        Iterate it for scan.Entry objects (at most *limit*; 0: all); it holds
+        about (nodes x 3) pages at a time. See chordctl/scan.py.
+        """
+        from chordctl import scan as scan_mod
+        request = pb.ScanRequest(start=self._key_bound(start, "--from"),
+                                 end=self._key_bound(end, "--to"),
+                                 limit=limit + 1 if limit else 0, keys_only=keys_only,
+                                 page_size=page_size)
+        streams = [scan_mod.NodeStream(stub, request, label, address, self.timeout, index)
+                   for index, label, address, stub, _id in self._each_node(request.start,
+                                                                            request.end)]
+        return scan_mod.Scan(streams, limit, partial).open()
+
+    def count(self, start: str | None = None, end: str | None = None) -> list:
+        """One scan.NodeCount per node (in parallel): its keys in [start, end), or its error."""
+        from chordctl import scan as scan_mod
+        request = pb.CountRequest(start=self._key_bound(start, "--from"),
+                                  end=self._key_bound(end, "--to"))
+        calls = [(index, label, address, ring_id,
+                  stub.Count.future(request, timeout=self.timeout))
+                 for index, label, address, stub, ring_id in self._each_node(request.start,
+                                                                             request.end)]
+        out = []
+        for index, label, address, ring_id, fut in calls:
+            try:
+                reply = fut.result()
+            except grpc.RpcError as e:
+                err = error_for(e.code(), e.details() or "", address)
+                out.append(scan_mod.NodeCount(index, ring_id, address, error=type(err)(
+                    f"count: {label} at {address} failed: {err}")))
+                continue
+            out.append(scan_mod.NodeCount(reply.node_index, reply.node_id, address, reply.keys,
+                                          reply.last_seq))
         return out
 
     # -- admin ----------------------------------------------------------------

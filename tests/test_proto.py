@@ -118,9 +118,13 @@ def test_key_value_service_has_one_rpc_per_operation() -> None:
         "Update": ("WriteRequest", "Reply"),
         "Delete": ("KeyRequest", "Reply"),
         "Batch": ("BatchRequest", "BatchReply"),
+        "Scan": ("ScanRequest", "ScanPage"),
+        "Count": ("CountRequest", "CountReply"),
     }
     for m in service.methods:
-        assert not m.client_streaming and not m.server_streaming
+        # Only Scan streams (pages of one node's keys); nothing streams requests.
+        assert not m.client_streaming
+        assert m.server_streaming == (m.name == "Scan")
     assert chord_pb2.DESCRIPTOR.package == "chord.v1"
 
 

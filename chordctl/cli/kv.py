@@ -8,9 +8,10 @@ import sys
 import click
 
 from chordctl import bulk, render
+from chordctl import scan as scan_mod
 from chordctl.cli.common import State, pass_state
 from chordctl.client import Result
-from chordctl.errors import InvalidInputError
+from chordctl.errors import ChordError, ExitStatus, InvalidInputError
 
 
 @click.group()
@@ -285,3 +286,203 @@ class _CountingReader:
 
     def flush(self) -> None:
         pass
+
+
+# -- scan and count -------------------------------------------------------------
+
+_TABLE_BLOCK = 1000      # rows whose widths set the streamed table's columns
+_TABLE_VALUE = 60        # characters of a value a table row shows
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+_CONTROL.update({10: "\\n", 13: "\\r", 9: "\\t"})
+
+
+def _shown(value: bytes) -> str:
+    """A value for a table cell: text, other bytes and control characters as
+    \\xNN (\\n, \\t, \\r), one line, cut short."""
+    text = value.decode("utf-8", "backslashreplace").translate(_CONTROL)
+    return text if len(text) <= _TABLE_VALUE else text[:_TABLE_VALUE - 3] + "..."
+
+
+def _stream_table(rows, headers: list[str]) -> None:
+    """Print rows like render.table, without holding them all: the first
+    block of rows sets the column widths; a wider cell later just overflows."""
+    block = []
+    for row in rows:
+        block.append(row)
+        if len(block) >= _TABLE_BLOCK:
+            break
+    widths = [max([len(h)] + [len(r[i]) for r in block]) for i, h in enumerate(headers)]
+
+    def line(cells) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    click.echo(line(headers))
+    click.echo(line(["-" * w for w in widths]))
+    for row in block:
+        click.echo(line(row))
+    for row in rows:
+        click.echo(line(row))
+
+
+@kv.command(context_settings=_ARGS)
+@click.option("--from", "start", metavar="KEY", help="First key to list, inclusive [default: 0].")
+@click.option("--to", "end", metavar="KEY",
+              help="Stop before this key (exclusive) [default: none].")
+@click.option("--limit", type=click.IntRange(0), default=scan_mod.DEFAULT_LIMIT, metavar="N",
+              show_default=True,
+              help="List at most N keys; 0 for all.")
+@click.option("--all", "everything", is_flag=True, help="List every key (--limit 0).")
+@click.option("--keys-only", is_flag=True, help="List the keys without their values.")
+@click.option("--partial", is_flag=True,
+              help="If a node is down, list the others' keys anyway (warning, exit 3).")
+@pass_state
+def scan(state: State, start: str | None, end: str | None, limit: int, everything: bool,
+         keys_only: bool, partial: bool) -> None:
+    """List keys and values across the ring in ascending key order.
+
+    Every node streams its own keys in [--from, --to) from one point-in-time
+    view of its map (after every write acknowledged before the scan, never a
+    write that is not durable yet); the client merges the streams in key
+    order. With --target only that node's own keys are listed.
+
+    \b
+    Output (-o):
+      table  key, node, value (default; values as text, other bytes as \\xNN,
+             cut at 60 characters)
+      plain  KEY<TAB>VALUE lines, the value's bytes as stored (like kv read);
+             with --keys-only one key per line
+      json   one document: nodes, entries ({key, value, encoding, node}),
+             count, truncated; streamed, so it may be large
+
+    A node that is down stops the scan before anything is listed (exit 3),
+    unless --partial. If more keys follow than --limit, stderr says where to
+    continue (--from).
+
+    \b
+    Example:
+        chordctl kv scan
+        chordctl kv scan --from 100 --to 200 --limit 10
+        chordctl -o plain kv scan --all --keys-only | wc -l
+        chordctl -o json kv scan --all | jq -c '.entries[]' > dump.jsonl
+    """
+    fmt = state.fmt("table")
+    if everything:
+        limit = 0
+    with state.client() as c:
+        s = c.scan(start, end, limit, keys_only, partial)
+        for _stream, err in s.skipped:
+            click.secho(f"chordctl: warning: {err}; its keys are NOT listed", fg="yellow",
+                        err=True)
+        failure: ChordError | None = None
+        last: list[int] = []
+        try:
+            if fmt == "json":
+                _scan_json(s, keys_only, last)
+            elif fmt == "plain":
+                out = sys.stdout.buffer
+                for e in s:
+                    if keys_only:
+                        out.write(b"%d\n" % e.key)
+                    else:
+                        out.write(b"%d\t%s\n" % (e.key, e.value))
+                    last[:] = [e.key]
+                out.flush()
+            else:
+                headers = ["key", "node"] if keys_only else ["key", "node", "value"]
+
+                def rows():
+                    for e in s:
+                        last[:] = [e.key]
+                        if keys_only:
+                            yield [str(e.key), str(e.node_index)]
+                        else:
+                            yield [str(e.key), str(e.node_index), _shown(e.value)]
+                _stream_table(rows(), headers)
+        except ChordError as e:
+            failure = e
+        finally:
+            s.close()
+        if failure is not None:
+            raise type(failure)(f"{failure}; the listing is incomplete")
+        if s.truncated and fmt != "json":
+            click.echo(f"kv scan: listed the first {s.count} keys; more follow -- continue "
+                       f"with --from {last[0] + 1}, or list them all with --all", err=True)
+        if s.skipped:
+            click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
+
+
+def _scan_json(s, keys_only: bool, last: list[int]) -> None:
+    """One JSON document, written as the entries arrive (never all held)."""
+    import json
+    nodes = [{"index": v.index, "id": v.node_id, "address": v.address, "keys": v.keys,
+              "last_seq": v.last_seq} for v in s.nodes]
+    skipped = [{"address": st.address, "error": str(err)} for st, err in s.skipped]
+    click.echo('{\n  "nodes": ' + json.dumps(nodes) + ',\n  "skipped": ' + json.dumps(skipped)
+               + ',\n  "entries": [')
+    first = True
+    error = None
+    try:
+        for e in s:
+            doc = {"key": str(e.key)}
+            if not keys_only:
+                doc.update(render.value_json(e.value))
+            doc["node"] = e.node_index
+            click.echo(("    " if first else ",\n    ") + json.dumps(doc), nl=False)
+            first = False
+            last[:] = [e.key]
+    except ChordError as err:
+        error = err
+    tail = {"count": s.count, "truncated": s.truncated,
+            "next": str(last[0] + 1) if s.truncated else None,
+            "complete": error is None and not s.skipped}
+    if error is not None:
+        tail["error"] = str(error)
+    click.echo(("" if first else "\n") + "  ],\n" + ",\n".join(
+        f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in tail.items()) + "\n}")
+    if error is not None:
+        raise error
+
+
+@kv.command(context_settings=_ARGS)
+@click.option("--from", "start", metavar="KEY", help="Count keys from this one, inclusive.")
+@click.option("--to", "end", metavar="KEY", help="Count keys below this one (exclusive).")
+@pass_state
+def count(state: State, start: str | None, end: str | None) -> None:
+    """Count the keys stored: per node and in total.
+
+    Each node counts at one point in time after every earlier request; the
+    whole map's size costs a node nothing, a --from/--to range one pass over
+    its keys. Nodes that do not answer are shown as DOWN and the command
+    exits 3 (the total then covers the others only). -o plain prints the
+    total alone.
+
+    \b
+    Example:
+        chordctl kv count
+        chordctl kv count --from 1000 --to 2000
+        chordctl -o plain kv count
+    """
+    fmt = state.fmt("table")
+    with state.client() as c:
+        counts = c.count(start, end)
+    total = sum(n.keys for n in counts if n.error is None)
+    down = [n for n in counts if n.error is not None]
+    if fmt == "json":
+        click.echo(render.to_json({
+            "total": total, "complete": not down,
+            "nodes": [{"index": n.index, "id": n.node_id or None, "address": n.address,
+                       "keys": n.keys, "last_seq": n.last_seq if n.error is None else None,
+                       **({"error": str(n.error)} if n.error else {})} for n in counts]}))
+    elif fmt == "plain":
+        click.echo(str(total))
+    else:
+        rows = [["-" if n.index is None else str(n.index), n.node_id or "-", n.address,
+                 "DOWN" if n.error else str(n.keys)] for n in counts]
+        rows.append(["total", "", "", str(total) + (" (incomplete)" if down else "")])
+        click.echo(render.table(rows, ["index", "id", "address", "keys"]))
+    for n in down:
+        click.secho(f"chordctl: {n.error}", fg="red", err=True)
+    if down:
+        click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))

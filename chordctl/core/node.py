@@ -22,6 +22,12 @@ map (copy-on-write, O(chunks)) and hands it to the snapshot writer. The cut is
 therefore exact. The snapshot writer starts ``snap.X`` only once the log writer
 has rotated, so on disk too ``snap.X`` never holds an operation that
 ``log.(X-1)`` lacks.
+
+A scan or a count is a ReadMarker on the same path: the applier freezes the
+map (or just counts it) after every earlier request, and, like a read, the
+marker completes only when every mutation before it is durable, so a scan
+never lists a value that a crash could still take away. The scan itself then
+reads the frozen chunks outside the pipeline threads.
 """
 
 from __future__ import annotations
@@ -102,6 +108,37 @@ class SnapshotMarker:
     def finish(self) -> None:
         if self.on_done is not None:
             self.on_done(self)
+
+
+class ReadMarker:
+    """A point-in-time read of the whole map (scan, count): F1 -> F3, and F2 too
+    when a mutation before it is not durable yet. Completes like an OwnedBatch
+    without mutations (the log writer treats it as one)."""
+
+    __slots__ = ("freeze", "seq", "mutations", "reqs", "error", "chunks", "keys", "on_done",
+                 "_pending", "_lock")
+
+    def __init__(self, freeze: bool, on_done: Callable[["ReadMarker"], None]):
+        self.freeze = freeze          # capture the chunks (scan), or only count (count)
+        self.seq = 0                  # the view holds every mutation up to this one
+        self.mutations = 0
+        self.reqs = ()
+        self.error: tuple[int, str] | None = None
+        self.chunks: list | None = None
+        self.keys = 0
+        self.on_done = on_done
+        self._pending = 1
+        self._lock: threading.Lock | None = None
+
+    def stage_done(self) -> None:
+        if self._lock is not None:
+            with self._lock:
+                self._pending -= 1
+                if self._pending:
+                    return
+        if self.error:
+            self.chunks = None
+        self.on_done(self)
 
 
 class Node:
@@ -194,6 +231,10 @@ class Node:
                          on_done: Callable[[SnapshotMarker], None] | None = None) -> None:
         self.incoming.put(SnapshotMarker(force, on_done))
 
+    def request_read(self, marker: ReadMarker) -> None:
+        """A scan's or count's point-in-time view; marker.on_done gets it (any thread)."""
+        self.incoming.put(marker)
+
     def stop(self, final_snapshot: bool = True) -> None:
         """Drain the pipeline in order, fsync and close the log, join threads.
 
@@ -251,11 +292,14 @@ class Node:
                     for q in (self.to_log, self.to_apply, self.to_route):
                         q.put(_STOP)
                     return
-                if type(item) is SnapshotMarker:
+                if type(item) is not list:    # SnapshotMarker or ReadMarker
                     self.seq = seq
                     self._flush_owned(owned, mutations)
                     owned, mutations = [], 0
-                    self._dispatch_marker(item)
+                    if type(item) is ReadMarker:
+                        self._dispatch_read(item)
+                    else:
+                        self._dispatch_marker(item)
                     continue
                 for r in item:
                     if mine(r.key):
@@ -282,6 +326,20 @@ class Node:
         batch = OwnedBatch(owned, mutations, self.seq, self)
         self.to_log.put(batch)
         self.to_apply.put(batch)
+
+    def _dispatch_read(self, marker: ReadMarker) -> None:
+        if self.failed:
+            marker.error = (rq.UNAVAILABLE, f"{self.label}: {self.failed}")
+            marker.on_done(marker)
+            return
+        marker.seq = self.seq
+        if self.durable_seq >= self.seq:
+            self.to_apply.put(marker)
+            return
+        marker._pending = 2
+        marker._lock = threading.Lock()
+        self.to_log.put(marker)
+        self.to_apply.put(marker)
 
     def _dispatch_marker(self, marker: SnapshotMarker) -> None:
         if self.failed:
@@ -447,7 +505,13 @@ class Node:
             if item is _STOP:
                 self.to_snap.put(_STOP)
                 return
-            if type(item) is SnapshotMarker:
+            if type(item) is not OwnedBatch:
+                if type(item) is ReadMarker:
+                    item.keys = len(self.store)
+                    if item.freeze:
+                        item.chunks = self.store.freeze()
+                    item.stage_done()
+                    continue
                 t0 = time.perf_counter()
                 chunks = self.store.freeze()
                 item.capture_ms = (time.perf_counter() - t0) * 1e3

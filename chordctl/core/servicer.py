@@ -17,8 +17,9 @@ from google.protobuf.message import DecodeError
 from chordctl.core import affinity, eventloop, procinfo
 from chordctl.core.gate import ReadinessGate
 from chordctl.core import request as rq
-from chordctl.core.node import Node, SnapshotMarker
+from chordctl.core.node import Node, ReadMarker, SnapshotMarker
 from chordctl.core.request import Request, describe, parse_key
+from chordctl.core.store import count_keys, ordered_keys
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 
@@ -26,6 +27,10 @@ STATUS = {sc.value[0]: sc for sc in grpc.StatusCode}
 _OPEN = ReadinessGate("node")
 _OPEN.open()
 VALID_OPS = (rq.OP_CREATE, rq.OP_READ, rq.OP_UPDATE, rq.OP_DELETE)
+SCAN_PAGE = 1000              # entries per ScanPage unless the request asks fewer
+SCAN_PAGE_MAX = 10_000
+SCAN_PAGE_BYTES = 1 << 20     # a page closes once its values reach this (one entry at least)
+MAX_SCANS = 8                 # scans at once per node: each holds a frozen view
 
 
 class MalformedRequest:
@@ -64,7 +69,11 @@ def add_key_value_servicer(servicer: "KeyValueServicer", server) -> None:
                                      ("Read", pb.KeyRequest, pb.Reply),
                                      ("Update", pb.WriteRequest, pb.Reply),
                                      ("Delete", pb.KeyRequest, pb.Reply),
-                                     ("Batch", pb.BatchRequest, pb.BatchReply))}
+                                     ("Batch", pb.BatchRequest, pb.BatchReply),
+                                     ("Count", pb.CountRequest, pb.CountReply))}
+    handlers["Scan"] = grpc.unary_stream_rpc_method_handler(
+        servicer.Scan, request_deserializer=_lenient(pb.ScanRequest),
+        response_serializer=pb.ScanPage.SerializeToString)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("chord.v1.KeyValue", handlers),))
     server.add_registered_method_handlers("chord.v1.KeyValue", handlers)
@@ -115,6 +124,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         self.node_id = str(node.node_id)
         self.metrics = node.metrics
         self.in_flight = 0
+        self.scans = 0
         self.delay_key: int | None = None   # test hook, see CHORDCTL_TEST_DELAY
         self.delay = 0.0
         hook = os.environ.get("CHORDCTL_TEST_DELAY")
@@ -310,6 +320,108 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 self.metrics.answered(0, res.code)
         self.metrics.took("batch", time.perf_counter() - t0)
         return reply
+
+
+    # -- Scan and Count: this node's own keys, from a point-in-time view --------
+
+    def _key_range(self, start: str, end: str) -> tuple[int, int | None]:
+        """[start, end) of a Scan or Count; ValueError with the reason."""
+        lo = parse_key(start, self.max_digits)[0] if start else 0
+        hi = parse_key(end, self.max_digits)[0] if end else None
+        return lo, hi
+
+    async def _view(self, freeze: bool, context) -> ReadMarker:
+        """Wait for a ReadMarker to cross the pipeline (see node.py)."""
+        if not self.gate.ready:
+            await self.gate.refuse(context)
+        if self.node.failed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"{self.node.label}: {self.node.failed}")
+        fut = self.loop.create_future()
+
+        def done(marker: ReadMarker) -> None:
+            self.loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(marker))
+
+        self.node.request_read(ReadMarker(freeze, done))
+        marker = await fut
+        if marker.error:
+            code, message = marker.error
+            await context.abort(STATUS.get(code, grpc.StatusCode.UNKNOWN), message)
+        return marker
+
+    async def Scan(self, request, context):
+        """Stream this node's keys in [start, end) ascending, in pages.
+
+        The view is frozen by the applier (O(chunks)); the windows of sorted
+        keys are computed in a worker thread and the pages built here, one at
+        a time, so neither the pipeline nor the event loop waits long and at
+        most one window and one page are held per scan.
+        """
+        if type(request) is MalformedRequest:
+            await _refuse_malformed(request, context)
+        try:
+            start, end = self._key_range(request.start, request.end)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"scan: {e}")
+        if self.scans >= MAX_SCANS:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.node.label} is already running {self.scans} scans; "
+                                f"retry when one is done")
+        t0 = time.perf_counter()
+        self.scans += 1
+        try:
+            view = await self._view(True, context)
+            chunks = view.chunks
+            mask = len(chunks) - 1
+            limit = request.limit
+            keys_only = request.keys_only
+            page_size = min(request.page_size or SCAN_PAGE, SCAN_PAGE_MAX)
+            header = {"node_index": self.node.index, "node_id": self.node_id,
+                      "keys": view.keys, "last_seq": view.seq}
+            windows = ordered_keys(chunks, start, end, limit)
+            run = self.loop.run_in_executor
+            sent = 0
+            pages = 0
+            page = pb.ScanPage(**header)
+            add = page.entries.add
+            size = 0
+            while not limit or sent < limit:
+                keys = await run(None, next, windows, None)
+                if keys is None:
+                    break
+                if limit and sent + len(keys) > limit:
+                    keys = keys[:limit - sent]
+                sent += len(keys)
+                for k in keys:
+                    value = b"" if keys_only else chunks[k & mask][k]
+                    add(key=str(k), value=value)
+                    size += len(value)
+                    if len(page.entries) >= page_size or size >= SCAN_PAGE_BYTES:
+                        yield page
+                        pages += 1
+                        page = pb.ScanPage(**header)
+                        add = page.entries.add
+                        size = 0
+            if page.entries or not pages:
+                yield page
+        finally:
+            self.scans -= 1
+            self.metrics.took("scan", time.perf_counter() - t0)
+
+    async def Count(self, request, context):
+        if type(request) is MalformedRequest:
+            await _refuse_malformed(request, context)
+        try:
+            start, end = self._key_range(request.start, request.end)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"count: {e}")
+        whole = not request.start and not request.end
+        # The whole map's size needs no frozen view; a range is one pass over one.
+        view = await self._view(not whole, context)
+        keys = view.keys if whole else await self.loop.run_in_executor(
+            None, count_keys, view.chunks, start, end)
+        return pb.CountReply(keys=keys, node_index=self.node.index, node_id=self.node_id,
+                             last_seq=view.seq)
 
 
 class AdminServicer(pb_grpc.AdminServicer):

@@ -60,6 +60,16 @@ class KeyValueStub:
                 request_serializer=chordctl_dot_pb_dot_chord__pb2.BatchRequest.SerializeToString,
                 response_deserializer=chordctl_dot_pb_dot_chord__pb2.BatchReply.FromString,
                 _registered_method=True)
+        self.Scan = channel.unary_stream(
+                '/chord.v1.KeyValue/Scan',
+                request_serializer=chordctl_dot_pb_dot_chord__pb2.ScanRequest.SerializeToString,
+                response_deserializer=chordctl_dot_pb_dot_chord__pb2.ScanPage.FromString,
+                _registered_method=True)
+        self.Count = channel.unary_unary(
+                '/chord.v1.KeyValue/Count',
+                request_serializer=chordctl_dot_pb_dot_chord__pb2.CountRequest.SerializeToString,
+                response_deserializer=chordctl_dot_pb_dot_chord__pb2.CountReply.FromString,
+                _registered_method=True)
 
 
 class KeyValueServicer:
@@ -97,6 +107,23 @@ class KeyValueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Scan(self, request, context):
+        """The keys THIS node holds in [start, end), ascending by key, from one
+        point-in-time view taken after every earlier request (and durable), in
+        pages. Not routed: a client scans the ring by asking every node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Count(self, request, context):
+        """How many keys THIS node holds (in [start, end) when either is given),
+        at one point in time after every earlier request. Not routed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyValueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +151,16 @@ def add_KeyValueServicer_to_server(servicer, server):
                     servicer.Batch,
                     request_deserializer=chordctl_dot_pb_dot_chord__pb2.BatchRequest.FromString,
                     response_serializer=chordctl_dot_pb_dot_chord__pb2.BatchReply.SerializeToString,
+            ),
+            'Scan': grpc.unary_stream_rpc_method_handler(
+                    servicer.Scan,
+                    request_deserializer=chordctl_dot_pb_dot_chord__pb2.ScanRequest.FromString,
+                    response_serializer=chordctl_dot_pb_dot_chord__pb2.ScanPage.SerializeToString,
+            ),
+            'Count': grpc.unary_unary_rpc_method_handler(
+                    servicer.Count,
+                    request_deserializer=chordctl_dot_pb_dot_chord__pb2.CountRequest.FromString,
+                    response_serializer=chordctl_dot_pb_dot_chord__pb2.CountReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +299,60 @@ class KeyValue:
             '/chord.v1.KeyValue/Batch',
             chordctl_dot_pb_dot_chord__pb2.BatchRequest.SerializeToString,
             chordctl_dot_pb_dot_chord__pb2.BatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chord.v1.KeyValue/Scan',
+            chordctl_dot_pb_dot_chord__pb2.ScanRequest.SerializeToString,
+            chordctl_dot_pb_dot_chord__pb2.ScanPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chord.v1.KeyValue/Count',
+            chordctl_dot_pb_dot_chord__pb2.CountRequest.SerializeToString,
+            chordctl_dot_pb_dot_chord__pb2.CountReply.FromString,
             options,
             channel_credentials,
             insecure,
