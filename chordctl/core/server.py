@@ -21,7 +21,7 @@ from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
 from chordctl.core.gate import ReadinessGate
 from chordctl.core.node import Node
-from chordctl.core.router import Router
+from chordctl.core.router import Router, message_limit
 from chordctl.core.servicer import (AdminServicer, KeyValueServicer, add_key_value_servicer,
                                      finish_on_loop)
 from chordctl.errors import ChordError
@@ -54,7 +54,7 @@ class NodeServer:
         if warning:
             logger.warning("%s", warning)
         credentials = security.server_credentials(cfg, self.index)
-        limit = cfg.limits.max_value_bytes * 2 + 16 * 1024 * 1024
+        limit = message_limit(cfg)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
