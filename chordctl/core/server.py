@@ -75,6 +75,15 @@ class NodeServer:
         def complete(reqs):
             loop.call_soon_threadsafe(finish_on_loop, reqs)
 
+        def on_failed(reason: str) -> None:
+            # From a pipeline thread (Node.fail): health follows on the loop.
+            try:
+                loop.call_soon_threadsafe(lambda: loop.create_task(self._not_serving()))
+            except RuntimeError:   # the loop is closed: the process is ending anyway
+                pass
+
+        self.node.on_failed.append(on_failed)
+
         router = Router(cfg, self.index, self.node.ring, complete, loop, finish_on_loop)
         router.metrics = self.node.metrics
         kv = KeyValueServicer(self.node, loop, self.gate)
@@ -115,6 +124,8 @@ class NodeServer:
                              node_cfg.metrics_port, e.strerror)
         for name in ("",) + SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.node.failed:   # it failed before health said SERVING
+            await self._not_serving()
         logger.info("%s serving on %s (pid %d, cpus %s, %s, fsync %s, %s, %d keys, ready "
                     "%.2fs after process start, rss %.1f MB)", self.node.label,
                     address, os.getpid(), affinity.format_cpulist(affinity.available()),
@@ -123,6 +134,12 @@ class NodeServer:
                     "TLS" if credentials is not None else "plaintext", len(self.node.store),
                     self.node.ready_seconds, procinfo.rss_bytes() / 1e6)
         return self.port
+
+    async def _not_serving(self) -> None:
+        """A fail-stopped node refuses every request: health must say so (its
+        reason is in Admin.Status `failed`, `ring show` and the node's log)."""
+        for name in ("",) + SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         await self.health.enter_graceful_shutdown()

@@ -340,7 +340,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             recovery_seconds=node.recovery_seconds,
             in_flight=self.kv.in_flight if self.kv is not None else 0,
             cpus=affinity.format_cpulist(affinity.available()),
-            event_loop=eventloop.name(self.loop))
+            event_loop=eventloop.name(self.loop), failed=node.failed or "")
 
     async def TakeSnapshot(self, request, context):
         if not self.gate.ready:
