@@ -92,6 +92,22 @@ class TlsConfig:
     client_key: str | None = None
 
 
+ADMIN_ALLOW = ("any", "loopback", "tls-client")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdminConfig:
+    """Who may call chord.v1.Admin (Status, TakeSnapshot, Files).
+
+    ``any``: every client that reaches the node (KeyValue's rule).
+    ``loopback``: clients on the node's own host only. ``tls-client``: clients
+    presenting ``tls.client_cert`` itself (the operators' and the nodes'
+    certificate), which needs mutual TLS (``tls.require_client_cert``).
+    """
+
+    allow: str = "any"
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     ring: RingConfig
@@ -101,6 +117,7 @@ class Config:
     client: ClientConfig = ClientConfig()
     path: str | None = None
     tls: TlsConfig | None = None   # None: plaintext gRPC
+    admin: AdminConfig = AdminConfig()
 
     def node_dir(self, index: int) -> str:
         """The node's own directory, ``<storage.data_dir>/node-<i>``."""
@@ -261,7 +278,7 @@ def _build(data: Any, path: str | None) -> Config:
         raise _FieldError("(document)", "the file is empty; it needs at least ring.bits and nodes")
     if not isinstance(data, dict):
         raise _FieldError("(document)", f"must be a mapping of sections (got {_show(data)})")
-    _check_keys(data, ("ring", "nodes", "storage", "limits", "client", "tls"), "")
+    _check_keys(data, ("ring", "nodes", "storage", "limits", "client", "tls", "admin"), "")
 
     if "ring" not in data:
         raise _FieldError("ring", "missing (required): give at least ring.bits")
@@ -345,8 +362,21 @@ def _build(data: Any, path: str | None) -> Config:
         route=_choice(cl, "client", "route", "entry", CLIENT_ROUTES),
     )
     tls = _tls(data, nodes)
+    admin = _admin(data, tls)
     return Config(ring=ring, nodes=tuple(nodes), storage=storage, limits=limits,
-                  client=client, path=path, tls=tls)
+                  client=client, path=path, tls=tls, admin=admin)
+
+
+def _admin(data: dict, tls: TlsConfig | None) -> AdminConfig:
+    ad = _section(data, "admin")
+    _check_keys(ad, ("allow",), "admin")
+    allow = _choice(ad, "admin", "allow", AdminConfig.allow, ADMIN_ALLOW)
+    if allow == "tls-client" and (tls is None or not tls.require_client_cert):
+        # Without mutual TLS a node never asks for a client certificate.
+        raise _FieldError("admin.allow", "tls-client needs mutual TLS: set "
+                          "tls.require_client_cert: true (and tls.client_cert), or use "
+                          "loopback")
+    return AdminConfig(allow=allow)
 
 
 def _file(section: dict, where: str, name: str) -> str | None:

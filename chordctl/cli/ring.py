@@ -30,6 +30,10 @@ class NotServing(Exception):
         self.health = health
 
 
+class AdminDenied(Exception):
+    """The node is serving but refuses this client Admin.Status (admin.allow)."""
+
+
 def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
     """Health, then Admin.Status, of every node in parallel: a NodeStatus, or why not."""
 
@@ -44,7 +48,12 @@ def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
                     except ChordError:
                         return NotServing(health)
                     return st if st.failed else NotServing(health)
-                return c.status(timeout=timeout)
+                try:
+                    return c.status(timeout=timeout)
+                except ChordError as e:
+                    if str(e).startswith("admin:"):
+                        return AdminDenied(str(e))
+                    raise
         except ChordError as e:
             return e
 
@@ -62,6 +71,8 @@ def node_state(st: object) -> str:
     """up | failed | recovering | down: what `ring show` says of a poll_nodes answer."""
     if isinstance(st, NotServing):
         return "recovering"
+    if isinstance(st, AdminDenied):
+        return "up"
     if isinstance(st, Exception):
         return "down"
     return "failed" if st.failed else "up"
@@ -74,7 +85,7 @@ def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dic
         low, high = ring.arc(i)
         st = statuses[i]
         state = node_state(st)
-        answered = state in ("up", "failed")    # Status answered: its fields are known
+        answered = not isinstance(st, Exception)    # Status answered: its fields are known
         arc = f"({low}, {high}]"
         cell = f"failed: {short_reason(st.failed)}" if state == "failed" else state
         rows.append([i, ring.ids[i], arc, node.address, cell,
