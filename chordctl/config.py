@@ -24,6 +24,11 @@ ROUTINGS = ("fingers", "neighbors")
 FSYNC_POLICIES = ("always", "batch", "everysec", "never")
 CLIENT_ROUTES = ("entry", "direct")
 DEFAULT_CONFIG = "chordctl.yaml"
+# Upper bounds of the numeric fields: past them timers overflow (threading's
+# TIMEOUT_MAX, gRPC deadlines) or one request costs seconds of CPU.
+MAX_SNAPSHOT_INTERVAL = 365 * 86400
+MAX_SECONDS = 86400
+MAX_KEY_DIGITS = 100_000
 ENV_CONFIG = "CHORDCTL_CONFIG"
 
 
@@ -228,7 +233,7 @@ def _int(section: dict, where: str, name: str, default: Any, low: int | None = N
 
 
 def _number(section: dict, where: str, name: str, default: float, low: float,
-            strict: bool) -> float:
+            strict: bool, high: float | None = None, unit: str = "seconds") -> float:
     field = f"{where}.{name}"
     if name not in section or section[name] is None:
         return default
@@ -245,6 +250,9 @@ def _number(section: dict, where: str, name: str, default: float, low: float,
     if (value <= low) if strict else (value < low):
         op = ">" if strict else ">="
         raise _FieldError(field, f"must be {op} {low} (got {_brief(value)})")
+    if high is not None and value > high:
+        shown = int(high) if float(high).is_integer() else high
+        raise _FieldError(field, f"must be <= {shown} {unit} (got {_brief(value)})")
     return float(value)
 
 
@@ -337,7 +345,8 @@ def _build(data: Any, path: str | None) -> Config:
     storage = StorageConfig(
         data_dir=data_dir,
         snapshot_interval=_number(st, "storage", "snapshot_interval",
-                                  StorageConfig.snapshot_interval, 0.0, strict=False),
+                                  StorageConfig.snapshot_interval, 0.0, strict=False,
+                                  high=MAX_SNAPSHOT_INTERVAL, unit="seconds (a year)"),
         fsync=_choice(st, "storage", "fsync", "batch", FSYNC_POLICIES),
         snapshot_on_shutdown=on_shutdown,
     )
@@ -347,18 +356,24 @@ def _build(data: Any, path: str | None) -> Config:
     limits = LimitsConfig(
         max_value_bytes=_int(lim, "limits", "max_value_bytes", LimitsConfig.max_value_bytes,
                              low=1, high=64 * 1024 * 1024),
+        # Parsing a decimal key costs time quadratic in its digits (100,000:
+        # 50 ms; 1,000,000: 4 s), so a node caps what one request can cost.
         max_key_digits=_int(lim, "limits", "max_key_digits", LimitsConfig.max_key_digits,
-                            low=1, high=1_000_000),
-        max_hops=_int(lim, "limits", "max_hops", LimitsConfig.max_hops, low=1),
-        max_in_flight=_int(lim, "limits", "max_in_flight", LimitsConfig.max_in_flight, low=1),
-        max_batch_ops=_int(lim, "limits", "max_batch_ops", LimitsConfig.max_batch_ops, low=1),
+                            low=1, high=MAX_KEY_DIGITS),
+        max_hops=_int(lim, "limits", "max_hops", LimitsConfig.max_hops, low=1, high=65_536),
+        max_in_flight=_int(lim, "limits", "max_in_flight", LimitsConfig.max_in_flight, low=1,
+                           high=10_000_000),
+        max_batch_ops=_int(lim, "limits", "max_batch_ops", LimitsConfig.max_batch_ops, low=1,
+                           high=1_000_000),
     )
 
     cl = _section(data, "client")
     _check_keys(cl, ("timeout", "grace", "route"), "client")
     client = ClientConfig(
-        timeout=_number(cl, "client", "timeout", ClientConfig.timeout, 0.0, strict=True),
-        grace=_number(cl, "client", "grace", ClientConfig.grace, 0.0, strict=False),
+        timeout=_number(cl, "client", "timeout", ClientConfig.timeout, 0.0, strict=True,
+                        high=MAX_SECONDS, unit="seconds (a day)"),
+        grace=_number(cl, "client", "grace", ClientConfig.grace, 0.0, strict=False,
+                      high=MAX_SECONDS, unit="seconds (a day)"),
         route=_choice(cl, "client", "route", "entry", CLIENT_ROUTES),
     )
     tls = _tls(data, nodes)

@@ -21,6 +21,7 @@ from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
 from chordctl.core.gate import ReadinessGate
 from chordctl.core.node import Node
+from chordctl.core.request import allow_key_digits
 from chordctl.core.router import Router, message_limit
 from chordctl.core.servicer import (AdminServicer, KeyValueServicer, add_key_value_servicer,
                                      finish_on_loop)
@@ -40,6 +41,7 @@ class NodeServer:
     def __init__(self, config: Config, index: int):
         self.config = config
         self.index = index
+        allow_key_digits(config.limits.max_key_digits)   # before the replay parses keys
         self.node = Node(config, index)
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
