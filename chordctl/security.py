@@ -180,9 +180,11 @@ def certificate_der(pem: bytes) -> bytes:
 def admin_certificate(config: Config) -> bytes:
     """DER of tls.client_cert: the certificate admin.allow: tls-client admits."""
     tls = config.tls
-    if tls is None or not tls.client_cert:
-        raise ConfigError("config: admin.allow: tls-client needs tls.client_cert, the "
-                          "certificate operators and nodes present")
+    if tls is None or not tls.require_client_cert or not tls.client_cert:
+        # Without mutual TLS a node never asks for a client certificate.
+        raise ConfigError("config: admin.allow: tls-client needs mutual TLS: set "
+                          "tls.require_client_cert: true and tls.client_cert (the "
+                          "certificate operators and nodes present), or use loopback")
     try:
         return certificate_der(_read(tls.client_cert, "tls.client_cert"))
     except ValueError:

@@ -164,8 +164,6 @@ def test_env_var_names_config_file(tmp_path, monkeypatch) -> None:
         ((("admin",), "loopback", False), ["admin", "mapping"]),
         ((("admin",), {"allow": "everyone"}, False), ["admin.allow", "loopback", "tls-client"]),
         ((("admin",), {"alow": "any"}, False), ["admin.alow", "admin.allow"]),
-        ((("admin",), {"allow": "tls-client"}, False),
-         ["admin.allow", "tls.require_client_cert"]),
         ((("nodes",), None, True), ["nodes"]),
         ((("nodes",), {"host": "127.0.0.1", "port": 1}, False), ["nodes", "list"]),
         ((("nodes",), "127.0.0.1:50051", False), ["nodes", "list"]),
