@@ -77,6 +77,23 @@ class CorruptRecordError(StorageError):
         )
 
 
+class StorageAccessError(StorageError):
+    """A node directory (or a file in it) cannot be read or written: permissions,
+    a read-only file system; the node must not start, the listing cannot be made."""
+
+    exit_status = ExitStatus.USAGE
+
+    def __init__(self, path: str, strerror: str, what: str = "use"):
+        self.path = path
+        super().__init__(
+            f"storage: cannot {what} {path}: {strerror}; give the user running chordctl "
+            f"access to it (owner, mode), or point storage.data_dir (--data-dir) elsewhere")
+
+    @classmethod
+    def of(cls, e: OSError, default_path: str, what: str = "use") -> "StorageAccessError":
+        return cls(e.filename or default_path, (e.strerror or str(e)).lower(), what)
+
+
 class InternalError(ChordError):
     """A node failed in a way it did not expect; see its log."""
 

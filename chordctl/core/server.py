@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from chordctl.core.request import allow_key_digits
 from chordctl.core.router import Router, message_limit
 from chordctl.core.servicer import (AdminServicer, KeyValueServicer, add_key_value_servicer,
                                      finish_on_loop)
-from chordctl.errors import ChordError
+from chordctl.errors import ChordError, StorageAccessError, StorageError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 
@@ -33,6 +34,8 @@ logger = logging.getLogger("chordctl.server")
 
 SERVICES = ("chord.v1.KeyValue", "chord.v1.Admin")
 SHUTDOWN_GRACE = 5.0
+# What the user running the node can fix (exit 2), unlike a failing disk.
+ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR)
 
 
 class NodeServer:
@@ -108,7 +111,14 @@ class NodeServer:
             if delay > 0:
                 await asyncio.sleep(delay)
             # In a thread: the event loop keeps answering health checks meanwhile.
-            await loop.run_in_executor(None, self.node.recover)
+            try:
+                await loop.run_in_executor(None, self.node.recover)
+            except OSError as e:
+                if e.errno in ACCESS_ERRORS:
+                    raise StorageAccessError.of(e, self.node.directory) from None
+                raise StorageError(f"storage: {self.node.label} cannot start: "
+                                   f"{e.filename or self.node.directory}: {e.strerror or e}; "
+                                   f"fix the disk or the directory and start it again") from None
             self.node.start(complete, router)
         except BaseException:
             await server.stop(None)
