@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,6 +37,40 @@ SERVICES = ("chord.v1.KeyValue", "chord.v1.Admin")
 SHUTDOWN_GRACE = 5.0
 # What the user running the node can fix (exit 2), unlike a failing disk.
 ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR)
+
+
+def check_listen(host: str, port: int, index: int) -> None:
+    """ChordError, in our words, if this process cannot listen on host:port."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ChordError(f"node: cannot listen on {address}: {host} does not resolve "
+                         f"({e.strerror}); fix nodes[{index}].host") from None
+    for family, kind, proto, _name, sockaddr in infos:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            continue          # an address family this host lacks; gRPC skips it too
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gRPC binds
+            sock.bind(sockaddr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                why = ("the port is in use by another process; stop it, or change "
+                       f"nodes[{index}].port (`chordctl ring show` shows what answers there)")
+            elif e.errno == errno.EADDRNOTAVAIL:
+                why = (f"{host} is not an address of this machine; fix nodes[{index}].host "
+                       f"(or run node {index} on the machine that has it)")
+            elif e.errno == errno.EACCES:
+                why = (f"port {port} needs privileges this user lacks; use a port above 1023 "
+                       f"in nodes[{index}].port")
+            else:
+                why = f"{e.strerror}; check nodes[{index}].host and .port"
+            raise ChordError(f"node: cannot listen on {address}: {why}") from None
+        finally:
+            sock.close()
 
 
 class NodeServer:
@@ -65,17 +100,23 @@ class NodeServer:
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
         ])
+        node_cfg = cfg.node(self.index)
+        # Before gRPC tries: its C core prints its own line (add_port.cc) to
+        # stderr on a failed bind, which only GRPC_VERBOSITY set before import
+        # silences; the check says what happened in our words.
+        check_listen(node_cfg.host, node_cfg.port, self.index)
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(address)
             else:
                 self.port = server.add_secure_port(address, credentials)
         except RuntimeError as e:
-            raise ChordError(f"node: cannot listen on {address} ({e}); is another process "
-                             f"using the port? Check `chordctl ring show`") from None
-        if self.port == 0:
-            raise ChordError(f"node: cannot listen on {address}; is another process using "
-                             f"the port?")
+            logger.debug("grpc: add_port %s: %s", address, e)
+            self.port = 0
+        if self.port == 0:   # taken between the check and the bind
+            raise ChordError(f"node: cannot listen on {address}: the port is in use by another "
+                             f"process; stop it, or change nodes[{self.index}].port "
+                             f"(`chordctl ring show` shows what answers there)")
 
         def complete(reqs):
             loop.call_soon_threadsafe(finish_on_loop, reqs)
@@ -126,7 +167,6 @@ class NodeServer:
             raise
         self.gate.open()
         self.node.ready_seconds = procinfo.seconds_since_start()
-        node_cfg = cfg.node(self.index)
         if node_cfg.metrics_port:
             try:
                 metrics.start_server(self.node, self.node.metrics, node_cfg.host,
