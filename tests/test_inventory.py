@@ -202,3 +202,39 @@ def test_concurrent_files_calls_share_one_computation(tmp_path, monkeypatch) -> 
     assert (current.name, current.records) == ("log.2", 8)   # 5 replayed + 3 appended
     assert all(r == replies[0] for r in replies)
     assert again.files == replies[0].files
+
+
+def test_files_of_an_unlistable_directory_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    d = make_dir(tmp_path)
+    real = os.listdir
+
+    def listdir(p="."):
+        if os.path.abspath(p) == os.path.abspath(d):
+            raise PermissionError(13, "Permission denied", p)
+        return real(p)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+
+    async def run():
+        admin = AdminServicer(FakeNode(d), asyncio.get_running_loop())
+        with pytest.raises(grpc.RpcError) as refused:
+            await admin.Files(None, FakeContext())
+        return str(refused.value)
+
+    text = asyncio.run(run())
+    assert "INTERNAL" in text and f"storage: node 0 (id 255) cannot list {d}: Permission denied" \
+        in text, text
+
+
+def test_unreadable_closed_log_is_reported_not_raised(tmp_path, monkeypatch) -> None:
+    d = make_dir(tmp_path)
+    real_open = open
+
+    def deny_log0(path, *a, **kw):
+        if str(path).endswith("log.0"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr("builtins.open", deny_log0)
+    [doc] = [x for x in inventory.describe(d) if x["file"] == "log.0"]
+    assert doc["status"] == "unreadable: Permission denied" and doc["records"] is None
