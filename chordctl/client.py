@@ -17,7 +17,7 @@ import grpc
 from chordctl import security
 from chordctl.config import Config
 from chordctl.core import request as rq
-from chordctl.core.request import describe, parse_key
+from chordctl.core.request import allow_key_digits, describe, parse_key
 from chordctl.errors import (AlreadyExistsError, ChordError, DeadlineExceededError,
                              InternalError, InvalidInputError, NotFoundError,
                              ResourceExhaustedError, UnavailableError)
@@ -189,6 +189,7 @@ class Client:
             config.client.timeout if config else DEFAULT_TIMEOUT)
         self.max_value = config.limits.max_value_bytes if config else DEFAULT_MAX_VALUE
         self.max_digits = config.limits.max_key_digits if config else DEFAULT_MAX_DIGITS
+        allow_key_digits(self.max_digits)
         self.address: str | None = None
         self._channel: grpc.Channel | None = None
         self._kv: pb_grpc.KeyValueStub | None = None

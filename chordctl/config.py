@@ -24,6 +24,11 @@ ROUTINGS = ("fingers", "neighbors")
 FSYNC_POLICIES = ("always", "batch", "everysec", "never")
 CLIENT_ROUTES = ("entry", "direct")
 DEFAULT_CONFIG = "chordctl.yaml"
+# Upper bounds of the numeric fields: past them timers overflow (threading's
+# TIMEOUT_MAX, gRPC deadlines) or one request costs seconds of CPU.
+MAX_SNAPSHOT_INTERVAL = 365 * 86400
+MAX_SECONDS = 86400
+MAX_KEY_DIGITS = 100_000
 ENV_CONFIG = "CHORDCTL_CONFIG"
 
 
@@ -92,6 +97,22 @@ class TlsConfig:
     client_key: str | None = None
 
 
+ADMIN_ALLOW = ("any", "loopback", "tls-client")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdminConfig:
+    """Who may call chord.v1.Admin (Status, TakeSnapshot, Files).
+
+    ``any``: every client that reaches the node (KeyValue's rule).
+    ``loopback``: clients on the node's own host only. ``tls-client``: clients
+    presenting ``tls.client_cert`` itself (the operators' and the nodes'
+    certificate), which needs mutual TLS (``tls.require_client_cert``).
+    """
+
+    allow: str = "any"
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     ring: RingConfig
@@ -101,6 +122,7 @@ class Config:
     client: ClientConfig = ClientConfig()
     path: str | None = None
     tls: TlsConfig | None = None   # None: plaintext gRPC
+    admin: AdminConfig = AdminConfig()
 
     def node_dir(self, index: int) -> str:
         """The node's own directory, ``<storage.data_dir>/node-<i>``."""
@@ -211,7 +233,7 @@ def _int(section: dict, where: str, name: str, default: Any, low: int | None = N
 
 
 def _number(section: dict, where: str, name: str, default: float, low: float,
-            strict: bool) -> float:
+            strict: bool, high: float | None = None, unit: str = "seconds") -> float:
     field = f"{where}.{name}"
     if name not in section or section[name] is None:
         return default
@@ -228,6 +250,9 @@ def _number(section: dict, where: str, name: str, default: float, low: float,
     if (value <= low) if strict else (value < low):
         op = ">" if strict else ">="
         raise _FieldError(field, f"must be {op} {low} (got {_brief(value)})")
+    if high is not None and value > high:
+        shown = int(high) if float(high).is_integer() else high
+        raise _FieldError(field, f"must be <= {shown} {unit} (got {_brief(value)})")
     return float(value)
 
 
@@ -261,7 +286,7 @@ def _build(data: Any, path: str | None) -> Config:
         raise _FieldError("(document)", "the file is empty; it needs at least ring.bits and nodes")
     if not isinstance(data, dict):
         raise _FieldError("(document)", f"must be a mapping of sections (got {_show(data)})")
-    _check_keys(data, ("ring", "nodes", "storage", "limits", "client", "tls"), "")
+    _check_keys(data, ("ring", "nodes", "storage", "limits", "client", "tls", "admin"), "")
 
     if "ring" not in data:
         raise _FieldError("ring", "missing (required): give at least ring.bits")
@@ -320,7 +345,8 @@ def _build(data: Any, path: str | None) -> Config:
     storage = StorageConfig(
         data_dir=data_dir,
         snapshot_interval=_number(st, "storage", "snapshot_interval",
-                                  StorageConfig.snapshot_interval, 0.0, strict=False),
+                                  StorageConfig.snapshot_interval, 0.0, strict=False,
+                                  high=MAX_SNAPSHOT_INTERVAL, unit="seconds (a year)"),
         fsync=_choice(st, "storage", "fsync", "batch", FSYNC_POLICIES),
         snapshot_on_shutdown=on_shutdown,
     )
@@ -330,23 +356,39 @@ def _build(data: Any, path: str | None) -> Config:
     limits = LimitsConfig(
         max_value_bytes=_int(lim, "limits", "max_value_bytes", LimitsConfig.max_value_bytes,
                              low=1, high=64 * 1024 * 1024),
+        # Parsing a decimal key costs time quadratic in its digits (100,000:
+        # 50 ms; 1,000,000: 4 s), so a node caps what one request can cost.
         max_key_digits=_int(lim, "limits", "max_key_digits", LimitsConfig.max_key_digits,
-                            low=1, high=1_000_000),
-        max_hops=_int(lim, "limits", "max_hops", LimitsConfig.max_hops, low=1),
-        max_in_flight=_int(lim, "limits", "max_in_flight", LimitsConfig.max_in_flight, low=1),
-        max_batch_ops=_int(lim, "limits", "max_batch_ops", LimitsConfig.max_batch_ops, low=1),
+                            low=1, high=MAX_KEY_DIGITS),
+        max_hops=_int(lim, "limits", "max_hops", LimitsConfig.max_hops, low=1, high=65_536),
+        max_in_flight=_int(lim, "limits", "max_in_flight", LimitsConfig.max_in_flight, low=1,
+                           high=10_000_000),
+        max_batch_ops=_int(lim, "limits", "max_batch_ops", LimitsConfig.max_batch_ops, low=1,
+                           high=1_000_000),
     )
 
     cl = _section(data, "client")
     _check_keys(cl, ("timeout", "grace", "route"), "client")
     client = ClientConfig(
-        timeout=_number(cl, "client", "timeout", ClientConfig.timeout, 0.0, strict=True),
-        grace=_number(cl, "client", "grace", ClientConfig.grace, 0.0, strict=False),
+        timeout=_number(cl, "client", "timeout", ClientConfig.timeout, 0.0, strict=True,
+                        high=MAX_SECONDS, unit="seconds (a day)"),
+        grace=_number(cl, "client", "grace", ClientConfig.grace, 0.0, strict=False,
+                      high=MAX_SECONDS, unit="seconds (a day)"),
         route=_choice(cl, "client", "route", "entry", CLIENT_ROUTES),
     )
     tls = _tls(data, nodes)
+    admin = _admin(data)
     return Config(ring=ring, nodes=tuple(nodes), storage=storage, limits=limits,
-                  client=client, path=path, tls=tls)
+                  client=client, path=path, tls=tls, admin=admin)
+
+
+def _admin(data: dict) -> AdminConfig:
+    ad = _section(data, "admin")
+    _check_keys(ad, ("allow",), "admin")
+    # tls-client also needs mutual TLS on the nodes; a client's own config may
+    # describe its TLS differently, so the node checks that when it starts
+    # (security.admin_certificate).
+    return AdminConfig(allow=_choice(ad, "admin", "allow", AdminConfig.allow, ADMIN_ALLOW))
 
 
 def _file(section: dict, where: str, name: str) -> str | None:

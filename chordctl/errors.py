@@ -81,10 +81,21 @@ class CorruptRecordError(StorageError):
 
 
 class StorageAccessError(StorageError):
-    """A node file or directory cannot be read or written (permissions, I/O):
-    an operator problem, not corruption; nothing is skipped or repaired."""
+    """A node file or directory cannot be read or written (permissions, a
+    read-only file system): an operator problem, not corruption; nothing is
+    skipped or repaired, the node does not start, the listing is not made."""
 
     exit_status = ExitStatus.USAGE
+
+    def __init__(self, path: str, strerror: str, what: str = "use",
+                 advice: str = "give the user running chordctl access to it (owner, mode), "
+                               "or point storage.data_dir (--data-dir) elsewhere"):
+        self.path = path
+        super().__init__(f"storage: cannot {what} {path}: {strerror}; {advice}")
+
+    @classmethod
+    def of(cls, e: OSError, default_path: str, what: str = "use") -> "StorageAccessError":
+        return cls(e.filename or default_path, (e.strerror or str(e)).lower(), what)
 
 
 class InternalError(ChordError):

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
+import urllib.parse
 from typing import Sequence
 
 import grpc
@@ -146,3 +148,56 @@ def connect_failure(details: str) -> str:
     detail = f" ({reason[:200]})" if reason else ""
     return (f"{detail}; is the node running? (`chordctl ring show`, "
             f"`chordctl cluster up`)")
+
+
+# -- who is calling (admin.allow) ---------------------------------------------
+
+def peer_is_loopback(peer: str) -> bool:
+    """Whether grpc's ``context.peer()`` (``ipv4:127.0.0.1:5000``,
+    ``ipv6:%5B::1%5D:5000``, ``unix:/path``) is a client on this host."""
+    kind, _, rest = urllib.parse.unquote(peer).partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("ipv4", "ipv6"):
+        return False
+    host = rest.rsplit(":", 1)[0].strip("[]").split("%")[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def certificate_der(pem: bytes) -> bytes:
+    """The DER bytes of the first certificate of a PEM text (whitespace-proof)."""
+    text = pem.decode("ascii", "replace")
+    start = text.index("-----BEGIN CERTIFICATE-----")
+    end = text.index("-----END CERTIFICATE-----", start) + len("-----END CERTIFICATE-----")
+    return ssl.PEM_cert_to_DER_cert(text[start:end])
+
+
+def admin_certificate(config: Config) -> bytes:
+    """DER of tls.client_cert: the certificate admin.allow: tls-client admits."""
+    tls = config.tls
+    if tls is None or not tls.require_client_cert or not tls.client_cert:
+        # Without mutual TLS a node never asks for a client certificate.
+        raise ConfigError("config: admin.allow: tls-client needs mutual TLS: set "
+                          "tls.require_client_cert: true and tls.client_cert (the "
+                          "certificate operators and nodes present), or use loopback")
+    try:
+        return certificate_der(_read(tls.client_cert, "tls.client_cert"))
+    except ValueError:
+        raise ConfigError(f"config: tls.client_cert: {tls.client_cert} holds no "
+                          f"certificate") from None
+
+
+def peer_presents(auth_context: dict, der: bytes) -> bool:
+    """Whether the TLS peer of a call presented exactly the certificate *der*."""
+    for pem in auth_context.get("x509_pem_cert") or ():
+        try:
+            if certificate_der(pem) == der:
+                return True
+        except ValueError:
+            continue
+    return False

@@ -146,6 +146,24 @@ def test_env_var_names_config_file(tmp_path, monkeypatch) -> None:
         ((("limits", "max_value_bytes"), 0, False), ["limits.max_value_bytes"]),
         ((("limits", "max_value_bytes"), "1MiB", False), ["limits.max_value_bytes"]),
         ((("limits", "max_hops"), 0, False), ["limits.max_hops"]),
+        # Upper bounds: past them a timer thread dies (OverflowError), every
+        # request fails (gRPC deadline), or one key costs seconds to parse.
+        ((("storage", "snapshot_interval"), 1e10, False),
+         ["storage.snapshot_interval", "<= 31536000"]),
+        ((("client", "timeout"), 1e10, False), ["client.timeout", "<= 86400"]),
+        ((("client", "timeout"), 86401, False), ["client.timeout", "<= 86400"]),
+        ((("client", "grace"), 1e10, False), ["client.grace", "<= 86400"]),
+        ((("limits", "max_key_digits"), 1_000_000, False), ["limits.max_key_digits", "100000"]),
+        ((("limits", "max_key_digits"), 0, False), ["limits.max_key_digits"]),
+        ((("limits", "max_hops"), 10**6, False), ["limits.max_hops", "65536"]),
+        ((("limits", "max_in_flight"), 0, False), ["limits.max_in_flight"]),
+        ((("limits", "max_in_flight"), 10**9, False), ["limits.max_in_flight", "10000000"]),
+        ((("limits", "max_batch_ops"), 0, False), ["limits.max_batch_ops"]),
+        ((("limits", "max_batch_ops"), 10**8, False), ["limits.max_batch_ops", "1000000"]),
+        ((("limits", "max_value_bytes"), 2**40, False), ["limits.max_value_bytes"]),
+        ((("admin",), "loopback", False), ["admin", "mapping"]),
+        ((("admin",), {"allow": "everyone"}, False), ["admin.allow", "loopback", "tls-client"]),
+        ((("admin",), {"alow": "any"}, False), ["admin.alow", "admin.allow"]),
         ((("nodes",), None, True), ["nodes"]),
         ((("nodes",), {"host": "127.0.0.1", "port": 1}, False), ["nodes", "list"]),
         ((("nodes",), "127.0.0.1:50051", False), ["nodes", "list"]),
@@ -173,6 +191,25 @@ def test_config_error_names_field(change, fields: list[str]) -> None:
     msg = config_error(with_change(path, value, delete=delete))
     for field in fields:
         assert field in msg, (field, msg)
+
+
+@pytest.mark.parametrize(("section", "field", "value"), [
+    ("storage", "snapshot_interval", 31_536_000), ("storage", "snapshot_interval", 0),
+    ("client", "timeout", 86400), ("client", "timeout", 0.01), ("client", "grace", 0),
+    ("limits", "max_key_digits", 100_000), ("limits", "max_hops", 65_536),
+    ("limits", "max_batch_ops", 1_000_000), ("limits", "max_in_flight", 10_000_000),
+])
+def test_numeric_fields_accept_their_whole_range(section, field, value) -> None:
+    doc = with_change((section, field), value)
+    assert getattr(getattr(from_dict(doc), section), field) == value
+
+
+@pytest.mark.parametrize("allow", ["any", "loopback"])
+def test_admin_allow(allow) -> None:
+    assert from_dict(valid()).admin.allow == "any"     # the default: today's behaviour
+    doc = valid()
+    doc["admin"] = {"allow": allow}
+    assert from_dict(doc).admin.allow == allow
 
 
 @pytest.mark.parametrize(("value", "cpus"), [(None, None), (1, {1}), ("0", {0}),
@@ -406,7 +443,7 @@ def test_chordctl_missing_config_exits_2(tmp_path) -> None:
 FIELD_NAMES = ["ring", "nodes", "storage", "limits", "client", "bits", "placement", "routing",
                "host", "port", "metrics_port", "data_dir", "snapshot_interval", "fsync",
                "max_value_bytes", "max_key_digits", "max_hops", "max_in_flight",
-               "max_batch_ops", "timeout", "grace", "route"]
+               "max_batch_ops", "timeout", "grace", "route", "admin", "allow"]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(-2**70, 2**70),

@@ -148,3 +148,51 @@ def test_ring_show_marks_a_replaying_node_recovering(tmp_path, run_cli) -> None:
         for n in nodes:
             n.stop()
     del cfg
+
+
+FSIZE_LIMIT = 256 * 1024    # bytes any file of the node process may grow to (RLIMIT_FSIZE)
+
+
+def limit_file_size() -> None:
+    """preexec_fn: every write past FSIZE_LIMIT fails with EFBIG (Python ignores SIGXFSZ)."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
+
+
+def test_fail_stopped_node_health_not_serving_and_ring_show_says_why(tmp_path, run_cli) -> None:
+    import json
+    from conftest import wait_until
+    path = write_config(tmp_path, 1)
+    cfg = config_mod.load(path)
+    node = NodeProc(path, 0).start(preexec_fn=limit_file_size)
+    try:
+        with Client(cfg, target=node.address, timeout=CALL_TIMEOUT) as c:
+            assert c.health() == "SERVING" and c.status().failed == ""
+            refused = []
+            for base in range(0, 2 * FSIZE_LIMIT // 1024, 50):   # 1 KB values: past the limit
+                results = c.batch([("create", str(k), b"x" * 1024)
+                                   for k in range(base, base + 50)])
+                refused = [r for r in results if not isinstance(r, Result)]
+                if refused:
+                    break
+            assert refused and "log: cannot write" in str(refused[0]), refused[:1]
+            wait_until(lambda: c.health() == "NOT_SERVING", what="health NOT_SERVING")
+            reason = c.status().failed
+        assert "log: cannot write" in reason and "File too large" in reason, reason
+        with grpc.insecure_channel(node.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in SERVICES:
+                got = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                assert status_name(got.status) == "NOT_SERVING", service
+
+        table = run_cli(path)("ring", "show")
+        assert table.exit_code == 3, table.output
+        [row] = [line for line in table.stdout.splitlines() if node.address in line]
+        assert "failed: log: cannot write log.0: File too large" in row, table.stdout
+        assert str(tmp_path) not in row     # short in the table: no directory
+        res = run_cli(path)("ring", "show", output="json")
+        [doc] = json.loads(res.stdout)
+        assert doc["state"] == "failed" and doc["up"] is False
+        assert doc["failed"] == reason      # the whole reason, path included
+    finally:
+        node.stop()

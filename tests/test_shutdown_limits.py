@@ -147,3 +147,35 @@ def test_value_over_the_limit_is_refused_by_the_node(tmp_path, limit):
             assert e.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         cluster.stop()
+
+
+def test_keys_past_pythons_4300_digit_limit_work_up_to_max_key_digits(tmp_path):
+    """limits.max_key_digits above 4,300 used to hit Python's int-conversion
+    limit: UNKNOWN on Batch, Python's own message on the unary calls. The node
+    lifts the interpreter limit to the configured one (and restarts with such
+    keys in its log)."""
+    import grpc
+    from chordctl.pb import chord_pb2 as pb
+    from chordctl.pb import chord_pb2_grpc as pb_grpc
+    path = write_config(tmp_path, 1, limits={"max_key_digits": 6000})
+    cluster = Cluster(path).start()
+    big = "7" * 5000
+    bigger = "8" * 5999
+    try:
+        with grpc.insecure_channel(cluster.address(0)) as ch:
+            stub = pb_grpc.KeyValueStub(ch)
+            reply = stub.Batch(pb.BatchRequest(ops=[pb.Operation(op=pb.CREATE, key=big,
+                                                                 value=b"b")]), timeout=10)
+            assert reply.results[0].code == 0, reply.results[0].message
+            stub.Create(pb.WriteRequest(key=bigger, value=b"c"), timeout=10)
+            assert stub.Read(pb.KeyRequest(key=big), timeout=10).value == b"b"
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Read(pb.KeyRequest(key="9" * 6001), timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "max_key_digits" in e.value.details()
+        cluster.nodes[0].kill()          # no shutdown snapshot: the restart replays the log
+        cluster.nodes[0].start()
+        with Client(cluster.config) as c:
+            assert c.read(bigger).value == b"c"
+    finally:
+        cluster.stop()

@@ -22,7 +22,7 @@ from chordctl import security
 from chordctl.cli.cluster import wait_serving
 from chordctl.client import Client
 from chordctl.config import ConfigError, from_dict
-from chordctl.errors import NotFoundError
+from chordctl.errors import ChordError, NotFoundError
 from conftest import READY_TIMEOUT, NodeProc, free_ports, run_chordctl, write_config
 
 pytestmark = pytest.mark.skipif(
@@ -76,6 +76,7 @@ def certs(tmp_path_factory) -> dict[str, str]:
     _make_leaf(d, "node1", "ca", SERVER_EXT, 2)
     _make_leaf(d, "client", "ca", CLIENT_EXT, 3)
     _make_leaf(d, "stranger", "other-ca", CLIENT_EXT, 4)
+    _make_leaf(d, "app", "ca", CLIENT_EXT, 5)     # a client the CA signed, not the operators'
     return {f[:-4] if f.endswith(".pem") else f: os.path.join(d, f)
             for f in os.listdir(d) if f.endswith((".pem", ".key"))}
 
@@ -266,6 +267,38 @@ def test_mutual_tls_ring_serves_a_client_with_certificate(mtls_ring, run_cli) ->
     crud_through_forward(cfg, procs[1].address, OWNED_BY_0, owner=0)
     r = run_cli(path)("kv", "create", "12", "x", target=procs[1].address)
     assert r.exit_code == 0, r.output
+
+
+def test_admin_tls_client_serves_only_the_configs_client_certificate(tmp_path, certs,
+                                                                      run_cli) -> None:
+    """admin.allow: tls-client: Admin answers clients presenting tls.client_cert
+    (operators, `ring show`, readiness); another certificate the CA signed may
+    use KeyValue but not Admin."""
+    def tls(doc):
+        doc["tls"] = {"cert": certs["server"], "key": certs["server.key"], "ca": certs["ca"],
+                      "require_client_cert": True, "client_cert": certs["client"],
+                      "client_key": certs["client.key"]}
+        doc["admin"] = {"allow": "tls-client"}
+
+    path, procs = start_ring(tmp_path, tls)    # readiness itself calls Admin.Status
+    try:
+        r = run_cli(path)("ring", "show")
+        assert r.exit_code == 0 and r.stdout.count(" up ") == 2, r.output
+        app = derived_config(path, tmp_path, "app.yaml", tls={
+            "ca": certs["ca"], "client_cert": certs["app"], "client_key": certs["app.key"]})
+        app_cfg = config_mod.load(app)
+        with Client(app_cfg, target=procs[0].address) as c:
+            c.create(OWNED_BY_1, b"v")                # KeyValue: open to every client cert
+            assert c.read(OWNED_BY_1).value == b"v"
+            for call in (c.status, c.files, c.take_snapshot):
+                with pytest.raises(ChordError) as refused:
+                    call()
+                assert "admin.allow: tls-client" in str(refused.value), refused.value
+        p = run_chordctl("-c", app, "ring", "show")
+        text = output(p)
+        assert "Traceback" not in text and text.count(" up ") == 2, text
+    finally:
+        stop_nodes(procs)
 
 
 # -- node start --------------------------------------------------------------------

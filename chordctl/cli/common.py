@@ -10,6 +10,7 @@ import click
 from chordctl import config as config_mod
 from chordctl.client import Client
 from chordctl.config import Config
+from chordctl.core.request import allow_key_digits
 
 
 @dataclasses.dataclass
@@ -22,6 +23,7 @@ class State:
     def config(self) -> Config:
         if self._config is None:
             self._config = config_mod.load(self.config_path)
+            allow_key_digits(self._config.limits.max_key_digits)
         return self._config
 
     def config_or_none(self) -> Config | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import click
@@ -29,6 +30,10 @@ class NotServing(Exception):
         self.health = health
 
 
+class AdminDenied(Exception):
+    """The node is serving but refuses this client Admin.Status (admin.allow)."""
+
+
 def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
     """Health, then Admin.Status, of every node in parallel: a NodeStatus, or why not."""
 
@@ -37,13 +42,40 @@ def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
             with Client(cfg, target=address, timeout=timeout) as c:
                 health = c.health(timeout=timeout)
                 if health != "SERVING":
-                    return NotServing(health)
-                return c.status(timeout=timeout)
+                    # A fail-stopped node still answers Status, with why.
+                    try:
+                        st = c.status(timeout=timeout)
+                    except ChordError:
+                        return NotServing(health)
+                    return st if st.failed else NotServing(health)
+                try:
+                    return c.status(timeout=timeout)
+                except ChordError as e:
+                    if str(e).startswith("admin:"):
+                        return AdminDenied(str(e))
+                    raise
         except ChordError as e:
             return e
 
     with ThreadPoolExecutor(max_workers=min(32, len(cfg.nodes))) as pool:
         return list(pool.map(one, [n.address for n in cfg.nodes]))
+
+
+def short_reason(reason: str, width: int = 48) -> str:
+    """A failure reason for a table cell: its first clause, paths cut to file names."""
+    text = re.sub(r"(?:[^\s:]*/)+([^\s/:]+)", r"\1", reason.split(";")[0]).strip()
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def node_state(st: object) -> str:
+    """up | failed | recovering | down: what `ring show` says of a poll_nodes answer."""
+    if isinstance(st, NotServing):
+        return "recovering"
+    if isinstance(st, AdminDenied):
+        return "up"
+    if isinstance(st, Exception):
+        return "down"
+    return "failed" if st.failed else "up"
 
 
 def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dict]]:
@@ -52,16 +84,17 @@ def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dic
     for i, node in enumerate(cfg.nodes):
         low, high = ring.arc(i)
         st = statuses[i]
-        up = not isinstance(st, Exception)
+        state = node_state(st)
+        answered = not isinstance(st, Exception)    # Status answered: its fields are known
         arc = f"({low}, {high}]"
-        state = "up" if up else ("recovering" if isinstance(st, NotServing) else "DOWN")
-        rows.append([i, ring.ids[i], arc, node.address, state,
-                     st.keys if up else "-", st.snapshot_counter if up else "-",
-                     st.log_counter if up else "-"])
+        cell = f"failed: {short_reason(st.failed)}" if state == "failed" else state
+        rows.append([i, ring.ids[i], arc, node.address, cell,
+                     st.keys if answered else "-", st.snapshot_counter if answered else "-",
+                     st.log_counter if answered else "-"])
         doc = {"index": i, "id": str(ring.ids[i]), "arc": [str(low), str(high)],
-               "arc_size": str(ring.arc_size(i)), "address": node.address, "up": up,
-               "state": state}
-        if up:
+               "arc_size": str(ring.arc_size(i)), "address": node.address,
+               "up": state == "up", "state": state}
+        if answered:
             doc.update({"keys": st.keys, "snapshot": st.snapshot_counter,
                         "log": st.log_counter, "last_seq": st.last_seq, "pid": st.pid,
                         "uptime_seconds": round(st.uptime_seconds, 3),
@@ -70,6 +103,8 @@ def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dic
                         "cpus": st.cpus, "event_loop": st.event_loop,
                         "routing": [{"role": e.role, "index": e.node_index, "id": e.node_id}
                                     for e in st.routing]})
+            if state == "failed":
+                doc["failed"] = st.failed
         else:
             doc["error"] = str(st)
         docs.append(doc)
@@ -80,11 +115,11 @@ HEADERS = ["index", "id", "arc (low, id]", "address", "state", "keys", "snapshot
 
 
 def print_ring(cfg: Config, fmt: str, timeout: float = STATUS_TIMEOUT) -> int:
-    """Print the ring table; returns how many nodes are down."""
+    """Print the ring table; returns how many nodes are not up."""
     statuses = poll_nodes(cfg, timeout)
     rows, docs = ring_rows(cfg, statuses)
     click.echo(render.render_rows(rows, HEADERS, fmt, docs))
-    return sum(1 for s in statuses if isinstance(s, Exception))
+    return sum(1 for s in statuses if node_state(s) != "up")
 
 
 @click.group()
@@ -100,9 +135,11 @@ def show(state: State, timeout: float) -> None:
     """Every node of the config: id, owned arc, address, up/down, keys, snapshot.
 
     Nodes are asked in parallel (gRPC health, then Admin.Status); one that
-    does not answer within --timeout is marked DOWN, one whose health is not
-    SERVING (replaying its log, shutting down) is marked recovering, and the
-    others are still shown. Exit 3 if any node is not up.
+    does not answer within --timeout is marked down, one whose health is not
+    SERVING (replaying its log, shutting down) is marked recovering, one that
+    fail-stopped (it could not write its log) `failed: <why>` (the whole
+    reason under -o json), and the others are still shown. Exit 3 if any
+    node is not up.
 
     \b
     Example:
@@ -112,7 +149,7 @@ def show(state: State, timeout: float) -> None:
     cfg = state.config()
     down = print_ring(cfg, state.fmt("table"), timeout)
     if down:
-        click.secho(f"chordctl: {down} of {len(cfg.nodes)} node(s) down", fg="red", err=True)
+        click.secho(f"chordctl: {down} of {len(cfg.nodes)} node(s) not up", fg="red", err=True)
         click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
 
 

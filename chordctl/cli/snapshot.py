@@ -12,7 +12,7 @@ from chordctl import render
 from chordctl.cli.common import State, pass_state
 from chordctl.client import Client
 from chordctl.core.storage import inventory
-from chordctl.errors import ChordError, ExitStatus, InvalidInputError
+from chordctl.errors import ChordError, ExitStatus, InvalidInputError, StorageAccessError
 
 HEADERS = ["node", "file", "kind", "counter", "bytes", "time", "records", "in use", "status"]
 
@@ -54,7 +54,11 @@ def list_(state: State, data_dir: str | None) -> None:
     if data_dir:
         if not os.path.isdir(data_dir):
             raise InvalidInputError(f"snapshot: {data_dir} is not a directory")
-        for d in inventory.describe(data_dir):
+        try:
+            listing = inventory.describe(data_dir)
+        except OSError as e:
+            raise StorageAccessError.of(e, data_dir, "read") from None
+        for d in listing:
             rows.append(_row(data_dir, d))
             docs.append(d)
     else:

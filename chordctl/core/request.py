@@ -9,6 +9,8 @@ completes the request fills the result fields and the node calls
 
 from __future__ import annotations
 
+import sys
+
 from chordctl.core.storage.records import OP_CREATE, OP_DELETE, OP_READ, OP_UPDATE
 
 OP_NAMES = {OP_CREATE: "create", OP_READ: "read", OP_UPDATE: "update", OP_DELETE: "delete"}
@@ -84,3 +86,14 @@ def parse_key(text: str, max_digits: int) -> tuple[int, bytes]:
     if text[0] == "0" and len(text) > 1:
         text = str(key)
     return key, text.encode()
+
+
+def allow_key_digits(digits: int) -> None:
+    """Let int() and str() take keys of *digits* digits in this process.
+
+    Python refuses decimal conversions past 4,300 digits by default (a guard
+    against quadratic parsing); limits.max_key_digits (capped in config.py)
+    is the guard here, so nodes and clients lift Python's to it."""
+    current = sys.get_int_max_str_digits()
+    if current and current < digits:
+        sys.set_int_max_str_digits(digits)

@@ -32,6 +32,36 @@ logger = logging.getLogger("chordctl.router")
 # further on is reported back before the caller's own deadline passes.
 FORWARD_BUDGET = 0.9
 MIN_TIMEOUT = 0.005
+# Bytes a forwarded operation costs in the Batch message besides its key and
+# value (tags, lengths, op, hops: under 20; a margin, not a measurement).
+OP_OVERHEAD = 32
+
+
+def message_limit(config: Config) -> int:
+    """The largest message a node receives (grpc.max_receive_message_length).
+
+    One operation of the largest value always fits, with room for its key.
+    """
+    return config.limits.max_value_bytes * 2 + 16 * 1024 * 1024
+
+
+def split(group: list[Request], max_ops: int, max_bytes: int) -> list[list[Request]]:
+    """*group* in order, cut into runs of at most *max_ops* operations and about
+    *max_bytes* of encoded message each: what the next node accepts in one Batch."""
+    out: list[list[Request]] = []
+    run: list[Request] = []
+    size = 0
+    for r in group:
+        cost = len(r.value) + len(r.key_text) + OP_OVERHEAD
+        if r.route:
+            cost += sum(len(h) for h in r.route) + 8 * len(r.route)
+        if run and (len(run) >= max_ops or size + cost > max_bytes):
+            out.append(run)
+            run, size = [], 0
+        run.append(r)
+        size += cost
+    out.append(run)
+    return out
 
 
 class Router:
@@ -52,6 +82,10 @@ class Router:
         self.loop = loop
         self.finish = finish
         self.max_hops = config.limits.max_hops
+        # A forward must pass the next node's checks (same config): at most
+        # max_batch_ops operations and a message under its receive limit.
+        self.max_ops = config.limits.max_batch_ops
+        self.max_bytes = message_limit(config) - 64 * 1024
         self.label = f"node {index} (id {ring.ids[index]})"
         # Channels are opened lazily (on the loop), and next_hop only ever names
         # routing-table entries, so a node talks to O(log n) peers, never the
@@ -97,21 +131,22 @@ class Router:
                            f"{self.peer_label(nh)}")
                 self.complete(group)
                 continue
-            batch = pb.BatchRequest()
-            add = batch.ops.add
-            for r in group:
-                o = add()
-                o.op = r.op
-                o.key = r.key_text.decode()
-                if r.value:
-                    o.value = r.value
-                o.hops = r.hops + 1
-                if r.trace:
-                    o.trace = True
-                    o.route.extend(r.route)
             if self.metrics is not None:
                 self.metrics.forwarded += len(group)
-            calls.append((nh, group, batch))
+            for run in split(group, self.max_ops, self.max_bytes):
+                batch = pb.BatchRequest()
+                add = batch.ops.add
+                for r in run:
+                    o = add()
+                    o.op = r.op
+                    o.key = r.key_text.decode()
+                    if r.value:
+                        o.value = r.value
+                    o.hops = r.hops + 1
+                    if r.trace:
+                        o.trace = True
+                        o.route.extend(r.route)
+                calls.append((nh, run, batch))
         if calls:
             # One wake-up of the loop for everything taken from F4 at once.
             self.loop.call_soon_threadsafe(self._start_calls, calls)
@@ -164,12 +199,16 @@ class Router:
                                      max(MIN_TIMEOUT, remaining * FORWARD_BUDGET),
                                      may_retry=False)
                     return
+            details = e.details() or ""
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 why = f"no answer within {timeout:.2f}s"
-            elif code == grpc.StatusCode.UNAVAILABLE:
-                why = f"unreachable ({e.details() or 'connection failed'})"
+            elif code == grpc.StatusCode.UNAVAILABLE and not details.startswith("node "):
+                why = f"unreachable ({details or 'connection failed'})"
             else:
-                why = f"{code.name}: {e.details()}"
+                # The peer answered: it refused the whole call (recovering,
+                # failed, at its in-flight limit, a limit it does not share).
+                self._refused(group, nh, code, details)
+                return
             self._fail_group(group, nh, why)
             return
         except asyncio.CancelledError:
@@ -191,6 +230,22 @@ class Router:
             r.node_id = res.node_id
             if r.trace:
                 r.route = list(res.route)
+        self.finish(group)
+
+    def _refused(self, group: list[Request], nh: int, code: grpc.StatusCode,
+                 details: str) -> None:
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            # Not the client's input (each operation is checked on its own, in
+            # its result): a batch this node built, over a limit of the peer's.
+            number = rq.INTERNAL
+            hint = "; the nodes' configs probably differ (limits)"
+        else:
+            number = code.value[0]
+            hint = ""
+        message = (f"{self.label} forwarded to {self.peer_label(nh)}, which refused it: "
+                   f"{code.name}: {details}{hint}")
+        for r in group:
+            r.fail(number, message)
         self.finish(group)
 
     def _fail_group(self, group: list[Request], nh: int, why: str) -> None:

@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,10 +23,11 @@ from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
 from chordctl.core.gate import ReadinessGate
 from chordctl.core.node import Node
-from chordctl.core.router import Router
+from chordctl.core.request import allow_key_digits
+from chordctl.core.router import Router, message_limit
 from chordctl.core.servicer import (AdminServicer, KeyValueServicer, add_key_value_servicer,
                                      finish_on_loop)
-from chordctl.errors import ChordError
+from chordctl.errors import ChordError, StorageAccessError, StorageError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 
@@ -32,6 +35,42 @@ logger = logging.getLogger("chordctl.server")
 
 SERVICES = ("chord.v1.KeyValue", "chord.v1.Admin")
 SHUTDOWN_GRACE = 5.0
+# What the user running the node can fix (exit 2), unlike a failing disk.
+ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR)
+
+
+def check_listen(host: str, port: int, index: int) -> None:
+    """ChordError, in our words, if this process cannot listen on host:port."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ChordError(f"node: cannot listen on {address}: {host} does not resolve "
+                         f"({e.strerror}); fix nodes[{index}].host") from None
+    for family, kind, proto, _name, sockaddr in infos:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            continue          # an address family this host lacks; gRPC skips it too
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gRPC binds
+            sock.bind(sockaddr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                why = ("the port is in use by another process; stop it, or change "
+                       f"nodes[{index}].port (`chordctl ring show` shows what answers there)")
+            elif e.errno == errno.EADDRNOTAVAIL:
+                why = (f"{host} is not an address of this machine; fix nodes[{index}].host "
+                       f"(or run node {index} on the machine that has it)")
+            elif e.errno == errno.EACCES:
+                why = (f"port {port} needs privileges this user lacks; use a port above 1023 "
+                       f"in nodes[{index}].port")
+            else:
+                why = f"{e.strerror}; check nodes[{index}].host and .port"
+            raise ChordError(f"node: cannot listen on {address}: {why}") from None
+        finally:
+            sock.close()
 
 
 class NodeServer:
@@ -40,6 +79,7 @@ class NodeServer:
     def __init__(self, config: Config, index: int):
         self.config = config
         self.index = index
+        allow_key_digits(config.limits.max_key_digits)   # before the replay parses keys
         self.node = Node(config, index)
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
@@ -54,26 +94,41 @@ class NodeServer:
         if warning:
             logger.warning("%s", warning)
         credentials = security.server_credentials(cfg, self.index)
-        limit = cfg.limits.max_value_bytes * 2 + 16 * 1024 * 1024
+        limit = message_limit(cfg)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
         ])
+        node_cfg = cfg.node(self.index)
+        # Before gRPC tries: its C core prints its own line (add_port.cc) to
+        # stderr on a failed bind, which only GRPC_VERBOSITY set before import
+        # silences; the check says what happened in our words.
+        check_listen(node_cfg.host, node_cfg.port, self.index)
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(address)
             else:
                 self.port = server.add_secure_port(address, credentials)
         except RuntimeError as e:
-            raise ChordError(f"node: cannot listen on {address} ({e}); is another process "
-                             f"using the port? Check `chordctl ring show`") from None
-        if self.port == 0:
-            raise ChordError(f"node: cannot listen on {address}; is another process using "
-                             f"the port?")
+            logger.debug("grpc: add_port %s: %s", address, e)
+            self.port = 0
+        if self.port == 0:   # taken between the check and the bind
+            raise ChordError(f"node: cannot listen on {address}: the port is in use by another "
+                             f"process; stop it, or change nodes[{self.index}].port "
+                             f"(`chordctl ring show` shows what answers there)")
 
         def complete(reqs):
             loop.call_soon_threadsafe(finish_on_loop, reqs)
+
+        def on_failed(reason: str) -> None:
+            # From a pipeline thread (Node.fail): health follows on the loop.
+            try:
+                loop.call_soon_threadsafe(lambda: loop.create_task(self._not_serving()))
+            except RuntimeError:   # the loop is closed: the process is ending anyway
+                pass
+
+        self.node.on_failed.append(on_failed)
 
         router = Router(cfg, self.index, self.node.ring, complete, loop, finish_on_loop)
         router.metrics = self.node.metrics
@@ -97,7 +152,14 @@ class NodeServer:
             if delay > 0:
                 await asyncio.sleep(delay)
             # In a thread: the event loop keeps answering health checks meanwhile.
-            await loop.run_in_executor(None, self.node.recover)
+            try:
+                await loop.run_in_executor(None, self.node.recover)
+            except OSError as e:
+                if e.errno in ACCESS_ERRORS:
+                    raise StorageAccessError.of(e, self.node.directory) from None
+                raise StorageError(f"storage: {self.node.label} cannot start: "
+                                   f"{e.filename or self.node.directory}: {e.strerror or e}; "
+                                   f"fix the disk or the directory and start it again") from None
             self.node.start(complete, router)
         except BaseException:
             await server.stop(None)
@@ -105,7 +167,6 @@ class NodeServer:
             raise
         self.gate.open()
         self.node.ready_seconds = procinfo.seconds_since_start()
-        node_cfg = cfg.node(self.index)
         if node_cfg.metrics_port:
             try:
                 metrics.start_server(self.node, self.node.metrics, node_cfg.host,
@@ -115,6 +176,8 @@ class NodeServer:
                              node_cfg.metrics_port, e.strerror)
         for name in ("",) + SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.node.failed:   # it failed before health said SERVING
+            await self._not_serving()
         logger.info("%s serving on %s (pid %d, cpus %s, %s, fsync %s, %s, %d keys, ready "
                     "%.2fs after process start, rss %.1f MB)", self.node.label,
                     address, os.getpid(), affinity.format_cpulist(affinity.available()),
@@ -123,6 +186,12 @@ class NodeServer:
                     "TLS" if credentials is not None else "plaintext", len(self.node.store),
                     self.node.ready_seconds, procinfo.rss_bytes() / 1e6)
         return self.port
+
+    async def _not_serving(self) -> None:
+        """A fail-stopped node refuses every request: health must say so (its
+        reason is in Admin.Status `failed`, `ring show` and the node's log)."""
+        for name in ("",) + SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         await self.health.enter_graceful_shutdown()

@@ -14,7 +14,9 @@ import time
 import grpc
 from google.protobuf.message import DecodeError
 
+from chordctl import security
 from chordctl.core import affinity, eventloop, procinfo
+from chordctl.core.storage import inventory
 from chordctl.core.gate import ReadinessGate
 from chordctl.core import request as rq
 from chordctl.core.node import Node, ReadMarker, SnapshotMarker
@@ -431,8 +433,32 @@ class AdminServicer(pb_grpc.AdminServicer):
         self.loop = loop
         self.kv = kv
         self.gate = gate or _OPEN
+        self.allow = node.config.admin.allow
+        self._admin_der = (security.admin_certificate(node.config)
+                           if self.allow == "tls-client" else b"")
+        self._files_cache = inventory.Cache()
+        self._files_pending: asyncio.Future | None = None
+
+    async def _admit(self, context, method: str) -> None:
+        """admin.allow: refuse Admin calls from clients the config does not admit."""
+        if self.allow == "any":
+            return
+        if self.allow == "loopback":
+            if security.peer_is_loopback(context.peer()):
+                return
+            why = ("from this host only (admin.allow: loopback); run the command on the "
+                   "node's host")
+        else:
+            if security.peer_presents(context.auth_context(), self._admin_der):
+                return
+            why = ("only to clients presenting tls.client_cert (admin.allow: tls-client); "
+                   "use a config with that certificate")
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"admin: {self.node.label} answers Admin.{method} {why}")
 
     async def Status(self, request, context):
+        if self.allow != "any":
+            await self._admit(context, "Status")
         if not self.gate.ready:
             await self.gate.refuse(context)
         node = self.node
@@ -452,9 +478,11 @@ class AdminServicer(pb_grpc.AdminServicer):
             recovery_seconds=node.recovery_seconds,
             in_flight=self.kv.in_flight if self.kv is not None else 0,
             cpus=affinity.format_cpulist(affinity.available()),
-            event_loop=eventloop.name(self.loop))
+            event_loop=eventloop.name(self.loop), failed=node.failed or "")
 
     async def TakeSnapshot(self, request, context):
+        if self.allow != "any":
+            await self._admit(context, "TakeSnapshot")
         if not self.gate.ready:
             await self.gate.refuse(context)
         fut = self.loop.create_future()
@@ -472,12 +500,42 @@ class AdminServicer(pb_grpc.AdminServicer):
                                 capture_ms=marker.capture_ms)
 
     async def Files(self, request, context):
+        if self.allow != "any":
+            await self._admit(context, "Files")
         if not self.gate.ready:
             await self.gate.refuse(context)
-        from chordctl.core.storage import inventory
-        docs = await self.loop.run_in_executor(None, inventory.describe, self.node.directory)
+        # One computation at a time; callers meanwhile share its answer.
+        pending = self._files_pending
+        if pending is None:
+            pending = self._files_pending = self.loop.run_in_executor(None, self._describe)
+            pending.add_done_callback(self._files_done)
+        try:
+            docs = await asyncio.shield(pending)
+        except OSError as e:
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"storage: {self.node.label} cannot list "
+                                f"{e.filename or self.node.directory}: {e.strerror}")
         return pb.FilesReply(directory=os.path.abspath(self.node.directory), files=[
             pb.FileInfo(name=d["file"], kind=d["kind"], counter=d["counter"], bytes=d["bytes"],
                         mtime=d["mtime"], records=-1 if d["records"] is None else d["records"],
                         in_use=d["in_use"], status=d["status"], current=d.get("current", False))
             for d in docs])
+
+    def _files_done(self, _fut: asyncio.Future) -> None:
+        self._files_pending = None
+
+    def _describe(self) -> list[dict]:
+        """inventory.describe with what the node knows (executor thread)."""
+        node = self.node
+        current = None
+        log = node.log
+        if log is not None:
+            # Records of the current log: those replayed at start, plus those
+            # appended since (a rotation starts a new, empty log).
+            report = node.report
+            replayed = 0
+            if report is not None and log.counter == report.current_log:
+                replayed = sum(n for c, n in report.logs if c == log.counter)
+            current = (log.counter, replayed + log.records)
+        trusted = (node.snapshot_counter,) if node.snapshot_counter else ()
+        return inventory.describe(node.directory, self._files_cache, current, trusted)

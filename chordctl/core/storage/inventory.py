@@ -1,69 +1,164 @@
 """What is in a node directory: each snapshot and log with its counter, size,
-time, record count, and whether recovery would use it."""
+time, record count, and whether recovery would use it.
+
+Offline (``snapshot list --data-dir``) every file is read. A running node
+(``Admin.Files``) passes a Cache, the log it is appending to and the
+snapshots it knows to be whole, so a call costs a ``stat`` per file: a
+snapshot or a closed log is read once (they never change; the cache keys
+on size and mtime), the current log's record count comes from the node's
+counters, and the snapshot the node wrote or loaded is not decoded again.
+A file that vanishes meanwhile (pruned after a snapshot) is simply not in
+the answer.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Iterable
 
 from chordctl.core.storage import files, records, snapshot
 from chordctl.errors import CorruptRecordError
 
 
-def describe(directory: str) -> list[dict]:
-    """One dict per file, snapshots then logs, ascending counters."""
+class Cache:
+    """What describe() learnt of files that do not change, by name.
+
+    An entry holds while the file keeps its size and mtime: (stamp, doc,
+    verified), verified being True/False once a snapshot was fully checked.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[tuple[int, int], dict, bool | None]] = {}
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _problem(e: Exception) -> str:
+    if isinstance(e, CorruptRecordError):
+        return f"corrupt: {e}"
+    return f"unreadable: {getattr(e, 'strerror', None) or e}"
+
+
+def describe(directory: str, cache: Cache | None = None,
+             current: tuple[int, int] | None = None,
+             trusted: Iterable[int] = ()) -> list[dict]:
+    """One dict per file, snapshots then logs, ascending counters.
+
+    *current*: (counter, records) of the log a running node appends to, so it
+    is not scanned. *trusted*: counters of snapshots known whole (written or
+    loaded by the node), so they are not decoded to tell which one is in use.
+    """
     logs, snaps = files.list_counters(directory)
+    trusted = set(trusted)
+    entries = cache.entries if cache is not None else {}
+    seen: set[str] = set()
     out: list[dict] = []
     in_use_snap = None
-    snap_docs = []
+    snap_docs: list[tuple[dict, tuple[int, int], bool | None]] = []
     for c in snaps:
-        path = os.path.join(directory, files.snap_name(c))
-        st = os.stat(path)
-        doc = {"node_dir": directory, "file": files.snap_name(c), "kind": "snapshot",
+        name = files.snap_name(c)
+        path = os.path.join(directory, name)
+        st = _stat(path)
+        if st is None:
+            continue
+        stamp = (st.st_size, st.st_mtime_ns)
+        hit = entries.get(name)
+        if hit is not None and hit[0] == stamp:
+            snap_docs.append((dict(hit[1]), stamp, hit[2]))
+            seen.add(name)
+            continue
+        doc = {"node_dir": directory, "file": name, "kind": "snapshot",
                "counter": c, "bytes": st.st_size, "mtime": st.st_mtime, "records": None,
                "in_use": False, "status": "ok"}
         try:
-            info = snapshot.read_info(path)
-            doc["records"] = info.keys
-        except CorruptRecordError as e:
-            doc["status"] = f"corrupt: {e}"
-        except OSError as e:      # not corruption: recovery refuses it, never skips it
-            doc["status"] = f"unreadable: {e.strerror or e}"
-        snap_docs.append(doc)
+            doc["records"] = snapshot.read_info(path).keys
+        except FileNotFoundError:
+            continue
+        except (CorruptRecordError, OSError) as e:
+            doc["status"] = _problem(e)
+        snap_docs.append((doc, stamp, False if doc["status"] != "ok" else None))
     # Recovery takes the newest snapshot that verifies; check from the newest.
-    for doc in reversed(snap_docs):
+    vanished = set()
+    for k in range(len(snap_docs) - 1, -1, -1):
+        doc, stamp, verified = snap_docs[k]
         if doc["status"] != "ok":
             continue
-        try:
-            snapshot.read(os.path.join(directory, doc["file"]))
-        except CorruptRecordError as e:
-            doc["status"] = f"corrupt: {e}"
-            continue
-        except OSError as e:
-            doc["status"] = f"unreadable: {e.strerror or e}"
+        if verified is None:
+            if doc["counter"] in trusted:
+                verified = True
+            else:
+                try:
+                    snapshot.read(os.path.join(directory, doc["file"]))
+                    verified = True
+                except FileNotFoundError:
+                    vanished.add(k)
+                    continue
+                except (CorruptRecordError, OSError) as e:
+                    doc["status"] = _problem(e)
+                    verified = False
+            snap_docs[k] = (doc, stamp, verified)
+        if verified:
+            in_use_snap = doc["counter"]
             break
-        doc["in_use"] = True
-        in_use_snap = doc["counter"]
-        break
-    out.extend(snap_docs)
+    for k, (doc, stamp, verified) in enumerate(snap_docs):
+        if k in vanished:
+            continue
+        doc["in_use"] = doc["counter"] == in_use_snap
+        if cache is not None:
+            entries[doc["file"]] = (stamp, dict(doc, in_use=False), verified)
+            seen.add(doc["file"])
+        out.append(doc)
     base = in_use_snap or 0
     newest = logs[-1] if logs else None
     for c in logs:
-        path = os.path.join(directory, files.log_name(c))
-        st = os.stat(path)
-        doc = {"node_dir": directory, "file": files.log_name(c), "kind": "log", "counter": c,
+        name = files.log_name(c)
+        path = os.path.join(directory, name)
+        st = _stat(path)
+        if st is None:
+            continue
+        doc = {"node_dir": directory, "file": name, "kind": "log", "counter": c,
                "bytes": st.st_size, "mtime": st.st_mtime, "records": None,
                "in_use": c >= base, "status": "ok"}
-        try:
-            with open(path, "rb") as f:
-                res = records.scan(f.read(), path, allow_torn=(c == newest))
-            doc["records"] = len(res.records)
-            if res.torn_bytes:
-                doc["status"] = f"torn tail of {res.torn_bytes} bytes"
-        except CorruptRecordError as e:
-            doc["status"] = f"corrupt: {e}"
-        except OSError as e:
-            doc["status"] = f"unreadable: {e.strerror or e}"
         if c == newest:
             doc["current"] = True
+        if current is not None and c == current[0]:
+            doc["records"] = current[1]     # appended to now: the node's count
+            out.append(doc)
+            continue
+        stamp = (st.st_size, st.st_mtime_ns)
+        hit = entries.get(name)
+        if hit is not None and hit[0] == stamp:
+            doc["records"], doc["status"] = hit[1]["records"], hit[1]["status"]
+            seen.add(name)
+            out.append(doc)
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            doc["status"] = _problem(e)
+        else:
+            try:
+                res = records.scan(data, path, allow_torn=(c == newest))
+                doc["records"] = len(res.records)
+                if res.torn_bytes:
+                    doc["status"] = f"torn tail of {res.torn_bytes} bytes"
+            except CorruptRecordError as e:
+                doc["status"] = _problem(e)
+            del data
+        if cache is not None and c != newest:   # the newest may still grow
+            entries[name] = (stamp, {"records": doc["records"], "status": doc["status"]},
+                             None)
+            seen.add(name)
         out.append(doc)
+    for name in list(entries):
+        if name not in seen:
+            del entries[name]
     return out

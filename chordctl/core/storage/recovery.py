@@ -64,9 +64,9 @@ class RecoveryReport:
 def access_error(path: str, e: OSError, doing: str = "read") -> StorageAccessError:
     """An unreadable node file: an operator problem, not corruption."""
     return StorageAccessError(
-        f"storage: cannot {doing} {path}: {e.strerror or e}; an unreadable file is not "
-        f"corruption, so nothing was skipped or changed -- give the node's user access "
-        f"to it (check owner and mode) and retry")
+        path, e.strerror or str(e), doing,
+        "an unreadable file is not corruption, so nothing was skipped or changed -- give "
+        "the node's user access to it (check owner and mode) and retry")
 
 
 def _listdir(directory: str) -> list[str]:
