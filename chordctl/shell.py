@@ -5,7 +5,7 @@ a command, validates it and sends it without waiting; the *printer* prints
 each reply as it arrives, tagged with the request it answers. With a terminal,
 prompt_toolkit keeps the line being typed intact while replies print
 (patch_stdout), keeps history in a file, completes command names with TAB and
-shows the syntax of the command being typed below the prompt. Without one (a
+shows the arguments still to type greyed after the cursor. Without one (a
 pipe, a script) commands are read line by line.
 
 The commands are the table SPECS: each one's syntax drives parsing (one
@@ -73,7 +73,6 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
 )}
 ALIASES = {alias: spec.name for spec in SPECS.values() for alias in spec.aliases}
 COMMANDS = tuple(SPECS) + tuple(ALIASES)
-SENT = ("create", "read", "update", "delete")   # sent to the ring; the rest answer locally
 
 
 def _help_text() -> str:
