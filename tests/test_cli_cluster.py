@@ -425,3 +425,22 @@ def test_a_pid_file_naming_another_process_is_not_signalled(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_cluster_down_stops_a_node_serving_a_copy_of_the_config(tmp_path):
+    """Started by hand from another file naming the same ports and data directory:
+    still this config's node (it holds the node's files), so `down` stops it."""
+    import shutil
+    from conftest import NodeProc
+    path = write_config(tmp_path, 1, timeout=5)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(path, copy / "same.yaml")
+    hand = NodeProc(str(copy / "same.yaml"), 0).start()
+    try:
+        r = run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT)
+        assert r.returncode == 0, r.stderr.decode()
+        assert f"node 0 (pid {hand.proc.pid})" in r.stdout.decode(), r.stdout.decode()
+        assert hand.proc.wait(timeout=EXIT_TIMEOUT) == 0
+    finally:
+        hand.stop()
