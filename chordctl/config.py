@@ -2,8 +2,10 @@
 
 Every problem is reported as a ConfigError naming the field
 (``config: ring.bits: must be an integer >= 1 (got 0)``), never a traceback.
-Relative ``storage.data_dir`` paths are taken relative to the current
-directory, so the bundled examples keep their data under ``./data``.
+Relative paths (``storage.data_dir``, the TLS files) are taken relative to
+the directory of the config file (the current directory for a document
+without a file), once, here: a Config holds absolute paths, so every command
+means the same files whatever directory it runs in.
 """
 
 from __future__ import annotations
@@ -281,7 +283,18 @@ def _cpus(section: dict, where: str) -> frozenset[int] | None:
         raise _FieldError(f"{where}.cpus", f"{e} (got {_brief(value)})") from None
 
 
+def _base_dir(path: str | None) -> str:
+    """The directory relative paths in the config at *path* are taken from."""
+    return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+
+
+def _resolve(base: str, value: str) -> str:
+    """*value* as an absolute path: ``~`` expanded, relative to *base*."""
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
 def _build(data: Any, path: str | None) -> Config:
+    base = _base_dir(path)
     if data is None:
         raise _FieldError("(document)", "the file is empty; it needs at least ring.bits and nodes")
     if not isinstance(data, dict):
@@ -325,7 +338,7 @@ def _build(data: Any, path: str | None) -> Config:
             raise _FieldError(f"{where}.port", f"duplicate address {host}:{port}, "
                               f"already used by nodes[{seen[endpoint]}]")
         seen[endpoint] = i
-        cert, key = _file_pair(raw, where, "cert", "key")
+        cert, key = _file_pair(raw, where, "cert", "key", base)
         if cert and data.get("tls") is None:
             raise _FieldError(f"{where}.cert", "a node certificate needs a tls section "
                               "(at least tls.ca, to verify the nodes)")
@@ -343,7 +356,7 @@ def _build(data: Any, path: str | None) -> Config:
     if not isinstance(data_dir, str) or not data_dir:
         raise _FieldError("storage.data_dir", f"must be a directory path (got {_show(data_dir)})")
     storage = StorageConfig(
-        data_dir=data_dir,
+        data_dir=_resolve(base, data_dir),
         snapshot_interval=_number(st, "storage", "snapshot_interval",
                                   StorageConfig.snapshot_interval, 0.0, strict=False,
                                   high=MAX_SNAPSHOT_INTERVAL, unit="seconds (a year)"),
@@ -376,7 +389,7 @@ def _build(data: Any, path: str | None) -> Config:
                       high=MAX_SECONDS, unit="seconds (a day)"),
         route=_choice(cl, "client", "route", "entry", CLIENT_ROUTES),
     )
-    tls = _tls(data, nodes)
+    tls = _tls(data, nodes, base)
     admin = _admin(data)
     return Config(ring=ring, nodes=tuple(nodes), storage=storage, limits=limits,
                   client=client, path=path, tls=tls, admin=admin)
@@ -391,25 +404,28 @@ def _admin(data: dict) -> AdminConfig:
     return AdminConfig(allow=_choice(ad, "admin", "allow", AdminConfig.allow, ADMIN_ALLOW))
 
 
-def _file(section: dict, where: str, name: str) -> str | None:
-    """An optional path to an existing file."""
+def _file(section: dict, where: str, name: str, base: str) -> str | None:
+    """An optional path to an existing file, made absolute (relative to *base*)."""
     field = f"{where}.{name}"
     value = section.get(name)
     if value is None:
         return None
     if not isinstance(value, str) or not value:
         raise _FieldError(field, f"must be a file path (got {_show(value)})")
-    if not os.path.isfile(value):
-        what = "is not a file" if os.path.exists(value) else "no such file"
-        raise _FieldError(field, f"{_brief(value)}: {what}")
-    return value
+    resolved = _resolve(base, value)
+    if not os.path.isfile(resolved):
+        what = "is not a file" if os.path.exists(resolved) else "no such file"
+        looked = "" if resolved == value else \
+            f" (looked for {resolved}: relative paths are relative to the config's directory)"
+        raise _FieldError(field, f"{_brief(value)}: {what}{looked}")
+    return resolved
 
 
-def _file_pair(section: dict, where: str, cert_name: str,
-               key_name: str) -> tuple[str | None, str | None]:
+def _file_pair(section: dict, where: str, cert_name: str, key_name: str,
+               base: str) -> tuple[str | None, str | None]:
     """A certificate and its key: both or neither."""
-    cert = _file(section, where, cert_name)
-    key = _file(section, where, key_name)
+    cert = _file(section, where, cert_name, base)
+    key = _file(section, where, key_name, base)
     if cert and not key:
         raise _FieldError(f"{where}.{key_name}", f"missing: {where}.{cert_name} needs its "
                           f"private key")
@@ -419,14 +435,14 @@ def _file_pair(section: dict, where: str, cert_name: str,
     return cert, key
 
 
-def _tls(data: dict, nodes: list[NodeConfig]) -> TlsConfig | None:
+def _tls(data: dict, nodes: list[NodeConfig], base: str) -> TlsConfig | None:
     if data.get("tls") is None:
         return None
     t = _section(data, "tls")
     _check_keys(t, tuple(f.name for f in dataclasses.fields(TlsConfig)), "tls")
-    cert, key = _file_pair(t, "tls", "cert", "key")
-    client_cert, client_key = _file_pair(t, "tls", "client_cert", "client_key")
-    ca = _file(t, "tls", "ca")
+    cert, key = _file_pair(t, "tls", "cert", "key", base)
+    client_cert, client_key = _file_pair(t, "tls", "client_cert", "client_key", base)
+    ca = _file(t, "tls", "ca", base)
     require = t.get("require_client_cert", False)
     if require is None:
         require = False

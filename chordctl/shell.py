@@ -4,15 +4,23 @@ Two threads, as the assignment asks: the *reader* (the caller's thread) reads
 a command, validates it and sends it without waiting; the *printer* prints
 each reply as it arrives, tagged with the request it answers. With a terminal,
 prompt_toolkit keeps the line being typed intact while replies print
-(patch_stdout), keeps history in a file and completes commands with TAB.
-Without one (a pipe, a script) commands are read line by line.
+(patch_stdout), keeps history in a file, completes command names with TAB and
+shows the arguments still to type greyed after the cursor. Without one (a
+pipe, a script) commands are read line by line.
+
+The commands are the table SPECS: each one's syntax drives parsing (one
+parser per argument shape in _PARSERS), ``help``, ``help COMMAND``, the hints
+and completion, so a new command is one entry there.
 
 After input ends (``sair``, ``exit``, ``quit``, Ctrl-D or end of file) the
-shell waits for pending replies, at most ``client.grace`` seconds.
+shell waits for pending replies, at most ``client.grace`` seconds. Piped input
+exits 1 if any request failed or any line was invalid; an interactive session
+exits 0 (it showed each failure as it came).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -27,28 +35,151 @@ from chordctl.core.request import parse_key
 from chordctl.errors import ChordError, InvalidInputError
 
 EXIT_WORDS = ("sair", "exit", "quit")
-COMMANDS = ("create", "read", "update", "delete", "ring", "locate", "help") + EXIT_WORDS
 HISTORY_ENV = "CHORDCTL_HISTORY"
 NOTICE_AFTER = 0.5   # say that we are waiting only when replies are slow
 
-HELP = """\
-Commands (case-insensitive; replies arrive tagged [n] as they come):
-  create KEY VALUE   create KEY; fails if it exists      create 10 hello world
-  read KEY           print KEY's value                   read 10
-  update KEY VALUE   replace KEY's value                 update 10 bye
-  delete KEY         delete KEY                          delete 10
-  locate KEY         KEY's position, owner and route     locate 10
-  ring               the nodes, their arcs and state     ring
-  help               this menu
-  sair | exit | quit end input (also Ctrl-D); pending replies are awaited
-KEY is a non-negative integer; VALUE is the rest of the line."""
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One shell command: its syntax (for help, hints and parsing) and what it does.
+
+    *args* names the arguments' shape, which picks the parser in _PARSERS:
+    ``"KEY VALUE"``, ``"KEY"``, ``""`` (none) or ``"[COMMAND]"``. A new
+    command is one Spec here (and, for a new shape, one parser).
+    """
+
+    name: str
+    args: str
+    summary: str
+    example: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def syntax(self) -> str:
+        return f"{self.name} {self.args}".rstrip()
+
+
+SPECS: dict[str, Spec] = {s.name: s for s in (
+    Spec("create", "KEY VALUE", "create KEY; fails if it exists", "create 10 hello world"),
+    Spec("read", "KEY", "print KEY's value", "read 10"),
+    Spec("update", "KEY VALUE", "replace KEY's value", "update 10 bye"),
+    Spec("delete", "KEY", "delete KEY", "delete 10"),
+    Spec("locate", "KEY", "KEY's position, owner and route", "locate 10"),
+    Spec("ring", "", "the nodes, their arcs and state", "ring"),
+    Spec("help", "[COMMAND]", "the commands, or one command's syntax", "help create",
+         aliases=("?",)),
+    Spec("sair", "", "end input; pending replies are awaited", "sair",
+         aliases=("exit", "quit")),
+)}
+ALIASES = {alias: spec.name for spec in SPECS.values() for alias in spec.aliases}
+COMMANDS = tuple(SPECS) + tuple(ALIASES)
+
+
+def _help_text() -> str:
+    def names(s: Spec) -> str:
+        return " | ".join((s.name, *s.aliases)) if s.aliases and not s.args else s.syntax
+    width = max(len(names(s)) for s in SPECS.values()) + 2
+    summary = max(len(s.summary) for s in SPECS.values()) + 2
+    lines = ["Commands (case-insensitive; replies arrive tagged [n] as they come):"]
+    lines += [f"  {names(s):<{width}}{s.summary:<{summary}}{s.example}" for s in SPECS.values()]
+    lines.append("KEY is a non-negative integer; VALUE is the rest of the line; Ctrl-D "
+                 "also ends input.\nhelp COMMAND shows one command's syntax.")
+    return "\n".join(lines)
+
+
+HELP = _help_text()
+
+
+def command_help(name: str) -> str:
+    """``help NAME``: the command's syntax, what it does, an example."""
+    spec = SPECS[ALIASES.get(name, name)]
+    also = f" (also {', '.join(spec.aliases)})" if spec.aliases else ""
+    return f"usage: {spec.syntax}{also}\n  {spec.summary}\n  example: {spec.example}"
+
+
+def arg_hint(text: str) -> str:
+    """The arguments still to type, shown greyed after the cursor (as redis-cli does):
+    ``"create "`` -> ``"KEY VALUE"``, ``"create 10"`` -> ``" VALUE"``."""
+    words = text.split()
+    if not words:
+        return ""
+    name = words[0].lower()
+    spec = SPECS.get(ALIASES.get(name, name))
+    if spec is None or not spec.args:
+        return ""
+    trailing = text[-1:].isspace()
+    given = len(words) - 1
+    wanted = spec.args.split()
+    if spec.args == "KEY VALUE" and given >= 2:   # VALUE is the rest of the line
+        return ""
+    remaining = wanted[given:]
+    if not remaining:
+        return ""
+    return ("" if trailing else " ") + " ".join(remaining)
 
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    name: str                 # create | read | update | delete | ring | locate | help | exit
+    name: str                 # a Spec name (create | read | ... | help), or exit
     key: str | None = None
     value: bytes | None = None
+    topic: str | None = None  # help TOPIC
+
+
+def _usage(spec: Spec) -> str:
+    return f"usage: {spec.syntax}"
+
+
+def _parse_key_value(spec: Spec, rest: str, max_digits: int, max_value: int) -> Command:
+    key, _, value = rest.partition(" ")
+    _check_key(spec, key, max_digits)
+    if not value.strip():
+        raise InvalidInputError(f"{spec.name} needs a value; {_usage(spec)}")
+    data = value.strip().encode("utf-8", "surrogateescape")
+    if len(data) > max_value:
+        raise InvalidInputError(f"value of {len(data)} bytes is over the limit of "
+                                f"{max_value} bytes (limits.max_value_bytes)")
+    return Command(spec.name, key, data)
+
+
+def _parse_key(spec: Spec, rest: str, max_digits: int, max_value: int) -> Command:
+    key, _, extra = rest.partition(" ")
+    _check_key(spec, key, max_digits)
+    if extra.strip():
+        raise InvalidInputError(f"{spec.name} takes only a key; {_usage(spec)}")
+    return Command(spec.name, key)
+
+
+def _check_key(spec: Spec, key: str, max_digits: int) -> None:
+    if not key:
+        raise InvalidInputError(f"{spec.name} needs a key; {_usage(spec)}")
+    try:
+        parse_key(key, max_digits)
+    except ValueError as e:
+        raise InvalidInputError(str(e)) from None
+
+
+def _parse_none(spec: Spec, rest: str, max_digits: int, max_value: int) -> Command:
+    if rest:
+        raise InvalidInputError(f"{spec.name} takes no arguments")
+    return Command("exit" if spec.name == "sair" else spec.name)
+
+
+def _parse_topic(spec: Spec, rest: str, max_digits: int, max_value: int) -> Command:
+    if not rest:
+        return Command(spec.name)
+    topic = rest.lower()
+    if topic not in SPECS and topic not in ALIASES:
+        raise InvalidInputError(f"no command {rest!r}; commands: {', '.join(SPECS)}")
+    return Command(spec.name, topic=topic)
+
+
+_PARSERS: dict[str, Callable[[Spec, str, int, int], Command]] = {
+    "KEY VALUE": _parse_key_value,
+    "KEY": _parse_key,
+    "": _parse_none,
+    "[COMMAND]": _parse_topic,
+}
 
 
 def parse_command(line: str, max_digits: int = 4096,
@@ -59,34 +190,11 @@ def parse_command(line: str, max_digits: int = 4096,
         return None
     word, _, rest = text.partition(" ")
     name = word.lower()
-    rest = rest.strip()
-    if name in EXIT_WORDS:
-        return Command("exit")
-    if name in ("help", "?", "ring"):
-        if rest:
-            raise InvalidInputError(f"{name} takes no arguments")
-        return Command("help" if name == "?" else name)
-    if name not in ("create", "read", "update", "delete", "locate"):
+    name = ALIASES.get(name, name)
+    spec = SPECS.get(name)
+    if spec is None:
         raise InvalidInputError(f"unknown command {word!r}; type help for the list")
-    key, _, value = rest.partition(" ")
-    if not key:
-        usage = f"{name} KEY VALUE" if name in ("create", "update") else f"{name} KEY"
-        raise InvalidInputError(f"{name} needs a key; usage: {usage}")
-    try:
-        parse_key(key, max_digits)
-    except ValueError as e:
-        raise InvalidInputError(str(e)) from None
-    if name in ("create", "update"):
-        if not value.strip():
-            raise InvalidInputError(f"{name} needs a value; usage: {name} KEY VALUE")
-        data = value.strip().encode("utf-8", "surrogateescape")
-        if len(data) > max_value:
-            raise InvalidInputError(f"value of {len(data)} bytes is over the limit of "
-                                    f"{max_value} bytes (limits.max_value_bytes)")
-        return Command(name, key, data)
-    if value.strip():
-        raise InvalidInputError(f"{name} takes only a key; usage: {name} KEY")
-    return Command(name, key)
+    return _PARSERS[spec.args](spec, rest.strip(), max_digits, max_value)
 
 
 def format_result(tag: int, cmd: Command, outcome: Result | ChordError) -> str:
@@ -150,7 +258,7 @@ class Shell:
         if cmd.name == "exit":
             return False
         if cmd.name == "help":
-            self.say(HELP)
+            self.say(command_help(cmd.topic) if cmd.topic else HELP)
             return True
         if cmd.name in ("ring", "locate"):
             self.say(self._local_view(cmd))
@@ -208,8 +316,13 @@ class Shell:
 
     # -- sessions -------------------------------------------------------------
 
-    def run(self, lines: Callable[[], str]) -> int:
-        """Feed lines from *lines* (raises EOFError at the end); returns the exit code."""
+    def run(self, lines: Callable[[], str], strict: bool = True) -> int:
+        """Feed lines from *lines* (raises EOFError at the end); returns the exit code.
+
+        *strict* (piped input, scripts): 1 if any request failed, any line was
+        invalid or any reply never came. An interactive session has already
+        shown each of those as it happened, so leaving it exits 0.
+        """
         self._printer.start()
         try:
             while True:
@@ -232,7 +345,7 @@ class Shell:
                          f"(gave up after {self.grace:g}s)", error=True)
             self._replies.put(None)
             self._printer.join(5.0)
-        return 1 if (self.failed or missing or self.invalid) else 0
+        return 1 if strict and (self.failed or missing or self.invalid) else 0
 
 
 def _history_path() -> str:
@@ -240,24 +353,85 @@ def _history_path() -> str:
                                                         ".chordctl_history")
 
 
+def completions(text: str) -> list[str]:
+    """What TAB offers for the text before the cursor: command names for the
+    first word (and for ``help``'s argument), nothing inside arguments."""
+    words = text.lstrip().split(" ")
+    if len(words) == 1:
+        return [n for n in COMMANDS if n.startswith(words[0].lower())]
+    if len(words) == 2 and ALIASES.get(words[0].lower(), words[0].lower()) == "help":
+        return [n for n in SPECS if n.startswith(words[1].lower())]
+    return []
+
+
+@contextlib.contextmanager
+def _no_echo(fd: int):
+    """Keep the terminal from echoing keys typed while no prompt is reading.
+
+    Between two prompts (a command being handled, a reply printing) the
+    terminal is back in its own mode, which echoes what is typed ahead
+    wherever the cursor is, in among the replies; prompt_toolkit then reads
+    the same keys and shows them again. With echo off they appear only once,
+    in the next prompt's line. prompt_toolkit's raw mode restores this mode
+    after each prompt; the original one is restored when the session ends.
+    """
+    import termios
+    try:
+        old = termios.tcgetattr(fd)
+    except (termios.error, OSError):
+        yield
+        return
+    quiet = list(old)
+    quiet[3] &= ~(termios.ECHO | termios.ECHONL)
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, old)
+
+
 def run_interactive(shell: Shell, target: str) -> int:
     from prompt_toolkit import PromptSession
-    from prompt_toolkit.completion import WordCompleter
+    from prompt_toolkit.completion import Completer, Completion
     from prompt_toolkit.history import FileHistory
+    from prompt_toolkit.layout.processors import Processor, Transformation
     from prompt_toolkit.patch_stdout import patch_stdout
+    from prompt_toolkit.styles import Style
+
+    class ShellCompleter(Completer):
+        def get_completions(self, document, complete_event):
+            text = document.text_before_cursor
+            word = text.split(" ")[-1]
+            for name in completions(text):
+                spec = SPECS[ALIASES.get(name, name)]
+                # The space after the name starts the arguments (and the hint).
+                yield Completion(name + " ", -len(word), display=name,
+                                 display_meta=spec.summary)
+
+    class ArgHint(Processor):
+        """Grey text after the cursor: the arguments the command still needs."""
+
+        def apply_transformation(self, ti):
+            doc = ti.document
+            if ti.lineno == doc.line_count - 1 and doc.is_cursor_at_the_end:
+                text = arg_hint(doc.text)
+                if text:
+                    return Transformation(ti.fragments + [("class:arg-hint", text)])
+            return Transformation(ti.fragments)
 
     try:
         history = FileHistory(_history_path())
     except OSError:
         history = None
-    session = PromptSession(history=history,
-                            completer=WordCompleter(list(COMMANDS), ignore_case=True))
+    session: PromptSession = PromptSession(
+        history=history, completer=ShellCompleter(), input_processors=[ArgHint()],
+        style=Style.from_dict({"arg-hint": "#888888"}))
     shell.say(f"connected to {target}; type help for commands, sair to leave")
-    with patch_stdout(raw=True):
+    with _no_echo(sys.stdin.fileno()), patch_stdout(raw=True):
         # patch_stdout swaps sys.stdout; the printer must write to the patched one.
         shell.out = sys.stdout
         shell.err = sys.stdout
-        return shell.run(lambda: session.prompt(f"chordctl {target}> "))
+        return shell.run(lambda: session.prompt(f"chordctl {target}> "), strict=False)
 
 
 def run_piped(shell: Shell, stream: TextIO) -> int:

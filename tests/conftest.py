@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from chordctl import config as config_mod
-from chordctl.cli.cluster import wait_exit, wait_serving
+from chordctl.localcluster import wait_exit, wait_serving
 from chordctl.cli.main import cli
 from chordctl.client import Client
 
@@ -213,13 +213,13 @@ def run_cli():
 
 
 def run_chordctl(*args: str, input: bytes | None = None, timeout: float = 60,
-                 env: dict | None = None) -> subprocess.CompletedProcess:
+                 env: dict | None = None, cwd: str | None = None) -> subprocess.CompletedProcess:
     """chordctl as a real process (for exit codes, stdout/stderr as a user sees them)."""
     e = dict(os.environ)
     if env:
         e.update(env)
     return subprocess.run([sys.executable, "-m", "chordctl", *args], input=input,
-                          capture_output=True, timeout=timeout, env=e)
+                          capture_output=True, timeout=timeout, env=e, cwd=cwd)
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "") -> None:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from chordctl import config as config_mod
-from chordctl.cli.cluster import log_path, pid_path, wait_exit
+from chordctl.localcluster import log_path, pid_path, wait_exit
 from chordctl.client import Client
 from chordctl.core import affinity
 from chordctl.core.ring import Ring
@@ -109,15 +109,17 @@ def test_cluster_up_detach_runs_every_node_and_down_stops_them(config4, run_cli)
     assert all(" down " in line for line in ring_rows(r.stdout.decode()).values())
 
 
-def test_cluster_up_twice_refuses_while_the_ring_runs(config4):
+def test_cluster_up_twice_leaves_the_running_ring_alone(config4):
     path, cfg, started = config4
     assert up_detached(path, cfg, started).returncode == 0
     first = dict(started)
 
     r = run_chordctl("-c", path, "cluster", "up", "--detach", timeout=UP_TIMEOUT)
-    assert r.returncode != 0
     err = r.stderr.decode()
-    assert "already running" in err and "cluster down" in err, err
+    assert r.returncode == 0, err
+    for i, pid in first.items():
+        assert f"node {i} already running on {cfg.nodes[i].address} (pid {pid})" in err, err
+    assert "every node of this config was already running" in err
     # The first ring is untouched: same processes, still serving.
     assert read_pids(cfg) == first
     with Client(cfg, target=cfg.nodes[3].address) as c:
@@ -295,3 +297,150 @@ def test_cluster_up_runs_unpinned_where_the_system_refuses_pinning(tmp_path, run
 
 def test_can_pin_here():
     assert affinity.can_pin() == hasattr(os, "sched_setaffinity")
+
+
+# -- nodes found whatever the current directory, however they were started --------
+
+def _relative_config(tmp_path, n: int) -> tuple[str, object]:
+    """A config in tmp_path/conf whose data_dir is relative (./data)."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = write_config(conf, n, timeout=5)
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    doc["storage"]["data_dir"] = "./data"
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f)
+    return path, config_mod.load(path)
+
+
+def test_cluster_down_from_another_directory_stops_every_node(tmp_path):
+    path, cfg = _relative_config(tmp_path, 2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    started: dict[int, int] = {}
+    try:
+        r = run_chordctl("-c", path, "cluster", "up", "--detach", timeout=UP_TIMEOUT,
+                         cwd=str(elsewhere))
+        started.update(read_pids(cfg))
+        assert r.returncode == 0, r.stderr.decode()
+        # The data lives beside the config, not in the directory up ran from.
+        assert cfg.node_dir(0) == str(tmp_path / "conf" / "data" / "node-0")
+        assert os.path.isfile(log_path(cfg, 1))
+        assert not os.path.exists(elsewhere / "data")
+
+        r = run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT, cwd=str(tmp_path))
+        out = r.stdout.decode()
+        assert r.returncode == 0, r.stderr.decode()
+        assert "no node of this config is running" not in r.stderr.decode()
+        for i, pid in started.items():
+            assert f"node {i} (pid {pid})" in out and "stopped" in out, out
+            assert wait_exit(pid, EXIT_TIMEOUT), f"node {i} (pid {pid}) still running"
+    finally:
+        kill_leftovers(cfg, path, started)
+
+
+def test_cluster_down_stops_a_node_started_by_hand(tmp_path):
+    from conftest import NodeProc
+    path = write_config(tmp_path, 2, timeout=5)
+    hand = NodeProc(path, 1).start()
+    try:
+        r = run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT)
+        out = r.stdout.decode()
+        assert r.returncode == 0, r.stderr.decode()
+        assert f"node 1 (pid {hand.proc.pid}) on {hand.address}: stopped" in out, out
+        assert "found by port" in out
+        assert "node 0: not running" in out
+        assert hand.proc.wait(timeout=EXIT_TIMEOUT) == 0
+    finally:
+        hand.stop()
+
+
+def test_cluster_up_starts_only_the_missing_nodes(tmp_path):
+    from conftest import NodeProc
+    path = write_config(tmp_path, 3, timeout=5)
+    cfg = config_mod.load(path)
+    hand = NodeProc(path, 1).start()
+    started: dict[int, int] = {}
+    try:
+        r = run_chordctl("-c", path, "cluster", "up", "--detach", timeout=UP_TIMEOUT)
+        started.update(read_pids(cfg))
+        err = r.stderr.decode()
+        assert r.returncode == 0, err
+        assert f"node 1 already running on {hand.address} (pid {hand.proc.pid})" in err
+        assert sorted(started) == [0, 2]               # no pid file for the hand's node
+        rows = ring_rows(r.stdout.decode())
+        assert all(" up " in line for line in rows.values()) and sorted(rows) == [0, 1, 2]
+        assert hand.alive
+        r = run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT)
+        assert r.returncode == 0, r.stderr.decode()
+        for pid in (*started.values(), hand.proc.pid):
+            assert f"(pid {pid})" in r.stdout.decode()
+            assert wait_exit(pid, EXIT_TIMEOUT)
+    finally:
+        kill_leftovers(cfg, path, started)
+        hand.stop()
+
+
+def test_cluster_down_leaves_another_rings_node_on_its_port_alone(tmp_path):
+    """A node of another config answers on our port with its pid: it is not ours
+    (another data directory), so `down` names it and does not signal it."""
+    from conftest import Cluster
+    other = tmp_path / "other"
+    other.mkdir()
+    held = Cluster(write_config(other, 1)).start()
+    try:
+        mine = tmp_path / "mine"
+        mine.mkdir()
+        path = write_config(mine, 1)
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+        doc["nodes"][0]["port"] = held.config.nodes[0].port
+        with open(path, "w") as f:
+            yaml.safe_dump(doc, f)
+        r = run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT)
+        out = r.stdout.decode()
+        assert r.returncode == 0, r.stderr.decode()
+        assert f"answers as pid {held.nodes[0].proc.pid}, which is not node 0" in out, out
+        assert "no node of this config is running" in r.stderr.decode()
+        assert held.nodes[0].alive
+    finally:
+        held.stop()
+
+
+def test_a_pid_file_naming_another_process_is_not_signalled(tmp_path):
+    """A stale pid file whose pid now belongs to some other process: never signalled."""
+    path = write_config(tmp_path, 1)
+    cfg = config_mod.load(path)
+    os.makedirs(cfg.node_dir(0))
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with open(pid_path(cfg, 0), "w") as f:
+            f.write(f"{bystander.pid}\n")
+        r = run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT)
+        assert r.returncode == 0, r.stderr.decode()
+        assert "node 0: not running" in r.stdout.decode()
+        assert bystander.poll() is None
+        assert not os.path.exists(pid_path(cfg, 0))
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_cluster_down_stops_a_node_serving_a_copy_of_the_config(tmp_path):
+    """Started by hand from another file naming the same ports and data directory:
+    still this config's node (it holds the node's files), so `down` stops it."""
+    import shutil
+    from conftest import NodeProc
+    path = write_config(tmp_path, 1, timeout=5)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(path, copy / "same.yaml")
+    hand = NodeProc(str(copy / "same.yaml"), 0).start()
+    try:
+        r = run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT)
+        assert r.returncode == 0, r.stderr.decode()
+        assert f"node 0 (pid {hand.proc.pid})" in r.stdout.decode(), r.stdout.decode()
+        assert hand.proc.wait(timeout=EXIT_TIMEOUT) == 0
+    finally:
+        hand.stop()

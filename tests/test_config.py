@@ -510,3 +510,74 @@ def test_load_of_random_text_is_config_or_config_error(tmp_path_factory, text: s
     except ConfigError:
         pass
 
+
+
+# -- relative paths are relative to the config file -------------------------------
+
+
+def _tls_doc(cert: str, key: str, ca: str) -> dict:
+    doc = valid()
+    doc["tls"] = {"cert": cert, "key": key, "ca": ca}
+    return doc
+
+
+def test_relative_data_dir_is_relative_to_the_config_directory(tmp_path, monkeypatch) -> None:
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    path = write(conf_dir, yaml.safe_dump(valid()))   # data_dir: ./data
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load(path)
+    assert cfg.storage.data_dir == str(conf_dir / "data")
+    assert cfg.node_dir(1) == str(conf_dir / "data" / "node-1")
+    # The same file named by a relative path from another directory: same dirs.
+    monkeypatch.chdir(tmp_path)
+    assert load(os.path.join("conf", "chordctl.yaml")).storage.data_dir == str(conf_dir / "data")
+
+
+def test_absolute_data_dir_is_kept(tmp_path) -> None:
+    doc = valid()
+    doc["storage"]["data_dir"] = str(tmp_path / "abs" / "data")
+    assert load(write(tmp_path, yaml.safe_dump(doc))).storage.data_dir == \
+        str(tmp_path / "abs" / "data")
+
+
+def test_data_dir_of_a_document_without_file_is_relative_to_the_cwd(tmp_path,
+                                                                     monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert from_dict(valid()).storage.data_dir == str(tmp_path / "data")
+
+
+def test_relative_tls_files_are_relative_to_the_config_directory(tmp_path, monkeypatch) -> None:
+    conf_dir = tmp_path / "conf"
+    (conf_dir / "certs").mkdir(parents=True)
+    for name in ("node.pem", "node.key", "ca.pem"):
+        (conf_dir / "certs" / name).write_text("x")
+    path = write(conf_dir, yaml.safe_dump(_tls_doc("certs/node.pem", "certs/node.key",
+                                                   "certs/ca.pem")))
+    monkeypatch.chdir(tmp_path)
+    cfg = load(path)
+    assert cfg.tls.cert == str(conf_dir / "certs" / "node.pem")
+    assert cfg.tls.key == str(conf_dir / "certs" / "node.key")
+    assert cfg.tls.ca == str(conf_dir / "certs" / "ca.pem")
+
+
+def test_missing_relative_tls_file_says_where_it_was_looked_for(tmp_path) -> None:
+    path = write(tmp_path, yaml.safe_dump(_tls_doc("certs/node.pem", "certs/node.key",
+                                                   "certs/ca.pem")))
+    msg = load_error(path)
+    assert "tls.cert" in msg and "no such file" in msg
+    assert str(tmp_path / "certs" / "node.pem") in msg and "config's directory" in msg
+
+
+def test_ring4_example_keeps_its_data_beside_it_and_git_ignores_it() -> None:
+    import subprocess
+    configs = os.path.join(ROOT, "examples", "configs")
+    cfg = load(os.path.join(configs, "ring4.yaml"))
+    assert cfg.storage.data_dir == os.path.join(configs, "data", "ring4")
+    r = subprocess.run(["git", "-C", ROOT, "check-ignore", "-q",
+                        os.path.join(cfg.node_dir(0), "log.1")])
+    if r.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert r.returncode == 0, "examples/configs/data/ is not in .gitignore"

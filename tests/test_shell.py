@@ -14,8 +14,9 @@ import pytest
 
 from chordctl.client import Client
 from chordctl.errors import InvalidInputError
-from chordctl.shell import Command, Shell, parse_command, run_piped
-from conftest import run_chordctl
+from chordctl.shell import (SPECS, Command, Shell, _no_echo, arg_hint, command_help,
+                            completions, parse_command, run_piped)
+from conftest import run_chordctl, write_config
 
 TAG = re.compile(r"^\[(\d+)\] (OK|ERR) ", re.M)
 
@@ -31,6 +32,9 @@ TAG = re.compile(r"^\[(\d+)\] (OK|ERR) ", re.M)
     ("locate 99", Command("locate", "99")),
     ("ring", Command("ring")),
     ("help", Command("help")),
+    ("?", Command("help")),
+    ("help create", Command("help", topic="create")),
+    ("HELP Exit", Command("help", topic="exit")),
     ("sair", Command("exit")),
     ("EXIT", Command("exit")),
     ("quit", Command("exit")),
@@ -53,6 +57,8 @@ def test_parse_command_accepts(line, expected):
     ("read 1.5", "not a non-negative"),
     ("read 10 extra", "takes only a key"),
     ("ring now", "takes no arguments"),
+    ("sair now", "takes no arguments"),
+    ("help frob", "no command 'frob'"),
 ])
 def test_parse_command_rejects_with_reason(line, fragment):
     with pytest.raises(InvalidInputError, match=fragment):
@@ -217,6 +223,176 @@ def test_interactive_session_in_a_pty(make_cluster, tmp_path):
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
-    assert child.exitstatus == 1         # one invalid line
+    # Interactive: the invalid line was shown when typed; leaving is not a failure.
+    assert child.exitstatus == 0
     history = (tmp_path / "history").read_text()
     assert "create 42 answer" in history and "sair" in history
+
+
+def _spawn_shell(config_path: str, tmp_path, *args: str) -> pexpect.spawn:
+    env = dict(os.environ, CHORDCTL_HISTORY=str(tmp_path / "history"), TERM="xterm",
+               PYTHONUNBUFFERED="1", PROMPT_TOOLKIT_NO_CPR="1")
+    return pexpect.spawn(sys.executable, ["-m", "chordctl", "-c", config_path, "shell", *args],
+                         env=env, encoding="utf-8", timeout=20, dimensions=(40, 200))
+
+
+def test_interactive_session_exits_0_after_a_failed_request(make_cluster, tmp_path):
+    cluster = make_cluster(1)
+    child = _spawn_shell(cluster.config_path, tmp_path)
+    try:
+        child.expect("chordctl 127.0.0.1:")
+        child.sendline("read 404")
+        child.expect(r"\[1\] ERR read 404")
+        child.sendline("sair")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+def test_tab_after_a_command_name_does_not_offer_commands_again(make_cluster, tmp_path):
+    cluster = make_cluster(1)
+    child = _spawn_shell(cluster.config_path, tmp_path)
+    try:
+        child.expect("chordctl 127.0.0.1:")
+        child.sendline("create 42 answer")
+        child.expect(r"\[1\] OK created key 42")
+        # Each key waits for the screen to show the last one was handled:
+        # completion runs in the background and a TAB that outruns it is lost.
+        child.send("cre")
+        child.expect("fails if it exists")    # the completion menu is up
+        child.send("\t")                      # completes the command name...
+        child.expect("KEY VALUE")             # "create " is on the line, with its hint
+        child.send("43 second\r")
+        child.expect(r"\[2\] OK created key 43")
+        child.send("read")
+        child.expect("KEY")                   # the argument hint: "read" is known
+        child.send(" \t")                     # ...but nothing inside the arguments
+        child.send("42\r")
+        child.expect(r"\[3\] OK read 42 -> answer")
+        child.sendline("sair")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+def test_shell_shows_the_syntax_of_the_command_being_typed(make_cluster, tmp_path):
+    cluster = make_cluster(1)
+    child = _spawn_shell(cluster.config_path, tmp_path)
+    try:
+        child.expect("chordctl 127.0.0.1:")
+        child.send("update")
+        child.expect("KEY VALUE")             # greyed after the cursor, as redis-cli does
+        child.send(" 7")
+        child.expect("VALUE")
+        child.send("\x15")                   # Ctrl-U: clear the line
+        child.sendline("help delete")
+        child.expect("usage: delete KEY")
+        child.expect("example: delete 10")
+        child.sendline("sair")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+
+
+def test_shell_with_the_ring_down_exits_3_without_a_prompt(tmp_path):
+    path = write_config(tmp_path, 2)           # free ports, nothing listening
+    child = _spawn_shell(path, tmp_path)
+    try:
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 3, child.before
+    assert "no node" in child.before and "connected to" not in child.before
+    assert "Traceback" not in child.before
+
+
+@pytest.mark.parametrize("nodes, args", [(2, ()), (1, ()), (1, ("--target", "127.0.0.1:1"))])
+def test_piped_shell_with_the_ring_down_exits_3(tmp_path, nodes, args):
+    path = write_config(tmp_path, nodes)
+    res = run_chordctl("-c", path, *args, "shell", input=b"read 1\n")
+    err = res.stderr.decode()
+    assert res.returncode == 3, err
+    assert "shell: no node answered" in err and "Traceback" not in err
+    assert "[1]" not in res.stdout.decode()
+
+
+def test_piped_help_command_prints_its_syntax(tmp_path):
+    from chordctl.client import Client
+    path = write_config(tmp_path, 1)
+    from chordctl import config as config_mod
+    cfg = config_mod.load(path)
+    out = io.StringIO()
+    client = Client(cfg)
+    try:
+        code = run_piped(Shell(client, cfg, out=out, err=out), io.StringIO("help create\nhelp\n"))
+    finally:
+        client.close()
+    assert code == 0
+    text = out.getvalue()
+    assert "usage: create KEY VALUE" in text and "example: create 10 hello world" in text
+    assert all(spec.syntax in text for spec in SPECS.values())
+
+
+# -- completion and hints (pure) ---------------------------------------------------
+
+@pytest.mark.parametrize("text, offered", [
+    ("", list(SPECS) + ["?", "exit", "quit"]),
+    ("re", ["read"]),
+    ("RE", ["read"]),
+    ("e", ["exit"]),
+    ("read ", []),
+    ("create 1 ", []),
+    ("help ", list(SPECS)),
+    ("help up", ["update"]),
+    ("frob ", []),
+])
+def test_completions_offer_command_names_only_for_the_first_word(text, offered):
+    assert sorted(completions(text)) == sorted(offered)
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("", ""),
+    ("cr", ""),
+    ("create", " KEY VALUE"),
+    ("create ", "KEY VALUE"),
+    ("create 5", " VALUE"),
+    ("create 5 ", "VALUE"),
+    ("create 5 five", ""),
+    ("read", " KEY"),
+    ("read 5", ""),
+    ("ring", ""),
+    ("help ", "[COMMAND]"),
+    ("frob ", ""),
+])
+def test_arg_hint_shows_the_arguments_still_to_type(text, shown):
+    assert arg_hint(text) == shown
+
+
+def test_command_help_names_syntax_aliases_and_example():
+    assert command_help("quit").startswith("usage: sair (also exit, quit)")
+    assert "example: locate 10" in command_help("locate")
+
+
+def test_terminal_does_not_echo_between_prompts():
+    """Keys typed while the shell handles a command must not be echoed by the
+    terminal into the replies (they appear in the next prompt instead)."""
+    import pty
+    import termios
+    master, slave = pty.openpty()
+    try:
+        assert termios.tcgetattr(slave)[3] & termios.ECHO
+        with _no_echo(slave):
+            assert not termios.tcgetattr(slave)[3] & termios.ECHO
+            os.write(master, b"typed ahead\n")
+        assert termios.tcgetattr(slave)[3] & termios.ECHO
+        os.set_blocking(master, False)
+        try:
+            echoed = os.read(master, 100)
+        except BlockingIOError:
+            echoed = b""
+        assert b"typed ahead" not in echoed
+    finally:
+        os.close(master)
+        os.close(slave)

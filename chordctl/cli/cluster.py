@@ -1,131 +1,74 @@
-"""``chordctl cluster``: run every node of the config as local processes."""
+"""``chordctl cluster``: run every node of the config as local processes.
+
+The process work (finding, starting, awaiting and stopping nodes) lives in
+chordctl.localcluster; this module parses, reports and maps errors.
+"""
 
 from __future__ import annotations
 
-import os
-import select
 import signal
 import subprocess
-import sys
-import time
 
 import click
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chordctl import security
 from chordctl.cli.common import State, pass_state
 from chordctl.cli.ring import print_ring
 from chordctl.client import Client
 from chordctl.config import Config
 from chordctl.core import affinity
-from chordctl.errors import ChordError, UnavailableError
-
-PID_FILE = "node.pid"
-LOG_FILE = "node.log"
-STOP_TIMEOUT = 15.0
-
-
-def pid_path(cfg: Config, i: int) -> str:
-    return os.path.join(cfg.node_dir(i), PID_FILE)
+from chordctl.errors import ChordError
+from chordctl.localcluster import (  # noqa: F401  (re-exported for older imports)
+    STOP_TIMEOUT, NodeProcess, find_nodes, log_path, pid_path, remove_pid_file,
+    running_pid, start_node, stop_pids, tail, wait_exit, wait_serving)
 
 
-def log_path(cfg: Config, i: int) -> str:
-    return os.path.join(cfg.node_dir(i), LOG_FILE)
+def _names(indexes) -> str:
+    return ", ".join(str(i) for i in indexes)
 
 
-def _is_our_node(pid: int, i: int) -> bool:
-    """True when *pid* is a `chordctl node serve --node i` process."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return False
-    return b"serve" in argv and b"chordctl" in b" ".join(argv) and \
-        b"--node" in argv and str(i).encode() in argv
+def _refuse_strangers(cfg: Config, found: list[NodeProcess]) -> None:
+    for f in found:
+        if not f.running and f.stranger is not None:
+            node = cfg.nodes[f.index]
+            raise ChordError(
+                f"cluster: {node.address} (node {f.index}) is served by another process "
+                f"(pid {f.stranger}), not by node {f.index} of this config; stop it "
+                f"(`chordctl cluster down` with its own config) or change the port")
 
 
-def running_pid(cfg: Config, i: int) -> int | None:
-    try:
-        with open(pid_path(cfg, i)) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _is_our_node(pid, i) else None
-
-
-def wait_exit(pid: int, timeout: float) -> bool:
-    """Wait for a process (not necessarily our child) to exit, without polling."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        return bool(ready)
-    finally:
-        os.close(fd)
-
-
-def wait_serving(address: str, proc: subprocess.Popen | None, timeout: float,
-                 config: Config | None = None) -> None:
-    """Block until the node at *address* reports SERVING, or fail with its reason.
-
-    *config* gives the channel its TLS settings (plaintext without one).
-    """
-    deadline = time.monotonic() + timeout
-    with security.channel(config, address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise UnavailableError(f"cluster: {address} did not become ready within "
-                                       f"{timeout:.0f}s")
-            fut = stub.Check.future(health_pb2.HealthCheckRequest(service=""),
-                                    timeout=min(left, 0.5), wait_for_ready=True)
-            try:
-                if fut.result().status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                # NOT_SERVING: the node answers but is still replaying its log.
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-            except grpc.RpcError:
-                pass
-            if proc is not None and proc.poll() is not None:
-                raise ChordError(f"cluster: the node at {address} exited with code "
-                                 f"{proc.returncode} before it was ready")
-
-
-def _tail(path: str, lines: int = 8) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()[-4000:]
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
-
-
-def stop_pids(pids: dict[int, int], timeout: float = STOP_TIMEOUT) -> dict[int, str]:
-    """SIGTERM each node, wait for it; SIGKILL what outlives *timeout*."""
-    outcome: dict[int, str] = {}
-    for i, pid in pids.items():
+def _start_missing(cfg: Config, missing: list[int], cpus_mode: str, wait_s: float,
+                   procs: dict[int, subprocess.Popen]) -> None:
+    pins = None
+    if cpus_mode == "auto":
+        pins = affinity.round_robin(len(cfg.nodes))
+        if pins is not None and not affinity.can_pin():
+            click.echo("cluster: this system does not let processes choose their CPUs; "
+                       "the nodes run unpinned", err=True)
+            pins = None
+    for i in missing:
+        cpus = None
+        if cpus_mode == "none":
+            cpus = affinity.NONE
+        elif pins is not None and cfg.nodes[i].cpus is None:
+            cpus = affinity.format_cpulist(pins[i])
+        procs[i] = start_node(cfg, i, cpus)
+    for i in missing:
+        node = cfg.nodes[i]
         try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            outcome[i] = "already gone"
-    deadline = time.monotonic() + timeout
-    for i, pid in pids.items():
-        if i in outcome:
-            continue
-        if wait_exit(pid, max(0.0, deadline - time.monotonic())):
-            outcome[i] = "stopped"
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            wait_exit(pid, 5.0)
-            outcome[i] = "killed (did not stop in time)"
-    return outcome
+            wait_serving(node.address, procs[i], wait_s, cfg)
+            # SERVING may come from another process holding the port (an
+            # older ring): only our own node counts.
+            with Client(cfg, target=node.address) as c:
+                pid = c.status().pid
+            if pid != procs[i].pid:
+                raise ChordError(
+                    f"cluster: {node.address} (node {i}) is served by another process "
+                    f"(pid {pid}), not by the node just started; stop it (`chordctl "
+                    f"cluster down` with its config) or change the port")
+        except ChordError as e:
+            raise ChordError(f"{e}\n--- last lines of {log_path(cfg, i)} ---\n"
+                             f"{tail(log_path(cfg, i))}") from None
+        click.echo(f"node {i} ready on {node.address} (pid {procs[i].pid})", err=True)
 
 
 @click.group()
@@ -144,11 +87,13 @@ def cluster() -> None:
                    "robin (on a machine with 2 or more); none: pin no node.")
 @pass_state
 def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
-    """Start every node of the config as local processes and wait until all are ready.
+    """Start the nodes of the config that are not running, and wait until all are ready.
 
-    Each node logs to <data_dir>/node-<i>/node.log. In the foreground it
+    Nodes already running (started by an earlier `cluster up` or by hand
+    with `node serve`) are left as they are and named. Each node started
+    logs to <data_dir>/node-<i>/node.log. In the foreground this command
     runs until Ctrl-C (or `chordctl cluster down` from another terminal),
-    then stops every node cleanly.
+    then stops the nodes it started.
 
     Each node is one Python process; pinned to one CPU its threads hand
     requests to each other without waking another CPU (BENCHMARKS.md).
@@ -159,66 +104,44 @@ def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
         chordctl -c examples/configs/ring4.yaml cluster up --detach
     """
     cfg = state.config()
-    config_path = os.path.abspath(cfg.path)
-    for i in range(len(cfg.nodes)):
-        pid = running_pid(cfg, i)
-        if pid:
-            raise ChordError(f"cluster: node {i} is already running (pid {pid}); "
-                             f"run `chordctl cluster down` first")
+    found = find_nodes(cfg)
+    _refuse_strangers(cfg, found)
+    already = [f.index for f in found if f.running]
+    missing = [f.index for f in found if not f.running]
+    for f in found:
+        if f.running:
+            click.echo(f"node {f.index} already running on {cfg.nodes[f.index].address} "
+                       f"(pid {f.pid})", err=True)
     procs: dict[int, subprocess.Popen] = {}
-    pins = None
-    if cpus_mode == "auto":
-        pins = affinity.round_robin(len(cfg.nodes))
-        if pins is not None and not affinity.can_pin():
-            click.echo("cluster: this system does not let processes choose their CPUs; "
-                       "the nodes run unpinned", err=True)
-            pins = None
     try:
-        for i, node in enumerate(cfg.nodes):
-            os.makedirs(cfg.node_dir(i), exist_ok=True)
-            pin: list[str] = []
-            if cpus_mode == "none":
-                pin = ["--cpus", affinity.NONE]
-            elif pins is not None and node.cpus is None:
-                pin = ["--cpus", affinity.format_cpulist(pins[i])]
-            with open(log_path(cfg, i), "ab") as log:
-                procs[i] = subprocess.Popen(
-                    [sys.executable, "-m", "chordctl", "-c", config_path, "node", "serve",
-                     "--node", str(i), *pin],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True)
-            with open(pid_path(cfg, i), "w") as f:
-                f.write(f"{procs[i].pid}\n")
-        for i, node in enumerate(cfg.nodes):
-            try:
-                wait_serving(node.address, procs[i], wait_s, cfg)
-                # SERVING may come from another process holding the port (an
-                # older ring): only our own node counts.
-                with Client(cfg, target=node.address) as c:
-                    pid = c.status().pid
-                if pid != procs[i].pid:
-                    raise ChordError(
-                        f"cluster: {node.address} (node {i}) is served by another process "
-                        f"(pid {pid}), not by the node just started; stop it (`chordctl "
-                        f"cluster down` with its config) or change the port")
-            except ChordError as e:
-                raise ChordError(f"{e}\n--- last lines of {log_path(cfg, i)} ---\n"
-                                 f"{_tail(log_path(cfg, i))}") from None
-            click.echo(f"node {i} ready on {node.address} (pid {procs[i].pid})", err=True)
+        _start_missing(cfg, missing, cpus_mode, wait_s, procs)
+        for i in already:     # one may still be replaying its log
+            wait_serving(cfg.nodes[i].address, None, wait_s, cfg)
     except BaseException:
         stop_pids({i: p.pid for i, p in procs.items()}, timeout=5.0)
-        _remove_pidfiles(cfg, procs)
+        for i in procs:
+            remove_pid_file(cfg, i)
         raise
     print_ring(cfg, state.fmt("table"))
     name = cfg.path
+    if not missing:
+        click.echo(f"\nevery node of this config was already running; stop them with: "
+                   f"chordctl -c {name} cluster down", err=True)
+        return
     if detach:
         click.echo(f"\nthe ring is up; stop it with: chordctl -c {name} cluster down", err=True)
         return
+    others = (f"; nodes {_names(already)} were already running and keep running"
+              if already else "")
     click.echo(f"\nthe ring is up. In another terminal try:\n"
                f"  chordctl -c {name} kv create 10 hello\n"
                f"  chordctl -c {name} kv read 10 --trace\n"
                f"  chordctl -c {name} shell\n"
-               f"Ctrl-C here stops every node.", err=True)
+               f"Ctrl-C here stops every node it started{others}.", err=True)
+    _run_foreground(cfg, procs)
+
+
+def _run_foreground(cfg: Config, procs: dict[int, subprocess.Popen]) -> None:
     stopping = {"signal": False}
 
     def on_term(signum, frame):
@@ -235,19 +158,11 @@ def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
         click.echo("\nstopping every node...", err=True)
     finally:
         outcome = stop_pids({i: p.pid for i, p in procs.items() if p.poll() is None})
-        for p in procs.values():
+        for i, p in procs.items():
             p.wait()
-        _remove_pidfiles(cfg, procs)
+            remove_pid_file(cfg, i)
         for i, what in sorted(outcome.items()):
             click.echo(f"node {i}: {what}", err=True)
-
-
-def _remove_pidfiles(cfg: Config, procs: dict[int, subprocess.Popen]) -> None:
-    for i in procs:
-        try:
-            os.unlink(pid_path(cfg, i))
-        except FileNotFoundError:
-            pass
 
 
 @cluster.command()
@@ -255,24 +170,32 @@ def _remove_pidfiles(cfg: Config, procs: dict[int, subprocess.Popen]) -> None:
               help="Seconds each node gets to stop cleanly before it is killed.")
 @pass_state
 def down(state: State, timeout: float) -> None:
-    """Stop the nodes that `cluster up` started (SIGTERM, then wait).
+    """Stop every node of the config running on this machine (SIGTERM, then wait).
 
-    Only processes recorded in the nodes' pid files and still running
-    `chordctl node serve` are signalled.
+    A node is found through the pid file `cluster up` wrote, its data
+    directory's lock, or the pid it reports on its port, so nodes started
+    by hand with `node serve` are stopped too. Only a process verified to
+    be `chordctl node serve --node I` holding node I's directory is
+    signalled; each node is reported.
 
     \b
     Example:
         chordctl -c examples/configs/ring4.yaml cluster down
     """
     cfg = state.config()
-    pids = {i: pid for i in range(len(cfg.nodes)) if (pid := running_pid(cfg, i))}
-    if not pids:
+    found = find_nodes(cfg)
+    running = {f.index: f for f in found if f.running}
+    outcome = stop_pids({i: f.pid for i, f in running.items()}, timeout) if running else {}
+    for f in found:
+        remove_pid_file(cfg, f.index)       # the node is gone, or the file was stale
+        address = cfg.nodes[f.index].address
+        if f.running:
+            click.echo(f"node {f.index} (pid {f.pid}) on {address}: {outcome[f.index]} "
+                       f"(found by {', '.join(f.found_by)})")
+        elif f.stranger is not None:
+            click.echo(f"node {f.index}: not running; {address} answers as pid "
+                       f"{f.stranger}, which is not node {f.index} of this config (left alone)")
+        else:
+            click.echo(f"node {f.index}: not running")
+    if not running:
         click.echo("cluster: no node of this config is running", err=True)
-        return
-    outcome = stop_pids(pids, timeout)
-    for i, what in sorted(outcome.items()):
-        try:
-            os.unlink(pid_path(cfg, i))
-        except FileNotFoundError:
-            pass
-        click.echo(f"node {i} (pid {pids[i]}): {what}")

@@ -7,6 +7,7 @@ import sys
 import click
 
 from chordctl.cli.common import State, pass_state
+from chordctl.client import CONNECT_TIMEOUT
 from chordctl.errors import UnavailableError
 from chordctl.shell import Shell, run_interactive, run_piped
 
@@ -18,9 +19,12 @@ from chordctl.shell import Shell, run_interactive, run_piped
 def shell(state: State, grace: float | None) -> None:
     """Interactive session: commands are sent without waiting, replies print as they come.
 
-    Type `help` for the commands. History is kept in ~/.chordctl_history
-    ($CHORDCTL_HISTORY). Commands can be piped in: the exit code is 1 if
-    any request failed or any line was invalid.
+    Type `help` for the commands, `help COMMAND` for one; TAB completes
+    command names and the syntax of the command being typed shows below the
+    prompt. History is kept in ~/.chordctl_history ($CHORDCTL_HISTORY).
+    Commands can be piped in: then the exit code is 1 if any request failed
+    or any line was invalid (an interactive session exits 0). Exit 3 if no
+    node answers at start.
 
     \b
     Example:
@@ -30,11 +34,13 @@ def shell(state: State, grace: float | None) -> None:
     client = state.client()
     try:
         target = client.connect()
+        if len(client.addresses) == 1:
+            # connect() does not check a single address: ask it, so a ring
+            # that is down is said once, with exit 3, not after a prompt.
+            client.health(timeout=CONNECT_TIMEOUT)
     except UnavailableError as e:
-        # Stay up: requests fail with a clear message until a node is back.
-        click.secho(f"chordctl: {e}", fg="yellow", err=True)
-        target = client.addresses[0]
-        client.open(target)
+        client.close()
+        raise UnavailableError(f"shell: no node answered; {e}") from None
     sh = Shell(client, state.config_or_none(), grace=grace)
     try:
         if sys.stdin.isatty() and sys.stdout.isatty():
