@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from typing import Callable
 
 from chordctl.core.storage import files, log, records, snapshot
 from chordctl.core.store import Store
@@ -40,7 +41,10 @@ class RecoveryReport:
         return self.current_log + 1
 
 
-def recover(directory: str, store: Store, repair: bool = True) -> RecoveryReport:
+def recover(directory: str, store: Store, repair: bool = True,
+            check_key: Callable[[str, int], None] | None = None) -> RecoveryReport:
+    """*check_key(path, key)*, if given, sees every key replayed from a log before
+    it is applied (the node uses it to check that each lies in its arc)."""
     report = RecoveryReport(directory=directory)
     log_counters, snap_counters = files.list_counters(directory)
 
@@ -92,7 +96,7 @@ def recover(directory: str, store: Store, repair: bool = True) -> RecoveryReport
         tail = records.Tail()
         seq = report.last_seq
         first = seq
-        apply = store.apply
+        apply = store.apply if check_key is None else _checked(store.apply, check_key, path)
         for off, rseq, op, key, value in records.iter_records(buf, path, c == newest, tail):
             seq += 1
             if rseq != seq:
@@ -120,3 +124,10 @@ def recover(directory: str, store: Store, repair: bool = True) -> RecoveryReport
     report.current_log = max([base] + log_counters)
     report.keys = len(store)
     return report
+
+
+def _checked(apply, check_key: Callable[[str, int], None], path: str):
+    def checked_apply(op: int, key: int, value: bytes):
+        check_key(path, key)
+        return apply(op, key, value)
+    return checked_apply
