@@ -196,12 +196,13 @@ def foreign_keys(keys: Iterable[int], owns: Callable[[int], bool],
     return count, first
 
 
-def foreign_keys_error(where: str, ring: Ring, index: int, count: int,
-                       first: list[int]) -> RingMismatchError:
+def foreign_keys_error(where: str, ring: Ring, index: int, count: int, first: list[int],
+                       subsystem: str = "storage", hint: str = MIGRATE_HINT,
+                       ring_name: str = "this ring") -> RingMismatchError:
     low, high = ring.arc(index)
     shown = ", ".join(str(k) if len(str(k)) <= 40 else str(k)[:37] + "..." for k in first)
     return RingMismatchError(
-        f"storage: {where} holds {count} key(s) that node {index} does not own under this "
-        f"ring (its arc is ({low}, {high}] with ring.bits {ring.bits}, ring.placement "
+        f"{subsystem}: {where} holds {count} key(s) that node {index} does not own under "
+        f"{ring_name} (its arc is ({low}, {high}] with ring.bits {ring.bits}, ring.placement "
         f"{ring.placement}, {ring.n} node(s)), e.g. {shown}; the directory was written under "
-        f"another ring -- {MIGRATE_HINT}", field="keys")
+        f"another ring -- {hint}", field="keys")
