@@ -283,3 +283,10 @@ def test_ring_of_four_restarted_with_three_nodes_refuses_to_start(tmp_path) -> N
     out = node.log()
     assert "number of nodes is 4 there but 3 in the config" in out, out
     assert "chordctl ring migrate" in out and "Traceback" not in out
+
+
+def test_directory_without_data_takes_the_new_ring(tmp_path, caplog) -> None:
+    start_stop(make_config(tmp_path, 4), 1)                 # started once, never written
+    node = start_stop(make_config(tmp_path, 3), 1)
+    assert identity.read(node.directory).identity == RingIdentity(16, "direct", 3, 1)
+    assert "holds no data" in caplog.text

@@ -19,6 +19,7 @@ from chordctl.cli.ring import print_ring
 from chordctl.client import Client
 from chordctl.config import Config
 from chordctl.core import affinity
+from chordctl.core.storage import files
 from chordctl.errors import ChordError, UnavailableError
 
 PID_FILE = "node.pid"
@@ -175,7 +176,7 @@ def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
             pins = None
     try:
         for i, node in enumerate(cfg.nodes):
-            os.makedirs(cfg.node_dir(i), exist_ok=True)
+            files.makedirs_durable(cfg.node_dir(i))   # the node finds it made: sync it here
             pin: list[str] = []
             if cpus_mode == "none":
                 pin = ["--cpus", affinity.NONE]

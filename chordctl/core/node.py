@@ -167,6 +167,12 @@ class Node:
         t0 = time.monotonic()
         expected = self.identity
         recorded = identity.read(self.directory)
+        if recorded is not None and identity.differences(recorded.identity, expected) \
+                and not identity.holds_data(self.directory):
+            logger.warning("%s: %s was stamped for %s but holds no data; it is stamped for "
+                           "this ring instead", self.label, self.directory,
+                           recorded.identity.describe())
+            recorded = None
         if recorded is not None:
             identity.check(recorded.identity, expected, self.directory, recorded.adopted)
         mine = self.ring.key_test(self.index)

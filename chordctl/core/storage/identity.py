@@ -180,6 +180,13 @@ def write(directory: str, identity: RingIdentity, adopted: bool = False) -> str:
     return final
 
 
+def holds_data(directory: str) -> bool:
+    """Whether a snapshot or a non-empty log is there (an idle start leaves neither)."""
+    logs, snaps = files.list_counters(directory)
+    return bool(snaps) or any(
+        os.path.getsize(os.path.join(directory, files.log_name(c))) for c in logs)
+
+
 # -- keys against the arc -----------------------------------------------------------
 
 

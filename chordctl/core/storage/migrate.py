@@ -113,8 +113,9 @@ def migrate(old: Config, new: Config, progress: Progress | None = None) -> Migra
     t0 = time.monotonic()
     step = progress or (lambda phase, advance, total: None)
     old_ring, new_ring = ring_of(old), ring_of(new)
-    old_data = os.path.realpath(old.storage.data_dir)
-    new_data = os.path.realpath(new.storage.data_dir)
+    # node_dir() is where the nodes look (<data_dir>/node-<i>, resolved by config).
+    old_data = os.path.realpath(os.path.dirname(old.node_dir(0)))
+    new_data = os.path.realpath(os.path.dirname(new.node_dir(0)))
     same_dir = old_data == new_data
     report = MigrationReport(
         RingIdentity.of(old_ring, 0), RingIdentity.of(new_ring, 0), old_data, new_data,
