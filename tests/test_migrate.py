@@ -229,3 +229,18 @@ def test_migrate_holds_every_directory_lock(tmp_path, monkeypatch) -> None:
     with pytest.raises(DirectoryLockedError):
         with lock.DirectoryLock(three.node_dir(0)):
             lock.DirectoryLock(three.node_dir(0)).acquire()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_swap_puts_the_new_tree_in_place_and_keeps_the_old(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(migrate, "_exchange", lambda a, b: False)
+    old, new, kept = tmp_path / "data", tmp_path / "data.migrating-x", tmp_path / "data.old-x"
+    (old / "node-0").mkdir(parents=True)
+    (old / "node-0" / "log.0").write_bytes(b"old")
+    (new / "node-0").mkdir(parents=True)
+    (new / "node-0" / "snap.1").write_bytes(b"new")
+    migrate._swap(str(new), str(old), str(kept))
+    assert os.listdir(old / "node-0") == ["snap.1"]
+    assert os.listdir(kept / "node-0") == ["log.0"]
+    assert not new.exists()

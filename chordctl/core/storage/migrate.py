@@ -129,7 +129,9 @@ def migrate(old: Config, new: Config, progress: Progress | None = None) -> Migra
             f"once you have checked that {new_data} is whole")
 
     locks: list[DirectoryLock] = []
-    staging = None
+    staging = built = None
+    swapping = False
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     try:
         for node in report.old_nodes:
             locks.append(DirectoryLock(node.directory).acquire())
@@ -141,7 +143,6 @@ def migrate(old: Config, new: Config, progress: Progress | None = None) -> Migra
             node.moved_out = node.keys - report.new_nodes[node.index].kept \
                 if node.index < new_ring.n else node.keys
 
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
         staging = new_data + STAGING + stamp
         files.makedirs_durable(os.path.dirname(new_data))
         total = report.keys
@@ -160,18 +161,23 @@ def migrate(old: Config, new: Config, progress: Progress | None = None) -> Migra
         del stores
         files.fsync_dir(staging)
 
+        # From here on the staging tree is the whole new ring (or, after the
+        # exchange, the old one): never remove it, whatever happens.
+        built, staging = staging, None
+        swapping = True
         if same_dir:
             report.kept_at = old_data + KEPT + stamp
-            _swap(staging, old_data, report.kept_at)
+            _swap(built, old_data, report.kept_at)
             for node in report.old_nodes:
                 node.directory = os.path.join(report.kept_at, f"node-{node.index}")
         else:
-            os.rename(staging, new_data)       # absent or empty: checked above
+            os.rename(built, new_data)         # absent or empty: checked above
             files.fsync_dir(os.path.dirname(new_data))
-        staging = None
     except OSError as e:
-        raise ChordError(f"migrate: {e.filename or 'a file'}: {e.strerror}; the old ring is "
-                         f"untouched in {old_data}") from None
+        where = (f"the new ring is complete in {built}; look at {old_data} and "
+                 f"{old_data + KEPT + stamp} before you move anything"
+                 if swapping else f"the old ring is untouched in {old_data}")
+        raise ChordError(f"migrate: {e.filename or 'a file'}: {e.strerror}; {where}") from None
     finally:
         if staging is not None and os.path.isdir(staging):
             import shutil
