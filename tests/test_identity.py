@@ -22,7 +22,6 @@ from chordctl.core.storage import files, identity, records, snapshot
 from chordctl.core.storage.identity import RingIdentity
 from chordctl.core.storage.log import LogFile
 from chordctl.core.storage.records import OP_CREATE
-from chordctl.core.store import Store
 from chordctl.errors import RingMismatchError, StorageError
 from conftest import Cluster, NodeProc, write_config
 

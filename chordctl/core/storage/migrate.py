@@ -32,7 +32,6 @@ import dataclasses
 import errno
 import logging
 import os
-import re
 import time
 from collections import Counter
 from typing import Callable
@@ -50,7 +49,6 @@ logger = logging.getLogger("chordctl.migrate")
 
 STAGING = ".migrating-"
 KEPT = ".old-"
-_NODE_DIR = re.compile(r"^node-(\d+)$")
 
 # progress(phase, advance, total): "read" advances by one per old node read
 # (total: old nodes), "write" by the keys of each new node written (total: keys).
