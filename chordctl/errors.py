@@ -114,3 +114,13 @@ class DirectoryLockedError(ChordError):
         super().__init__(
             f"storage: {directory} is in use by {who}; only one process may hold a node "
             f"directory -- stop it first (`chordctl cluster down`, or kill {pid or 'it'})")
+
+
+class RingMismatchError(ChordError):
+    """A node directory was written under another ring (bits, placement, nodes, index)."""
+
+    exit_status = ExitStatus.USAGE
+
+    def __init__(self, message: str, field: str = ""):
+        self.field = field
+        super().__init__(message)

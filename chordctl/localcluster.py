@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chordctl import security
 from chordctl.config import ENV_CONFIG, DEFAULT_CONFIG, Config
-from chordctl.core.storage import lock
+from chordctl.core.storage import files, lock
 from chordctl.errors import ChordError, UnavailableError
 
 PID_FILE = "node.pid"
@@ -193,7 +193,7 @@ def running_pid(cfg: Config, i: int) -> int | None:
 
 def start_node(cfg: Config, i: int, cpus: str | None = None) -> subprocess.Popen:
     """Start node *i* as a detached `chordctl node serve` logging to its node.log."""
-    os.makedirs(cfg.node_dir(i), exist_ok=True)
+    files.makedirs_durable(cfg.node_dir(i))   # the node finds it made: sync it here
     pin = ["--cpus", cpus] if cpus is not None else []
     with open(log_path(cfg, i), "ab") as log:
         proc = subprocess.Popen(

@@ -91,7 +91,7 @@ def restart(cfg) -> tuple[dict[int, bytes], object]:
 
 
 def files_in(directory: str) -> list[str]:
-    return sorted(n for n in os.listdir(directory) if n != "LOCK")
+    return sorted(n for n in os.listdir(directory) if n not in ("LOCK", "IDENTITY"))
 
 
 def fail_append(lf, marker: SnapshotMarker | None, *, cut_fails: bool = False) -> None:

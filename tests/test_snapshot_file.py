@@ -214,7 +214,8 @@ def test_header_key_count_must_match_chunks(tmp_path) -> None:
         good = bytearray(f.read())
     # Rewrite the key count with a valid header checksum: only the cross-check catches it.
     struct.pack_into("<Q", good, 24, len(data) + 1)
-    struct.pack_into("<I", good, 36, zlib.crc32(bytes(good[:36])))
+    crc_at = snapshot.HEADER_SIZE - 4
+    struct.pack_into("<I", good, crc_at, zlib.crc32(bytes(good[:crc_at])))
     with open(path, "wb") as f:
         f.write(good)
     err = assert_corrupt_names_file(path)

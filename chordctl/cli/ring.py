@@ -198,3 +198,104 @@ def locate(state: State, key: str, entry: int) -> None:
         click.echo(render.plain(rows))
     else:
         click.echo(render.table(rows, ["field", "value"]))
+
+
+MIGRATE_HEADERS = ["node", "id", "arc (low, id]", "keys", "kept", "moved in", "from old nodes"]
+
+
+@ring.command()
+@click.option("--from", "old_path", required=True, metavar="OLD.yaml",
+              help="The config the data was written under (every node stopped).")
+@click.option("--to", "new_path", required=True, metavar="NEW.yaml",
+              help="The config of the new ring.")
+@click.option("--progress/--no-progress", "show", default=None,
+              help="Show a progress bar on stderr [default: when stderr is a terminal].")
+@pass_state
+def migrate(state: State, old_path: str, new_path: str, show: bool | None) -> None:
+    """Move every key of a stopped ring to the nodes that own it under another ring.
+
+    Offline: every node of the OLD ring must be stopped (a running node
+    holds its directory's lock, and the migration is refused). Each old
+    node's state is read as a restart would read it, each key goes to its
+    owner under NEW (other number of nodes, ring.bits or ring.placement), and
+    each new node gets a fresh snapshot and the new ring identity.
+
+    With the same storage.data_dir in both configs the new ring replaces the
+    old one in place, and the old directories are kept, unchanged, in
+    `<data_dir>.old-<timestamp>` (delete it once the new ring is checked).
+    With another data_dir the old directories are left as they are. Until
+    the new ring is in place, nothing of the old one is changed: an
+    interrupted migration leaves the old ring as it was.
+
+    Prints, per new node, its keys, how many stayed on the node of the same
+    index, and how many moved in (and from where).
+
+    \b
+    Example:
+        chordctl cluster down -c ring4.yaml
+        chordctl ring migrate --from ring4.yaml --to ring3.yaml
+        chordctl cluster up -c ring3.yaml
+    """
+    import sys
+
+    from chordctl import config as config_mod
+    from chordctl.core.storage import migrate as migration
+
+    old, new = config_mod.load(old_path), config_mod.load(new_path)
+    if show is None:
+        show = sys.stderr.isatty()
+    bars: dict[str, object] = {}
+
+    def progress(phase: str, advance: int, total: int) -> None:
+        if not show:
+            return
+        bar = bars.get(phase)
+        if bar is None:
+            for other in bars.values():
+                other.render_finish()
+            label = "reading old nodes" if phase == "read" else "writing new nodes"
+            bar = bars[phase] = click.progressbar(length=max(total, 1), label=label,
+                                                  file=sys.stderr)
+        bar.update(advance)
+
+    try:
+        rep = migration.migrate(old, new, progress)
+    finally:
+        for bar in bars.values():
+            bar.render_finish()
+    for w in rep.warnings:
+        click.secho(w, fg="yellow", err=True)
+    rows, docs = [], []
+    for n in rep.new_nodes:
+        low, high = n.arc
+        rows.append([n.index, n.id, f"({low}, {high}]", n.keys, n.kept, n.moved_in,
+                     ", ".join(f"{i}: {c}" for i, c in sorted(n.sources.items())) or "-"])
+        docs.append({"index": n.index, "id": str(n.id), "arc": [str(low), str(high)],
+                     "directory": n.directory, "keys": n.keys, "kept": n.kept,
+                     "moved_in": n.moved_in,
+                     "from": {str(i): c for i, c in sorted(n.sources.items())}})
+    fmt = state.fmt("table")
+    if fmt == "json":
+        click.echo(render.to_json({
+            "from": {"config": old_path, "data_dir": rep.old_data_dir,
+                     "nodes": rep.old_ring.nodes, "bits": rep.old_ring.bits,
+                     "placement": rep.old_ring.placement,
+                     "fingerprint": rep.old_ring.fingerprint},
+            "to": {"config": new_path, "data_dir": rep.new_data_dir,
+                   "nodes": rep.new_ring.nodes, "bits": rep.new_ring.bits,
+                   "placement": rep.new_ring.placement,
+                   "fingerprint": rep.new_ring.fingerprint},
+            "keys": rep.keys, "moved": rep.moved, "old_kept_at": rep.kept_at,
+            "seconds": round(rep.seconds, 3), "warnings": rep.warnings,
+            "old_nodes": [{"index": o.index, "directory": o.directory, "keys": o.keys,
+                           "moved_out": o.moved_out,
+                           "snapshot": f"snap.{o.snapshot}" if o.snapshot else None,
+                           "log_records": o.records} for o in rep.old_nodes],
+            "nodes": docs}))
+        return
+    click.echo(render.render_rows(rows, MIGRATE_HEADERS, fmt, docs))
+    where = (f"the old ring is kept in {rep.kept_at}" if rep.kept_at
+             else f"the old directories in {rep.old_data_dir} are unchanged")
+    click.echo(f"migrated {rep.keys} keys from {rep.old_ring.nodes} to {rep.new_ring.nodes} "
+               f"node(s) in {rep.seconds:.2f}s, {rep.moved} moved to another node; {where}. "
+               f"Start the new ring: chordctl -c {new_path} cluster up", err=True)

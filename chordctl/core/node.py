@@ -45,7 +45,8 @@ from chordctl.core import request as rq
 from chordctl.core.request import Request
 from chordctl.core.metrics import NodeMetrics
 from chordctl.core.ring import Ring
-from chordctl.core.storage import files, recovery, records, snapshot
+from chordctl.core.storage import files, identity, recovery, records, snapshot
+from chordctl.core.storage.lock import DirectoryLock
 from chordctl.core.storage.log import LogFile
 from chordctl.core.store import Store
 
@@ -150,6 +151,7 @@ class Node:
         self.ring = Ring(config.ring.bits, len(config.nodes), config.ring.placement,
                          config.ring.routing)
         self.node_id = self.ring.ids[index]
+        self.identity = identity.RingIdentity.of(self.ring, index)
         self.label = f"node {index} (id {self.node_id})"
         self.directory = config.node_dir(index)
         self.fsync = config.storage.fsync
@@ -170,6 +172,7 @@ class Node:
         self._seq_at_snapshot = 0      # dispatcher: seq covered by the last snapshot
         self._next_counter = 0
         self.log: LogFile | None = None
+        self.lock: DirectoryLock | None = None   # held from recover() to stop()
         self.snapshot_counter = 0      # newest snap.X written or recovered
         self.failed: str | None = None  # set by fail() when the log cannot be written
         self.on_failed: list[Callable[[str], None]] = []   # called once, from fail()
@@ -181,11 +184,70 @@ class Node:
     # -- life cycle ---------------------------------------------------------
 
     def recover(self) -> recovery.RecoveryReport:
-        """Replay snapshot and logs; must run before start()."""
-        os.makedirs(self.directory, exist_ok=True)
+        """Lock the directory, check its ring identity, replay snapshot and logs.
+
+        Must run before start(). Refuses (RingMismatchError, exit 2) a
+        directory written under another ring, and DirectoryLockedError when
+        another process holds it; the lock is kept until stop().
+        """
+        created = files.makedirs_durable(self.directory)
+        if created:
+            logger.info("%s: created %s", self.label, ", ".join(created))
+        self.lock = DirectoryLock(self.directory).acquire()
+        try:
+            return self._recover_locked()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _recover_locked(self) -> recovery.RecoveryReport:
         t0 = time.monotonic()
-        report = recovery.recover(self.directory, self.store)   # reads only
+        expected = self.identity
+        recorded = identity.read(self.directory)
+        if recorded is not None and identity.differences(recorded.identity, expected) \
+                and not identity.holds_data(self.directory):
+            logger.warning("%s: %s was stamped for %s but holds no data; it is stamped for "
+                           "this ring instead", self.label, self.directory,
+                           recorded.identity.describe())
+            recorded = None
+        if recorded is not None:
+            identity.check(recorded.identity, expected, self.directory, recorded.adopted)
+        mine = self.ring.key_test(self.index)
+        foreign: list[int] = []
+        check_key = None
+        if self.ring.n > 1:
+            def check_key(path: str, key: int) -> None:
+                if not mine(key):
+                    foreign.append(key)
+        report = recovery.recover(self.directory, self.store,   # reads only
+                                  check_key=check_key)
+        snap_identity = None
+        if report.snapshot:
+            snap_path = os.path.join(self.directory, files.snap_name(report.snapshot))
+            snap_identity = snapshot.read_info(snap_path).identity
+            if snap_identity is not None:
+                identity.check(snap_identity, expected, snap_path)
+        if self.ring.n > 1:
+            if snap_identity is None or recorded is None:
+                # Keys nobody vouches for (a CHSNAP1 snapshot, or a directory from
+                # before IDENTITY existed): check every one of them.
+                count, first = identity.foreign_keys((k for k, _ in self.store.items()), mine)
+            else:
+                count, first = len(foreign), foreign[:5]
+            if count:
+                raise identity.foreign_keys_error(self.directory, self.ring, self.index,
+                                                  count, first)
         recovery.repair(self.directory, report)   # keeps copies, logs what it did
+        if recorded is None:
+            data = bool(report.snapshot or report.records)
+            path = identity.write(self.directory, expected, adopted=data)
+            if data:
+                logger.warning(
+                    "%s: %s had no ring identity (written by an older chordctl); every one "
+                    "of its %d keys lies in this node's arc, so it is adopted as %s: wrote %s",
+                    self.label, self.directory, report.keys, expected.describe(), path)
+            else:
+                logger.info("%s: wrote %s (ring %s)", self.label, path, expected.fingerprint)
         self.report = report
         self.recovery_seconds = time.monotonic() - t0
         self.seq = report.last_seq
@@ -253,6 +315,8 @@ class Node:
             if t.is_alive():
                 logger.error("%s: thread %s did not stop in %.0fs", self.label, t.name,
                              JOIN_TIMEOUT)
+        if self.lock is not None and not any(t.is_alive() for t in self._threads):
+            self.lock.release()
 
     def fail(self, reason: str) -> None:
         """Fail-stop: refuse every request from now on and tell the listeners.
@@ -582,7 +646,7 @@ class Node:
             try:
                 t0 = time.monotonic()
                 path, size = snapshot.write(self.directory, marker.counter, marker.last_seq,
-                                            chunks)
+                                            chunks, identity=self.identity)
                 keys = sum(len(c) for c in chunks)
                 self.snapshot_counter = marker.counter
                 elapsed = time.monotonic() - t0

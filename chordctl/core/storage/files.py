@@ -41,6 +41,34 @@ def list_counters(directory: str) -> tuple[list[int], list[int]]:
     return logs, snaps
 
 
+def makedirs_durable(directory: str) -> list[str]:
+    """``os.makedirs(directory, exist_ok=True)``, each new level made durable.
+
+    A created directory is only an entry in its parent until the parent is
+    fsynced; without it a crash can take a whole node directory, with every
+    fsynced log in it, away. Returns the directories created, outermost first.
+    """
+    missing: list[str] = []
+    path = os.path.abspath(directory)
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    created: list[str] = []
+    for path in reversed(missing):
+        try:
+            os.mkdir(path)
+        except FileExistsError:      # made by another process meanwhile: sync it too
+            if not os.path.isdir(path):
+                raise
+        else:
+            created.append(path)
+        fsync_dir(os.path.dirname(path))
+    return created
+
+
 def fsync_dir(directory: str) -> None:
     """Make a create, rename or unlink in *directory* durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import os
 import shutil
+from typing import Callable
 
 from chordctl.core.storage import files, log, records, snapshot
 from chordctl.core.store import Store
@@ -78,8 +79,12 @@ def _listdir(directory: str) -> list[str]:
         raise access_error(directory, e, "list") from None
 
 
-def recover(directory: str, store: Store) -> RecoveryReport:
-    """Load *directory* into *store*; read only (see the module docstring)."""
+def recover(directory: str, store: Store,
+            check_key: Callable[[str, int], None] | None = None) -> RecoveryReport:
+    """Load *directory* into *store*; read only (see the module docstring).
+
+    *check_key(path, key)*, if given, sees every key replayed from a log before
+    it is applied (the node uses it to check that each lies in its arc)."""
     report = RecoveryReport(directory=directory)
     _listdir(directory)          # an unreadable directory is an error, not "empty"
     log_counters, snap_counters = files.list_counters(directory)
@@ -145,7 +150,7 @@ def recover(directory: str, store: Store) -> RecoveryReport:
         tail = records.Tail()
         seq = report.last_seq
         first = seq
-        apply = store.apply
+        apply = store.apply if check_key is None else _checked(store.apply, check_key, path)
         for off, rseq, op, key, value in records.iter_records(buf, path, c == newest, tail):
             seq += 1
             if rseq != seq:
@@ -237,3 +242,10 @@ def repair(directory: str, report: RecoveryReport) -> list[str]:
         logger.warning("%s", msg)
     report.repairs.extend(done)
     return done
+
+
+def _checked(apply, check_key: Callable[[str, int], None], path: str):
+    def checked_apply(op: int, key: int, value: bytes):
+        check_key(path, key)
+        return apply(op, key, value)
+    return checked_apply

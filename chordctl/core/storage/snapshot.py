@@ -2,14 +2,22 @@
 
 Byte layout (little-endian)::
 
-    header   8s  magic b"CHSNAP1\\n"
+    header   8s  magic b"CHSNAP2\\n"
              Q   counter       X
              Q   last_seq      sequence number of the last record it includes
              Q   keys          number of keys
              I   chunks        number of chunk frames that follow
-             I   header_crc    CRC-32 of the 36 bytes above
+             H   ring_bits     the ring identity it was written under
+             B   placement       (identity.py): 1 direct, 2 hash; all four
+             5x  (zero)          fields 0 when none was given (offline tools)
+             Q   ring_nodes      number of nodes
+             Q   node_index
+             I   header_crc    CRC-32 of the 60 bytes above
     chunks   repeated: I length, I crc (CRC-32 of data), data = marshal(dict)
     footer   8s  magic b"CHSNEND\\n", I chunks (again)
+
+The previous format, ``CHSNAP1``, is the same without the identity fields
+(a 40-byte header); it is still read, with no identity.
 
 Each chunk is one of the store's copy-on-write chunks, so writing needs no
 copy of the map and loading assigns chunks without re-hashing. A snapshot is
@@ -27,15 +35,20 @@ import zlib
 from typing import NamedTuple
 
 from chordctl.core.storage import files
+from chordctl.core.storage.identity import PLACEMENT_CODES, RingIdentity
 from chordctl.errors import CorruptRecordError
 
-MAGIC = b"CHSNAP1\n"
+MAGIC = b"CHSNAP2\n"
+MAGIC_V1 = b"CHSNAP1\n"
 END_MAGIC = b"CHSNEND\n"
-_HEAD = struct.Struct("<8sQQQI")
+_HEAD = struct.Struct("<8sQQQIHB5xQQ")
+_HEAD_V1 = struct.Struct("<8sQQQI")
 _HEAD_CRC = struct.Struct("<I")
 _FRAME = struct.Struct("<II")
 _FOOT = struct.Struct("<8sI")
 HEADER_SIZE = _HEAD.size + _HEAD_CRC.size
+HEADER_SIZE_V1 = _HEAD_V1.size + _HEAD_CRC.size
+_PLACEMENTS = {code: name for name, code in PLACEMENT_CODES.items()}
 
 
 class SnapshotInfo(NamedTuple):
@@ -43,6 +56,8 @@ class SnapshotInfo(NamedTuple):
     last_seq: int
     keys: int
     chunks: int
+    identity: RingIdentity | None = None   # None: CHSNAP1, or written without one
+    header_size: int = HEADER_SIZE
 
 
 class Snapshot(NamedTuple):
@@ -72,11 +87,17 @@ def write(directory: str, counter: int, *args, **kwargs) -> tuple[str, int]:
 
 
 def _write_file(directory: str, counter: int, last_seq: int,
-                chunks: list[dict[int, bytes]], duty: float = YIELD_RATIO) -> tuple[str, int]:
+                chunks: list[dict[int, bytes]], duty: float = YIELD_RATIO,
+                identity: RingIdentity | None = None) -> tuple[str, int]:
     final = os.path.join(directory, files.snap_name(counter))
     tmp = final + files.TMP_SUFFIX
     keys = sum(len(c) for c in chunks)
-    head = _HEAD.pack(MAGIC, counter, last_seq, keys, len(chunks))
+    if identity is None:
+        ring = (0, 0, 0, 0)
+    else:
+        ring = (identity.bits, PLACEMENT_CODES[identity.placement], identity.nodes,
+                identity.index)
+    head = _HEAD.pack(MAGIC, counter, last_seq, keys, len(chunks), *ring)
     size = 0
     with open(tmp, "wb") as f:
         f.write(head + _HEAD_CRC.pack(zlib.crc32(head)))
@@ -112,15 +133,28 @@ def read_info(path: str) -> SnapshotInfo:
 
 
 def _parse_header(buf: bytes, path: str) -> SnapshotInfo:
-    if len(buf) < HEADER_SIZE:
+    magic = bytes(buf[:8])
+    head = _HEAD if magic == MAGIC else _HEAD_V1
+    if len(buf) < head.size + _HEAD_CRC.size:
         raise CorruptRecordError(path, 0, "snapshot header cut short")
-    magic, counter, last_seq, keys, nchunks = _HEAD.unpack_from(buf, 0)
-    (crc,) = _HEAD_CRC.unpack_from(buf, _HEAD.size)
-    if magic != MAGIC:
+    if magic not in (MAGIC, MAGIC_V1):
         raise CorruptRecordError(path, 0, "not a chordctl snapshot (bad magic)")
-    if zlib.crc32(buf[:_HEAD.size]) != crc:
+    (crc,) = _HEAD_CRC.unpack_from(buf, head.size)
+    if zlib.crc32(buf[:head.size]) != crc:
         raise CorruptRecordError(path, 0, "snapshot header checksum mismatch")
-    return SnapshotInfo(counter, last_seq, keys, nchunks)
+    if head is _HEAD_V1:
+        _, counter, last_seq, keys, nchunks = _HEAD_V1.unpack_from(buf, 0)
+        return SnapshotInfo(counter, last_seq, keys, nchunks, None, HEADER_SIZE_V1)
+    _, counter, last_seq, keys, nchunks, bits, placement, nodes, index = \
+        _HEAD.unpack_from(buf, 0)
+    identity = None
+    if bits or placement or nodes or index:
+        if placement not in _PLACEMENTS or not bits or not nodes or index >= nodes:
+            raise CorruptRecordError(path, 0, "snapshot header names an impossible ring "
+                                              f"(bits {bits}, placement code {placement}, "
+                                              f"node {index} of {nodes})")
+        identity = RingIdentity(bits, _PLACEMENTS[placement], nodes, index)
+    return SnapshotInfo(counter, last_seq, keys, nchunks, identity, HEADER_SIZE)
 
 
 def read(path: str) -> Snapshot:
@@ -128,7 +162,7 @@ def read(path: str) -> Snapshot:
     with open(path, "rb") as f:
         buf = f.read()
     info = _parse_header(buf, path)
-    off = HEADER_SIZE
+    off = info.header_size
     end = len(buf)
     chunks: list[dict[int, bytes]] = []
     loads = marshal.loads

@@ -1,0 +1,215 @@
+"""The ring identity of a node directory: which ring its data was written under.
+
+A key's owner is a function of (ring.bits, ring.placement, number of nodes,
+node index), so a directory's keys are only right for the ring that wrote
+them. Each node directory holds ``IDENTITY``, written atomically (``.tmp``,
+fsync, rename, fsync the directory) at the node's first start::
+
+    {"format": 1, "bits": 16, "placement": "direct", "nodes": 4,
+     "index": 2, "id": "32767", "fingerprint": "9c1f...", "created": "...",
+     "adopted": false, "crc32": 123456789}
+
+``fingerprint`` names the ring (bits, placement, nodes) and is the same on
+every node of it; ``crc32`` is the CRC-32 of the canonical JSON of the other
+fields. ``adopted`` is true when the file was written for a directory that an
+older chordctl had filled without one (after every key was found in the
+node's arc). Every snapshot header carries the same fields (snapshot.py).
+``ring.routing`` is not part of it: it changes routes, never owners.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import zlib
+from typing import Callable, Iterable
+
+from chordctl.core.ring import Ring, node_id
+from chordctl.core.storage import files
+from chordctl.errors import RingMismatchError, StorageError
+
+IDENTITY_NAME = "IDENTITY"
+FORMAT = 1
+PLACEMENT_CODES = {"direct": 1, "hash": 2}
+MIGRATE_HINT = ("start it with the config it was written under, or move the data to "
+                "this ring with every node stopped: `chordctl ring migrate --from OLD.yaml "
+                "--to NEW.yaml`")
+
+
+@dataclasses.dataclass(frozen=True)
+class RingIdentity:
+    bits: int
+    placement: str
+    nodes: int
+    index: int
+
+    @property
+    def id(self) -> int:
+        return node_id(self.bits, self.nodes, self.index)
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the ring, not the node: equal on every node of one ring."""
+        text = f"chordctl-ring bits={self.bits} placement={self.placement} nodes={self.nodes}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @classmethod
+    def of(cls, ring: Ring, index: int) -> "RingIdentity":
+        return cls(ring.bits, ring.placement, ring.n, index)
+
+    def describe(self) -> str:
+        return (f"node {self.index} (id {self.id}) of a ring of {self.nodes} node(s), "
+                f"ring.bits {self.bits}, ring.placement {self.placement}")
+
+
+# (label in messages, attribute): what the user changes in the config.
+FIELDS = (("ring.bits", "bits"), ("ring.placement", "placement"),
+          ("number of nodes", "nodes"), ("node index", "index"))
+
+
+def differences(found: RingIdentity, expected: RingIdentity) -> list[tuple[str, object, object]]:
+    """(field, found, expected) for every field that differs; the id last, if only it does."""
+    out = [(label, getattr(found, attr), getattr(expected, attr))
+           for label, attr in FIELDS if getattr(found, attr) != getattr(expected, attr)]
+    if not out and found.id != expected.id:   # cannot happen today: id is derived
+        out.append(("node id", found.id, expected.id))
+    return out
+
+
+def check(found: RingIdentity, expected: RingIdentity, where: str,
+          adopted: bool = False) -> None:
+    """RingMismatchError (exit 2) naming every differing field, if any differs."""
+    diff = differences(found, expected)
+    if not diff:
+        return
+    fields = "; ".join(f"{label} is {f} there but {e} in the config" for label, f, e in diff)
+    extra = ""
+    if adopted:
+        extra = (f" (that identity was adopted from a directory an older chordctl wrote; if "
+                 f"it was adopted under the wrong config, delete "
+                 f"{os.path.join(os.path.dirname(where), IDENTITY_NAME)} and start the node "
+                 f"with the right one)")
+    raise RingMismatchError(
+        f"storage: {where} was written by {found.describe()}, not by this ring: {fields}; "
+        f"its keys would sit on nodes that no longer own them -- {MIGRATE_HINT}{extra}",
+        field=diff[0][0])
+
+
+# -- the IDENTITY file ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentityFile:
+    identity: RingIdentity
+    created: str
+    adopted: bool
+    path: str
+
+
+def path_of(directory: str) -> str:
+    return os.path.join(directory, IDENTITY_NAME)
+
+
+def _canonical(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode(identity: RingIdentity, adopted: bool = False, created: str | None = None) -> bytes:
+    doc = {"format": FORMAT, "bits": identity.bits, "placement": identity.placement,
+           "nodes": identity.nodes, "index": identity.index, "id": str(identity.id),
+           "fingerprint": identity.fingerprint, "adopted": adopted,
+           "created": created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    doc["crc32"] = zlib.crc32(_canonical(doc))
+    return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def decode(data: bytes, path: str) -> IdentityFile:
+    def bad(why: str) -> StorageError:
+        return StorageError(
+            f"storage: {path} is damaged ({why}); if this directory belongs to this ring, "
+            f"delete the file and the node writes it again after checking that every key "
+            f"lies in its arc")
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad(f"not JSON: {e}") from None
+    if not isinstance(doc, dict) or "crc32" not in doc:
+        raise bad("no checksum")
+    crc = doc.pop("crc32")
+    if zlib.crc32(_canonical(doc)) != crc:
+        raise bad("checksum mismatch")
+    if doc.get("format") != FORMAT:
+        raise StorageError(f"storage: {path} has identity format {doc.get('format')!r}, which "
+                           f"this chordctl does not know; upgrade chordctl")
+    try:
+        ident = RingIdentity(int(doc["bits"]), str(doc["placement"]), int(doc["nodes"]),
+                             int(doc["index"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad(f"field {e} missing or wrong") from None
+    if str(ident.id) != str(doc.get("id")) or ident.fingerprint != doc.get("fingerprint"):
+        raise bad("id or fingerprint does not match the ring it names")
+    return IdentityFile(ident, str(doc.get("created", "")), bool(doc.get("adopted")), path)
+
+
+def read(directory: str) -> IdentityFile | None:
+    """The directory's identity, None when it has no IDENTITY file."""
+    path = path_of(directory)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StorageError(f"storage: cannot read {path}: {e.strerror}") from None
+    return decode(data, path)
+
+
+def write(directory: str, identity: RingIdentity, adopted: bool = False) -> str:
+    """Write IDENTITY atomically: .tmp, fsync, rename, fsync the directory."""
+    final = path_of(directory)
+    tmp = final + files.TMP_SUFFIX
+    with open(tmp, "wb") as f:
+        f.write(encode(identity, adopted))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    files.fsync_dir(directory)
+    return final
+
+
+def holds_data(directory: str) -> bool:
+    """Whether a snapshot or a non-empty log is there (an idle start leaves neither)."""
+    logs, snaps = files.list_counters(directory)
+    return bool(snaps) or any(
+        os.path.getsize(os.path.join(directory, files.log_name(c))) for c in logs)
+
+
+# -- keys against the arc -----------------------------------------------------------
+
+
+def foreign_keys(keys: Iterable[int], owns: Callable[[int], bool],
+                 sample: int = 5) -> tuple[int, list[int]]:
+    """(how many of *keys* *owns* rejects, the first few of them)."""
+    count = 0
+    first: list[int] = []
+    for k in keys:
+        if not owns(k):
+            count += 1
+            if len(first) < sample:
+                first.append(k)
+    return count, first
+
+
+def foreign_keys_error(where: str, ring: Ring, index: int, count: int, first: list[int],
+                       subsystem: str = "storage", hint: str = MIGRATE_HINT,
+                       ring_name: str = "this ring") -> RingMismatchError:
+    low, high = ring.arc(index)
+    shown = ", ".join(str(k) if len(str(k)) <= 40 else str(k)[:37] + "..." for k in first)
+    return RingMismatchError(
+        f"{subsystem}: {where} holds {count} key(s) that node {index} does not own under "
+        f"{ring_name} (its arc is ({low}, {high}] with ring.bits {ring.bits}, ring.placement "
+        f"{ring.placement}, {ring.n} node(s)), e.g. {shown}; the directory was written under "
+        f"another ring -- {hint}", field="keys")

@@ -1,0 +1,294 @@
+"""The ring identity of a node directory: IDENTITY, snapshot headers, the arc check.
+
+Issue #11 finding 2: a node restarted under a changed ring (other number of
+nodes, bits or placement) served its directory anyway, so acknowledged keys
+sat on nodes that no longer owned them and read as not found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+
+import pytest
+
+from chordctl import config as config_mod
+from chordctl.client import Client
+from chordctl.core.node import Node
+from chordctl.core.ring import Ring
+from chordctl.core.storage import files, identity, records, snapshot
+from chordctl.core.storage.identity import RingIdentity
+from chordctl.core.storage.log import LogFile
+from chordctl.core.storage.records import OP_CREATE
+from chordctl.errors import RingMismatchError, StorageError
+from conftest import Cluster, NodeProc, write_config
+
+
+def make_config(tmp_path, n: int = 4, bits: int = 16, placement: str = "direct",
+                routing: str = "fingers"):
+    return config_mod.from_dict({
+        "ring": {"bits": bits, "placement": placement, "routing": routing},
+        "nodes": [{"host": "127.0.0.1", "port": 1 + i} for i in range(n)],
+        "storage": {"data_dir": str(tmp_path / "data"), "snapshot_interval": 0},
+    })
+
+
+def start_stop(cfg, index: int, keys=()) -> Node:
+    """Recover node *index* in-process, write *keys* straight into its log, stop."""
+    node = Node(cfg, index)
+    node.recover()
+    try:
+        for k in keys:
+            node.seq += 1
+            node.log.append(records.encode(node.seq, OP_CREATE, str(k).encode(), b"v"), 1)
+        node.log.sync()
+    finally:
+        node.log.close()
+        node.stop()
+    return node
+
+
+def owned_keys(cfg, index: int, count: int = 20) -> list[int]:
+    ring = Ring(cfg.ring.bits, len(cfg.nodes), cfg.ring.placement)
+    return [k for k in range(0, 10**6, 797) if ring.owner(k) == index][:count]   # spread
+
+
+# -- the IDENTITY file ---------------------------------------------------------------
+
+
+def test_first_start_writes_identity_file(tmp_path) -> None:
+    cfg = make_config(tmp_path, 4)
+    start_stop(cfg, 2)
+    d = cfg.node_dir(2)
+    doc = json.loads(open(os.path.join(d, "IDENTITY")).read())
+    assert (doc["bits"], doc["placement"], doc["nodes"], doc["index"], doc["id"]) == \
+        (16, "direct", 4, 2, str(65535 - 2 * 16384))
+    assert doc["adopted"] is False
+    assert doc["fingerprint"] == RingIdentity(16, "direct", 4, 0).fingerprint
+    assert not [n for n in os.listdir(d) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(n=3), "number of nodes"),
+    (dict(bits=20), "ring.bits"),
+    (dict(placement="hash"), "ring.placement"),
+])
+def test_restart_under_changed_ring_is_refused_naming_the_field(tmp_path, change, field):
+    old = make_config(tmp_path, 4)
+    start_stop(old, 1, owned_keys(old, 1))
+    new = make_config(tmp_path, **{"n": 4, **change})
+    with pytest.raises(RingMismatchError) as err:
+        Node(new, 1).recover()
+    assert err.value.exit_status == 2 and err.value.field == field
+    assert field in str(err.value) and "chordctl ring migrate" in str(err.value)
+    assert str(err.value).startswith("storage: ")
+
+
+def test_identity_is_checked_before_replay_changes_anything(tmp_path) -> None:
+    old = make_config(tmp_path, 4)
+    start_stop(old, 1, owned_keys(old, 1))
+    d = old.node_dir(1)
+    with open(os.path.join(d, "log.0"), "ab") as f:
+        f.write(b"\x07torn")                      # repair would cut this off
+    before = open(os.path.join(d, "log.0"), "rb").read()
+    with pytest.raises(RingMismatchError):
+        Node(make_config(tmp_path, 3), 1).recover()
+    assert open(os.path.join(d, "log.0"), "rb").read() == before
+
+
+def test_routing_change_keeps_the_identity(tmp_path) -> None:
+    old = make_config(tmp_path, 4, routing="fingers")
+    start_stop(old, 0, owned_keys(old, 0))
+    node = start_stop(make_config(tmp_path, 4, routing="neighbors"), 0)
+    assert node.report.keys == 20
+
+
+def test_damaged_identity_file_is_refused(tmp_path) -> None:
+    cfg = make_config(tmp_path, 2)
+    start_stop(cfg, 0)
+    path = os.path.join(cfg.node_dir(0), "IDENTITY")
+    doc = json.loads(open(path).read())
+    doc["nodes"] = 3                               # checksum no longer matches
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    with pytest.raises(StorageError) as err:
+        Node(cfg, 0).recover()
+    assert "IDENTITY" in str(err.value) and "damaged" in str(err.value)
+
+
+def test_identity_file_round_trips() -> None:
+    ident = RingIdentity(160, "hash", 7, 6)
+    decoded = identity.decode(identity.encode(ident, adopted=True), "x/IDENTITY")
+    assert decoded.identity == ident and decoded.adopted
+    assert ident.id == 2**160 - 1 - 6 * (2**160 // 7)
+
+
+# -- directories from before IDENTITY --------------------------------------------------
+
+
+def legacy_dir(cfg, index: int, keys) -> str:
+    """A node directory as an older chordctl left it: log.0, no IDENTITY."""
+    d = cfg.node_dir(index)
+    os.makedirs(d)
+    lf = LogFile(d, 0)
+    for seq, k in enumerate(keys, 1):
+        lf.append(records.encode(seq, OP_CREATE, str(k).encode(), b"v"), 1)
+    lf.close()
+    return d
+
+
+def test_legacy_directory_is_adopted_after_the_arc_check(tmp_path, caplog) -> None:
+    cfg = make_config(tmp_path, 4)
+    d = legacy_dir(cfg, 3, owned_keys(cfg, 3))
+    node = start_stop(cfg, 3)
+    assert node.report.keys == 20
+    found = identity.read(d)
+    assert found.identity == RingIdentity(16, "direct", 4, 3) and found.adopted
+    assert "older chordctl" in caplog.text and "adopted" in caplog.text
+
+
+def test_legacy_directory_of_another_ring_is_refused(tmp_path) -> None:
+    four = make_config(tmp_path, 4)
+    d = legacy_dir(four, 1, owned_keys(four, 1))
+    with pytest.raises(RingMismatchError) as err:
+        Node(make_config(tmp_path, 3), 1).recover()
+    assert "7 key(s) that node 1 does not own" in str(err.value)   # of 20
+    assert not os.path.exists(os.path.join(d, "IDENTITY"))
+
+
+def test_key_outside_the_arc_in_a_log_is_refused(tmp_path) -> None:
+    cfg = make_config(tmp_path, 4)
+    node = start_stop(cfg, 0, owned_keys(cfg, 0, 3) + owned_keys(cfg, 2, 1))
+    with pytest.raises(RingMismatchError) as err:
+        Node(cfg, 0).recover()
+    assert "1 key(s)" in str(err.value) and str(owned_keys(cfg, 2, 1)[0]) in str(err.value)
+    assert node.lock is not None and not node.lock.held
+
+
+def test_snapshot_of_another_ring_is_refused(tmp_path) -> None:
+    cfg = make_config(tmp_path, 4)
+    start_stop(cfg, 0)
+    d = cfg.node_dir(0)
+    LogFile(d, 1).close()     # log.X always exists beside snap.X
+    snapshot.write(d, 1, 0, [{}], identity=RingIdentity(16, "direct", 2, 0))
+    with pytest.raises(RingMismatchError) as err:
+        Node(cfg, 0).recover()
+    assert "snap.1" in str(err.value) and "number of nodes" in str(err.value)
+
+
+# -- snapshot headers -------------------------------------------------------------------
+
+
+def test_snapshot_header_records_the_ring_identity(tmp_path) -> None:
+    ident = RingIdentity(20, "hash", 5, 4)
+    path, _ = snapshot.write(str(tmp_path), 3, 9, [{1: b"a"}], identity=ident)
+    assert snapshot.read_info(path).identity == ident
+    assert snapshot.read(path).info.identity == ident
+
+
+def test_node_snapshots_carry_its_identity(tmp_path) -> None:
+    import threading
+
+    cfg = make_config(tmp_path, 4, placement="hash")
+    node = Node(cfg, 2)
+    node.recover()
+    node.start(lambda reqs: None)
+    done = threading.Event()
+    node.request_snapshot(force=True, on_done=lambda marker: done.set())
+    try:
+        assert done.wait(10)
+    finally:
+        node.stop(final_snapshot=False)
+    path = os.path.join(node.directory, "snap.1")
+    assert snapshot.read_info(path).identity == RingIdentity(16, "hash", 4, 2)
+
+
+def write_v1(path: str, counter: int, last_seq: int, chunks: list[dict[int, bytes]]) -> None:
+    """A snapshot in the previous format, CHSNAP1, byte for byte."""
+    import marshal
+    head = struct.pack("<8sQQQI", b"CHSNAP1\n", counter, last_seq,
+                       sum(len(c) for c in chunks), len(chunks))
+    out = head + struct.pack("<I", zlib.crc32(head))
+    for c in chunks:
+        data = marshal.dumps(c)
+        out += struct.pack("<II", len(data), zlib.crc32(data)) + data
+    out += struct.pack("<8sI", b"CHSNEND\n", len(chunks))
+    with open(path, "wb") as f:
+        f.write(out)
+
+
+def test_previous_snapshot_format_is_still_read(tmp_path) -> None:
+    path = str(tmp_path / "snap.2")
+    write_v1(path, 2, 7, [{1: b"a"}, {2: b"b"}])
+    snap = snapshot.read(path)
+    assert snap.info.identity is None and (snap.info.counter, snap.info.keys) == (2, 2)
+    assert snap.chunks == [{1: b"a"}, {2: b"b"}]
+
+
+def test_node_recovers_from_previous_snapshot_format_after_the_arc_check(tmp_path) -> None:
+    cfg = make_config(tmp_path, 2)
+    d = cfg.node_dir(1)
+    os.makedirs(d)
+    keys = owned_keys(cfg, 1, 5)
+    LogFile(d, 1).close()     # log.X always exists beside snap.X
+    write_v1(os.path.join(d, "snap.1"), 1, 0, [{k: b"v" for k in keys}])
+    node = start_stop(cfg, 1)
+    assert node.report.keys == 5 and identity.read(d).adopted
+    # ... and a CHSNAP1 snapshot of keys this node does not own is refused.
+    d0 = cfg.node_dir(0)
+    os.makedirs(d0)
+    LogFile(d0, 1).close()
+    write_v1(os.path.join(d0, "snap.1"), 1, 0, [{k: b"v" for k in keys}])
+    with pytest.raises(RingMismatchError):
+        Node(cfg, 0).recover()
+
+
+# -- durable creation ---------------------------------------------------------------------
+
+
+def test_node_directory_creation_fsyncs_every_new_level(tmp_path, monkeypatch) -> None:
+    cfg = config_mod.from_dict({
+        "ring": {"bits": 16}, "nodes": [{"host": "127.0.0.1", "port": 1}],
+        "storage": {"data_dir": str(tmp_path / "a" / "b")}})
+    synced: list[str] = []
+    real = files.fsync_dir
+    monkeypatch.setattr(files, "fsync_dir", lambda d: (synced.append(os.path.abspath(d)),
+                                                        real(d)))
+    start_stop(cfg, 0)
+    for made in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "node-0"):
+        assert str(made.parent) in synced, (made, synced)
+
+
+def test_makedirs_durable_on_an_existing_directory_does_nothing(tmp_path) -> None:
+    assert files.makedirs_durable(str(tmp_path)) == []
+    assert files.makedirs_durable(str(tmp_path / "x" / "y")) == [
+        str(tmp_path / "x"), str(tmp_path / "x" / "y")]
+
+
+# -- with real node processes ----------------------------------------------------------------
+
+
+def test_ring_of_four_restarted_with_three_nodes_refuses_to_start(tmp_path) -> None:
+    four = write_config(tmp_path, 4, name="four.yaml")
+    ring = Cluster(four).start()
+    try:
+        with Client(ring.config) as c:
+            for k in range(0, 65536, 4099):
+                c.create(str(k), b"v%d" % k)
+    finally:
+        ring.stop()
+    three = write_config(tmp_path, 3, name="three.yaml")
+    node = NodeProc(three, 1).start(wait=False)
+    assert node.proc.wait(timeout=30) == 2
+    out = node.log()
+    assert "number of nodes is 4 there but 3 in the config" in out, out
+    assert "chordctl ring migrate" in out and "Traceback" not in out
+
+
+def test_directory_without_data_takes_the_new_ring(tmp_path, caplog) -> None:
+    start_stop(make_config(tmp_path, 4), 1)                 # started once, never written
+    node = start_stop(make_config(tmp_path, 3), 1)
+    assert identity.read(node.directory).identity == RingIdentity(16, "direct", 3, 1)
+    assert "holds no data" in caplog.text
