@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import threading
 
+import pexpect
 import pytest
 
+from chordctl import bulk
 from chordctl.bench import engine, workloads
 from chordctl.cli.bench import _one_hop_keys
 from chordctl.client import Client
@@ -33,6 +37,85 @@ def test_kv_load_csv_reports_records_and_failures(make_cluster, run_cli, tmp_pat
     assert res.exit_code == 1
     doc = json.loads(res.stdout)
     assert doc["failures"] == n and doc["errors"] == {"already exists": n}
+
+
+def test_kv_load_where_every_record_failed_reports_0_records_per_s(make_cluster, run_cli,
+                                                                   tmp_path):
+    cluster = make_cluster(1)
+    cli = run_cli(cluster.config_path)
+    path = tmp_path / "data.csv"
+    path.write_text("".join(f"{k},v\n" for k in range(50)))
+    assert cli("kv", "load", str(path)).exit_code == 0
+    res = cli("kv", "load", str(path), output="json")
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert (doc["records"], doc["ok"], doc["failures"]) == (50, 0, 50)
+    assert doc["records_per_s"] == 0
+    res = cli("kv", "load", str(path))
+    assert res.exit_code == 1 and "(0 records/s)" in res.stdout
+
+
+@pytest.mark.parametrize("header", ["key,value", "id,name", "Key;Value,x", "k,v"])
+def test_kv_load_csv_header_is_a_first_line_that_is_not_a_key(header):
+    data = f"{header}\n1,a\n2,b,c\n".encode()
+    bad: list[str] = []
+    assert list(bulk.records(io.BytesIO(data), "csv", bad)) == [("1", b"a"), ("2", b"b,c")]
+    assert bad == []
+
+
+def test_kv_load_csv_first_line_that_is_a_key_is_a_record():
+    bad: list[str] = []
+    got = list(bulk.records(io.BytesIO(b"7,seven\nnot-a-key,x\n"), "csv", bad))
+    assert got == [("7", b"seven"), ("not-a-key", b"x")]    # (refused later, as a bad key)
+
+
+def test_kv_load_counting_reader_is_a_real_stream_and_counts_every_byte():
+    data = "".join(f'{{"key": "{k}", "value": "v{k}"}}\n' for k in range(3000)).encode()
+    seen = []
+    got = list(bulk.records(io.BytesIO(data), "jsonl", [], progress=seen.append))
+    assert len(got) == 3000 and got[-1] == ("2999", b"v2999")
+    assert sum(seen) == len(data)
+    stream = io.BytesIO(b"1,a\n")
+    list(bulk.records(stream, "csv", [], progress=seen.append))
+    assert not stream.closed     # the caller's stream is left open
+
+
+def _spawn(cmd: str) -> pexpect.spawn:
+    """*cmd* under a real pseudo-terminal (stderr a terminal), wide enough for a bar."""
+    return pexpect.spawn("/bin/sh", ["-c", cmd], timeout=60, dimensions=(24, 120))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_kv_load_on_a_terminal_shows_a_progress_bar(make_cluster, tmp_path, fmt):
+    cluster = make_cluster(2)
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "csv":
+        path.write_text("key,value\n" + "".join(f"{k},v{k}\n" for k in range(3000)))
+    else:
+        path.write_text("".join(f'{{"key": "{k}", "value": "v"}}\n' for k in range(3000)))
+    child = _spawn(f"{sys.executable} -m chordctl -c {cluster.config_path} kv load {path}")
+    child.expect(pexpect.EOF)
+    child.close()
+    out = child.before.decode()
+    assert "Traceback" not in out, out
+    assert child.exitstatus == 0, out
+    assert "loading" in out and "100%" in out, out
+    assert "loaded 3000 of 3000 records" in out, out
+
+
+def test_kv_load_from_stdin_on_a_terminal_shows_a_count(make_cluster, tmp_path):
+    cluster = make_cluster(1)
+    path = tmp_path / "data.csv"
+    path.write_text("".join(f"{k},v\n" for k in range(1500)))
+    child = _spawn(f"cat {path} | {sys.executable} -m chordctl -c {cluster.config_path} "
+                   f"kv load -")
+    child.expect(pexpect.EOF)
+    child.close()
+    out = child.before.decode()
+    assert child.exitstatus == 0, out
+    assert "loading (records)" in out and "1500" in out, out
+    assert "%" not in out, out               # no percentage of an unknown total
+    assert "loaded 1500 of 1500 records" in out, out
 
 
 def test_kv_load_jsonl_from_stdin_counts_malformed_lines(make_cluster, run_cli):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 
 import click
 
@@ -148,40 +150,6 @@ def delete(state: State, key: str, trace: bool) -> None:
         _print(state, c.delete(key, trace))
 
 
-def _records(stream, fmt: str, bad: list[str]):
-    """Yield (key, value bytes) from CSV or JSONL; malformed lines go to *bad*."""
-    import base64
-    import csv
-    import io
-    import json
-
-    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
-    if fmt == "csv":
-        for lineno, row in enumerate(csv.reader(text), 1):
-            if not row or (lineno == 1 and row[0].strip().lower() == "key"):
-                continue
-            if len(row) < 2:
-                bad.append(f"line {lineno}: expected key,value")
-                continue
-            yield row[0].strip(), ",".join(row[1:]).encode("utf-8", "surrogateescape")
-        return
-    for lineno, line in enumerate(text, 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-            key = doc["key"]
-            value = doc["value"]
-            if doc.get("encoding") == "base64":
-                data = base64.b64decode(value, validate=True)
-            else:
-                data = value.encode("utf-8") if isinstance(value, str) else \
-                    json.dumps(value).encode()
-            yield str(key), data
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            bad.append(f"line {lineno}: {type(e).__name__}: {e}")
-
-
 @kv.command()
 @click.argument("file", metavar="FILE")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
@@ -196,8 +164,11 @@ def load(state: State, file: str, fmt: str | None, batch: int, depth: int) -> No
     """Create many keys from FILE (CSV key,value or JSONL {"key","value"}); - for stdin.
 
     Sends pipelined Batch calls (to each key's owner when client.route is
-    direct), shows a progress bar, then a summary: records, failures,
-    records/s. Exit 1 if any record failed.
+    direct), then prints a summary: records, failures, records stored per
+    second. On a terminal a progress bar shows the bytes read (for stdin, the
+    count of records stored). A CSV value is the rest of the line; a first
+    line whose first field is not a key is a header and is skipped. Exit 1
+    if any record failed.
 
     \b
     Example:
@@ -215,19 +186,15 @@ def load(state: State, file: str, fmt: str | None, batch: int, depth: int) -> No
             stream = open(file, "rb")
         except OSError as e:
             raise InvalidInputError(f"kv: cannot read {file}: {e.strerror}") from None
-        total = os.fstat(stream.fileno()).st_size
+        total = os.fstat(stream.fileno()).st_size or None   # 0: a pipe, a device
     bad: list[str] = []
-    show = sys.stderr.isatty()
     cfg = state.config_or_none()
     from chordctl.client import Client
     client = Client(cfg, state.target) if state.target or cfg is None else Client(cfg)
     try:
-        if show and total:
-            with click.progressbar(length=total, label="loading", file=sys.stderr) as bar:
-                counted = _CountingReader(stream, bar.update)
-                rep = bulk.load(client, _records(counted, fmt, bad), batch, depth)
-        else:
-            rep = bulk.load(client, _records(stream, fmt, bad), batch, depth)
+        with _progress(sys.stderr.isatty(), total) as (on_bytes, on_records):
+            rep = bulk.load(client, bulk.records(stream, fmt, bad, on_bytes), batch, depth,
+                            progress=on_records)
     finally:
         client.close()
         if stream is not sys.stdin.buffer:
@@ -254,34 +221,21 @@ def load(state: State, file: str, fmt: str | None, batch: int, depth: int) -> No
         click.get_current_context().exit(1)
 
 
-class _CountingReader:
-    """A binary stream wrapper that reports bytes read (for the progress bar)."""
-
-    def __init__(self, raw, tick):
-        self.raw = raw
-        self.tick = tick
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.tick(len(data))
-        return data
-
-    def read1(self, n: int = -1) -> bytes:
-        data = self.raw.read1(n) if hasattr(self.raw, "read1") else self.raw.read(n)
-        self.tick(len(data))
-        return data
-
-    def readinto(self, b) -> int:
-        n = self.raw.readinto(b)
-        self.tick(n or 0)
-        return n
-
-    @property
-    def closed(self) -> bool:
-        return self.raw.closed
-
-    def flush(self) -> None:
-        pass
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int | None):
+    """click's progress bar on stderr: bytes read of a file of known size, else a
+    count of records stored. Yields (bytes callback, records callback)."""
+    if not enabled:
+        yield None, None
+        return
+    if total:
+        with click.progressbar(length=total, label="loading", file=sys.stderr) as bar:
+            yield bar.update, None
+        return
+    lock = threading.Lock()
+    with click.progressbar((x for x in ()), label="loading (records)", file=sys.stderr,
+                           show_pos=True) as bar:
+        def tick(n: int) -> None:
+            with lock:    # gRPC callback threads
+                bar.update(n)
+        yield None, tick
