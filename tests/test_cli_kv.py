@@ -178,11 +178,37 @@ def test_bad_update_leaves_existing_value(cli, node, log_size, argv, message):
     assert log_size() == before
 
 
-def test_value_that_looks_like_an_option_is_stored_as_given(cli, node):
-    # Keys may be typed as "-5" (and refused); values starting with "-" are data.
-    r = cli("kv", "create", "315", "-1x")
+def test_value_that_begins_with_a_dash_goes_after_double_dash(cli, node):
+    # Keys may be typed as "-5" (and refused); a value starting with "-" goes after --.
+    r = cli("kv", "create", "315", "--", "-1x")
     assert r.exit_code == 0, r.stderr
     assert value_of(node, "315") == b"-1x"
+    r = cli("kv", "update", "315", "--trace", "--", "--not-an-option")
+    assert r.exit_code == 0, r.stderr
+    assert value_of(node, "315") == b"--not-an-option"
+
+
+@pytest.mark.parametrize("argv", [("update", "316", "--tarce"), ("create", "317", "--tarce"),
+                                  ("create", "317", "-1x"), ("read", "316", "--tarce"),
+                                  ("delete", "316", "--bogus"), ("create", "317", "v", "-z")])
+def test_mistyped_option_is_a_usage_error_not_the_value(cli, node, log_size, argv):
+    if value_of(node, "316") is None:
+        assert cli("kv", "create", "316", "kept").exit_code == 0
+    before = log_size()
+    r = cli("kv", *argv)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert "no such option" in r.stderr.lower()
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert log_size() == before
+    assert value_of(node, "316") == b"kept" and value_of(node, "317") is None
+    if argv[0] in ("create", "update") and len(argv) == 3:
+        assert f"{argv[1]} -- {argv[2]}" in r.stderr       # how to store it as a value
+
+
+def test_help_says_values_that_begin_with_a_dash_go_after_double_dash(cli):
+    for op in ("create", "update"):
+        r = cli("kv", op, "--help")
+        assert "goes after '--'" in r.stdout and " -- -" in r.stdout, r.stdout
 
 
 def test_value_at_the_limit_is_accepted(cli, node):

@@ -10,7 +10,7 @@ import threading
 import click
 
 from chordctl import bulk, render
-from chordctl.cli.common import State, pass_state
+from chordctl.cli.common import KeyCommand, State, pass_state
 from chordctl.client import Result
 from chordctl.errors import InvalidInputError
 
@@ -74,15 +74,12 @@ def _print(state: State, r: Result, bare_value: bool = False) -> None:
         click.echo(_route_text(r.route), err=bare_value)
 
 
-# Let "-5" reach the key parser (which explains that keys are non-negative)
-# instead of click's "no such option".
-_ARGS = {"ignore_unknown_options": True}
 _trace = click.option("--trace", is_flag=True, help="Print the route the request took.")
 _file = click.option("--file", "file", metavar="PATH",
                      help="Read the value from PATH (binary safe); - for stdin.")
 
 
-@kv.command(context_settings=_ARGS)
+@kv.command(cls=KeyCommand)
 @click.argument("key")
 @click.argument("value", required=False)
 @_file
@@ -91,16 +88,20 @@ _file = click.option("--file", "file", metavar="PATH",
 def create(state: State, key: str, value: str | None, file: str | None, trace: bool) -> None:
     """Create KEY with VALUE; fails (exit 1) if KEY exists.
 
+    VALUE is text; --file PATH (or --file -, stdin) takes any bytes. A
+    VALUE that begins with '-' goes after '--', or it is read as an option.
+
     \b
     Example:
         chordctl kv create 10 hello
         chordctl kv create 11 --file photo.jpg
+        chordctl kv create 12 -- -40C
     """
     with state.client() as c:
         _print(state, c.create(key, _value(value, file), trace))
 
 
-@kv.command(context_settings=_ARGS)
+@kv.command(cls=KeyCommand)
 @click.argument("key")
 @_trace
 @pass_state
@@ -118,7 +119,7 @@ def read(state: State, key: str, trace: bool) -> None:
         _print(state, c.read(key, trace), bare_value=True)
 
 
-@kv.command(context_settings=_ARGS)
+@kv.command(cls=KeyCommand)
 @click.argument("key")
 @click.argument("value", required=False)
 @_file
@@ -127,15 +128,19 @@ def read(state: State, key: str, trace: bool) -> None:
 def update(state: State, key: str, value: str | None, file: str | None, trace: bool) -> None:
     """Replace KEY's value; fails (exit 1) if KEY does not exist.
 
+    A VALUE that begins with '-' goes after '--', or it is read as an option.
+
     \b
     Example:
         chordctl kv update 10 world
+        chordctl kv update 11 --file photo.jpg
+        chordctl kv update 12 -- -41C
     """
     with state.client() as c:
         _print(state, c.update(key, _value(value, file), trace))
 
 
-@kv.command(context_settings=_ARGS)
+@kv.command(cls=KeyCommand)
 @click.argument("key")
 @_trace
 @pass_state

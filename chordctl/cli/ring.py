@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import click
 
 from chordctl import render
-from chordctl.cli.common import State, pass_state
+from chordctl.cli.common import KeyCommand, State, pass_state
 from chordctl.client import Client
 from chordctl.config import Config
 from chordctl.core.ring import Ring
@@ -116,7 +116,7 @@ def show(state: State, timeout: float) -> None:
         click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
 
 
-@ring.command(context_settings={"ignore_unknown_options": True})
+@ring.command(cls=KeyCommand)
 @click.argument("key")
 @click.option("--from", "entry", type=int, default=0, show_default=True, metavar="I",
               help="Entry node index the route starts from.")
