@@ -70,13 +70,13 @@ def test_crud_roundtrip_prints_bare_values(cli):
 
     r = cli("kv", "read", "100")
     assert r.exit_code == 0, r.stderr
-    assert r.stdout_bytes == b"hello world\n"
+    assert r.stdout_bytes == b"hello world"
     assert r.stderr == ""
 
     r = cli("kv", "update", "100", "olá ✓")
     assert r.exit_code == 0, r.stderr
     r = cli("kv", "read", "100")
-    assert r.stdout_bytes == "olá ✓\n".encode()
+    assert r.stdout_bytes == "olá ✓".encode()
 
     r = cli("kv", "delete", "100")
     assert r.exit_code == 0, r.stderr
@@ -89,7 +89,7 @@ def test_key_with_leading_zeros_is_the_same_key(cli):
     assert cli("kv", "create", "0101", "z").exit_code == 0
     r = cli("kv", "read", "101")
     assert r.exit_code == 0, r.stderr
-    assert r.stdout_bytes == b"z\n"
+    assert r.stdout_bytes == b"z"
 
 
 def test_real_process_read_prints_exact_value_bytes(node):
@@ -98,7 +98,7 @@ def test_real_process_read_prints_exact_value_bytes(node):
     assert p.returncode == 0, p.stderr
     p = run_chordctl("-c", cfg, "kv", "read", "110")
     assert p.returncode == 0, p.stderr
-    assert p.stdout == b"plain text\n"
+    assert p.stdout == b"plain text"
     p = run_chordctl("-c", cfg, "kv", "delete", "110")
     assert p.returncode == 0, p.stderr
     p = run_chordctl("-c", cfg, "kv", "read", "110")
@@ -260,7 +260,7 @@ def test_trace_on_one_node_is_a_route_of_one_id(cli):
 
     r = cli("kv", "read", "410", "--trace")
     assert r.exit_code == 0, r.stderr
-    assert r.stdout_bytes == b"traced\n"          # the route goes to stderr
+    assert r.stdout_bytes == b"traced"          # the route goes to stderr
     assert f"route: {NODE_ID} (0 hops)" in r.stderr
 
     r = cli("kv", "read", "410", "--trace", output="json")
@@ -291,7 +291,7 @@ def test_file_path_binary_value_round_trips(cli, node, tmp_path):
     r = cli("kv", "create", "500", "--file", str(src))
     assert r.exit_code == 0, r.stderr
     assert read_json_bytes(cli, "500") == BINARY
-    assert cli("kv", "read", "500").stdout_bytes == BINARY + b"\n"
+    assert cli("kv", "read", "500").stdout_bytes == BINARY
 
     src.write_bytes(BINARY[::-1])
     assert cli("kv", "update", "500", "--file", str(src)).exit_code == 0
@@ -311,7 +311,54 @@ def test_real_process_stdin_binary_round_trips(node):
     assert p.returncode == 0, p.stderr
     p = run_chordctl("-c", node.config_path, "kv", "read", "520")
     assert p.returncode == 0, p.stderr
-    assert p.stdout == data + b"\n"
+    assert p.stdout == data
+
+
+def test_real_process_random_binary_value_round_trips_byte_for_byte(node, tmp_path):
+    # NUL bytes, a trailing newline: a file stored with --file reads back the same size.
+    data = b"\x00" + os.urandom(MAX_VALUE - 2) + b"\n"
+    src = tmp_path / "random.bin"
+    src.write_bytes(data)
+    cfg = node.config_path
+    p = run_chordctl("-c", cfg, "kv", "create", "540", "--file", str(src))
+    assert p.returncode == 0, p.stderr
+    p = run_chordctl("-c", cfg, "kv", "read", "540")            # stdout is a pipe
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == data and len(p.stdout) == len(data)
+    out = tmp_path / "out.bin"
+    p = run_chordctl("-c", cfg, "kv", "read", "540", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"" and out.read_bytes() == data
+    p = run_chordctl("-c", cfg, "-o", "json", "kv", "read", "540", "--out", str(out))
+    doc = json.loads(p.stdout)
+    assert (doc["ok"], doc["out"], doc["bytes"]) == (True, str(out), len(data))
+    assert "value" not in doc
+
+
+def test_read_out_of_a_missing_key_writes_no_file(cli, tmp_path):
+    out = tmp_path / "never.bin"
+    r = cli("kv", "read", "541", "--out", str(out))
+    assert_clean_failure(r, 1, "not found")
+    assert not out.exists()
+
+
+def test_read_out_to_an_unwritable_path_is_a_usage_error(cli, tmp_path):
+    assert cli("kv", "create", "542", "x").exit_code == 0
+    r = cli("kv", "read", "542", "--out", str(tmp_path / "no" / "such" / "dir"))
+    assert_clean_failure(r, 2, "cannot write")
+
+
+def test_read_on_a_terminal_ends_the_value_with_a_newline(node):
+    import sys
+
+    import pexpect
+    assert run_chordctl("-c", node.config_path, "kv", "create", "543", "on a tty").returncode == 0
+    child = pexpect.spawn(sys.executable, ["-m", "chordctl", "-c", node.config_path, "kv",
+                                           "read", "543"], timeout=30)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert child.before == b"on a tty\r\n"        # the terminal's newline after the value
 
 
 def test_file_over_the_limit_is_refused(cli, node, tmp_path):

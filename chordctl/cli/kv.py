@@ -43,12 +43,20 @@ def _route_text(route: tuple[str, ...]) -> str:
     return f"route: {' -> '.join(route)} ({hops} hop{'s' if hops != 1 else ''})"
 
 
-def _print(state: State, r: Result, bare_value: bool = False) -> None:
+def _print(state: State, r: Result, bare_value: bool = False,
+           out_path: str | None = None) -> None:
+    """Render *r*; a read's value is written to *out_path* instead, if given."""
     fmt = state.fmt("plain")
+    value = r.value if out_path is None else None
+    if out_path is not None:
+        _write_file(out_path, r.value or b"")
     if fmt == "json":
         doc = {"ok": True, "op": r.op, "key": r.key}
         if r.op == "read":
-            doc.update(render.value_json(r.value))
+            if out_path is None:
+                doc.update(render.value_json(r.value))
+            else:
+                doc.update({"out": out_path, "bytes": len(r.value or b"")})
         doc.update({"node_index": r.node_index, "node_id": r.node_id, "message": r.message})
         if r.route:
             doc["route"] = list(r.route)
@@ -57,21 +65,33 @@ def _print(state: State, r: Result, bare_value: bool = False) -> None:
     if fmt == "table":
         rows = [["op", r.op], ["key", r.key]]
         if r.op == "read":
-            rows.append(["value", r.value.decode("utf-8", "backslashreplace")])
+            rows.append(["value", value.decode("utf-8", "backslashreplace")
+                         if out_path is None else f"{len(r.value or b'')} bytes in {out_path}"])
         rows += [["node", f"{r.node_index} (id {r.node_id})"], ["message", r.message]]
         if r.route:
             rows.append(["route", " -> ".join(r.route)])
         click.echo(render.table(rows, ["field", "value"]))
         return
-    if bare_value:
+    if bare_value and out_path is None:
+        # The exact bytes for a pipe or a file (like redis-cli --raw); a
+        # terminal gets a newline after the value, so the prompt starts afresh.
         out = sys.stdout.buffer
         out.write(r.value or b"")
-        out.write(b"\n")
+        if sys.stdout.isatty():
+            out.write(b"\n")
         out.flush()
-    else:
+    elif not bare_value:
         click.echo(f"OK {r.message}")
     if r.route:
         click.echo(_route_text(r.route), err=bare_value)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise InvalidInputError(f"kv: cannot write {path}: {e.strerror}") from None
 
 
 _trace = click.option("--trace", is_flag=True, help="Print the route the request took.")
@@ -103,20 +123,28 @@ def create(state: State, key: str, value: str | None, file: str | None, trace: b
 
 @kv.command(cls=KeyCommand)
 @click.argument("key")
+@click.option("--out", "out_path", metavar="FILE",
+              help="Write the value's exact bytes to FILE instead of stdout.")
 @_trace
 @pass_state
-def read(state: State, key: str, trace: bool) -> None:
+def read(state: State, key: str, out_path: str | None, trace: bool) -> None:
     """Print KEY's value (bare, for scripts); exit 1 if KEY does not exist.
 
-    With --trace the route goes to stderr, so stdout stays the bare value.
+    When stdout is not a terminal (a pipe, a file) it gets the value's exact
+    bytes, nothing added; a terminal gets a newline after it. --out FILE
+    writes the exact bytes to FILE. With --trace the route goes to stderr, so
+    stdout stays the bare value. -o json gives text values as is and binary
+    ones in base64 ("encoding").
 
     \b
     Example:
         chordctl kv read 10
+        chordctl kv read 11 --out photo.jpg
+        chordctl kv read 11 > photo.jpg
         chordctl -o json kv read 10 --trace
     """
     with state.client() as c:
-        _print(state, c.read(key, trace), bare_value=True)
+        _print(state, c.read(key, trace), bare_value=True, out_path=out_path)
 
 
 @kv.command(cls=KeyCommand)
