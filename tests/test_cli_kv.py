@@ -396,3 +396,56 @@ def test_config_whose_node_is_down_exits_3(run_cli, tmp_path):
     address = config_mod.load(path).nodes[0].address
     r = run_cli(path)("kv", "read", "1")
     assert_clean_failure(r, 3, address)
+
+
+# -- -o json: one document on stdout, failures included ---------------------------------
+
+
+JSON_FAILURES = [
+    # (argv, exit code, what the error says)
+    (("-o", "json", "kv", "read", "600"), 1, "not found"),
+    (("kv", "read", "600", "-o", "json"), 1, "not found"),
+    (("-o", "json", "kv", "create", "abc", "x"), 2, "not a non-negative decimal integer"),
+    (("-o", "json", "kv", "update", "601", "--tarce"), 2, "No such option"),
+    (("kv", "update", "601", "--tarce", "--output=json"), 2, "No such option"),
+    (("-ojson", "kv", "frob"), 2, "No such command"),
+    (("-o", "json", "--bogus", "kv", "read", "1"), 2, "No such option"),
+]
+
+
+@pytest.mark.parametrize("argv,code,message", JSON_FAILURES,
+                         ids=[" ".join(a) for a, _, _ in JSON_FAILURES])
+def test_json_failure_is_one_document_on_stdout(node, argv, code, message):
+    p = run_chordctl("-c", node.config_path, *argv)
+    assert p.returncode == code, (p.stdout, p.stderr)
+    assert p.stdout.count(b"\n") == 1 and p.stdout.endswith(b"\n"), p.stdout   # one line
+    doc = json.loads(p.stdout)
+    assert doc == {"ok": False, "error": doc["error"], "exit": code}
+    assert message in doc["error"]
+    assert b"Traceback" not in p.stderr
+
+
+def test_json_failure_of_an_unreachable_node_is_one_document(node):
+    (port,) = free_ports(1)
+    p = run_chordctl("-c", node.config_path, "-o", "json", "--target", f"127.0.0.1:{port}",
+                     "kv", "read", "1")
+    assert p.returncode == 3
+    doc = json.loads(p.stdout)
+    assert (doc["ok"], doc["exit"]) == (False, 3) and f"127.0.0.1:{port}" in doc["error"]
+
+
+def test_json_success_is_one_line_on_a_pipe_and_indented_on_a_terminal(node):
+    import sys
+
+    import pexpect
+    assert run_chordctl("-c", node.config_path, "kv", "create", "610", "j").returncode == 0
+    p = run_chordctl("-c", node.config_path, "-o", "json", "kv", "read", "610")
+    assert p.returncode == 0 and p.stdout.count(b"\n") == 1
+    assert json.loads(p.stdout)["value"] == "j"
+    child = pexpect.spawn(sys.executable, ["-m", "chordctl", "-c", node.config_path, "-o",
+                                           "json", "kv", "read", "610"], timeout=30)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert child.before.count(b"\r\n") > 3                  # indented for a person
+    assert json.loads(child.before.decode())["value"] == "j"

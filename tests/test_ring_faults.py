@@ -157,7 +157,7 @@ def test_ring_show_marks_a_killed_node_down_and_the_others_up(ring4):
         assert sorted(rows) == ["0", "1", "2", "3"], out
         for i, line in rows.items():
             assert ring4.address(int(i)) in line
-            state = "DOWN" if int(i) == down else "up"
+            state = "down" if int(i) == down else "up"
             assert f" {state} " in line, line
         assert "1 of 4 node(s) down" in err
 

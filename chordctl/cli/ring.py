@@ -54,7 +54,7 @@ def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dic
         st = statuses[i]
         up = not isinstance(st, Exception)
         arc = f"({low}, {high}]"
-        state = "up" if up else ("recovering" if isinstance(st, NotServing) else "DOWN")
+        state = "up" if up else ("recovering" if isinstance(st, NotServing) else "down")
         rows.append([i, ring.ids[i], arc, node.address, state,
                      st.keys if up else "-", st.snapshot_counter if up else "-",
                      st.log_counter if up else "-"])
@@ -100,7 +100,7 @@ def show(state: State, timeout: float) -> None:
     """Every node of the config: id, owned arc, address, up/down, keys, snapshot.
 
     Nodes are asked in parallel (gRPC health, then Admin.Status); one that
-    does not answer within --timeout is marked DOWN, one whose health is not
+    does not answer within --timeout is marked down, one whose health is not
     SERVING (replaying its log, shutting down) is marked recovering, and the
     others are still shown. Exit 3 if any node is not up.
 
