@@ -148,6 +148,7 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
          op: int = CREATE) -> LoadReport:
     """Create every (key, value); failures are counted, never raised."""
     report = LoadReport()
+    timeout = max(client.timeout, 30.0)
     lock = threading.Lock()
     slots = threading.Semaphore(depth)
     idle = threading.Condition(lock)
@@ -171,7 +172,7 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
                         report.ok += 1
         except grpc.RpcError as e:
             with lock:
-                note_failure(error_for(e.code(), e.details() or "", address), n)
+                note_failure(error_for(e.code(), e.details() or "", address, timeout), n)
         finally:
             slots.release()
             with lock:
@@ -184,7 +185,7 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
         slots.acquire()
         with lock:
             in_flight[0] += 1
-        fut = stub.Batch.future(request, timeout=max(client.timeout, 30.0))
+        fut = stub.Batch.future(request, timeout=timeout)
         fut.add_done_callback(lambda f, n=len(request.ops), a=address: done(f, n, a))
 
     # The client's share of a bulk load is this loop: keep it to a cheap key

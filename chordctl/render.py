@@ -37,6 +37,15 @@ def failure_json(message: str, exit_code: int) -> str:
     return to_json({"ok": False, "error": message, "exit": exit_code})
 
 
+CELL_WIDTH = 40
+
+
+def clip(text: str, width: int = CELL_WIDTH) -> str:
+    """A table cell at most *width* characters; the whole text belongs in -o json."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 3].rstrip() + "..."
+
+
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 

@@ -449,3 +449,80 @@ def test_json_success_is_one_line_on_a_pipe_and_indented_on_a_terminal(node):
     assert child.exitstatus == 0
     assert child.before.count(b"\r\n") > 3                  # indented for a person
     assert json.loads(child.before.decode())["value"] == "j"
+
+
+# -- the ring down: our words, the time really waited -----------------------------------
+
+
+GRPC_INTERNALS = (b"failed to connect to all addresses", b"ipv4:", b"last error", b"UNKNOWN:")
+
+
+def test_read_with_the_ring_down_fails_fast_in_our_words(tmp_path):
+    import re
+    import time
+    path = write_config(tmp_path, 4, timeout=CLIENT_TIMEOUT)     # never started
+    addresses = [n.address for n in config_mod.load(path).nodes]
+    t0 = time.monotonic()
+    p = run_chordctl("-c", path, "kv", "read", "1", timeout=30)
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 3, p.stderr
+    err = p.stderr.decode()
+    assert all(a in err for a in addresses), err
+    assert "connection refused" in err and "is the ring up?" in err, err
+    assert "chordctl cluster up" in err, err
+    assert not any(g.decode() in err for g in GRPC_INTERNALS), err
+    said = float(re.search(r"in (\d+\.\d+)s", err).group(1))
+    assert said <= elapsed and said < 2.0, (said, elapsed, err)   # no 4 x 1s wait
+
+
+def test_unreachable_target_says_what_to_do_and_debug_shows_grpc(node):
+    (port,) = free_ports(1)
+    address = f"127.0.0.1:{port}"
+    p = run_chordctl("-c", node.config_path, "--target", address, "kv", "read", "1")
+    assert p.returncode == 3
+    assert f"cannot connect to {address} (connection refused".encode() in p.stderr, p.stderr
+    assert b"is the ring up?" in p.stderr
+    assert not any(g in p.stderr for g in GRPC_INTERNALS), p.stderr
+    p = run_chordctl("-c", node.config_path, "--log-level", "debug", "--target", address,
+                     "kv", "read", "1")
+    assert p.returncode == 3
+    assert b"failed to connect to all addresses" in p.stderr, p.stderr   # for the curious
+    assert f"cannot connect to {address}".encode() in p.stderr
+
+
+@pytest.fixture
+def silent_node():
+    """A gRPC server whose Read never answers in time: the client's deadline passes."""
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    from chordctl.pb import chord_pb2_grpc as pb_grpc
+    release = threading.Event()
+
+    class Silent(pb_grpc.KeyValueServicer):
+        def Read(self, request, context):
+            release.wait(30)
+            context.abort(grpc.StatusCode.CANCELLED, "released")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_KeyValueServicer_to_server(Silent(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    release.set()
+    server.stop(0)
+
+
+def test_no_reply_says_the_time_it_waited(tmp_path, silent_node):
+    import time
+    path = write_config(tmp_path, 1, timeout=1.5)
+    t0 = time.monotonic()
+    p = run_chordctl("-c", path, "--target", silent_node, "kv", "read", "1", timeout=30)
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 3, p.stderr
+    assert f"no reply from {silent_node} within 1.5s (client.timeout)".encode() in p.stderr, \
+        p.stderr
+    assert 1.5 <= elapsed < 5, elapsed
+    assert not any(g in p.stderr for g in GRPC_INTERNALS) and b"Deadline" not in p.stderr

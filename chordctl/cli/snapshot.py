@@ -12,7 +12,8 @@ from chordctl import render
 from chordctl.cli.common import State, pass_state
 from chordctl.client import Client
 from chordctl.core.storage import inventory
-from chordctl.errors import ChordError, ExitStatus, InvalidInputError
+from chordctl.errors import (ChordError, DeadlineExceededError, ExitStatus, InvalidInputError,
+                             UnavailableError)
 
 HEADERS = ["node", "file", "kind", "counter", "bytes", "time", "records", "in use", "status"]
 
@@ -26,7 +27,16 @@ def _row(node: str, d: dict) -> list:
     if d.get("current"):
         mark += " (writing)" if mark else "(writing)"
     return [node, d["file"], d["kind"], d["counter"], d["bytes"], _time(d["mtime"]),
-            "-" if d["records"] is None else d["records"], mark, d["status"]]
+            "-" if d["records"] is None else d["records"], mark, render.clip(d["status"])]
+
+
+def _down(e: ChordError) -> str:
+    """A short status cell for a node that did not answer (the message is in -o json)."""
+    if isinstance(e, DeadlineExceededError):
+        return "down: no reply"
+    if isinstance(e, UnavailableError):
+        return "down: unreachable"
+    return render.clip(f"error: {e}")
 
 
 @click.group()
@@ -73,8 +83,8 @@ def list_(state: State, data_dir: str | None) -> None:
         for i, rep in enumerate(replies):
             if isinstance(rep, ChordError):
                 down += 1
-                rows.append([str(i), "-", "-", "-", "-", "-", "-", "", f"DOWN: {rep}"])
-                docs.append({"node": i, "error": str(rep)})
+                rows.append([str(i), "-", "-", "-", "-", "-", "-", "", _down(rep)])
+                docs.append({"node": i, "state": "down", "error": str(rep)})
                 continue
             for f in rep.files:
                 d = {"node": i, "file": f.name, "kind": f.kind, "counter": f.counter,
