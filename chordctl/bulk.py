@@ -29,6 +29,7 @@ from chordctl.errors import ChordError, InvalidInputError
 from chordctl.pb import chord_pb2 as pb
 
 CREATE = OPS["create"]
+DELETE = OPS["delete"]
 _KINDS = {"AlreadyExistsError": "already exists", "NotFoundError": "not found",
           "InvalidInputError": "invalid input", "UnavailableError": "unavailable",
           "DeadlineExceededError": "deadline exceeded",

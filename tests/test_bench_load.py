@@ -161,9 +161,62 @@ def test_bench_runs_end_to_end_with_well_formed_json(make_cluster, run_cli):
     for row in doc["results"]:
         assert row["errors"] == 0, row
         assert row["ops"] > 0 and row["ops_per_s"] > 0
-        if row["p50_ms"] != "":
+        if row["phase"].startswith("load"):
+            assert row["p50_ms"] is None and row["max_ms"] is None    # null, not ""
+        else:
             assert 0 <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert doc["machine"]["nodes"] == 4
+    # bench cleans up after itself: the ring holds no key of its run.
+    assert doc["cleanup"] == {"deleted": 300, "failures": 0}
+    assert keys_held(cluster) == 0
+
+
+def keys_held(cluster) -> int:
+    total = 0
+    for i in range(len(cluster.config.nodes)):
+        with Client(cluster.config, target=cluster.address(i)) as c:
+            total += c.status().keys
+    return total
+
+
+BENCH_SMALL = ["--records", "120", "--ops", "60", "--seq-ops", "10", "--rounds", "1",
+               "--concurrency", "4", "--workloads", "A", "--distributions", "uniform",
+               "--routes", "entry"]
+
+
+def test_bench_leaves_no_keys_and_never_touches_keys_below_its_range(make_cluster, run_cli):
+    cluster = make_cluster(2)
+    cli = run_cli(cluster.config_path)
+    assert cli("kv", "create", "12345", "mine").exit_code == 0
+    res = cli("bench", *BENCH_SMALL, output="json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    first = int(doc["keys"]["first"])
+    assert 10**18 <= first and first + 120 * doc["keys"]["stride"] < 2 * 10**18
+    assert "deleted the 120 keys it used" in res.stderr
+    assert keys_held(cluster) == 1
+    with Client(cluster.config) as c:
+        assert c.read("12345").value == b"mine"
+
+
+def test_bench_keep_leaves_its_keys_in_its_range(make_cluster, run_cli):
+    cluster = make_cluster(1)
+    res = run_cli(cluster.config_path)("bench", *BENCH_SMALL, "--keep", output="json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["cleanup"] is None
+    assert keys_held(cluster) == 120
+    first, stride = int(doc["keys"]["first"]), doc["keys"]["stride"]
+    with Client(cluster.config) as c:
+        assert c.read(str(first + 119 * stride)).value == b"v" * 32
+
+
+def test_bench_every_option_has_help(run_cli):
+    from chordctl.cli.bench import bench
+    missing = [p.name for p in bench.params if not getattr(p, "help", None)]
+    assert missing == []
+    res = run_cli(None)("bench", "--help")
+    assert "10^18" in res.stdout and "--keep" in res.stdout
 
 
 def test_bench_baseline_interleaves_rounds_and_reports_median_ratios(make_cluster, run_cli):
@@ -285,7 +338,7 @@ def test_bench_reuses_a_loaded_key_range_and_compares_snapshot_latency(make_clus
     common = ["--records", "200", "--ops", "200", "--seq-ops", "20", "--concurrency", "8",
               "--workloads", "C", "--distributions", "uniform", "--routes", "entry",
               "--key-base", "5000000"]
-    first = cli("bench", *common, output="json")
+    first = cli("bench", *common, "--keep", output="json")
     assert first.exit_code == 0, first.output
     second = cli("bench", *common, "--skip-load", "--snapshot-phase", output="json")
     assert second.exit_code == 0, second.output
@@ -299,6 +352,7 @@ def test_bench_reuses_a_loaded_key_range_and_compares_snapshot_latency(make_clus
     with Client(cluster.config) as c:
         st = c.status()
     assert st.snapshot_counter >= 1 and st.rss_bytes > 10_000_000 and st.ready_seconds > 0
+    assert doc["cleanup"]["deleted"] == 200 and keys_held(cluster) == 0   # reused, then deleted
 
 
 def test_bench_skip_load_needs_the_key_base(make_cluster, run_cli):
