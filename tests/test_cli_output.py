@@ -21,3 +21,48 @@ def test_snapshot_list_with_the_ring_down_keeps_rows_short(tmp_path):
     docs = json.loads(p.stdout)
     assert [d["state"] for d in docs] == ["down"] * 3
     assert all("cannot connect" in d["error"] and "is the ring up?" in d["error"] for d in docs)
+
+
+# -- --target names the entry node of `ring locate` and the shell's `locate` ------------
+
+
+def _ring(tmp_path, n=4):
+    from chordctl import config as config_mod
+    from chordctl.cli.ring import ring_of
+    path = write_config(tmp_path, n)          # never started: locate needs only the config
+    cfg = config_mod.load(path)
+    r = ring_of(cfg)
+    entry = 2
+    key = next(k for k in range(1, 65536, 97) if len(r.route(entry, k)) >= 2
+               and r.route(entry, k) != r.route(0, k))
+    return path, cfg, r, entry, key
+
+
+def test_ring_locate_starts_the_route_at_the_target(tmp_path, run_cli):
+    path, cfg, r, entry, key = _ring(tmp_path)
+    cli = run_cli(path)
+    res = cli("ring", "locate", str(key), target=cfg.nodes[entry].address, output="json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["entry"] == entry
+    assert [h["index"] for h in doc["route"]] == r.route(entry, key)
+    res = cli("ring", "locate", str(key), "--target", cfg.nodes[entry].address)
+    assert f"node {entry} (id {r.ids[entry]}, {cfg.nodes[entry].address})" in res.stdout
+    assert " -> ".join(str(r.ids[i]) for i in r.route(entry, key)) in res.stdout, res.stdout
+
+
+def test_ring_locate_refuses_a_target_outside_the_config(tmp_path, run_cli):
+    path, cfg, r, entry, key = _ring(tmp_path)
+    res = run_cli(path)("ring", "locate", str(key), target="127.0.0.1:1")
+    assert res.exit_code == 2
+    assert "not a node of the config" in res.stderr
+    res = run_cli(path)("ring", "locate", str(key), "--from", "0",
+                        target=cfg.nodes[entry].address)
+    assert res.exit_code == 2 and "different entry nodes" in res.stderr
+
+
+def test_shell_locate_starts_the_route_at_the_target(tmp_path, run_cli):
+    path, cfg, r, entry, key = _ring(tmp_path)
+    res = run_cli(path)("shell", input=f"locate {key}\n", target=cfg.nodes[entry].address)
+    route = " -> ".join(str(r.ids[i]) for i in r.route(entry, key))
+    assert f"route from node {entry}: {route}" in res.stdout, res.output
