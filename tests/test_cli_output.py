@@ -66,3 +66,17 @@ def test_shell_locate_starts_the_route_at_the_target(tmp_path, run_cli):
     res = run_cli(path)("shell", input=f"locate {key}\n", target=cfg.nodes[entry].address)
     route = " -> ".join(str(r.ids[i]) for i in r.route(entry, key))
     assert f"route from node {entry}: {route}" in res.stdout, res.output
+
+
+def test_every_kv_snapshot_bench_and_locate_command_has_an_example_and_option_help():
+    import click
+
+    from chordctl.cli.main import cli
+    commands = [cli, cli.commands["bench"], cli.commands["ring"].commands["locate"]]
+    for group in ("kv", "snapshot"):
+        commands += [cli.commands[group], *cli.commands[group].commands.values()]
+    for cmd in commands:
+        assert "Example:" in (cmd.help or ""), cmd.name
+        for p in cmd.params:
+            if isinstance(p, click.Option):
+                assert p.help, f"{cmd.name} {p.name}"

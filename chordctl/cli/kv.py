@@ -17,7 +17,20 @@ from chordctl.errors import InvalidInputError
 
 @click.group()
 def kv() -> None:
-    """Create, read, update and delete keys."""
+    """Create, read, update and delete keys; load many from a file.
+
+    KEY is a non-negative integer of any size. A VALUE that begins with '-'
+    goes after '--'. `kv read` writes the exact bytes when stdout is not a
+    terminal; -o json gives one document, a failure too.
+
+    \b
+    Example:
+        chordctl kv create 10 hello
+        chordctl kv read 10
+        chordctl kv update 10 -- -1
+        chordctl kv delete 10
+        chordctl kv load data.csv
+    """
 
 
 def _value(value: str | None, file: str | None) -> bytes:

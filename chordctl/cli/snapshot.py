@@ -41,7 +41,14 @@ def _down(e: ChordError) -> str:
 
 @click.group()
 def snapshot() -> None:
-    """Snapshots: list them, take one now."""
+    """Snapshots: list them, take one now.
+
+    \b
+    Example:
+        chordctl snapshot list
+        chordctl -o json snapshot list
+        chordctl snapshot create --node 0
+    """
 
 
 @snapshot.command(name="list")
