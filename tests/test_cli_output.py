@@ -23,6 +23,17 @@ def test_snapshot_list_with_the_ring_down_keeps_rows_short(tmp_path):
     assert all("cannot connect" in d["error"] and "is the ring up?" in d["error"] for d in docs)
 
 
+
+def test_snapshot_create_with_the_ring_down_keeps_rows_short_and_says_why(tmp_path):
+    path = write_config(tmp_path, 2)          # never started
+    p = run_chordctl("-c", path, "snapshot", "create")
+    assert p.returncode == 3, p.stderr
+    lines = p.stdout.decode().splitlines()
+    assert max(len(line) for line in lines) <= WIDEST_ROW, lines
+    assert all(line.rstrip().endswith("failed: unreachable") for line in lines[2:]), lines
+    assert b"2 node(s) took no snapshot" in p.stderr and b"is the ring up?" in p.stderr
+
+
 # -- --target names the entry node of `ring locate` and the shell's `locate` ------------
 
 

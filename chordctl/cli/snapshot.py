@@ -124,13 +124,15 @@ def create(state: State, index: int | None) -> None:
         cfg.node(i)
     rows, docs = [], []
     failed = 0
+    first_error = ""
     for i in indexes:
         try:
             with Client(cfg, target=cfg.nodes[i].address) as c:
                 rep = c.take_snapshot()
         except ChordError as e:
             failed += 1
-            rows.append([i, "-", "-", "-", f"failed: {e}"])
+            first_error = first_error or f"node {i}: {e}"
+            rows.append([i, "-", "-", "-", _down(e).replace("down: ", "failed: ", 1)])
             docs.append({"node": i, "error": str(e)})
             continue
         rows.append([i, f"snap.{rep.counter}", rep.keys, rep.bytes, f"{rep.capture_ms:.2f}",
@@ -142,4 +144,6 @@ def create(state: State, index: int | None) -> None:
         rows, ["node", "snapshot", "keys", "bytes", "capture ms", "write s", "path"],
         state.fmt("table"), docs))
     if failed:
+        click.secho(f"chordctl: {failed} node(s) took no snapshot; {first_error}", fg="red",
+                    err=True)
         click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
