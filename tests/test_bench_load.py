@@ -369,3 +369,10 @@ def test_bench_forwarded_phase_reads_keys_of_the_next_node_one_hop_away(routing,
     picked = _one_hop_keys(ring, keys, 0)
     assert picked and {ring.owner(int(k)) for k in picked} == {1}
     assert all(len(ring.route(0, int(k))) == 2 for k in picked)
+
+
+def test_bench_row_of_a_phase_where_every_operation_failed_has_null_latencies():
+    phase = engine.Phase("p", 4, seconds=1.0, errors={"read": 5})
+    (row,) = engine.summarize(phase)
+    assert (row["ops"], row["errors"]) == (5, 5)
+    assert [row[k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")] == [None] * 4

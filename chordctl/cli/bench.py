@@ -467,7 +467,7 @@ def _ratios(rows: list[dict], round_ratios: dict[str, list[float]]) -> dict:
                              for k, v in round_ratios.items() if v}
     quiet = [r for r in rows if r["phase"] == "ycsb C, no snapshot"]
     busy = [r for r in rows if r["phase"].startswith("ycsb C, during snapshots")]
-    if quiet and busy and quiet[0]["p99_ms"]:
+    if quiet and busy and quiet[0]["p99_ms"] and busy[0]["p99_ms"] is not None:
         out["p99 during snapshots / p99 without"] = round(busy[0]["p99_ms"] /
                                                           quiet[0]["p99_ms"], 3)
     return out
