@@ -100,7 +100,7 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
 
 
 def _reason(details: str) -> str:
-    """Why gRPC could not connect, in a few words of ours ("" for TLS-like failures)."""
+    """Why gRPC could not connect, in a few words of ours."""
     low = details.lower()
     if "connection refused" in low:
         return "connection refused: no node listens there"
