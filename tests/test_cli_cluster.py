@@ -106,7 +106,7 @@ def test_cluster_up_detach_runs_every_node_and_down_stops_them(config4, run_cli)
     # Gone for good: ring show sees every node down.
     r = run_chordctl("-c", path, "ring", "show", timeout=UP_TIMEOUT)
     assert r.returncode == 3
-    assert all(" DOWN " in line for line in ring_rows(r.stdout.decode()).values())
+    assert all(" down " in line for line in ring_rows(r.stdout.decode()).values())
 
 
 def test_cluster_up_twice_refuses_while_the_ring_runs(config4):
