@@ -3,22 +3,33 @@
 Records are grouped into batches of ``batch`` operations (per owner with
 direct routing) and up to ``depth`` batches are in flight at once, so the
 client's encoding overlaps the nodes' work.
+
+Input files are CSV (``key,value`` per line; the value is the rest of the
+line, commas included; a first line whose first field is not a key is a
+header) or JSONL (``{"key": K, "value": V}``, with ``"encoding": "base64"``
+for binary values). ``records`` parses either from a binary stream and can
+report the bytes it consumed, for a progress bar.
 """
 
 from __future__ import annotations
 
+import base64
+import csv
 import dataclasses
+import io
+import json
 import threading
 import time
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import grpc
 
 from chordctl.client import OPS, Client, error_for
-from chordctl.errors import ChordError
+from chordctl.errors import ChordError, InvalidInputError
 from chordctl.pb import chord_pb2 as pb
 
 CREATE = OPS["create"]
+DELETE = OPS["delete"]
 _KINDS = {"AlreadyExistsError": "already exists", "NotFoundError": "not found",
           "InvalidInputError": "invalid input", "UnavailableError": "unavailable",
           "DeadlineExceededError": "deadline exceeded",
@@ -36,7 +47,95 @@ class LoadReport:
 
     @property
     def rate(self) -> float:
-        return self.records / self.seconds if self.seconds > 0 else 0.0
+        """Records stored per second: a run where every record failed stored 0/s."""
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+
+FORMATS = ("csv", "jsonl")
+
+
+class CountingReader(io.RawIOBase):
+    """A raw binary stream over *raw* that calls ``tick(n)`` for the n bytes read.
+
+    A real io stream (readable, not writable, not seekable), so io.BufferedReader
+    and io.TextIOWrapper accept it.
+    """
+
+    def __init__(self, raw: BinaryIO, tick: Callable[[int], None]):
+        super().__init__()
+        self.raw = raw
+        self.tick = tick
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        read1 = getattr(self.raw, "read1", None)
+        data = read1(len(b)) if read1 is not None else self.raw.read(len(b))
+        n = len(data)
+        b[:n] = data
+        if n:
+            self.tick(n)
+        return n
+
+
+def records(stream: BinaryIO, fmt: str, bad: list[str],
+            progress: Callable[[int], None] | None = None) -> Iterator[tuple[str, bytes]]:
+    """Yield (key text, value bytes) from a CSV or JSONL binary stream.
+
+    Malformed lines are not yielded; each adds a "line N: why" to *bad*.
+    *progress*, if given, is called with the number of bytes consumed as
+    the stream is read.
+    """
+    if fmt not in FORMATS:
+        raise InvalidInputError(f"load: unknown format {fmt!r}; expected csv or jsonl")
+    if progress is not None:
+        stream = io.BufferedReader(CountingReader(stream, progress))
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    try:
+        yield from (_csv_records(text, bad) if fmt == "csv" else _jsonl_records(text, bad))
+    finally:
+        text.detach()    # the caller owns (and closes) the stream
+
+
+def _is_key(text: str) -> bool:
+    t = text.strip()
+    return bool(t) and t.isascii() and t.isdigit()
+
+
+def _csv_records(text: io.TextIOWrapper, bad: list[str]) -> Iterator[tuple[str, bytes]]:
+    first = True
+    for lineno, row in enumerate(csv.reader(text), 1):
+        if not row:
+            continue
+        if first:
+            first = False
+            # A header is a first line that is not a record: "key,value",
+            # "id,name", "k;v"... anything whose first field is not a key.
+            if not _is_key(row[0]):
+                continue
+        if len(row) < 2:
+            bad.append(f"line {lineno}: expected key,value")
+            continue
+        yield row[0].strip(), ",".join(row[1:]).encode("utf-8", "surrogateescape")
+
+
+def _jsonl_records(text: io.TextIOWrapper, bad: list[str]) -> Iterator[tuple[str, bytes]]:
+    for lineno, line in enumerate(text, 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            key = doc["key"]
+            value = doc["value"]
+            if doc.get("encoding") == "base64":
+                data = base64.b64decode(value, validate=True)
+            else:
+                data = value.encode("utf-8") if isinstance(value, str) else \
+                    json.dumps(value).encode()
+            yield str(key), data
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            bad.append(f"line {lineno}: {type(e).__name__}: {e}")
 
 
 # Operations per Batch call. With entry routing the entry node re-batches
@@ -50,6 +149,7 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
          op: int = CREATE) -> LoadReport:
     """Create every (key, value); failures are counted, never raised."""
     report = LoadReport()
+    timeout = max(client.timeout, 30.0)
     lock = threading.Lock()
     slots = threading.Semaphore(depth)
     idle = threading.Condition(lock)
@@ -73,7 +173,7 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
                         report.ok += 1
         except grpc.RpcError as e:
             with lock:
-                note_failure(error_for(e.code(), e.details() or "", address), n)
+                note_failure(error_for(e.code(), e.details() or "", address, timeout), n)
         finally:
             slots.release()
             with lock:
@@ -86,7 +186,7 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
         slots.acquire()
         with lock:
             in_flight[0] += 1
-        fut = stub.Batch.future(request, timeout=max(client.timeout, 30.0))
+        fut = stub.Batch.future(request, timeout=timeout)
         fut.add_done_callback(lambda f, n=len(request.ops), a=address: done(f, n, a))
 
     # The client's share of a bulk load is this loop: keep it to a cheap key

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import threading
+import time
 from typing import Callable, Sequence
 
 import grpc
@@ -44,6 +46,8 @@ _ERRORS: dict[grpc.StatusCode, type[ChordError]] = {
     grpc.StatusCode.CANCELLED: UnavailableError,
 }
 _CODE_BY_NUMBER = {sc.value[0]: sc for sc in grpc.StatusCode}
+log = logging.getLogger("chordctl.client")
+RING_UP_HINT = "is the ring up? (`chordctl ring show`; start it with `chordctl cluster up`)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,27 +63,69 @@ class Result:
     route: tuple[str, ...] = ()
 
 
-def error_for(code: grpc.StatusCode | int, message: str, address: str = "") -> ChordError:
-    """The ChordError for a gRPC status (a code object or its number)."""
+def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
+              waited: float | None = None) -> ChordError:
+    """The ChordError for a gRPC status (a code object or its number).
+
+    Node-made messages (they name their node) reach the user as they are;
+    gRPC's own words become ours, naming the address and what to do, and go
+    to the debug log (``--log-level debug``). *waited*: the call's deadline
+    in seconds, for "no reply within ...".
+    """
     if isinstance(code, int):
         code = _CODE_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
     cls = _ERRORS.get(code, InternalError)
+    node_made = message.startswith(("node ", "client:"))
+    if not node_made and code in (grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED):
+        log.debug("client: %s: gRPC %s: %s", address, code.name, message)
     if code == grpc.StatusCode.UNAVAILABLE and not message:
-        message = f"client: {address} is unreachable"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED and "deadline" in message.lower():
-        message = f"client: no reply from {address} within the deadline ({message}); " \
-                  f"is the cluster up? (`chordctl ring show`)"
+        message = f"client: {address} is unreachable; {RING_UP_HINT}"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED and "deadline" in message.lower() \
+            and not node_made:
+        within = f"within {waited:g}s (client.timeout)" if waited else "within the deadline"
+        message = (f"client: no reply from {address} {within}; the node may be overloaded "
+                   f"or stuck -- {RING_UP_HINT}")
     elif code == grpc.StatusCode.UNAVAILABLE and message.lower().startswith("failed to connect"):
         # Only gRPC's own text means *this* client could not connect; a node's
         # relayed "node 0 ... could not reach node 3 ... (failed to connect ...)"
         # must reach the user as is, naming the node that is really down.
-        message = f"client: cannot connect to {address}{security.connect_failure(message)}"
-    elif code == grpc.StatusCode.UNAVAILABLE and not message.startswith(("node ", "client:")):
+        message = cannot_connect(address, message)
+    elif code == grpc.StatusCode.UNAVAILABLE and not node_made:
         # gRPC's own words for a connection lost mid-call ("Socket closed",
         # "Connection reset by peer"); every node-made message names its node.
-        message = (f"client: lost the connection to {address} ({message}); is the node "
-                   f"running? (`chordctl ring show`)")
+        message = (f"client: lost the connection to {address} before the reply; the node "
+                   f"may have stopped -- {RING_UP_HINT}")
     return cls(message)
+
+
+def _reason(details: str) -> str:
+    """Why gRPC could not connect, in a few words of ours."""
+    low = details.lower()
+    if "connection refused" in low:
+        return "connection refused: no node listens there"
+    if "timeout" in low or "timed out" in low or "deadline" in low:
+        return "no answer"
+    if "dns" in low or "resolv" in low or "name or service" in low:
+        return "the host name does not resolve"
+    if "unreachable" in low or "no route" in low:
+        return "no route to the host"
+    return "unreachable"
+
+
+def _tls_like(details: str) -> bool:
+    """A failed handshake or a socket closed before any reply: likely a TLS mismatch."""
+    low = details.lower()
+    return ("handshake" in low and ("tls" in low or "ssl" in low)) or "ssl_error" in low \
+        or "socket closed" in low or "connection reset" in low
+
+
+def cannot_connect(address: str, details: str) -> str:
+    """The message for gRPC's "failed to connect ..." to *address*."""
+    if _tls_like(details):
+        # What to check in the config (security.connect_failure names the fields).
+        return f"client: cannot connect to {address}{security.connect_failure(details)}"
+    return f"client: cannot connect to {address} ({_reason(details)}); {RING_UP_HINT}"
 
 
 class _Lane:
@@ -123,7 +169,8 @@ class _Lane:
                 failure = InternalError(f"client: {self.address} answered {len(results)} "
                                         f"results for {len(batch)} operations")
         except grpc.RpcError as e:
-            results, failure = (), error_for(e.code(), e.details() or "", self.address)
+            results, failure = (), error_for(e.code(), e.details() or "", self.address,
+                                             timeout)
         except grpc.FutureCancelledError:
             results, failure = (), UnavailableError("client: request cancelled")
         with self.lock:
@@ -207,20 +254,27 @@ class Client:
         if len(self.addresses) == 1:
             self.open(self.addresses[0])
             return self.address
-        why = ""
+        # One after another in config order, each for at most CONNECT_TIMEOUT;
+        # a refused connection fails at once, so a ring that is down fails fast.
+        t0 = time.monotonic()
+        failures: list[tuple[str, str]] = []
         for address in self.addresses:
             channel = security.channel(self.config, address)
-            try:
-                grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
-            except grpc.FutureTimeoutError:
-                why = why or _why_not_ready(channel, address)
-                channel.close()
-                continue
-            self._adopt(address, channel)
-            return address
+            why = _probe(channel, address)
+            if why is None:
+                self._adopt(address, channel)
+                return address
+            channel.close()
+            failures.append((address, why))
+        waited = time.monotonic() - t0
+        reasons = {why for _, why in failures}
+        if len(reasons) == 1:
+            detail = f"{', '.join(a for a, _ in failures)}: {reasons.pop()}"
+        else:
+            detail = "; ".join(f"{a}: {why}" for a, why in failures)
         raise UnavailableError(
-            f"client: no node of the config answered within {CONNECT_TIMEOUT:.0f}s (tried "
-            f"{', '.join(self.addresses)}); start the ring with `chordctl cluster up`{why}")
+            f"client: no node of the config answered (tried {len(failures)} in "
+            f"{waited:.2f}s -- {detail}); {RING_UP_HINT}")
 
     def open(self, address: str) -> None:
         """Use *address* without checking that it answers (calls fail until it does)."""
@@ -323,7 +377,7 @@ class Client:
                 self._reopen(address, kv)
                 self._send(op, key, value, trace, callback, t, retry=False)
             else:
-                callback(_outcome(f, op, key, address))
+                callback(_outcome(f, op, key, address, t))
 
         fut.add_done_callback(done)
 
@@ -420,11 +474,11 @@ class Client:
             if op not in OPS:
                 raise InvalidInputError(f"unknown operation {op!r}")
             msgs.append(pb.Operation(op=OPS[op], key=key, value=value or b""))
+        t = timeout if timeout is not None else self.timeout
         try:
-            reply = self._kv.Batch(pb.BatchRequest(ops=msgs),
-                                   timeout=timeout if timeout is not None else self.timeout)
+            reply = self._kv.Batch(pb.BatchRequest(ops=msgs), timeout=t)
         except grpc.RpcError as e:
-            raise error_for(e.code(), e.details() or "", self.address) from None
+            raise error_for(e.code(), e.details() or "", self.address, t) from None
         out: list[Result | ChordError] = []
         for (op, key, _), res in zip(ops, reply.results):
             if res.code:
@@ -514,22 +568,22 @@ class Client:
 
     def _admin_call(self, method: str, request, timeout: float | None):
         self.connect()
+        t = timeout if timeout is not None else self.timeout
         try:
-            return getattr(self._admin, method)(
-                request, timeout=timeout if timeout is not None else self.timeout)
+            return getattr(self._admin, method)(request, timeout=t)
         except grpc.RpcError as e:
-            raise error_for(e.code(), e.details() or "", self.address) from None
+            raise error_for(e.code(), e.details() or "", self.address, t) from None
 
     def health(self, timeout: float | None = None) -> str:
         """The node's grpc.health.v1 status for service "": SERVING, NOT_SERVING, ..."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         self.connect()
+        t = timeout if timeout is not None else self.timeout
         try:
             reply = health_pb2_grpc.HealthStub(self._channel).Check(
-                health_pb2.HealthCheckRequest(service=""),
-                timeout=timeout if timeout is not None else self.timeout)
+                health_pb2.HealthCheckRequest(service=""), timeout=t)
         except grpc.RpcError as e:
-            raise error_for(e.code(), e.details() or "", self.address) from None
+            raise error_for(e.code(), e.details() or "", self.address, t) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def status(self, timeout: float | None = None) -> pb.NodeStatus:
@@ -560,22 +614,33 @@ def _sentence(op: str, key: str, res: pb.Result) -> str:
     return describe(OPS[op], key, 0, f"node {res.node_index} (id {res.node_id})")
 
 
-def _why_not_ready(channel: grpc.Channel, address: str) -> str:
-    """gRPC's reason why *channel* did not connect (a refusal, a TLS mismatch), or ""."""
+def _probe(channel: grpc.Channel, address: str) -> str | None:
+    """None if the node at *address* answers within CONNECT_TIMEOUT, else why not.
+
+    Any reply counts, even an error status: the node is there. Without
+    wait_for_ready a refused connection fails at once instead of retrying.
+    """
     try:
-        channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=CONNECT_TIMEOUT / 4)
+        channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=CONNECT_TIMEOUT)
     except grpc.RpcError as e:
         details = e.details() or ""
-        if details.lower().startswith("failed to connect"):
-            return f"; {address}: cannot connect{security.connect_failure(details)}"
-    return ""
+        if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            log.debug("client: %s: gRPC DEADLINE_EXCEEDED: %s", address, details)
+            return f"no answer within {CONNECT_TIMEOUT:g}s"
+        if e.code() == grpc.StatusCode.UNAVAILABLE:
+            log.debug("client: %s: gRPC UNAVAILABLE: %s", address, details)
+            if _tls_like(details):
+                return security.connect_failure(details).lstrip(": ")
+            return _reason(details)
+    return None
 
 
-def _outcome(fut: grpc.Future, op: str, key: str, address: str | None) -> Result | ChordError:
+def _outcome(fut: grpc.Future, op: str, key: str, address: str | None,
+             waited: float | None = None) -> Result | ChordError:
     try:
         reply = fut.result()
     except grpc.RpcError as e:
-        return error_for(e.code(), e.details() or "", address or "?")
+        return error_for(e.code(), e.details() or "", address or "?", waited)
     except grpc.FutureCancelledError:
         return UnavailableError(f"client: {op} {key} was cancelled")
     return Result(op, key, reply.value if op == "read" else None, reply.node_index,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from typing import Any, Iterable, Sequence
 
 from tabulate import tabulate
@@ -21,8 +22,28 @@ def value_json(value: bytes | None) -> dict[str, Any]:
         return {"value": base64.b64encode(value).decode(), "encoding": "base64"}
 
 
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False, default=str)
+def to_json(obj: Any, pretty: bool | None = None) -> str:
+    """One JSON document: indented for a terminal, compact on one line otherwise
+    (a pipe, a file: one document per line for scripts)."""
+    if pretty is None:
+        pretty = sys.stdout.isatty()
+    if pretty:
+        return json.dumps(obj, indent=2, sort_keys=False, default=str)
+    return json.dumps(obj, separators=(",", ":"), sort_keys=False, default=str)
+
+
+def failure_json(message: str, exit_code: int) -> str:
+    """The document a failed command prints under ``-o json``."""
+    return to_json({"ok": False, "error": message, "exit": exit_code})
+
+
+CELL_WIDTH = 40
+
+
+def clip(text: str, width: int = CELL_WIDTH) -> str:
+    """A table cell at most *width* characters; the whole text belongs in -o json."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 3].rstrip() + "..."
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -289,7 +289,7 @@ class Shell:
 
     def _local_view(self, cmd: Command) -> str:
         from chordctl import render
-        from chordctl.cli.ring import HEADERS, poll_nodes, ring_of, ring_rows
+        from chordctl.cli.ring import HEADERS, node_at, poll_nodes, ring_of, ring_rows
         if self.config is None:
             return "error: ring and locate need a config (-c PATH)"
         if cmd.name == "ring":
@@ -298,10 +298,14 @@ class Shell:
         r = ring_of(self.config)
         k, _ = parse_key(cmd.key, self.max_digits)
         owner = r.owner(k)
-        route = " -> ".join(str(r.ids[i]) for i in r.route(0, k))
+        # The route from the node this session talks to (--target), as its requests go.
+        address = self.client.address or self.client.addresses[0]
+        entry = node_at(self.config, address)
+        where = f"node {entry}" if entry is not None else f"node 0 ({address} is not in the config)"
+        route = " -> ".join(str(r.ids[i]) for i in r.route(entry or 0, k))
         return (f"key {cmd.key}: position {r.position(k)}, owner node {owner} "
                 f"(id {r.ids[owner]}, {self.config.nodes[owner].address}); "
-                f"route from node 0: {route}")
+                f"route from {where}: {route}")
 
     def wait_pending(self, seconds: float) -> int:
         """Wait for replies still pending, at most *seconds*; returns how many never came."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import threading
 
+import pexpect
 import pytest
 
+from chordctl import bulk
 from chordctl.bench import engine, workloads
 from chordctl.cli.bench import _one_hop_keys
 from chordctl.client import Client
@@ -33,6 +37,85 @@ def test_kv_load_csv_reports_records_and_failures(make_cluster, run_cli, tmp_pat
     assert res.exit_code == 1
     doc = json.loads(res.stdout)
     assert doc["failures"] == n and doc["errors"] == {"already exists": n}
+
+
+def test_kv_load_where_every_record_failed_reports_0_records_per_s(make_cluster, run_cli,
+                                                                   tmp_path):
+    cluster = make_cluster(1)
+    cli = run_cli(cluster.config_path)
+    path = tmp_path / "data.csv"
+    path.write_text("".join(f"{k},v\n" for k in range(50)))
+    assert cli("kv", "load", str(path)).exit_code == 0
+    res = cli("kv", "load", str(path), output="json")
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert (doc["records"], doc["ok"], doc["failures"]) == (50, 0, 50)
+    assert doc["records_per_s"] == 0
+    res = cli("kv", "load", str(path))
+    assert res.exit_code == 1 and "(0 records/s)" in res.stdout
+
+
+@pytest.mark.parametrize("header", ["key,value", "id,name", "Key;Value,x", "k,v"])
+def test_kv_load_csv_header_is_a_first_line_that_is_not_a_key(header):
+    data = f"{header}\n1,a\n2,b,c\n".encode()
+    bad: list[str] = []
+    assert list(bulk.records(io.BytesIO(data), "csv", bad)) == [("1", b"a"), ("2", b"b,c")]
+    assert bad == []
+
+
+def test_kv_load_csv_first_line_that_is_a_key_is_a_record():
+    bad: list[str] = []
+    got = list(bulk.records(io.BytesIO(b"7,seven\nnot-a-key,x\n"), "csv", bad))
+    assert got == [("7", b"seven"), ("not-a-key", b"x")]    # (refused later, as a bad key)
+
+
+def test_kv_load_counting_reader_is_a_real_stream_and_counts_every_byte():
+    data = "".join(f'{{"key": "{k}", "value": "v{k}"}}\n' for k in range(3000)).encode()
+    seen = []
+    got = list(bulk.records(io.BytesIO(data), "jsonl", [], progress=seen.append))
+    assert len(got) == 3000 and got[-1] == ("2999", b"v2999")
+    assert sum(seen) == len(data)
+    stream = io.BytesIO(b"1,a\n")
+    list(bulk.records(stream, "csv", [], progress=seen.append))
+    assert not stream.closed     # the caller's stream is left open
+
+
+def _spawn(cmd: str) -> pexpect.spawn:
+    """*cmd* under a real pseudo-terminal (stderr a terminal), wide enough for a bar."""
+    return pexpect.spawn("/bin/sh", ["-c", cmd], timeout=60, dimensions=(24, 120))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_kv_load_on_a_terminal_shows_a_progress_bar(make_cluster, tmp_path, fmt):
+    cluster = make_cluster(2)
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "csv":
+        path.write_text("key,value\n" + "".join(f"{k},v{k}\n" for k in range(3000)))
+    else:
+        path.write_text("".join(f'{{"key": "{k}", "value": "v"}}\n' for k in range(3000)))
+    child = _spawn(f"{sys.executable} -m chordctl -c {cluster.config_path} kv load {path}")
+    child.expect(pexpect.EOF)
+    child.close()
+    out = child.before.decode()
+    assert "Traceback" not in out, out
+    assert child.exitstatus == 0, out
+    assert "loading" in out and "100%" in out, out
+    assert "loaded 3000 of 3000 records" in out, out
+
+
+def test_kv_load_from_stdin_on_a_terminal_shows_a_count(make_cluster, tmp_path):
+    cluster = make_cluster(1)
+    path = tmp_path / "data.csv"
+    path.write_text("".join(f"{k},v\n" for k in range(1500)))
+    child = _spawn(f"cat {path} | {sys.executable} -m chordctl -c {cluster.config_path} "
+                   f"kv load -")
+    child.expect(pexpect.EOF)
+    child.close()
+    out = child.before.decode()
+    assert child.exitstatus == 0, out
+    assert "loading (records)" in out and "1500" in out, out
+    assert "%" not in out, out               # no percentage of an unknown total
+    assert "loaded 1500 of 1500 records" in out, out
 
 
 def test_kv_load_jsonl_from_stdin_counts_malformed_lines(make_cluster, run_cli):
@@ -78,9 +161,62 @@ def test_bench_runs_end_to_end_with_well_formed_json(make_cluster, run_cli):
     for row in doc["results"]:
         assert row["errors"] == 0, row
         assert row["ops"] > 0 and row["ops_per_s"] > 0
-        if row["p50_ms"] != "":
+        if row["phase"].startswith("load"):
+            assert row["p50_ms"] is None and row["max_ms"] is None    # null, not ""
+        else:
             assert 0 <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert doc["machine"]["nodes"] == 4
+    # bench cleans up after itself: the ring holds no key of its run.
+    assert doc["cleanup"] == {"deleted": 300, "failures": 0}
+    assert keys_held(cluster) == 0
+
+
+def keys_held(cluster) -> int:
+    total = 0
+    for i in range(len(cluster.config.nodes)):
+        with Client(cluster.config, target=cluster.address(i)) as c:
+            total += c.status().keys
+    return total
+
+
+BENCH_SMALL = ["--records", "120", "--ops", "60", "--seq-ops", "10", "--rounds", "1",
+               "--concurrency", "4", "--workloads", "A", "--distributions", "uniform",
+               "--routes", "entry"]
+
+
+def test_bench_leaves_no_keys_and_never_touches_keys_below_its_range(make_cluster, run_cli):
+    cluster = make_cluster(2)
+    cli = run_cli(cluster.config_path)
+    assert cli("kv", "create", "12345", "mine").exit_code == 0
+    res = cli("bench", *BENCH_SMALL, output="json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    first = int(doc["keys"]["first"])
+    assert 10**18 <= first and first + 120 * doc["keys"]["stride"] < 2 * 10**18
+    assert "deleted the 120 keys it used" in res.stderr
+    assert keys_held(cluster) == 1
+    with Client(cluster.config) as c:
+        assert c.read("12345").value == b"mine"
+
+
+def test_bench_keep_leaves_its_keys_in_its_range(make_cluster, run_cli):
+    cluster = make_cluster(1)
+    res = run_cli(cluster.config_path)("bench", *BENCH_SMALL, "--keep", output="json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["cleanup"] is None
+    assert keys_held(cluster) == 120
+    first, stride = int(doc["keys"]["first"]), doc["keys"]["stride"]
+    with Client(cluster.config) as c:
+        assert c.read(str(first + 119 * stride)).value == b"v" * 32
+
+
+def test_bench_every_option_has_help(run_cli):
+    from chordctl.cli.bench import bench
+    missing = [p.name for p in bench.params if not getattr(p, "help", None)]
+    assert missing == []
+    res = run_cli(None)("bench", "--help")
+    assert "10^18" in res.stdout and "--keep" in res.stdout
 
 
 def test_bench_baseline_interleaves_rounds_and_reports_median_ratios(make_cluster, run_cli):
@@ -202,7 +338,7 @@ def test_bench_reuses_a_loaded_key_range_and_compares_snapshot_latency(make_clus
     common = ["--records", "200", "--ops", "200", "--seq-ops", "20", "--concurrency", "8",
               "--workloads", "C", "--distributions", "uniform", "--routes", "entry",
               "--key-base", "5000000"]
-    first = cli("bench", *common, output="json")
+    first = cli("bench", *common, "--keep", output="json")
     assert first.exit_code == 0, first.output
     second = cli("bench", *common, "--skip-load", "--snapshot-phase", output="json")
     assert second.exit_code == 0, second.output
@@ -216,6 +352,7 @@ def test_bench_reuses_a_loaded_key_range_and_compares_snapshot_latency(make_clus
     with Client(cluster.config) as c:
         st = c.status()
     assert st.snapshot_counter >= 1 and st.rss_bytes > 10_000_000 and st.ready_seconds > 0
+    assert doc["cleanup"]["deleted"] == 200 and keys_held(cluster) == 0   # reused, then deleted
 
 
 def test_bench_skip_load_needs_the_key_base(make_cluster, run_cli):
@@ -232,3 +369,10 @@ def test_bench_forwarded_phase_reads_keys_of_the_next_node_one_hop_away(routing,
     picked = _one_hop_keys(ring, keys, 0)
     assert picked and {ring.owner(int(k)) for k in picked} == {1}
     assert all(len(ring.route(0, int(k))) == 2 for k in picked)
+
+
+def test_bench_row_of_a_phase_where_every_operation_failed_has_null_latencies():
+    phase = engine.Phase("p", 4, seconds=1.0, errors={"read": 5})
+    (row,) = engine.summarize(phase)
+    assert (row["ops"], row["errors"]) == (5, 5)
+    assert [row[k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")] == [None] * 4

@@ -92,7 +92,7 @@ def test_cluster_up_detach_runs_every_node_and_down_stops_them(config4, run_cli)
         c = cli("kv", "create", key, f"v{key}")
         assert c.exit_code == 0, c.output
         c = cli("kv", "read", key)
-        assert (c.exit_code, c.stdout) == (0, f"v{key}\n"), c.output
+        assert (c.exit_code, c.stdout) == (0, f"v{key}"), c.output
 
     r = run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT)
     assert r.returncode == 0, r.stderr.decode()

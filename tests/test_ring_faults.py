@@ -182,7 +182,7 @@ def test_restarted_node_serves_and_forwards_again(ring4):
 
     code, out, err = chordctl(ring4, entry, "kv", "read", str(key), "--trace")
     assert code == 0, err
-    assert out == f"value{owner}\n"
+    assert out == f"value{owner}"
     ids = [str(ring.ids[i]) for i in (entry, via, owner)]
     assert " -> ".join(ids) in err
     # Its own key survived the SIGKILL, and it takes new work as entry and owner.

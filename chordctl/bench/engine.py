@@ -63,14 +63,17 @@ def summarize(phase: Phase) -> list[dict]:
 
 
 def _row(phase: Phase, op: str, lat: list[float], errors: int) -> dict:
+    """A result row; with no successful operation the latencies are None (null), not 0."""
     n = len(lat) + errors
+
+    def ms(q: float) -> float | None:
+        return round(percentile(lat, q) * 1e3, 3) if lat else None
+
     return {
         "phase": phase.name, "op": op, "concurrency": phase.concurrency, "ops": n,
         "errors": errors, "ops_per_s": round(n / phase.seconds, 1) if phase.seconds else 0.0,
-        "p50_ms": round(percentile(lat, 0.50) * 1e3, 3),
-        "p95_ms": round(percentile(lat, 0.95) * 1e3, 3),
-        "p99_ms": round(percentile(lat, 0.99) * 1e3, 3),
-        "max_ms": round((lat[-1] if lat else 0.0) * 1e3, 3),
+        "p50_ms": ms(0.50), "p95_ms": ms(0.95), "p99_ms": ms(0.99),
+        "max_ms": round(lat[-1] * 1e3, 3) if lat else None,
     }
 
 

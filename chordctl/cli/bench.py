@@ -24,6 +24,12 @@ from chordctl.errors import ChordError, InvalidInputError
 HEADERS = ["phase", "op", "concurrency", "ops", "errors", "ops_per_s", "p50_ms", "p95_ms",
            "p99_ms", "max_ms"]
 KEY_STRIDE = 40503   # odd: i * stride spreads keys evenly over any 2^m ring
+# bench's own key range: [10^18, 2 * 10^18). A run takes a fresh slot of
+# 10^12 keys in it (base + i * KEY_STRIDE), so data below 10^18 is never
+# touched and runs do not collide.
+KEY_FLOOR = 10 ** 18
+KEY_SLOT = 10 ** 12
+MAX_RECORDS = KEY_SLOT // KEY_STRIDE
 
 
 class _Bar:
@@ -144,7 +150,7 @@ def run_baseline(echo: EchoServers, concurrency: int, ops: int, show: bool) -> l
         secs = time.perf_counter() - t0
     rows.append({"phase": "echo batch of 100", "op": "read", "concurrency": 1,
                  "ops": calls * 100, "errors": 0, "ops_per_s": round(calls * 100 / secs, 1),
-                 "p50_ms": "", "p95_ms": "", "p99_ms": "", "max_ms": ""})
+                 "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None})
     return rows
 
 
@@ -226,7 +232,7 @@ def _owned_keys(ring: Ring, keys: list[str], node: int) -> list[str]:
 
 
 @click.command()
-@click.option("--records", type=click.IntRange(1), default=10_000, show_default=True,
+@click.option("--records", type=click.IntRange(1, MAX_RECORDS), default=10_000, show_default=True,
               help="Records created by the load phase.")
 @click.option("--ops", type=click.IntRange(1), default=20_000, show_default=True,
               help="Operations per workload run.")
@@ -240,10 +246,12 @@ def _owned_keys(ring: Ring, keys: list[str], node: int) -> list[str]:
               help="Requests in flight during the workloads.")
 @click.option("--workloads", "wl", default="A,B,C", show_default=True,
               help="YCSB core workloads: A 50/50 read/update, B 95/5, C read only.")
-@click.option("--distributions", default="uniform,zipfian", show_default=True)
+@click.option("--distributions", default="uniform,zipfian", show_default=True,
+              help="Key choice of the workloads: uniform, or zipfian (a few keys are hot).")
 @click.option("--routes", default="entry,direct", show_default=True,
               help="entry: the first node routes; direct: the client sends to the owner.")
-@click.option("--value-size", type=click.IntRange(0), default=32, show_default=True)
+@click.option("--value-size", type=click.IntRange(0), default=32, show_default=True,
+              help="Bytes per value, loaded and updated.")
 @click.option("--coalesce/--no-coalesce", default=True, show_default=True,
               help="Send concurrent operations as Batch calls (the client library's option).")
 @click.option("--baseline", is_flag=True,
@@ -252,24 +260,35 @@ def _owned_keys(ring: Ring, keys: list[str], node: int) -> list[str]:
               help="Also run workload C while every node takes snapshots, to compare "
                    "latency with and without one.")
 @click.option("--skip-load", is_flag=True,
-              help="Use the keys a previous run with the same --key-base loaded.")
-@click.option("--key-base", type=int, default=None,
-              help="First key of this run's key range [default: new per run].")
-@click.option("--seed", type=int, default=1, show_default=True)
+              help="Use the keys a previous run with the same --key-base loaded (and kept).")
+@click.option("--key-base", type=click.IntRange(0), default=None,
+              help="First key of this run's keys [default: a fresh slot in bench's range, "
+                   "10^18 to 2*10^18].")
+@click.option("--keep", is_flag=True,
+              help="Leave the keys in the ring (for a later --skip-load run); by default "
+                   "bench deletes them at the end.")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed of the workloads' key and operation choices.")
 @pass_state
 def bench(state: State, records: int, ops: int, seq_ops: int, rounds: int, concurrency: int,
           wl: str,
           distributions: str, routes: str, value_size: int, coalesce: bool, baseline: bool,
-          snapshot_phase: bool, skip_load: bool, key_base: int | None, seed: int) -> None:
+          snapshot_phase: bool, skip_load: bool, key_base: int | None, keep: bool,
+          seed: int) -> None:
     """Benchmark a running ring: load, sequential owned/forwarded, YCSB A/B/C.
 
     Prints throughput and p50/p95/p99/max latency per phase and operation;
-    `-o json` for scripts. Keys are new on every run (a fresh key range).
+    `-o json` for scripts (a figure that does not apply is null). Bench works
+    in its own key range, 10^18 to 2*10^18, a fresh slot of it per run, so
+    it never touches other data; at the end it deletes the keys it used,
+    unless --keep.
 
     \b
     Example:
         chordctl -c examples/configs/ring4.yaml bench --baseline
         chordctl -o json bench --records 100000 --workloads A --routes entry
+        chordctl bench --key-base 1000000000000000000 --keep
+        chordctl bench --key-base 1000000000000000000 --skip-load
     """
     cfg = state.config()
     wls = _csv(wl.upper(), tuple(workloads.WORKLOADS), "workloads")
@@ -278,56 +297,64 @@ def bench(state: State, records: int, ops: int, seq_ops: int, rounds: int, concu
     fmt = state.fmt("table")
     show = sys.stderr.isatty()
     ring = Ring(cfg.ring.bits, len(cfg.nodes), cfg.ring.placement, cfg.ring.routing)
-    base = key_base if key_base is not None else 10 ** 12 * (1 + int(time.time() * 1000) % 10 ** 6)
+    base = key_base if key_base is not None else \
+        KEY_FLOOR + KEY_SLOT * (int(time.time() * 1000) % (KEY_FLOOR // KEY_SLOT))
     if skip_load and key_base is None:
         raise InvalidInputError("bench: --skip-load needs the --key-base of the run that loaded")
     keys = [str(base + i * KEY_STRIDE) for i in range(records)]
     value = b"v" * value_size
     rows: list[dict] = []
 
-    # Load: pipelined Batch calls, each to the key's owner.
-    if not skip_load:
-        with Client(cfg, route="direct") as c:
-            with _Bar(records, "load", show) as bar:
-                rep = bulk.load(c, ((k, value) for k in keys), progress=bar)
-        rows.append({"phase": f"load (batch {bulk.DEFAULT_BATCH}, direct)", "op": "create",
-                     "concurrency": 4,
-                     "ops": rep.records, "errors": rep.failures,
-                     "ops_per_s": round(rep.rate, 1),
-                     "p50_ms": "", "p95_ms": "", "p99_ms": "", "max_ms": ""})
+    loaded = skip_load
+    cleanup = None
+    try:
+        # Load: pipelined Batch calls, each to the key's owner.
+        if not skip_load:
+            loaded = True
+            with Client(cfg, route="direct") as c:
+                with _Bar(records, "load", show) as bar:
+                    rep = bulk.load(c, ((k, value) for k in keys), progress=bar)
+            rows.append({"phase": f"load (batch {bulk.DEFAULT_BATCH}, direct)", "op": "create",
+                         "concurrency": 4,
+                         "ops": rep.records, "errors": rep.failures,
+                         "ops_per_s": round(rep.rate, 1),
+                         "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None})
 
-    # Sequential single operations: the entry node owns the key / one forward,
-    # interleaved round by round with the echo's same shapes (--baseline).
-    entry = 0
-    owned = _owned_keys(ring, keys, entry) or keys
-    forwarded = _one_hop_keys(ring, keys, entry)
-    # The echoes run on the CPUs of the nodes they stand for: A of the entry
-    # node, B of the owner in the forwarded phase.
-    sts = _statuses(cfg, (entry, ring.owner(int(forwarded[0])) if forwarded else entry))
-    pins = (sts[0].cpus, sts[1].cpus) if sts else None
-    with contextlib.ExitStack() as stack:
-        echo = stack.enter_context(EchoServers(pins)) if baseline else None
-        seq_rows, base_rows, round_ratios = run_sequential(
-            cfg, entry, owned, forwarded, value, seq_ops, rounds, echo, show)
-        rows.extend(seq_rows)
-        if echo is not None:
-            base_rows.extend(run_baseline(echo, concurrency, ops, show))
+        # Sequential single operations: the entry node owns the key / one forward,
+        # interleaved round by round with the echo's same shapes (--baseline).
+        entry = 0
+        owned = _owned_keys(ring, keys, entry) or keys
+        forwarded = _one_hop_keys(ring, keys, entry)
+        # The echoes run on the CPUs of the nodes they stand for: A of the entry
+        # node, B of the owner in the forwarded phase.
+        sts = _statuses(cfg, (entry, ring.owner(int(forwarded[0])) if forwarded else entry))
+        pins = (sts[0].cpus, sts[1].cpus) if sts else None
+        with contextlib.ExitStack() as stack:
+            echo = stack.enter_context(EchoServers(pins)) if baseline else None
+            seq_rows, base_rows, round_ratios = run_sequential(
+                cfg, entry, owned, forwarded, value, seq_ops, rounds, echo, show)
+            rows.extend(seq_rows)
+            if echo is not None:
+                base_rows.extend(run_baseline(echo, concurrency, ops, show))
 
-    # YCSB core workloads.
-    for route in rts:
-        target = cfg.nodes[entry].address if route == "entry" else None
-        with Client(cfg, target=target, route=route, coalesce=coalesce) as c:
-            for dist in dists:
-                for w in wls:
-                    name = f"ycsb {w} {dist} {route}"
-                    gen = workloads.operations(w, dist, records, ops, keys.__getitem__, value,
-                                               seed)
-                    with _Bar(ops, name, show) as bar:
-                        rows.extend(engine.summarize(
-                            engine.drive(c, name, gen, ops, concurrency, bar)))
+        # YCSB core workloads.
+        for route in rts:
+            target = cfg.nodes[entry].address if route == "entry" else None
+            with Client(cfg, target=target, route=route, coalesce=coalesce) as c:
+                for dist in dists:
+                    for w in wls:
+                        name = f"ycsb {w} {dist} {route}"
+                        gen = workloads.operations(w, dist, records, ops, keys.__getitem__, value,
+                                                   seed)
+                        with _Bar(ops, name, show) as bar:
+                            rows.extend(engine.summarize(
+                                engine.drive(c, name, gen, ops, concurrency, bar)))
 
-    if snapshot_phase:
-        rows.extend(_snapshot_phase(cfg, keys, ops, concurrency, coalesce, seed, show))
+        if snapshot_phase:
+            rows.extend(_snapshot_phase(cfg, keys, ops, concurrency, coalesce, seed, show))
+    finally:
+        if loaded and not keep:
+            cleanup = _delete_keys(cfg, keys, show)
 
     machine = {"python": platform.python_version(), "cpus": os.cpu_count(),
                "platform": platform.platform(), "nodes": len(cfg.nodes),
@@ -338,13 +365,16 @@ def bench(state: State, records: int, ops: int, seq_ops: int, rounds: int, concu
         click.echo(render.to_json({"machine": machine, "results": rows,
                                    "baseline": base_rows,
                                    "ratios": _ratios(rows, round_ratios),
-                                   "ratio_rounds": round_ratios}))
+                                   "ratio_rounds": round_ratios,
+                                   "keys": {"first": str(base), "stride": KEY_STRIDE,
+                                            "count": records},
+                                   "cleanup": cleanup}))
+        _exit_if_cleanup_failed(cleanup)
         return
-    click.echo(render.render_rows([[r[h] for h in HEADERS] for r in rows], HEADERS, fmt))
+    click.echo(render.render_rows(_cells(rows), HEADERS, fmt))
     if base_rows:
         click.echo("\nbaseline (bare gRPC echo, same client machinery):")
-        click.echo(render.render_rows([[r[h] for h in HEADERS] for r in base_rows], HEADERS,
-                                      fmt))
+        click.echo(render.render_rows(_cells(base_rows), HEADERS, fmt))
         click.echo("")
         for k, v in _ratios(rows, round_ratios).items():
             spread = round_ratios.get(k)
@@ -353,6 +383,35 @@ def bench(state: State, records: int, ops: int, seq_ops: int, rounds: int, concu
         if pins:
             two = f", 2 hops on {pins[0]} -> {pins[1]}" if forwarded else ""
             click.echo(f"echo servers pinned like the nodes: 1 hop on CPUs {pins[0]}{two}")
+    _exit_if_cleanup_failed(cleanup)
+
+
+def _cells(rows: list[dict]) -> list[list]:
+    """Table cells: a figure that does not apply (None, null in JSON) is blank."""
+    return [["" if r[h] is None else r[h] for h in HEADERS] for r in rows]
+
+
+def _delete_keys(cfg: Config, keys: list[str], show: bool) -> dict:
+    """Delete this run's keys (pipelined Batch deletes); a key never created is no failure."""
+    try:
+        with Client(cfg, route="direct") as c:
+            with _Bar(len(keys), "cleanup", show) as bar:
+                rep = bulk.load(c, ((k, b"") for k in keys), progress=bar, op=bulk.DELETE)
+    except ChordError as e:
+        return {"deleted": 0, "failures": len(keys), "error": str(e)}
+    failures = rep.failures - rep.errors.get("not found", 0)
+    out = {"deleted": rep.ok, "failures": failures}
+    if failures:
+        out["error"] = rep.samples[0] if rep.samples else "unknown"
+    click.echo(f"bench: deleted the {rep.ok} keys it used (--keep leaves them)"
+               + (f"; {failures} could not be deleted: {out['error']}" if failures else ""),
+               err=True)
+    return out
+
+
+def _exit_if_cleanup_failed(cleanup: dict | None) -> None:
+    if cleanup and cleanup["failures"]:
+        click.get_current_context().exit(1)
 
 
 def _statuses(cfg: Config, nodes: tuple[int, ...]) -> list | None:
@@ -408,7 +467,7 @@ def _ratios(rows: list[dict], round_ratios: dict[str, list[float]]) -> dict:
                              for k, v in round_ratios.items() if v}
     quiet = [r for r in rows if r["phase"] == "ycsb C, no snapshot"]
     busy = [r for r in rows if r["phase"].startswith("ycsb C, during snapshots")]
-    if quiet and busy and quiet[0]["p99_ms"]:
+    if quiet and busy and quiet[0]["p99_ms"] and busy[0]["p99_ms"] is not None:
         out["p99 during snapshots / p99 without"] = round(busy[0]["p99_ms"] /
                                                           quiet[0]["p99_ms"], 3)
     return out

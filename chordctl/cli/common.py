@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import click
 
@@ -72,3 +73,52 @@ def shared_options(f):
 def pass_state(f):
     """Pass the State, and accept the shared options on this command as well."""
     return shared_options(_get_state(f))
+
+
+_NUMBER_LIKE = re.compile(r"-\d")
+
+
+class KeyCommand(click.Command):
+    """A command whose first argument is a KEY: unknown options are usage errors.
+
+    A first argument that looks like a negative number (``-5``) is the KEY,
+    so the key parser can say that keys are non-negative; any other token
+    that begins with ``-`` before ``--`` is an option, and an unknown one is
+    an error (exit 2) -- it never becomes a value. A value that begins with
+    ``-`` goes after ``--``, as in every POSIX tool.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value = {}
+        for p in self.get_params(ctx):
+            if isinstance(p, click.Option):
+                for name in (*p.opts, *p.secondary_opts):
+                    takes_value[name] = not (p.is_flag or p.count)
+        opts: list[str] = []
+        positional: list[str] = []
+        i = 0
+        while i < len(args):
+            a = args[i]
+            i += 1
+            if a == "--":
+                positional.extend(args[i:])
+                break
+            if not a.startswith("-") or a == "-":
+                positional.append(a)
+            elif not positional and _NUMBER_LIKE.match(a):
+                positional.append(a)         # KEY "-5": the key parser explains
+            else:
+                opts.append(a)
+                attached = "=" in a if a.startswith("--") else len(a) > 2
+                if takes_value.get(a) and not attached and i < len(args):
+                    opts.append(args[i])
+                    i += 1
+        try:
+            return super().parse_args(ctx, opts + ["--"] + positional if positional else opts)
+        except click.NoSuchOption as e:
+            if len(positional) != 1 or not any(p.name == "value" for p in self.params):
+                raise
+            token = next((a for a in opts if a.startswith(e.option_name)), e.option_name)
+            raise click.UsageError(
+                f"{e.format_message()} A value that begins with '-' goes after '--': "
+                f"{ctx.command_path} {positional[0]} -- {token}", ctx) from None

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 
 import click
 
 from chordctl import bulk, render
 from chordctl import scan as scan_mod
-from chordctl.cli.common import State, pass_state
+from chordctl.cli.common import KeyCommand, State, pass_state
 from chordctl.client import Result
 from chordctl.errors import ChordError, ExitStatus, InvalidInputError
 
 
 @click.group()
 def kv() -> None:
-    """Create, read, update and delete keys."""
+    """Create, read, update and delete keys; load many from a file.
+
+    KEY is a non-negative integer of any size. A VALUE that begins with '-'
+    goes after '--'. `kv read` writes the exact bytes when stdout is not a
+    terminal; -o json gives one document, a failure too.
+
+    \b
+    Example:
+        chordctl kv create 10 hello
+        chordctl kv read 10
+        chordctl kv update 10 -- -1
+        chordctl kv delete 10
+        chordctl kv load data.csv
+    """
 
 
 def _value(value: str | None, file: str | None) -> bytes:
@@ -42,12 +57,20 @@ def _route_text(route: tuple[str, ...]) -> str:
     return f"route: {' -> '.join(route)} ({hops} hop{'s' if hops != 1 else ''})"
 
 
-def _print(state: State, r: Result, bare_value: bool = False) -> None:
+def _print(state: State, r: Result, bare_value: bool = False,
+           out_path: str | None = None) -> None:
+    """Render *r*; a read's value is written to *out_path* instead, if given."""
     fmt = state.fmt("plain")
+    value = r.value if out_path is None else None
+    if out_path is not None:
+        _write_file(out_path, r.value or b"")
     if fmt == "json":
         doc = {"ok": True, "op": r.op, "key": r.key}
         if r.op == "read":
-            doc.update(render.value_json(r.value))
+            if out_path is None:
+                doc.update(render.value_json(r.value))
+            else:
+                doc.update({"out": out_path, "bytes": len(r.value or b"")})
         doc.update({"node_index": r.node_index, "node_id": r.node_id, "message": r.message})
         if r.route:
             doc["route"] = list(r.route)
@@ -56,32 +79,41 @@ def _print(state: State, r: Result, bare_value: bool = False) -> None:
     if fmt == "table":
         rows = [["op", r.op], ["key", r.key]]
         if r.op == "read":
-            rows.append(["value", r.value.decode("utf-8", "backslashreplace")])
+            rows.append(["value", value.decode("utf-8", "backslashreplace")
+                         if out_path is None else f"{len(r.value or b'')} bytes in {out_path}"])
         rows += [["node", f"{r.node_index} (id {r.node_id})"], ["message", r.message]]
         if r.route:
             rows.append(["route", " -> ".join(r.route)])
         click.echo(render.table(rows, ["field", "value"]))
         return
-    if bare_value:
+    if bare_value and out_path is None:
+        # The exact bytes for a pipe or a file (like redis-cli --raw); a
+        # terminal gets a newline after the value, so the prompt starts afresh.
         out = sys.stdout.buffer
         out.write(r.value or b"")
-        out.write(b"\n")
+        if sys.stdout.isatty():
+            out.write(b"\n")
         out.flush()
-    else:
+    elif not bare_value:
         click.echo(f"OK {r.message}")
     if r.route:
         click.echo(_route_text(r.route), err=bare_value)
 
 
-# Let "-5" reach the key parser (which explains that keys are non-negative)
-# instead of click's "no such option".
-_ARGS = {"ignore_unknown_options": True}
+def _write_file(path: str, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise InvalidInputError(f"kv: cannot write {path}: {e.strerror}") from None
+
+
 _trace = click.option("--trace", is_flag=True, help="Print the route the request took.")
 _file = click.option("--file", "file", metavar="PATH",
                      help="Read the value from PATH (binary safe); - for stdin.")
 
 
-@kv.command(context_settings=_ARGS)
+@kv.command(cls=KeyCommand)
 @click.argument("key")
 @click.argument("value", required=False)
 @_file
@@ -90,34 +122,46 @@ _file = click.option("--file", "file", metavar="PATH",
 def create(state: State, key: str, value: str | None, file: str | None, trace: bool) -> None:
     """Create KEY with VALUE; fails (exit 1) if KEY exists.
 
+    VALUE is text; --file PATH (or --file -, stdin) takes any bytes. A
+    VALUE that begins with '-' goes after '--', or it is read as an option.
+
     \b
     Example:
         chordctl kv create 10 hello
         chordctl kv create 11 --file photo.jpg
+        chordctl kv create 12 -- -40C
     """
     with state.client() as c:
         _print(state, c.create(key, _value(value, file), trace))
 
 
-@kv.command(context_settings=_ARGS)
+@kv.command(cls=KeyCommand)
 @click.argument("key")
+@click.option("--out", "out_path", metavar="FILE",
+              help="Write the value's exact bytes to FILE instead of stdout.")
 @_trace
 @pass_state
-def read(state: State, key: str, trace: bool) -> None:
+def read(state: State, key: str, out_path: str | None, trace: bool) -> None:
     """Print KEY's value (bare, for scripts); exit 1 if KEY does not exist.
 
-    With --trace the route goes to stderr, so stdout stays the bare value.
+    When stdout is not a terminal (a pipe, a file) it gets the value's exact
+    bytes, nothing added; a terminal gets a newline after it. --out FILE
+    writes the exact bytes to FILE. With --trace the route goes to stderr, so
+    stdout stays the bare value. -o json gives text values as is and binary
+    ones in base64 ("encoding").
 
     \b
     Example:
         chordctl kv read 10
+        chordctl kv read 11 --out photo.jpg
+        chordctl kv read 11 > photo.jpg
         chordctl -o json kv read 10 --trace
     """
     with state.client() as c:
-        _print(state, c.read(key, trace), bare_value=True)
+        _print(state, c.read(key, trace), bare_value=True, out_path=out_path)
 
 
-@kv.command(context_settings=_ARGS)
+@kv.command(cls=KeyCommand)
 @click.argument("key")
 @click.argument("value", required=False)
 @_file
@@ -126,15 +170,19 @@ def read(state: State, key: str, trace: bool) -> None:
 def update(state: State, key: str, value: str | None, file: str | None, trace: bool) -> None:
     """Replace KEY's value; fails (exit 1) if KEY does not exist.
 
+    A VALUE that begins with '-' goes after '--', or it is read as an option.
+
     \b
     Example:
         chordctl kv update 10 world
+        chordctl kv update 11 --file photo.jpg
+        chordctl kv update 12 -- -41C
     """
     with state.client() as c:
         _print(state, c.update(key, _value(value, file), trace))
 
 
-@kv.command(context_settings=_ARGS)
+@kv.command(cls=KeyCommand)
 @click.argument("key")
 @_trace
 @pass_state
@@ -147,40 +195,6 @@ def delete(state: State, key: str, trace: bool) -> None:
     """
     with state.client() as c:
         _print(state, c.delete(key, trace))
-
-
-def _records(stream, fmt: str, bad: list[str]):
-    """Yield (key, value bytes) from CSV or JSONL; malformed lines go to *bad*."""
-    import base64
-    import csv
-    import io
-    import json
-
-    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
-    if fmt == "csv":
-        for lineno, row in enumerate(csv.reader(text), 1):
-            if not row or (lineno == 1 and row[0].strip().lower() == "key"):
-                continue
-            if len(row) < 2:
-                bad.append(f"line {lineno}: expected key,value")
-                continue
-            yield row[0].strip(), ",".join(row[1:]).encode("utf-8", "surrogateescape")
-        return
-    for lineno, line in enumerate(text, 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-            key = doc["key"]
-            value = doc["value"]
-            if doc.get("encoding") == "base64":
-                data = base64.b64decode(value, validate=True)
-            else:
-                data = value.encode("utf-8") if isinstance(value, str) else \
-                    json.dumps(value).encode()
-            yield str(key), data
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            bad.append(f"line {lineno}: {type(e).__name__}: {e}")
 
 
 @kv.command()
@@ -197,8 +211,11 @@ def load(state: State, file: str, fmt: str | None, batch: int, depth: int) -> No
     """Create many keys from FILE (CSV key,value or JSONL {"key","value"}); - for stdin.
 
     Sends pipelined Batch calls (to each key's owner when client.route is
-    direct), shows a progress bar, then a summary: records, failures,
-    records/s. Exit 1 if any record failed.
+    direct), then prints a summary: records, failures, records stored per
+    second. On a terminal a progress bar shows the bytes read (for stdin, the
+    count of records stored). A CSV value is the rest of the line; a first
+    line whose first field is not a key is a header and is skipped. Exit 1
+    if any record failed.
 
     \b
     Example:
@@ -216,19 +233,15 @@ def load(state: State, file: str, fmt: str | None, batch: int, depth: int) -> No
             stream = open(file, "rb")
         except OSError as e:
             raise InvalidInputError(f"kv: cannot read {file}: {e.strerror}") from None
-        total = os.fstat(stream.fileno()).st_size
+        total = os.fstat(stream.fileno()).st_size or None   # 0: a pipe, a device
     bad: list[str] = []
-    show = sys.stderr.isatty()
     cfg = state.config_or_none()
     from chordctl.client import Client
     client = Client(cfg, state.target) if state.target or cfg is None else Client(cfg)
     try:
-        if show and total:
-            with click.progressbar(length=total, label="loading", file=sys.stderr) as bar:
-                counted = _CountingReader(stream, bar.update)
-                rep = bulk.load(client, _records(counted, fmt, bad), batch, depth)
-        else:
-            rep = bulk.load(client, _records(stream, fmt, bad), batch, depth)
+        with _progress(sys.stderr.isatty(), total) as (on_bytes, on_records):
+            rep = bulk.load(client, bulk.records(stream, fmt, bad, on_bytes), batch, depth,
+                            progress=on_records)
     finally:
         client.close()
         if stream is not sys.stdin.buffer:
@@ -255,37 +268,24 @@ def load(state: State, file: str, fmt: str | None, batch: int, depth: int) -> No
         click.get_current_context().exit(1)
 
 
-class _CountingReader:
-    """A binary stream wrapper that reports bytes read (for the progress bar)."""
-
-    def __init__(self, raw, tick):
-        self.raw = raw
-        self.tick = tick
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.tick(len(data))
-        return data
-
-    def read1(self, n: int = -1) -> bytes:
-        data = self.raw.read1(n) if hasattr(self.raw, "read1") else self.raw.read(n)
-        self.tick(len(data))
-        return data
-
-    def readinto(self, b) -> int:
-        n = self.raw.readinto(b)
-        self.tick(n or 0)
-        return n
-
-    @property
-    def closed(self) -> bool:
-        return self.raw.closed
-
-    def flush(self) -> None:
-        pass
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int | None):
+    """click's progress bar on stderr: bytes read of a file of known size, else a
+    count of records stored. Yields (bytes callback, records callback)."""
+    if not enabled:
+        yield None, None
+        return
+    if total:
+        with click.progressbar(length=total, label="loading", file=sys.stderr) as bar:
+            yield bar.update, None
+        return
+    lock = threading.Lock()
+    with click.progressbar((x for x in ()), label="loading (records)", file=sys.stderr,
+                           show_pos=True) as bar:
+        def tick(n: int) -> None:
+            with lock:    # gRPC callback threads
+                bar.update(n)
+        yield None, tick
 
 
 # -- scan and count -------------------------------------------------------------
@@ -326,7 +326,7 @@ def _stream_table(rows, headers: list[str]) -> None:
         click.echo(line(row))
 
 
-@kv.command(context_settings=_ARGS)
+@kv.command()
 @click.option("--from", "start", metavar="KEY", help="First key to list, inclusive [default: 0].")
 @click.option("--to", "end", metavar="KEY",
               help="Stop before this key (exclusive) [default: none].")
@@ -445,7 +445,7 @@ def _scan_json(s, keys_only: bool, last: list[int]) -> None:
         raise error
 
 
-@kv.command(context_settings=_ARGS)
+@kv.command()
 @click.option("--from", "start", metavar="KEY", help="Count keys from this one, inclusive.")
 @click.option("--to", "end", metavar="KEY", help="Count keys below this one (exclusive).")
 @pass_state

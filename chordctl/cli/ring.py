@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import click
 
 from chordctl import render
-from chordctl.cli.common import State, pass_state
+from chordctl.cli.common import KeyCommand, State, pass_state
 from chordctl.client import Client
 from chordctl.config import Config
 from chordctl.core.ring import Ring
@@ -122,6 +122,14 @@ def print_ring(cfg: Config, fmt: str, timeout: float = STATUS_TIMEOUT) -> int:
     return sum(1 for s in statuses if node_state(s) != "up")
 
 
+def node_at(cfg: Config, address: str) -> int | None:
+    """The index of the config's node at *address* (HOST:PORT as written), or None."""
+    for i, n in enumerate(cfg.nodes):
+        if n.address == address:
+            return i
+    return None
+
+
 @click.group()
 def ring() -> None:
     """Inspect the ring."""
@@ -153,27 +161,41 @@ def show(state: State, timeout: float) -> None:
         click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
 
 
-@ring.command(context_settings={"ignore_unknown_options": True})
+@ring.command(cls=KeyCommand)
 @click.argument("key")
-@click.option("--from", "entry", type=int, default=0, show_default=True, metavar="I",
-              help="Entry node index the route starts from.")
+@click.option("--from", "entry", type=int, default=None, metavar="I",
+              help="Entry node index the route starts from [default: the --target node, "
+                   "else node 0].")
 @pass_state
-def locate(state: State, key: str, entry: int) -> None:
+def locate(state: State, key: str, entry: int | None) -> None:
     """KEY's ring position, its owner, and the route from an entry node.
 
     Computed from the config alone (the same pure ring arithmetic the nodes
-    use); `kv read KEY --trace` shows the route a live request takes.
+    use); `kv read KEY --trace` shows the route a live request takes. The
+    route starts at --from I, or at the node --target names, or at node 0.
 
     \b
     Example:
         chordctl ring locate 10
         chordctl ring locate 10 --from 2
+        chordctl ring locate 10 --target 127.0.0.1:50052
     """
     cfg = state.config()
     try:
         k, _ = parse_key(key, cfg.limits.max_key_digits)
     except ValueError as e:
         raise InvalidInputError(str(e)) from None
+    if state.target:
+        at = node_at(cfg, state.target)
+        if at is None:
+            raise InvalidInputError(
+                f"ring: --target {state.target} is not a node of the config (nodes: "
+                f"{', '.join(n.address for n in cfg.nodes)}); give one of them, or --from I")
+        if entry is not None and entry != at:
+            raise InvalidInputError(f"ring: --from {entry} and --target {state.target} "
+                                    f"(node {at}) name different entry nodes; give one")
+        entry = at
+    entry = 0 if entry is None else entry
     cfg.node(entry)
     r = ring_of(cfg)
     pos = r.position(k)
@@ -186,12 +208,14 @@ def locate(state: State, key: str, entry: int) -> None:
             "key": key, "position": str(pos), "placement": r.placement,
             "owner": {"index": owner, "id": str(r.ids[owner]),
                       "address": cfg.nodes[owner].address, "arc": [str(low), str(high)]},
+            "entry": entry,
             "route": [{"index": i, "id": str(r.ids[i])} for i in route],
             "hops": len(route) - 1}))
         return
     rows = [["key", key], ["position", f"{pos} ({r.placement} placement, m={r.bits})"],
             ["owner", f"node {owner} (id {r.ids[owner]}, {cfg.nodes[owner].address})"],
             ["owner arc", f"({low}, {high}]"],
+            ["entry", f"node {entry} (id {r.ids[entry]}, {cfg.nodes[entry].address})"],
             ["route", " -> ".join(f"{r.ids[i]}" for i in route)],
             ["hops", str(len(route) - 1)]]
     if fmt == "plain":

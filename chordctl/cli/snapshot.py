@@ -12,7 +12,8 @@ from chordctl import render
 from chordctl.cli.common import State, pass_state
 from chordctl.client import Client
 from chordctl.core.storage import inventory
-from chordctl.errors import ChordError, ExitStatus, InvalidInputError, StorageAccessError
+from chordctl.errors import (ChordError, DeadlineExceededError, ExitStatus, InvalidInputError,
+                             StorageAccessError, UnavailableError)
 
 HEADERS = ["node", "file", "kind", "counter", "bytes", "time", "records", "in use", "status"]
 
@@ -26,12 +27,28 @@ def _row(node: str, d: dict) -> list:
     if d.get("current"):
         mark += " (writing)" if mark else "(writing)"
     return [node, d["file"], d["kind"], d["counter"], d["bytes"], _time(d["mtime"]),
-            "-" if d["records"] is None else d["records"], mark, d["status"]]
+            "-" if d["records"] is None else d["records"], mark, render.clip(d["status"])]
+
+
+def _down(e: ChordError) -> str:
+    """A short status cell for a node that did not answer (the message is in -o json)."""
+    if isinstance(e, DeadlineExceededError):
+        return "down: no reply"
+    if isinstance(e, UnavailableError):
+        return "down: unreachable"
+    return render.clip(f"error: {e}")
 
 
 @click.group()
 def snapshot() -> None:
-    """Snapshots: list them, take one now."""
+    """Snapshots: list them, take one now.
+
+    \b
+    Example:
+        chordctl snapshot list
+        chordctl -o json snapshot list
+        chordctl snapshot create --node 0
+    """
 
 
 @snapshot.command(name="list")
@@ -77,8 +94,8 @@ def list_(state: State, data_dir: str | None) -> None:
         for i, rep in enumerate(replies):
             if isinstance(rep, ChordError):
                 down += 1
-                rows.append([str(i), "-", "-", "-", "-", "-", "-", "", f"DOWN: {rep}"])
-                docs.append({"node": i, "error": str(rep)})
+                rows.append([str(i), "-", "-", "-", "-", "-", "-", "", _down(rep)])
+                docs.append({"node": i, "state": "down", "error": str(rep)})
                 continue
             for f in rep.files:
                 d = {"node": i, "file": f.name, "kind": f.kind, "counter": f.counter,
@@ -111,13 +128,15 @@ def create(state: State, index: int | None) -> None:
         cfg.node(i)
     rows, docs = [], []
     failed = 0
+    first_error = ""
     for i in indexes:
         try:
             with Client(cfg, target=cfg.nodes[i].address) as c:
                 rep = c.take_snapshot()
         except ChordError as e:
             failed += 1
-            rows.append([i, "-", "-", "-", f"failed: {e}"])
+            first_error = first_error or f"node {i}: {e}"
+            rows.append([i, "-", "-", "-", _down(e).replace("down: ", "failed: ", 1)])
             docs.append({"node": i, "error": str(e)})
             continue
         rows.append([i, f"snap.{rep.counter}", rep.keys, rep.bytes, f"{rep.capture_ms:.2f}",
@@ -129,4 +148,6 @@ def create(state: State, index: int | None) -> None:
         rows, ["node", "snapshot", "keys", "bytes", "capture ms", "write s", "path"],
         state.fmt("table"), docs))
     if failed:
+        click.secho(f"chordctl: {failed} node(s) took no snapshot; {first_error}", fg="red",
+                    err=True)
         click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
