@@ -39,10 +39,10 @@ def test_snapshot_create_with_the_ring_down_keeps_rows_short_and_says_why(tmp_pa
 
 def _ring(tmp_path, n=4):
     from chordctl import config as config_mod
-    from chordctl.cli.ring import ring_of
+    from chordctl.core.ring import Ring
     path = write_config(tmp_path, n)          # never started: locate needs only the config
     cfg = config_mod.load(path)
-    r = ring_of(cfg)
+    r = Ring.from_config(cfg)
     entry = 2
     key = next(k for k in range(1, 65536, 97) if len(r.route(entry, k)) >= 2
                and r.route(entry, k) != r.route(0, k))
