@@ -314,10 +314,15 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
 
     # -- Scan and Count: this node's own keys, from a point-in-time view --------
 
-    def _key_range(self, start: str, end: str) -> tuple[int, int | None]:
-        """[start, end) of a Scan or Count; ValueError with the reason."""
-        lo = parse_key(start, self.max_digits)[0] if start else 0
-        hi = parse_key(end, self.max_digits)[0] if end else None
+    async def _key_range(self, request, context, call: str) -> tuple[int, int | None]:
+        """[start, end) of a Scan or Count request; INVALID_ARGUMENT with the reason."""
+        if type(request) is MalformedRequest:
+            await _refuse_malformed(request, context)
+        try:
+            lo = parse_key(request.start, self.max_digits)[0] if request.start else 0
+            hi = parse_key(request.end, self.max_digits)[0] if request.end else None
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{call}: {e}")
         return lo, hi
 
     async def _view(self, freeze: bool, context) -> ReadMarker:
@@ -347,12 +352,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         a time, so neither the pipeline nor the event loop waits long and at
         most one window and one page are held per scan.
         """
-        if type(request) is MalformedRequest:
-            await _refuse_malformed(request, context)
-        try:
-            start, end = self._key_range(request.start, request.end)
-        except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"scan: {e}")
+        start, end = await self._key_range(request, context, "scan")
         if self.scans >= MAX_SCANS:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{self.node.label} is already running {self.scans} scans; "
@@ -399,12 +399,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             self.metrics.took("scan", time.perf_counter() - t0)
 
     async def Count(self, request, context):
-        if type(request) is MalformedRequest:
-            await _refuse_malformed(request, context)
-        try:
-            start, end = self._key_range(request.start, request.end)
-        except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"count: {e}")
+        start, end = await self._key_range(request, context, "count")
         whole = not request.start and not request.end
         # The whole map's size needs no frozen view; a range is one pass over one.
         view = await self._view(not whole, context)
