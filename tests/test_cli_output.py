@@ -72,6 +72,14 @@ def test_ring_locate_refuses_a_target_outside_the_config(tmp_path, run_cli):
     assert res.exit_code == 2 and "different entry nodes" in res.stderr
 
 
+def test_ring_locate_refuses_a_bad_key_in_the_words_of_parse_key(tmp_path, run_cli):
+    path, *_ = _ring(tmp_path)
+    res = run_cli(path)("ring", "locate", "12a")
+    assert res.exit_code == 2, res.output
+    assert "key '12a' is not a non-negative decimal integer" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_shell_locate_starts_the_route_at_the_target(tmp_path, run_cli):
     path, cfg, r, entry, key = _ring(tmp_path)
     # The shell checks that the node it talks to answers; locate itself

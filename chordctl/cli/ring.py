@@ -13,7 +13,7 @@ from chordctl.client import Client
 from chordctl.config import Config
 from chordctl.core.ring import Ring
 from chordctl.errors import ChordError, ExitStatus, InvalidInputError
-from chordctl.protocol import parse_key
+from chordctl.protocol import check_key
 
 STATUS_TIMEOUT = 1.0
 
@@ -177,10 +177,7 @@ def locate(state: State, key: str, entry: int | None) -> None:
         chordctl ring locate 10 --target 127.0.0.1:50052
     """
     cfg = state.config()
-    try:
-        k, _ = parse_key(key, cfg.limits.max_key_digits)
-    except ValueError as e:
-        raise InvalidInputError(str(e)) from None
+    k, _ = check_key(key, cfg.limits.max_key_digits)
     if state.target:
         at = node_at(cfg, state.target)
         if at is None:
