@@ -23,7 +23,8 @@ from chordctl.errors import ChordError, InternalError, InvalidInputError, Unavai
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.protocol import (DEADLINE_EXCEEDED, OPS, UNAVAILABLE, allow_key_digits, code_name,
-                               describe, error_class, parse_key, unknown_operation, validate)
+                               describe, error_class, never_sent, parse_key, unknown_operation,
+                               validate)
 
 CONNECT_TIMEOUT = 1.0
 _LIMITS = LimitsConfig()     # without a config: the defaults a node has
@@ -64,7 +65,7 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
         within = f"within {waited:g}s (client.timeout)" if waited else "within the deadline"
         message = (f"client: no reply from {address} {within}; the node may be overloaded "
                    f"or stuck -- {RING_UP_HINT}")
-    elif number == UNAVAILABLE and message.lower().startswith("failed to connect"):
+    elif never_sent(number, message):
         # Only gRPC's own text means *this* client could not connect; a node's
         # relayed "node 0 ... could not reach node 3 ... (failed to connect ...)"
         # must reach the user as is, naming the node that is really down.
@@ -559,8 +560,7 @@ def _never_sent(fut: grpc.Future) -> bool:
     try:
         fut.result()
     except grpc.RpcError as e:
-        return (e.code() == grpc.StatusCode.UNAVAILABLE
-                and (e.details() or "").lower().startswith("failed to connect"))
+        return never_sent(e.code().value[0], e.details() or "")
     except Exception:
         return False
     return False

@@ -72,6 +72,13 @@ def error_class(code: int) -> type[ChordError]:
     return ERRORS.get(code, InternalError)
 
 
+def never_sent(code: int, details: str) -> bool:
+    """Whether a failed call never left the caller: gRPC's own UNAVAILABLE
+    "failed to connect ..." (a node's relayed message names its node first),
+    so even a write is safe to send again."""
+    return code == UNAVAILABLE and details.lower().startswith("failed to connect")
+
+
 # -- ring parameters every node and client must agree on -----------------------
 
 PLACEMENTS = ("direct", "hash")

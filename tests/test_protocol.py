@@ -124,3 +124,14 @@ def test_ring_from_config_is_the_configs_ring() -> None:
                      "nodes": [{"host": "127.0.0.1", "port": p} for p in (1, 2, 3)]})
     r = Ring.from_config(cfg)
     assert (r.bits, r.n, r.placement, r.routing) == (8, 3, "hash", "neighbors")
+
+
+@pytest.mark.parametrize("code, details, expected", [
+    (protocol.UNAVAILABLE, "failed to connect to all addresses; last error: ...", True),
+    (protocol.UNAVAILABLE, "Failed to connect to remote host", True),
+    (protocol.UNAVAILABLE, "node 0 (id 65535) could not reach node 3: unreachable "
+                           "(failed to connect to all addresses)", False),
+    (protocol.UNAVAILABLE, "Socket closed", False),
+    (protocol.DEADLINE_EXCEEDED, "failed to connect", False)])
+def test_never_sent_is_only_grpcs_own_failed_to_connect(code, details, expected) -> None:
+    assert protocol.never_sent(code, details) is expected

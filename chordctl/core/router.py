@@ -24,7 +24,7 @@ from chordctl.core.request import Request
 from chordctl.core.ring import Ring
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
-from chordctl.protocol import ABORTED, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE
+from chordctl.protocol import ABORTED, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, never_sent
 
 logger = logging.getLogger("chordctl.router")
 
@@ -186,8 +186,7 @@ class Router:
             reply = await stub.Batch(batch, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             code = e.code()
-            if (may_retry and code == grpc.StatusCode.UNAVAILABLE
-                    and (e.details() or "").lower().startswith("failed to connect")):
+            if may_retry and never_sent(code.value[0], e.details() or ""):
                 # The call never left this node: the channel is in reconnect
                 # backoff since the peer was last down. A restarted peer is
                 # ready long before the backoff ends, so retry once, now, on a
