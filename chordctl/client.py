@@ -163,13 +163,7 @@ class _Lane:
             if failure is not None:
                 callback(failure)
                 continue
-            res = results[i]
-            if res.code:
-                callback(error_for(res.code, res.message, self.address))
-            else:
-                callback(Result(op, key, res.value if op == "read" else None, res.node_index,
-                                res.node_id, res.message or _sentence(op, key, res),
-                                tuple(res.route)))
+            callback(_batch_outcome(results[i], op, key, self.address))
 
 
 class Client:
@@ -445,15 +439,8 @@ class Client:
             reply = self._kv.Batch(pb.BatchRequest(ops=msgs), timeout=t)
         except grpc.RpcError as e:
             raise error_for(e.code(), e.details() or "", self.address, t) from None
-        out: list[Result | ChordError] = []
-        for (op, key, _), res in zip(ops, reply.results):
-            if res.code:
-                out.append(error_for(res.code, res.message, self.address))
-            else:
-                out.append(Result(op, key, res.value if op == "read" else None, res.node_index,
-                                  res.node_id, res.message or _sentence(op, key, res),
-                                  tuple(res.route)))
-        return out
+        return [_batch_outcome(res, op, key, self.address)
+                for (op, key, _), res in zip(ops, reply.results)]
 
     # -- scan and count (chordctl/scan.py) ------------------------------------
 
@@ -566,9 +553,14 @@ def _never_sent(fut: grpc.Future) -> bool:
     return False
 
 
-def _sentence(op: str, key: str, res: pb.Result) -> str:
-    """Batch results leave out the sentence of a success (it is derivable)."""
-    return describe(OPS[op], key, 0, f"node {res.node_index} (id {res.node_id})")
+def _batch_outcome(res: pb.Result, op: str, key: str, address: str) -> Result | ChordError:
+    """One result of a Batch call. Batch results leave out the sentence of a
+    success (it is derivable)."""
+    if res.code:
+        return error_for(res.code, res.message, address)
+    message = res.message or describe(OPS[op], key, 0, f"node {res.node_index} (id {res.node_id})")
+    return Result(op, key, res.value if op == "read" else None, res.node_index, res.node_id,
+                  message, tuple(res.route))
 
 
 def _probe(channel: grpc.Channel, address: str) -> str | None:

@@ -135,3 +135,9 @@ def test_ring_from_config_is_the_configs_ring() -> None:
     (protocol.DEADLINE_EXCEEDED, "failed to connect", False)])
 def test_never_sent_is_only_grpcs_own_failed_to_connect(code, details, expected) -> None:
     assert protocol.never_sent(code, details) is expected
+
+
+def test_ring_identity_has_a_stable_code_for_every_placement() -> None:
+    from chordctl.core.storage.identity import PLACEMENT_CODES
+    assert set(PLACEMENT_CODES) == set(protocol.PLACEMENTS)
+    assert PLACEMENT_CODES == {"direct": 1, "hash": 2}    # on disk: never renumber
