@@ -210,7 +210,8 @@ class Shell:
         self.config = config
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.grace = grace if grace is not None else (config.client.grace if config else ClientConfig.grace)
+        self.grace = grace if grace is not None else (
+            config.client.grace if config else ClientConfig.grace)
         self.max_digits = client.max_digits
         self.max_value = client.max_value
         self._replies: queue.SimpleQueue = queue.SimpleQueue()

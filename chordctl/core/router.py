@@ -109,7 +109,7 @@ class Router:
         for r in reqs:
             if r.hops >= self.max_hops:
                 r.fail(ABORTED, f"route: hop limit {self.max_hops} reached at {self.label}; "
-                                   f"the nodes' ring configurations probably differ")
+                                f"the nodes' ring configurations probably differ")
                 failed.append(r)
                 continue
             nh = next_hop(me, position(r.key))
