@@ -24,12 +24,13 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 import grpc
 
-from chordctl.client import OPS, Client, error_for
+from chordctl.client import Client, error_for
 from chordctl.errors import ChordError, InvalidInputError
 from chordctl.pb import chord_pb2 as pb
+from chordctl.protocol import OP_CREATE, OP_DELETE
 
-CREATE = OPS["create"]
-DELETE = OPS["delete"]
+CREATE = OP_CREATE
+DELETE = OP_DELETE
 _KINDS = {"AlreadyExistsError": "already exists", "NotFoundError": "not found",
           "InvalidInputError": "invalid input", "UnavailableError": "unavailable",
           "DeadlineExceededError": "deadline exceeded",

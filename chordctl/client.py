@@ -17,35 +17,17 @@ from typing import Callable, Sequence
 import grpc
 
 from chordctl import security
-from chordctl.config import Config
-from chordctl.core import request as rq
-from chordctl.core.request import allow_key_digits, describe, parse_key
-from chordctl.errors import (AlreadyExistsError, ChordError, DeadlineExceededError,
-                             InternalError, InvalidInputError, NotFoundError,
-                             ResourceExhaustedError, UnavailableError)
+from chordctl.config import ClientConfig, Config, LimitsConfig
+from chordctl.core.ring import Ring
+from chordctl.errors import ChordError, InternalError, InvalidInputError, UnavailableError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
+from chordctl.protocol import (DEADLINE_EXCEEDED, OPS, UNAVAILABLE, allow_key_digits, code_name,
+                               describe, error_class, never_sent, parse_key, unknown_operation,
+                               validate)
 
-OPS = {"create": rq.OP_CREATE, "read": rq.OP_READ, "update": rq.OP_UPDATE,
-       "delete": rq.OP_DELETE}
 CONNECT_TIMEOUT = 1.0
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_MAX_VALUE = 1024 * 1024
-DEFAULT_MAX_DIGITS = 4096
-DEFAULT_MAX_BATCH = 10_000
-
-
-_ERRORS: dict[grpc.StatusCode, type[ChordError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFoundError,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
-    grpc.StatusCode.UNAVAILABLE: UnavailableError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-    grpc.StatusCode.ABORTED: UnavailableError,
-    grpc.StatusCode.CANCELLED: UnavailableError,
-}
-_CODE_BY_NUMBER = {sc.value[0]: sc for sc in grpc.StatusCode}
+_LIMITS = LimitsConfig()     # without a config: the defaults a node has
 log = logging.getLogger("chordctl.client")
 RING_UP_HINT = "is the ring up? (`chordctl ring show`; start it with `chordctl cluster up`)"
 
@@ -65,33 +47,30 @@ class Result:
 
 def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
               waited: float | None = None) -> ChordError:
-    """The ChordError for a gRPC status (a code object or its number).
+    """The ChordError for a gRPC status (a code object or its number; see protocol).
 
     Node-made messages (they name their node) reach the user as they are;
     gRPC's own words become ours, naming the address and what to do, and go
     to the debug log (``--log-level debug``). *waited*: the call's deadline
     in seconds, for "no reply within ...".
     """
-    if isinstance(code, int):
-        code = _CODE_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
-    cls = _ERRORS.get(code, InternalError)
+    number = code if isinstance(code, int) else code.value[0]
+    cls = error_class(number)
     node_made = message.startswith(("node ", "client:"))
-    if not node_made and code in (grpc.StatusCode.UNAVAILABLE,
-                                  grpc.StatusCode.DEADLINE_EXCEEDED):
-        log.debug("client: %s: gRPC %s: %s", address, code.name, message)
-    if code == grpc.StatusCode.UNAVAILABLE and not message:
+    if not node_made and number in (UNAVAILABLE, DEADLINE_EXCEEDED):
+        log.debug("client: %s: gRPC %s: %s", address, code_name(number), message)
+    if number == UNAVAILABLE and not message:
         message = f"client: {address} is unreachable; {RING_UP_HINT}"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED and "deadline" in message.lower() \
-            and not node_made:
+    elif number == DEADLINE_EXCEEDED and "deadline" in message.lower() and not node_made:
         within = f"within {waited:g}s (client.timeout)" if waited else "within the deadline"
         message = (f"client: no reply from {address} {within}; the node may be overloaded "
                    f"or stuck -- {RING_UP_HINT}")
-    elif code == grpc.StatusCode.UNAVAILABLE and message.lower().startswith("failed to connect"):
+    elif never_sent(number, message):
         # Only gRPC's own text means *this* client could not connect; a node's
         # relayed "node 0 ... could not reach node 3 ... (failed to connect ...)"
         # must reach the user as is, naming the node that is really down.
         message = cannot_connect(address, message)
-    elif code == grpc.StatusCode.UNAVAILABLE and not node_made:
+    elif number == UNAVAILABLE and not node_made:
         # gRPC's own words for a connection lost mid-call ("Socket closed",
         # "Connection reset by peer"); every node-made message names its node.
         message = (f"client: lost the connection to {address} before the reply; the node "
@@ -184,13 +163,7 @@ class _Lane:
             if failure is not None:
                 callback(failure)
                 continue
-            res = results[i]
-            if res.code:
-                callback(error_for(res.code, res.message, self.address))
-            else:
-                callback(Result(op, key, res.value if op == "read" else None, res.node_index,
-                                res.node_id, res.message or _sentence(op, key, res),
-                                tuple(res.route)))
+            callback(_batch_outcome(results[i], op, key, self.address))
 
 
 class Client:
@@ -219,11 +192,7 @@ class Client:
         self._lanes: dict[str, _Lane] = {}
         self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
         self._node_channels: list[grpc.Channel] = []
-        self._ring = None
-        if self.route == "direct":
-            from chordctl.core.ring import Ring
-            self._ring = Ring(config.ring.bits, len(config.nodes), config.ring.placement,
-                              config.ring.routing)
+        self._ring = Ring.from_config(config) if self.route == "direct" else None
         self.target = target
         if target:
             self.addresses = [target]
@@ -233,9 +202,10 @@ class Client:
             raise InvalidInputError("client: no node to talk to; give --target HOST:PORT or a "
                                     "config with -c")
         self.timeout = timeout if timeout is not None else (
-            config.client.timeout if config else DEFAULT_TIMEOUT)
-        self.max_value = config.limits.max_value_bytes if config else DEFAULT_MAX_VALUE
-        self.max_digits = config.limits.max_key_digits if config else DEFAULT_MAX_DIGITS
+            config.client.timeout if config else ClientConfig.timeout)
+        self.limits = config.limits if config else _LIMITS
+        self.max_value = self.limits.max_value_bytes
+        self.max_digits = self.limits.max_key_digits
         allow_key_digits(self.max_digits)
         self.address: str | None = None
         self._channel: grpc.Channel | None = None
@@ -302,13 +272,16 @@ class Client:
             self.connect()
             return self._kv, self.address
         owner = self._ring.owner(int(key))
-        stub = self._node_stubs.get(owner)
-        address = self.config.nodes[owner].address
+        return self._node_stub(owner), self.config.nodes[owner].address
+
+    def _node_stub(self, index: int) -> pb_grpc.KeyValueStub:
+        """A stub for the config's node *index*, on a channel of its own (kept)."""
+        stub = self._node_stubs.get(index)
         if stub is None:
-            channel = security.channel(self.config, address)
+            channel = security.channel(self.config, self.config.nodes[index].address)
             self._node_channels.append(channel)
-            stub = self._node_stubs[owner] = pb_grpc.KeyValueStub(channel)
-        return stub, address
+            stub = self._node_stubs[index] = pb_grpc.KeyValueStub(channel)
+        return stub
 
     def __enter__(self) -> "Client":
         return self
@@ -319,21 +292,8 @@ class Client:
     # -- validation -----------------------------------------------------------
 
     def check(self, op: str, key: str, value: bytes | None) -> None:
-        """Raise InvalidInputError for anything a node would refuse."""
-        if op not in OPS:
-            raise InvalidInputError(f"unknown operation {op!r}; expected one of "
-                                    f"{', '.join(OPS)}")
-        try:
-            parse_key(key, self.max_digits)
-        except ValueError as e:
-            raise InvalidInputError(str(e)) from None
-        if op in ("create", "update"):
-            if value is None:
-                raise InvalidInputError(f"{op} needs a value")
-            if len(value) > self.max_value:
-                raise InvalidInputError(
-                    f"value of {len(value)} bytes is over the limit of {self.max_value} "
-                    f"bytes (limits.max_value_bytes)")
+        """Raise InvalidInputError for anything a node would refuse (protocol.validate)."""
+        validate(op, key, value, self.limits)
 
     # -- operations -----------------------------------------------------------
 
@@ -359,7 +319,7 @@ class Client:
             lane = self._lanes.get(address)
             if lane is None:
                 lane = self._lanes.setdefault(address, _Lane(kv, address, self.coalesce_depth,
-                                                             DEFAULT_MAX_BATCH))
+                                                             _LIMITS.max_batch_ops))
             lane.add(pb.Operation(op=OPS[op], key=key, value=value or b"", trace=trace),
                      op, key, callback, t)
             return
@@ -472,22 +432,15 @@ class Client:
         msgs = []
         for op, key, value in ops:
             if op not in OPS:
-                raise InvalidInputError(f"unknown operation {op!r}")
+                raise unknown_operation(op)
             msgs.append(pb.Operation(op=OPS[op], key=key, value=value or b""))
         t = timeout if timeout is not None else self.timeout
         try:
             reply = self._kv.Batch(pb.BatchRequest(ops=msgs), timeout=t)
         except grpc.RpcError as e:
             raise error_for(e.code(), e.details() or "", self.address, t) from None
-        out: list[Result | ChordError] = []
-        for (op, key, _), res in zip(ops, reply.results):
-            if res.code:
-                out.append(error_for(res.code, res.message, self.address))
-            else:
-                out.append(Result(op, key, res.value if op == "read" else None, res.node_index,
-                                  res.node_id, res.message or _sentence(op, key, res),
-                                  tuple(res.route)))
-        return out
+        return [_batch_outcome(res, op, key, self.address)
+                for (op, key, _), res in zip(ops, reply.results)]
 
     # -- scan and count (chordctl/scan.py) ------------------------------------
 
@@ -499,21 +452,13 @@ class Client:
         if self.target or self.config is None:
             self.connect()
             return [(None, "the node", self.address, self._kv, "")]
-        from chordctl.core.ring import Ring, node_id
         from chordctl.scan import nodes_for_range
-        cfg = self.config
-        n = len(cfg.nodes)
-        ring = self._ring or Ring(cfg.ring.bits, n, cfg.ring.placement, cfg.ring.routing)
+        ring = self._ring or Ring.from_config(self.config)
         out = []
         for i in nodes_for_range(ring, int(start or 0), int(end) if end else None):
-            node = cfg.nodes[i]
-            stub = self._node_stubs.get(i)
-            if stub is None:
-                channel = security.channel(self.config, node.address)
-                self._node_channels.append(channel)
-                stub = self._node_stubs[i] = pb_grpc.KeyValueStub(channel)
-            ring_id = str(node_id(self.config.ring.bits, n, i))
-            out.append((i, f"node {i} (id {ring_id})", node.address, stub, ring_id))
+            ring_id = str(ring.ids[i])
+            out.append((i, f"node {i} (id {ring_id})", self.config.nodes[i].address,
+                        self._node_stub(i), ring_id))
         return out
 
     def _key_bound(self, key: str | None, what: str) -> str:
@@ -602,16 +547,20 @@ def _never_sent(fut: grpc.Future) -> bool:
     try:
         fut.result()
     except grpc.RpcError as e:
-        return (e.code() == grpc.StatusCode.UNAVAILABLE
-                and (e.details() or "").lower().startswith("failed to connect"))
+        return never_sent(e.code().value[0], e.details() or "")
     except Exception:
         return False
     return False
 
 
-def _sentence(op: str, key: str, res: pb.Result) -> str:
-    """Batch results leave out the sentence of a success (it is derivable)."""
-    return describe(OPS[op], key, 0, f"node {res.node_index} (id {res.node_id})")
+def _batch_outcome(res: pb.Result, op: str, key: str, address: str) -> Result | ChordError:
+    """One result of a Batch call. Batch results leave out the sentence of a
+    success (it is derivable)."""
+    if res.code:
+        return error_for(res.code, res.message, address)
+    message = res.message or describe(OPS[op], key, 0, f"node {res.node_index} (id {res.node_id})")
+    return Result(op, key, res.value if op == "read" else None, res.node_index, res.node_id,
+                  message, tuple(res.route))
 
 
 def _probe(channel: grpc.Channel, address: str) -> str | None:

@@ -20,9 +20,7 @@ import yaml
 
 from chordctl.core import affinity
 from chordctl.errors import ConfigError
-
-PLACEMENTS = ("direct", "hash")
-ROUTINGS = ("fingers", "neighbors")
+from chordctl.protocol import MAX_BITS, MIN_BITS, PLACEMENTS, ROUTINGS
 FSYNC_POLICIES = ("always", "batch", "everysec", "never")
 CLIENT_ROUTES = ("entry", "direct")
 DEFAULT_CONFIG = "chordctl.yaml"
@@ -306,9 +304,9 @@ def _build(data: Any, path: str | None) -> Config:
     ring_d = _section(data, "ring")
     _check_keys(ring_d, ("bits", "placement", "routing"), "ring")
     ring = RingConfig(
-        bits=_int(ring_d, "ring", "bits", None, low=1, high=4096, required=True),
-        placement=_choice(ring_d, "ring", "placement", "direct", PLACEMENTS),
-        routing=_choice(ring_d, "ring", "routing", "fingers", ROUTINGS),
+        bits=_int(ring_d, "ring", "bits", None, low=MIN_BITS, high=MAX_BITS, required=True),
+        placement=_choice(ring_d, "ring", "placement", RingConfig.placement, PLACEMENTS),
+        routing=_choice(ring_d, "ring", "routing", RingConfig.routing, ROUTINGS),
     )
 
     raw_nodes = data.get("nodes")
@@ -360,7 +358,7 @@ def _build(data: Any, path: str | None) -> Config:
         snapshot_interval=_number(st, "storage", "snapshot_interval",
                                   StorageConfig.snapshot_interval, 0.0, strict=False,
                                   high=MAX_SNAPSHOT_INTERVAL, unit="seconds (a year)"),
-        fsync=_choice(st, "storage", "fsync", "batch", FSYNC_POLICIES),
+        fsync=_choice(st, "storage", "fsync", StorageConfig.fsync, FSYNC_POLICIES),
         snapshot_on_shutdown=on_shutdown,
     )
 
@@ -387,7 +385,7 @@ def _build(data: Any, path: str | None) -> Config:
                         high=MAX_SECONDS, unit="seconds (a day)"),
         grace=_number(cl, "client", "grace", ClientConfig.grace, 0.0, strict=False,
                       high=MAX_SECONDS, unit="seconds (a day)"),
-        route=_choice(cl, "client", "route", "entry", CLIENT_ROUTES),
+        route=_choice(cl, "client", "route", ClientConfig.route, CLIENT_ROUTES),
     )
     tls = _tls(data, nodes, base)
     admin = _admin(data)

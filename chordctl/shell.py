@@ -30,9 +30,9 @@ import time
 from typing import Callable, TextIO
 
 from chordctl.client import Client, Result
-from chordctl.config import Config
-from chordctl.core.request import parse_key
+from chordctl.config import ClientConfig, Config, LimitsConfig
 from chordctl.errors import ChordError, InvalidInputError
+from chordctl.protocol import check_key, check_value, parse_key
 
 EXIT_WORDS = ("sair", "exit", "quit")
 HISTORY_ENV = "CHORDCTL_HISTORY"
@@ -136,9 +136,7 @@ def _parse_key_value(spec: Spec, rest: str, max_digits: int, max_value: int) -> 
     if not value.strip():
         raise InvalidInputError(f"{spec.name} needs a value; {_usage(spec)}")
     data = value.strip().encode("utf-8", "surrogateescape")
-    if len(data) > max_value:
-        raise InvalidInputError(f"value of {len(data)} bytes is over the limit of "
-                                f"{max_value} bytes (limits.max_value_bytes)")
+    check_value(spec.name, data, max_value)
     return Command(spec.name, key, data)
 
 
@@ -153,10 +151,7 @@ def _parse_key(spec: Spec, rest: str, max_digits: int, max_value: int) -> Comman
 def _check_key(spec: Spec, key: str, max_digits: int) -> None:
     if not key:
         raise InvalidInputError(f"{spec.name} needs a key; {_usage(spec)}")
-    try:
-        parse_key(key, max_digits)
-    except ValueError as e:
-        raise InvalidInputError(str(e)) from None
+    check_key(key, max_digits)
 
 
 def _parse_none(spec: Spec, rest: str, max_digits: int, max_value: int) -> Command:
@@ -182,8 +177,8 @@ _PARSERS: dict[str, Callable[[Spec, str, int, int], Command]] = {
 }
 
 
-def parse_command(line: str, max_digits: int = 4096,
-                  max_value: int = 1024 * 1024) -> Command | None:
+def parse_command(line: str, max_digits: int = LimitsConfig.max_key_digits,
+                  max_value: int = LimitsConfig.max_value_bytes) -> Command | None:
     """One input line -> a Command, None for a blank line; InvalidInputError otherwise."""
     text = line.strip()
     if not text or text.startswith("#"):
@@ -215,7 +210,8 @@ class Shell:
         self.config = config
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.grace = grace if grace is not None else (config.client.grace if config else 5.0)
+        self.grace = grace if grace is not None else (
+            config.client.grace if config else ClientConfig.grace)
         self.max_digits = client.max_digits
         self.max_value = client.max_value
         self._replies: queue.SimpleQueue = queue.SimpleQueue()
@@ -289,13 +285,14 @@ class Shell:
 
     def _local_view(self, cmd: Command) -> str:
         from chordctl import render
-        from chordctl.cli.ring import HEADERS, node_at, poll_nodes, ring_of, ring_rows
+        from chordctl.cli.ring import HEADERS, node_at, poll_nodes, ring_rows
+        from chordctl.core.ring import Ring
         if self.config is None:
             return "error: ring and locate need a config (-c PATH)"
         if cmd.name == "ring":
             rows, _ = ring_rows(self.config, poll_nodes(self.config))
             return render.table(rows, HEADERS)
-        r = ring_of(self.config)
+        r = Ring.from_config(self.config)
         k, _ = parse_key(cmd.key, self.max_digits)
         owner = r.owner(k)
         # The route from the node this session talks to (--target), as its requests go.

@@ -39,10 +39,10 @@ def test_snapshot_create_with_the_ring_down_keeps_rows_short_and_says_why(tmp_pa
 
 def _ring(tmp_path, n=4):
     from chordctl import config as config_mod
-    from chordctl.cli.ring import ring_of
+    from chordctl.core.ring import Ring
     path = write_config(tmp_path, n)          # never started: locate needs only the config
     cfg = config_mod.load(path)
-    r = ring_of(cfg)
+    r = Ring.from_config(cfg)
     entry = 2
     key = next(k for k in range(1, 65536, 97) if len(r.route(entry, k)) >= 2
                and r.route(entry, k) != r.route(0, k))
@@ -70,6 +70,14 @@ def test_ring_locate_refuses_a_target_outside_the_config(tmp_path, run_cli):
     res = run_cli(path)("ring", "locate", str(key), "--from", "0",
                         target=cfg.nodes[entry].address)
     assert res.exit_code == 2 and "different entry nodes" in res.stderr
+
+
+def test_ring_locate_refuses_a_bad_key_in_the_words_of_parse_key(tmp_path, run_cli):
+    path, *_ = _ring(tmp_path)
+    res = run_cli(path)("ring", "locate", "12a")
+    assert res.exit_code == 2, res.output
+    assert "key '12a' is not a non-negative decimal integer" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_shell_locate_starts_the_route_at_the_target(tmp_path, run_cli):

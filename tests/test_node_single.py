@@ -186,6 +186,27 @@ def test_batch_of_only_bad_ops_answers_each(client):
     assert [type(r) for r in results] == [InvalidInputError, InvalidInputError]
 
 
+def test_batch_fast_and_slow_paths_refuse_in_the_words_of_protocol_validate(client):
+    """An unknown op or an oversized value gets protocol.validate's message,
+    whether the key is plain (the inlined fast path) or not (traced, "0...")."""
+    from chordctl import protocol
+    from chordctl.config import LimitsConfig
+    from chordctl.pb import chord_pb2 as pb
+    limits = LimitsConfig(max_value_bytes=MAX_VALUE)
+    big = b"y" * (MAX_VALUE + 1)
+    cases = [(0, "3100", b"", False), (7, "3101", b"", False), (7, "03102", b"", False),
+             (1, "3103", big, False), (3, "3104", big, True), (1, "03105", big, False)]
+    client.connect()
+    reply = client._kv.Batch(pb.BatchRequest(ops=[
+        pb.Operation(op=op, key=key, value=value, trace=trace)
+        for op, key, value, trace in cases]), timeout=10)
+    for (op, key, value, _), res in zip(cases, reply.results):
+        with pytest.raises(InvalidInputError) as expected:
+            protocol.validate(op, key, value, limits)
+        assert (res.code, res.message) == (protocol.INVALID_ARGUMENT, str(expected.value))
+        assert (res.node_index, res.node_id) == (0, NODE_ID)
+
+
 # -- what is logged ------------------------------------------------------------------
 
 

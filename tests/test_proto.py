@@ -143,14 +143,16 @@ def test_requests_carry_key_as_string_and_value_as_bytes() -> None:
     assert key["key"].number == 1
 
 
-def test_ops_match_log_record_op_numbers() -> None:
-    from chordctl.core.storage import records
+def test_ops_match_protocol_op_numbers() -> None:
+    from chordctl import protocol
 
-    assert chord_pb2.CREATE == records.OP_CREATE
-    assert chord_pb2.READ == records.OP_READ
-    assert chord_pb2.UPDATE == records.OP_UPDATE
-    assert chord_pb2.DELETE == records.OP_DELETE
-    assert chord_pb2.OP_UNSPECIFIED == 0
+    assert chord_pb2.CREATE == protocol.OP_CREATE
+    assert chord_pb2.READ == protocol.OP_READ
+    assert chord_pb2.UPDATE == protocol.OP_UPDATE
+    assert chord_pb2.DELETE == protocol.OP_DELETE
+    assert chord_pb2.OP_UNSPECIFIED == 0 and 0 not in protocol.OP_NAMES
+    assert {name.lower(): number for name, number in chord_pb2.Op.items()
+            if number} == protocol.OPS
 
 
 def test_stubs_expose_every_rpc() -> None:

@@ -288,6 +288,25 @@ def test_scan_refuses_a_bad_range_with_exit_2(ring4) -> None:
     assert e.value.details().startswith("scan: key -1 is negative")
 
 
+def test_node_refuses_a_bad_count_range_and_malformed_scan_and_count_bodies(ring4) -> None:
+    import grpc
+    from chordctl.pb import chord_pb2 as pb
+    with grpc.insecure_channel(ring4.address(0)) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/chord.v1.KeyValue/Count")(
+                pb.CountRequest(end="x1").SerializeToString(), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith("count: key 'x1' is not a non-negative")
+        for method in ("/chord.v1.KeyValue/Count", "/chord.v1.KeyValue/Scan"):
+            call = (ch.unary_unary if method.endswith("Count") else ch.unary_stream)(method)
+            with pytest.raises(grpc.RpcError) as e:
+                reply = call(b"\xff\xff", timeout=10)
+                if method.endswith("Scan"):
+                    list(reply)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert "not a valid chord.v1." in e.value.details(), method
+
+
 # -- consistency and failures (their own rings) ------------------------------------------
 
 

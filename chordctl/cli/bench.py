@@ -296,7 +296,7 @@ def bench(state: State, records: int, ops: int, seq_ops: int, rounds: int, concu
     rts = _csv(routes, ("entry", "direct"), "routes")
     fmt = state.fmt("table")
     show = sys.stderr.isatty()
-    ring = Ring(cfg.ring.bits, len(cfg.nodes), cfg.ring.placement, cfg.ring.routing)
+    ring = Ring.from_config(cfg)
     base = key_base if key_base is not None else \
         KEY_FLOOR + KEY_SLOT * (int(time.time() * 1000) % (KEY_FLOOR // KEY_SLOT))
     if skip_load and key_base is None:

@@ -11,7 +11,7 @@ import click
 from chordctl import config as config_mod
 from chordctl.client import Client
 from chordctl.config import Config
-from chordctl.core.request import allow_key_digits
+from chordctl.protocol import allow_key_digits
 
 
 @dataclasses.dataclass

@@ -12,14 +12,10 @@ from chordctl.cli.common import KeyCommand, State, pass_state
 from chordctl.client import Client
 from chordctl.config import Config
 from chordctl.core.ring import Ring
-from chordctl.core.request import parse_key
 from chordctl.errors import ChordError, ExitStatus, InvalidInputError
+from chordctl.protocol import check_key
 
 STATUS_TIMEOUT = 1.0
-
-
-def ring_of(cfg: Config) -> Ring:
-    return Ring(cfg.ring.bits, len(cfg.nodes), cfg.ring.placement, cfg.ring.routing)
 
 
 class NotServing(Exception):
@@ -79,7 +75,7 @@ def node_state(st: object) -> str:
 
 
 def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dict]]:
-    ring = ring_of(cfg)
+    ring = Ring.from_config(cfg)
     rows, docs = [], []
     for i, node in enumerate(cfg.nodes):
         low, high = ring.arc(i)
@@ -181,10 +177,7 @@ def locate(state: State, key: str, entry: int | None) -> None:
         chordctl ring locate 10 --target 127.0.0.1:50052
     """
     cfg = state.config()
-    try:
-        k, _ = parse_key(key, cfg.limits.max_key_digits)
-    except ValueError as e:
-        raise InvalidInputError(str(e)) from None
+    k, _ = check_key(key, cfg.limits.max_key_digits)
     if state.target:
         at = node_at(cfg, state.target)
         if at is None:
@@ -197,7 +190,7 @@ def locate(state: State, key: str, entry: int | None) -> None:
         entry = at
     entry = 0 if entry is None else entry
     cfg.node(entry)
-    r = ring_of(cfg)
+    r = Ring.from_config(cfg)
     pos = r.position(k)
     owner = r.owner_of_position(pos)
     route = r.route(entry, k)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import logging
 
-from chordctl.core import request as rq
+from chordctl.protocol import OP_NAMES, code_name
 
 logger = logging.getLogger("chordctl.metrics")
 
@@ -19,11 +19,6 @@ LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 
                    1.0, 2.5, 5.0, 10.0)
 FSYNC_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 1.0)
 SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-CODE_NAMES = {0: "OK", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND",
-              6: "ALREADY_EXISTS", 8: "RESOURCE_EXHAUSTED", 10: "ABORTED", 13: "INTERNAL",
-              14: "UNAVAILABLE"}
-
-
 class Histogram:
     """Bucket counts, a sum and a count; one writer thread, any reader."""
 
@@ -102,8 +97,7 @@ class _Collector:
         c = CounterMetricFamily("chordctl_requests", "Operations answered, by operation and "
                                 "outcome", labels=names + ["op", "code"])
         for (op, code), n in sorted(m.requests.items()):
-            c.add_metric(values + [rq.OP_NAMES.get(op, str(op)),
-                                   CODE_NAMES.get(code, str(code))], n)
+            c.add_metric(values + [OP_NAMES.get(op, str(op)), code_name(code)], n)
         yield c
 
         h = HistogramMetricFamily("chordctl_request_latency_seconds",

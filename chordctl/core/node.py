@@ -148,8 +148,7 @@ class Node:
     def __init__(self, config: Config, index: int, store: Store | None = None):
         self.config = config
         self.index = index
-        self.ring = Ring(config.ring.bits, len(config.nodes), config.ring.placement,
-                         config.ring.routing)
+        self.ring = Ring.from_config(config)
         self.node_id = self.ring.ids[index]
         self.identity = identity.RingIdentity.of(self.ring, index)
         self.label = f"node {index} (id {self.node_id})"

@@ -9,22 +9,13 @@ completes the request fills the result fields and the node calls
 
 from __future__ import annotations
 
-import sys
-
-from chordctl.core.storage.records import OP_CREATE, OP_DELETE, OP_READ, OP_UPDATE
-
-OP_NAMES = {OP_CREATE: "create", OP_READ: "read", OP_UPDATE: "update", OP_DELETE: "delete"}
-
-# gRPC status numbers used in results (grpc.StatusCode values, without grpc).
-OK = 0
-DEADLINE_EXCEEDED = 4
-INVALID_ARGUMENT = 3
-NOT_FOUND = 5
-ALREADY_EXISTS = 6
-RESOURCE_EXHAUSTED = 8
-ABORTED = 10
-INTERNAL = 13
-UNAVAILABLE = 14
+# The pipeline's names for the wire rules (node.py, router.py and tests use
+# ``rq.OK``, ``rq.OP_READ``): chordctl.protocol's, defined there once. New code
+# imports describe, parse_key and allow_key_digits from chordctl.protocol.
+from chordctl.protocol import (  # noqa: F401
+    ABORTED, ALREADY_EXISTS, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, OK,
+    OP_CREATE, OP_DELETE, OP_NAMES, OP_READ, OP_UPDATE, RESOURCE_EXHAUSTED, UNAVAILABLE,
+    allow_key_digits, describe, parse_key)
 
 
 class Request:
@@ -55,45 +46,3 @@ class Request:
         self.code = code
         self.message = message
 
-
-_DONE = {OP_CREATE: "created", OP_READ: "read", OP_UPDATE: "updated", OP_DELETE: "deleted"}
-
-
-def describe(op: int, key: str, code: int, node: str) -> str:
-    """The human sentence of a result produced by *node* (``node 1 (id 49151)``)."""
-    if code == OK:
-        return f"{_DONE[op]} key {key} on {node}"
-    if code == NOT_FOUND:
-        return f"key {key} not found (owner: {node})"
-    if code == ALREADY_EXISTS:
-        return f"key {key} already exists (owner: {node}); use update to change it"
-    return f"{OP_NAMES.get(op, 'operation')} of key {key} failed on {node} (code {code})"
-
-
-def parse_key(text: str, max_digits: int) -> tuple[int, bytes]:
-    """A key's decimal text -> (int, canonical ASCII); ValueError says what is wrong."""
-    if not text:
-        raise ValueError("key is empty; give a non-negative integer such as 42")
-    if not text.isascii() or not text.isdigit():
-        if text.startswith("-") and text[1:].isdigit():
-            raise ValueError(f"key {text} is negative; keys are non-negative integers")
-        shown = text if len(text) <= 40 else text[:40] + "..."
-        raise ValueError(f"key {shown!r} is not a non-negative decimal integer")
-    if len(text) > max_digits:
-        raise ValueError(f"key has {len(text)} digits; the limit is {max_digits} "
-                         f"(limits.max_key_digits)")
-    key = int(text)
-    if text[0] == "0" and len(text) > 1:
-        text = str(key)
-    return key, text.encode()
-
-
-def allow_key_digits(digits: int) -> None:
-    """Let int() and str() take keys of *digits* digits in this process.
-
-    Python refuses decimal conversions past 4,300 digits by default (a guard
-    against quadratic parsing); limits.max_key_digits (capped in config.py)
-    is the guard here, so nodes and clients lift Python's to it."""
-    current = sys.get_int_max_str_digits()
-    if current and current < digits:
-        sys.set_int_max_str_digits(digits)

@@ -14,8 +14,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-PLACEMENTS = ("direct", "hash")
-ROUTINGS = ("fingers", "neighbors")
+from chordctl.protocol import MIN_BITS, PLACEMENTS, ROUTINGS
 
 
 def node_id(bits: int, n: int, i: int) -> int:
@@ -51,8 +50,8 @@ class Ring:
     )
 
     def __init__(self, bits: int, n: int, placement: str = "direct", routing: str = "fingers") -> None:
-        if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
-            raise ValueError(f"ring.bits must be an integer >= 1, got {bits!r}")
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits < MIN_BITS:
+            raise ValueError(f"ring.bits must be an integer >= {MIN_BITS}, got {bits!r}")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"the ring needs at least one node, got n={n!r}")
         if n > (1 << bits):
@@ -77,6 +76,12 @@ class Ring:
         self._tables: dict[int, tuple[RoutingEntry, ...]] = {}
         # (index, id) pairs per node so next_hop does not re-index ids each hop.
         self._hop_candidates: dict[int, tuple[tuple[int, int], ...]] = {}
+
+    @classmethod
+    def from_config(cls, config) -> "Ring":
+        """The ring of a config.Config: its ring section and its nodes."""
+        ring = config.ring
+        return cls(ring.bits, len(config.nodes), ring.placement, ring.routing)
 
     def __repr__(self) -> str:
         return (

@@ -20,11 +20,11 @@ import grpc
 
 from chordctl import security
 from chordctl.config import Config
-from chordctl.core import request as rq
 from chordctl.core.request import Request
 from chordctl.core.ring import Ring
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
+from chordctl.protocol import ABORTED, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, never_sent
 
 logger = logging.getLogger("chordctl.router")
 
@@ -108,8 +108,8 @@ class Router:
         me = self.index
         for r in reqs:
             if r.hops >= self.max_hops:
-                r.fail(rq.ABORTED, f"route: hop limit {self.max_hops} reached at {self.label}; "
-                                   f"the nodes' ring configurations probably differ")
+                r.fail(ABORTED, f"route: hop limit {self.max_hops} reached at {self.label}; "
+                                f"the nodes' ring configurations probably differ")
                 failed.append(r)
                 continue
             nh = next_hop(me, position(r.key))
@@ -126,7 +126,7 @@ class Router:
             remaining = min(r.deadline for r in group) - now
             if remaining <= MIN_TIMEOUT:
                 for r in group:
-                    r.fail(rq.DEADLINE_EXCEEDED,
+                    r.fail(DEADLINE_EXCEEDED,
                            f"{self.label}: deadline passed before forwarding to "
                            f"{self.peer_label(nh)}")
                 self.complete(group)
@@ -186,8 +186,7 @@ class Router:
             reply = await stub.Batch(batch, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             code = e.code()
-            if (may_retry and code == grpc.StatusCode.UNAVAILABLE
-                    and (e.details() or "").lower().startswith("failed to connect")):
+            if may_retry and never_sent(code.value[0], e.details() or ""):
                 # The call never left this node: the channel is in reconnect
                 # backoff since the peer was last down. A restarted peer is
                 # ready long before the backoff ends, so retry once, now, on a
@@ -237,7 +236,7 @@ class Router:
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             # Not the client's input (each operation is checked on its own, in
             # its result): a batch this node built, over a limit of the peer's.
-            number = rq.INTERNAL
+            number = INTERNAL
             hint = "; the nodes' configs probably differ (limits)"
         else:
             number = code.value[0]
@@ -250,7 +249,7 @@ class Router:
 
     def _fail_group(self, group: list[Request], nh: int, why: str) -> None:
         for r in group:
-            r.fail(rq.UNAVAILABLE, f"{self.label} could not reach {self.peer_label(nh)}: {why}")
+            r.fail(UNAVAILABLE, f"{self.label} could not reach {self.peer_label(nh)}: {why}")
         self.finish(group)
 
     def close(self) -> None:

@@ -23,13 +23,13 @@ from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
 from chordctl.core.gate import ReadinessGate
 from chordctl.core.node import Node
-from chordctl.core.request import allow_key_digits
 from chordctl.core.router import Router, message_limit
 from chordctl.core.servicer import (AdminServicer, KeyValueServicer, add_key_value_servicer,
                                      finish_on_loop)
 from chordctl.errors import ChordError, StorageAccessError, StorageError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
+from chordctl.protocol import allow_key_digits
 
 logger = logging.getLogger("chordctl.server")
 

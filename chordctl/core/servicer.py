@@ -20,15 +20,16 @@ from chordctl.core.storage import inventory
 from chordctl.core.gate import ReadinessGate
 from chordctl.core import request as rq
 from chordctl.core.node import Node, ReadMarker, SnapshotMarker
-from chordctl.core.request import Request, describe, parse_key
+from chordctl.core.request import Request
 from chordctl.core.store import count_keys, ordered_keys
+from chordctl.errors import InvalidInputError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
+from chordctl.protocol import describe, parse_key, validate
 
-STATUS = {sc.value[0]: sc for sc in grpc.StatusCode}
+STATUS = {sc.value[0]: sc for sc in grpc.StatusCode}   # protocol's codes -> gRPC's
 _OPEN = ReadinessGate("node")
 _OPEN.open()
-VALID_OPS = (rq.OP_CREATE, rq.OP_READ, rq.OP_UPDATE, rq.OP_DELETE)
 SCAN_PAGE = 1000              # entries per ScanPage unless the request asks fewer
 SCAN_PAGE_MAX = 10_000
 SCAN_PAGE_BYTES = 1 << 20     # a page closes once its values reach this (one entry at least)
@@ -117,7 +118,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         self.node = node
         self.loop = loop
         self.gate = gate or _OPEN
-        limits = node.config.limits
+        limits = self.limits = node.config.limits
         self.max_value = limits.max_value_bytes
         self.max_digits = limits.max_key_digits
         self.max_in_flight = limits.max_in_flight
@@ -144,19 +145,10 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
 
     def _make(self, op: int, key_text: str, value: bytes, trace: bool, hops: int,
               route, deadline: float) -> Request:
-        """A validated Request; ValueError with the reason otherwise."""
-        if op not in VALID_OPS:
-            raise ValueError(f"unknown operation {op}; expected create, read, update or delete")
-        key, canon = parse_key(key_text, self.max_digits)
-        if op in (rq.OP_CREATE, rq.OP_UPDATE):
-            if len(value) > self.max_value:
-                raise ValueError(f"value of {len(value)} bytes is over the limit of "
-                                 f"{self.max_value} bytes (limits.max_value_bytes)")
-        else:
-            value = b""
-        r = Request(op, key, canon, value, deadline, trace, hops,
-                    list(route) + [self.node_id] if trace else None)
-        return r
+        """A Request that passed protocol.validate; InvalidInputError with the reason otherwise."""
+        op, key, canon, value = validate(op, key_text, value, self.limits)
+        return Request(op, key, canon, value, deadline, trace, hops,
+                       list(route) + [self.node_id] if trace else None)
 
     async def _hold_for_test(self, reqs: list[Request]) -> None:
         if self.delay_key is not None and any(r.key == self.delay_key for r in reqs):
@@ -179,7 +171,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {self.node.failed}")
         try:
             r = self._make(op, key, value, trace, 0, (), self._deadline(context))
-        except ValueError as e:
+        except InvalidInputError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if self.in_flight >= self.max_in_flight:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -237,8 +229,9 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                                 f"(limits.max_in_flight); retry later")
         t0 = time.perf_counter()
         deadline = self._deadline(context)
-        # The hot loop of bulk work: plain keys take an inlined fast path;
-        # anything unusual goes through _make for canonical form or the error.
+        # The hot loop of bulk work: plain keys and values within the limit take
+        # an inlined fast path; anything else goes through _make (protocol.validate)
+        # for the canonical form or the error.
         slots: list[Request | tuple[int, str]] = []
         valid: list[Request] = []
         make = self._make
@@ -250,26 +243,21 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             op = o.op
             text = o.key
             trace = o.trace
+            plain = False
             if (not trace and 0 < len(text) <= max_digits and text.isdigit() and text.isascii()
                     and (text[0] != "0" or len(text) == 1)):
                 if op in plain_ops:
                     value = o.value
-                    if len(value) > max_value:
-                        slots.append((rq.INVALID_ARGUMENT,
-                                      f"value of {len(value)} bytes is over the limit of "
-                                      f"{max_value} bytes (limits.max_value_bytes)"))
-                        continue
+                    plain = len(value) <= max_value
                 elif op == rq.OP_READ or op == rq.OP_DELETE:
                     value = b""
-                else:
-                    slots.append((rq.INVALID_ARGUMENT, f"unknown operation {op}; expected "
-                                                       f"create, read, update or delete"))
-                    continue
+                    plain = True
+            if plain:
                 r = Request(op, int(text), text.encode(), value, deadline, False, o.hops)
             else:
                 try:
                     r = make(op, text, o.value, trace, o.hops, o.route, deadline)
-                except ValueError as e:
+                except InvalidInputError as e:
                     slots.append((rq.INVALID_ARGUMENT, str(e)))
                     continue
             slots.append(r)
@@ -326,10 +314,15 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
 
     # -- Scan and Count: this node's own keys, from a point-in-time view --------
 
-    def _key_range(self, start: str, end: str) -> tuple[int, int | None]:
-        """[start, end) of a Scan or Count; ValueError with the reason."""
-        lo = parse_key(start, self.max_digits)[0] if start else 0
-        hi = parse_key(end, self.max_digits)[0] if end else None
+    async def _key_range(self, request, context, call: str) -> tuple[int, int | None]:
+        """[start, end) of a Scan or Count request; INVALID_ARGUMENT with the reason."""
+        if type(request) is MalformedRequest:
+            await _refuse_malformed(request, context)
+        try:
+            lo = parse_key(request.start, self.max_digits)[0] if request.start else 0
+            hi = parse_key(request.end, self.max_digits)[0] if request.end else None
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{call}: {e}")
         return lo, hi
 
     async def _view(self, freeze: bool, context) -> ReadMarker:
@@ -359,12 +352,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         a time, so neither the pipeline nor the event loop waits long and at
         most one window and one page are held per scan.
         """
-        if type(request) is MalformedRequest:
-            await _refuse_malformed(request, context)
-        try:
-            start, end = self._key_range(request.start, request.end)
-        except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"scan: {e}")
+        start, end = await self._key_range(request, context, "scan")
         if self.scans >= MAX_SCANS:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{self.node.label} is already running {self.scans} scans; "
@@ -411,12 +399,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             self.metrics.took("scan", time.perf_counter() - t0)
 
     async def Count(self, request, context):
-        if type(request) is MalformedRequest:
-            await _refuse_malformed(request, context)
-        try:
-            start, end = self._key_range(request.start, request.end)
-        except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"count: {e}")
+        start, end = await self._key_range(request, context, "count")
         whole = not request.start and not request.end
         # The whole map's size needs no frozen view; a range is one pass over one.
         view = await self._view(not whole, context)

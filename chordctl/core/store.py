@@ -14,12 +14,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from chordctl.core.storage.records import OP_CREATE, OP_DELETE, OP_READ, OP_UPDATE
-
-OK = 0
-NOT_FOUND = 5
-ALREADY_EXISTS = 6
-INVALID_ARGUMENT = 3
+from chordctl.protocol import (
+    ALREADY_EXISTS, INVALID_ARGUMENT, NOT_FOUND, OK, OP_CREATE, OP_DELETE, OP_READ, OP_UPDATE)
 
 DEFAULT_CHUNKS = 1024
 

@@ -42,9 +42,9 @@ from chordctl.core.storage import files, identity, recovery, snapshot
 from chordctl.core.storage.identity import RingIdentity
 from chordctl.core.storage.log import LogFile
 from chordctl.core.storage.lock import DirectoryLock
-from chordctl.core.storage.records import OP_CREATE
 from chordctl.core.store import Store
 from chordctl.errors import ChordError, InvalidInputError, RingMismatchError
+from chordctl.protocol import OP_CREATE
 
 logger = logging.getLogger("chordctl.migrate")
 
@@ -103,15 +103,11 @@ class MigrationReport:
         return sum(n.moved_in for n in self.new_nodes)
 
 
-def ring_of(cfg: Config) -> Ring:
-    return Ring(cfg.ring.bits, len(cfg.nodes), cfg.ring.placement, cfg.ring.routing)
-
-
 def migrate(old: Config, new: Config, progress: Progress | None = None) -> MigrationReport:
     """Move the data of ring *old* (every node stopped) to ring *new*; see the module doc."""
     t0 = time.monotonic()
     step = progress or (lambda phase, advance, total: None)
-    old_ring, new_ring = ring_of(old), ring_of(new)
+    old_ring, new_ring = Ring.from_config(old), Ring.from_config(new)
     # node_dir() is where the nodes look (<data_dir>/node-<i>, resolved by config).
     old_data = os.path.realpath(os.path.dirname(old.node_dir(0)))
     new_data = os.path.realpath(os.path.dirname(new.node_dir(0)))

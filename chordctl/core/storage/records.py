@@ -7,7 +7,7 @@ Byte layout of one record (little-endian)::
     4       4     payload_crc  CRC-32 (zlib) of the payload
     8       4     header_crc   CRC-32 of bytes 0..7 (guards the length itself)
     12      8     seq          sequence number, +1 per record, continuous across files
-    20      1     op           1 create, 3 update, 4 delete (chord.v1.Op numbers)
+    20      1     op           1 create, 3 update, 4 delete (protocol.OP_*, chord.v1.Op)
     21      4     key_len      length of the key's decimal text
     25      k     key          the key in canonical decimal ASCII
     25+k    v     value        the rest of the payload (empty for delete)
@@ -31,12 +31,8 @@ import zlib
 from typing import Iterable, NamedTuple
 
 from chordctl.errors import CorruptRecordError
-
-OP_CREATE = 1
-OP_READ = 2
-OP_UPDATE = 3
-OP_DELETE = 4
-MUTATIONS = (OP_CREATE, OP_UPDATE, OP_DELETE)
+# The op byte is the wire's op number; this format maps to protocol, not back.
+from chordctl.protocol import MUTATIONS, OP_CREATE, OP_DELETE, OP_READ, OP_UPDATE  # noqa: F401
 
 HEADER = struct.Struct("<III")
 PAYLOAD_HEAD = struct.Struct("<QBI")

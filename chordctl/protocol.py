@@ -1,0 +1,169 @@
+"""The wire rules: op numbers, status codes, ring parameters, key syntax and
+the one check of an operation that the servicer, the client and the shell apply.
+
+A leaf on the lowest floor, beside errors.py: it imports nothing of chordctl
+but errors, and neither grpc nor protobuf. The op numbers are chord.v1.Op's
+and the status codes are grpc.StatusCode's numbers (tests/test_proto.py
+checks both), so a code travels unchanged from the store through a node's
+pipeline into a reply and on to a client's ChordError. The log record format
+(core/storage/records.py) writes these op numbers: it maps to them, not they
+to it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from chordctl.errors import (AlreadyExistsError, ChordError, DeadlineExceededError,
+                             InternalError, InvalidInputError, NotFoundError,
+                             ResourceExhaustedError, UnavailableError)
+
+# -- operations (chord.v1.Op) ---------------------------------------------------
+
+OP_CREATE = 1
+OP_READ = 2
+OP_UPDATE = 3
+OP_DELETE = 4
+OPS = {"create": OP_CREATE, "read": OP_READ, "update": OP_UPDATE, "delete": OP_DELETE}
+OP_NAMES = {number: name for name, number in OPS.items()}
+MUTATIONS = (OP_CREATE, OP_UPDATE, OP_DELETE)   # what the log records
+_DONE = {OP_CREATE: "created", OP_READ: "read", OP_UPDATE: "updated", OP_DELETE: "deleted"}
+
+# -- status codes: grpc.StatusCode's numbers, in this order --------------------
+
+CODE_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+              "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+              "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+              "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
+OK = 0
+CANCELLED = 1
+UNKNOWN = 2
+INVALID_ARGUMENT = 3
+DEADLINE_EXCEEDED = 4
+NOT_FOUND = 5
+ALREADY_EXISTS = 6
+PERMISSION_DENIED = 7
+RESOURCE_EXHAUSTED = 8
+ABORTED = 10
+INTERNAL = 13
+UNAVAILABLE = 14
+
+# The ChordError a client raises for a code (its exit_status is the CLI's exit
+# code); any other code is an InternalError.
+ERRORS: dict[int, type[ChordError]] = {
+    NOT_FOUND: NotFoundError,
+    ALREADY_EXISTS: AlreadyExistsError,
+    INVALID_ARGUMENT: InvalidInputError,
+    UNAVAILABLE: UnavailableError,
+    DEADLINE_EXCEEDED: DeadlineExceededError,
+    RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    ABORTED: UnavailableError,
+    CANCELLED: UnavailableError,
+}
+
+
+def code_name(code: int) -> str:
+    """The gRPC name of a status code (``NOT_FOUND``); the number itself if unknown."""
+    return CODE_NAMES[code] if 0 <= code < len(CODE_NAMES) else str(code)
+
+
+def error_class(code: int) -> type[ChordError]:
+    """The ChordError subclass a client raises for a status code."""
+    return ERRORS.get(code, InternalError)
+
+
+def never_sent(code: int, details: str) -> bool:
+    """Whether a failed call never left the caller: gRPC's own UNAVAILABLE
+    "failed to connect ..." (a node's relayed message names its node first),
+    so even a write is safe to send again."""
+    return code == UNAVAILABLE and details.lower().startswith("failed to connect")
+
+
+# -- ring parameters every node and client must agree on -----------------------
+
+PLACEMENTS = ("direct", "hash")
+ROUTINGS = ("fingers", "neighbors")
+MIN_BITS = 1
+MAX_BITS = 4096
+
+
+# -- keys, values and the check of one operation --------------------------------
+
+def parse_key(text: str, max_digits: int) -> tuple[int, bytes]:
+    """A key's decimal text -> (int, canonical ASCII); ValueError says what is wrong."""
+    if not text:
+        raise ValueError("key is empty; give a non-negative integer such as 42")
+    if not text.isascii() or not text.isdigit():
+        if text.startswith("-") and text[1:].isdigit():
+            raise ValueError(f"key {text} is negative; keys are non-negative integers")
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ValueError(f"key {shown!r} is not a non-negative decimal integer")
+    if len(text) > max_digits:
+        raise ValueError(f"key has {len(text)} digits; the limit is {max_digits} "
+                         f"(limits.max_key_digits)")
+    key = int(text)
+    if text[0] == "0" and len(text) > 1:
+        text = str(key)
+    return key, text.encode()
+
+
+def check_key(text: str, max_digits: int) -> tuple[int, bytes]:
+    """parse_key, raising InvalidInputError."""
+    try:
+        return parse_key(text, max_digits)
+    except ValueError as e:
+        raise InvalidInputError(str(e)) from None
+
+
+def check_value(op_name: str, value: bytes | None, max_value: int) -> None:
+    """The value of a create or update: present, and at most *max_value* bytes."""
+    if value is None:
+        raise InvalidInputError(f"{op_name} needs a value")
+    if len(value) > max_value:
+        raise InvalidInputError(f"value of {len(value)} bytes is over the limit of "
+                                f"{max_value} bytes (limits.max_value_bytes)")
+
+
+def unknown_operation(op: int | str) -> InvalidInputError:
+    return InvalidInputError(f"unknown operation {op!r}; expected create, read, update "
+                             f"or delete")
+
+
+def validate(op: int | str, key: str, value: bytes | None,
+             limits) -> tuple[int, int, bytes, bytes]:
+    """Check one operation as every node does, before it changes anything.
+
+    *op* is a number or a name; *limits* a config.LimitsConfig. Returns
+    (op number, key, canonical key text, value -- empty for read and
+    delete); raises InvalidInputError saying what is wrong.
+    """
+    number = OPS.get(op) if op.__class__ is str else op
+    if number not in OP_NAMES:
+        raise unknown_operation(op)
+    k, canon = check_key(key, limits.max_key_digits)
+    if number == OP_CREATE or number == OP_UPDATE:
+        check_value(OP_NAMES[number], value, limits.max_value_bytes)
+        return number, k, canon, value
+    return number, k, canon, b""
+
+
+def describe(op: int, key: str, code: int, node: str) -> str:
+    """The human sentence of a result produced by *node* (``node 1 (id 49151)``)."""
+    if code == OK:
+        return f"{_DONE[op]} key {key} on {node}"
+    if code == NOT_FOUND:
+        return f"key {key} not found (owner: {node})"
+    if code == ALREADY_EXISTS:
+        return f"key {key} already exists (owner: {node}); use update to change it"
+    return f"{OP_NAMES.get(op, 'operation')} of key {key} failed on {node} (code {code})"
+
+
+def allow_key_digits(digits: int) -> None:
+    """Let int() and str() take keys of *digits* digits in this process.
+
+    Python refuses decimal conversions past 4,300 digits by default (a guard
+    against quadratic parsing); limits.max_key_digits (capped in config.py)
+    is the guard here, so nodes and clients lift Python's to it."""
+    current = sys.get_int_max_str_digits()
+    if current and current < digits:
+        sys.set_int_max_str_digits(digits)
