@@ -132,7 +132,14 @@ def node_at(cfg: Config, address: str) -> int | None:
 
 @click.group()
 def ring() -> None:
-    """Inspect the ring."""
+    """Inspect the ring; move a stopped ring's keys to another ring.
+
+    \b
+    Example:
+        chordctl ring show
+        chordctl ring locate 40000
+        chordctl ring migrate --from ring4.yaml --to ring3.yaml
+    """
 
 
 @ring.command()
