@@ -78,3 +78,36 @@ def test_help_renders_with_an_example_that_parses(path):
             _parse(_chordctl_argv(example))
         except click.UsageError as e:
             pytest.fail(f"example `{example}` of chordctl {' '.join(path)} --help: {e}")
+
+
+def test_readme_commands_table_names_only_options_that_exist():
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("### Commands"):readme.index("Global options")]
+    checked = 0
+    for row in table.splitlines():
+        if not row.startswith("| `"):
+            continue
+        for spec in re.findall(r"`([^`]+)`", row.split(" | ")[0]):
+            words, cmd = spec.split(), cli
+            while isinstance(cmd, click.Group) and words and words[0] in cmd.commands:
+                cmd = cmd.commands[words.pop(0)]
+            assert not isinstance(cmd, click.Group), f"README names no command: {spec}"
+            opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
+            for o in re.findall(r"--[a-z][a-z-]*", spec):
+                assert o in opts, f"README's `{spec}`: {cmd.name} has no {o}"
+            checked += 1
+    assert checked >= 15
+
+
+def test_ring_show_and_snapshot_list_of_a_stopped_ring_say_how_to_start_it(tmp_path):
+    from conftest import run_chordctl, write_config
+    path = write_config(tmp_path, 2)
+    show = run_chordctl("-c", path, "ring", "show", "--timeout", "1")
+    assert show.returncode == 3
+    assert b"chordctl: ring: 2 of 2 node(s) not up; `chordctl cluster up`" in show.stderr
+    snap = run_chordctl("-c", path, "snapshot", "list")
+    assert snap.returncode == 3
+    assert b"chordctl: snapshot: 2 node(s) did not answer; is the ring up?" in snap.stderr
+    assert b"--data-dir DIR" in snap.stderr and b"Traceback" not in snap.stderr

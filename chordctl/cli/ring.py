@@ -164,7 +164,8 @@ def show(state: State, timeout: float) -> None:
     cfg = state.config()
     down = print_ring(cfg, state.fmt("table"), timeout)
     if down:
-        click.secho(f"chordctl: {down} of {len(cfg.nodes)} node(s) not up", fg="red", err=True)
+        click.secho(f"chordctl: ring: {down} of {len(cfg.nodes)} node(s) not up; "
+                    "`chordctl cluster up` starts the ones not running", fg="red", err=True)
         click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
 
 
