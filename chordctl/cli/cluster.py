@@ -73,7 +73,13 @@ def _start_missing(cfg: Config, missing: list[int], cpus_mode: str, wait_s: floa
 
 @click.group()
 def cluster() -> None:
-    """Start or stop every node of the config on this machine."""
+    """Start or stop every node of the config on this machine.
+
+    \b
+    Example:
+        chordctl -c examples/configs/ring4.yaml cluster up --detach
+        chordctl -c examples/configs/ring4.yaml cluster down
+    """
 
 
 @cluster.command()

@@ -18,7 +18,13 @@ from chordctl.errors import ExitStatus, InvalidInputError
 
 @click.group()
 def log() -> None:
-    """Inspect and repair operation logs."""
+    """Inspect and repair operation logs (offline, on a stopped node's directory).
+
+    \b
+    Example:
+        chordctl log replay --data-dir data/node-0 --dump
+        chordctl log repair --data-dir data/node-0
+    """
 
 
 def _check_node_dir(data_dir: str) -> None:

@@ -43,7 +43,12 @@ def setup_logging(index: int, node_id: int, level: str, fmt: str) -> None:
 
 @click.group()
 def node() -> None:
-    """Run a node."""
+    """Run a node.
+
+    \b
+    Example:
+        chordctl -c examples/configs/ring4.yaml node serve --node 0
+    """
 
 
 @node.command()

@@ -128,7 +128,14 @@ def node_at(cfg: Config, address: str) -> int | None:
 
 @click.group()
 def ring() -> None:
-    """Inspect the ring."""
+    """Inspect the ring; move a stopped ring's keys to another ring.
+
+    \b
+    Example:
+        chordctl ring show
+        chordctl ring locate 40000
+        chordctl ring migrate --from ring4.yaml --to ring3.yaml
+    """
 
 
 @ring.command()
@@ -153,7 +160,8 @@ def show(state: State, timeout: float) -> None:
     cfg = state.config()
     down = print_ring(cfg, state.fmt("table"), timeout)
     if down:
-        click.secho(f"chordctl: {down} of {len(cfg.nodes)} node(s) not up", fg="red", err=True)
+        click.secho(f"chordctl: ring: {down} of {len(cfg.nodes)} node(s) not up; "
+                    "`chordctl cluster up` starts the ones not running", fg="red", err=True)
         click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
 
 

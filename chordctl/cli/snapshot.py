@@ -106,7 +106,9 @@ def list_(state: State, data_dir: str | None) -> None:
                 docs.append(d)
         if down:
             click.echo(render.render_rows(rows, HEADERS, fmt, docs))
-            click.secho(f"chordctl: {down} node(s) did not answer", fg="red", err=True)
+            click.secho(f"chordctl: snapshot: {down} node(s) did not answer; is the ring up? "
+                        "(`chordctl cluster up`; a stopped node's files: "
+                        "`chordctl snapshot list --data-dir DIR`)", fg="red", err=True)
             click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
     click.echo(render.render_rows(rows, HEADERS, fmt, docs))
 
