@@ -4,7 +4,7 @@ One thread (``run``) takes what the dispatcher put in F2: OwnedBatches (and
 ReadMarkers, which count as batches without mutations), SnapshotMarkers and
 STOP. It appends a drained group's mutations with one write and, under
 ``storage.fsync`` ``batch``/``always``, one fsync (``always``: one per batch;
-``everysec``: at most a second apart; ``none``: never), then sets
+``everysec``: at most a second apart; ``never``: none), then sets
 ``durable_seq`` and calls each item's ``stage_done()``. At a SnapshotMarker it
 closes ``log.(X-1)`` (fsynced) and opens ``log.X``, then sets
 ``marker.rotated``.
