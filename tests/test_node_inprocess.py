@@ -18,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chordctl import config as config_mod
 from chordctl.core import request as rq
-from chordctl.core.node import Node, Replies
+from chordctl.core.node import Node, OwnedBatch, Replies
+from chordctl.core.request import Request
 from chordctl.core.server import NodeServer
 from chordctl.core.servicer import KeyValueServicer
 from chordctl.pb import chord_pb2 as pb
@@ -62,6 +63,34 @@ async def until(predicate, what: str, timeout: float = 10) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.005)
+
+
+def test_owned_batch_is_answered_by_its_callback_once_both_stages_are_done() -> None:
+    answered = []
+    batch = OwnedBatch([], 0, 0, answered.append)
+    batch.stage_done()
+    assert answered == []                 # the log writer or the applier, not both yet
+    batch.stage_done()
+    assert answered == [batch]
+    reads = OwnedBatch([], 0, 0, answered.append, stages=1)
+    reads.stage_done()
+    assert answered == [batch, reads]
+
+
+def test_replies_over_a_loop_wake_the_waiters_from_a_pipeline_thread() -> None:
+    async def go():
+        loop = asyncio.get_running_loop()
+        replies = Replies.over(loop)
+        r = Request(rq.OP_READ, 1, b"1", b"", 1e18)
+        r.waiter = loop.create_future()
+        threading.Thread(target=replies.send, args=([r],)).start()
+        assert await asyncio.wait_for(r.waiter, 10) is r
+        done = Request(rq.OP_READ, 2, b"2", b"", 1e18)
+        done.waiter = loop.create_future()
+        done.waiter.cancel()                # a receiver that gave up: left alone
+        replies.deliver([done])
+
+    run(go())
 
 
 def test_servicer_answers_through_the_pipeline_the_log_and_the_reply_path(tmp_path) -> None:
