@@ -66,12 +66,23 @@ def write_config(directory, n: int = 1, *, bits: int = 16, placement: str = "dir
     return path
 
 
-class NodeProc:
-    """One real `chordctl node serve` process that this test started."""
+HELD_NODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "held_node.py")
 
-    def __init__(self, config_path: str, index: int, env: dict | None = None):
+
+class NodeProc:
+    """One real `chordctl node serve` process that this test started.
+
+    With *hold* ("KEY:SECONDS": requests for KEY wait that long before the
+    pipeline) or *replay_delay* (seconds "recovering" before the replay) it
+    runs tests/held_node.py instead: the same server, a held stage injected.
+    """
+
+    def __init__(self, config_path: str, index: int, env: dict | None = None,
+                 hold: str | None = None, replay_delay: float = 0.0):
         self.config_path = config_path
         self.index = index
+        self.hold = hold
+        self.replay_delay = replay_delay
         self.config = config_mod.load(config_path)
         self.address = self.config.nodes[index].address
         self.env = env
@@ -83,10 +94,17 @@ class NodeProc:
         env = dict(os.environ)
         if self.env:
             env.update(self.env)
+        if self.hold or self.replay_delay:
+            argv = [sys.executable, HELD_NODE, self.config_path, str(self.index),
+                    "--replay-delay", str(self.replay_delay)]
+            if self.hold:
+                argv += ["--hold", self.hold]
+        else:
+            argv = [sys.executable, "-m", "chordctl", "-c", self.config_path, "node", "serve",
+                    "--node", str(self.index)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "chordctl", "-c", self.config_path, "node", "serve",
-                 "--node", str(self.index)],
+                argv,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 preexec_fn=preexec_fn)
         if wait:
@@ -142,10 +160,11 @@ class NodeProc:
 
 
 class Cluster:
-    def __init__(self, config_path: str, env: dict | None = None):
+    def __init__(self, config_path: str, env: dict | None = None, hold: str | None = None):
         self.config_path = config_path
         self.config = config_mod.load(config_path)
-        self.nodes = [NodeProc(config_path, i, env) for i in range(len(self.config.nodes))]
+        self.nodes = [NodeProc(config_path, i, env, hold=hold)
+                      for i in range(len(self.config.nodes))]
 
     def start(self) -> "Cluster":
         for n in self.nodes:
@@ -175,9 +194,10 @@ def make_cluster(tmp_path):
     """make_cluster(n, **config options) -> a started Cluster, stopped at teardown."""
     made: list[Cluster] = []
 
-    def make(n: int = 1, env: dict | None = None, start: bool = True, **options) -> Cluster:
+    def make(n: int = 1, env: dict | None = None, start: bool = True, hold: str | None = None,
+             **options) -> Cluster:
         path = write_config(tmp_path, n, name=f"chordctl-{len(made)}.yaml", **options)
-        c = Cluster(path, env)
+        c = Cluster(path, env, hold=hold)
         made.append(c)
         return c.start() if start else c
 

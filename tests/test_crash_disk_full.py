@@ -28,7 +28,8 @@ import pytest
 from chordctl import config as config_mod
 from chordctl.client import Client
 from chordctl.core import request as rq
-from chordctl.core.node import Node, SnapshotMarker
+from chordctl.core.markers import SnapshotMarker
+from chordctl.core.node import Node, Replies
 from chordctl.core.request import Request
 from chordctl.core.storage.records import OP_CREATE, OP_READ
 from chordctl.errors import ChordError, NotFoundError
@@ -44,11 +45,11 @@ class Pipeline:
     def __init__(self, tmp_path):
         self.cfg = config_mod.load(write_config(tmp_path, 1))
         self.dir = self.cfg.node_dir(0)
-        self.node = Node(self.cfg, 0)
+        self.node = Node(self.cfg, 0, Replies(self._complete, self._complete))
         self.node.recover()
         self.done: list[Request] = []
         self.cond = threading.Condition()
-        self.node.start(self._complete)
+        self.node.start()
 
     def _complete(self, reqs: list[Request]) -> None:
         with self.cond:

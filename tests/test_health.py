@@ -3,9 +3,9 @@
 NOT_SERVING while the node replays its log (its services answer UNAVAILABLE
 "recovering" meanwhile), SERVING once it holds every acknowledged write,
 NOT_SERVING again as soon as a graceful shutdown begins. The replay is held
-open with the test hook CHORDCTL_TEST_REPLAY_DELAY (read by core/server.py),
-so the recovering state is observed deterministically, not by racing a fast
-replay.
+open by a node whose recovery waits first (tests/held_node.py, injected
+through NodeServer's node_class), so the recovering state is observed
+deterministically, not by racing a fast replay.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def test_health_not_serving_while_replaying_then_serving(tmp_path, run_cli) -> N
         node.kill()    # SIGKILL: no shutdown snapshot, so the restart replays the whole log
         assert not [f for f in os.listdir(cfg.node_dir(0)) if f.startswith("snap.")]
 
-        node.env = {"CHORDCTL_TEST_REPLAY_DELAY": str(REPLAY_DELAY)}
+        node.replay_delay = REPLAY_DELAY
         node.start(wait=False)
         with grpc.insecure_channel(node.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -124,7 +124,7 @@ def test_ring_show_marks_a_replaying_node_recovering(tmp_path, run_cli) -> None:
     cfg = config_mod.load(path)
     nodes = [NodeProc(path, i) for i in range(2)]
     nodes[0].start()
-    nodes[1].env = {"CHORDCTL_TEST_REPLAY_DELAY": "30"}
+    nodes[1].replay_delay = 30
     nodes[1].start(wait=False)
     try:
         with grpc.insecure_channel(nodes[1].address) as channel:

@@ -16,7 +16,7 @@ import pytest
 
 from chordctl import config as config_mod
 from chordctl.client import Client
-from chordctl.core.node import Node
+from chordctl.core.node import Node, Replies
 from chordctl.core.ring import Ring
 from chordctl.core.storage import files, identity, records, snapshot
 from chordctl.core.storage.identity import RingIdentity
@@ -192,9 +192,9 @@ def test_node_snapshots_carry_its_identity(tmp_path) -> None:
     import threading
 
     cfg = make_config(tmp_path, 4, placement="hash")
-    node = Node(cfg, 2)
+    node = Node(cfg, 2, Replies(lambda reqs: None, lambda reqs: None))
     node.recover()
-    node.start(lambda reqs: None)
+    node.start()
     done = threading.Event()
     node.request_snapshot(force=True, on_done=lambda marker: done.set())
     try:

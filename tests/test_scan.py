@@ -16,7 +16,8 @@ import pytest
 from chordctl import config as config_mod
 from chordctl.client import Client
 from chordctl.core import request as rq
-from chordctl.core.node import Node, ReadMarker
+from chordctl.core.markers import ReadMarker
+from chordctl.core.node import Node, Replies
 from chordctl.core.request import Request
 from chordctl.core.ring import Ring
 from chordctl.core.store import Store, count_keys, ordered_keys
@@ -124,10 +125,11 @@ def test_nodes_for_range_are_exactly_the_owners_of_the_range_under_direct() -> N
 
 def test_scan_marker_waits_until_the_write_before_it_is_durable(tmp_path) -> None:
     cfg = config_mod.load(write_config(tmp_path, 1, fsync="batch"))
-    node = Node(cfg, 0)
+    drop = Replies(lambda reqs: None, lambda reqs: None)
+    node = Node(cfg, 0, drop)
     node.recover()
     release = threading.Event()
-    node.start(lambda reqs: None)
+    node.start()
     try:
         real_sync = node.log.sync
 

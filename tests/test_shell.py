@@ -120,7 +120,7 @@ def test_piped_script_without_failures_exits_zero(make_cluster):
 
 
 def test_later_replies_print_before_a_slow_one(make_cluster):
-    cluster = make_cluster(1, env={"CHORDCTL_TEST_DELAY": "77:1.5"}, timeout=10)
+    cluster = make_cluster(1, hold="77:1.5", timeout=10)
     res = run_chordctl("-c", cluster.config_path, "shell",
                        input=b"read 77\ncreate 5 five\nread 5\n", timeout=60)
     out = res.stdout.decode()
@@ -130,7 +130,7 @@ def test_later_replies_print_before_a_slow_one(make_cluster):
 
 
 def test_grace_waits_for_a_stalled_reply_then_reports_it(make_cluster):
-    cluster = make_cluster(1, env={"CHORDCTL_TEST_DELAY": "77:30"}, timeout=60, grace=1)
+    cluster = make_cluster(1, hold="77:30", timeout=60, grace=1)
     t0 = time.monotonic()
     res = run_chordctl("-c", cluster.config_path, "shell", input=b"read 77\n", timeout=60)
     elapsed = time.monotonic() - t0

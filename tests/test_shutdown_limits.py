@@ -42,7 +42,7 @@ def _node_holding_a_read(tmp_path, hold: float, timeout: float):
     """A one-node cluster whose receiver holds a read of key 77 for *hold* seconds,
     that read in flight (its thread and the box its outcome lands in)."""
     path = write_config(tmp_path, 1, timeout=timeout)
-    cluster = Cluster(path, env={"CHORDCTL_TEST_DELAY": f"77:{hold}"}).start()
+    cluster = Cluster(path, hold=f"77:{hold}").start()
     box: list = []
     started = threading.Event()
     t = _held_read(cluster, "77", box, started)
@@ -101,7 +101,7 @@ def test_second_signal_exits_at_once(tmp_path):
 
 def test_in_flight_limit_answers_resource_exhausted(tmp_path):
     path = write_config(tmp_path, 1, timeout=20, limits={"max_in_flight": 1})
-    cluster = Cluster(path, env={"CHORDCTL_TEST_DELAY": "77:2"}).start()
+    cluster = Cluster(path, hold="77:2").start()
     box: list = []
     started = threading.Event()
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
 
 import grpc
 
@@ -67,20 +66,19 @@ def split(group: list[Request], max_ops: int, max_bytes: int) -> list[list[Reque
 class Router:
     """Forwarding for one node.
 
-    *complete* answers requests from any thread (it hops to the loop);
-    *finish* answers them when already on *loop*.
+    Answers leave by *replies* (node.Replies): ``send`` from the router
+    thread, ``deliver`` from the calls on *loop*. *metrics* (NodeMetrics)
+    counts what is forwarded.
     """
 
     def __init__(self, config: Config, index: int, ring: Ring,
-                 complete: Callable[[list[Request]], None],
-                 loop: asyncio.AbstractEventLoop,
-                 finish: Callable[[list[Request]], None]):
+                 loop: asyncio.AbstractEventLoop, replies, metrics=None):
         self.config = config
         self.index = index
         self.ring = ring
-        self.complete = complete
         self.loop = loop
-        self.finish = finish
+        self.send = replies.send
+        self.deliver = replies.deliver
         self.max_hops = config.limits.max_hops
         # A forward must pass the next node's checks (same config): at most
         # max_batch_ops operations and a message under its receive limit.
@@ -93,7 +91,7 @@ class Router:
         self._stubs: dict[int, pb_grpc.KeyValueStub] = {}
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.metrics = None          # NodeMetrics, when the node wires one in
+        self.metrics = metrics
 
     def peer_label(self, i: int) -> str:
         return f"node {i} (id {self.ring.ids[i]}, {self.config.nodes[i].address})"
@@ -119,7 +117,7 @@ class Router:
             else:
                 group.append(r)
         if failed:
-            self.complete(failed)
+            self.send(failed)
         now = time.monotonic()
         calls = []
         for nh, group in groups.items():
@@ -129,7 +127,7 @@ class Router:
                     r.fail(DEADLINE_EXCEEDED,
                            f"{self.label}: deadline passed before forwarding to "
                            f"{self.peer_label(nh)}")
-                self.complete(group)
+                self.send(group)
                 continue
             if self.metrics is not None:
                 self.metrics.forwarded += len(group)
@@ -229,7 +227,7 @@ class Router:
             r.node_id = res.node_id
             if r.trace:
                 r.route = list(res.route)
-        self.finish(group)
+        self.deliver(group)
 
     def _refused(self, group: list[Request], nh: int, code: grpc.StatusCode,
                  details: str) -> None:
@@ -245,12 +243,12 @@ class Router:
                    f"{code.name}: {details}{hint}")
         for r in group:
             r.fail(number, message)
-        self.finish(group)
+        self.deliver(group)
 
     def _fail_group(self, group: list[Request], nh: int, why: str) -> None:
         for r in group:
             r.fail(UNAVAILABLE, f"{self.label} could not reach {self.peer_label(nh)}: {why}")
-        self.finish(group)
+        self.deliver(group)
 
     def close(self) -> None:
         """From any thread: close the channels on the loop (without waiting)."""

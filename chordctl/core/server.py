@@ -22,10 +22,9 @@ from chordctl import security
 from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
 from chordctl.core.gate import ReadinessGate
-from chordctl.core.node import Node
+from chordctl.core.node import Node, Replies
 from chordctl.core.router import Router, message_limit
-from chordctl.core.servicer import (AdminServicer, KeyValueServicer, add_key_value_servicer,
-                                     finish_on_loop)
+from chordctl.core.servicer import AdminServicer, KeyValueServicer, add_key_value_servicer
 from chordctl.errors import ChordError, StorageAccessError, StorageError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
@@ -74,20 +73,34 @@ def check_listen(host: str, port: int, index: int) -> None:
 
 
 class NodeServer:
-    """A node, its router and its gRPC server, wired on one event loop."""
+    """A node, its router and its gRPC server, wired on one event loop.
 
-    def __init__(self, config: Config, index: int):
+    Construct it on the loop it serves on. The wiring, one way each:
+
+        KeyValueServicer --submit--> Node (F1 .. F4) --replies.send--> loop
+        Router (F4's consumer) --replies.send / replies.deliver--> loop
+        loop: Replies.deliver wakes each request's waiter in the servicer
+
+    *node_class* builds the Node (a subclass in tests: a stage that holds
+    requests, a slow replay).
+    """
+
+    def __init__(self, config: Config, index: int, node_class: type[Node] = Node):
         self.config = config
         self.index = index
         allow_key_digits(config.limits.max_key_digits)   # before the replay parses keys
-        self.node = Node(config, index)
+        self.loop = asyncio.get_running_loop()
+        self.replies = Replies.over(self.loop)   # pipeline and router -> waiting receivers
+        self.node = node_class(config, index, self.replies)
+        self.router = Router(config, index, self.node.ring, self.loop, self.replies,
+                             self.node.metrics)
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
         self.gate = ReadinessGate(self.node.label)
         self.port = 0
 
     async def start(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         cfg = self.config
         address = cfg.node(self.index).address
         warning = security.plaintext_warning(cfg, self.index)
@@ -118,9 +131,6 @@ class NodeServer:
                              f"process; stop it, or change nodes[{self.index}].port "
                              f"(`chordctl ring show` shows what answers there)")
 
-        def complete(reqs):
-            loop.call_soon_threadsafe(finish_on_loop, reqs)
-
         def on_failed(reason: str) -> None:
             # From a pipeline thread (Node.fail): health follows on the loop.
             try:
@@ -130,8 +140,6 @@ class NodeServer:
 
         self.node.on_failed.append(on_failed)
 
-        router = Router(cfg, self.index, self.node.ring, complete, loop, finish_on_loop)
-        router.metrics = self.node.metrics
         kv = KeyValueServicer(self.node, loop, self.gate)
         add_key_value_servicer(kv, server)   # malformed bodies: INVALID_ARGUMENT
         pb_grpc.add_AdminServicer_to_server(
@@ -147,10 +155,6 @@ class NodeServer:
         await server.start()
         self.server = server
         try:
-            # Test hook: hold the node in its recovering state this many seconds.
-            delay = float(os.environ.get("CHORDCTL_TEST_REPLAY_DELAY") or 0)
-            if delay > 0:
-                await asyncio.sleep(delay)
             # In a thread: the event loop keeps answering health checks meanwhile.
             try:
                 await loop.run_in_executor(None, self.node.recover)
@@ -160,7 +164,7 @@ class NodeServer:
                 raise StorageError(f"storage: {self.node.label} cannot start: "
                                    f"{e.filename or self.node.directory}: {e.strerror or e}; "
                                    f"fix the disk or the directory and start it again") from None
-            self.node.start(complete, router)
+            self.node.start(self.router)
         except BaseException:
             await server.stop(None)
             self.server = None
@@ -204,10 +208,10 @@ class NodeServer:
         logger.info("%s stopped; log flushed", self.node.label)
 
 
-async def serve(config: Config, index: int) -> None:
+async def serve(config: Config, index: int, node_class: type[Node] = Node) -> None:
     """Run node *index* until SIGTERM or SIGINT; a second signal exits at once."""
     loop = asyncio.get_running_loop()
-    ns = NodeServer(config, index)
+    ns = NodeServer(config, index, node_class)
     await ns.start()
     stop = asyncio.Event()
 

@@ -19,7 +19,8 @@ from chordctl.core import affinity, eventloop, procinfo
 from chordctl.core.storage import inventory
 from chordctl.core.gate import ReadinessGate
 from chordctl.core import request as rq
-from chordctl.core.node import Node, ReadMarker, SnapshotMarker
+from chordctl.core.markers import ReadMarker, SnapshotMarker
+from chordctl.core.node import Node
 from chordctl.core.request import Request
 from chordctl.core.store import count_keys, ordered_keys
 from chordctl.errors import InvalidInputError
@@ -104,14 +105,6 @@ class _BatchWaiter:
             self.future.set_result(None)
 
 
-def finish_on_loop(reqs: list[Request]) -> None:
-    """Runs on the event loop: wake every receiver waiting for *reqs*."""
-    for r in reqs:
-        w = r.waiter
-        if not w.done():
-            w.set_result(r)
-
-
 class KeyValueServicer(pb_grpc.KeyValueServicer):
     def __init__(self, node: Node, loop: asyncio.AbstractEventLoop,
                  gate: ReadinessGate | None = None):
@@ -128,12 +121,6 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         self.metrics = node.metrics
         self.in_flight = 0
         self.scans = 0
-        self.delay_key: int | None = None   # test hook, see CHORDCTL_TEST_DELAY
-        self.delay = 0.0
-        hook = os.environ.get("CHORDCTL_TEST_DELAY")
-        if hook:  # "KEY:SECONDS": hold requests for KEY that long (tests only)
-            k, _, s = hook.partition(":")
-            self.delay_key, self.delay = int(k), float(s)
 
     # -- helpers --------------------------------------------------------------
 
@@ -149,10 +136,6 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         op, key, canon, value = validate(op, key_text, value, self.limits)
         return Request(op, key, canon, value, deadline, trace, hops,
                        list(route) + [self.node_id] if trace else None)
-
-    async def _hold_for_test(self, reqs: list[Request]) -> None:
-        if self.delay_key is not None and any(r.key == self.delay_key for r in reqs):
-            await asyncio.sleep(self.delay)
 
     def _fill(self, r: Request) -> None:
         if not r.message:
@@ -182,8 +165,6 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         r.waiter = fut
         self.in_flight += 1
         try:
-            if self.delay_key is not None:
-                await self._hold_for_test([r])
             self.node.submit([r])
             await fut
         finally:
@@ -269,8 +250,6 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 r.waiter = waiter
             self.in_flight += len(valid)
             try:
-                if self.delay_key is not None:
-                    await self._hold_for_test(valid)
                 self.node.submit(valid)
                 await fut
             finally:

@@ -76,3 +76,27 @@ def fsync_dir(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def prune(directory: str, newest: int) -> None:
+    """Retention: keep the last 3 snapshots and the logs they need.
+
+    Only after snap.*newest* is durable. Keeps log.(X-2) .. log.X, and never a
+    log that a kept snapshot still needs (counters can skip after a crash
+    between rotation and snapshot).
+    """
+    logs, snaps = list_counters(directory)
+    keep_snaps = [s for s in snaps if s <= newest][-3:]
+    oldest_snap = keep_snaps[0] if keep_snaps else 0
+    oldest_log = min(oldest_snap, newest - 2)
+    removed = False
+    for s in snaps:
+        if s < oldest_snap:
+            os.unlink(os.path.join(directory, snap_name(s)))
+            removed = True
+    for c in logs:
+        if c < oldest_log:
+            os.unlink(os.path.join(directory, log_name(c)))
+            removed = True
+    if removed:
+        fsync_dir(directory)

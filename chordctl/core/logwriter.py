@@ -1,0 +1,178 @@
+"""F2: the log writer -- appends, the fsync policy, rotation, fail-stop.
+
+One thread (``run``) takes what the dispatcher put in F2: OwnedBatches (and
+ReadMarkers, which count as batches without mutations), SnapshotMarkers and
+STOP. It appends a drained group's mutations with one write and, under
+``storage.fsync`` ``batch``/``always``, one fsync (``always``: one per batch;
+``everysec``: at most a second apart; ``never``: none), then sets
+``durable_seq`` and calls each item's ``stage_done()``. At a SnapshotMarker it
+closes ``log.(X-1)`` (fsynced) and opens ``log.X``, then sets
+``marker.rotated``.
+
+A failed append or fsync fail-stops the node (``failstop.fail``): nothing is
+written after it, the write is cut back where it can be, and the replies say
+whether the outcome is a definite refusal or unknown (``_write_failed``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+
+from chordctl.core import affinity
+from chordctl.core import request as rq
+from chordctl.core.markers import STOP, SnapshotMarker
+from chordctl.core.storage import records
+from chordctl.core.storage.log import LogFile
+
+logger = logging.getLogger("chordctl.node")
+
+
+class LogWriter:
+    """The log of one node and the thread that writes it.
+
+    *failstop* is the node's fail-stop state: ``.failed`` (the reason, or
+    None) and ``.fail(reason)``. *log* is opened by the node's recovery.
+    """
+
+    def __init__(self, directory: str, label: str, fsync: str, metrics, failstop):
+        self.directory = directory
+        self.label = label
+        self.fsync = fsync
+        self.metrics = metrics
+        self.failstop = failstop
+        self.log: LogFile | None = None
+        self.durable_seq = 0     # last sequence number logged under the fsync policy
+
+    def run(self, to_log: queue.SimpleQueue) -> None:
+        affinity.unpin_this_thread()   # fdatasync wakes it on the disk's CPU (affinity.py)
+        get = to_log.get
+        empty = to_log.empty
+        encode_many = records.encode_many
+        read = rq.OP_READ
+        failstop = self.failstop
+        sync_each = self.fsync == "always"
+        sync_group = self.fsync in ("always", "batch")
+        everysec = self.fsync == "everysec"
+        last_sync = time.monotonic()
+        while True:
+            if everysec:
+                try:
+                    first = get(timeout=max(0.0, 1.0 - (time.monotonic() - last_sync)))
+                except queue.Empty:
+                    self._sync_log()
+                    last_sync = time.monotonic()
+                    continue
+                items = [first]
+            else:
+                items = [get()]
+            while not empty():
+                items.append(get())
+            done: list = []
+            parts: list[bytes] = []
+            count = 0
+            for item in items:
+                if item is STOP or type(item) is SnapshotMarker:
+                    self._write_log(parts, count, done, sync=True)
+                    parts, count, done = [], 0, []
+                    if item is STOP:
+                        if self.log is not None:
+                            try:
+                                self.log.close()
+                            except OSError as e:
+                                logger.error("%s: log: close failed: %s", self.label, e)
+                        return
+                    self._rotate_log(item)
+                    continue
+                if item.mutations and not failstop.failed:
+                    parts.append(encode_many(
+                        [(r.seq, r.op, r.key_text, r.value) for r in item.reqs if r.op != read]))
+                    count += item.mutations
+                done.append(item)
+                if sync_each:
+                    self._write_log(parts, count, done, sync=True)
+                    parts, count, done = [], 0, []
+            self._write_log(parts, count, done, sync=sync_group)
+            if everysec and time.monotonic() - last_sync >= 1.0:
+                self._sync_log()
+                last_sync = time.monotonic()
+
+    def _write_log(self, parts: list[bytes], count: int, done: list, sync: bool) -> None:
+        if not done and not parts:
+            return
+        failstop = self.failstop
+        verdict = None
+        if not failstop.failed:
+            lf = self.log
+            good = lf.size             # its length after the last whole append
+            syncing = False
+            try:
+                if parts:
+                    lf.append(parts[0] if len(parts) == 1 else b"".join(parts), count)
+                if sync and lf.dirty:
+                    syncing = True
+                    t0 = time.perf_counter()
+                    lf.sync()
+                    self.metrics.fsync.observe(time.perf_counter() - t0)
+            except OSError as e:
+                verdict = self._write_failed(lf, good, syncing, e)
+        if failstop.failed:
+            # Batches of the failed write get its verdict; later ones were
+            # never written (a definite refusal, as failstop.failed says).
+            message = f"{self.label}: {verdict or failstop.failed}"
+            for batch in done:
+                batch.error = (rq.UNAVAILABLE, message)
+        elif done:
+            self.durable_seq = done[-1].seq
+        for batch in done:
+            batch.stage_done()
+
+    def _write_failed(self, lf: LogFile, good: int, syncing: bool, e: OSError) -> str:
+        """Fail-stop after a failed append or fsync; return what the replies
+        of that write must say.
+
+        The map may now hold effects the log does not, so the node answers
+        nothing until it restarts from disk. A failed append is cut back to
+        the log's last good length: if that cut is durable, no part of the
+        write can survive (a definite refusal). If the cut fails, or the
+        append was whole and its fsync failed, the records may or may not be
+        on disk after a restart: the outcome is unknown, and the reply says so.
+        """
+        what = f"log: cannot {'fsync' if syncing else 'write'} {lf.path}: {e.strerror or e}"
+        self.failstop.fail(f"{what}; the node refuses requests until it is restarted with the "
+                           f"disk fixed")
+        if not syncing:
+            try:
+                lf.rollback(good)
+            except OSError as e2:
+                logger.error("%s: log: cannot cut %s back to %d bytes after the failed "
+                             "write: %s", self.label, lf.path, good, e2.strerror or e2)
+            else:
+                return (f"{what}; not applied; safe to retry (the node refuses requests "
+                        f"until it is restarted with the disk fixed)")
+        return (f"{what}; outcome unknown: the write may or may not be there after the node "
+                f"restarts -- read the key then before retrying")
+
+    def _sync_log(self) -> None:
+        try:
+            self.log.sync()
+        except OSError as e:
+            self.failstop.fail(f"log: fsync of {self.log.path} failed: {e.strerror}; the node "
+                               f"refuses requests until it is restarted with the disk fixed")
+
+    def _rotate_log(self, marker: SnapshotMarker) -> None:
+        if self.failstop.failed:
+            # Never rotate past a failed log: log.(X-1) may end torn, and a
+            # log.X after it would make that tail look like corruption.
+            marker.rotated.set()
+            return
+        try:
+            self.log.close()
+            self.log = LogFile(self.directory, marker.counter)
+        except OSError as e:
+            self.failstop.fail(f"log: cannot rotate to log.{marker.counter}: {e.strerror}; the "
+                               f"node refuses requests until it is restarted with the disk "
+                               f"fixed")
+        finally:
+            marker.rotated.set()
