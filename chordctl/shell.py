@@ -289,7 +289,7 @@ class Shell:
 
     def _local_view(self, cmd: Command) -> str:
         from chordctl import render
-        from chordctl.cli.ring import HEADERS, node_at, poll_nodes, ring_of, ring_rows
+        from chordctl.status import HEADERS, node_at, poll_nodes, ring_of, ring_rows
         if self.config is None:
             return "error: ring and locate need a config (-c PATH)"
         if cmd.name == "ring":

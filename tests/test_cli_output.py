@@ -39,7 +39,7 @@ def test_snapshot_create_with_the_ring_down_keeps_rows_short_and_says_why(tmp_pa
 
 def _ring(tmp_path, n=4):
     from chordctl import config as config_mod
-    from chordctl.cli.ring import ring_of
+    from chordctl.status import ring_of
     path = write_config(tmp_path, n)          # never started: locate needs only the config
     cfg = config_mod.load(path)
     r = ring_of(cfg)
