@@ -1,8 +1,9 @@
 """The ring's state as its nodes report it: polling every node, and its table rows.
 
 Library code shared by ``chordctl ring show``, ``cluster up`` (cli/ring.py,
-cli/cluster.py) and the shell's ``ring``/``locate`` (shell.py); the CLI only
-renders the rows and maps "not up" to exit 3.
+cli/cluster.py), ``snapshot list`` (cli/snapshot.py) and the shell's
+``ring``/``locate`` (shell.py); the CLI only renders the rows and maps
+"not up" to exit 3.
 """
 
 from __future__ import annotations
@@ -58,6 +59,20 @@ def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
             return e
 
     with ThreadPoolExecutor(max_workers=min(32, len(cfg.nodes))) as pool:
+        return list(pool.map(one, [n.address for n in cfg.nodes]))
+
+
+def poll_files(cfg: Config, timeout: float = 10.0) -> list[object]:
+    """Admin.Files of every node in parallel: its reply, or the ChordError why not."""
+
+    def one(address: str):
+        try:
+            with Client(cfg, target=address) as c:
+                return c.files(timeout=timeout)
+        except ChordError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(16, len(cfg.nodes))) as pool:
         return list(pool.map(one, [n.address for n in cfg.nodes]))
 
 
