@@ -223,7 +223,6 @@ class Shell:
         self._cond = threading.Condition()
         self._tag = 0
         self.failed = 0
-        self.sent = 0
         self.invalid = 0
         self._printer = threading.Thread(target=self._print_loop, name="shell-printer",
                                          daemon=True)
@@ -267,7 +266,6 @@ class Shell:
         tag = self._tag
         with self._cond:
             self._pending += 1
-        self.sent += 1
         try:
             self.client.submit_ordered(
                 cmd.name, cmd.key, cmd.value,

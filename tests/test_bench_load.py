@@ -376,3 +376,9 @@ def test_bench_row_of_a_phase_where_every_operation_failed_has_null_latencies():
     (row,) = engine.summarize(phase)
     assert (row["ops"], row["errors"]) == (5, 5)
     assert [row[k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")] == [None] * 4
+
+
+def test_bulk_load_refuses_an_op_that_is_not_a_write():
+    with Client(None, target="127.0.0.1:1") as c:
+        with pytest.raises(ValueError, match="not create, update or delete"):
+            bulk.load(c, [("1", b"v")], op=bulk.OPS["read"])
