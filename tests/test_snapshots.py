@@ -1,4 +1,4 @@
-"""Snapshots and logs on real node processes (SPEC section 5).
+"""Snapshots and logs on real node processes.
 
 Each test runs `chordctl node serve` processes and checks the files they
 leave: the first files (log.0, then snap.1), rotation and pruning to the last
