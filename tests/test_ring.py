@@ -57,7 +57,8 @@ def bisect_owner(ids: tuple[int, ...], pos: int) -> int:
         (3, 1, (7,)),
     ],
 )
-def test_node_ids_start_at_the_top_and_step_down_evenly(bits: int, n: int, expected: tuple[int, ...]) -> None:
+def test_node_ids_start_at_the_top_and_step_down_evenly(bits: int, n: int,
+                                                       expected: tuple[int, ...]) -> None:
     ring = Ring(bits, n)
     assert ring.ids == expected
     assert tuple(node_id(bits, n, i) for i in range(n)) == expected
