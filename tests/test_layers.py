@@ -53,11 +53,8 @@ FLOORS: dict[str, int] = {
 # down under these floors, so they need no entry.)
 KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
-# Import cycles still in the code. client.scan()/count() use chordctl.scan,
-# and scan's NodeStream maps gRPC errors with client.error_for: the cycle goes
-# once error_for (and its status tables) moves below both, with s1's
-# protocol.py.
-KNOWN_CYCLES: set[frozenset[str]] = {frozenset({"chordctl.client", "chordctl.scan"})}
+# Import cycles still in the code, each with the work that removes it.
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def module_name(path: pathlib.Path) -> str:
