@@ -27,10 +27,11 @@ import grpc
 from chordctl.client import Client, error_for
 from chordctl.errors import ChordError, InvalidInputError
 from chordctl.pb import chord_pb2 as pb
-from chordctl.protocol import OP_CREATE, OP_DELETE
+from chordctl.protocol import OPS
 
-CREATE = OP_CREATE
-DELETE = OP_DELETE
+CREATE = OPS["create"]
+DELETE = OPS["delete"]
+_WRITES = {OPS["create"]: "create", OPS["update"]: "update", OPS["delete"]: "delete"}
 _KINDS = {"AlreadyExistsError": "already exists", "NotFoundError": "not found",
           "InvalidInputError": "invalid input", "UnavailableError": "unavailable",
           "DeadlineExceededError": "deadline exceeded",
@@ -148,7 +149,11 @@ DEFAULT_BATCH = 4000
 def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAULT_BATCH,
          depth: int = 4, progress: Callable[[int], None] | None = None,
          op: int = CREATE) -> LoadReport:
-    """Create every (key, value); failures are counted, never raised."""
+    """Apply *op* (CREATE, or an update or DELETE) to every (key, value), each
+    checked as that operation; failures are counted, never raised."""
+    name = _WRITES.get(op)
+    if name is None:
+        raise ValueError(f"bulk.load: op {op} is not create, update or delete")
     report = LoadReport()
     timeout = max(client.timeout, 30.0)
     lock = threading.Lock()
@@ -201,7 +206,7 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
         if not (0 < len(key) <= max_digits and key.isdigit() and key.isascii()
                 and len(value) <= max_value):
             try:
-                client.check("create", key, value)   # says what is wrong
+                client.check(name, key, value)   # says what is wrong
                 key = str(int(key))
             except ChordError as e:
                 with lock:

@@ -482,7 +482,8 @@ class Client:
                                  end=self._key_bound(end, "--to"),
                                  limit=limit + 1 if limit else 0, keys_only=keys_only,
                                  page_size=page_size)
-        streams = [scan_mod.NodeStream(stub, request, label, address, self.timeout, index)
+        streams = [scan_mod.NodeStream(stub, request, label, address, self.timeout, index,
+                                       to_error=error_for)
                    for index, label, address, stub, _id in self._each_node(request.start,
                                                                             request.end)]
         return scan_mod.Scan(streams, limit, partial).open()

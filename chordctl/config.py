@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from chordctl.core import affinity
+from chordctl.cpulist import parse_cpulist
 from chordctl.errors import ConfigError
 from chordctl.protocol import MAX_BITS, MIN_BITS, PLACEMENTS, ROUTINGS
 FSYNC_POLICIES = ("always", "batch", "everysec", "never")
@@ -276,7 +276,7 @@ def _cpus(section: dict, where: str) -> frozenset[int] | None:
         raise _FieldError(f"{where}.cpus", f"must be a CPU list like 0, 0-3 or 0,2 "
                           f"(got {_show(value)})")
     try:
-        return affinity.parse_cpulist(value)
+        return parse_cpulist(value)
     except ValueError as e:
         raise _FieldError(f"{where}.cpus", f"{e} (got {_brief(value)})") from None
 

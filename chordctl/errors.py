@@ -11,7 +11,7 @@ import enum
 
 
 class ExitStatus(enum.IntEnum):
-    """Exit codes of chordctl (SPEC section 7)."""
+    """Exit codes of every chordctl command (the README lists them)."""
 
     OK = 0
     FAILED = 1        # the operation failed: not found, already exists

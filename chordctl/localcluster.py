@@ -19,12 +19,14 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chordctl import security
 from chordctl.config import ENV_CONFIG, DEFAULT_CONFIG, Config
+from chordctl.core import affinity
 from chordctl.core.storage import files, lock
 from chordctl.errors import ChordError, UnavailableError
 
@@ -302,3 +304,59 @@ def stop_pids(pids: dict[int, int], timeout: float = STOP_TIMEOUT) -> dict[int, 
         for fd in fds.values():
             os.close(fd)
     return outcome
+
+
+def refuse_strangers(cfg: Config, found: list[NodeProcess]) -> None:
+    """ChordError when another process serves the port of a node of *cfg* that is not running."""
+    for f in found:
+        if not f.running and f.stranger is not None:
+            node = cfg.nodes[f.index]
+            raise ChordError(
+                f"cluster: {node.address} (node {f.index}) is served by another process "
+                f"(pid {f.stranger}), not by node {f.index} of this config; stop it "
+                f"(`chordctl cluster down` with its own config) or change the port")
+
+
+def start_missing(cfg: Config, missing: list[int], cpus_mode: str, wait_s: float,
+                  procs: dict[int, subprocess.Popen],
+                  notify: Callable[[str], None] = lambda line: None) -> None:
+    """Start nodes *missing* (into *procs*, as they start) and wait until each serves.
+
+    *cpus_mode* auto pins each node without ``cpus`` in the config to one CPU,
+    round robin; none pins no node. *notify* gets a line per node ready, and
+    one if this system refuses pinning. ChordError, with the end of the
+    node's log, when a node does not come up or another process answers.
+    """
+    from chordctl.client import Client
+
+    pins = None
+    if cpus_mode == "auto":
+        pins = affinity.round_robin(len(cfg.nodes))
+        if pins is not None and not affinity.can_pin():
+            notify("cluster: this system does not let processes choose their CPUs; "
+                   "the nodes run unpinned")
+            pins = None
+    for i in missing:
+        cpus = None
+        if cpus_mode == "none":
+            cpus = affinity.NONE
+        elif pins is not None and cfg.nodes[i].cpus is None:
+            cpus = affinity.format_cpulist(pins[i])
+        procs[i] = start_node(cfg, i, cpus)
+    for i in missing:
+        node = cfg.nodes[i]
+        try:
+            wait_serving(node.address, procs[i], wait_s, cfg)
+            # SERVING may come from another process holding the port (an
+            # older ring): only our own node counts.
+            with Client(cfg, target=node.address) as c:
+                pid = c.status().pid
+            if pid != procs[i].pid:
+                raise ChordError(
+                    f"cluster: {node.address} (node {i}) is served by another process "
+                    f"(pid {pid}), not by the node just started; stop it (`chordctl "
+                    f"cluster down` with its config) or change the port")
+        except ChordError as e:
+            raise ChordError(f"{e}\n--- last lines of {log_path(cfg, i)} ---\n"
+                             f"{tail(log_path(cfg, i))}") from None
+        notify(f"node {i} ready on {node.address} (pid {procs[i].pid})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from tabulate import tabulate
 
@@ -66,3 +66,41 @@ def render_rows(rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str,
     if fmt == "plain":
         return plain(rows)
     return table(rows, headers)
+
+
+# -- streamed tables (kv scan) -------------------------------------------------
+
+TABLE_BLOCK = 1000      # rows whose widths set a streamed table's columns
+TABLE_VALUE = 60        # characters of a value a table row shows
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+_CONTROL.update({10: "\\n", 13: "\\r", 9: "\\t"})
+
+
+def shown_value(value: bytes) -> str:
+    """A value for a table cell: text, other bytes and control characters as
+    \\xNN (\\n, \\t, \\r), one line, cut short."""
+    text = value.decode("utf-8", "backslashreplace").translate(_CONTROL)
+    return text if len(text) <= TABLE_VALUE else text[:TABLE_VALUE - 3] + "..."
+
+
+def stream_table(rows: Iterable[Sequence[str]], headers: Sequence[str]) -> Iterator[str]:
+    """The lines of a table like table(), without holding every row: the first
+    block of rows sets the column widths; a wider cell later just overflows."""
+    rows = iter(rows)
+    block = []
+    for row in rows:
+        block.append(row)
+        if len(block) >= TABLE_BLOCK:
+            break
+    widths = [max([len(h)] + [len(r[i]) for r in block]) for i, h in enumerate(headers)]
+
+    def line(cells) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    yield line(headers)
+    yield line(["-" * w for w in widths])
+    for row in block:
+        yield line(row)
+    for row in rows:
+        yield line(row)

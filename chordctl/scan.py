@@ -26,7 +26,7 @@ import dataclasses
 import heapq
 import queue
 import threading
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import grpc
 
@@ -127,8 +127,10 @@ class NodeStream:
     """
 
     def __init__(self, stub, request: pb.ScanRequest, label: str, address: str, idle: float,
-                 index: int | None = None):
+                 index: int | None = None, *,
+                 to_error: Callable[[grpc.StatusCode, str, str], ChordError]):
         self.stub = stub
+        self.to_error = to_error      # client.error_for: the ChordError for a gRPC status
         self.request = request
         self.label = label
         self.address = address
@@ -146,7 +148,6 @@ class NodeStream:
         return self
 
     def _read(self) -> None:
-        from chordctl.client import error_for
         try:
             for page in self._call:
                 if self._closed:
@@ -154,7 +155,7 @@ class NodeStream:
                 self._queue.put(page)
             item = _END
         except grpc.RpcError as e:
-            item = error_for(e.code(), e.details() or "", self.address)
+            item = self.to_error(e.code(), e.details() or "", self.address)
         except Exception as e:  # never leave the merge waiting without a reason
             item = InternalError(f"scan: reading from {self.label}: {e}")
         if not self._closed:

@@ -219,7 +219,6 @@ class Shell:
         self._cond = threading.Condition()
         self._tag = 0
         self.failed = 0
-        self.sent = 0
         self.invalid = 0
         self._printer = threading.Thread(target=self._print_loop, name="shell-printer",
                                          daemon=True)
@@ -263,7 +262,6 @@ class Shell:
         tag = self._tag
         with self._cond:
             self._pending += 1
-        self.sent += 1
         try:
             self.client.submit_ordered(
                 cmd.name, cmd.key, cmd.value,
@@ -285,8 +283,8 @@ class Shell:
 
     def _local_view(self, cmd: Command) -> str:
         from chordctl import render
-        from chordctl.cli.ring import HEADERS, node_at, poll_nodes, ring_rows
         from chordctl.core.ring import Ring
+        from chordctl.status import HEADERS, node_at, poll_nodes, ring_rows
         if self.config is None:
             return "error: ring and locate need a config (-c PATH)"
         if cmd.name == "ring":

@@ -12,7 +12,7 @@ import pytest
 
 from chordctl import bulk
 from chordctl.bench import engine, workloads
-from chordctl.cli.bench import _one_hop_keys
+from chordctl.bench.runner import one_hop_keys
 from chordctl.client import Client
 from chordctl.core import affinity
 from chordctl.core.ring import Ring
@@ -366,7 +366,7 @@ def test_bench_skip_load_needs_the_key_base(make_cluster, run_cli):
 def test_bench_forwarded_phase_reads_keys_of_the_next_node_one_hop_away(routing, n):
     ring = Ring(16, n, "direct", routing)
     keys = [str(10**12 + i * 7919) for i in range(4000)]
-    picked = _one_hop_keys(ring, keys, 0)
+    picked = one_hop_keys(ring, keys, 0)
     assert picked and {ring.owner(int(k)) for k in picked} == {1}
     assert all(len(ring.route(0, int(k))) == 2 for k in picked)
 
@@ -376,3 +376,9 @@ def test_bench_row_of_a_phase_where_every_operation_failed_has_null_latencies():
     (row,) = engine.summarize(phase)
     assert (row["ops"], row["errors"]) == (5, 5)
     assert [row[k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")] == [None] * 4
+
+
+def test_bulk_load_refuses_an_op_that_is_not_a_write():
+    with Client(None, target="127.0.0.1:1") as c:
+        with pytest.raises(ValueError, match="not create, update or delete"):
+            bulk.load(c, [("1", b"v")], op=bulk.OPS["read"])

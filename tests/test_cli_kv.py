@@ -19,7 +19,7 @@ from chordctl.client import Client
 
 MAX_VALUE = 256                 # limits.max_value_bytes of the node under test
 CLIENT_TIMEOUT = 5
-NODE_ID = str(2**16 - 1)        # SPEC 4: a one-node ring of m=16 has id 2^m - 1
+NODE_ID = str(2**16 - 1)        # a one-node ring of m=16: its node's id is 2^m - 1
 BINARY = bytes(range(256))      # every byte value, exactly MAX_VALUE long
 
 

@@ -36,7 +36,7 @@ def snapshot_of(directory: str) -> dict[str, bytes]:
 
 def torn(node: NodeDir) -> None:
     build_three_generations(node)
-    tail = records.encode(node.seq + 1, OP_CREATE, b"777", b"never acknowledged")
+    tail = records.encode_many([(node.seq + 1, OP_CREATE, b"777", b"never acknowledged")])
     append_raw(node.path("log.2"), tail[:-4])
     with open(node.path("snap.3.tmp"), "wb") as f:
         f.write(b"half a snapshot")

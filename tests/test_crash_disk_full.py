@@ -86,7 +86,7 @@ def restart(cfg) -> tuple[dict[int, bytes], object]:
     """Recover a new Node from the directory, as a restarted process would."""
     node = Node(cfg, 0)
     report = node.recover()
-    data = node.store.to_dict()
+    data = dict(node.store.items())
     node.log.close()
     return data, report
 

@@ -42,7 +42,7 @@ def start_stop(cfg, index: int, keys=()) -> Node:
     try:
         for k in keys:
             node.seq += 1
-            node.log.append(records.encode(node.seq, OP_CREATE, str(k).encode(), b"v"), 1)
+            node.log.append(records.encode_many([(node.seq, OP_CREATE, str(k).encode(), b"v")]), 1)
         node.log.sync()
     finally:
         node.log.close()
@@ -134,7 +134,7 @@ def legacy_dir(cfg, index: int, keys) -> str:
     os.makedirs(d)
     lf = LogFile(d, 0)
     for seq, k in enumerate(keys, 1):
-        lf.append(records.encode(seq, OP_CREATE, str(k).encode(), b"v"), 1)
+        lf.append(records.encode_many([(seq, OP_CREATE, str(k).encode(), b"v")]), 1)
     lf.close()
     return d
 

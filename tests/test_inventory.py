@@ -33,8 +33,8 @@ def make_dir(d) -> str:
             recs.append((seq, records.OP_CREATE, str(c * 10 + k).encode(), b"v"))
         with open(os.path.join(d, files.log_name(c)), "wb") as f:
             f.write(records.encode_many(recs))
-    snapshot.write(d, 1, 5, [{k: b"v" for k in range(5)}], duty=0)
-    snapshot.write(d, 2, 10, [{k: b"v" for k in range(10)}], duty=0)
+    snapshot.write(d, 1, 5, [{k: b"v" for k in range(5)}], pause_ratio=0)
+    snapshot.write(d, 2, 10, [{k: b"v" for k in range(10)}], pause_ratio=0)
     return d
 
 
@@ -105,7 +105,7 @@ def test_changed_file_is_read_again(tmp_path, reads) -> None:
     inventory.describe(d, cache)
     path = os.path.join(d, "log.0")
     with open(path, "ab") as f:
-        f.write(records.encode(99, records.OP_CREATE, b"7", b"x"))
+        f.write(records.encode_many([(99, records.OP_CREATE, b"7", b"x")]))
     [doc] = [x for x in inventory.describe(d, cache) if x["file"] == "log.0"]
     assert doc["records"] == 6
 

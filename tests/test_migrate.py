@@ -51,8 +51,8 @@ def fill_offline(cfg, keys=KEYS) -> None:
         for k in keys:
             if ring.owner(k) == i:
                 node.seq += 1
-                node.log.append(records.encode(node.seq, OP_CREATE, str(k).encode(),
-                                               value(k)), 1)
+                node.log.append(records.encode_many(
+                    [(node.seq, OP_CREATE, str(k).encode(), value(k))]), 1)
         node.log.close()
         node.stop()
 
@@ -64,7 +64,7 @@ def read_dirs(cfg) -> dict[int, dict[int, bytes]]:
     for i in range(len(cfg.nodes)):
         store = Store()
         recovery.recover(cfg.node_dir(i), store)
-        out[i] = store.to_dict()
+        out[i] = dict(store.items())
         assert all(ring.owner(k) == i for k in out[i]), i
     return out
 

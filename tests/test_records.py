@@ -18,11 +18,15 @@ from chordctl.core.storage.records import (
     OP_UPDATE,
     PAYLOAD_HEAD_SIZE,
     Record,
-    encode,
     encode_many,
     scan,
 )
 from chordctl.errors import CorruptRecordError
+
+
+def encode(seq: int, op: int, key: bytes, value: bytes = b"") -> bytes:
+    """One framed record (the log writer frames many at once)."""
+    return encode_many([(seq, op, key, value)])
 
 PATH = "/data/node-3/log.7"
 MIB = 1024 * 1024

@@ -36,7 +36,7 @@ class NodeDir:
             for op, key, value in ops:
                 self.seq += 1
                 offsets.append(lf.size)
-                lf.append(records.encode(self.seq, op, str(key).encode(), value), 1)
+                lf.append(records.encode_many([(self.seq, op, str(key).encode(), value)]), 1)
                 self.store.apply(op, key, value)
                 self._model(op, key, value)
             lf.sync()
@@ -95,7 +95,7 @@ def test_empty_directory_recovers_empty(node) -> None:
     store, report = node.recover()
     assert len(store) == 0
     assert report.snapshot is None and report.records == 0 and report.last_seq == 0
-    assert report.current_log == 0 and report.next_snapshot == 1
+    assert report.current_log == 0
     assert report.warnings == [] and report.fallbacks == []
 
 
@@ -111,13 +111,13 @@ def test_logs_only_replay_in_order(node) -> None:
                  (OP_UPDATE, 99, b"missing")])
     node.log(2, [(OP_DELETE, 3, b""), (OP_CREATE, 3, b"reborn"), (OP_CREATE, 10**50, b"big")])
     store, report = node.recover()
-    assert store.to_dict() == node.model
-    assert store.get(3) == b"reborn" and 4 not in store.to_dict()
+    assert dict(store.items()) == node.model
+    assert dict(store.items()).get(3) == b"reborn" and 4 not in dict(store.items())
     assert report.snapshot is None
     assert report.logs == [(0, 10), (1, 4), (2, 3)]
     assert report.records == 17 and report.last_seq == 17
     assert report.keys == len(node.model)
-    assert report.current_log == 2 and report.next_snapshot == 3
+    assert report.current_log == 2
     assert report.torn_bytes == 0 and report.warnings == []
 
 
@@ -128,12 +128,12 @@ def test_snapshot_then_later_logs(node) -> None:
     node.snap(2)
     node.log(2, creates(range(100, 110)) + [(OP_UPDATE, 10, b"ten")])
     store, report = node.recover()
-    assert store.to_dict() == node.model
+    assert dict(store.items()) == node.model
     assert report.snapshot == 2 and report.snapshot_keys == 15
     # Only the logs after the snapshot are replayed; log.0 and log.1 are in it.
     assert report.logs == [(2, 11)]
     assert report.records == 11 and report.last_seq == node.seq == 36
-    assert report.current_log == 2 and report.next_snapshot == 3
+    assert report.current_log == 2
 
 
 def test_snapshot_with_logs_retention_removed(node) -> None:
@@ -147,7 +147,7 @@ def test_snapshot_with_logs_retention_removed(node) -> None:
     node.log(3, creates(range(15, 20)))
     os.unlink(node.path("log.0"))
     store, report = node.recover()
-    assert store.to_dict() == node.model and len(store) == 20
+    assert dict(store.items()) == node.model and len(store) == 20
     assert report.snapshot == 3 and report.logs == [(3, 5)]
 
 
@@ -160,10 +160,10 @@ def test_newest_snapshot_without_later_log(node) -> None:
     LogFile(node.dir, 2).close()
     node.snap(2)
     store, report = node.recover()
-    assert store.to_dict() == node.model
+    assert dict(store.items()) == node.model
     assert report.snapshot == 2 and report.logs == [(2, 0)] and report.last_seq == 8
     # The next record goes to log.2, and the next snapshot is snap.3.
-    assert report.current_log == 2 and report.next_snapshot == 3
+    assert report.current_log == 2
 
 
 def test_counters_continue_after_recovery(node) -> None:
@@ -176,9 +176,9 @@ def test_counters_continue_after_recovery(node) -> None:
     os.unlink(node.path("snap.1"))
     os.unlink(node.path("snap.2"))
     store, report = node.recover()
-    assert store.to_dict() == node.model
+    assert dict(store.items()) == node.model
     assert report.snapshot == 5
-    assert report.current_log == 5 and report.next_snapshot == 6
+    assert report.current_log == 5
     assert report.last_seq == node.seq == 18
 
 
@@ -188,7 +188,7 @@ def test_recovery_reloads_store_of_any_chunk_count(node) -> None:
     node.log(1, [(OP_UPDATE, 50, b"fifty")])
     for chunks in (1, 8, 1024):
         store, _ = node.recover(chunks=chunks)
-        assert store.to_dict() == node.model
+        assert dict(store.items()) == node.model
         assert store.apply(2, 50) == (0, b"fifty")
 
 
@@ -198,7 +198,7 @@ def test_recovery_is_repeatable(node) -> None:
     node.log(1, [(OP_DELETE, 7, b"")])
     first, r1 = node.recover()
     second, r2 = node.recover()
-    assert first.to_dict() == second.to_dict() == node.model
+    assert dict(first.items()) == dict(second.items()) == node.model
     assert (r1.last_seq, r1.current_log, r1.records) == (r2.last_seq, r2.current_log, r2.records)
 
 
@@ -231,14 +231,14 @@ def test_corrupt_newest_snapshot_falls_back_to_previous(node, where: str, caplog
     with caplog.at_level(logging.WARNING, logger="chordctl.storage"):
         store, report = node.recover()
     # Nothing the logs hold is lost: snap.1 + log.1 + log.2 is the whole history.
-    assert store.to_dict() == node.model
+    assert dict(store.items()) == node.model
     assert report.snapshot == 1
     assert report.logs == [(1, 11), (2, 6)]
     assert report.last_seq == node.seq
     assert len(report.fallbacks) == 1 and "snap.2" in report.fallbacks[0]
     assert any("snap.2" in w for w in report.warnings)
     assert "snap.2" in caplog.text
-    assert report.current_log == 2 and report.next_snapshot == 3
+    assert report.current_log == 2
 
 
 def test_two_corrupt_snapshots_fall_back_twice(node) -> None:
@@ -246,7 +246,7 @@ def test_two_corrupt_snapshots_fall_back_twice(node) -> None:
     damage(node.path("snap.2"), 50)
     damage(node.path("snap.1"), 50)
     store, report = node.recover()
-    assert store.to_dict() == node.model
+    assert dict(store.items()) == node.model
     assert report.snapshot is None
     assert report.logs == [(0, 10), (1, 11), (2, 6)]
     assert len(report.fallbacks) == 2
@@ -259,7 +259,7 @@ def test_snapshot_under_wrong_name_is_skipped(node) -> None:
     store, report = node.recover()
     assert report.snapshot is None
     assert any("snap.1" in f for f in report.fallbacks)
-    assert store.to_dict() == node.model
+    assert dict(store.items()) == node.model
 
 
 def test_all_snapshots_corrupt_and_log0_gone_is_storage_error(node) -> None:
@@ -293,7 +293,7 @@ def torn_newest(node: NodeDir) -> tuple[str, int, int]:
     build_three_generations(node)
     path = node.path("log.2")
     good = os.path.getsize(path)
-    tail = records.encode(node.seq + 1, OP_CREATE, b"777", b"never acknowledged")
+    tail = records.encode_many([(node.seq + 1, OP_CREATE, b"777", b"never acknowledged")])
     append_raw(path, tail[:-5])
     return path, good, len(tail) - 5
 
@@ -302,7 +302,7 @@ def test_replay_drops_torn_tail_of_newest_log_and_truncates(node, caplog) -> Non
     path, good, torn = torn_newest(node)
     with caplog.at_level(logging.WARNING, logger="chordctl.storage"):
         store, report = node.recover(repair=True)
-    assert store.to_dict() == node.model and store.get(777) is None
+    assert dict(store.items()) == node.model and dict(store.items()).get(777) is None
     assert report.torn_bytes == torn and report.torn_file == path
     assert len(report.warnings) == 1 and "log.2" in report.warnings[0]
     assert f"offset {good}" in report.warnings[0]
@@ -311,7 +311,7 @@ def test_replay_drops_torn_tail_of_newest_log_and_truncates(node, caplog) -> Non
     # New records appended after the cut replay cleanly.
     node.log(2, [(OP_CREATE, 888, b"after repair")])
     store, report = node.recover()
-    assert store.to_dict() == node.model and store.get(888) == b"after repair"
+    assert dict(store.items()) == node.model and dict(store.items()).get(888) == b"after repair"
     assert report.torn_bytes == 0 and report.warnings == []
 
 
@@ -320,7 +320,7 @@ def test_replay_without_repair_leaves_torn_tail_on_disk(node) -> None:
     with open(path, "rb") as f:
         before = f.read()
     store, report = node.recover(repair=False)
-    assert store.to_dict() == node.model
+    assert dict(store.items()) == node.model
     assert report.torn_bytes == torn and report.torn_file == path
     with open(path, "rb") as f:
         assert f.read() == before
@@ -333,7 +333,7 @@ def test_zero_filled_tail_of_newest_log_is_dropped(node) -> None:
     good = os.path.getsize(path)
     append_raw(path, bytes(4096))
     store, report = node.recover()
-    assert store.to_dict() == node.model
+    assert dict(store.items()) == node.model
     assert report.torn_bytes == 4096
     assert os.path.getsize(path) == good
 
@@ -463,7 +463,7 @@ def test_repair_removes_stale_tmp_files(node) -> None:
     with open(node.path("snap.3.tmp"), "wb") as f:
         f.write(b"half-written snapshot")
     store, report = node.recover(repair=True)
-    assert store.to_dict() == node.model
+    assert dict(store.items()) == node.model
     assert "snap.3.tmp" not in os.listdir(node.dir)
     # The tmp file was never taken for a snapshot.
     assert report.snapshot == 2 and report.fallbacks == []
@@ -483,7 +483,7 @@ def test_unrelated_files_are_ignored(node) -> None:
         with open(node.path(name), "wb") as f:
             f.write(b"\xff" * 64)
     store, report = node.recover()
-    assert store.to_dict() == node.model
+    assert dict(store.items()) == node.model
     assert report.snapshot == 2 and report.current_log == 2
 
 
@@ -500,7 +500,7 @@ def test_replay_refuses_bitflip_in_last_record_of_newest_log(node) -> None:
         before = f.read()
     offs = [0]
     for rec in records.scan(before, path).records:
-        offs.append(offs[-1] + len(records.encode(*rec)))
+        offs.append(offs[-1] + len(records.encode_many([rec])))
     damage(path, size - 1, xor=0x01)
     for repair in (False, True):
         with pytest.raises(CorruptRecordError) as err:
@@ -608,7 +608,7 @@ def test_recover_changes_no_file_and_repair_keeps_a_copy_before_cutting(node) ->
     store2 = Store(chunks=4)
     again = recovery.recover(node.dir, store2)
     assert not again.needs_repair and recovery.repair(node.dir, again) == []
-    assert store2.to_dict() == store.to_dict() == node.model
+    assert dict(store2.items()) == dict(store.items()) == node.model
 
 
 def test_second_repair_keeps_the_first_broken_copy(node) -> None:

@@ -1,4 +1,4 @@
-"""Real 4- and 8-node rings (SPEC section 4): ownership, traced routes, ordering, batches.
+"""Real 4- and 8-node rings: ownership, traced routes, ordering, batches.
 
 Every test runs against a ring of real `chordctl node serve` processes and
 checks what the nodes do against the pure model in chordctl.core.ring: each

@@ -1,4 +1,4 @@
-"""Faults on a real ring (SPEC section 4): dead, paused and restarted nodes, the hop limit.
+"""Faults on a real ring: dead, paused and restarted nodes, the hop limit.
 
 A request that needs an unreachable node must fail with exit 3 within the
 client's deadline and name that node; everything that does not need it must

@@ -95,7 +95,7 @@ def test_100k_keys_round_trip(tmp_path) -> None:
     store = Store(chunks=1024)
     store.load_chunks(snap.chunks)
     assert len(store) == 100_000
-    assert store.get(99_999 * 7919) == b"99999" * 4
+    assert dict(store.items()).get(99_999 * 7919) == b"99999" * 4
 
 
 def test_big_int_keys_and_binary_values_round_trip(tmp_path) -> None:
@@ -197,11 +197,11 @@ def test_empty_file_is_corruption(tmp_path) -> None:
 
 
 def test_log_file_is_not_a_snapshot(tmp_path) -> None:
-    from chordctl.core.storage.records import encode
+    from chordctl.core.storage.records import encode_many
 
     path = str(tmp_path / "snap.1")
     with open(path, "wb") as f:
-        f.write(encode(1, OP_CREATE, b"1", b"x" * 100))
+        f.write(encode_many([(1, OP_CREATE, b"1", b"x" * 100)]))
     err = assert_corrupt_names_file(path)
     assert "magic" in err.reason
 

@@ -1,4 +1,4 @@
-"""Snapshots and logs on real node processes (SPEC section 5).
+"""Snapshots and logs on real node processes.
 
 Each test runs `chordctl node serve` processes and checks the files they
 leave: the first files (log.0, then snap.1), rotation and pruning to the last
@@ -60,7 +60,7 @@ def replay(recs: list[records.Record], start: dict[int, bytes] | None = None) ->
             store.apply(records.OP_CREATE, k, v)
     for r in recs:
         store.apply(r.op, int(r.key), r.value)
-    return store.to_dict()
+    return dict(store.items())
 
 
 def rotation_states(x: int) -> list[tuple[list[int], list[int]]]:
@@ -506,7 +506,7 @@ def test_log_replay_verify_flags_torn_tail_and_corrupt_snapshot(node_factory, ru
     torn = str(tmp_path / "torn")
     shutil.copytree(directory, torn)
     with open(os.path.join(torn, "log.2"), "ab") as f:
-        f.write(records.encode(999, records.OP_CREATE, b"77", b"never acknowledged")[:-3])
+        f.write(records.encode_many([(999, records.OP_CREATE, b"77", b"never acknowledged")])[:-3])
     p = run_chordctl("log", "replay", "--data-dir", torn, "--verify")
     assert p.returncode == 1, p.stdout + p.stderr
     r = cli("log", "replay", "--data-dir", torn, output="json")

@@ -46,7 +46,7 @@ def test_create_then_read_returns_value() -> None:
     s = Store(chunks=8)
     assert s.apply(OP_CREATE, 10, b"ten") == (OK, None)
     assert s.apply(OP_READ, 10) == (OK, b"ten")
-    assert s.get(10) == b"ten"
+    assert dict(s.items()).get(10) == b"ten"
     assert len(s) == 1
 
 
@@ -62,9 +62,9 @@ def test_create_twice_fails_already_exists_and_keeps_first_value() -> None:
 def test_missing_key_fails_not_found(op: int) -> None:
     s = Store(chunks=8)
     s.apply(OP_CREATE, 1, b"one")
-    before = s.to_dict()
+    before = dict(s.items())
     assert s.apply(op, 2, b"x") == (NOT_FOUND, None)
-    assert s.to_dict() == before
+    assert dict(s.items()) == before
     assert len(s) == 1
 
 
@@ -81,7 +81,7 @@ def test_delete_removes_key_and_allows_create_again() -> None:
     s.apply(OP_CREATE, 5, b"a")
     assert s.apply(OP_DELETE, 5) == (OK, None)
     assert s.apply(OP_READ, 5) == (NOT_FOUND, None)
-    assert s.get(5) is None
+    assert dict(s.items()).get(5) is None
     assert len(s) == 0
     assert s.apply(OP_CREATE, 5, b"again") == (OK, None)
     assert s.apply(OP_READ, 5) == (OK, b"again")
@@ -102,7 +102,7 @@ def test_reads_change_nothing() -> None:
     before = deep_copy(frozen)
     for k in range(-5, 60):
         s.apply(OP_READ, abs(k) * 3)
-    assert s.to_dict() == merged(before)
+    assert dict(s.items()) == merged(before)
     assert len(s) == 50
     # Reads never copy a shared chunk: the live chunks are still the frozen ones.
     assert all(a is b for a, b in zip(s._chunks, frozen))
@@ -122,7 +122,7 @@ def test_len_tracks_creates_deletes_and_failures() -> None:
         expected -= 1
         assert s.apply(OP_DELETE, k)[0] == NOT_FOUND
     assert len(s) == expected == 100
-    assert len(s.to_dict()) == expected
+    assert len(dict(s.items())) == expected
     assert sorted(k for k, _ in s.items()) == list(range(1, 200, 2))
 
 
@@ -143,7 +143,7 @@ def test_unknown_op_is_invalid_and_changes_nothing(op: int) -> None:
     s.apply(OP_CREATE, 1, b"a")
     assert s.apply(op, 1, b"b") == (INVALID_ARGUMENT, None)
     assert s.apply(op, 2, b"b") == (INVALID_ARGUMENT, None)
-    assert s.to_dict() == {1: b"a"}
+    assert dict(s.items()) == {1: b"a"}
     assert len(s) == 1
 
 
@@ -178,7 +178,7 @@ def test_writes_after_freeze_leave_frozen_chunks_unchanged() -> None:
     assert frozen == at_freeze
     assert merged(frozen) == {k: b"v%d" % k for k in range(400)}
     # And the live map did change.
-    live = s.to_dict()
+    live = dict(s.items())
     assert live[0] == b"updated" and 1 not in live and live[479] == b"new"
 
 
@@ -226,7 +226,7 @@ def test_each_freeze_is_an_exact_copy_of_its_moment() -> None:
             model[k] = v
         if step % 250 == 0:
             captures.append((s.freeze(), dict(model)))
-    assert s.to_dict() == model
+    assert dict(s.items()) == model
     for frozen, expected in captures:
         assert merged(frozen) == expected
 
@@ -236,7 +236,7 @@ def test_freeze_returns_a_new_list() -> None:
     frozen = s.freeze()
     frozen.append({12345: b"mine"})
     frozen[0] = {}
-    assert s.to_dict() == {k: b"v%d" % k for k in range(10)}
+    assert dict(s.items()) == {k: b"v%d" % k for k in range(10)}
 
 
 # -- load_chunks -------------------------------------------------------------------
@@ -253,7 +253,7 @@ def test_load_chunks_rebuckets_to_own_chunk_count(source: int, target: int) -> N
     dst.load_chunks(deep_copy(src.freeze()))
     assert dst.nchunks == target
     assert len(dst) == len(data)
-    assert dst.to_dict() == data
+    assert dict(dst.items()) == data
     # Every key is where apply() looks for it.
     for k, v in data.items():
         assert dst.apply(OP_READ, k) == (OK, v)
@@ -277,9 +277,9 @@ def test_load_chunks_then_freeze_keeps_copy_on_write() -> None:
 def test_load_empty_chunks_empties_store() -> None:
     s = filled(nchunks=4, keys=10)
     s.load_chunks([{} for _ in range(4)])
-    assert len(s) == 0 and s.to_dict() == {}
+    assert len(s) == 0 and dict(s.items()) == {}
     s.load_chunks([])
-    assert len(s) == 0 and s.to_dict() == {}
+    assert len(s) == 0 and dict(s.items()) == {}
 
 
 # -- model check -----------------------------------------------------------------
@@ -349,13 +349,13 @@ class StoreMachine(RuleBasedStateMachine):
         frozen, expected = data.draw(st.sampled_from(self.captures))
         store = Store(chunks=data.draw(st.sampled_from([1, 2, 8])))
         store.load_chunks(deep_copy(frozen))
-        assert store.to_dict() == expected
+        assert dict(store.items()) == expected
         assert len(store) == len(expected)
 
     @invariant()
     def matches_model(self) -> None:
         assert len(self.store) == len(self.model)
-        assert self.store.to_dict() == self.model
+        assert dict(self.store.items()) == self.model
 
     @invariant()
     def captures_unchanged(self) -> None:

@@ -13,62 +13,15 @@ import click
 
 from chordctl.cli.common import State, pass_state
 from chordctl.cli.ring import print_ring
-from chordctl.client import Client
 from chordctl.config import Config
-from chordctl.core import affinity
-from chordctl.errors import ChordError
 from chordctl.localcluster import (  # noqa: F401  (re-exported for older imports)
-    STOP_TIMEOUT, NodeProcess, find_nodes, log_path, pid_path, remove_pid_file,
-    running_pid, start_node, stop_pids, tail, wait_exit, wait_serving)
+    STOP_TIMEOUT, NodeProcess, find_nodes, log_path, pid_path, refuse_strangers,
+    remove_pid_file, running_pid, start_missing, start_node, stop_pids, tail, wait_exit,
+    wait_serving)
 
 
 def _names(indexes) -> str:
     return ", ".join(str(i) for i in indexes)
-
-
-def _refuse_strangers(cfg: Config, found: list[NodeProcess]) -> None:
-    for f in found:
-        if not f.running and f.stranger is not None:
-            node = cfg.nodes[f.index]
-            raise ChordError(
-                f"cluster: {node.address} (node {f.index}) is served by another process "
-                f"(pid {f.stranger}), not by node {f.index} of this config; stop it "
-                f"(`chordctl cluster down` with its own config) or change the port")
-
-
-def _start_missing(cfg: Config, missing: list[int], cpus_mode: str, wait_s: float,
-                   procs: dict[int, subprocess.Popen]) -> None:
-    pins = None
-    if cpus_mode == "auto":
-        pins = affinity.round_robin(len(cfg.nodes))
-        if pins is not None and not affinity.can_pin():
-            click.echo("cluster: this system does not let processes choose their CPUs; "
-                       "the nodes run unpinned", err=True)
-            pins = None
-    for i in missing:
-        cpus = None
-        if cpus_mode == "none":
-            cpus = affinity.NONE
-        elif pins is not None and cfg.nodes[i].cpus is None:
-            cpus = affinity.format_cpulist(pins[i])
-        procs[i] = start_node(cfg, i, cpus)
-    for i in missing:
-        node = cfg.nodes[i]
-        try:
-            wait_serving(node.address, procs[i], wait_s, cfg)
-            # SERVING may come from another process holding the port (an
-            # older ring): only our own node counts.
-            with Client(cfg, target=node.address) as c:
-                pid = c.status().pid
-            if pid != procs[i].pid:
-                raise ChordError(
-                    f"cluster: {node.address} (node {i}) is served by another process "
-                    f"(pid {pid}), not by the node just started; stop it (`chordctl "
-                    f"cluster down` with its config) or change the port")
-        except ChordError as e:
-            raise ChordError(f"{e}\n--- last lines of {log_path(cfg, i)} ---\n"
-                             f"{tail(log_path(cfg, i))}") from None
-        click.echo(f"node {i} ready on {node.address} (pid {procs[i].pid})", err=True)
 
 
 @click.group()
@@ -111,7 +64,7 @@ def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
     """
     cfg = state.config()
     found = find_nodes(cfg)
-    _refuse_strangers(cfg, found)
+    refuse_strangers(cfg, found)
     already = [f.index for f in found if f.running]
     missing = [f.index for f in found if not f.running]
     for f in found:
@@ -120,7 +73,8 @@ def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
                        f"(pid {f.pid})", err=True)
     procs: dict[int, subprocess.Popen] = {}
     try:
-        _start_missing(cfg, missing, cpus_mode, wait_s, procs)
+        start_missing(cfg, missing, cpus_mode, wait_s, procs,
+                      notify=lambda line: click.echo(line, err=True))
         for i in already:     # one may still be replaying its log
             wait_serving(cfg.nodes[i].address, None, wait_s, cfg)
     except BaseException:

@@ -290,42 +290,6 @@ def _progress(enabled: bool, total: int | None):
 
 # -- scan and count -------------------------------------------------------------
 
-_TABLE_BLOCK = 1000      # rows whose widths set the streamed table's columns
-_TABLE_VALUE = 60        # characters of a value a table row shows
-
-
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
-_CONTROL.update({10: "\\n", 13: "\\r", 9: "\\t"})
-
-
-def _shown(value: bytes) -> str:
-    """A value for a table cell: text, other bytes and control characters as
-    \\xNN (\\n, \\t, \\r), one line, cut short."""
-    text = value.decode("utf-8", "backslashreplace").translate(_CONTROL)
-    return text if len(text) <= _TABLE_VALUE else text[:_TABLE_VALUE - 3] + "..."
-
-
-def _stream_table(rows, headers: list[str]) -> None:
-    """Print rows like render.table, without holding them all: the first
-    block of rows sets the column widths; a wider cell later just overflows."""
-    block = []
-    for row in rows:
-        block.append(row)
-        if len(block) >= _TABLE_BLOCK:
-            break
-    widths = [max([len(h)] + [len(r[i]) for r in block]) for i, h in enumerate(headers)]
-
-    def line(cells) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-
-    click.echo(line(headers))
-    click.echo(line(["-" * w for w in widths]))
-    for row in block:
-        click.echo(line(row))
-    for row in rows:
-        click.echo(line(row))
-
-
 @kv.command()
 @click.option("--from", "start", metavar="KEY", help="First key to list, inclusive [default: 0].")
 @click.option("--to", "end", metavar="KEY",
@@ -398,8 +362,9 @@ def scan(state: State, start: str | None, end: str | None, limit: int, everythin
                         if keys_only:
                             yield [str(e.key), str(e.node_index)]
                         else:
-                            yield [str(e.key), str(e.node_index), _shown(e.value)]
-                _stream_table(rows(), headers)
+                            yield [str(e.key), str(e.node_index), render.shown_value(e.value)]
+                for line in render.stream_table(rows(), headers):
+                    click.echo(line)
         except ChordError as e:
             failure = e
         finally:

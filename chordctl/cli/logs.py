@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -10,10 +9,9 @@ import click
 
 from chordctl import render
 from chordctl.cli.common import State, pass_state
-from chordctl.core.storage import files, recovery
-from chordctl.core.storage.lock import DirectoryLock
+from chordctl.core.storage import offline, recovery
 from chordctl.core.store import Store
-from chordctl.errors import ExitStatus, InvalidInputError
+from chordctl.errors import ExitStatus
 
 
 @click.group()
@@ -25,51 +23,6 @@ def log() -> None:
         chordctl log replay --data-dir data/node-0 --dump
         chordctl log repair --data-dir data/node-0
     """
-
-
-def _check_node_dir(data_dir: str) -> None:
-    """A node directory holds log.N or snap.N files; refuse anything else
-    (a data dir's parent, a typo'd path) instead of reporting "keys 0"."""
-    if not os.path.isdir(data_dir):
-        raise InvalidInputError(f"log: {data_dir} is not a directory")
-    try:
-        names = sorted(os.listdir(data_dir))
-    except OSError as e:
-        raise recovery.access_error(data_dir, e, "list") from None
-    logs, snaps = files.list_counters(data_dir)
-    if logs or snaps:
-        return
-    nodes = []
-    for name in names:
-        sub = os.path.join(data_dir, name)
-        try:
-            if os.path.isdir(sub) and any(files.list_counters(sub)):
-                nodes.append(name)
-        except OSError:
-            continue
-    if nodes:
-        shown = ", ".join(nodes[:4]) + (", ..." if len(nodes) > 4 else "")
-        raise InvalidInputError(
-            f"log: {data_dir} is not a node directory (it holds node directories: {shown}); "
-            f"point --data-dir at one of them, e.g. {os.path.join(data_dir, nodes[0])}")
-    raise InvalidInputError(
-        f"log: {data_dir} holds no node files (log.N, snap.N); point --data-dir at one "
-        f"node's directory, e.g. ./data/node-0")
-
-
-@contextlib.contextmanager
-def _lock(data_dir: str, shared: bool):
-    """Shared for readers (side by side, never beside a running node, which
-    holds it exclusively); exclusive for repair."""
-    lock = DirectoryLock(data_dir, shared=shared)
-    try:
-        lock.acquire()          # DirectoryLockedError (exit 2) names the holder
-    except OSError as e:
-        raise recovery.access_error(lock.path, e, "lock") from None
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 @log.command()
@@ -93,9 +46,9 @@ def replay(state: State, data_dir: str, dump: bool, verify: bool) -> None:
         chordctl log replay --data-dir ./data/node-0
         chordctl log replay --data-dir ./data/node-0 --dump -o json
     """
-    _check_node_dir(data_dir)
+    offline.check_node_dir(data_dir)
     store = Store()
-    with _lock(data_dir, shared=True):
+    with offline.locked(data_dir, shared=True):
         rep = recovery.recover(data_dir, store)
     fmt = state.fmt("table")
     summary = {
@@ -157,8 +110,8 @@ def repair(state: State, data_dir: str) -> None:
     Example:
         chordctl log repair --data-dir ./data/node-0
     """
-    _check_node_dir(data_dir)
-    with _lock(data_dir, shared=False):
+    offline.check_node_dir(data_dir)
+    with offline.locked(data_dir, shared=False):
         rep = recovery.recover(data_dir, Store())
         done = recovery.repair(data_dir, rep)
     if state.fmt("table") == "json":

@@ -2,43 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
-
 import click
 
 from chordctl.cli.common import State, pass_state
-from chordctl.core import affinity, eventloop
+from chordctl.core import affinity, eventloop, nodelog
 from chordctl.errors import InvalidInputError
-
-
-class _JsonFormatter(logging.Formatter):
-    def __init__(self, index: int, node_id: int):
-        super().__init__()
-        self.index = index
-        self.node_id = node_id
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {"time": self.formatTime(record), "level": record.levelname,
-               "node": self.index, "id": str(self.node_id), "logger": record.name,
-               "thread": record.threadName, "msg": record.getMessage()}
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
-
-
-def setup_logging(index: int, node_id: int, level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter(index, node_id))
-    else:
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s %(levelname)s node-{index} id={node_id} %(threadName)s "
-            f"%(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 @click.group()
@@ -97,7 +65,7 @@ def serve(state: State, index: int, log_level: str, log_format: str,
         loop = eventloop.choice()
     except ValueError as e:
         raise InvalidInputError(f"node: {e}") from None
-    setup_logging(index, node_id(cfg.ring.bits, len(cfg.nodes), index), log_level, log_format)
+    nodelog.setup(index, node_id(cfg.ring.bits, len(cfg.nodes), index), log_level, log_format)
     try:
         eventloop.run(serve_node(cfg, index), loop)
     except KeyboardInterrupt:

@@ -2,112 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from concurrent.futures import ThreadPoolExecutor
-
 import click
 
 from chordctl import render
 from chordctl.cli.common import KeyCommand, State, pass_state
-from chordctl.client import Client
 from chordctl.config import Config
 from chordctl.core.ring import Ring
-from chordctl.errors import ChordError, ExitStatus, InvalidInputError
+from chordctl.errors import ExitStatus, InvalidInputError
 from chordctl.protocol import check_key
-
-STATUS_TIMEOUT = 1.0
-
-
-class NotServing(Exception):
-    """The node answers health checks but is not serving (replaying, stopping)."""
-
-    def __init__(self, health: str):
-        super().__init__(f"health {health}: the node is recovering or shutting down")
-        self.health = health
-
-
-class AdminDenied(Exception):
-    """The node is serving but refuses this client Admin.Status (admin.allow)."""
-
-
-def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
-    """Health, then Admin.Status, of every node in parallel: a NodeStatus, or why not."""
-
-    def one(address: str):
-        try:
-            with Client(cfg, target=address, timeout=timeout) as c:
-                health = c.health(timeout=timeout)
-                if health != "SERVING":
-                    # A fail-stopped node still answers Status, with why.
-                    try:
-                        st = c.status(timeout=timeout)
-                    except ChordError:
-                        return NotServing(health)
-                    return st if st.failed else NotServing(health)
-                try:
-                    return c.status(timeout=timeout)
-                except ChordError as e:
-                    if str(e).startswith("admin:"):
-                        return AdminDenied(str(e))
-                    raise
-        except ChordError as e:
-            return e
-
-    with ThreadPoolExecutor(max_workers=min(32, len(cfg.nodes))) as pool:
-        return list(pool.map(one, [n.address for n in cfg.nodes]))
-
-
-def short_reason(reason: str, width: int = 48) -> str:
-    """A failure reason for a table cell: its first clause, paths cut to file names."""
-    text = re.sub(r"(?:[^\s:]*/)+([^\s/:]+)", r"\1", reason.split(";")[0]).strip()
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def node_state(st: object) -> str:
-    """up | failed | recovering | down: what `ring show` says of a poll_nodes answer."""
-    if isinstance(st, NotServing):
-        return "recovering"
-    if isinstance(st, AdminDenied):
-        return "up"
-    if isinstance(st, Exception):
-        return "down"
-    return "failed" if st.failed else "up"
-
-
-def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dict]]:
-    ring = Ring.from_config(cfg)
-    rows, docs = [], []
-    for i, node in enumerate(cfg.nodes):
-        low, high = ring.arc(i)
-        st = statuses[i]
-        state = node_state(st)
-        answered = not isinstance(st, Exception)    # Status answered: its fields are known
-        arc = f"({low}, {high}]"
-        cell = f"failed: {short_reason(st.failed)}" if state == "failed" else state
-        rows.append([i, ring.ids[i], arc, node.address, cell,
-                     st.keys if answered else "-", st.snapshot_counter if answered else "-",
-                     st.log_counter if answered else "-"])
-        doc = {"index": i, "id": str(ring.ids[i]), "arc": [str(low), str(high)],
-               "arc_size": str(ring.arc_size(i)), "address": node.address,
-               "up": state == "up", "state": state}
-        if answered:
-            doc.update({"keys": st.keys, "snapshot": st.snapshot_counter,
-                        "log": st.log_counter, "last_seq": st.last_seq, "pid": st.pid,
-                        "uptime_seconds": round(st.uptime_seconds, 3),
-                        "rss_bytes": st.rss_bytes, "ready_seconds": round(st.ready_seconds, 3),
-                        "recovery_seconds": round(st.recovery_seconds, 3),
-                        "cpus": st.cpus, "event_loop": st.event_loop,
-                        "routing": [{"role": e.role, "index": e.node_index, "id": e.node_id}
-                                    for e in st.routing]})
-            if state == "failed":
-                doc["failed"] = st.failed
-        else:
-            doc["error"] = str(st)
-        docs.append(doc)
-    return rows, docs
-
-
-HEADERS = ["index", "id", "arc (low, id]", "address", "state", "keys", "snapshot", "log"]
+from chordctl.status import HEADERS, STATUS_TIMEOUT, node_at, node_state, poll_nodes, ring_rows
 
 
 def print_ring(cfg: Config, fmt: str, timeout: float = STATUS_TIMEOUT) -> int:
@@ -116,14 +19,6 @@ def print_ring(cfg: Config, fmt: str, timeout: float = STATUS_TIMEOUT) -> int:
     rows, docs = ring_rows(cfg, statuses)
     click.echo(render.render_rows(rows, HEADERS, fmt, docs))
     return sum(1 for s in statuses if node_state(s) != "up")
-
-
-def node_at(cfg: Config, address: str) -> int | None:
-    """The index of the config's node at *address* (HOST:PORT as written), or None."""
-    for i, n in enumerate(cfg.nodes):
-        if n.address == address:
-            return i
-    return None
 
 
 @click.group()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import click
 
@@ -14,6 +13,7 @@ from chordctl.client import Client
 from chordctl.core.storage import inventory
 from chordctl.errors import (ChordError, DeadlineExceededError, ExitStatus, InvalidInputError,
                              StorageAccessError, UnavailableError)
+from chordctl.status import poll_files
 
 HEADERS = ["node", "file", "kind", "counter", "bytes", "time", "records", "in use", "status"]
 
@@ -80,16 +80,7 @@ def list_(state: State, data_dir: str | None) -> None:
             docs.append(d)
     else:
         cfg = state.config()
-
-        def one(i: int):
-            try:
-                with Client(cfg, target=cfg.nodes[i].address) as c:
-                    return c.files(timeout=10.0)
-            except ChordError as e:
-                return e
-
-        with ThreadPoolExecutor(max_workers=min(16, len(cfg.nodes))) as pool:
-            replies = list(pool.map(one, range(len(cfg.nodes))))
+        replies = poll_files(cfg)
         down = 0
         for i, rep in enumerate(replies):
             if isinstance(rep, ChordError):

@@ -109,10 +109,6 @@ class Ring:
         """Index of the node owning a key."""
         return self.owner_of_position(self.position(key))
 
-    def owns(self, i: int, pos: int) -> bool:
-        """Whether node i owns ring position pos."""
-        return self.owner_of_position(pos) == i
-
     def key_test(self, i: int) -> Callable[[int], bool]:
         """A fast ``key -> whether node i owns it`` for the dispatcher's loop."""
         low, _ = self.arc(i)
@@ -134,7 +130,7 @@ class Ring:
         # A single node's arc (x, x] is the whole ring, not empty.
         return (high - low) % self.size or self.size
 
-    # -- neighbours and distances ------------------------------------------
+    # -- neighbours --------------------------------------------------------
 
     def successor(self, i: int) -> int:
         """Next node clockwise (next higher id, wrapping)."""
@@ -143,15 +139,6 @@ class Ring:
     def predecessor(self, i: int) -> int:
         """Next node counter-clockwise (next lower id, wrapping)."""
         return (i + 1) % self.n
-
-    def cw_distance(self, a: int, b: int) -> int:
-        """Positions from a to b going clockwise."""
-        return (b - a) % self.size
-
-    def distance(self, a: int, b: int) -> int:
-        """Ring distance between positions a and b, whichever direction is shorter."""
-        cw = (b - a) % self.size
-        return min(cw, self.size - cw)
 
     # -- routing -----------------------------------------------------------
 

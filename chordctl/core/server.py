@@ -1,6 +1,7 @@
 """Start one node: bind, serve (NOT_SERVING), recover, SERVING; stop cleanly.
 
-``create_server(config, index)`` builds everything and returns it unstarted;
+``NodeServer(config, index)`` builds a node and its gRPC server, unstarted;
+``start()`` binds, recovers and turns SERVING, ``stop()`` drains and flushes.
 ``serve(config, index)`` is the foreground life of ``chordctl node serve``.
 """
 

@@ -41,7 +41,7 @@ class MalformedRequest:
     """What a request body that is not a valid message of its type decodes to.
 
     gRPC answers a deserializer's exception with UNKNOWN; a malformed request
-    is bad input (SPEC section 2), so the handler answers INVALID_ARGUMENT.
+    is bad input, like a malformed key, so the handler answers INVALID_ARGUMENT.
     """
 
     __slots__ = ("message",)

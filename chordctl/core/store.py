@@ -35,9 +35,6 @@ class Store:
     def __len__(self) -> int:
         return self._count
 
-    def get(self, key: int) -> bytes | None:
-        return self._chunks[key & self._mask].get(key)
-
     def apply(self, op: int, key: int, value: bytes = b"") -> tuple[int, bytes | None]:
         i = key & self._mask
         chunk = self._chunks[i]
@@ -86,12 +83,6 @@ class Store:
     def items(self) -> Iterator[tuple[int, bytes]]:
         for chunk in self._chunks:
             yield from chunk.items()
-
-    def to_dict(self) -> dict[int, bytes]:
-        out: dict[int, bytes] = {}
-        for chunk in self._chunks:
-            out.update(chunk)
-        return out
 
 
 # -- ordered scans of a frozen view ------------------------------------------

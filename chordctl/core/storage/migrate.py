@@ -150,7 +150,7 @@ def migrate(old: Config, new: Config, progress: Progress | None = None) -> Migra
             # As a node does: log.1 exists before snap.1 (recovery refuses a
             # snapshot whose log is missing), empty, since snap.1 holds it all.
             LogFile(d, 1).close()
-            snapshot.write(d, 1, 0, store.freeze(), duty=0, identity=ident)
+            snapshot.write(d, 1, 0, store.freeze(), pause_ratio=0, identity=ident)
             identity.write(d, ident)
             target.directory = os.path.join(new_data, f"node-{target.index}")
             step("write", target.keys, total)

@@ -61,14 +61,6 @@ class ScanResult(NamedTuple):
     torn_bytes: int    # bytes after it that were dropped (0 if none)
 
 
-def encode(seq: int, op: int, key: bytes, value: bytes = b"") -> bytes:
-    """One framed record."""
-    payload = _pack_payload_head(seq, op, len(key)) + key + value
-    length = len(payload)
-    pcrc = _crc32(payload)
-    return _pack_header(length, pcrc, _crc32(_pack_len_crc(length, pcrc))) + payload
-
-
 def encode_many(records: Iterable[tuple[int, int, bytes, bytes]]) -> bytes:
     """Frame many (seq, op, key, value) records into one buffer for one write."""
     parts = []

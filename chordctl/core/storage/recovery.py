@@ -54,10 +54,6 @@ class RecoveryReport:
     repairs: list[str] = dataclasses.field(default_factory=list)    # what repair() did
 
     @property
-    def next_snapshot(self) -> int:
-        return self.current_log + 1
-
-    @property
     def needs_repair(self) -> bool:
         return bool(self.torn_bytes or self.tmp_files)
 

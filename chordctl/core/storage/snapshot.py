@@ -66,7 +66,7 @@ class Snapshot(NamedTuple):
 
 
 # Seconds the writer pauses per second of work (see write()); 0 in offline tools.
-YIELD_RATIO = 4.0
+PAUSE_RATIO = 4.0
 
 
 def write(directory: str, counter: int, *args, **kwargs) -> tuple[str, int]:
@@ -87,7 +87,7 @@ def write(directory: str, counter: int, *args, **kwargs) -> tuple[str, int]:
 
 
 def _write_file(directory: str, counter: int, last_seq: int,
-                chunks: list[dict[int, bytes]], duty: float = YIELD_RATIO,
+                chunks: list[dict[int, bytes]], pause_ratio: float = PAUSE_RATIO,
                 identity: RingIdentity | None = None) -> tuple[str, int]:
     final = os.path.join(directory, files.snap_name(counter))
     tmp = final + files.TMP_SUFFIX
@@ -115,7 +115,7 @@ def _write_file(directory: str, counter: int, last_seq: int,
             f.write(_FRAME.pack(len(data), zlib.crc32(data)))
             f.write(data)
             size += _FRAME.size + len(data)
-            time.sleep(duty * (perf() - t0))
+            time.sleep(pause_ratio * (perf() - t0))
         f.write(_FOOT.pack(END_MAGIC, len(chunks)))
         size += _FOOT.size
         f.flush()

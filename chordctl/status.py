@@ -1,0 +1,136 @@
+"""The ring's state as its nodes report it: polling every node, and its table rows.
+
+Library code shared by ``chordctl ring show``, ``cluster up`` (cli/ring.py,
+cli/cluster.py), ``snapshot list`` (cli/snapshot.py) and the shell's
+``ring``/``locate`` (shell.py); the CLI only renders the rows and maps
+"not up" to exit 3.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+from chordctl.client import Client
+from chordctl.config import Config
+from chordctl.core.ring import Ring
+from chordctl.errors import ChordError
+
+# A node that is down refuses the connection at once; this bounds only a node
+# that accepts but does not answer (hung, or starved on a loaded machine: 1 s
+# marked freshly started nodes down under load).
+STATUS_TIMEOUT = 3.0
+
+
+class NotServing(Exception):
+    """The node answers health checks but is not serving (replaying, stopping)."""
+
+    def __init__(self, health: str):
+        super().__init__(f"health {health}: the node is recovering or shutting down")
+        self.health = health
+
+
+class AdminDenied(Exception):
+    """The node is serving but refuses this client Admin.Status (admin.allow)."""
+
+
+def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
+    """Health, then Admin.Status, of every node in parallel: a NodeStatus, or why not."""
+
+    def one(address: str):
+        try:
+            with Client(cfg, target=address, timeout=timeout) as c:
+                health = c.health(timeout=timeout)
+                if health != "SERVING":
+                    # A fail-stopped node still answers Status, with why.
+                    try:
+                        st = c.status(timeout=timeout)
+                    except ChordError:
+                        return NotServing(health)
+                    return st if st.failed else NotServing(health)
+                try:
+                    return c.status(timeout=timeout)
+                except ChordError as e:
+                    if str(e).startswith("admin:"):
+                        return AdminDenied(str(e))
+                    raise
+        except ChordError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(32, len(cfg.nodes))) as pool:
+        return list(pool.map(one, [n.address for n in cfg.nodes]))
+
+
+def poll_files(cfg: Config, timeout: float = 10.0) -> list[object]:
+    """Admin.Files of every node in parallel: its reply, or the ChordError why not."""
+
+    def one(address: str):
+        try:
+            with Client(cfg, target=address) as c:
+                return c.files(timeout=timeout)
+        except ChordError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(16, len(cfg.nodes))) as pool:
+        return list(pool.map(one, [n.address for n in cfg.nodes]))
+
+
+def short_reason(reason: str, width: int = 48) -> str:
+    """A failure reason for a table cell: its first clause, paths cut to file names."""
+    text = re.sub(r"(?:[^\s:]*/)+([^\s/:]+)", r"\1", reason.split(";")[0]).strip()
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def node_state(st: object) -> str:
+    """up | failed | recovering | down: what `ring show` says of a poll_nodes answer."""
+    if isinstance(st, NotServing):
+        return "recovering"
+    if isinstance(st, AdminDenied):
+        return "up"
+    if isinstance(st, Exception):
+        return "down"
+    return "failed" if st.failed else "up"
+
+
+def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dict]]:
+    ring = Ring.from_config(cfg)
+    rows, docs = [], []
+    for i, node in enumerate(cfg.nodes):
+        low, high = ring.arc(i)
+        st = statuses[i]
+        state = node_state(st)
+        answered = not isinstance(st, Exception)    # Status answered: its fields are known
+        arc = f"({low}, {high}]"
+        cell = f"failed: {short_reason(st.failed)}" if state == "failed" else state
+        rows.append([i, ring.ids[i], arc, node.address, cell,
+                     st.keys if answered else "-", st.snapshot_counter if answered else "-",
+                     st.log_counter if answered else "-"])
+        doc = {"index": i, "id": str(ring.ids[i]), "arc": [str(low), str(high)],
+               "arc_size": str(ring.arc_size(i)), "address": node.address,
+               "up": state == "up", "state": state}
+        if answered:
+            doc.update({"keys": st.keys, "snapshot": st.snapshot_counter,
+                        "log": st.log_counter, "last_seq": st.last_seq, "pid": st.pid,
+                        "uptime_seconds": round(st.uptime_seconds, 3),
+                        "rss_bytes": st.rss_bytes, "ready_seconds": round(st.ready_seconds, 3),
+                        "recovery_seconds": round(st.recovery_seconds, 3),
+                        "cpus": st.cpus, "event_loop": st.event_loop,
+                        "routing": [{"role": e.role, "index": e.node_index, "id": e.node_id}
+                                    for e in st.routing]})
+            if state == "failed":
+                doc["failed"] = st.failed
+        else:
+            doc["error"] = str(st)
+        docs.append(doc)
+    return rows, docs
+
+
+HEADERS = ["index", "id", "arc (low, id]", "address", "state", "keys", "snapshot", "log"]
+
+
+def node_at(cfg: Config, address: str) -> int | None:
+    """The index of the config's node at *address* (HOST:PORT as written), or None."""
+    for i, n in enumerate(cfg.nodes):
+        if n.address == address:
+            return i
+    return None
