@@ -125,7 +125,7 @@ def test_servicer_answers_through_the_pipeline_the_log_and_the_reply_path(tmp_pa
     report = again.recover()
     again.log.close()
     again.lock.release()
-    assert report.records == 2 and again.store.to_dict() == {42: b"w"}
+    assert report.records == 2 and dict(again.store.items()) == {42: b"w"}
 
 
 def test_in_flight_limit_answers_resource_exhausted_while_a_request_is_held(tmp_path) -> None:
