@@ -550,9 +550,28 @@ class Node:
             # log.X after it would make that tail look like corruption.
             marker.rotated.set()
             return
+        path = os.path.join(self.directory, files.log_name(marker.counter))
         try:
-            self.log.close()
-            self.log = LogFile(self.directory, marker.counter)
+            try:
+                new = LogFile(self.directory, marker.counter)
+            except OSError as e:
+                if os.path.exists(path):     # created, then its directory entry not synced
+                    raise
+                # No new file (no space, no inode, a quota): log.(X-1) is whole and
+                # still open, so only this snapshot fails; the node keeps appending.
+                marker.error = (f"snapshot: snap.{marker.counter} not written: cannot create "
+                                f"log.{marker.counter}: {e.strerror}; the node goes on "
+                                f"writing {self.log.path} -- free space and take a "
+                                f"snapshot again")
+                logger.error("%s: %s", self.label, marker.error)
+                return
+            try:
+                self.log.close()
+            except OSError:
+                new.close()
+                os.unlink(path)      # never leave a log.X after a log that may end torn
+                raise
+            self.log = new
         except OSError as e:
             self.fail(f"log: cannot rotate to log.{marker.counter}: {e.strerror}; the node "
                       f"refuses requests until it is restarted with the disk fixed")
@@ -638,6 +657,15 @@ class Node:
             # until every record up to the cut is durable in log.(X-1), or a
             # crash could leave a snap.X holding operations that no log holds.
             marker.rotated.wait()
+            if marker.error:
+                # The log writer could not open log.X: nothing of this snapshot is
+                # on disk, so the next one takes counter X again (the dispatcher
+                # reads it only after it gets _snap_busy, released below).
+                self._next_counter = marker.counter - 1
+                self._seq_at_snapshot = -1
+                self._snap_busy.release()
+                marker.finish()
+                continue
             if self.failed:
                 marker.error = f"snapshot: snap.{marker.counter} not written: {self.failed}"
                 self._snap_busy.release()
