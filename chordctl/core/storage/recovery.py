@@ -27,7 +27,8 @@ from typing import Callable
 
 from chordctl.core.storage import files, log, records, snapshot
 from chordctl.core.store import Store
-from chordctl.errors import CorruptRecordError, StorageAccessError, StorageError
+from chordctl.errors import (CorruptRecordError, StorageAccessError, StorageError,
+                             access_advice)
 
 logger = logging.getLogger("chordctl.storage")
 
@@ -66,6 +67,7 @@ def access_error(path: str, e: OSError, doing: str = "read") -> StorageAccessErr
     """An unreadable node file: an operator problem, not corruption."""
     return StorageAccessError(
         path, e.strerror or str(e), doing,
+        access_advice(e) or
         "an unreadable file is not corruption, so nothing was skipped or changed -- give "
         "the node's user access to it (check owner and mode) and retry")
 
