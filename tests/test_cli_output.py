@@ -97,3 +97,25 @@ def test_every_kv_snapshot_bench_and_locate_command_has_an_example_and_option_he
         for p in cmd.params:
             if isinstance(p, click.Option):
                 assert p.help, f"{cmd.name} {p.name}"
+
+
+def test_snapshot_create_that_fails_on_a_reachable_node_exits_1_not_unreachable(
+        tmp_path, run_cli, monkeypatch):
+    """The node answered (its disk is full): the snapshot failed, exit 1 and its
+    reason in the cell -- not 'unreachable' and exit 3, which send the operator
+    looking for a ring that is down."""
+    from chordctl.client import Client
+    from chordctl.errors import UnavailableError
+
+    def take_snapshot(self, timeout=None):
+        raise UnavailableError("node 0 (id 65535): snapshot: cannot write snap.3: "
+                               "No space left on device")
+
+    monkeypatch.setattr(Client, "take_snapshot", take_snapshot)
+    path = write_config(tmp_path, 1)
+    r = run_cli(path)("snapshot", "create")
+    assert r.exit_code == 1, r.output
+    row = r.stdout.splitlines()[2]
+    assert "failed: snapshot: cannot write snap.3" in row and "unreachable" not in row, row
+    assert len(row) <= WIDEST_ROW, row
+    assert "No space left on device" in r.output
