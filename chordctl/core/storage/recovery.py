@@ -20,6 +20,7 @@ Two separate steps, the way etcd's WAL does it:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -204,6 +205,8 @@ def repair(directory: str, report: RecoveryReport) -> list[str]:
     if report.torn_bytes and report.torn_file:
         path = report.torn_file
         expected = report.torn_offset + report.torn_bytes
+        keep = None
+        copied = False
         try:
             size = os.path.getsize(path)
             if size != expected:
@@ -218,8 +221,21 @@ def repair(directory: str, report: RecoveryReport) -> list[str]:
             finally:
                 os.close(fd)
             files.fsync_dir(directory)
+            copied = True
             log.truncate(path, report.torn_offset)
         except OSError as e:
+            if keep is not None and not copied:
+                # A half copy would pose as "the file as it was": never leave one.
+                try:
+                    os.unlink(keep)
+                except OSError:
+                    pass
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageAccessError(
+                    path, e.strerror, "repair",
+                    f"the disk is full: the copy kept before the cut ({keep}) needs "
+                    f"{expected} bytes; nothing was changed -- free space and retry"
+                    if not copied else "the disk is full -- free space and retry") from None
             raise access_error(getattr(e, "filename", None) or path, e, "repair") from None
         done.append(
             f"log: cut a torn record of {report.torn_bytes} bytes off the end of {path} "
