@@ -122,19 +122,46 @@ def _csv_records(text: io.TextIOWrapper, bad: list[str]) -> Iterator[tuple[str, 
         yield row[0].strip(), ",".join(row[1:]).encode("utf-8", "surrogateescape")
 
 
+class _Digits(str):
+    """A JSON number too long for int() (Python's 4,300-digit limit), kept as its text."""
+
+
+def _parse_int(text: str):
+    return int(text) if len(text) <= INT_DIGITS else _Digits(text)
+
+
+INT_DIGITS = 4300
+
+
+def _holds_digits(value) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_digits(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_digits(v) for v in value)
+    return isinstance(value, _Digits)
+
+
 def _jsonl_records(text: io.TextIOWrapper, bad: list[str]) -> Iterator[tuple[str, bytes]]:
     for lineno, line in enumerate(text, 1):
         if not line.strip():
             continue
         try:
-            doc = json.loads(line)
+            doc = json.loads(line, parse_int=_parse_int)
+            if not isinstance(doc, dict) or "key" not in doc or "value" not in doc:
+                bad.append(f'line {lineno}: expected an object with "key" and "value"')
+                continue
             key = doc["key"]
             value = doc["value"]
             if doc.get("encoding") == "base64":
                 data = base64.b64decode(value, validate=True)
+            elif isinstance(value, str):     # a _Digits value too: its digits, as dumps gives
+                data = value.encode("utf-8")
+            elif _holds_digits(value):
+                bad.append(f"line {lineno}: the value holds a number of more than "
+                           f"{INT_DIGITS} digits; write it as a string")
+                continue
             else:
-                data = value.encode("utf-8") if isinstance(value, str) else \
-                    json.dumps(value).encode()
+                data = json.dumps(value).encode()
             yield str(key), data
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             bad.append(f"line {lineno}: {type(e).__name__}: {e}")

@@ -8,6 +8,7 @@ say what to do.
 from __future__ import annotations
 
 import enum
+import errno
 
 
 class ExitStatus(enum.IntEnum):
@@ -95,7 +96,23 @@ class StorageAccessError(StorageError):
 
     @classmethod
     def of(cls, e: OSError, default_path: str, what: str = "use") -> "StorageAccessError":
-        return cls(e.filename or default_path, (e.strerror or str(e)).lower(), what)
+        advice = access_advice(e)
+        return cls(e.filename or default_path, (e.strerror or str(e)).lower(), what,
+                   **({"advice": advice} if advice else {}))
+
+
+def access_advice(e: OSError) -> str | None:
+    """What to do about an OSError that owner and mode cannot fix; None for the rest."""
+    if e.errno == errno.EROFS:
+        return ("the file system is mounted read-only: remount it read-write, or point "
+                "storage.data_dir (--data-dir) elsewhere")
+    if e.errno == errno.ENOTDIR:
+        return ("a file stands where a directory belongs: move it away, or point "
+                "storage.data_dir (--data-dir) elsewhere")
+    if e.errno == errno.EISDIR:
+        return ("a directory stands where a node file belongs: move it away and put the "
+                "file back (from a backup), nothing was changed")
+    return None
 
 
 class InternalError(ChordError):

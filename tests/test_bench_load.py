@@ -69,6 +69,23 @@ def test_kv_load_csv_first_line_that_is_a_key_is_a_record():
     assert got == [("7", b"seven"), ("not-a-key", b"x")]    # (refused later, as a bad key)
 
 
+def test_kv_load_jsonl_key_number_of_4301_digits_is_the_key_not_a_python_error():
+    """A JSON number key longer than Python's int conversion limit (4,300
+    digits) is taken as its digits, so the key limit (limits.max_key_digits)
+    judges it -- no 'ValueError ... sys.set_int_max_str_digits()' message."""
+    big = "7" * 5000
+    data = (f'{{"key": {big}, "value": "v"}}\n{{"key": 1, "value": {big}}}\n'
+            f'{{"key": 2, "value": [{big}]}}\n{{"value": "no key"}}\n').encode()
+    bad: list[str] = []
+    got = list(bulk.records(io.BytesIO(data), "jsonl", bad))
+    assert got == [(big, b"v"), ("1", big.encode())], [(k[:10], v[:10]) for k, v in got]
+    assert len(bad) == 2, bad
+    assert not any("set_int_max_str_digits" in b or "ValueError" in b or "KeyError" in b
+                   for b in bad), bad
+    assert bad[0].startswith("line 3: ") and "4300 digits" in bad[0], bad
+    assert bad[1].startswith("line 4: ") and '"key"' in bad[1], bad
+
+
 def test_kv_load_counting_reader_is_a_real_stream_and_counts_every_byte():
     data = "".join(f'{{"key": "{k}", "value": "v{k}"}}\n' for k in range(3000)).encode()
     seen = []

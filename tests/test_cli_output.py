@@ -105,3 +105,46 @@ def test_every_kv_snapshot_bench_and_locate_command_has_an_example_and_option_he
         for p in cmd.params:
             if isinstance(p, click.Option):
                 assert p.help, f"{cmd.name} {p.name}"
+
+
+def test_snapshot_create_that_fails_on_a_reachable_node_exits_1_not_unreachable(
+        tmp_path, run_cli, monkeypatch):
+    """The node answered (its disk is full): the snapshot failed, exit 1 and its
+    reason in the cell -- not 'unreachable' and exit 3, which send the operator
+    looking for a ring that is down."""
+    from chordctl.client import Client
+    from chordctl.errors import UnavailableError
+
+    def take_snapshot(self, timeout=None):
+        raise UnavailableError("node 0 (id 65535): snapshot: cannot write snap.3: "
+                               "No space left on device")
+
+    monkeypatch.setattr(Client, "take_snapshot", take_snapshot)
+    path = write_config(tmp_path, 1)
+    r = run_cli(path)("snapshot", "create")
+    assert r.exit_code == 1, r.output
+    row = r.stdout.splitlines()[2]
+    assert "failed: snapshot: cannot write snap.3" in row and "unreachable" not in row, row
+    assert len(row) <= WIDEST_ROW, row
+    assert "No space left on device" in r.output
+
+
+def test_seconds_options_refuse_nan_inf_and_negative_with_exit_2(tmp_path, run_cli):
+    """`cluster up --wait nan` waited forever; `cluster down --timeout nan` killed
+    every node at once (no clean stop, no final snapshot)."""
+    path = write_config(tmp_path, 1)            # never started
+    cli = run_cli(path)
+    for args in (("cluster", "up", "--wait"), ("cluster", "down", "--timeout"),
+                 ("ring", "show", "--timeout"), ("shell", "--grace")):
+        for bad in ("nan", "inf", "-1", "1e300", "soon"):
+            r = cli(*args, bad)
+            assert r.exit_code == 2, (args, bad, r.output)
+            assert "seconds" in r.output and "Traceback" not in r.output, (args, bad, r.output)
+
+
+def test_bench_value_size_past_the_value_limit_is_exit_2_not_overflow(tmp_path, run_cli):
+    path = write_config(tmp_path, 1)
+    for size in ("99999999999999999999", str(64 * 1024 * 1024 + 1)):
+        r = run_cli(path)("bench", "--value-size", size, "--records", "10", "--ops", "10")
+        assert r.exit_code == 2, r.output
+        assert "--value-size" in r.output and "Traceback" not in r.output, r.output

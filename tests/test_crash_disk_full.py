@@ -236,6 +236,49 @@ def test_failed_snapshot_removes_its_tmp_file(tmp_path, monkeypatch):
         p.stop()
 
 
+def test_failed_log_rotation_fails_only_the_snapshot_not_the_node(tmp_path, monkeypatch):
+    """No room for a new log.X (no inode, a quota): log.(X-1) is still whole
+    and open, so the node keeps appending to it and only the snapshot fails;
+    the next snapshot takes the same counter, and a restart holds every write."""
+    from chordctl.core import logwriter as node_mod   # the log writer opens log.X
+
+    real = node_mod.LogFile
+    refuse = {"on": True}
+
+    def log_file(directory, counter):
+        if refuse["on"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                          os.path.join(directory, f"log.{counter}"))
+        return real(directory, counter)
+
+    p = Pipeline(tmp_path)
+    try:
+        p.run(creates(range(10)))
+        monkeypatch.setattr(node_mod, "LogFile", log_file)
+        done = threading.Event()
+        marker = SnapshotMarker(force=True, on_done=lambda m: done.set())
+        p.node.incoming.put(marker)
+        assert done.wait(30)
+        assert marker.error and "No space left" in marker.error and "log.1" in marker.error
+        assert marker.result is None
+        assert not p.node.failed, p.node.failed
+        assert "log.1" not in os.listdir(p.dir) and "snap.1" not in os.listdir(p.dir)
+        assert all(r.code == rq.OK for r in p.run(creates(range(10, 20))))
+        # Space is back: the next snapshot uses counter 1, as if the failed one never was.
+        refuse["on"] = False
+        done2 = threading.Event()
+        again = SnapshotMarker(force=True, on_done=lambda m: done2.set())
+        p.node.incoming.put(again)
+        assert done2.wait(30)
+        assert again.error is None and again.counter == 1, (again.error, again.counter)
+        assert all(r.code == rq.OK for r in p.run(creates(range(20, 25))))
+    finally:
+        p.stop()
+    data, report = restart(p.cfg)
+    assert sorted(data) == list(range(25))
+    assert report.snapshot == 1
+
+
 # -- real processes on a small tmpfs ------------------------------------------------------
 
 

@@ -82,3 +82,40 @@ def test_real_permission_denied_in_real_processes(tmp_path) -> None:
             assert node_dir in err and "permission denied" in err and "Traceback" not in err
     finally:
         os.chmod(node_dir, 0o755)
+
+
+def test_node_serve_on_data_dir_that_is_a_file_exits_2_saying_not_a_directory(
+        tmp_path, run_cli, keep_logging) -> None:
+    path = write_config(tmp_path, 1)
+    data_dir = config_mod.load(path).storage.data_dir
+    with open(data_dir, "w") as f:          # storage.data_dir names a file
+        f.write("x")
+    r = run_cli(path)("node", "serve", "--node", "0")
+    assert r.exit_code == ExitStatus.USAGE, r.output
+    assert f"storage: cannot use {data_dir}: not a directory" in r.output, r.output
+    assert "File exists" not in r.output and "owner, mode" not in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("name", ["IDENTITY", "log.0"])
+def test_node_serve_with_a_directory_in_place_of_a_node_file_exits_2_saying_so(
+        tmp_path, run_cli, keep_logging, name) -> None:
+    path = write_config(tmp_path, 1)
+    node_dir = config_mod.load(path).node_dir(0)
+    os.makedirs(os.path.join(node_dir, name))
+    r = run_cli(path)("node", "serve", "--node", "0")
+    assert r.exit_code == ExitStatus.USAGE, r.output
+    assert os.path.join(node_dir, name) in r.output, r.output
+    assert "is a directory" in r.output.lower() and "owner and mode" not in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_storage_access_advice_fits_a_read_only_file_system() -> None:
+    import errno
+
+    from chordctl.core.storage import recovery
+    from chordctl.errors import StorageAccessError
+    e = OSError(errno.EROFS, "Read-only file system", "/ro/node-0/LOCK")
+    for err in (StorageAccessError.of(e, "/ro/node-0"), recovery.access_error("/ro/x", e)):
+        assert "read-only" in str(err) and "read-write" in str(err), str(err)
+        assert "owner" not in str(err), str(err)

@@ -631,3 +631,29 @@ def test_snapshot_list_calls_an_unreadable_snapshot_unreadable_not_corrupt(node,
     docs = {d["file"]: d for d in inventory.describe(node.dir)}
     assert docs["snap.2"]["status"] == "unreadable: Permission denied"
     assert not docs["snap.2"]["in_use"]
+
+
+def test_repair_on_a_full_disk_leaves_no_partial_broken_copy_and_says_disk_full(
+        node, monkeypatch) -> None:
+    """The .broken copy is made before the cut; when the disk fills while it is
+    written, the half copy (which would pose as 'the file as it was') is removed,
+    the log is left as it was, and the message says the disk is full."""
+    import errno
+    import shutil
+
+    path, good, torn = torn_newest(node)
+    before = {n: open(node.path(n), "rb").read() for n in os.listdir(node.dir)}
+
+    def copyfile(src, dst):
+        with open(src, "rb") as s, open(dst, "wb") as d:
+            d.write(s.read()[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+    report = recovery.recover(node.dir, Store(chunks=4))
+    with pytest.raises(StorageError) as err:
+        recovery.repair(node.dir, report)
+    assert {n: open(node.path(n), "rb").read() for n in os.listdir(node.dir)} == before
+    msg = str(err.value)
+    assert "No space left on device" in msg and path in msg, msg
+    assert "owner and mode" not in msg and "free space" in msg, msg

@@ -452,3 +452,11 @@ def test_scan_of_a_hung_node_times_out_naming_it(tmp_path) -> None:
     finally:
         cluster.nodes[3].kill(signal.SIGCONT)
         cluster.stop()
+
+
+def test_kv_scan_limit_past_uint64_is_exit_2_not_a_traceback(tmp_path):
+    path = write_config(tmp_path, 1)            # never started: refused before any call
+    p = run_chordctl("-c", path, "kv", "scan", "--limit", str(10 ** 24))
+    err = p.stderr.decode()
+    assert p.returncode == 2, err
+    assert "Traceback" not in err and "--limit" in err, err

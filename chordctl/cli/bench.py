@@ -72,8 +72,9 @@ def _csv(value: str, allowed: tuple[str, ...], name: str) -> list[str]:
               help="Key choice of the workloads: uniform, or zipfian (a few keys are hot).")
 @click.option("--routes", default="entry,direct", show_default=True,
               help="entry: the first node routes; direct: the client sends to the owner.")
-@click.option("--value-size", type=click.IntRange(0), default=32, show_default=True,
-              help="Bytes per value, loaded and updated.")
+@click.option("--value-size", type=click.IntRange(0, 64 * 1024 * 1024), default=32,
+              show_default=True,
+              help="Bytes per value, loaded and updated (at most 64 MiB, the largest limits.max_value_bytes).")
 @click.option("--coalesce/--no-coalesce", default=True, show_default=True,
               help="Send concurrent operations as Batch calls (the client library's option).")
 @click.option("--baseline", is_flag=True,

@@ -11,7 +11,7 @@ import subprocess
 
 import click
 
-from chordctl.cli.common import State, pass_state
+from chordctl.cli.common import Seconds, State, pass_state
 from chordctl.cli.ring import print_ring
 from chordctl.config import Config
 from chordctl.localcluster import (  # noqa: F401  (re-exported for older imports)
@@ -38,7 +38,7 @@ def cluster() -> None:
 @cluster.command()
 @click.option("--detach", is_flag=True,
               help="Return once every node is ready, leaving them running.")
-@click.option("--wait", "wait_s", type=float, default=60.0, show_default=True,
+@click.option("--wait", "wait_s", type=Seconds(positive=True), default=60.0, show_default=True,
               help="Seconds to wait for each node to be ready.")
 @click.option("--cpus", "cpus_mode", type=click.Choice(["auto", "none"]), default="auto",
               show_default=True,
@@ -126,7 +126,7 @@ def _run_foreground(cfg: Config, procs: dict[int, subprocess.Popen]) -> None:
 
 
 @cluster.command()
-@click.option("--timeout", type=float, default=STOP_TIMEOUT, show_default=True,
+@click.option("--timeout", type=Seconds(), default=STOP_TIMEOUT, show_default=True,
               help="Seconds each node gets to stop cleanly before it is killed.")
 @pass_state
 def down(state: State, timeout: float) -> None:

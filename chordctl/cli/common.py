@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 
@@ -122,3 +123,26 @@ class KeyCommand(click.Command):
             raise click.UsageError(
                 f"{e.format_message()} A value that begins with '-' goes after '--': "
                 f"{ctx.command_path} {positional[0]} -- {token}", ctx) from None
+
+
+class Seconds(click.ParamType):
+    """A number of seconds for an option: finite, 0 (or above 0 with
+    *positive*) up to a day. A NaN would wait forever (``cluster up --wait``)
+    or not at all (``cluster down --timeout`` killing every node at once)."""
+
+    name = "seconds"
+
+    def __init__(self, positive: bool = False):
+        self.positive = positive
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            x = math.nan
+        low_ok = x > 0 if self.positive else x >= 0
+        if not (math.isfinite(x) and low_ok and x <= config_mod.MAX_SECONDS):
+            low = "above 0" if self.positive else "0"
+            self.fail(f"{value!r} is not a number of seconds from {low} to "
+                      f"{config_mod.MAX_SECONDS} (a day)", param, ctx)
+        return x

@@ -294,7 +294,8 @@ def _progress(enabled: bool, total: int | None):
 @click.option("--from", "start", metavar="KEY", help="First key to list, inclusive [default: 0].")
 @click.option("--to", "end", metavar="KEY",
               help="Stop before this key (exclusive) [default: none].")
-@click.option("--limit", type=click.IntRange(0), default=scan_mod.DEFAULT_LIMIT, metavar="N",
+@click.option("--limit", type=click.IntRange(0, 2 ** 63 - 1), default=scan_mod.DEFAULT_LIMIT,
+              metavar="N",
               show_default=True,
               help="List at most N keys; 0 for all.")
 @click.option("--all", "everything", is_flag=True, help="List every key (--limit 0).")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from chordctl import render
-from chordctl.cli.common import KeyCommand, State, pass_state
+from chordctl.cli.common import KeyCommand, Seconds, State, pass_state
 from chordctl.config import Config
 from chordctl.core.ring import Ring
 from chordctl.errors import ExitStatus, InvalidInputError
@@ -34,7 +34,7 @@ def ring() -> None:
 
 
 @ring.command()
-@click.option("--timeout", type=float, default=STATUS_TIMEOUT, show_default=True,
+@click.option("--timeout", type=Seconds(positive=True), default=STATUS_TIMEOUT, show_default=True,
               help="Seconds to wait for each node before marking it down.")
 @pass_state
 def show(state: State, timeout: float) -> None:

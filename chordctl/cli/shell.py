@@ -6,14 +6,14 @@ import sys
 
 import click
 
-from chordctl.cli.common import State, pass_state
+from chordctl.cli.common import Seconds, State, pass_state
 from chordctl.client import CONNECT_TIMEOUT
 from chordctl.errors import UnavailableError
 from chordctl.shell import Shell, run_interactive, run_piped
 
 
 @click.command()
-@click.option("--grace", type=float, default=None,
+@click.option("--grace", type=Seconds(), default=None,
               help="Seconds to wait for pending replies on exit [default: client.grace].")
 @pass_state
 def shell(state: State, grace: float | None) -> None:

@@ -120,7 +120,7 @@ def create(state: State, index: int | None) -> None:
     for i in indexes:
         cfg.node(i)
     rows, docs = [], []
-    failed = 0
+    failed = unreachable = 0
     first_error = ""
     for i in indexes:
         try:
@@ -129,7 +129,15 @@ def create(state: State, index: int | None) -> None:
         except ChordError as e:
             failed += 1
             first_error = first_error or f"node {i}: {e}"
-            rows.append([i, "-", "-", "-", _down(e).replace("down: ", "failed: ", 1)])
+            label, sep, reason = str(e).partition("): ")
+            if label.startswith("node ") and sep:
+                # The node answered: its snapshot failed (a full disk, one
+                # already being written). Not a ring that is down.
+                cell = render.clip(f"failed: {reason}")
+            else:
+                unreachable += 1
+                cell = _down(e).replace("down: ", "failed: ", 1)
+            rows.append([i, "-", "-", "-", cell])
             docs.append({"node": i, "error": str(e)})
             continue
         rows.append([i, f"snap.{rep.counter}", rep.keys, rep.bytes, f"{rep.capture_ms:.2f}",
@@ -143,4 +151,5 @@ def create(state: State, index: int | None) -> None:
     if failed:
         click.secho(f"chordctl: {failed} node(s) took no snapshot; {first_error}", fg="red",
                     err=True)
-        click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
+        click.get_current_context().exit(
+            int(ExitStatus.UNAVAILABLE if unreachable else ExitStatus.FAILED))

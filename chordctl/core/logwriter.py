@@ -17,13 +17,14 @@ whether the outcome is a definite refusal or unknown (``_write_failed``).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import time
 
 from chordctl.core import affinity
 from chordctl.core import request as rq
 from chordctl.core.markers import STOP, SnapshotMarker
-from chordctl.core.storage import records
+from chordctl.core.storage import files, records
 from chordctl.core.storage.log import LogFile
 
 logger = logging.getLogger("chordctl.node")
@@ -167,9 +168,28 @@ class LogWriter:
             # log.X after it would make that tail look like corruption.
             marker.rotated.set()
             return
+        path = os.path.join(self.directory, files.log_name(marker.counter))
         try:
-            self.log.close()
-            self.log = LogFile(self.directory, marker.counter)
+            try:
+                new = LogFile(self.directory, marker.counter)
+            except OSError as e:
+                if os.path.exists(path):     # created, then its directory entry not synced
+                    raise
+                # No new file (no space, no inode, a quota): log.(X-1) is whole and
+                # still open, so only this snapshot fails; the node keeps appending.
+                marker.error = (f"snapshot: snap.{marker.counter} not written: cannot create "
+                                f"log.{marker.counter}: {e.strerror}; the node goes on "
+                                f"writing {self.log.path} -- free space and take a "
+                                f"snapshot again")
+                logger.error("%s: %s", self.label, marker.error)
+                return
+            try:
+                self.log.close()
+            except OSError:
+                new.close()
+                os.unlink(path)      # never leave a log.X after a log that may end torn
+                raise
+            self.log = new
         except OSError as e:
             self.failstop.fail(f"log: cannot rotate to log.{marker.counter}: {e.strerror}; the "
                                f"node refuses requests until it is restarted with the disk "

@@ -433,7 +433,8 @@ class Node:
             marker.error = self.failed
             marker.finish()
             return
-        if self.seq == self._seq_at_snapshot and not marker.force:
+        unwritten = self.snapshots.unwritten
+        if self.seq == self._seq_at_snapshot and not marker.force and unwritten is None:
             marker.skipped = True
             marker.counter = self.snapshot_counter
             marker.finish()
@@ -443,6 +444,12 @@ class Node:
             marker.error = "a snapshot is already being written; try again when it is done"
             marker.finish()
             return
+        if self.snapshots.unwritten is not None:
+            # The last cut could not open its log.X: nothing of it is on disk,
+            # so this one takes its counter again (read after taking busy,
+            # which the writer released after setting it).
+            self._next_counter = self.snapshots.unwritten - 1
+            self.snapshots.unwritten = None
         self._seq_at_snapshot = self.seq
         self._next_counter += 1
         marker.counter = self._next_counter

@@ -45,6 +45,7 @@ class SnapshotWriter:
         self.failstop = failstop
         self.busy = threading.Lock()   # held from the cut until snap.X is done
         self.counter = 0               # newest snap.X written or recovered
+        self.unwritten: int | None = None   # a cut whose log.X could not be created
 
     def run(self, to_snap: queue.SimpleQueue) -> None:
         while True:
@@ -56,6 +57,13 @@ class SnapshotWriter:
             # until every record up to the cut is durable in log.(X-1), or a
             # crash could leave a snap.X holding operations that no log holds.
             marker.rotated.wait()
+            if marker.error:
+                # The log writer could not open log.X: nothing of this snapshot
+                # is on disk, and the next cut takes counter X again.
+                self.unwritten = marker.counter
+                self.busy.release()
+                marker.finish()
+                continue
             failed = self.failstop.failed
             if failed:
                 marker.error = f"snapshot: snap.{marker.counter} not written: {failed}"

@@ -7,6 +7,7 @@ Snapshots being written are named ``snap.X.tmp`` and renamed when complete.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 
@@ -51,6 +52,8 @@ def makedirs_durable(directory: str) -> list[str]:
     missing: list[str] = []
     path = os.path.abspath(directory)
     while not os.path.isdir(path):
+        if os.path.lexists(path):       # a file (or a dangling link) in the way
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
         missing.append(path)
         parent = os.path.dirname(path)
         if parent == path:

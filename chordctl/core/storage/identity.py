@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 from chordctl.core.ring import Ring, node_id
 from chordctl.core.storage import files
-from chordctl.errors import RingMismatchError, StorageError
+from chordctl.errors import RingMismatchError, StorageAccessError, StorageError
 
 IDENTITY_NAME = "IDENTITY"
 FORMAT = 1
@@ -163,7 +163,7 @@ def read(directory: str) -> IdentityFile | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise StorageError(f"storage: cannot read {path}: {e.strerror}") from None
+        raise StorageAccessError.of(e, path, "read") from None
     return decode(data, path)
 
 

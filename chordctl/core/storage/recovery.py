@@ -20,6 +20,7 @@ Two separate steps, the way etcd's WAL does it:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -27,7 +28,8 @@ from typing import Callable
 
 from chordctl.core.storage import files, log, records, snapshot
 from chordctl.core.store import Store
-from chordctl.errors import CorruptRecordError, StorageAccessError, StorageError
+from chordctl.errors import (CorruptRecordError, StorageAccessError, StorageError,
+                             access_advice)
 
 logger = logging.getLogger("chordctl.storage")
 
@@ -62,6 +64,7 @@ def access_error(path: str, e: OSError, doing: str = "read") -> StorageAccessErr
     """An unreadable node file: an operator problem, not corruption."""
     return StorageAccessError(
         path, e.strerror or str(e), doing,
+        access_advice(e) or
         "an unreadable file is not corruption, so nothing was skipped or changed -- give "
         "the node's user access to it (check owner and mode) and retry")
 
@@ -198,6 +201,8 @@ def repair(directory: str, report: RecoveryReport) -> list[str]:
     if report.torn_bytes and report.torn_file:
         path = report.torn_file
         expected = report.torn_offset + report.torn_bytes
+        keep = None
+        copied = False
         try:
             size = os.path.getsize(path)
             if size != expected:
@@ -212,8 +217,21 @@ def repair(directory: str, report: RecoveryReport) -> list[str]:
             finally:
                 os.close(fd)
             files.fsync_dir(directory)
+            copied = True
             log.truncate(path, report.torn_offset)
         except OSError as e:
+            if keep is not None and not copied:
+                # A half copy would pose as "the file as it was": never leave one.
+                try:
+                    os.unlink(keep)
+                except OSError:
+                    pass
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageAccessError(
+                    path, e.strerror, "repair",
+                    f"the disk is full: the copy kept before the cut ({keep}) needs "
+                    f"{expected} bytes; nothing was changed -- free space and retry"
+                    if not copied else "the disk is full -- free space and retry") from None
             raise access_error(getattr(e, "filename", None) or path, e, "repair") from None
         done.append(
             f"log: cut a torn record of {report.torn_bytes} bytes off the end of {path} "
