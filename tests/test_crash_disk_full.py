@@ -279,6 +279,45 @@ def test_failed_log_rotation_fails_only_the_snapshot_not_the_node(tmp_path, monk
     assert report.snapshot == 1
 
 
+def test_failed_snapshot_write_is_retried_by_the_next_timer_tick(tmp_path, monkeypatch):
+    """A snap.X that could not be written (ENOSPC) must not count as taken:
+    the next scheduled (non-forced) snapshot writes one even with no new
+    writes, instead of skipping because "nothing changed"."""
+    from chordctl.core import snapshots as snapshots_mod
+
+    real = snapshots_mod.snapshot.write
+    refuse = {"on": True}
+
+    def write(*args, **kwargs):
+        if refuse["on"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    def snap(force: bool) -> SnapshotMarker:
+        done = threading.Event()
+        marker = SnapshotMarker(force=force, on_done=lambda m: done.set())
+        p.node.incoming.put(marker)
+        assert done.wait(30)
+        return marker
+
+    p = Pipeline(tmp_path)
+    try:
+        p.run(creates(range(10)))
+        monkeypatch.setattr(snapshots_mod.snapshot, "write", write)
+        failed = snap(force=True)
+        assert failed.error and "No space left" in failed.error and "nothing is lost" in failed.error
+        assert not p.node.failed, p.node.failed
+        refuse["on"] = False
+        again = snap(force=False)          # what the timer sends
+        assert not again.skipped and again.error is None and again.result, again.error
+        assert again.counter == failed.counter + 1
+        assert snap(force=False).skipped   # and now nothing changed: skipped again
+    finally:
+        p.stop()
+    data, report = restart(p.cfg)
+    assert sorted(data) == list(range(10)) and report.snapshot == failed.counter + 1
+
+
 # -- real processes on a small tmpfs ------------------------------------------------------
 
 

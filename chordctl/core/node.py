@@ -433,8 +433,8 @@ class Node:
             marker.error = self.failed
             marker.finish()
             return
-        unwritten = self.snapshots.unwritten
-        if self.seq == self._seq_at_snapshot and not marker.force and unwritten is None:
+        again = self.snapshots.unwritten is not None or self.snapshots.retry
+        if self.seq == self._seq_at_snapshot and not marker.force and not again:
             marker.skipped = True
             marker.counter = self.snapshot_counter
             marker.finish()
@@ -450,6 +450,7 @@ class Node:
             # which the writer released after setting it).
             self._next_counter = self.snapshots.unwritten - 1
             self.snapshots.unwritten = None
+        self.snapshots.retry = False
         self._seq_at_snapshot = self.seq
         self._next_counter += 1
         marker.counter = self._next_counter

@@ -46,6 +46,7 @@ class SnapshotWriter:
         self.busy = threading.Lock()   # held from the cut until snap.X is done
         self.counter = 0               # newest snap.X written or recovered
         self.unwritten: int | None = None   # a cut whose log.X could not be created
+        self.retry = False             # the last snap.X failed: the next cut is not skipped
 
     def run(self, to_snap: queue.SimpleQueue) -> None:
         while True:
@@ -85,7 +86,10 @@ class SnapshotWriter:
                             size, elapsed)
                 files.prune(self.directory, marker.counter)
             except OSError as e:
-                marker.error = f"snapshot: cannot write snap.{marker.counter}: {e.strerror}"
+                marker.error = (f"snapshot: cannot write snap.{marker.counter}: {e.strerror}; "
+                                f"nothing is lost (the logs hold every write) -- free space; "
+                                f"the next snapshot tries again")
+                self.retry = True
                 logger.error("%s: %s", self.label, marker.error)
             finally:
                 self.busy.release()
