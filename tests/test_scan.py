@@ -408,15 +408,25 @@ def test_scan_with_a_node_down_exits_3_naming_it(tmp_path) -> None:
 def test_scan_fails_naming_the_node_that_dies_mid_stream(tmp_path) -> None:
     path = write_config(tmp_path, 4, bits=BITS, timeout=5)
     cluster = Cluster(path).start()
-    big = b"b" * 65536      # big pages: the rest of node 1's keys are still on node 1
+    # Node 1 holds 40 MB in pages of one entry: more than gRPC's receive
+    # windows and the client's page queue can take in ahead of the reader, so
+    # the rest of node 1's keys are still on node 1 when it dies.
+    big = b"b" * 65536
+    bigger = b"B" * (512 * 1024)
     try:
         ring = _ring(cluster)
+        mine = ring.key_test(1)
         with Client(cluster.config, route="direct") as c:
-            for i in range(0, 400, 50):
-                c.batch([("create", str(k), big) for k in range(i, i + 50)])
+            for i in range(0, 400, 10):
+                c.batch([("create", str(k), bigger if mine(k) else big)
+                         for k in range(i, i + 10)])
             s = c.scan(limit=0, page_size=1)
             it = iter(s)
-            seen = [next(it).key for _ in range(8)]
+            # The first entry needs every node's first page: node 1's stream
+            # is open. Kill it at once; read further first and (on a loaded
+            # machine) node 1 may have streamed all it holds into the
+            # client's buffers, and its stream ends cleanly.
+            seen = [next(it).key]
             cluster.nodes[1].kill()
             with pytest.raises(UnavailableError) as e:
                 for entry in it:
@@ -432,11 +442,14 @@ def test_scan_of_a_hung_node_times_out_naming_it(tmp_path) -> None:
     path = write_config(tmp_path, 4, bits=BITS, timeout=1)
     cluster = Cluster(path).start()
     big = b"b" * 65536
+    bigger = b"B" * (512 * 1024)    # node 3's 40 MB cannot all be in flight (see above)
     label = f"node 3 (id {_ring(cluster).ids[3]}) at {cluster.address(3)}"
+    mine = _ring(cluster).key_test(3)
     try:
         with Client(cluster.config, route="direct", timeout=5) as c:
-            for i in range(0, 400, 50):
-                c.batch([("create", str(k), big) for k in range(i, i + 50)])
+            for i in range(0, 400, 10):
+                c.batch([("create", str(k), bigger if mine(k) else big)
+                         for k in range(i, i + 10)])
         with Client(cluster.config) as c:
             s = c.scan(limit=0, page_size=1)
             it = iter(s)
