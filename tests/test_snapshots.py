@@ -299,8 +299,10 @@ def test_idle_node_takes_no_new_snapshots(node_factory):
     node = node_factory(snapshot_interval=interval)
     directory = node.config.node_dir(0)
     with Client(node.config) as c:
-        for k in range(5):
-            c.create(str(k), b"x")
+        # One Batch: the 0.2 s timer can cut before it or after it, never
+        # inside it (five creates one by one took longer than an interval
+        # on a loaded machine, and snap.2 followed).
+        c.batch([("create", str(k), b"x") for k in range(5)])
         wait_until(lambda: listing(directory) == ([0, 1], [1]), timeout=10, what="snap.1")
         before = {n: os.stat(os.path.join(directory, n)).st_mtime_ns
                   for n in os.listdir(directory)}
