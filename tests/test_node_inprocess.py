@@ -114,7 +114,7 @@ def test_servicer_answers_through_the_pipeline_the_log_and_the_reply_path(tmp_pa
             out = await kv.Batch(batch, ctx)
             assert [r.code for r in out.results] == [rq.OK, rq.OK, rq.INVALID_ARGUMENT]
             assert out.results[1].value == b"w"
-            assert kv.in_flight == 0
+            assert kv.admission.in_flight == 0
             # Answered only once durable: the log holds both mutations.
             assert node.durable_seq == node.seq == 2
         finally:
@@ -136,7 +136,7 @@ def test_in_flight_limit_answers_resource_exhausted_while_a_request_is_held(tmp_
         ctx = FakeContext()
         try:
             slow = asyncio.ensure_future(kv.Read(pb.KeyRequest(key="77"), ctx))
-            await until(lambda: kv.in_flight == 1, "the held read to be in flight")
+            await until(lambda: kv.admission.in_flight == 1, "the held read to be in flight")
             with pytest.raises(Aborted) as refused:
                 await kv.Create(pb.WriteRequest(key="5", value=b"x"), ctx)
             assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -1,16 +1,25 @@
-"""The readiness gate: our services answer UNAVAILABLE until the node is ready.
+"""Admission: whether a call may enter a node's handlers, checked in one place.
 
 The gRPC server starts before the node replays its snapshot and log, so that
 the health service can say NOT_SERVING meanwhile (instead of a port that
 accepts connections and answers nothing). gRPC cannot add services to a
-running server, so KeyValue and Admin are registered from the start and check
-this gate first; health and reflection are not gated. A flag test per call,
-not a server interceptor: an aio interceptor costs ~8% of a unary call.
+running server, so KeyValue and Admin are registered from the start and their
+handlers ask the node's ``Admission`` first; health and reflection are not
+gated. Plain attribute tests per call, not a server interceptor: an aio
+interceptor costs ~8% of a unary call.
+
+    refusal            status               who asks
+    recovering         UNAVAILABLE          every handler (the ReadinessGate)
+    fail-stopped       UNAVAILABLE, reason  KeyValue (admit)
+    in-flight limit    RESOURCE_EXHAUSTED   Create/Read/Update/Delete/Batch (room)
+    admin.allow        PERMISSION_DENIED    Admin (admin)
 """
 
 from __future__ import annotations
 
 import grpc
+
+from chordctl import security
 
 
 class ReadinessGate:
@@ -24,3 +33,67 @@ class ReadinessGate:
 
     async def refuse(self, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNAVAILABLE, self.message)
+
+
+OPEN = ReadinessGate("node")   # a servicer built without a gate (tests) is ready
+OPEN.open()
+
+
+class Admission:
+    """One node's admission: its readiness gate, fail-stop, in-flight count
+    and admin.allow. KeyValue and Admin share one (server.py builds it), so
+    Admin.Status reports the in-flight count the limit judges.
+
+    Each check aborts the call (``context.abort`` raises) or returns.
+    ``in_flight`` is counted by the KeyValue handlers around their wait.
+    """
+
+    __slots__ = ("node", "gate", "max_in_flight", "in_flight", "allow", "_admin_der")
+
+    def __init__(self, node, gate: ReadinessGate | None = None):
+        self.node = node
+        self.gate = gate or OPEN
+        self.max_in_flight = node.config.limits.max_in_flight
+        self.in_flight = 0
+        self.allow = node.config.admin.allow
+        self._admin_der = (security.admin_certificate(node.config)
+                           if self.allow == "tls-client" else b"")
+
+    async def admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Ready and not fail-stopped (KeyValue), or UNAVAILABLE saying which."""
+        if not self.gate.ready:
+            await self.gate.refuse(context)
+        if self.node.failed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"{self.node.label}: {self.node.failed}")
+
+    async def room(self, context: grpc.aio.ServicerContext, requests: int) -> None:
+        """Room for *requests* more in flight (limits.max_in_flight), or RESOURCE_EXHAUSTED."""
+        if self.in_flight + requests > self.max_in_flight:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.node.label} has {self.in_flight} requests in flight "
+                                f"(limits.max_in_flight); retry later")
+
+    async def admin(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        """An Admin call: a client admin.allow admits, and a ready node.
+
+        Not refused when fail-stopped: Status says why, Files lists the files,
+        TakeSnapshot answers the failure from the pipeline."""
+        if self.allow != "any":
+            await self._allowed(context, method)
+        if not self.gate.ready:
+            await self.gate.refuse(context)
+
+    async def _allowed(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        if self.allow == "loopback":
+            if security.peer_is_loopback(context.peer()):
+                return
+            why = ("from this host only (admin.allow: loopback); run the command on the "
+                   "node's host")
+        else:
+            if security.peer_presents(context.auth_context(), self._admin_der):
+                return
+            why = ("only to clients presenting tls.client_cert (admin.allow: tls-client); "
+                   "use a config with that certificate")
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"admin: {self.node.label} answers Admin.{method} {why}")

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from chordctl import security
 from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
-from chordctl.core.gate import ReadinessGate
+from chordctl.core.gate import Admission, ReadinessGate
 from chordctl.core.node import Node, Replies
 from chordctl.core.router import Router, message_limit
 from chordctl.core.servicer import AdminServicer, KeyValueServicer, add_key_value_servicer
@@ -78,6 +78,7 @@ class NodeServer:
 
     Construct it on the loop it serves on. The wiring, one way each:
 
+        Admission (gate.py): may the call enter (KeyValue's and Admin's)
         KeyValueServicer --submit--> Node (F1 .. F4) --replies.send--> loop
         Router (F4's consumer) --replies.send / replies.deliver--> loop
         loop: Replies.deliver wakes each request's waiter in the servicer
@@ -141,10 +142,10 @@ class NodeServer:
 
         self.node.on_failed.append(on_failed)
 
-        kv = KeyValueServicer(self.node, loop, self.gate)
-        add_key_value_servicer(kv, server)   # malformed bodies: INVALID_ARGUMENT
-        pb_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.node, loop, kv, self.gate), server)
+        admission = Admission(self.node, self.gate)   # KeyValue's and Admin's
+        add_key_value_servicer(KeyValueServicer(self.node, loop, admission),
+                               server)   # malformed bodies: INVALID_ARGUMENT
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.node, loop, admission), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
