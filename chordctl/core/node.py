@@ -76,8 +76,9 @@ class Replies:
     the router thread; ``deliver(reqs)`` where the caller is already on the
     event loop (the router's calls). Over an event loop (``Replies.over``),
     send hops to the loop once per list and deliver wakes each request's
-    ``waiter`` (an asyncio future, or the servicer's _BatchWaiter). Tests
-    build one from two plain callables.
+    ``waiter`` (an asyncio future, or the servicer's _BatchWaiter). A scan's,
+    count's or TakeSnapshot's marker comes back the same way: its on_done
+    sends it, and its waiter is woken. Tests build one from two plain callables.
     """
 
     __slots__ = ("send", "deliver")
@@ -314,8 +315,10 @@ class Node:
         self.incoming.put(reqs)
 
     def request_snapshot(self, force: bool,
-                         on_done: Callable[[SnapshotMarker], None] | None = None) -> None:
-        self.incoming.put(SnapshotMarker(force, on_done))
+                         on_done: Callable[[SnapshotMarker], None] | None = None,
+                         waiter=None) -> None:
+        """A snapshot's marker into F1; on_done gets it when written or skipped (any thread)."""
+        self.incoming.put(SnapshotMarker(force, on_done, waiter))
 
     def request_read(self, marker: ReadMarker) -> None:
         """A scan's or count's point-in-time view; marker.on_done gets it (any thread)."""

@@ -136,6 +136,14 @@ def _batch_reply(slots: list, my_index: int, node_id: str, here: str,
     return reply
 
 
+def _send_back(node: Node):
+    """A marker's on_done: back by the node's reply path (Replies), which wakes
+    its waiter on the event loop like a request's."""
+    def send_back(marker) -> None:
+        node.replies.send([marker])
+    return send_back
+
+
 class _BatchWaiter:
     """One future for a whole Batch call: resolved when its last request is."""
 
@@ -168,6 +176,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         self.node_id = str(node.node_id)
         self.metrics = node.metrics
         self.scans = 0
+        self._send_back = _send_back(node)
 
     # -- helpers --------------------------------------------------------------
 
@@ -306,11 +315,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         """Wait for a ReadMarker to cross the pipeline (see node.py)."""
         await self.admission.admit(context)
         fut = self.loop.create_future()
-
-        def done(marker: ReadMarker) -> None:
-            self.loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(marker))
-
-        self.node.request_read(ReadMarker(freeze, done))
+        self.node.request_read(ReadMarker(freeze, self._send_back, fut))
         marker = await fut
         if marker.error:
             code, message = marker.error
@@ -398,11 +403,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     async def TakeSnapshot(self, request, context):
         await self.admission.admin(context, "TakeSnapshot")
         fut = self.loop.create_future()
-
-        def done(marker: SnapshotMarker) -> None:
-            self.loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(marker))
-
-        self.node.request_snapshot(force=True, on_done=done)
+        self.node.request_snapshot(True, _send_back(self.node), fut)
         marker = await fut
         if marker.error and not marker.result:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {marker.error}")
