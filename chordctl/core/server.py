@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from chordctl import security
+from chordctl import cpulist, security
 from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
 from chordctl.core.gate import Admission, ReadinessGate
@@ -186,7 +186,7 @@ class NodeServer:
             await self._not_serving()
         logger.info("%s serving on %s (pid %d, cpus %s, %s, fsync %s, %s, %d keys, ready "
                     "%.2fs after process start, rss %.1f MB)", self.node.label,
-                    address, os.getpid(), affinity.format_cpulist(affinity.available()),
+                    address, os.getpid(), cpulist.format_cpulist(affinity.available()),
                     eventloop.name(asyncio.get_running_loop()),
                     cfg.storage.fsync,
                     "TLS" if credentials is not None else "plaintext", len(self.node.store),

@@ -17,10 +17,10 @@ import time
 import grpc
 from google.protobuf.message import DecodeError
 
+from chordctl import cpulist
 from chordctl.core import affinity, eventloop, procinfo
 from chordctl.core.storage import inventory
 from chordctl.core.gate import Admission
-from chordctl.core import request as rq
 from chordctl.core.markers import ReadMarker, SnapshotMarker
 from chordctl.core.node import Node
 from chordctl.core.request import Request
@@ -28,7 +28,8 @@ from chordctl.core.store import count_keys, ordered_keys
 from chordctl.errors import InvalidInputError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
-from chordctl.protocol import describe, parse_key, validate
+from chordctl.protocol import (INVALID_ARGUMENT, OK, OP_CREATE, OP_DELETE, OP_NAMES, OP_READ,
+                               OP_UPDATE, describe, parse_key, validate)
 
 STATUS = {sc.value[0]: sc for sc in grpc.StatusCode}   # protocol's codes -> gRPC's
 SCAN_PAGE = 1000              # entries per ScanPage unless the request asks fewer
@@ -197,7 +198,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         if type(request) is MalformedRequest:
             await _refuse_malformed(request, context)
         key, trace = request.key, request.trace
-        value = request.value if op == rq.OP_CREATE or op == rq.OP_UPDATE else b""
+        value = request.value if op == OP_CREATE or op == OP_UPDATE else b""
         admission = self.admission
         await admission.admit(context)
         try:
@@ -217,8 +218,8 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         _explain(r, self.node.label)
         metrics = self.metrics
         metrics.answered(op, r.code)
-        metrics.took(rq.OP_NAMES[op], time.perf_counter() - t0)
-        if r.code != rq.OK:
+        metrics.took(OP_NAMES[op], time.perf_counter() - t0)
+        if r.code != OK:
             await context.abort(STATUS.get(r.code, grpc.StatusCode.UNKNOWN), r.message)
         return pb.Reply(value=r.result or b"", node_index=r.node_index, node_id=r.node_id,
                         message=r.message, route=r.route or ())
@@ -226,16 +227,16 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
     # -- KeyValue -------------------------------------------------------------
 
     async def Create(self, request, context):
-        return await self._unary(rq.OP_CREATE, request, context)
+        return await self._unary(OP_CREATE, request, context)
 
     async def Read(self, request, context):
-        return await self._unary(rq.OP_READ, request, context)
+        return await self._unary(OP_READ, request, context)
 
     async def Update(self, request, context):
-        return await self._unary(rq.OP_UPDATE, request, context)
+        return await self._unary(OP_UPDATE, request, context)
 
     async def Delete(self, request, context):
-        return await self._unary(rq.OP_DELETE, request, context)
+        return await self._unary(OP_DELETE, request, context)
 
     async def Batch(self, request, context):
         if type(request) is MalformedRequest:
@@ -258,7 +259,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         make = self._make
         max_digits = self.max_digits
         max_value = self.max_value
-        plain_ops = (rq.OP_CREATE, rq.OP_UPDATE)
+        plain_ops = (OP_CREATE, OP_UPDATE)
         for o in ops:
             op = o.op
             text = o.key
@@ -269,7 +270,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 if op in plain_ops:
                     value = o.value
                     plain = len(value) <= max_value
-                elif op == rq.OP_READ or op == rq.OP_DELETE:
+                elif op == OP_READ or op == OP_DELETE:
                     value = b""
                     plain = True
             if plain:
@@ -278,7 +279,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 try:
                     r = make(op, text, o.value, trace, o.hops, o.route, deadline)
                 except InvalidInputError as e:
-                    slots.append((rq.INVALID_ARGUMENT, str(e)))
+                    slots.append((INVALID_ARGUMENT, str(e)))
                     continue
             slots.append(r)
             valid.append(r)
@@ -459,7 +460,7 @@ def _status_reply(node: Node, in_flight: int, loop) -> pb.NodeStatus:
         pid=os.getpid(), placement=ring.placement, routing_mode=ring.routing,
         rss_bytes=procinfo.rss_bytes(), ready_seconds=node.ready_seconds,
         recovery_seconds=node.recovery_seconds, in_flight=in_flight,
-        cpus=affinity.format_cpulist(affinity.available()),
+        cpus=cpulist.format_cpulist(affinity.available()),
         event_loop=eventloop.name(loop), failed=node.failed or "")
 
 
