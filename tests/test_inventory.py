@@ -155,6 +155,8 @@ class FakeNode:
         self.report = RecoveryReport(directory=directory, logs=[(1, 5), (2, 5)],
                                      current_log=2)
         self.snapshot_counter = 2
+        self.failed = None
+        self.on_failed = []
 
 
 class FakeContext:

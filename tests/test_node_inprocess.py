@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chordctl import config as config_mod
+from chordctl.core.gate import Admission, ReadinessGate
 from chordctl.core.node import Node, OwnedBatch, Replies
 from chordctl.core.request import Request
 from chordctl.core.server import NodeServer
@@ -166,6 +167,30 @@ def test_fail_stopped_node_refuses_in_the_servicer_before_the_pipeline(tmp_path)
             await asyncio.get_running_loop().run_in_executor(None, node.stop, False)
 
     run(go())
+
+
+def test_admission_opens_with_the_gate_and_stays_shut_once_the_node_failed(tmp_path) -> None:
+    cfg = config_mod.load(write_config(tmp_path, 1))
+    node = Node(cfg, 0)
+    gate = ReadinessGate(node.label)
+    admission = Admission(node, gate)
+    assert not admission.open                 # recovering
+    gate.open()
+    assert admission.open
+    node.fail("log: cannot write log.0: No space left on device")
+    assert not admission.open
+    late = ReadinessGate(node.label)          # failed before its gate opened
+    shut = Admission(node, late)
+    late.open()
+    assert not shut.open
+
+    async def refused():
+        with pytest.raises(Aborted) as e:
+            await shut.refuse(FakeContext())
+        return e.value
+
+    why = run(refused())
+    assert why.code == grpc.StatusCode.UNAVAILABLE and "No space left" in why.details
 
 
 def test_scan_count_and_snapshot_markers_come_back_by_the_reply_path(tmp_path) -> None:

@@ -10,8 +10,8 @@ interceptor costs ~8% of a unary call.
 
     refusal            status               who asks
     recovering         UNAVAILABLE          every handler (the ReadinessGate)
-    fail-stopped       UNAVAILABLE, reason  KeyValue (admit)
-    in-flight limit    RESOURCE_EXHAUSTED   Create/Read/Update/Delete/Batch (room)
+    fail-stopped       UNAVAILABLE, reason  KeyValue (open, refuse)
+    in-flight limit    RESOURCE_EXHAUSTED   Create/Read/Update/Delete/Batch (full)
     admin.allow        PERMISSION_DENIED    Admin (admin)
 """
 
@@ -27,9 +27,12 @@ class ReadinessGate:
         self.ready = False
         self.message = (f"{label} is recovering (replaying its snapshot and log), "
                         f"retry shortly")
+        self.on_open: list = []     # called once open (Admission)
 
     def open(self) -> None:
         self.ready = True
+        for listener in self.on_open:
+            listener()
 
     async def refuse(self, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNAVAILABLE, self.message)
@@ -44,35 +47,58 @@ class Admission:
     and admin.allow. KeyValue and Admin share one (server.py builds it), so
     Admin.Status reports the in-flight count the limit judges.
 
-    Each check aborts the call (``context.abort`` raises) or returns.
-    ``in_flight`` is counted by the KeyValue handlers around their wait.
+    The hot path tests two attributes and awaits nothing unless it refuses:
+
+        if not admission.open: await admission.refuse(context)
+        if admission.in_flight + n > admission.max_in_flight: await admission.full(context)
+
+    ``open`` is kept by the transitions (the gate opening, Node.fail), so it
+    is one flag for both. ``in_flight`` is counted by the KeyValue handlers
+    around their wait. Each refusal aborts the call (``context.abort`` raises).
     """
 
-    __slots__ = ("node", "gate", "max_in_flight", "in_flight", "allow", "_admin_der")
+    __slots__ = ("node", "gate", "open", "max_in_flight", "in_flight", "allow", "_admin_der")
 
     def __init__(self, node, gate: ReadinessGate | None = None):
         self.node = node
         self.gate = gate or OPEN
+        self.open = False           # ready and not fail-stopped
         self.max_in_flight = node.config.limits.max_in_flight
         self.in_flight = 0
         self.allow = node.config.admin.allow
         self._admin_der = (security.admin_certificate(node.config)
                            if self.allow == "tls-client" else b"")
+        node.on_failed.append(self._failed)
+        if self.gate.ready:
+            self._opened()
+        else:
+            self.gate.on_open.append(self._opened)
 
-    async def admit(self, context: grpc.aio.ServicerContext) -> None:
-        """Ready and not fail-stopped (KeyValue), or UNAVAILABLE saying which."""
+    def _opened(self) -> None:
+        self.open = True
+        if self.node.failed:        # failed meanwhile (Node.fail sets it before its listeners)
+            self.open = False
+
+    def _failed(self, _reason: str) -> None:
+        self.open = False           # from a pipeline thread; never set back
+
+    async def refuse(self, context: grpc.aio.ServicerContext) -> None:
+        """UNAVAILABLE: recovering, or fail-stopped with the reason."""
         if not self.gate.ready:
             await self.gate.refuse(context)
-        if self.node.failed:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"{self.node.label}: {self.node.failed}")
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            f"{self.node.label}: {self.node.failed}")
 
-    async def room(self, context: grpc.aio.ServicerContext, requests: int) -> None:
-        """Room for *requests* more in flight (limits.max_in_flight), or RESOURCE_EXHAUSTED."""
-        if self.in_flight + requests > self.max_in_flight:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"{self.node.label} has {self.in_flight} requests in flight "
-                                f"(limits.max_in_flight); retry later")
+    async def admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Scan and Count: open, or refused."""
+        if not self.open:
+            await self.refuse(context)
+
+    async def full(self, context: grpc.aio.ServicerContext) -> None:
+        """RESOURCE_EXHAUSTED: no room for more requests in flight (limits.max_in_flight)."""
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{self.node.label} has {self.in_flight} requests in flight "
+                            f"(limits.max_in_flight); retry later")
 
     async def admin(self, context: grpc.aio.ServicerContext, method: str) -> None:
         """An Admin call: a client admin.allow admits, and a ready node.

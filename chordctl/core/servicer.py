@@ -200,12 +200,14 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         key, trace = request.key, request.trace
         value = request.value if op == OP_CREATE or op == OP_UPDATE else b""
         admission = self.admission
-        await admission.admit(context)
+        if not admission.open:
+            await admission.refuse(context)
         try:
             r = self._make(op, key, value, trace, 0, (), self._deadline(context))
         except InvalidInputError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        await admission.room(context, 1)
+        if admission.in_flight >= admission.max_in_flight:
+            await admission.full(context)
         t0 = time.perf_counter()
         fut = self.loop.create_future()
         r.waiter = fut
@@ -242,13 +244,15 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         if type(request) is MalformedRequest:
             await _refuse_malformed(request, context)
         admission = self.admission
-        await admission.admit(context)
+        if not admission.open:
+            await admission.refuse(context)
         ops = request.ops
         if len(ops) > self.max_batch:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"batch of {len(ops)} operations is over the limit of "
                                 f"{self.max_batch} (limits.max_batch_ops); split it")
-        await admission.room(context, len(ops))
+        if admission.in_flight + len(ops) > admission.max_in_flight:
+            await admission.full(context)
         t0 = time.perf_counter()
         deadline = self._deadline(context)
         # The hot loop of bulk work: plain keys and values within the limit take
