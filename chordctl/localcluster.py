@@ -24,7 +24,7 @@ from typing import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chordctl import security
+from chordctl import cpulist, security
 from chordctl.config import ENV_CONFIG, DEFAULT_CONFIG, Config
 from chordctl.core import affinity
 from chordctl.core.storage import files, lock
@@ -339,9 +339,9 @@ def start_missing(cfg: Config, missing: list[int], cpus_mode: str, wait_s: float
     for i in missing:
         cpus = None
         if cpus_mode == "none":
-            cpus = affinity.NONE
+            cpus = cpulist.NONE
         elif pins is not None and cfg.nodes[i].cpus is None:
-            cpus = affinity.format_cpulist(pins[i])
+            cpus = cpulist.format_cpulist(pins[i])
         procs[i] = start_node(cfg, i, cpus)
     for i in missing:
         node = cfg.nodes[i]

@@ -15,8 +15,8 @@ import pytest
 from chordctl import config as config_mod
 from chordctl import security
 from chordctl.client import Client
-from chordctl.cli.cluster import wait_serving
 from chordctl.errors import ChordError
+from chordctl.localcluster import wait_serving
 from conftest import READY_TIMEOUT, NodeProc, free_ports, run_chordctl, write_config
 from test_tls import edit_config
 

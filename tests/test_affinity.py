@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chordctl import cpulist
 from chordctl.core import affinity
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"),
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"),
     ("0, 2-3 ,5", {0, 2, 3, 5}), ("1-1", {1}), ("7,7", {7}),
 ])
 def test_parse_cpulist(text, cpus):
-    assert affinity.parse_cpulist(text) == frozenset(cpus)
+    assert cpulist.parse_cpulist(text) == frozenset(cpus)
 
 
 @pytest.mark.parametrize(("text", "reason"), [
@@ -31,18 +32,18 @@ def test_parse_cpulist(text, cpus):
 ])
 def test_parse_cpulist_refuses_with_the_reason(text, reason):
     with pytest.raises(ValueError, match=reason):
-        affinity.parse_cpulist(text)
+        cpulist.parse_cpulist(text)
 
 
 @given(st.sets(st.integers(min_value=0, max_value=300), min_size=1))
 def test_format_then_parse_is_identity(cpus):
-    text = affinity.format_cpulist(cpus)
-    assert affinity.parse_cpulist(text) == frozenset(cpus)
+    text = cpulist.format_cpulist(cpus)
+    assert cpulist.parse_cpulist(text) == frozenset(cpus)
     assert " " not in text
 
 
 def test_format_uses_ranges():
-    assert affinity.format_cpulist({0, 1, 2, 3, 5, 7, 8}) == "0-3,5,7-8"
+    assert cpulist.format_cpulist({0, 1, 2, 3, 5, 7, 8}) == "0-3,5,7-8"
 
 
 def test_round_robin_gives_each_node_one_cpu_in_turn():
@@ -56,18 +57,19 @@ def _pinned_child(cpus: str) -> subprocess.CompletedProcess:
     """A child that starts threads, pins itself, starts more, reports every thread's mask."""
     code = f"""
 import os, threading, time
+from chordctl import cpulist
 from chordctl.core import affinity
 ev = threading.Event()
 early = threading.Thread(target=ev.wait, daemon=True); early.start()
-affinity.pin_process(affinity.parse_cpulist({cpus!r}))
+affinity.pin_process(cpulist.parse_cpulist({cpus!r}))
 late = threading.Thread(target=ev.wait, daemon=True); late.start()
 tids = [int(t) for t in os.listdir('/proc/self/task')]
-masks = {{affinity.format_cpulist(os.sched_getaffinity(t)) for t in tids}}
+masks = {{cpulist.format_cpulist(os.sched_getaffinity(t)) for t in tids}}
 batch = all(os.sched_getscheduler(t) == os.SCHED_BATCH for t in tids)
 freed = []
 def writer():
     affinity.unpin_this_thread()
-    freed.append(affinity.format_cpulist(os.sched_getaffinity(0)))
+    freed.append(cpulist.format_cpulist(os.sched_getaffinity(0)))
 w = threading.Thread(target=writer); w.start(); w.join()
 ev.set()
 print(sorted(masks), batch, freed[0])
@@ -82,7 +84,7 @@ def test_pin_process_pins_threads_started_before_and_after():
     assert r.returncode == 0, r.stderr
     # Pinned, SCHED_BATCH, and a thread that asks (the log writer) runs anywhere.
     assert r.stdout.strip() == (f"{[str(cpu)]} True "
-                                f"{affinity.format_cpulist(affinity.available())}")
+                                f"{cpulist.format_cpulist(affinity.available())}")
 
 
 def test_pin_process_refuses_a_cpu_it_may_not_use():

@@ -10,7 +10,7 @@ import threading
 import pexpect
 import pytest
 
-from chordctl import bulk
+from chordctl import bulk, cpulist
 from chordctl.bench import engine, workloads
 from chordctl.bench.runner import one_hop_keys
 from chordctl.client import Client
@@ -257,7 +257,7 @@ def test_bench_baseline_interleaves_rounds_and_reports_median_ratios(make_cluste
         assert len(rounds) == 3 and all(r > 0 for r in rounds)
         assert doc["ratios"][key] == sorted(rounds)[1]            # the median round
     # Unpinned nodes: the echoes run where the nodes may run.
-    cpus = affinity.format_cpulist(affinity.available())
+    cpus = cpulist.format_cpulist(affinity.available())
     assert doc["machine"]["node_cpus"] == [cpus, cpus]
     assert doc["machine"]["event_loop"] in ("uvloop", "asyncio")
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from chordctl import config as config_mod
+from chordctl import cpulist
 from chordctl.localcluster import log_path, pid_path, wait_exit
 from chordctl.client import Client
 from chordctl.core import affinity
@@ -255,7 +256,7 @@ def test_cluster_up_pins_nodes_round_robin_and_keeps_configured_cpus(tmp_path):
                          timeout=UP_TIMEOUT)
         started.update(read_pids(cfg))
         assert r.returncode == 0, r.stderr.decode()
-        assert _cpus_of_nodes(path) == [affinity.format_cpulist(cpus)] * 3
+        assert _cpus_of_nodes(path) == [cpulist.format_cpulist(cpus)] * 3
     finally:
         kill_leftovers(cfg, path, started)
 
@@ -290,7 +291,7 @@ def test_cluster_up_runs_unpinned_where_the_system_refuses_pinning(tmp_path, run
         assert res.exit_code == 0, res.output
         assert "does not let processes choose their CPUs" in res.stderr
         # The nodes (real processes, not patched) were started without --cpus.
-        assert _cpus_of_nodes(path) == [affinity.format_cpulist(affinity.available())] * 2
+        assert _cpus_of_nodes(path) == [cpulist.format_cpulist(affinity.available())] * 2
     finally:
         kill_leftovers(cfg, path, started)
 

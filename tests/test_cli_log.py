@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from chordctl.core.storage import records, recovery
-from chordctl.core.storage.records import OP_CREATE
+from chordctl.protocol import OP_CREATE
 from conftest import CLI, run_chordctl
 from test_recovery import NodeDir, append_raw, build_three_generations, damage
 

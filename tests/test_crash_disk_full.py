@@ -27,12 +27,11 @@ import pytest
 
 from chordctl import config as config_mod
 from chordctl.client import Client
-from chordctl.core import request as rq
 from chordctl.core.markers import SnapshotMarker
 from chordctl.core.node import Node, Replies
 from chordctl.core.request import Request
-from chordctl.core.storage.records import OP_CREATE, OP_READ
 from chordctl.errors import ChordError, NotFoundError
+from chordctl.protocol import OK, OP_CREATE, OP_READ, UNAVAILABLE
 from conftest import NodeProc, write_config
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -123,7 +122,7 @@ def test_failed_append_is_cut_back_refused_as_safe_to_retry_and_never_rotated(tm
     p = Pipeline(tmp_path)
     try:
         acked = p.run(creates(range(20)))
-        assert all(r.code == rq.OK for r in acked)
+        assert all(r.code == OK for r in acked)
         good = os.path.getsize(os.path.join(p.dir, "log.0"))
         marker = SnapshotMarker(force=True)
         fail_append(p.node.log, marker)
@@ -133,7 +132,7 @@ def test_failed_append_is_cut_back_refused_as_safe_to_retry_and_never_rotated(tm
         p.wait(batch)
         assert marker.rotated.wait(10)
         for r in batch:
-            assert r.code == rq.UNAVAILABLE, r.message
+            assert r.code == UNAVAILABLE, r.message
             assert "No space left on device" in r.message
             assert "not applied; safe to retry" in r.message, r.message
             assert "outcome unknown" not in r.message
@@ -143,7 +142,7 @@ def test_failed_append_is_cut_back_refused_as_safe_to_retry_and_never_rotated(tm
         # A read after the failure is refused, never served from the map
         # that applied the failed batch.
         after = p.run([read(100), read(5)])
-        assert all(r.code == rq.UNAVAILABLE and r.result is None for r in after)
+        assert all(r.code == UNAVAILABLE and r.result is None for r in after)
     finally:
         p.stop()
     assert marker.result is None and marker.error and "not written" in marker.error
@@ -166,7 +165,7 @@ def test_failed_cut_back_says_outcome_unknown_and_restart_repairs_the_torn_tail(
         p.wait(batch)
         assert marker.rotated.wait(10)
         for r in batch:
-            assert r.code == rq.UNAVAILABLE and "outcome unknown" in r.message, r.message
+            assert r.code == UNAVAILABLE and "outcome unknown" in r.message, r.message
             assert "safe to retry" not in r.message
     finally:
         p.stop()
@@ -193,11 +192,11 @@ def test_failed_fsync_says_outcome_unknown(tmp_path):
         p.node.log.sync = sync
         batch = p.run(creates(range(10, 20)))
         for r in batch:
-            assert r.code == rq.UNAVAILABLE, r.message
+            assert r.code == UNAVAILABLE, r.message
             assert "cannot fsync" in r.message and "outcome unknown" in r.message, r.message
         refused = p.run(creates([99]))
         # Refused by a failed node: nothing of it can reach the disk.
-        assert refused[0].code == rq.UNAVAILABLE
+        assert refused[0].code == UNAVAILABLE
         assert "refuses requests" in refused[0].message
     finally:
         p.node.log.sync = lambda: None
@@ -231,7 +230,7 @@ def test_failed_snapshot_removes_its_tmp_file(tmp_path, monkeypatch):
         assert not [n for n in os.listdir(p.dir) if n.endswith(".tmp")], os.listdir(p.dir)
         # The node goes on: a failed snapshot is not a failed log.
         assert not p.node.failed
-        assert all(r.code == rq.OK for r in p.run(creates(range(10, 12))))
+        assert all(r.code == OK for r in p.run(creates(range(10, 12))))
     finally:
         p.stop()
 
@@ -263,7 +262,7 @@ def test_failed_log_rotation_fails_only_the_snapshot_not_the_node(tmp_path, monk
         assert marker.result is None
         assert not p.node.failed, p.node.failed
         assert "log.1" not in os.listdir(p.dir) and "snap.1" not in os.listdir(p.dir)
-        assert all(r.code == rq.OK for r in p.run(creates(range(10, 20))))
+        assert all(r.code == OK for r in p.run(creates(range(10, 20))))
         # Space is back: the next snapshot uses counter 1, as if the failed one never was.
         refuse["on"] = False
         done2 = threading.Event()
@@ -271,7 +270,7 @@ def test_failed_log_rotation_fails_only_the_snapshot_not_the_node(tmp_path, monk
         p.node.incoming.put(again)
         assert done2.wait(30)
         assert again.error is None and again.counter == 1, (again.error, again.counter)
-        assert all(r.code == rq.OK for r in p.run(creates(range(20, 25))))
+        assert all(r.code == OK for r in p.run(creates(range(20, 25))))
     finally:
         p.stop()
     data, report = restart(p.cfg)

@@ -14,6 +14,7 @@ from conftest import NodeProc, write_config
 from chordctl.client import Client, Result
 from chordctl.core.storage import files, records
 from chordctl.errors import NotFoundError, UnavailableError
+from chordctl.protocol import OP_CREATE
 
 KEYS_PER_ROUND = 300
 WRITERS = 8
@@ -177,7 +178,7 @@ def test_replay_drops_torn_tail_and_keeps_serving(tmp_path):
         with open(log, "rb") as f:
             scan = records.scan(f.read(), log, allow_torn=False)
         last_seq = scan.records[-1].seq
-        record = records.encode_many([(last_seq + 1, records.OP_CREATE, b"777", b"t" * 100)])
+        record = records.encode_many([(last_seq + 1, OP_CREATE, b"777", b"t" * 100)])
         half = record[: len(record) // 2]
         with open(log, "ab") as f:
             f.write(half)

@@ -21,8 +21,8 @@ from chordctl.core.ring import Ring
 from chordctl.core.storage import files, identity, records, snapshot
 from chordctl.core.storage.identity import RingIdentity
 from chordctl.core.storage.log import LogFile
-from chordctl.core.storage.records import OP_CREATE
 from chordctl.errors import RingMismatchError, StorageError
+from chordctl.protocol import OP_CREATE
 from conftest import Cluster, NodeProc, write_config
 
 

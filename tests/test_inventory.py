@@ -20,6 +20,7 @@ from chordctl.core import servicer as servicer_mod
 from chordctl.core.storage import files, inventory, records, snapshot
 from chordctl.core.storage.recovery import RecoveryReport
 from chordctl.core.servicer import AdminServicer
+from chordctl.protocol import OP_CREATE
 
 
 def make_dir(d) -> str:
@@ -30,7 +31,7 @@ def make_dir(d) -> str:
         recs = []
         for k in range(5):
             seq += 1
-            recs.append((seq, records.OP_CREATE, str(c * 10 + k).encode(), b"v"))
+            recs.append((seq, OP_CREATE, str(c * 10 + k).encode(), b"v"))
         with open(os.path.join(d, files.log_name(c)), "wb") as f:
             f.write(records.encode_many(recs))
     snapshot.write(d, 1, 5, [{k: b"v" for k in range(5)}], pause_ratio=0)
@@ -105,7 +106,7 @@ def test_changed_file_is_read_again(tmp_path, reads) -> None:
     inventory.describe(d, cache)
     path = os.path.join(d, "log.0")
     with open(path, "ab") as f:
-        f.write(records.encode_many([(99, records.OP_CREATE, b"7", b"x")]))
+        f.write(records.encode_many([(99, OP_CREATE, b"7", b"x")]))
     [doc] = [x for x in inventory.describe(d, cache) if x["file"] == "log.0"]
     assert doc["records"] == 6
 
@@ -154,6 +155,8 @@ class FakeNode:
         self.report = RecoveryReport(directory=directory, logs=[(1, 5), (2, 5)],
                                      current_log=2)
         self.snapshot_counter = 2
+        self.failed = None
+        self.on_failed = []
 
 
 class FakeContext:

@@ -17,9 +17,9 @@ from chordctl.core.node import Node
 from chordctl.core.ring import Ring
 from chordctl.core.storage import identity, migrate, recovery, records
 from chordctl.core.storage.identity import RingIdentity
-from chordctl.core.storage.records import OP_CREATE
 from chordctl.core.store import Store
 from chordctl.errors import DirectoryLockedError, InvalidInputError, RingMismatchError
+from chordctl.protocol import OP_CREATE
 from conftest import CLI, Cluster, NodeProc, wait_until, write_config
 
 # Keys all over the ring under every (bits, placement) used here, big ones too.

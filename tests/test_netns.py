@@ -107,9 +107,9 @@ def chordctl_in(ns: str, path: str, *args: str) -> subprocess.CompletedProcess:
 DRIVER = r"""
 import json, sys, time
 from chordctl import config
-from chordctl.cli.cluster import wait_serving
 from chordctl.client import Client
 from chordctl.errors import ChordError
+from chordctl.localcluster import wait_serving
 
 cfg = config.load(sys.argv[1])
 mode = sys.argv[2]

@@ -17,13 +17,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chordctl import config as config_mod
-from chordctl.core import request as rq
+from chordctl.core.gate import Admission, ReadinessGate
 from chordctl.core.node import Node, OwnedBatch, Replies
 from chordctl.core.request import Request
 from chordctl.core.server import NodeServer
-from chordctl.core.servicer import KeyValueServicer
+from chordctl.core.servicer import AdminServicer, KeyValueServicer
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
+from chordctl.protocol import INVALID_ARGUMENT, OK, OP_READ, OP_UPDATE
 from conftest import write_config
 from held_node import held
 
@@ -81,11 +82,11 @@ def test_replies_over_a_loop_wake_the_waiters_from_a_pipeline_thread() -> None:
     async def go():
         loop = asyncio.get_running_loop()
         replies = Replies.over(loop)
-        r = Request(rq.OP_READ, 1, b"1", b"", 1e18)
+        r = Request(OP_READ, 1, b"1", b"", 1e18)
         r.waiter = loop.create_future()
         threading.Thread(target=replies.send, args=([r],)).start()
         assert await asyncio.wait_for(r.waiter, 10) is r
-        done = Request(rq.OP_READ, 2, b"2", b"", 1e18)
+        done = Request(OP_READ, 2, b"2", b"", 1e18)
         done.waiter = loop.create_future()
         done.waiter.cancel()                # a receiver that gave up: left alone
         replies.deliver([done])
@@ -108,13 +109,13 @@ def test_servicer_answers_through_the_pipeline_the_log_and_the_reply_path(tmp_pa
                 await kv.Read(pb.KeyRequest(key="7"), ctx)
             assert missing.value.code == grpc.StatusCode.NOT_FOUND
             batch = pb.BatchRequest()
-            batch.ops.add(op=rq.OP_UPDATE, key="42", value=b"w")
-            batch.ops.add(op=rq.OP_READ, key="42")
-            batch.ops.add(op=rq.OP_READ, key="x")
+            batch.ops.add(op=OP_UPDATE, key="42", value=b"w")
+            batch.ops.add(op=OP_READ, key="42")
+            batch.ops.add(op=OP_READ, key="x")
             out = await kv.Batch(batch, ctx)
-            assert [r.code for r in out.results] == [rq.OK, rq.OK, rq.INVALID_ARGUMENT]
+            assert [r.code for r in out.results] == [OK, OK, INVALID_ARGUMENT]
             assert out.results[1].value == b"w"
-            assert kv.in_flight == 0
+            assert kv.admission.in_flight == 0
             # Answered only once durable: the log holds both mutations.
             assert node.durable_seq == node.seq == 2
         finally:
@@ -136,7 +137,7 @@ def test_in_flight_limit_answers_resource_exhausted_while_a_request_is_held(tmp_
         ctx = FakeContext()
         try:
             slow = asyncio.ensure_future(kv.Read(pb.KeyRequest(key="77"), ctx))
-            await until(lambda: kv.in_flight == 1, "the held read to be in flight")
+            await until(lambda: kv.admission.in_flight == 1, "the held read to be in flight")
             with pytest.raises(Aborted) as refused:
                 await kv.Create(pb.WriteRequest(key="5", value=b"x"), ctx)
             assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -164,6 +165,63 @@ def test_fail_stopped_node_refuses_in_the_servicer_before_the_pipeline(tmp_path)
             assert "No space left" in refused.value.details
         finally:
             await asyncio.get_running_loop().run_in_executor(None, node.stop, False)
+
+    run(go())
+
+
+def test_admission_opens_with_the_gate_and_stays_shut_once_the_node_failed(tmp_path) -> None:
+    cfg = config_mod.load(write_config(tmp_path, 1))
+    node = Node(cfg, 0)
+    gate = ReadinessGate(node.label)
+    admission = Admission(node, gate)
+    assert not admission.open                 # recovering
+    gate.open()
+    assert admission.open
+    node.fail("log: cannot write log.0: No space left on device")
+    assert not admission.open
+    late = ReadinessGate(node.label)          # failed before its gate opened
+    shut = Admission(node, late)
+    late.open()
+    assert not shut.open
+
+    async def refused():
+        with pytest.raises(Aborted) as e:
+            await shut.refuse(FakeContext())
+        return e.value
+
+    why = run(refused())
+    assert why.code == grpc.StatusCode.UNAVAILABLE and "No space left" in why.details
+
+
+def test_scan_count_and_snapshot_markers_come_back_by_the_reply_path(tmp_path) -> None:
+    cfg = config_mod.load(write_config(tmp_path, 1))
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        over = Replies.over(loop)
+        sent: list[str] = []
+
+        def send(items) -> None:
+            sent.extend(type(x).__name__ for x in items)
+            over.send(items)
+
+        node = Node(cfg, 0, Replies(send, over.deliver))
+        await loop.run_in_executor(None, node.recover)
+        node.start()
+        kv = KeyValueServicer(node, loop)
+        admin = AdminServicer(node, loop, kv.admission)   # one Admission, as server.py
+        ctx = FakeContext()
+        try:
+            await kv.Create(pb.WriteRequest(key="5", value=b"v"), ctx)
+            assert (await kv.Count(pb.CountRequest(), ctx)).keys == 1
+            pages = [p async for p in kv.Scan(pb.ScanRequest(), ctx)]
+            assert [(e.key, e.value) for p in pages for e in p.entries] == [("5", b"v")]
+            snap = await admin.TakeSnapshot(pb.SnapshotRequest(), ctx)
+            assert snap.counter == 1 and snap.keys == 1
+            assert sent == ["Request", "ReadMarker", "ReadMarker", "SnapshotMarker"]
+            assert (await admin.Status(pb.StatusRequest(), ctx)).in_flight == 0
+        finally:
+            await loop.run_in_executor(None, node.stop, False)
 
     run(go())
 

@@ -7,8 +7,8 @@ import signal
 import subprocess
 import sys
 
-from chordctl.cli.cluster import wait_serving
 from chordctl.client import Client
+from chordctl.localcluster import wait_serving
 from conftest import write_config
 
 

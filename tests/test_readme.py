@@ -38,8 +38,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import pytest
-
 from conftest import free_ports
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,15 +13,13 @@ from chordctl.core.storage import records
 from chordctl.core.storage.records import (
     HEADER_SIZE,
     MAX_PAYLOAD,
-    OP_CREATE,
-    OP_DELETE,
-    OP_UPDATE,
     PAYLOAD_HEAD_SIZE,
     Record,
     encode_many,
     scan,
 )
 from chordctl.errors import CorruptRecordError
+from chordctl.protocol import OP_CREATE, OP_DELETE, OP_UPDATE
 
 
 def encode(seq: int, op: int, key: bytes, value: bytes = b"") -> bytes:

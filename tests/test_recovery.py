@@ -9,9 +9,9 @@ import pytest
 
 from chordctl.core.storage import recovery, records, snapshot
 from chordctl.core.storage.log import LogFile
-from chordctl.core.storage.records import OP_CREATE, OP_DELETE, OP_UPDATE
 from chordctl.core.store import Store
 from chordctl.errors import CorruptRecordError, StorageAccessError, StorageError
+from chordctl.protocol import OP_CREATE, OP_DELETE, OP_UPDATE
 
 Op = tuple[int, int, bytes]   # (op, key, value)
 

@@ -16,12 +16,12 @@ import pytest
 
 from chordctl import config as config_mod
 from chordctl.client import Client, Result
-from chordctl.core import request as rq
 from chordctl.core.node import Replies
 from chordctl.core.request import Request
 from chordctl.core.ring import Ring
 from chordctl.core.router import Router, message_limit
 from chordctl.pb import chord_pb2 as pb
+from chordctl.protocol import INTERNAL, OP_CREATE, OP_READ, RESOURCE_EXHAUSTED, UNAVAILABLE
 from conftest import Cluster, write_config
 
 BITS = 16
@@ -55,7 +55,7 @@ def requests_for(ring: Ring, owner: int, count: int, value: bytes = b"") -> list
     out = []
     for i in range(count):
         k = base + i * ring.size    # same ring position (direct placement): same owner
-        op = rq.OP_CREATE if value else rq.OP_READ
+        op = OP_CREATE if value else OP_READ
         out.append(Request(op, k, str(k).encode(), value, deadline))
     return out
 
@@ -116,11 +116,11 @@ class RefusingStub:
 @pytest.mark.parametrize("code, details, expect", [
     (grpc.StatusCode.INVALID_ARGUMENT,
      "batch of 10001 operations is over the limit of 10000 (limits.max_batch_ops); split it",
-     rq.INTERNAL),
+     INTERNAL),
     (grpc.StatusCode.RESOURCE_EXHAUSTED,
      "node 3 (id 16383) has 99990 requests in flight (limits.max_in_flight); retry later",
-     rq.RESOURCE_EXHAUSTED),
-    (grpc.StatusCode.UNAVAILABLE, "node 3 (id 16383) is recovering", rq.UNAVAILABLE),
+     RESOURCE_EXHAUSTED),
+    (grpc.StatusCode.UNAVAILABLE, "node 3 (id 16383) is recovering", UNAVAILABLE),
 ])
 def test_peer_refusal_is_reported_as_refusal_not_as_unreachable(code, details, expect) -> None:
     cfg = make_config()
@@ -157,7 +157,7 @@ def test_unreachable_peer_is_still_reported_as_unreachable() -> None:
         return done
 
     [r] = asyncio.run(run())
-    assert r.code == rq.UNAVAILABLE and "could not reach node 3" in r.message, r.message
+    assert r.code == UNAVAILABLE and "could not reach node 3" in r.message, r.message
 
 
 def test_concurrent_batches_forwarded_together_all_succeed(tmp_path) -> None:

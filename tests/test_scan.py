@@ -15,13 +15,13 @@ import pytest
 
 from chordctl import config as config_mod
 from chordctl.client import Client
-from chordctl.core import request as rq
 from chordctl.core.markers import ReadMarker
 from chordctl.core.node import Node, Replies
 from chordctl.core.request import Request
 from chordctl.core.ring import Ring
 from chordctl.core.store import Store, count_keys, ordered_keys
 from chordctl.errors import DeadlineExceededError, InvalidInputError, UnavailableError
+from chordctl.protocol import OP_CREATE
 from chordctl.scan import Entry, Merge, nodes_for_range
 from conftest import Cluster, run_chordctl, wait_until, write_config
 
@@ -31,7 +31,7 @@ from conftest import Cluster, run_chordctl, wait_until, write_config
 def _store(keys, chunks: int = 8) -> list[dict[int, bytes]]:
     s = Store(chunks=chunks)
     for k in keys:
-        s.apply(rq.OP_CREATE, k, b"v")
+        s.apply(OP_CREATE, k, b"v")
     return s.freeze()
 
 
@@ -138,7 +138,7 @@ def test_scan_marker_waits_until_the_write_before_it_is_durable(tmp_path) -> Non
             real_sync()
 
         node.log.sync = slow_sync
-        node.submit([Request(rq.OP_CREATE, 5, b"5", b"five", deadline=1e18)])
+        node.submit([Request(OP_CREATE, 5, b"5", b"five", deadline=1e18)])
         done = threading.Event()
         marker = ReadMarker(True, lambda m: done.set())
         node.request_read(marker)

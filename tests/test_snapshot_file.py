@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chordctl.core.storage import snapshot
-from chordctl.core.storage.records import OP_CREATE
 from chordctl.core.store import Store
 from chordctl.errors import CorruptRecordError
+from chordctl.protocol import OP_CREATE
 
 BIG = 10**5000 + 17   # more digits than Python will convert with str()
 

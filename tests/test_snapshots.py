@@ -22,6 +22,7 @@ from chordctl.client import Client
 from chordctl.core.storage import files, records, snapshot
 from chordctl.core.store import Store
 from chordctl.errors import AlreadyExistsError, ChordError, NotFoundError
+from chordctl.protocol import OP_CREATE
 from conftest import NodeProc, run_chordctl, wait_until, write_config
 
 LOAD_SECONDS = 30.0      # upper bound of every write loop
@@ -57,7 +58,7 @@ def replay(recs: list[records.Record], start: dict[int, bytes] | None = None) ->
     store = Store()
     if start:
         for k, v in start.items():
-            store.apply(records.OP_CREATE, k, v)
+            store.apply(OP_CREATE, k, v)
     for r in recs:
         store.apply(r.op, int(r.key), r.value)
     return dict(store.items())
@@ -508,7 +509,7 @@ def test_log_replay_verify_flags_torn_tail_and_corrupt_snapshot(node_factory, ru
     torn = str(tmp_path / "torn")
     shutil.copytree(directory, torn)
     with open(os.path.join(torn, "log.2"), "ab") as f:
-        f.write(records.encode_many([(999, records.OP_CREATE, b"77", b"never acknowledged")])[:-3])
+        f.write(records.encode_many([(999, OP_CREATE, b"77", b"never acknowledged")])[:-3])
     p = run_chordctl("log", "replay", "--data-dir", torn, "--verify")
     assert p.returncode == 1, p.stdout + p.stderr
     r = cli("log", "replay", "--data-dir", torn, output="json")

@@ -16,7 +16,6 @@ from hypothesis.stateful import (
     rule,
 )
 
-from chordctl.core.storage.records import OP_CREATE, OP_DELETE, OP_READ, OP_UPDATE
 from chordctl.core.store import (
     ALREADY_EXISTS,
     INVALID_ARGUMENT,
@@ -24,6 +23,7 @@ from chordctl.core.store import (
     OK,
     Store,
 )
+from chordctl.protocol import OP_CREATE, OP_DELETE, OP_READ, OP_UPDATE
 
 BIG = 10**60 + 7
 

@@ -19,10 +19,10 @@ import yaml
 
 from chordctl import config as config_mod
 from chordctl import security
-from chordctl.cli.cluster import wait_serving
 from chordctl.client import Client
 from chordctl.config import ConfigError, from_dict
 from chordctl.errors import ChordError, NotFoundError
+from chordctl.localcluster import wait_serving
 from conftest import READY_TIMEOUT, NodeProc, free_ports, run_chordctl, write_config
 
 pytestmark = pytest.mark.skipif(

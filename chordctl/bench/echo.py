@@ -16,7 +16,8 @@ import signal
 import grpc
 
 from chordctl.core import eventloop
-from chordctl.core.affinity import parse_cpulist, pin_process
+from chordctl.core.affinity import pin_process
+from chordctl.cpulist import parse_cpulist
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 

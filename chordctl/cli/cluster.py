@@ -14,10 +14,8 @@ import click
 from chordctl.cli.common import Seconds, State, pass_state
 from chordctl.cli.ring import print_ring
 from chordctl.config import Config
-from chordctl.localcluster import (  # noqa: F401  (re-exported for older imports)
-    STOP_TIMEOUT, NodeProcess, find_nodes, log_path, pid_path, refuse_strangers,
-    remove_pid_file, running_pid, start_missing, start_node, stop_pids, tail, wait_exit,
-    wait_serving)
+from chordctl.localcluster import (STOP_TIMEOUT, find_nodes, refuse_strangers, remove_pid_file,
+                                   start_missing, stop_pids, wait_serving)
 
 
 def _names(indexes) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from chordctl import cpulist
 from chordctl.cli.common import State, pass_state
 from chordctl.core import affinity, eventloop, nodelog
 from chordctl.errors import InvalidInputError
@@ -51,7 +52,7 @@ def serve(state: State, index: int, log_level: str, log_format: str,
     pin = node_cfg.cpus
     if cpus is not None:
         try:
-            pin = None if cpus == affinity.NONE else affinity.parse_cpulist(cpus)
+            pin = None if cpus == cpulist.NONE else cpulist.parse_cpulist(cpus)
         except ValueError as e:
             raise InvalidInputError(f"node: --cpus {e}") from None
     if pin is not None:
@@ -59,7 +60,7 @@ def serve(state: State, index: int, log_level: str, log_format: str,
             affinity.pin_process(pin)
         except (OSError, ValueError) as e:
             raise InvalidInputError(f"node: cannot pin node {index} to CPUs "
-                                    f"{affinity.format_cpulist(pin)}: {e}; change the node's "
+                                    f"{cpulist.format_cpulist(pin)}: {e}; change the node's "
                                     f"`cpus` in the config or pass --cpus none") from None
     try:
         loop = eventloop.choice()

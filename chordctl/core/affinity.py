@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from chordctl.cpulist import NONE, format_cpulist, parse_cpulist  # noqa: F401 (re-exported)
+from chordctl.cpulist import format_cpulist
 
 _before_pin: frozenset[int] | None = None   # the process's CPUs before pin_process
 

@@ -22,10 +22,10 @@ import queue
 import time
 
 from chordctl.core import affinity
-from chordctl.core import request as rq
 from chordctl.core.markers import STOP, SnapshotMarker
 from chordctl.core.storage import files, records
 from chordctl.core.storage.log import LogFile
+from chordctl.protocol import OP_READ, UNAVAILABLE
 
 logger = logging.getLogger("chordctl.node")
 
@@ -51,7 +51,7 @@ class LogWriter:
         get = to_log.get
         empty = to_log.empty
         encode_many = records.encode_many
-        read = rq.OP_READ
+        read = OP_READ
         failstop = self.failstop
         sync_each = self.fsync == "always"
         sync_group = self.fsync in ("always", "batch")
@@ -123,7 +123,7 @@ class LogWriter:
             # never written (a definite refusal, as failstop.failed says).
             message = f"{self.label}: {verdict or failstop.failed}"
             for batch in done:
-                batch.error = (rq.UNAVAILABLE, message)
+                batch.error = (UNAVAILABLE, message)
         elif done:
             self.durable_seq = done[-1].seq
         for batch in done:

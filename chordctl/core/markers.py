@@ -16,10 +16,12 @@ class SnapshotMarker:
     """A snapshot's cut: F1 -> F2 (rotate the log) and F3 (freeze the map)."""
 
     __slots__ = ("force", "counter", "last_seq", "on_done", "skipped", "result", "error",
-                 "rotated", "seconds", "capture_ms")
+                 "rotated", "seconds", "capture_ms", "waiter")
 
-    def __init__(self, force: bool, on_done: Callable[["SnapshotMarker"], None] | None = None):
+    def __init__(self, force: bool, on_done: Callable[["SnapshotMarker"], None] | None = None,
+                 waiter=None):
         self.force = force
+        self.waiter = waiter     # what Replies wakes, when on_done sends it back (servicer)
         self.counter = 0
         self.last_seq = 0
         # Set by the log writer once log.(X-1) is closed and fsynced and log.X
@@ -43,10 +45,11 @@ class ReadMarker:
     without mutations (the log writer treats it as one)."""
 
     __slots__ = ("freeze", "seq", "mutations", "reqs", "error", "chunks", "keys", "on_done",
-                 "_pending", "_lock")
+                 "_pending", "_lock", "waiter")
 
-    def __init__(self, freeze: bool, on_done: Callable[["ReadMarker"], None]):
+    def __init__(self, freeze: bool, on_done: Callable[["ReadMarker"], None], waiter=None):
         self.freeze = freeze          # capture the chunks (scan), or only count (count)
+        self.waiter = waiter          # what Replies wakes, when on_done sends it back
         self.seq = 0                  # the view holds every mutation up to this one
         self.mutations = 0
         self.reqs = ()

@@ -8,8 +8,9 @@
         self.to_snap   applier ->      snapshot-writer   frozen captures (snapshots.py)
         replies.send   answer step ->  event loop        answered Requests (Replies)
 
-A request, from its handler (servicer.py) and back: the receiver sets
-``r.waiter`` and calls ``submit``; the dispatcher drains F1 into one batch,
+A request, from its handler (servicer.py) and back: the receiver, once
+the node's Admission (gate.py) lets the call in, sets ``r.waiter`` and
+calls ``submit``; the dispatcher drains F1 into one batch,
 gives each owned mutation a sequence number, and puts the same OwnedBatch
 into F2 and F3 (so the log and the map see the same order). The log writer
 appends a batch's mutations with one write and, under ``batch``/``always``,
@@ -33,8 +34,10 @@ has rotated, so on disk too ``snap.X`` never holds an operation that
 A scan or a count is a ReadMarker on the same path: the applier freezes the
 map (or just counts it) after every earlier request, and, like a read, the
 marker completes only when every mutation before it is durable, so a scan
-never lists a value that a crash could still take away. The scan itself then
-reads the frozen chunks outside the pipeline threads.
+never lists a value that a crash could still take away. A marker a handler
+waits for comes back by the same Replies (its on_done sends it, its waiter
+is woken). The scan itself then reads the frozen chunks outside the
+pipeline threads.
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ import time
 from typing import Callable
 
 from chordctl.config import Config
-from chordctl.core import request as rq
 from chordctl.core import snapshots
 from chordctl.core.logwriter import LogWriter
 from chordctl.core.markers import STOP, ReadMarker, SnapshotMarker
@@ -59,6 +61,7 @@ from chordctl.core.storage import files, identity, recovery, snapshot
 from chordctl.core.storage.lock import DirectoryLock
 from chordctl.core.storage.log import LogFile
 from chordctl.core.store import Store
+from chordctl.protocol import INTERNAL, OP_READ, UNAVAILABLE
 
 logger = logging.getLogger("chordctl.node")
 
@@ -76,8 +79,9 @@ class Replies:
     the router thread; ``deliver(reqs)`` where the caller is already on the
     event loop (the router's calls). Over an event loop (``Replies.over``),
     send hops to the loop once per list and deliver wakes each request's
-    ``waiter`` (an asyncio future, or the servicer's _BatchWaiter). Tests
-    build one from two plain callables.
+    ``waiter`` (an asyncio future, or the servicer's _BatchWaiter). A scan's,
+    count's or TakeSnapshot's marker comes back the same way: its on_done
+    sends it, and its waiter is woken. Tests build one from two plain callables.
     """
 
     __slots__ = ("send", "deliver")
@@ -213,13 +217,13 @@ class Node:
             identity.check(recorded.identity, expected, self.directory, recorded.adopted)
         mine = self.ring.key_test(self.index)
         foreign: list[int] = []
-        check_key = None
-        if self.ring.n > 1:
-            def check_key(path: str, key: int) -> None:
-                if not mine(key):
-                    foreign.append(key)
+
+        def check_key(path: str, key: int) -> None:
+            if not mine(key):
+                foreign.append(key)
+
         report = recovery.recover(self.directory, self.store,   # reads only
-                                  check_key=check_key)
+                                  check_key=check_key if self.ring.n > 1 else None)
         snap_identity = None
         if report.snapshot:
             snap_path = os.path.join(self.directory, files.snap_name(report.snapshot))
@@ -314,8 +318,10 @@ class Node:
         self.incoming.put(reqs)
 
     def request_snapshot(self, force: bool,
-                         on_done: Callable[[SnapshotMarker], None] | None = None) -> None:
-        self.incoming.put(SnapshotMarker(force, on_done))
+                         on_done: Callable[[SnapshotMarker], None] | None = None,
+                         waiter=None) -> None:
+        """A snapshot's marker into F1; on_done gets it when written or skipped (any thread)."""
+        self.incoming.put(SnapshotMarker(force, on_done, waiter))
 
     def request_read(self, marker: ReadMarker) -> None:
         """A scan's or count's point-in-time view; marker.on_done gets it (any thread)."""
@@ -391,7 +397,7 @@ class Node:
                     continue
                 for r in item:
                     if mine(r.key):
-                        if r.op != rq.OP_READ:
+                        if r.op != OP_READ:
                             seq += 1
                             r.seq = seq
                             mutations += 1
@@ -417,7 +423,7 @@ class Node:
 
     def _dispatch_read(self, marker: ReadMarker) -> None:
         if self.failed:
-            marker.error = (rq.UNAVAILABLE, f"{self.label}: {self.failed}")
+            marker.error = (UNAVAILABLE, f"{self.label}: {self.failed}")
             marker.on_done(marker)
             return
         marker.seq = self.seq
@@ -520,7 +526,7 @@ class Node:
                 return
             if self._router is None:
                 for r in item:
-                    r.fail(rq.INTERNAL, f"{self.label}: no router configured")
+                    r.fail(INTERNAL, f"{self.label}: no router configured")
                 self.replies.send(item)
                 continue
             try:
@@ -528,7 +534,7 @@ class Node:
             except Exception as e:  # never lose a request silently
                 logger.exception("%s: router failed", self.label)
                 for r in item:
-                    r.fail(rq.INTERNAL, f"{self.label}: router error: {e}")
+                    r.fail(INTERNAL, f"{self.label}: router error: {e}")
                 self.replies.send(item)
 
     # -- snapshots: snapshots.SnapshotWriter.run and snapshots.timer

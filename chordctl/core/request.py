@@ -9,13 +9,7 @@ completes the request fills the result fields and the node calls
 
 from __future__ import annotations
 
-# The pipeline's names for the wire rules (node.py, router.py and tests use
-# ``rq.OK``, ``rq.OP_READ``): chordctl.protocol's, defined there once. New code
-# imports describe, parse_key and allow_key_digits from chordctl.protocol.
-from chordctl.protocol import (  # noqa: F401
-    ABORTED, ALREADY_EXISTS, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, OK,
-    OP_CREATE, OP_DELETE, OP_NAMES, OP_READ, OP_UPDATE, RESOURCE_EXHAUSTED, UNAVAILABLE,
-    allow_key_digits, describe, parse_key)
+from chordctl.protocol import OK
 
 
 class Request:

@@ -19,10 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from chordctl import security
+from chordctl import cpulist, security
 from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
-from chordctl.core.gate import ReadinessGate
+from chordctl.core.gate import Admission, ReadinessGate
 from chordctl.core.node import Node, Replies
 from chordctl.core.router import Router, message_limit
 from chordctl.core.servicer import AdminServicer, KeyValueServicer, add_key_value_servicer
@@ -78,6 +78,7 @@ class NodeServer:
 
     Construct it on the loop it serves on. The wiring, one way each:
 
+        Admission (gate.py): may the call enter (KeyValue's and Admin's)
         KeyValueServicer --submit--> Node (F1 .. F4) --replies.send--> loop
         Router (F4's consumer) --replies.send / replies.deliver--> loop
         loop: Replies.deliver wakes each request's waiter in the servicer
@@ -141,10 +142,10 @@ class NodeServer:
 
         self.node.on_failed.append(on_failed)
 
-        kv = KeyValueServicer(self.node, loop, self.gate)
-        add_key_value_servicer(kv, server)   # malformed bodies: INVALID_ARGUMENT
-        pb_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.node, loop, kv, self.gate), server)
+        admission = Admission(self.node, self.gate)   # KeyValue's and Admin's
+        add_key_value_servicer(KeyValueServicer(self.node, loop, admission),
+                               server)   # malformed bodies: INVALID_ARGUMENT
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.node, loop, admission), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -185,7 +186,7 @@ class NodeServer:
             await self._not_serving()
         logger.info("%s serving on %s (pid %d, cpus %s, %s, fsync %s, %s, %d keys, ready "
                     "%.2fs after process start, rss %.1f MB)", self.node.label,
-                    address, os.getpid(), affinity.format_cpulist(affinity.available()),
+                    address, os.getpid(), cpulist.format_cpulist(affinity.available()),
                     eventloop.name(asyncio.get_running_loop()),
                     cfg.storage.fsync,
                     "TLS" if credentials is not None else "plaintext", len(self.node.store),

@@ -1,8 +1,11 @@
 """gRPC servicers (asyncio): protobuf <-> Requests, into F1, await the result.
 
 The receivers are coroutines on the node's event loop: thousands of requests
-can wait without a thread each. Validation happens here, before F1, so a bad
-request changes nothing and never reaches the pipeline.
+can wait without a thread each. A handler asks the node's Admission
+(gate.py) whether the call may enter, turns the message into Requests
+(protocol.validate: a bad request changes nothing and never reaches the
+pipeline), submits them and awaits the reply path (node.py's Replies); the
+functions below the servicers build the protobuf replies.
 """
 
 from __future__ import annotations
@@ -14,11 +17,10 @@ import time
 import grpc
 from google.protobuf.message import DecodeError
 
-from chordctl import security
+from chordctl import cpulist
 from chordctl.core import affinity, eventloop, procinfo
 from chordctl.core.storage import inventory
-from chordctl.core.gate import ReadinessGate
-from chordctl.core import request as rq
+from chordctl.core.gate import Admission
 from chordctl.core.markers import ReadMarker, SnapshotMarker
 from chordctl.core.node import Node
 from chordctl.core.request import Request
@@ -26,11 +28,10 @@ from chordctl.core.store import count_keys, ordered_keys
 from chordctl.errors import InvalidInputError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
-from chordctl.protocol import describe, parse_key, validate
+from chordctl.protocol import (INVALID_ARGUMENT, OK, OP_CREATE, OP_DELETE, OP_NAMES, OP_READ,
+                               OP_UPDATE, describe, parse_key, validate)
 
 STATUS = {sc.value[0]: sc for sc in grpc.StatusCode}   # protocol's codes -> gRPC's
-_OPEN = ReadinessGate("node")
-_OPEN.open()
 SCAN_PAGE = 1000              # entries per ScanPage unless the request asks fewer
 SCAN_PAGE_MAX = 10_000
 SCAN_PAGE_BYTES = 1 << 20     # a page closes once its values reach this (one entry at least)
@@ -87,6 +88,63 @@ async def _refuse_malformed(request: MalformedRequest, context) -> None:
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
 
+# -- replies: answered Requests and markers -> protobuf -----------------------
+
+def _explain(r: Request, here: str) -> None:
+    """The message of an answer that came without one, in protocol.describe's words."""
+    if not r.message:
+        r.message = describe(r.op, r.key_text.decode(), r.code,
+                             f"node {r.node_index} (id {r.node_id})"
+                             if r.node_index >= 0 else here)
+
+
+def _batch_reply(slots: list, my_index: int, node_id: str, here: str,
+                 answered: dict) -> pb.BatchReply:
+    """A Batch call's reply, one result per op in order: an answered Request,
+    or the (code, message) it was refused with here. Counts each outcome."""
+    reply = pb.BatchReply()
+    add = reply.results.add
+    for s in slots:
+        res = add()
+        if type(s) is Request:
+            code = s.code
+            outcome = (s.op, code)
+            answered[outcome] = answered.get(outcome, 0) + 1
+            if code:
+                _explain(s, here)
+                res.code = code
+                res.message = s.message
+            elif s.message:
+                res.message = s.message     # relayed from the owner
+            if s.result:
+                res.value = s.result
+            if s.node_index < 0:
+                # Failed here before any owner saw it (hop limit, next hop
+                # unreachable, deadline): this node answers for it.
+                res.node_index = my_index
+                res.node_id = node_id
+            else:
+                res.node_index = s.node_index
+                res.node_id = s.node_id
+            if s.route:
+                res.route.extend(s.route)
+        else:
+            res.code, res.message = s
+            res.node_index = my_index
+            res.node_id = node_id
+            outcome = (0, res.code)
+            answered[outcome] = answered.get(outcome, 0) + 1
+    return reply
+
+
+def _send_back(node: Node):
+    """A marker's on_done: back by the node's reply path (Replies), which wakes
+    its waiter on the event loop like a request's."""
+    def send_back(marker) -> None:
+        node.replies.send([marker])
+    return send_back
+
+
 class _BatchWaiter:
     """One future for a whole Batch call: resolved when its last request is."""
 
@@ -107,20 +165,19 @@ class _BatchWaiter:
 
 class KeyValueServicer(pb_grpc.KeyValueServicer):
     def __init__(self, node: Node, loop: asyncio.AbstractEventLoop,
-                 gate: ReadinessGate | None = None):
+                 admission: Admission | None = None):
         self.node = node
         self.loop = loop
-        self.gate = gate or _OPEN
+        self.admission = admission or Admission(node)
         limits = self.limits = node.config.limits
         self.max_value = limits.max_value_bytes
         self.max_digits = limits.max_key_digits
-        self.max_in_flight = limits.max_in_flight
         self.max_batch = limits.max_batch_ops
         self.default_timeout = node.config.client.timeout
         self.node_id = str(node.node_id)
         self.metrics = node.metrics
-        self.in_flight = 0
         self.scans = 0
+        self._send_back = _send_back(node)
 
     # -- helpers --------------------------------------------------------------
 
@@ -137,43 +194,34 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         return Request(op, key, canon, value, deadline, trace, hops,
                        list(route) + [self.node_id] if trace else None)
 
-    def _fill(self, r: Request) -> None:
-        if not r.message:
-            r.message = describe(r.op, r.key_text.decode(), r.code,
-                                 f"node {r.node_index} (id {r.node_id})"
-                                 if r.node_index >= 0 else self.node.label)
-
     async def _unary(self, op: int, request, context: grpc.aio.ServicerContext) -> pb.Reply:
         if type(request) is MalformedRequest:
             await _refuse_malformed(request, context)
         key, trace = request.key, request.trace
-        value = request.value if op == rq.OP_CREATE or op == rq.OP_UPDATE else b""
-        if not self.gate.ready:
-            await self.gate.refuse(context)
-        if self.node.failed:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {self.node.failed}")
+        value = request.value if op == OP_CREATE or op == OP_UPDATE else b""
+        admission = self.admission
+        if not admission.open:
+            await admission.refuse(context)
         try:
             r = self._make(op, key, value, trace, 0, (), self._deadline(context))
         except InvalidInputError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if self.in_flight >= self.max_in_flight:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"{self.node.label} has {self.in_flight} requests in flight "
-                                f"(limits.max_in_flight); retry later")
+        if admission.in_flight >= admission.max_in_flight:
+            await admission.full(context)
         t0 = time.perf_counter()
         fut = self.loop.create_future()
         r.waiter = fut
-        self.in_flight += 1
+        admission.in_flight += 1
         try:
             self.node.submit([r])
             await fut
         finally:
-            self.in_flight -= 1
-        self._fill(r)
+            admission.in_flight -= 1
+        _explain(r, self.node.label)
         metrics = self.metrics
         metrics.answered(op, r.code)
-        metrics.took(rq.OP_NAMES[op], time.perf_counter() - t0)
-        if r.code != rq.OK:
+        metrics.took(OP_NAMES[op], time.perf_counter() - t0)
+        if r.code != OK:
             await context.abort(STATUS.get(r.code, grpc.StatusCode.UNKNOWN), r.message)
         return pb.Reply(value=r.result or b"", node_index=r.node_index, node_id=r.node_id,
                         message=r.message, route=r.route or ())
@@ -181,33 +229,30 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
     # -- KeyValue -------------------------------------------------------------
 
     async def Create(self, request, context):
-        return await self._unary(rq.OP_CREATE, request, context)
+        return await self._unary(OP_CREATE, request, context)
 
     async def Read(self, request, context):
-        return await self._unary(rq.OP_READ, request, context)
+        return await self._unary(OP_READ, request, context)
 
     async def Update(self, request, context):
-        return await self._unary(rq.OP_UPDATE, request, context)
+        return await self._unary(OP_UPDATE, request, context)
 
     async def Delete(self, request, context):
-        return await self._unary(rq.OP_DELETE, request, context)
+        return await self._unary(OP_DELETE, request, context)
 
     async def Batch(self, request, context):
         if type(request) is MalformedRequest:
             await _refuse_malformed(request, context)
-        if not self.gate.ready:
-            await self.gate.refuse(context)
+        admission = self.admission
+        if not admission.open:
+            await admission.refuse(context)
         ops = request.ops
         if len(ops) > self.max_batch:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"batch of {len(ops)} operations is over the limit of "
                                 f"{self.max_batch} (limits.max_batch_ops); split it")
-        if self.node.failed:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {self.node.failed}")
-        if self.in_flight + len(ops) > self.max_in_flight:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"{self.node.label} has {self.in_flight} requests in flight "
-                                f"(limits.max_in_flight); retry later")
+        if admission.in_flight + len(ops) > admission.max_in_flight:
+            await admission.full(context)
         t0 = time.perf_counter()
         deadline = self._deadline(context)
         # The hot loop of bulk work: plain keys and values within the limit take
@@ -218,8 +263,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         make = self._make
         max_digits = self.max_digits
         max_value = self.max_value
-        node_id = self.node_id
-        plain_ops = (rq.OP_CREATE, rq.OP_UPDATE)
+        plain_ops = (OP_CREATE, OP_UPDATE)
         for o in ops:
             op = o.op
             text = o.key
@@ -230,7 +274,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 if op in plain_ops:
                     value = o.value
                     plain = len(value) <= max_value
-                elif op == rq.OP_READ or op == rq.OP_DELETE:
+                elif op == OP_READ or op == OP_DELETE:
                     value = b""
                     plain = True
             if plain:
@@ -239,7 +283,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 try:
                     r = make(op, text, o.value, trace, o.hops, o.route, deadline)
                 except InvalidInputError as e:
-                    slots.append((rq.INVALID_ARGUMENT, str(e)))
+                    slots.append((INVALID_ARGUMENT, str(e)))
                     continue
             slots.append(r)
             valid.append(r)
@@ -248,48 +292,16 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             waiter = _BatchWaiter(fut, len(valid))
             for r in valid:
                 r.waiter = waiter
-            self.in_flight += len(valid)
+            admission.in_flight += len(valid)
             try:
                 self.node.submit(valid)
                 await fut
             finally:
-                self.in_flight -= len(valid)
-        reply = pb.BatchReply()
-        add = reply.results.add
-        my_index = self.node.index
-        answered = self.metrics.requests
-        for s in slots:
-            res = add()
-            if type(s) is Request:
-                code = s.code
-                outcome = (s.op, code)
-                answered[outcome] = answered.get(outcome, 0) + 1
-                if code:
-                    self._fill(s)
-                    res.code = code
-                    res.message = s.message
-                elif s.message:
-                    res.message = s.message     # relayed from the owner
-                if s.result:
-                    res.value = s.result
-                if s.node_index < 0:
-                    # Failed here before any owner saw it (hop limit, next hop
-                    # unreachable, deadline): this node answers for it.
-                    res.node_index = my_index
-                    res.node_id = node_id
-                else:
-                    res.node_index = s.node_index
-                    res.node_id = s.node_id
-                if s.route:
-                    res.route.extend(s.route)
-            else:
-                res.code, res.message = s
-                res.node_index = my_index
-                res.node_id = node_id
-                self.metrics.answered(0, res.code)
+                admission.in_flight -= len(valid)
+        reply = _batch_reply(slots, self.node.index, self.node_id, self.node.label,
+                             self.metrics.requests)
         self.metrics.took("batch", time.perf_counter() - t0)
         return reply
-
 
     # -- Scan and Count: this node's own keys, from a point-in-time view --------
 
@@ -306,17 +318,9 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
 
     async def _view(self, freeze: bool, context) -> ReadMarker:
         """Wait for a ReadMarker to cross the pipeline (see node.py)."""
-        if not self.gate.ready:
-            await self.gate.refuse(context)
-        if self.node.failed:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"{self.node.label}: {self.node.failed}")
+        await self.admission.admit(context)
         fut = self.loop.create_future()
-
-        def done(marker: ReadMarker) -> None:
-            self.loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(marker))
-
-        self.node.request_read(ReadMarker(freeze, done))
+        self.node.request_read(ReadMarker(freeze, self._send_back, fut))
         marker = await fut
         if marker.error:
             code, message = marker.error
@@ -390,82 +394,28 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
 
 class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, node: Node, loop: asyncio.AbstractEventLoop,
-                 kv: KeyValueServicer | None = None, gate: ReadinessGate | None = None):
+                 admission: Admission | None = None):
         self.node = node
         self.loop = loop
-        self.kv = kv
-        self.gate = gate or _OPEN
-        self.allow = node.config.admin.allow
-        self._admin_der = (security.admin_certificate(node.config)
-                           if self.allow == "tls-client" else b"")
+        self.admission = admission or Admission(node)
         self._files_cache = inventory.Cache()
         self._files_pending: asyncio.Future | None = None
 
-    async def _admit(self, context, method: str) -> None:
-        """admin.allow: refuse Admin calls from clients the config does not admit."""
-        if self.allow == "any":
-            return
-        if self.allow == "loopback":
-            if security.peer_is_loopback(context.peer()):
-                return
-            why = ("from this host only (admin.allow: loopback); run the command on the "
-                   "node's host")
-        else:
-            if security.peer_presents(context.auth_context(), self._admin_der):
-                return
-            why = ("only to clients presenting tls.client_cert (admin.allow: tls-client); "
-                   "use a config with that certificate")
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"admin: {self.node.label} answers Admin.{method} {why}")
-
     async def Status(self, request, context):
-        if self.allow != "any":
-            await self._admit(context, "Status")
-        if not self.gate.ready:
-            await self.gate.refuse(context)
-        node = self.node
-        ring = node.ring
-        low, _high = ring.arc(node.index)
-        routing = [pb.RoutingEntry(role=e.role, node_index=e.index, node_id=str(ring.ids[e.index]),
-                                   address=node.config.nodes[e.index].address)
-                   for e in ring.routing_table(node.index)]
-        return pb.NodeStatus(
-            node_index=node.index, node_id=str(node.node_id), arc_low=str(low),
-            address=node.config.nodes[node.index].address, keys=len(node.store),
-            snapshot_counter=node.snapshot_counter,
-            log_counter=node.log.counter if node.log else 0, last_seq=node.seq,
-            routing=routing, fsync=node.fsync, uptime_seconds=time.time() - node.started_at,
-            pid=os.getpid(), placement=ring.placement, routing_mode=ring.routing,
-            rss_bytes=procinfo.rss_bytes(), ready_seconds=node.ready_seconds,
-            recovery_seconds=node.recovery_seconds,
-            in_flight=self.kv.in_flight if self.kv is not None else 0,
-            cpus=affinity.format_cpulist(affinity.available()),
-            event_loop=eventloop.name(self.loop), failed=node.failed or "")
+        await self.admission.admin(context, "Status")
+        return _status_reply(self.node, self.admission.in_flight, self.loop)
 
     async def TakeSnapshot(self, request, context):
-        if self.allow != "any":
-            await self._admit(context, "TakeSnapshot")
-        if not self.gate.ready:
-            await self.gate.refuse(context)
+        await self.admission.admin(context, "TakeSnapshot")
         fut = self.loop.create_future()
-
-        def done(marker: SnapshotMarker) -> None:
-            self.loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(marker))
-
-        self.node.request_snapshot(force=True, on_done=done)
+        self.node.request_snapshot(True, _send_back(self.node), fut)
         marker = await fut
         if marker.error and not marker.result:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node.label}: {marker.error}")
-        path, size, keys = marker.result or ("", 0, 0)
-        return pb.SnapshotReply(counter=marker.counter, path=path, bytes=size, keys=keys,
-                                skipped=marker.skipped, seconds=marker.seconds,
-                                capture_ms=marker.capture_ms)
+        return _snapshot_reply(marker)
 
     async def Files(self, request, context):
-        if self.allow != "any":
-            await self._admit(context, "Files")
-        if not self.gate.ready:
-            await self.gate.refuse(context)
+        await self.admission.admin(context, "Files")
         # One computation at a time; callers meanwhile share its answer.
         pending = self._files_pending
         if pending is None:
@@ -477,11 +427,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.INTERNAL,
                                 f"storage: {self.node.label} cannot list "
                                 f"{e.filename or self.node.directory}: {e.strerror}")
-        return pb.FilesReply(directory=os.path.abspath(self.node.directory), files=[
-            pb.FileInfo(name=d["file"], kind=d["kind"], counter=d["counter"], bytes=d["bytes"],
-                        mtime=d["mtime"], records=-1 if d["records"] is None else d["records"],
-                        in_use=d["in_use"], status=d["status"], current=d.get("current", False))
-            for d in docs])
+        return _files_reply(self.node.directory, docs)
 
     def _files_done(self, _fut: asyncio.Future) -> None:
         self._files_pending = None
@@ -501,3 +447,37 @@ class AdminServicer(pb_grpc.AdminServicer):
             current = (log.counter, replayed + log.records)
         trusted = (node.snapshot_counter,) if node.snapshot_counter else ()
         return inventory.describe(node.directory, self._files_cache, current, trusted)
+
+
+def _status_reply(node: Node, in_flight: int, loop) -> pb.NodeStatus:
+    ring = node.ring
+    low, _high = ring.arc(node.index)
+    routing = [pb.RoutingEntry(role=e.role, node_index=e.index, node_id=str(ring.ids[e.index]),
+                               address=node.config.nodes[e.index].address)
+               for e in ring.routing_table(node.index)]
+    return pb.NodeStatus(
+        node_index=node.index, node_id=str(node.node_id), arc_low=str(low),
+        address=node.config.nodes[node.index].address, keys=len(node.store),
+        snapshot_counter=node.snapshot_counter,
+        log_counter=node.log.counter if node.log else 0, last_seq=node.seq,
+        routing=routing, fsync=node.fsync, uptime_seconds=time.time() - node.started_at,
+        pid=os.getpid(), placement=ring.placement, routing_mode=ring.routing,
+        rss_bytes=procinfo.rss_bytes(), ready_seconds=node.ready_seconds,
+        recovery_seconds=node.recovery_seconds, in_flight=in_flight,
+        cpus=cpulist.format_cpulist(affinity.available()),
+        event_loop=eventloop.name(loop), failed=node.failed or "")
+
+
+def _snapshot_reply(marker: SnapshotMarker) -> pb.SnapshotReply:
+    path, size, keys = marker.result or ("", 0, 0)
+    return pb.SnapshotReply(counter=marker.counter, path=path, bytes=size, keys=keys,
+                            skipped=marker.skipped, seconds=marker.seconds,
+                            capture_ms=marker.capture_ms)
+
+
+def _files_reply(directory: str, docs: list[dict]) -> pb.FilesReply:
+    return pb.FilesReply(directory=os.path.abspath(directory), files=[
+        pb.FileInfo(name=d["file"], kind=d["kind"], counter=d["counter"], bytes=d["bytes"],
+                    mtime=d["mtime"], records=-1 if d["records"] is None else d["records"],
+                    in_use=d["in_use"], status=d["status"], current=d.get("current", False))
+        for d in docs])

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from chordctl.cli.main import cli
 from chordctl.pb import chord_pb2 as pb
+from chordctl.protocol import OP_CREATE, OP_UPDATE
 from conftest import Cluster, write_config
 
 METHODS = ("Create", "Read", "Update", "Delete", "Batch")
@@ -213,8 +214,8 @@ def cli_world(tmp_path_factory):
     node_dir = os.path.join(d, "node-0")
     os.makedirs(node_dir)
     log = LogFile(node_dir, 0)
-    log.append(records.encode_many([(1, records.OP_CREATE, b"10", b"v"),
-                                    (2, records.OP_UPDATE, b"10", b"w")]), 2)
+    log.append(records.encode_many([(1, OP_CREATE, b"10", b"v"),
+                                    (2, OP_UPDATE, b"10", b"w")]), 2)
     log.close()
     with open(os.path.join(node_dir, "log.0"), "ab") as f:
         f.write(b"\x01\x02torn")

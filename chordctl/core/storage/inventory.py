@@ -38,6 +38,20 @@ def _stat(path: str) -> os.stat_result | None:
         return None
 
 
+def _listed(directory: str, name: str, kind: str, counter: int,
+            in_use: bool) -> tuple[dict, str, tuple[int, int]] | None:
+    """One file's entry as stat finds it now (records and status still to read),
+    its path and its (size, mtime_ns) stamp; None if it is gone."""
+    path = os.path.join(directory, name)
+    st = _stat(path)
+    if st is None:
+        return None
+    doc = {"node_dir": directory, "file": name, "kind": kind, "counter": counter,
+           "bytes": st.st_size, "mtime": st.st_mtime, "records": None, "in_use": in_use,
+           "status": "ok"}
+    return doc, path, (st.st_size, st.st_mtime_ns)
+
+
 def _problem(e: Exception) -> str:
     if isinstance(e, CorruptRecordError):
         return f"corrupt: {e}"
@@ -62,19 +76,15 @@ def describe(directory: str, cache: Cache | None = None,
     snap_docs: list[tuple[dict, tuple[int, int], bool | None]] = []
     for c in snaps:
         name = files.snap_name(c)
-        path = os.path.join(directory, name)
-        st = _stat(path)
-        if st is None:
+        listed = _listed(directory, name, "snapshot", c, False)
+        if listed is None:
             continue
-        stamp = (st.st_size, st.st_mtime_ns)
+        doc, path, stamp = listed
         hit = entries.get(name)
         if hit is not None and hit[0] == stamp:
             snap_docs.append((dict(hit[1]), stamp, hit[2]))
             seen.add(name)
             continue
-        doc = {"node_dir": directory, "file": name, "kind": "snapshot",
-               "counter": c, "bytes": st.st_size, "mtime": st.st_mtime, "records": None,
-               "in_use": False, "status": "ok"}
         try:
             doc["records"] = snapshot.read_info(path).keys
         except FileNotFoundError:
@@ -117,20 +127,16 @@ def describe(directory: str, cache: Cache | None = None,
     newest = logs[-1] if logs else None
     for c in logs:
         name = files.log_name(c)
-        path = os.path.join(directory, name)
-        st = _stat(path)
-        if st is None:
+        listed = _listed(directory, name, "log", c, c >= base)
+        if listed is None:
             continue
-        doc = {"node_dir": directory, "file": name, "kind": "log", "counter": c,
-               "bytes": st.st_size, "mtime": st.st_mtime, "records": None,
-               "in_use": c >= base, "status": "ok"}
+        doc, path, stamp = listed
         if c == newest:
             doc["current"] = True
         if current is not None and c == current[0]:
             doc["records"] = current[1]     # appended to now: the node's count
             out.append(doc)
             continue
-        stamp = (st.st_size, st.st_mtime_ns)
         hit = entries.get(name)
         if hit is not None and hit[0] == stamp:
             doc["records"], doc["status"] = hit[1]["records"], hit[1]["status"]

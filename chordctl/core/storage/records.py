@@ -32,7 +32,7 @@ from typing import Iterable, NamedTuple
 
 from chordctl.errors import CorruptRecordError
 # The op byte is the wire's op number; this format maps to protocol, not back.
-from chordctl.protocol import MUTATIONS, OP_CREATE, OP_DELETE, OP_READ, OP_UPDATE  # noqa: F401
+from chordctl.protocol import MUTATIONS
 
 HEADER = struct.Struct("<III")
 PAYLOAD_HEAD = struct.Struct("<QBI")
