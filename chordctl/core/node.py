@@ -148,8 +148,7 @@ class Node:
     by start(); a node that only recovers needs none).
     """
 
-    def __init__(self, config: Config, index: int, replies: Replies | None = None,
-                 store: Store | None = None):
+    def __init__(self, config: Config, index: int, replies: Replies | None = None):
         self.config = config
         self.index = index
         self.ring = Ring.from_config(config)
@@ -158,7 +157,7 @@ class Node:
         self.label = f"node {index} (id {self.node_id})"
         self.directory = config.node_dir(index)
         self.fsync = config.storage.fsync
-        self.store = store if store is not None else Store()
+        self.store = Store()
         self.incoming: queue.SimpleQueue = queue.SimpleQueue()   # F1
         self.to_log: queue.SimpleQueue = queue.SimpleQueue()     # F2
         self.to_apply: queue.SimpleQueue = queue.SimpleQueue()   # F3
