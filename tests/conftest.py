@@ -242,6 +242,19 @@ def run_chordctl(*args: str, input: bytes | None = None, timeout: float = 60,
                           capture_output=True, timeout=timeout, env=e, cwd=cwd)
 
 
+def deny_open(monkeypatch, module, suffix: str) -> None:
+    """*module*'s open() refuses paths ending in *suffix* (PermissionError):
+    as root, chmod cannot deny a read, so tests inject the denial."""
+    import builtins
+    real_open = builtins.open
+
+    def fake_open(path, *a, **kw):
+        if str(path).endswith(suffix):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(module, "open", fake_open, raising=False)
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "") -> None:
     """Await a condition that has no event to wait on (e.g. a file appearing)."""
     deadline = time.monotonic() + timeout

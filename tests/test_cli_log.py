@@ -11,7 +11,7 @@ import pytest
 
 from chordctl.core.storage import records, recovery
 from chordctl.protocol import OP_CREATE
-from conftest import CLI, run_chordctl
+from conftest import CLI, deny_open, run_chordctl
 from test_recovery import NodeDir, append_raw, build_three_generations, damage
 
 
@@ -94,13 +94,7 @@ def test_log_replay_refuses_a_directory_a_running_node_holds(node):
 def test_log_replay_permission_denied_is_a_clear_error_exit_2(node, monkeypatch):
     # As root chmod cannot deny a read, so the denial is injected.
     build_three_generations(node)
-    real_open = open
-
-    def fake_open(path, *a, **kw):
-        if str(path).endswith("log.2"):
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(path, *a, **kw)
-    monkeypatch.setattr(recovery, "open", fake_open, raising=False)
+    deny_open(monkeypatch, recovery, "log.2")
     r = cli("log", "replay", "--data-dir", node.dir)
     assert r.exit_code == 2, r.output
     assert "Permission denied" in r.stderr and node.path("log.2") in r.stderr

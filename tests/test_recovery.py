@@ -12,6 +12,7 @@ from chordctl.core.storage.log import LogFile
 from chordctl.core.store import Store
 from chordctl.errors import CorruptRecordError, StorageAccessError, StorageError
 from chordctl.protocol import OP_CREATE, OP_DELETE, OP_UPDATE
+from conftest import deny_open
 
 Op = tuple[int, int, bytes]   # (op, key, value)
 
@@ -562,13 +563,7 @@ def test_unreadable_newest_snapshot_refuses_naming_the_file(node, monkeypatch) -
 
 def test_unreadable_log_and_directory_are_access_errors(node, monkeypatch) -> None:
     build_three_generations(node)
-    real_open = open
-
-    def fake_open(path, *a, **kw):
-        if str(path).endswith("log.2"):
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(path, *a, **kw)
-    monkeypatch.setattr(recovery, "open", fake_open, raising=False)
+    deny_open(monkeypatch, recovery, "log.2")
     with pytest.raises(StorageAccessError) as err:
         node.recover()
     assert node.path("log.2") in str(err.value)

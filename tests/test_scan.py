@@ -191,7 +191,7 @@ def ring4(request, tmp_path_factory):
 
 def _ring(cluster: Cluster) -> Ring:
     cfg = cluster.config
-    return Ring(cfg.ring.bits, len(cfg.nodes), cfg.ring.placement, cfg.ring.routing)
+    return Ring.from_config(cfg)
 
 
 def _json(cluster: Cluster, *args: str) -> tuple[dict, str, int]:
@@ -405,21 +405,24 @@ def test_scan_with_a_node_down_exits_3_naming_it(tmp_path) -> None:
         cluster.stop()
 
 
+def _fill_for_a_fault(c: Client, ring: Ring, failing: int) -> None:
+    """Keys 0..399, 64 KB values; node *failing* gets 512 KB ones (40 MB in
+    pages of one entry): more than gRPC's receive windows and the client's
+    page queue take in ahead of the reader, so the rest of its keys are still
+    on it when it dies or hangs."""
+    big, bigger = b"b" * 65536, b"B" * (512 * 1024)
+    mine = ring.key_test(failing)
+    for i in range(0, 400, 10):
+        c.batch([("create", str(k), bigger if mine(k) else big) for k in range(i, i + 10)])
+
+
 def test_scan_fails_naming_the_node_that_dies_mid_stream(tmp_path) -> None:
     path = write_config(tmp_path, 4, bits=BITS, timeout=5)
     cluster = Cluster(path).start()
-    # Node 1 holds 40 MB in pages of one entry: more than gRPC's receive
-    # windows and the client's page queue can take in ahead of the reader, so
-    # the rest of node 1's keys are still on node 1 when it dies.
-    big = b"b" * 65536
-    bigger = b"B" * (512 * 1024)
     try:
         ring = _ring(cluster)
-        mine = ring.key_test(1)
         with Client(cluster.config, route="direct") as c:
-            for i in range(0, 400, 10):
-                c.batch([("create", str(k), bigger if mine(k) else big)
-                         for k in range(i, i + 10)])
+            _fill_for_a_fault(c, ring, 1)
             s = c.scan(limit=0, page_size=1)
             it = iter(s)
             # The first entry needs every node's first page: node 1's stream
@@ -441,15 +444,10 @@ def test_scan_of_a_hung_node_times_out_naming_it(tmp_path) -> None:
     import signal
     path = write_config(tmp_path, 4, bits=BITS, timeout=1)
     cluster = Cluster(path).start()
-    big = b"b" * 65536
-    bigger = b"B" * (512 * 1024)    # node 3's 40 MB cannot all be in flight (see above)
     label = f"node 3 (id {_ring(cluster).ids[3]}) at {cluster.address(3)}"
-    mine = _ring(cluster).key_test(3)
     try:
         with Client(cluster.config, route="direct", timeout=5) as c:
-            for i in range(0, 400, 10):
-                c.batch([("create", str(k), bigger if mine(k) else big)
-                         for k in range(i, i + 10)])
+            _fill_for_a_fault(c, _ring(cluster), 3)
         with Client(cluster.config) as c:
             s = c.scan(limit=0, page_size=1)
             it = iter(s)
