@@ -10,25 +10,29 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import threading
 import time
-from typing import Callable, Sequence
+from _thread import allocate_lock as _allocate_lock
+from typing import Callable, Iterable
 
 import grpc
 
 from chordctl import security
 from chordctl.config import ClientConfig, Config, LimitsConfig
+from chordctl.config import load as load_config
 from chordctl.core.ring import Ring
 from chordctl.errors import ChordError, InternalError, InvalidInputError, UnavailableError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.protocol import (DEADLINE_EXCEEDED, OPS, UNAVAILABLE, allow_key_digits, code_name,
-                               describe, error_class, never_sent, parse_key, unknown_operation,
-                               validate)
+                               describe, error_class, key_text, never_sent, parse_key,
+                               unknown_operation, validate)
 
 CONNECT_TIMEOUT = 1.0
 _LIMITS = LimitsConfig()     # without a config: the defaults a node has
 log = logging.getLogger("chordctl.client")
+ROUTES = ("entry", "direct")
 RING_UP_HINT = "is the ring up? (`chordctl ring show`; start it with `chordctl cluster up`)"
 
 
@@ -107,71 +111,225 @@ def cannot_connect(address: str, details: str) -> str:
     return f"client: cannot connect to {address} ({_reason(details)}); {RING_UP_HINT}"
 
 
+_PENDING = object()     # an _Op's outcome before its reply
+
+
+class _Op:
+    """One operation in a lane: its message, and who gets its outcome.
+
+    A synchronous caller (``Client.call`` from any thread) waits on *waiter*,
+    a lock it holds until the outcome is set (or it is asked to lead); an
+    asynchronous one (``submit``) gets *callback* called instead.
+    """
+
+    __slots__ = ("msg", "op", "key", "callback", "waiter", "timeout", "outcome", "lead")
+
+    def __init__(self, msg: pb.Operation, op: str, key: str, timeout: float,
+                 callback: Callable | None = None):
+        self.msg = msg
+        self.op = op
+        self.key = key
+        self.timeout = timeout
+        self.callback = callback
+        self.outcome = _PENDING
+        self.lead: list[_Op] | None = None     # a batch this caller is to send
+        if callback is None:
+            self.waiter = _allocate_lock()
+            self.waiter.acquire()
+        else:
+            self.waiter = None
+
+
 class _Lane:
     """Coalesces single operations bound for one node into Batch calls.
 
     While fewer than ``depth`` Batch calls are in flight an operation leaves
     at once (a batch of one: no added latency when idle); otherwise it waits
     and leaves with everything else that queued up behind the calls in
-    flight. Each operation still gets its own result, exactly as unary.
+    flight. Each operation still gets its own result, exactly as unary, and
+    operations in one Batch are applied in the order they were added.
+
+    Who sends: a synchronous caller that finds a free slot sends the batch
+    itself, a blocking call on its own thread (no hand-off to gRPC's
+    completion thread and back). When its reply comes it hands the slot to
+    one of the callers queued behind it, which wakes and sends everything
+    queued by then -- each thread wakes once, for its own reply or to send.
+    Operations submitted with a callback ride along, or are sent with a
+    future when no synchronous caller waits.
     """
 
-    def __init__(self, stub: pb_grpc.KeyValueStub, address: str, depth: int, limit: int):
+    def __init__(self, client: "Client", index: int | None, stub: pb_grpc.KeyValueStub,
+                 address: str, depth: int, limit: int):
+        self.client = client
+        self.index = index          # the config's node, or None for the entry node
         self.stub = stub
         self.address = address
         self.depth = depth
         self.limit = limit
         self.lock = threading.Lock()
-        self.pending: list[tuple[pb.Operation, str, str, Callable]] = []
-        self.in_flight = 0
+        self.pending: list[_Op] = []
+        self.senders = 0
+        self.batches = 0            # Batch calls sent, and the operations they carried
+        self.operations = 0
 
-    def add(self, msg: pb.Operation, op: str, key: str, callback: Callable,
-            timeout: float) -> None:
+    def _take(self) -> list[_Op]:
+        """The next batch off the queue (the caller holds the lock)."""
+        batch = self.pending[:self.limit]
+        if batch:
+            del self.pending[:self.limit]
+            self.batches += 1
+            self.operations += len(batch)
+        return batch
+
+    # -- asynchronous: submit ---------------------------------------------------
+
+    def add(self, item: _Op) -> None:
         with self.lock:
-            self.pending.append((msg, op, key, callback))
-            if self.in_flight >= self.depth:
+            self.pending.append(item)
+            if self.senders >= self.depth:
                 return
-            batch = self.pending[:self.limit]
-            del self.pending[:self.limit]
-            self.in_flight += 1
-        self._send(batch, timeout)
+            self.senders += 1
+            batch = self._take()
+        self._send_async(batch)
 
-    def _send(self, batch: list, timeout: float) -> None:
-        fut = self.stub.Batch.future(pb.BatchRequest(ops=[b[0] for b in batch]), timeout=timeout)
-        fut.add_done_callback(lambda f: self._done(f, batch, timeout))
-
-    def _done(self, fut: grpc.Future, batch: list, timeout: float) -> None:
+    def _send_async(self, batch: list[_Op]) -> None:
+        timeout = max(item.timeout for item in batch)
         try:
-            results = fut.result().results
-            failure = None
-            if len(results) != len(batch):
-                failure = InternalError(f"client: {self.address} answered {len(results)} "
-                                        f"results for {len(batch)} operations")
+            fut = self.stub.Batch.future(pb.BatchRequest(ops=[b.msg for b in batch]),
+                                         timeout=timeout)
+        except ValueError:          # the channel was closed under us
+            self._deliver(batch, [self.client.closed_error()] * len(batch))
+            self._next()
+            return
+        fut.add_done_callback(lambda f: self._async_done(f, batch, timeout))
+
+    def _async_done(self, fut: grpc.Future, batch: list[_Op], timeout: float) -> None:
+        try:
+            reply = fut.result()
+            outcomes = self._outcomes(batch, reply.results)
         except grpc.RpcError as e:
-            results, failure = (), error_for(e.code(), e.details() or "", self.address,
-                                             timeout)
+            outcomes = [error_for(e.code(), e.details() or "", self.address, timeout)] \
+                * len(batch)
         except grpc.FutureCancelledError:
-            results, failure = (), UnavailableError("client: request cancelled")
+            outcomes = [UnavailableError("client: request cancelled")] * len(batch)
+        self._deliver(batch, outcomes)
+        self._next()
+
+    # -- synchronous: call --------------------------------------------------------
+
+    def call(self, item: _Op) -> Result | ChordError:
+        """Send *item* (alone or with whatever queued up) and wait for its outcome."""
         with self.lock:
-            nxt = self.pending[:self.limit]
-            del self.pending[:self.limit]
-            if not nxt:
-                self.in_flight -= 1
-        if nxt:
-            self._send(nxt, timeout)
-        for i, (_msg, op, key, callback) in enumerate(batch):
-            if failure is not None:
-                callback(failure)
+            self.pending.append(item)
+            batch = None
+            if self.senders < self.depth:
+                self.senders += 1
+                batch = self._take()
+        while True:
+            if batch is None:
+                item.waiter.acquire()
+                if item.lead is None:
+                    return item.outcome
+                batch, item.lead = item.lead, None
+            # This thread holds a sender slot: send until its own item is answered.
+            while True:
+                self._send_and_deliver(batch)
+                if item.outcome is not _PENDING:
+                    break
+                with self.lock:
+                    batch = self._take()
+                if not batch:
+                    break       # another sender has this item: wait for its reply
+            self._next()
+            if item.outcome is not _PENDING:
+                return item.outcome
+            batch = None
+
+    def _send_and_deliver(self, batch: list[_Op]) -> None:
+        try:
+            outcomes = self._send_blocking(batch)
+        except BaseException as e:   # Ctrl-C in the sending thread: no caller stranded
+            self._deliver(batch, [UnavailableError(f"client: request interrupted ({e!r})")]
+                          * len(batch))
+            self._next()
+            raise
+        self._deliver(batch, outcomes)
+
+    def _send_blocking(self, batch: list[_Op]) -> list[Result | ChordError]:
+        timeout = max(item.timeout for item in batch)
+        request = pb.BatchRequest(ops=[b.msg for b in batch])
+        for attempt in (0, 1):
+            try:
+                reply = self.stub.Batch(request, timeout=timeout)
+                return self._outcomes(batch, reply.results)
+            except grpc.RpcError as e:
+                details = e.details() or ""
+                if attempt == 0 and never_sent(e.code().value[0], details):
+                    # Nothing left this process (the channel is backing off from
+                    # an earlier outage): a fresh channel, and once more.
+                    self.stub = self.client.reopen(self.index, self.stub)
+                    continue
+                return [error_for(e.code(), details, self.address, timeout)] * len(batch)
+            except ValueError:      # the channel was closed under us
+                return [self.client.closed_error()] * len(batch)
+        raise AssertionError("unreachable")
+
+    # -- both -----------------------------------------------------------------------
+
+    def _outcomes(self, batch: list[_Op], results) -> list[Result | ChordError]:
+        if len(results) != len(batch):
+            return [InternalError(f"client: {self.address} answered {len(results)} "
+                                  f"results for {len(batch)} operations")] * len(batch)
+        address = self.address
+        return [_batch_outcome(res, item.op, item.key, address)
+                for item, res in zip(batch, results)]
+
+    def _deliver(self, batch: list[_Op], outcomes: list) -> None:
+        for item, outcome in zip(batch, outcomes):
+            item.outcome = outcome
+            if item.callback is None:
+                item.waiter.release()
                 continue
-            callback(_batch_outcome(results[i], op, key, self.address))
+            try:
+                item.callback(outcome)
+            except Exception:       # a caller's bug must not strand the rest
+                log.exception("client: a result callback failed")
+
+    def _next(self) -> None:
+        """A sender is done: hand its slot, with the next batch, to a waiting
+        synchronous caller in that batch; else send the batch with a future;
+        else free the slot."""
+        with self.lock:
+            if not self.pending:
+                self.senders -= 1
+                return
+            batch = self._take()
+            leader = None
+            for item in batch:
+                if item.callback is None:
+                    leader = item
+                    leader.lead = batch
+                    break
+        if leader is not None:
+            leader.waiter.release()
+        else:
+            self._send_async(batch)
 
 
 class Client:
-    """Talks to one entry node (``--target``, or the config's first reachable).
+    """A connection to a chordctl ring, shared safely by any number of threads.
 
-    ``route="direct"`` (``client.route: direct``) sends each operation to the
-    key's owner, computed from the config like a token-aware driver;
-    ``coalesce=True`` sends concurrent single operations as Batch calls.
+    Talks to one entry node (``target``, or the config's first that answers),
+    or with ``route="direct"`` (``client.route: direct``) sends each
+    operation straight to the key's owner, computed from the config like a
+    token-aware driver. With ``coalesce=True`` concurrent single operations
+    travel as Batch calls (see _Lane), each still getting its own result.
+
+    Keys are ints or decimal strings; values are bytes. Every operation
+    returns a Result or raises a ChordError subclass (NotFoundError,
+    AlreadyExistsError, InvalidInputError, UnavailableError, ...); gRPC's
+    own exceptions never reach the caller. Most programs call
+    ``chordctl.connect()`` instead of building one.
     """
 
     def __init__(self, config: Config | None = None, target: str | None = None,
@@ -179,6 +337,9 @@ class Client:
                  coalesce: bool = False, coalesce_depth: int | None = None):
         self.config = config
         self.route = route or (config.client.route if config else "entry")
+        if self.route not in ROUTES:
+            raise InvalidInputError(f"client: route {self.route!r} is not one of "
+                                    f"{', '.join(ROUTES)}")
         if self.route == "direct" and config is None:
             raise InvalidInputError("client: direct routing needs the config (-c PATH)")
         self.coalesce = coalesce
@@ -189,9 +350,11 @@ class Client:
         # ops/s, C 10.6k -> 13.7k; BENCHMARKS.md).
         self.coalesce_depth = (coalesce_depth if coalesce_depth is not None
                                else 1 if self.route == "direct" else 2)
-        self._lanes: dict[str, _Lane] = {}
+        if self.coalesce_depth < 1:
+            raise InvalidInputError("client: coalesce_depth must be at least 1")
+        self._lanes: dict[int | None, _Lane] = {}
         self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
-        self._node_channels: list[grpc.Channel] = []
+        self._node_channels: dict[int, grpc.Channel] = {}
         self._ring = Ring.from_config(config) if self.route == "direct" else None
         self.target = target
         if target:
@@ -203,6 +366,9 @@ class Client:
                                     "config with -c")
         self.timeout = timeout if timeout is not None else (
             config.client.timeout if config else ClientConfig.timeout)
+        if not self.timeout > 0:
+            raise InvalidInputError(f"client: timeout must be a positive number of seconds, "
+                                    f"not {self.timeout!r}")
         self.limits = config.limits if config else _LIMITS
         self.max_value = self.limits.max_value_bytes
         self.max_digits = self.limits.max_key_digits
@@ -211,6 +377,9 @@ class Client:
         self._channel: grpc.Channel | None = None
         self._kv: pb_grpc.KeyValueStub | None = None
         self._admin: pb_grpc.AdminStub | None = None
+        self._closed = False
+        # Guards opening and replacing channels (threads share the client).
+        self._lock = threading.RLock()
         # submit_ordered: key -> operations waiting for the one in flight.
         self._order_lock = threading.Lock()
         self._waiting: dict[int, collections.deque] = {}
@@ -221,9 +390,17 @@ class Client:
         """Open the channel to the first node that answers; returns its address."""
         if self._channel is not None:
             return self.address
-        if len(self.addresses) == 1:
-            self.open(self.addresses[0])
-            return self.address
+        with self._lock:
+            if self._closed:
+                raise self.closed_error()
+            if self._channel is not None:
+                return self.address
+            if len(self.addresses) == 1:
+                self.open(self.addresses[0])
+                return self.address
+            return self._first_answering()
+
+    def _first_answering(self) -> str:
         # One after another in config order, each for at most CONNECT_TIMEOUT;
         # a refused connection fails at once, so a ring that is down fails fast.
         t0 = time.monotonic()
@@ -256,15 +433,26 @@ class Client:
         self._kv = pb_grpc.KeyValueStub(channel)
         self._admin = pb_grpc.AdminStub(channel)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def closed_error(self) -> InvalidInputError:
+        return InvalidInputError("client: this client is closed; open a new one "
+                                 "(chordctl.connect)")
+
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-        for channel in self._node_channels:
-            channel.close()
-        self._node_channels.clear()
-        self._node_stubs.clear()
-        self._lanes.clear()
+        """Close every channel; calls in flight fail, later calls raise. Idempotent."""
+        with self._lock:
+            self._closed = True
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+            for channel in self._node_channels.values():
+                channel.close()
+            self._node_channels.clear()
+            self._node_stubs.clear()
+            self._lanes.clear()
 
     def stub_for(self, key: str) -> tuple[pb_grpc.KeyValueStub, str]:
         """The stub to send an operation on *key* to, and its address."""
@@ -278,10 +466,54 @@ class Client:
         """A stub for the config's node *index*, on a channel of its own (kept)."""
         stub = self._node_stubs.get(index)
         if stub is None:
-            channel = security.channel(self.config, self.config.nodes[index].address)
-            self._node_channels.append(channel)
-            stub = self._node_stubs[index] = pb_grpc.KeyValueStub(channel)
+            with self._lock:
+                if self._closed:
+                    raise self.closed_error()
+                stub = self._node_stubs.get(index)
+                if stub is None:
+                    channel = security.channel(self.config, self.config.nodes[index].address)
+                    self._node_channels[index] = channel
+                    stub = self._node_stubs[index] = pb_grpc.KeyValueStub(channel)
         return stub
+
+    def reopen(self, index: int | None, failed: pb_grpc.KeyValueStub) -> pb_grpc.KeyValueStub:
+        """A stub on a fresh channel in place of *failed* (the entry node's when
+        *index* is None), unless another failure replaced it already."""
+        with self._lock:
+            if self._closed:
+                raise self.closed_error()
+            if index is None:
+                if failed is self._kv:
+                    old = self._channel
+                    self.open(self.address)
+                    if old is not None:
+                        old.close()
+                return self._kv
+            if self._node_stubs.get(index) is failed:
+                del self._node_stubs[index]
+                old = self._node_channels.pop(index, None)
+                if old is not None:
+                    old.close()
+            return self._node_stub(index)
+
+    def _lane(self, key: str) -> _Lane:
+        index = None if self._ring is None else self._ring.owner(int(key))
+        lane = self._lanes.get(index)
+        if lane is None:
+            stub, address = self.stub_for(key)
+            with self._lock:
+                lane = self._lanes.get(index)
+                if lane is None:
+                    lane = self._lanes[index] = _Lane(self, index, stub, address,
+                                                      self.coalesce_depth,
+                                                      self.limits.max_batch_ops)
+        return lane
+
+    def lane_stats(self) -> dict[str, int]:
+        """Batch calls the coalescing lanes sent, and the operations in them."""
+        lanes = list(self._lanes.values())
+        return {"batches": sum(lane.batches for lane in lanes),
+                "operations": sum(lane.operations for lane in lanes)}
 
     def __enter__(self) -> "Client":
         return self
@@ -297,63 +529,54 @@ class Client:
 
     # -- operations -----------------------------------------------------------
 
-    def submit(self, op: str, key: str, value: bytes | None = None, trace: bool = False,
+    def submit(self, op: str, key: int | str, value: bytes | None = None, trace: bool = False,
                callback: Callable[[Result | ChordError], None] | None = None,
                timeout: float | None = None) -> None:
         """Send one operation without waiting; *callback* gets a Result or a ChordError.
 
-        A call that never left this client because the channel is still
-        backing off from an earlier outage (gRPC's "failed to connect") is
-        sent once more on a fresh channel: the node may be back already, and
-        nothing was sent, so even a write is safe to repeat.
+        The callback runs on a thread of the client's (gRPC's, or a thread
+        whose own call carried this operation): keep it short. A call that
+        never left this client because the channel is still backing off from
+        an earlier outage (gRPC's "failed to connect") is sent once more on a
+        fresh channel: the node may be back already, and nothing was sent, so
+        even a write is safe to repeat.
         """
+        key = key_text(key)
         self.check(op, key, value)
+        if self._closed:
+            raise self.closed_error()
         t = timeout if timeout is not None else self.timeout
         deliver = callback if callback is not None else (lambda _outcome: None)
-        self._send(op, key, value, trace, deliver, t, retry=True)
-
-    def _send(self, op: str, key: str, value: bytes | None, trace: bool,
-              callback: Callable[[Result | ChordError], None], t: float, retry: bool) -> None:
-        kv, address = self.stub_for(key)
         if self.coalesce:
-            lane = self._lanes.get(address)
-            if lane is None:
-                lane = self._lanes.setdefault(address, _Lane(kv, address, self.coalesce_depth,
-                                                             _LIMITS.max_batch_ops))
-            lane.add(pb.Operation(op=OPS[op], key=key, value=value or b"", trace=trace),
-                     op, key, callback, t)
+            self._lane(key).add(_Op(pb.Operation(op=OPS[op], key=key, value=value or b"",
+                                                 trace=trace), op, key, t, deliver))
             return
-        if op == "create":
-            fut = kv.Create.future(pb.WriteRequest(key=key, value=value, trace=trace), timeout=t)
-        elif op == "update":
-            fut = kv.Update.future(pb.WriteRequest(key=key, value=value, trace=trace), timeout=t)
-        elif op == "read":
-            fut = kv.Read.future(pb.KeyRequest(key=key, trace=trace), timeout=t)
-        else:
-            fut = kv.Delete.future(pb.KeyRequest(key=key, trace=trace), timeout=t)
+        self._send_unary(op, key, value, trace, deliver, t, retry=True)
+
+    def _send_unary(self, op: str, key: str, value: bytes | None, trace: bool,
+                    callback: Callable[[Result | ChordError], None], t: float,
+                    retry: bool) -> None:
+        kv, address = self.stub_for(key)
+        try:
+            fut = _unary(kv, op).future(_request(op, key, value, trace), timeout=t)
+        except ValueError:          # closed under us
+            callback(self.closed_error())
+            return
 
         def done(f: grpc.Future) -> None:
             if retry and _never_sent(f):
-                self._reopen(address, kv)
-                self._send(op, key, value, trace, callback, t, retry=False)
+                try:
+                    self._reopen_for(key, kv)
+                    self._send_unary(op, key, value, trace, callback, t, retry=False)
+                except ChordError as e:
+                    callback(e)
             else:
                 callback(_outcome(f, op, key, address, t))
 
         fut.add_done_callback(done)
 
-    def _reopen(self, address: str, failed: pb_grpc.KeyValueStub) -> None:
-        """Replace the channel behind *failed*, unless another failure already did."""
-        with self._order_lock:
-            if failed is self._kv:
-                old = self._channel
-                self.open(address)
-                if old is not None:
-                    old.close()
-                return
-            for index, stub in list(self._node_stubs.items()):
-                if stub is failed:
-                    del self._node_stubs[index]
-                    self._lanes.pop(address, None)
+    def _reopen_for(self, key: str, failed: pb_grpc.KeyValueStub) -> None:
+        self.reopen(None if self._ring is None else self._ring.owner(int(key)), failed)
 
     def submit_ordered(self, op: str, key: str, value: bytes | None,
                        callback: Callable[[Result | ChordError], None],
@@ -365,6 +588,7 @@ class Client:
         own little queue: the next operation on a key is sent when the previous
         one's reply arrives; different keys still travel concurrently.
         """
+        key = key_text(key)
         self.check(op, key, value)
         k = parse_key(key, self.max_digits)[0]
         item = (op, key, value, callback, trace)
@@ -396,51 +620,115 @@ class Client:
         except ChordError as e:
             done(e)
 
-    def call(self, op: str, key: str, value: bytes | None = None,
-             trace: bool = False) -> Result:
-        """One operation, waiting for its reply; raises ChordError on failure."""
-        box: list = []
-        done = threading.Event()
+    def call(self, op: str, key: int | str, value: bytes | None = None,
+             trace: bool = False, timeout: float | None = None) -> Result:
+        """One operation by name, waiting for its reply; raises ChordError on failure.
 
-        def got(outcome):
-            box.append(outcome)
-            done.set()
+        The reply is waited for on the calling thread: with coalescing the
+        thread sends its own Batch when the node's lane is free (see _Lane),
+        without it a blocking unary call; no other thread is woken for it.
+        """
+        key = key_text(key)
+        self.check(op, key, value)
+        if self._closed:
+            raise self.closed_error()
+        t = timeout if timeout is not None else self.timeout
+        if self.coalesce:
+            out = self._lane(key).call(_Op(pb.Operation(op=OPS[op], key=key, value=value or b"",
+                                                        trace=trace), op, key, t))
+        else:
+            out = self._call_unary(op, key, value, trace, t)
+        if out.__class__ is Result:
+            return out
+        raise out
 
-        self.submit(op, key, value, trace, callback=got)
-        done.wait()
-        out = box[0]
-        if isinstance(out, ChordError):
-            raise out
-        return out
+    def _call_unary(self, op: str, key: str, value: bytes | None, trace: bool,
+                    t: float) -> Result | ChordError:
+        request = _request(op, key, value, trace)
+        for attempt in (0, 1):
+            kv, address = self.stub_for(key)
+            try:
+                reply = _unary(kv, op)(request, timeout=t)
+            except grpc.RpcError as e:
+                details = e.details() or ""
+                if attempt == 0 and never_sent(e.code().value[0], details):
+                    self._reopen_for(key, kv)
+                    continue
+                return error_for(e.code(), details, address, t)
+            except ValueError:      # closed under us
+                return self.closed_error()
+            return Result(op, key, reply.value if op == "read" else None, reply.node_index,
+                          reply.node_id, reply.message, tuple(reply.route))
+        raise AssertionError("unreachable")
 
-    def create(self, key: str, value: bytes, trace: bool = False) -> Result:
+    def create(self, key: int | str, value: bytes, trace: bool = False) -> Result:
+        """Create *key* with *value*; AlreadyExistsError if it exists."""
         return self.call("create", key, value, trace)
 
-    def read(self, key: str, trace: bool = False) -> Result:
+    def read(self, key: int | str, trace: bool = False) -> Result:
+        """The value of *key* (``.value``); NotFoundError if it does not exist."""
         return self.call("read", key, None, trace)
 
-    def update(self, key: str, value: bytes, trace: bool = False) -> Result:
+    def update(self, key: int | str, value: bytes, trace: bool = False) -> Result:
+        """Replace the value of *key*; NotFoundError if it does not exist."""
         return self.call("update", key, value, trace)
 
-    def delete(self, key: str, trace: bool = False) -> Result:
+    def delete(self, key: int | str, trace: bool = False) -> Result:
+        """Delete *key*; NotFoundError if it does not exist."""
         return self.call("delete", key, None, trace)
 
-    def batch(self, ops: Sequence[tuple[str, str, bytes | None]],
+    def batch(self, ops: Iterable[tuple[str, int | str, bytes | None]],
               timeout: float | None = None) -> list[Result | ChordError]:
-        """Many operations in one call; one Result or ChordError per operation, in order."""
-        self.connect()
+        """Many operations in one Batch call to the entry node, applied in order.
+
+        *ops* are (op, key, value) tuples, value None for read and delete.
+        Returns one Result or ChordError per operation, in order, as the
+        node answered each: a failed operation (a missing key, a bad key or
+        value) is its own error and the rest still run. Raises
+        InvalidInputError for a malformed tuple or an unknown operation
+        before anything is sent, and UnavailableError if the call fails.
+        More than ``limits.max_batch_ops`` operations go as several calls,
+        one after another.
+        """
+        slots: list[Result | ChordError | None] = []
+        items: list[tuple[int, str, str]] = []      # (slot, op, key) of what is sent
         msgs = []
-        for op, key, value in ops:
+        for n, entry in enumerate(ops):
+            try:
+                op, key, value = entry
+            except (TypeError, ValueError):
+                raise InvalidInputError(f"batch: operation {n} is {entry!r}; give (op, key, "
+                                        f"value) tuples") from None
             if op not in OPS:
-                raise unknown_operation(op)
-            msgs.append(pb.Operation(op=OPS[op], key=key, value=value or b""))
-        t = timeout if timeout is not None else self.timeout
-        try:
-            reply = self._kv.Batch(pb.BatchRequest(ops=msgs), timeout=t)
-        except grpc.RpcError as e:
-            raise error_for(e.code(), e.details() or "", self.address, t) from None
-        return [_batch_outcome(res, op, key, self.address)
-                for (op, key, _), res in zip(ops, reply.results)]
+                raise InvalidInputError(f"batch: operation {n}: {unknown_operation(op)}")
+            try:
+                key = key_text(key)
+                msg = pb.Operation(op=OPS[op], key=key, value=value or b"")
+            except InvalidInputError as e:
+                slots.append(e)
+                continue
+            except TypeError:
+                slots.append(InvalidInputError(f"the value of {op} {key} is a "
+                                               f"{type(value).__name__}; give bytes"))
+                continue
+            items.append((len(slots), op, key))
+            slots.append(None)
+            msgs.append(msg)
+        if msgs:
+            self.connect()
+            t = timeout if timeout is not None else self.timeout
+            step = self.limits.max_batch_ops
+            for start in range(0, len(msgs), step):
+                try:
+                    reply = self._kv.Batch(pb.BatchRequest(ops=msgs[start:start + step]),
+                                           timeout=t)
+                except grpc.RpcError as e:
+                    raise error_for(e.code(), e.details() or "", self.address, t) from None
+                except ValueError:
+                    raise self.closed_error() from None
+                for (slot, op, key), res in zip(items[start:start + step], reply.results):
+                    slots[slot] = _batch_outcome(res, op, key, self.address)
+        return slots
 
     # -- scan and count (chordctl/scan.py) ------------------------------------
 
@@ -461,16 +749,18 @@ class Client:
                         self._node_stub(i), ring_id))
         return out
 
-    def _key_bound(self, key: str | None, what: str) -> str:
+    def _key_bound(self, key: int | str | None, what: str) -> str:
         if key is None or key == "":
             return ""
+        key = key_text(key)
         try:
             parse_key(key, self.max_digits)
         except ValueError as e:
             raise InvalidInputError(f"scan: {what}: {e}") from None
         return key
 
-    def scan(self, start: str | None = None, end: str | None = None, limit: int = 1000,
+    def scan(self, start: int | str | None = None, end: int | str | None = None,
+             limit: int = 1000,
              keys_only: bool = False, partial: bool = False, page_size: int = 0):
         """A scan.Scan of the keys in [start, end) across the ring, ascending by key.
 
@@ -488,7 +778,7 @@ class Client:
                                                                             request.end)]
         return scan_mod.Scan(streams, limit, partial).open()
 
-    def count(self, start: str | None = None, end: str | None = None) -> list:
+    def count(self, start: int | str | None = None, end: int | str | None = None) -> list:
         """One scan.NodeCount per node (in parallel): its keys in [start, end), or its error."""
         from chordctl import scan as scan_mod
         request = pb.CountRequest(start=self._key_bound(start, "--from"),
@@ -541,6 +831,49 @@ class Client:
 
     def files(self, timeout: float | None = None) -> pb.FilesReply:
         return self._admin_call("Files", pb.FilesRequest(), timeout)
+
+
+def connect(config: Config | str | os.PathLike | None = None, *, target: str | None = None,
+            route: str | None = None, timeout: float | None = None,
+            coalesce: bool = True) -> Client:
+    """Open a Client on a ring: the public entry point (``chordctl.connect``).
+
+    *config*: a path to the ring's YAML config (the one its nodes run
+    with), or a loaded Config; None with *target* talks to that one node.
+    *route*: ``"direct"`` sends each operation to its key's owner (needs the
+    config), ``"entry"`` to one entry node that routes on the ring; default
+    the config's ``client.route``. *timeout*: seconds per request (default
+    ``client.timeout``). *coalesce*: concurrent calls from many threads
+    travel as Batch calls per node (default on; each call still gets its own
+    result). Checks that a node answers, so a ring that is down fails here
+    with UnavailableError, not at the first call.
+    """
+    if config is not None and not isinstance(config, Config):
+        config = load_config(os.fspath(config))
+    client = Client(config, target=target, timeout=timeout, route=route, coalesce=coalesce)
+    try:
+        client.connect()
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _unary(kv: pb_grpc.KeyValueStub, op: str):
+    """The unary method of *kv* for *op*."""
+    if op == "read":
+        return kv.Read
+    if op == "update":
+        return kv.Update
+    if op == "create":
+        return kv.Create
+    return kv.Delete
+
+
+def _request(op: str, key: str, value: bytes | None, trace: bool):
+    if op == "create" or op == "update":
+        return pb.WriteRequest(key=key, value=value, trace=trace)
+    return pb.KeyRequest(key=key, trace=trace)
 
 
 def _never_sent(fut: grpc.Future) -> bool:

@@ -107,6 +107,30 @@ def parse_key(text: str, max_digits: int) -> tuple[int, bytes]:
     return key, text.encode()
 
 
+def key_text(key: int | str) -> str:
+    """A key as the wire carries it: an int's decimal text, a str as given.
+
+    The client library takes keys as ints or decimal strings; the text is
+    checked afterwards by validate() like any other key. Anything else (a
+    bool, a float, bytes) is refused here with InvalidInputError.
+    """
+    cls = key.__class__
+    if cls is str:
+        return key
+    if cls is int:
+        if key < 0:
+            raise InvalidInputError("key is negative; keys are non-negative integers")
+        try:
+            return str(key)
+        except ValueError:      # past sys.get_int_max_str_digits() (allow_key_digits)
+            raise InvalidInputError(f"key has more than {sys.get_int_max_str_digits()} "
+                                    f"digits (limits.max_key_digits)") from None
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key_text(int(key))
+    raise InvalidInputError(f"key {key!r} is a {cls.__name__}; give an int or a decimal "
+                            f"string such as 42")
+
+
 def check_key(text: str, max_digits: int) -> tuple[int, bytes]:
     """parse_key, raising InvalidInputError."""
     try:

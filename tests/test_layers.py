@@ -22,7 +22,6 @@ PACKAGE = ROOT / "chordctl"
 # longest matching name wins. "chordctl" covers only chordctl/__init__.py.
 FLOORS: dict[str, int] = {
     # 0: leaves -- errors, wire rules, generated protobuf, pure helpers.
-    "chordctl": 0,
     "chordctl.errors": 0,
     "chordctl.protocol": 0,
     "chordctl.pb": 0,
@@ -33,7 +32,10 @@ FLOORS: dict[str, int] = {
     "chordctl.security": 1,
     # 2: the node: ring arithmetic, store, pipeline, storage.
     "chordctl.core": 2,
-    # 3: the client side library, built on the client.
+    # 3: the client side library, built on the client; the package's face
+    # (chordctl/__init__.py: connect, Client, the errors, loaded on first use).
+    "chordctl": 3,
+    "chordctl.aio": 3,
     "chordctl.client": 3,
     "chordctl.scan": 3,
     "chordctl.bulk": 3,
