@@ -115,20 +115,22 @@ _PENDING = object()     # an _Op's outcome before its reply
 
 
 class _Op:
-    """One operation in a lane: its message, and who gets its outcome.
+    """One operation in a lane: what to send, and who gets its outcome.
 
     A synchronous caller (``Client.call`` from any thread) waits on *waiter*,
     a lock it holds until the outcome is set (or it is asked to lead); an
     asynchronous one (``submit``) gets *callback* called instead.
     """
 
-    __slots__ = ("msg", "op", "key", "callback", "waiter", "timeout", "outcome", "lead")
+    __slots__ = ("op", "key", "value", "trace", "callback", "waiter", "timeout", "outcome",
+                 "lead")
 
-    def __init__(self, msg: pb.Operation, op: str, key: str, timeout: float,
+    def __init__(self, op: str, key: str, value: bytes | None, trace: bool, timeout: float,
                  callback: Callable | None = None):
-        self.msg = msg
         self.op = op
         self.key = key
+        self.value = value
+        self.trace = trace
         self.timeout = timeout
         self.callback = callback
         self.outcome = _PENDING
@@ -195,8 +197,7 @@ class _Lane:
     def _send_async(self, batch: list[_Op]) -> None:
         timeout = max(item.timeout for item in batch)
         try:
-            fut = self.stub.Batch.future(pb.BatchRequest(ops=[b.msg for b in batch]),
-                                         timeout=timeout)
+            fut = _call(self.stub, batch, timeout, future=True)
         except ValueError:          # the channel was closed under us
             self._deliver(batch, [self.client.closed_error()] * len(batch))
             self._next()
@@ -205,8 +206,7 @@ class _Lane:
 
     def _async_done(self, fut: grpc.Future, batch: list[_Op], timeout: float) -> None:
         try:
-            reply = fut.result()
-            outcomes = self._outcomes(batch, reply.results)
+            outcomes = self._outcomes(batch, fut.result())
         except grpc.RpcError as e:
             outcomes = [error_for(e.code(), e.details() or "", self.address, timeout)] \
                 * len(batch)
@@ -257,11 +257,9 @@ class _Lane:
 
     def _send_blocking(self, batch: list[_Op]) -> list[Result | ChordError]:
         timeout = max(item.timeout for item in batch)
-        request = pb.BatchRequest(ops=[b.msg for b in batch])
         for attempt in (0, 1):
             try:
-                reply = self.stub.Batch(request, timeout=timeout)
-                return self._outcomes(batch, reply.results)
+                return self._outcomes(batch, _call(self.stub, batch, timeout))
             except grpc.RpcError as e:
                 details = e.details() or ""
                 if attempt == 0 and never_sent(e.code().value[0], details):
@@ -276,7 +274,14 @@ class _Lane:
 
     # -- both -----------------------------------------------------------------------
 
-    def _outcomes(self, batch: list[_Op], results) -> list[Result | ChordError]:
+    def _outcomes(self, batch: list[_Op], reply) -> list[Result | ChordError]:
+        """The outcome of each operation from *reply*: a unary reply for a batch
+        of one, else a BatchReply."""
+        if len(batch) == 1 and not isinstance(reply, pb.BatchReply):
+            item = batch[0]
+            return [Result(item.op, item.key, reply.value if item.op == "read" else None,
+                           reply.node_index, reply.node_id, reply.message, tuple(reply.route))]
+        results = reply.results
         if len(results) != len(batch):
             return [InternalError(f"client: {self.address} answered {len(results)} "
                                   f"results for {len(batch)} operations")] * len(batch)
@@ -548,8 +553,7 @@ class Client:
         t = timeout if timeout is not None else self.timeout
         deliver = callback if callback is not None else (lambda _outcome: None)
         if self.coalesce:
-            self._lane(key).add(_Op(pb.Operation(op=OPS[op], key=key, value=value or b"",
-                                                 trace=trace), op, key, t, deliver))
+            self._lane(key).add(_Op(op, key, value, trace, t, deliver))
             return
         self._send_unary(op, key, value, trace, deliver, t, retry=True)
 
@@ -634,8 +638,7 @@ class Client:
             raise self.closed_error()
         t = timeout if timeout is not None else self.timeout
         if self.coalesce:
-            out = self._lane(key).call(_Op(pb.Operation(op=OPS[op], key=key, value=value or b"",
-                                                        trace=trace), op, key, t))
+            out = self._lane(key).call(_Op(op, key, value, trace, t))
         else:
             out = self._call_unary(op, key, value, trace, t)
         if out.__class__ is Result:
@@ -868,6 +871,23 @@ def _unary(kv: pb_grpc.KeyValueStub, op: str):
     if op == "create":
         return kv.Create
     return kv.Delete
+
+
+def _call(kv: pb_grpc.KeyValueStub, batch: list[_Op], timeout: float, future: bool = False):
+    """Send *batch*: one operation as its unary call (cheaper on both ends than
+    a Batch of one: ~100 us less per sequential call here), more as a Batch."""
+    if len(batch) == 1:
+        item = batch[0]
+        method = _unary(kv, item.op)
+        request = _request(item.op, item.key, item.value, item.trace)
+    else:
+        method = kv.Batch
+        request = pb.BatchRequest(ops=[pb.Operation(op=OPS[b.op], key=b.key,
+                                                    value=b.value or b"", trace=b.trace)
+                                       for b in batch])
+    if future:
+        return method.future(request, timeout=timeout)
+    return method(request, timeout=timeout)
 
 
 def _request(op: str, key: str, value: bytes | None, trace: bool):
