@@ -19,7 +19,7 @@ coalescing (the default) their concurrent single operations bound for one
 node travel as Batch calls (see _Lane), each caller still getting exactly
 its own result. Everything but the channels and the waiting is the sync
 client's: settings (ClientBase), errors (error_for), batch results,
-key_text and validate.
+key_text and validate, scan's checks and merge order (scan.AsyncScan).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from chordctl.errors import ChordError, UnavailableError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.protocol import OPS, key_text, never_sent
+from chordctl.scan import AsyncNodeStream, AsyncScan, NodeCount
 
 __all__ = ["AsyncClient", "connect"]
 
@@ -181,7 +182,7 @@ class AsyncClient(ClientBase):
     """A connection to a chordctl ring for asyncio programs, on grpc.aio channels.
 
     The sync Client's API with ``await``: ``create/read/update/delete``,
-    ``call``, ``batch``, ``count``, ``close``, ``async with``; the same
+    ``call``, ``batch``, ``scan``, ``count``, ``close``, ``async with``; the same
     Result objects and the same ChordError subclasses (gRPC's exceptions
     never reach the caller). Routes like the sync client: ``"entry"`` talks
     to one entry node, ``"direct"`` sends each operation to its key's owner
@@ -428,20 +429,46 @@ class AsyncClient(ClientBase):
                 raise self.lost_error(self.address) from None
         raise AssertionError("unreachable")
 
-    # -- count (chordctl/scan.py) ---------------------------------------------
+    # -- scan and count (chordctl/scan.py) ------------------------------------
+
+    def _each_node(self, start: str = "", end: str = ""
+                   ) -> list[tuple[int | None, str, str, pb_grpc.KeyValueStub, str]]:
+        """(index, label, address, stub, ring id) of every node a scan asks: the
+        config's that can hold keys in [start, end), or only the --target node."""
+        if self.target or self.config is None:
+            return [(None, "the node", self.address, self._entry(), "")]
+        if self._closed:
+            raise self.closed_error()
+        return [(i, label, address, self._node_stub(i), ring_id)
+                for i, label, address, ring_id in self._ring_nodes(start, end)]
+
+    async def scan(self, start: int | str | None = None, end: int | str | None = None,
+                   limit: int = 1000, keys_only: bool = False, partial: bool = False,
+                   page_size: int = 0) -> AsyncScan:
+        """An opened scan.AsyncScan of the keys in [start, end), ascending by key.
+
+        ``async for entry in await db.scan(a, b)``: scan.Entry objects, at most
+        *limit* (0: all); every node's first page has arrived when this
+        returns, so a node that is down fails here (or, with *partial*, is
+        left out and named in ``.skipped``). The sync ``Client.scan``.
+        """
+        request = pb.ScanRequest(start=self._key_bound(start, "--from"),
+                                 end=self._key_bound(end, "--to"),
+                                 limit=limit + 1 if limit else 0, keys_only=keys_only,
+                                 page_size=page_size)
+        streams = [AsyncNodeStream(stub, request, label, address, self.timeout, index,
+                                   to_error=error_for)
+                   for index, label, address, stub, _id in self._each_node(request.start,
+                                                                            request.end)]
+        return await AsyncScan(streams, limit, partial).open()
 
     async def count(self, start: int | str | None = None,
-                    end: int | str | None = None) -> list:
+                    end: int | str | None = None) -> list[NodeCount]:
         """One scan.NodeCount per node (asked at once): its keys in [start, end),
         or its error -- the sync ``Client.count``."""
         request = pb.CountRequest(start=self._key_bound(start, "--from"),
                                   end=self._key_bound(end, "--to"))
-        if self.target or self.config is None:
-            nodes = [(None, "the node", self.address, self._entry(), "")]
-        else:
-            nodes = [(i, label, address, self._node_stub(i), ring_id)
-                     for i, label, address, ring_id in self._ring_nodes(request.start,
-                                                                        request.end)]
+        nodes = self._each_node(request.start, request.end)
         replies = await asyncio.gather(*(self._count_one(node[3], request) for node in nodes))
         return [node_count(reply, index, label, address, ring_id)
                 for (index, label, address, _stub, ring_id), reply in zip(nodes, replies)]

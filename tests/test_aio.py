@@ -327,3 +327,46 @@ def test_cancelled_callers_leave_the_queue_and_the_rest_get_their_results(ring):
             assert db.lane_stats()["operations"] == 60 - len(calls[10::2])
             await db.batch([("delete", base + i, None) for i in range(60)])
     run(main())
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_scan_lists_in_key_order_like_the_sync_scan(ring, route):
+    base = base_for(11, route)
+    keys = sorted(base + spread(i) for i in range(40))
+
+    async def main():
+        async with await chordctl.aio.connect(ring.config_path, route=route) as db:
+            await db.batch([("create", k, b"s%d" % k) for k in keys])
+            try:
+                every = await db.scan(base, base + 10**11, limit=0, page_size=7)
+                got = [(e.key, e.value) async for e in every]
+                assert len(every.nodes) == 4 and every.count == 40 and not every.truncated
+                first = await db.scan(str(base), base + 10**11, limit=10, keys_only=True)
+                head = [(e.key, e.value) async for e in first]
+                assert first.truncated and first.count == 10
+                return got, head
+            finally:
+                await db.batch([("delete", k, None) for k in keys])
+
+    got, head = run(main())
+    assert got == [(k, b"s%d" % k) for k in keys]
+    assert head == [(k, b"") for k in keys[:10]]
+    with chordctl.connect(ring.config_path, route=route) as sync:   # same as sync, now empty
+        assert [e.key for e in sync.scan(base, base + 10**11)] == []
+
+
+def test_scan_of_a_node_that_is_down_fails_or_skips_it_with_partial(ring):
+    from conftest import free_ports
+    down = f"127.0.0.1:{free_ports(1)[0]}"
+
+    async def main():
+        async with chordctl.aio.AsyncClient(target=down, timeout=2) as db:
+            await db.connect()
+            with pytest.raises(UnavailableError, match="nothing listed.*--partial"):
+                await db.scan()
+            partial = await db.scan(partial=True)
+            assert [e async for e in partial] == []
+            assert len(partial.skipped) == 1 and partial.nodes == []
+            with pytest.raises(InvalidInputError, match="--to"):
+                await db.scan(end="12x")
+    run(main())
