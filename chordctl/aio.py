@@ -193,6 +193,8 @@ class AsyncClient(ClientBase):
     ``await chordctl.aio.connect(...)``.
     """
 
+    CONNECT = "chordctl.aio.connect"
+
     def __init__(self, config: Config | None = None, target: str | None = None,
                  timeout: float | None = None, route: str | None = None,
                  coalesce: bool = False, coalesce_depth: int | None = None):

@@ -364,9 +364,11 @@ class ClientBase:
     def closed(self) -> bool:
         return self._closed
 
+    CONNECT = "chordctl.connect"    # how to open a new one, for the message below
+
     def closed_error(self) -> InvalidInputError:
-        return InvalidInputError("client: this client is closed; open a new one "
-                                 "(chordctl.connect)")
+        return InvalidInputError(f"client: this client is closed; open a new one "
+                                 f"({self.CONNECT})")
 
     def lane_stats(self) -> dict[str, int]:
         """Batch calls the coalescing lanes sent, and the operations in them."""

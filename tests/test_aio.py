@@ -144,7 +144,7 @@ def test_close_then_use_raises_and_close_is_idempotent(ring):
         await db.close()
         await db.close()
         assert db.closed
-        with pytest.raises(InvalidInputError, match="closed"):
+        with pytest.raises(InvalidInputError, match=r"closed; open a new one \(chordctl.aio"):
             await db.read(k)
         with pytest.raises(InvalidInputError, match="closed"):
             await db.batch([("read", k, None)])
