@@ -64,8 +64,8 @@ class _Lane:
     """Coalesces the single operations bound for one node into Batch calls.
 
     While fewer than ``depth`` Batch calls are in flight an operation leaves
-    at once, a batch of one sent by its caller's own coroutine (no task, no
-    added latency when idle). Otherwise it waits in ``pending`` on a future;
+    at once, a batch of one sent by its caller's own coroutine (no task of
+    ours, no added latency when idle). Otherwise it waits in ``pending`` on a future;
     when a call in flight returns, everything queued by then (up to
     ``limit``) leaves as the next Batch, sent by a task that keeps sending
     while operations keep queueing and ends when none are left. Nothing
