@@ -279,15 +279,8 @@ class _Lane:
         of one, else a BatchReply."""
         if len(batch) == 1 and not isinstance(reply, pb.BatchReply):
             item = batch[0]
-            return [Result(item.op, item.key, reply.value if item.op == "read" else None,
-                           reply.node_index, reply.node_id, reply.message, tuple(reply.route))]
-        results = reply.results
-        if len(results) != len(batch):
-            return [InternalError(f"client: {self.address} answered {len(results)} "
-                                  f"results for {len(batch)} operations")] * len(batch)
-        address = self.address
-        return [_batch_outcome(res, item.op, item.key, address)
-                for item, res in zip(batch, results)]
+            return [reply_result(item.op, item.key, reply)]
+        return batch_outcomes(batch, reply.results, self.address)
 
     def _deliver(self, batch: list[_Op], outcomes: list) -> None:
         for item, outcome in zip(batch, outcomes):
@@ -321,20 +314,11 @@ class _Lane:
             self._send_async(batch)
 
 
-class Client:
-    """A connection to a chordctl ring, shared safely by any number of threads.
+class ClientBase:
+    """What the sync Client and chordctl.aio.AsyncClient share: the settings
+    (route, nodes, timeout, limits), the check of an operation, closed.
 
-    Talks to one entry node (``target``, or the config's first that answers),
-    or with ``route="direct"`` (``client.route: direct``) sends each
-    operation straight to the key's owner, computed from the config like a
-    token-aware driver. With ``coalesce=True`` concurrent single operations
-    travel as Batch calls (see _Lane), each still getting its own result.
-
-    Keys are ints or decimal strings; values are bytes. Every operation
-    returns a Result or raises a ChordError subclass (NotFoundError,
-    AlreadyExistsError, InvalidInputError, UnavailableError, ...); gRPC's
-    own exceptions never reach the caller. Most programs call
-    ``chordctl.connect()`` instead of building one.
+    No channel here: each flavour opens its own kind (grpc or grpc.aio).
     """
 
     def __init__(self, config: Config | None = None, target: str | None = None,
@@ -357,9 +341,7 @@ class Client:
                                else 1 if self.route == "direct" else 2)
         if self.coalesce_depth < 1:
             raise InvalidInputError("client: coalesce_depth must be at least 1")
-        self._lanes: dict[int | None, _Lane] = {}
-        self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
-        self._node_channels: dict[int, grpc.Channel] = {}
+        self._lanes: dict = {}      # node index (None: the entry node) -> its lane
         self._ring = Ring.from_config(config) if self.route == "direct" else None
         self.target = target
         if target:
@@ -379,10 +361,76 @@ class Client:
         self.max_digits = self.limits.max_key_digits
         allow_key_digits(self.max_digits)
         self.address: str | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    CONNECT = "chordctl.connect"    # how to open a new one, for the message below
+
+    def closed_error(self) -> InvalidInputError:
+        return InvalidInputError(f"client: this client is closed; open a new one "
+                                 f"({self.CONNECT})")
+
+    def lane_stats(self) -> dict[str, int]:
+        """Batch calls the coalescing lanes sent, and the operations in them."""
+        lanes = list(self._lanes.values())
+        return {"batches": sum(lane.batches for lane in lanes),
+                "operations": sum(lane.operations for lane in lanes)}
+
+    def check(self, op: str, key: str, value: bytes | None) -> None:
+        """Raise InvalidInputError for anything a node would refuse (protocol.validate)."""
+        validate(op, key, value, self.limits)
+
+    def _key_bound(self, key: int | str | None, what: str) -> str:
+        if key is None or key == "":
+            return ""
+        key = key_text(key)
+        try:
+            parse_key(key, self.max_digits)
+        except ValueError as e:
+            raise InvalidInputError(f"scan: {what}: {e}") from None
+        return key
+
+    def _ring_nodes(self, start: str, end: str) -> list[tuple[int, str, str, str]]:
+        """(index, label, address, ring id) of every config node that can hold
+        keys in [start, end) (scan.nodes_for_range)."""
+        from chordctl.scan import nodes_for_range
+        ring = self._ring or Ring.from_config(self.config)
+        out = []
+        for i in nodes_for_range(ring, int(start or 0), int(end) if end else None):
+            ring_id = str(ring.ids[i])
+            out.append((i, f"node {i} (id {ring_id})", self.config.nodes[i].address, ring_id))
+        return out
+
+
+class Client(ClientBase):
+    """A connection to a chordctl ring, shared safely by any number of threads.
+
+    Talks to one entry node (``target``, or the config's first that answers),
+    or with ``route="direct"`` (``client.route: direct``) sends each
+    operation straight to the key's owner, computed from the config like a
+    token-aware driver. With ``coalesce=True`` concurrent single operations
+    travel as Batch calls (see _Lane), each still getting its own result.
+
+    Keys are ints or decimal strings; values are bytes. Every operation
+    returns a Result or raises a ChordError subclass (NotFoundError,
+    AlreadyExistsError, InvalidInputError, UnavailableError, ...); gRPC's
+    own exceptions never reach the caller. Most programs call
+    ``chordctl.connect()`` instead of building one.
+    """
+
+    def __init__(self, config: Config | None = None, target: str | None = None,
+                 timeout: float | None = None, route: str | None = None,
+                 coalesce: bool = False, coalesce_depth: int | None = None):
+        super().__init__(config, target, timeout, route, coalesce, coalesce_depth)
+        self._lanes: dict[int | None, _Lane] = {}
+        self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
+        self._node_channels: dict[int, grpc.Channel] = {}
         self._channel: grpc.Channel | None = None
         self._kv: pb_grpc.KeyValueStub | None = None
         self._admin: pb_grpc.AdminStub | None = None
-        self._closed = False
         # Guards opening and replacing channels (threads share the client).
         self._lock = threading.RLock()
         # submit_ordered: key -> operations waiting for the one in flight.
@@ -418,15 +466,7 @@ class Client:
                 return address
             channel.close()
             failures.append((address, why))
-        waited = time.monotonic() - t0
-        reasons = {why for _, why in failures}
-        if len(reasons) == 1:
-            detail = f"{', '.join(a for a, _ in failures)}: {reasons.pop()}"
-        else:
-            detail = "; ".join(f"{a}: {why}" for a, why in failures)
-        raise UnavailableError(
-            f"client: no node of the config answered (tried {len(failures)} in "
-            f"{waited:.2f}s -- {detail}); {RING_UP_HINT}")
+        raise none_answered(failures, time.monotonic() - t0)
 
     def open(self, address: str) -> None:
         """Use *address* without checking that it answers (calls fail until it does)."""
@@ -437,14 +477,6 @@ class Client:
         self._channel = channel
         self._kv = pb_grpc.KeyValueStub(channel)
         self._admin = pb_grpc.AdminStub(channel)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def closed_error(self) -> InvalidInputError:
-        return InvalidInputError("client: this client is closed; open a new one "
-                                 "(chordctl.connect)")
 
     def close(self) -> None:
         """Close every channel; calls in flight fail, later calls raise. Idempotent."""
@@ -514,23 +546,11 @@ class Client:
                                                       self.limits.max_batch_ops)
         return lane
 
-    def lane_stats(self) -> dict[str, int]:
-        """Batch calls the coalescing lanes sent, and the operations in them."""
-        lanes = list(self._lanes.values())
-        return {"batches": sum(lane.batches for lane in lanes),
-                "operations": sum(lane.operations for lane in lanes)}
-
     def __enter__(self) -> "Client":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # -- validation -----------------------------------------------------------
-
-    def check(self, op: str, key: str, value: bytes | None) -> None:
-        """Raise InvalidInputError for anything a node would refuse (protocol.validate)."""
-        validate(op, key, value, self.limits)
 
     # -- operations -----------------------------------------------------------
 
@@ -660,8 +680,7 @@ class Client:
                 return error_for(e.code(), details, address, t)
             except ValueError:      # closed under us
                 return self.closed_error()
-            return Result(op, key, reply.value if op == "read" else None, reply.node_index,
-                          reply.node_id, reply.message, tuple(reply.route))
+            return reply_result(op, key, reply)
         raise AssertionError("unreachable")
 
     def create(self, key: int | str, value: bytes, trace: bool = False) -> Result:
@@ -693,30 +712,7 @@ class Client:
         More than ``limits.max_batch_ops`` operations go as several calls,
         one after another.
         """
-        slots: list[Result | ChordError | None] = []
-        items: list[tuple[int, str, str]] = []      # (slot, op, key) of what is sent
-        msgs = []
-        for n, entry in enumerate(ops):
-            try:
-                op, key, value = entry
-            except (TypeError, ValueError):
-                raise InvalidInputError(f"batch: operation {n} is {entry!r}; give (op, key, "
-                                        f"value) tuples") from None
-            if op not in OPS:
-                raise InvalidInputError(f"batch: operation {n}: {unknown_operation(op)}")
-            try:
-                key = key_text(key)
-                msg = pb.Operation(op=OPS[op], key=key, value=value or b"")
-            except InvalidInputError as e:
-                slots.append(e)
-                continue
-            except TypeError:
-                slots.append(InvalidInputError(f"the value of {op} {key} is a "
-                                               f"{type(value).__name__}; give bytes"))
-                continue
-            items.append((len(slots), op, key))
-            slots.append(None)
-            msgs.append(msg)
+        slots, items, msgs = batch_messages(ops)
         if msgs:
             self.connect()
             t = timeout if timeout is not None else self.timeout
@@ -743,24 +739,8 @@ class Client:
         if self.target or self.config is None:
             self.connect()
             return [(None, "the node", self.address, self._kv, "")]
-        from chordctl.scan import nodes_for_range
-        ring = self._ring or Ring.from_config(self.config)
-        out = []
-        for i in nodes_for_range(ring, int(start or 0), int(end) if end else None):
-            ring_id = str(ring.ids[i])
-            out.append((i, f"node {i} (id {ring_id})", self.config.nodes[i].address,
-                        self._node_stub(i), ring_id))
-        return out
-
-    def _key_bound(self, key: int | str | None, what: str) -> str:
-        if key is None or key == "":
-            return ""
-        key = key_text(key)
-        try:
-            parse_key(key, self.max_digits)
-        except ValueError as e:
-            raise InvalidInputError(f"scan: {what}: {e}") from None
-        return key
+        return [(i, label, address, self._node_stub(i), ring_id)
+                for i, label, address, ring_id in self._ring_nodes(start, end)]
 
     def scan(self, start: int | str | None = None, end: int | str | None = None,
              limit: int = 1000,
@@ -793,14 +773,9 @@ class Client:
         out = []
         for index, label, address, ring_id, fut in calls:
             try:
-                reply = fut.result()
+                out.append(node_count(fut.result(), index, label, address, ring_id))
             except grpc.RpcError as e:
-                err = error_for(e.code(), e.details() or "", address)
-                out.append(scan_mod.NodeCount(index, ring_id, address, error=type(err)(
-                    f"count: {label} at {address} failed: {err}")))
-                continue
-            out.append(scan_mod.NodeCount(reply.node_index, reply.node_id, address, reply.keys,
-                                          reply.last_seq))
+                out.append(node_count(e, index, label, address, ring_id))
         return out
 
     # -- admin ----------------------------------------------------------------
@@ -862,6 +837,55 @@ def connect(config: Config | str | os.PathLike | None = None, *, target: str | N
     return client
 
 
+def batch_messages(ops: Iterable[tuple[str, int | str, bytes | None]]
+                   ) -> tuple[list[Result | ChordError | None], list[tuple[int, str, str]],
+                              list[pb.Operation]]:
+    """The operations of a ``batch()`` call, checked: (slots, items, msgs).
+
+    *slots* has one entry per operation: an InvalidInputError for a bad key
+    or value (the rest still run), None for one to send; *items* is the
+    (slot, op, key) of each message in *msgs*. Raises InvalidInputError for
+    a malformed tuple or an unknown operation, before anything is sent.
+    """
+    slots: list[Result | ChordError | None] = []
+    items: list[tuple[int, str, str]] = []      # (slot, op, key) of what is sent
+    msgs = []
+    for n, entry in enumerate(ops):
+        try:
+            op, key, value = entry
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"batch: operation {n} is {entry!r}; give (op, key, "
+                                    f"value) tuples") from None
+        if op not in OPS:
+            raise InvalidInputError(f"batch: operation {n}: {unknown_operation(op)}")
+        try:
+            key = key_text(key)
+            msg = pb.Operation(op=OPS[op], key=key, value=value or b"")
+        except InvalidInputError as e:
+            slots.append(e)
+            continue
+        except TypeError:
+            slots.append(InvalidInputError(f"the value of {op} {key} is a "
+                                           f"{type(value).__name__}; give bytes"))
+            continue
+        items.append((len(slots), op, key))
+        slots.append(None)
+        msgs.append(msg)
+    return slots, items, msgs
+
+
+def node_count(reply: pb.CountReply | grpc.RpcError, index: int | None, label: str,
+               address: str, ring_id: str):
+    """The scan.NodeCount of one node's Count reply, or of its failure."""
+    from chordctl import scan as scan_mod
+    if isinstance(reply, grpc.RpcError):
+        err = error_for(reply.code(), reply.details() or "", address)
+        return scan_mod.NodeCount(index, ring_id, address, error=type(err)(
+            f"count: {label} at {address} failed: {err}"))
+    return scan_mod.NodeCount(reply.node_index, reply.node_id, address, reply.keys,
+                              reply.last_seq)
+
+
 def _unary(kv: pb_grpc.KeyValueStub, op: str):
     """The unary method of *kv* for *op*."""
     if op == "read":
@@ -907,6 +931,16 @@ def _never_sent(fut: grpc.Future) -> bool:
     return False
 
 
+def batch_outcomes(batch, results, address: str) -> list[Result | ChordError]:
+    """The outcome of each operation of a coalesced Batch call; *batch* holds
+    objects with ``.op`` and ``.key`` (a lane's operations), in order."""
+    if len(results) != len(batch):
+        return [InternalError(f"client: {address} answered {len(results)} "
+                              f"results for {len(batch)} operations")] * len(batch)
+    return [_batch_outcome(res, item.op, item.key, address)
+            for item, res in zip(batch, results)]
+
+
 def _batch_outcome(res: pb.Result, op: str, key: str, address: str) -> Result | ChordError:
     """One result of a Batch call. Batch results leave out the sentence of a
     success (it is derivable)."""
@@ -924,18 +958,40 @@ def _probe(channel: grpc.Channel, address: str) -> str | None:
     wait_for_ready a refused connection fails at once instead of retrying.
     """
     try:
-        channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=CONNECT_TIMEOUT)
+        channel.unary_unary(PROBE_METHOD)(b"", timeout=CONNECT_TIMEOUT)
     except grpc.RpcError as e:
-        details = e.details() or ""
-        if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            log.debug("client: %s: gRPC DEADLINE_EXCEEDED: %s", address, details)
-            return f"no answer within {CONNECT_TIMEOUT:g}s"
-        if e.code() == grpc.StatusCode.UNAVAILABLE:
-            log.debug("client: %s: gRPC UNAVAILABLE: %s", address, details)
-            if _tls_like(details):
-                return security.connect_failure(details).lstrip(": ")
-            return _reason(details)
+        return probe_failure(e, address)
     return None
+
+
+PROBE_METHOD = "/grpc.health.v1.Health/Check"
+
+
+def probe_failure(e: grpc.RpcError, address: str) -> str | None:
+    """Why a probe of *address* failed with *e* (a sync or grpc.aio error), or
+    None: any other status is a reply, and the node is there."""
+    details = e.details() or ""
+    if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        log.debug("client: %s: gRPC DEADLINE_EXCEEDED: %s", address, details)
+        return f"no answer within {CONNECT_TIMEOUT:g}s"
+    if e.code() == grpc.StatusCode.UNAVAILABLE:
+        log.debug("client: %s: gRPC UNAVAILABLE: %s", address, details)
+        if _tls_like(details):
+            return security.connect_failure(details).lstrip(": ")
+        return _reason(details)
+    return None
+
+
+def none_answered(failures: list[tuple[str, str]], waited: float) -> UnavailableError:
+    """The error of a connect whose probes all failed: (address, why) each."""
+    reasons = {why for _, why in failures}
+    if len(reasons) == 1:
+        detail = f"{', '.join(a for a, _ in failures)}: {reasons.pop()}"
+    else:
+        detail = "; ".join(f"{a}: {why}" for a, why in failures)
+    return UnavailableError(
+        f"client: no node of the config answered (tried {len(failures)} in "
+        f"{waited:.2f}s -- {detail}); {RING_UP_HINT}")
 
 
 def _outcome(fut: grpc.Future, op: str, key: str, address: str | None,
@@ -946,5 +1002,10 @@ def _outcome(fut: grpc.Future, op: str, key: str, address: str | None,
         return error_for(e.code(), e.details() or "", address or "?", waited)
     except grpc.FutureCancelledError:
         return UnavailableError(f"client: {op} {key} was cancelled")
+    return reply_result(op, key, reply)
+
+
+def reply_result(op: str, key: str, reply: pb.Reply) -> Result:
+    """The Result of a unary call's reply."""
     return Result(op, key, reply.value if op == "read" else None, reply.node_index,
                   reply.node_id, reply.message, tuple(reply.route))

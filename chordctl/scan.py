@@ -17,16 +17,20 @@ The views of different nodes are taken independently: each node's part is
 consistent in itself (every write acknowledged before the scan began is in
 it), the ring as a whole is not one snapshot.
 
+AsyncNodeStream and AsyncScan are the same for grpc.aio (chordctl.aio):
+a task per node instead of a thread, the same checks and errors.
+
 No click and no printing here; failures are ChordErrors naming the node.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import heapq
 import queue
 import threading
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import AsyncIterator, Callable, Iterable, Iterator, Sequence
 
 import grpc
 
@@ -166,24 +170,15 @@ class NodeStream:
             item = self._queue.get(timeout=self.idle)
         except queue.Empty:
             self.close()
-            raise DeadlineExceededError(
-                f"scan: {self.label} at {self.address} sent nothing for {self.idle:g}s "
-                f"(client.timeout); is it overloaded or stopped? (`chordctl ring show`)") from None
+            raise _idle_error(self) from None
         if isinstance(item, ChordError):
             self.close()
-            raise type(item)(f"scan: {self.label} at {self.address} failed: {item}")
+            raise _node_failed(self, item)
         return item
 
     def first(self) -> NodeView:
         """Wait for the first page (it names the node and its view); raises ChordError."""
-        page = self._get()
-        if page is _END:
-            raise InternalError(f"scan: {self.label} at {self.address} ended the scan without "
-                                f"a page; is it a chordctl node of this version?")
-        self._first = page
-        self.index = page.node_index
-        self.view = NodeView(page.node_index, page.node_id, self.address, page.keys,
-                             page.last_seq)
+        self._first = _first_page(self, self._get())
         return self.view
 
     def entries(self) -> Iterator[Entry]:
@@ -195,8 +190,7 @@ class NodeStream:
             for e in page.entries:
                 k = int(e.key)
                 if k <= prev:
-                    raise InternalError(f"scan: {self.label} sent key {k} after {prev}, out of "
-                                        f"order; the listing would be wrong")
+                    raise _out_of_order(self, k, prev)
                 prev = k
                 yield Entry(k, e.value, index)
             page = self._get()
@@ -214,6 +208,38 @@ class NodeStream:
                 self._queue.get_nowait()
         except queue.Empty:
             pass
+
+
+def _idle_error(stream) -> DeadlineExceededError:
+    return DeadlineExceededError(
+        f"scan: {stream.label} at {stream.address} sent nothing for {stream.idle:g}s "
+        f"(client.timeout); is it overloaded or stopped? (`chordctl ring show`)")
+
+
+def _node_failed(stream, error: ChordError) -> ChordError:
+    return type(error)(f"scan: {stream.label} at {stream.address} failed: {error}")
+
+
+def _out_of_order(stream, key: int, prev: int) -> InternalError:
+    return InternalError(f"scan: {stream.label} sent key {key} after {prev}, out of "
+                         f"order; the listing would be wrong")
+
+
+def _first_page(stream, page) -> pb.ScanPage:
+    """Check a stream's first page and set its index and view from it (shared
+    by NodeStream and AsyncNodeStream)."""
+    if page is _END:
+        raise InternalError(f"scan: {stream.label} at {stream.address} ended the scan without "
+                            f"a page; is it a chordctl node of this version?")
+    stream.index = page.node_index
+    stream.view = NodeView(page.node_index, page.node_id, stream.address, page.keys,
+                           page.last_seq)
+    return page
+
+
+def _not_every_node(error: ChordError) -> ChordError:
+    return type(error)(f"{error}; nothing listed: a scan in key order needs every "
+                       f"node (add --partial to list the others' keys)")
 
 
 class Scan:
@@ -244,8 +270,7 @@ class Scan:
                     live.append(s)
                 except ChordError as e:
                     if not self.partial:
-                        raise type(e)(f"{e}; nothing listed: a scan in key order needs every "
-                                      f"node (add --partial to list the others' keys)") from None
+                        raise _not_every_node(e) from None
                     s.close()
                     self.skipped.append((s, e))
         except BaseException:
@@ -278,4 +303,165 @@ class Scan:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncNodeStream:
+    """NodeStream for grpc.aio (chordctl.aio): one node's Scan call, read by a
+    task of the event loop into a bounded asyncio.Queue; the same checks and
+    the same errors as the sync stream."""
+
+    def __init__(self, stub, request: pb.ScanRequest, label: str, address: str, idle: float,
+                 index: int | None = None, *,
+                 to_error: Callable[[grpc.StatusCode, str, str], ChordError]):
+        self.stub = stub
+        self.to_error = to_error
+        self.request = request
+        self.label = label
+        self.address = address
+        self.idle = idle
+        self.index = index
+        self.view: NodeView | None = None
+        self._first: pb.ScanPage | None = None
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=PREFETCH)
+        self._closed = False
+        self._call = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> "AsyncNodeStream":
+        self._call = self.stub.Scan(self.request)
+        self._task = asyncio.get_running_loop().create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        try:
+            async for page in self._call:
+                await self._queue.put(page)
+            item = _END
+        except grpc.RpcError as e:
+            item = self.to_error(e.code(), e.details() or "", self.address)
+        except asyncio.CancelledError:
+            return
+        except Exception as e:  # never leave the merge waiting without a reason
+            item = InternalError(f"scan: reading from {self.label}: {e}")
+        await self._queue.put(item)
+
+    async def _get(self):
+        try:
+            async with asyncio.timeout(self.idle):
+                item = await self._queue.get()
+        except TimeoutError:
+            self.close()
+            raise _idle_error(self) from None
+        if isinstance(item, ChordError):
+            self.close()
+            raise _node_failed(self, item)
+        return item
+
+    async def first(self) -> NodeView:
+        """Wait for the first page (it names the node and its view); raises ChordError."""
+        self._first = _first_page(self, await self._get())
+        return self.view
+
+    async def entries(self) -> AsyncIterator[Entry]:
+        """This node's entries, ascending (checked: the merge relies on it)."""
+        page = self._first
+        index = self.index
+        prev = -1
+        while True:
+            for e in page.entries:
+                k = int(e.key)
+                if k <= prev:
+                    raise _out_of_order(self, k, prev)
+                prev = k
+                yield Entry(k, e.value, index)
+            page = await self._get()
+            if page is _END:
+                return
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
+class AsyncScan:
+    """Scan for asyncio (chordctl.aio): ``await open()`` waits for every node's
+    first page, then ``async for`` the entries in ascending key order, at most
+    *limit* (0: all). The same *partial*, ``nodes``, ``skipped``,
+    ``truncated`` and ``count`` as Scan, and Merge's heap of one entry per
+    node, awaited."""
+
+    def __init__(self, streams: list[AsyncNodeStream], limit: int, partial: bool = False):
+        self.streams = streams
+        self.limit = limit
+        self.partial = partial
+        self.nodes: list[NodeView] = []
+        self.skipped: list[tuple[AsyncNodeStream, ChordError]] = []
+        self.truncated = False
+        self.count = 0
+        self._live: list[AsyncNodeStream] | None = None
+
+    async def open(self) -> "AsyncScan":
+        for s in self.streams:
+            s.start()
+        live = []
+        try:
+            for s in self.streams:
+                try:
+                    self.nodes.append(await s.first())
+                    live.append(s)
+                except ChordError as e:
+                    if not self.partial:
+                        raise _not_every_node(e) from None
+                    s.close()
+                    self.skipped.append((s, e))
+        except BaseException:
+            self.close()
+            raise
+        self._live = live
+        return self
+
+    def __aiter__(self) -> AsyncIterator[Entry]:
+        return self._merge()
+
+    async def _merge(self) -> AsyncIterator[Entry]:
+        if self._live is None:
+            await self.open()
+        sources = [s.entries() for s in self._live]
+        try:
+            heap = []
+            for i, source in enumerate(sources):
+                entry = await anext(source, None)
+                if entry is not None:
+                    heap.append((entry.key, i, entry))
+            heapq.heapify(heap)
+            limit = self.limit
+            while heap:
+                _key, i, entry = heap[0]
+                if limit and self.count >= limit:
+                    self.truncated = True
+                    return
+                self.count += 1
+                yield entry
+                entry = await anext(sources[i], None)
+                if entry is None:
+                    heapq.heappop(heap)
+                else:
+                    heapq.heapreplace(heap, (entry.key, i, entry))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for s in self.streams:
+            s.close()
+
+    async def __aenter__(self) -> "AsyncScan":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
         self.close()

@@ -269,6 +269,21 @@ def test_mutual_tls_ring_serves_a_client_with_certificate(mtls_ring, run_cli) ->
     assert r.exit_code == 0, r.output
 
 
+def test_aio_client_works_over_mutual_tls_on_both_routings(mtls_ring) -> None:
+    import asyncio
+
+    import chordctl.aio
+    path, _procs = mtls_ring
+
+    async def main():
+        for route in ("entry", "direct"):
+            async with await chordctl.aio.connect(path, route=route) as db:
+                await db.create(OWNED_BY_1, b"aio")
+                assert (await db.read(OWNED_BY_1)).node_index == 1
+                assert (await db.delete(OWNED_BY_1)).value is None
+    asyncio.run(main())
+
+
 def test_admin_tls_client_serves_only_the_configs_client_certificate(tmp_path, certs,
                                                                       run_cli) -> None:
     """admin.allow: tls-client: Admin answers clients presenting tls.client_cert

@@ -1,0 +1,507 @@
+"""The asyncio flavour of the Python API: ``chordctl.aio.connect`` on grpc.aio.
+
+The same operations, results and errors as the sync Client (chordctl/client.py),
+awaited instead of blocking::
+
+    import asyncio
+    import chordctl.aio
+
+    async def main():
+        async with await chordctl.aio.connect("examples/configs/ring4.yaml") as db:
+            await db.create(42, b"hello")
+            assert (await db.read(42)).value == b"hello"
+
+    asyncio.run(main())
+
+One AsyncClient belongs to the event loop it was connected on (grpc.aio
+channels do); any number of coroutines of that loop share it. With
+coalescing (the default) their concurrent single operations bound for one
+node travel as Batch calls (see _Lane), each caller still getting exactly
+its own result. Everything but the channels and the waiting is the sync
+client's: settings (ClientBase), errors (error_for), batch results,
+key_text and validate, scan's checks and merge order (scan.AsyncScan).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Iterable
+
+import grpc
+
+from chordctl import security
+from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, ClientBase, Result, _batch_outcome,
+                             _request, _unary, batch_messages, batch_outcomes, error_for,
+                             node_count, none_answered, probe_failure, reply_result)
+from chordctl.config import Config
+from chordctl.config import load as load_config
+from chordctl.errors import ChordError, UnavailableError
+from chordctl.pb import chord_pb2 as pb
+from chordctl.pb import chord_pb2_grpc as pb_grpc
+from chordctl.protocol import OPS, key_text, never_sent
+from chordctl.scan import AsyncNodeStream, AsyncScan, NodeCount
+
+__all__ = ["AsyncClient", "connect"]
+
+
+class _Op:
+    """One operation in a lane; *future* is None for the one its caller sends itself."""
+
+    __slots__ = ("msg", "op", "key", "timeout", "future")
+
+    def __init__(self, msg: pb.Operation, op: str, key: str, timeout: float,
+                 future: asyncio.Future | None):
+        self.msg = msg
+        self.op = op
+        self.key = key
+        self.timeout = timeout
+        self.future = future
+
+
+class _Lane:
+    """Coalesces the single operations bound for one node into Batch calls.
+
+    While fewer than ``depth`` Batch calls are in flight an operation leaves
+    at once, a batch of one sent by its caller's own coroutine (no task of
+    ours, no added latency when idle). Otherwise it waits in ``pending`` on a future;
+    when a call in flight returns, everything queued by then (up to
+    ``limit``) leaves as the next Batch, sent by a task that keeps sending
+    while operations keep queueing and ends when none are left. Nothing
+    waits on a timer: each Batch reply starts the next one. Operations of
+    one Batch are applied in order, and each gets its own result.
+
+    Only the event loop's thread touches a lane, so it needs no lock;
+    ``pending`` is non-empty only while all ``depth`` slots are busy.
+    """
+
+    def __init__(self, client: "AsyncClient", index: int | None, stub: pb_grpc.KeyValueStub,
+                 address: str, depth: int, limit: int):
+        self.client = client
+        self.index = index          # the config's node, or None for the entry node
+        self.stub = stub
+        self.address = address
+        self.depth = depth
+        self.limit = limit
+        self.pending: list[_Op] = []
+        self.senders = 0
+        self.batches = 0            # Batch calls sent, and the operations they carried
+        self.operations = 0
+
+    async def call(self, msg: pb.Operation, op: str, key: str,
+                   timeout: float) -> Result | ChordError:
+        """Send one operation (alone or with others) and return its outcome."""
+        if self.senders < self.depth:
+            self.senders += 1
+            self.batches += 1
+            self.operations += 1
+            try:
+                return (await self._send([_Op(msg, op, key, timeout, None)]))[0]
+            finally:
+                self._next()
+        item = _Op(msg, op, key, timeout, asyncio.get_running_loop().create_future())
+        self.pending.append(item)
+        return await item.future
+
+    def _take(self) -> list[_Op]:
+        """The next batch off the queue; callers that gave up waiting (their
+        coroutine was cancelled) are left out, as nothing of theirs was sent."""
+        while self.pending:
+            batch = [item for item in self.pending[:self.limit] if not item.future.done()]
+            del self.pending[:self.limit]
+            if batch:
+                self.batches += 1
+                self.operations += len(batch)
+                return batch
+        return []
+
+    def _next(self) -> None:
+        """A caller's own call is done: send what queued behind it, or free the slot."""
+        batch = self._take()
+        if batch:
+            self.client._spawn(self._drain(batch))
+        else:
+            self.senders -= 1
+
+    async def _drain(self, batch: list[_Op]) -> None:
+        """Send *batch*, then whatever queued meanwhile, until nothing is left."""
+        try:
+            while batch:
+                outcomes = await self._send(batch)
+                for item, outcome in zip(batch, outcomes):
+                    if not item.future.done():
+                        item.future.set_result(outcome)
+                batch = self._take()
+        except BaseException as e:   # cancelled (the loop is ending): no caller stranded
+            err = UnavailableError(f"client: request interrupted ({e!r})")
+            for item in batch + self.pending:
+                if not item.future.done():
+                    item.future.set_result(err)
+            self.pending.clear()
+            raise
+        finally:
+            self.senders -= 1
+
+    async def _send(self, batch: list[_Op]) -> list[Result | ChordError]:
+        timeout = max(item.timeout for item in batch)
+        request = pb.BatchRequest(ops=[item.msg for item in batch])
+        for attempt in (0, 1):
+            stub = self.stub
+            try:
+                reply = await stub.Batch(request, timeout=timeout)
+            except grpc.RpcError as e:
+                details = e.details() or ""
+                if attempt == 0 and never_sent(e.code().value[0], details):
+                    # Nothing left this process (the channel is backing off from
+                    # an earlier outage): a fresh channel, and once more.
+                    try:
+                        self.stub = await self.client._reopen(self.index, stub)
+                    except ChordError as err:
+                        return [err] * len(batch)
+                    continue
+                return [error_for(e.code(), details, self.address, timeout)] * len(batch)
+            except grpc.aio.UsageError:     # the channel was closed before the call
+                return [self.client.closed_error()] * len(batch)
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise
+                return [self.client.lost_error(self.address)] * len(batch)
+            return batch_outcomes(batch, reply.results, self.address)
+        raise AssertionError("unreachable")
+
+
+def _cancelling() -> bool:
+    """Whether the running task itself is being cancelled (not just a call of it,
+    which a channel closed under the call cancels)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class AsyncClient(ClientBase):
+    """A connection to a chordctl ring for asyncio programs, on grpc.aio channels.
+
+    The sync Client's API with ``await``: ``create/read/update/delete``,
+    ``call``, ``batch``, ``scan``, ``count``, ``close``, ``async with``; the same
+    Result objects and the same ChordError subclasses (gRPC's exceptions
+    never reach the caller). Routes like the sync client: ``"entry"`` talks
+    to one entry node, ``"direct"`` sends each operation to its key's owner
+    on a channel per node. With ``coalesce=True`` concurrent coroutines'
+    single operations travel as Batch calls per node (see _Lane).
+
+    Bound to the event loop it was connected on. Build it with
+    ``await chordctl.aio.connect(...)``.
+    """
+
+    CONNECT = "chordctl.aio.connect"
+
+    def __init__(self, config: Config | None = None, target: str | None = None,
+                 timeout: float | None = None, route: str | None = None,
+                 coalesce: bool = False, coalesce_depth: int | None = None):
+        super().__init__(config, target, timeout, route, coalesce, coalesce_depth)
+        self._lanes: dict[int | None, _Lane] = {}
+        self._channel: grpc.aio.Channel | None = None
+        self._kv: pb_grpc.KeyValueStub | None = None
+        self._node_channels: dict[int, grpc.aio.Channel] = {}
+        self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
+        self._tasks: set[asyncio.Task] = set()     # lanes' senders, held until done
+
+    # -- connection -----------------------------------------------------------
+
+    async def connect(self) -> str:
+        """Open the channel to the first node that answers (probed one after
+        another, each for at most CONNECT_TIMEOUT, like the sync client), or
+        to ``target`` unprobed; returns its address."""
+        if self._closed:
+            raise self.closed_error()
+        if self._channel is not None:
+            return self.address
+        if len(self.addresses) == 1:
+            self._open(self.addresses[0])
+            return self.address
+        t0 = time.monotonic()
+        failures: list[tuple[str, str]] = []
+        for address in self.addresses:
+            channel = security.aio_channel(self.config, address)
+            try:
+                await channel.unary_unary(PROBE_METHOD)(b"", timeout=CONNECT_TIMEOUT)
+                why = None
+            except grpc.RpcError as e:
+                why = probe_failure(e, address)
+            if why is None:
+                if self._channel is not None:   # another coroutine connected meanwhile
+                    await channel.close()
+                    return self.address
+                self._adopt(address, channel)
+                return address
+            await channel.close()
+            failures.append((address, why))
+        raise none_answered(failures, time.monotonic() - t0)
+
+    def _open(self, address: str) -> None:
+        self._adopt(address, security.aio_channel(self.config, address))
+
+    def _adopt(self, address: str, channel: grpc.aio.Channel) -> None:
+        self.address = address
+        self._channel = channel
+        self._kv = pb_grpc.KeyValueStub(channel)
+
+    def _entry(self) -> pb_grpc.KeyValueStub:
+        if self._closed:
+            raise self.closed_error()
+        if self._kv is None:
+            raise UnavailableError("client: not connected; use `await chordctl.aio.connect(...)`")
+        return self._kv
+
+    def _node_stub(self, index: int) -> pb_grpc.KeyValueStub:
+        """A stub for the config's node *index*, on a channel of its own (kept)."""
+        stub = self._node_stubs.get(index)
+        if stub is None:
+            if self._closed:
+                raise self.closed_error()
+            channel = security.aio_channel(self.config, self.config.nodes[index].address)
+            self._node_channels[index] = channel
+            stub = self._node_stubs[index] = pb_grpc.KeyValueStub(channel)
+        return stub
+
+    def _stub_for(self, key: str) -> tuple[int | None, pb_grpc.KeyValueStub, str]:
+        """(node index or None, stub, address) to send an operation on *key* to."""
+        if self._ring is None:
+            return None, self._entry(), self.address
+        owner = self._ring.owner(int(key))
+        return owner, self._node_stub(owner), self.config.nodes[owner].address
+
+    async def _reopen(self, index: int | None,
+                      failed: pb_grpc.KeyValueStub) -> pb_grpc.KeyValueStub:
+        """A stub on a fresh channel in place of *failed* (the entry node's when
+        *index* is None), unless another failure replaced it already."""
+        if self._closed:
+            raise self.closed_error()
+        if index is None:
+            if failed is self._kv:
+                old = self._channel
+                self._open(self.address)
+                if old is not None:
+                    await old.close()
+            return self._kv
+        if self._node_stubs.get(index) is failed:
+            del self._node_stubs[index]
+            old = self._node_channels.pop(index, None)
+            stub = self._node_stub(index)
+            if old is not None:
+                await old.close()
+            return stub
+        return self._node_stub(index)
+
+    def _lane(self, key: str) -> _Lane:
+        index = None if self._ring is None else self._ring.owner(int(key))
+        lane = self._lanes.get(index)
+        if lane is None:
+            index, stub, address = self._stub_for(key)
+            lane = self._lanes[index] = _Lane(self, index, stub, address, self.coalesce_depth,
+                                              self.limits.max_batch_ops)
+        return lane
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def lost_error(self, address: str) -> UnavailableError:
+        """The outcome of a call whose channel was closed under it: maybe applied."""
+        if self._closed:
+            return UnavailableError(f"client: the client was closed while a call to {address} "
+                                    f"was in flight; it may or may not have been applied")
+        return UnavailableError(f"client: the call to {address} was cancelled when its channel "
+                                f"closed; it may or may not have been applied")
+
+    async def close(self) -> None:
+        """Close every channel; calls in flight fail, later calls raise. Idempotent."""
+        self._closed = True
+        channels = [self._channel, *self._node_channels.values()]
+        self._channel = self._kv = None
+        self._node_channels.clear()
+        self._node_stubs.clear()
+        for channel in channels:
+            if channel is not None:
+                await channel.close()
+        if self._tasks:     # the lanes' senders end as their calls fail
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._lanes.clear()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # -- operations -----------------------------------------------------------
+
+    async def call(self, op: str, key: int | str, value: bytes | None = None,
+                   trace: bool = False, timeout: float | None = None) -> Result:
+        """One operation by name; returns its Result, raises ChordError on failure."""
+        key = key_text(key)
+        self.check(op, key, value)
+        if self._closed:
+            raise self.closed_error()
+        t = timeout if timeout is not None else self.timeout
+        if self.coalesce:
+            out = await self._lane(key).call(
+                pb.Operation(op=OPS[op], key=key, value=value or b"", trace=trace), op, key, t)
+        else:
+            out = await self._call_unary(op, key, value, trace, t)
+        if out.__class__ is Result:
+            return out
+        raise out
+
+    async def _call_unary(self, op: str, key: str, value: bytes | None, trace: bool,
+                          t: float) -> Result | ChordError:
+        request = _request(op, key, value, trace)
+        for attempt in (0, 1):
+            index, kv, address = self._stub_for(key)
+            try:
+                reply = await _unary(kv, op)(request, timeout=t)
+            except grpc.RpcError as e:
+                details = e.details() or ""
+                if attempt == 0 and never_sent(e.code().value[0], details):
+                    await self._reopen(index, kv)
+                    continue
+                return error_for(e.code(), details, address, t)
+            except grpc.aio.UsageError:
+                return self.closed_error()
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise
+                return self.lost_error(address)
+            return reply_result(op, key, reply)
+        raise AssertionError("unreachable")
+
+    async def create(self, key: int | str, value: bytes, trace: bool = False) -> Result:
+        """Create *key* with *value*; AlreadyExistsError if it exists."""
+        return await self.call("create", key, value, trace)
+
+    async def read(self, key: int | str, trace: bool = False) -> Result:
+        """The value of *key* (``.value``); NotFoundError if it does not exist."""
+        return await self.call("read", key, None, trace)
+
+    async def update(self, key: int | str, value: bytes, trace: bool = False) -> Result:
+        """Replace the value of *key*; NotFoundError if it does not exist."""
+        return await self.call("update", key, value, trace)
+
+    async def delete(self, key: int | str, trace: bool = False) -> Result:
+        """Delete *key*; NotFoundError if it does not exist."""
+        return await self.call("delete", key, None, trace)
+
+    async def batch(self, ops: Iterable[tuple[str, int | str, bytes | None]],
+                    timeout: float | None = None) -> list[Result | ChordError]:
+        """Many operations in one Batch call to the entry node, applied in order.
+
+        Exactly the sync ``Client.batch``: one Result or ChordError per
+        operation, in order (a failed operation is its own error and the rest
+        still run); InvalidInputError for a malformed tuple or an unknown
+        operation before anything is sent; UnavailableError if the call
+        fails; past ``limits.max_batch_ops`` several calls, one after another.
+        """
+        slots, items, msgs = batch_messages(ops)
+        if msgs:
+            t = timeout if timeout is not None else self.timeout
+            step = self.limits.max_batch_ops
+            for start in range(0, len(msgs), step):
+                reply = await self._entry_batch(pb.BatchRequest(ops=msgs[start:start + step]), t)
+                for (slot, op, key), res in zip(items[start:start + step], reply.results):
+                    slots[slot] = _batch_outcome(res, op, key, self.address)
+        return slots
+
+    async def _entry_batch(self, request: pb.BatchRequest, t: float) -> pb.BatchReply:
+        for attempt in (0, 1):
+            kv = self._entry()
+            try:
+                return await kv.Batch(request, timeout=t)
+            except grpc.RpcError as e:
+                details = e.details() or ""
+                if attempt == 0 and never_sent(e.code().value[0], details):
+                    await self._reopen(None, kv)
+                    continue
+                raise error_for(e.code(), details, self.address, t) from None
+            except grpc.aio.UsageError:
+                raise self.closed_error() from None
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise
+                raise self.lost_error(self.address) from None
+        raise AssertionError("unreachable")
+
+    # -- scan and count (chordctl/scan.py) ------------------------------------
+
+    def _each_node(self, start: str = "", end: str = ""
+                   ) -> list[tuple[int | None, str, str, pb_grpc.KeyValueStub, str]]:
+        """(index, label, address, stub, ring id) of every node a scan asks: the
+        config's that can hold keys in [start, end), or only the --target node."""
+        if self.target or self.config is None:
+            return [(None, "the node", self.address, self._entry(), "")]
+        if self._closed:
+            raise self.closed_error()
+        return [(i, label, address, self._node_stub(i), ring_id)
+                for i, label, address, ring_id in self._ring_nodes(start, end)]
+
+    async def scan(self, start: int | str | None = None, end: int | str | None = None,
+                   limit: int = 1000, keys_only: bool = False, partial: bool = False,
+                   page_size: int = 0) -> AsyncScan:
+        """An opened scan.AsyncScan of the keys in [start, end), ascending by key.
+
+        ``async for entry in await db.scan(a, b)``: scan.Entry objects, at most
+        *limit* (0: all); every node's first page has arrived when this
+        returns, so a node that is down fails here (or, with *partial*, is
+        left out and named in ``.skipped``). The sync ``Client.scan``.
+        """
+        request = pb.ScanRequest(start=self._key_bound(start, "--from"),
+                                 end=self._key_bound(end, "--to"),
+                                 limit=limit + 1 if limit else 0, keys_only=keys_only,
+                                 page_size=page_size)
+        streams = [AsyncNodeStream(stub, request, label, address, self.timeout, index,
+                                   to_error=error_for)
+                   for index, label, address, stub, _id in self._each_node(request.start,
+                                                                            request.end)]
+        return await AsyncScan(streams, limit, partial).open()
+
+    async def count(self, start: int | str | None = None,
+                    end: int | str | None = None) -> list[NodeCount]:
+        """One scan.NodeCount per node (asked at once): its keys in [start, end),
+        or its error -- the sync ``Client.count``."""
+        request = pb.CountRequest(start=self._key_bound(start, "--from"),
+                                  end=self._key_bound(end, "--to"))
+        nodes = self._each_node(request.start, request.end)
+        replies = await asyncio.gather(*(self._count_one(node[3], request) for node in nodes))
+        return [node_count(reply, index, label, address, ring_id)
+                for (index, label, address, _stub, ring_id), reply in zip(nodes, replies)]
+
+    async def _count_one(self, stub: pb_grpc.KeyValueStub,
+                         request: pb.CountRequest) -> pb.CountReply | grpc.RpcError:
+        try:
+            return await stub.Count(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            return e
+        except grpc.aio.UsageError:
+            raise self.closed_error() from None
+
+
+async def connect(config: Config | str | os.PathLike | None = None, *,
+                  target: str | None = None, route: str | None = None,
+                  timeout: float | None = None, coalesce: bool = True) -> AsyncClient:
+    """Open an AsyncClient on a ring: ``chordctl.connect``, awaited.
+
+    The same parameters as the sync ``chordctl.connect``: *config* a path or
+    a loaded Config (None with *target*), *route* ``"direct"`` or
+    ``"entry"``, *timeout* seconds per request, *coalesce* concurrent
+    coroutines' calls as Batch calls per node. Checks that a node answers,
+    so a ring that is down fails here with UnavailableError.
+    """
+    if config is not None and not isinstance(config, Config):
+        config = load_config(os.fspath(config))
+    client = AsyncClient(config, target=target, timeout=timeout, route=route, coalesce=coalesce)
+    try:
+        await client.connect()
+    except BaseException:
+        await client.close()
+        raise
+    return client
