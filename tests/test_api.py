@@ -243,3 +243,32 @@ def test_scan_and_count_take_int_bounds(db):
     assert got == [(base + i, b"s%d" % i) for i in range(10)]
     assert sum(n.keys for n in db.count(base, base + 5)) == 5
     db.batch([("delete", base + i, None) for i in range(10)])
+
+
+def readme_python_blocks() -> list[str]:
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_python_api_examples_run(ring):
+    """README "Python API": both examples, as written, against a real ring."""
+    import subprocess
+    import sys
+    blocks = readme_python_blocks()
+    assert len(blocks) == 2
+    expected = [["b'hello'", "key 42 already exists", "1600", "b'v' NotFoundError",
+                 "[1000, 1001, 1002]"],
+                ["b'hello'", "key 42 already exists", "[1000, 1001, 1002]"]]
+    for block, wanted in zip(blocks, expected):
+        assert "examples/configs/ring4.yaml" in block
+        code = block.replace("examples/configs/ring4.yaml", ring.config_path)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        for want, line in zip(wanted, lines):
+            assert want in line, (want, done.stdout)
+        assert len(lines) == len(wanted), done.stdout
