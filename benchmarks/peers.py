@@ -242,8 +242,7 @@ def replace_section(text: str, section: str) -> str:
     end = text.find(END, start + len(BEGIN)) if start >= 0 else -1
     if start >= 0 and end >= 0:
         tail = text[end + len(END):]
-        return text[:start] + section.rstrip("\n") + ("\n" + tail.lstrip("\n")
-                                                      if tail.strip() else "\n")
+        return text[:start] + section.rstrip("\n") + (tail or "\n")
     sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
     return text + sep + section
 
@@ -641,13 +640,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(e, file=sys.stderr)
                 notes.append(str(e).splitlines()[0])
         shapes = [s for s in args.shapes if s.store in servers]
-        if any(s.store == "etcd" for s in shapes) and servers["etcd"].pure_python_protobuf():
-        notes.append("etcd3 needs protobuf<4, and protobuf 3.20 has no compiled wheel for "
-                     f"Python {platform.python_version_tuple()[0]}."
-                     f"{platform.python_version_tuple()[1]}: the etcd client runs on "
-                     "protobuf's pure-Python implementation (its cost is on the client, "
-                     "counted in etcd's figures).")
-    if not shapes:
+        if "etcd" in servers and servers["etcd"].pure_python_protobuf():
+            notes.append("The etcd client runs on protobuf's pure-Python implementation: "
+                         "etcd3 needs protobuf<4, which has no compiled wheel for Python "
+                         f"{'.'.join(platform.python_version_tuple()[:2])}; that cost is "
+                         "on the client side and counts in etcd's figures.")
+        if not shapes:
             print("peers: no system could run", file=sys.stderr)
             return 1
         rows = {s.name: r for r, s in enumerate(args.shapes)}
