@@ -672,7 +672,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"one client process, N threads, each one synchronous request at a time "
                 f"(load: single creates, or puts); each cell {args.seconds:g} s (load: until "
                 f"every record exists), one system at a time, the others idle; each column "
-                f"measured for every system back to back.")
+                f"measured for every system back to back. chordctl's 4 nodes are pinned "
+                f"round robin by `cluster up`, as always; Redis, etcd and the client "
+                f"process are not pinned.")
     section = render_section(tables, when=when, command=command.strip(), settings=settings,
                              versions=_versions(servers, results, shapes), notes=notes)
     print(section)
