@@ -622,6 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     columns = cells(args.threads, args.workloads)
+    started = datetime.datetime.now(datetime.timezone.utc)
     work = pathlib.Path(tempfile.mkdtemp(prefix="chordctl-peers-"))
     kinds = {"redis": RedisServer, "etcd": EtcdServer, "chordctl": ChordRing}
     servers: dict[str, object] = {}
@@ -667,7 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tables = render_tables(shapes, labels, results, columns)
     command = "python benchmarks/peers.py " + shlex.join(sys.argv[1:] if argv is None
                                                          else list(argv))
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    ended = datetime.datetime.now(datetime.timezone.utc)
+    when = f"{started:%Y-%m-%d %H:%M}-{ended:%H:%M} UTC"
     settings = (f"YCSB, {args.records:,} records of {args.value_bytes} bytes, zipfian keys; "
                 f"one client process, N threads, each one synchronous request at a time "
                 f"(load: single creates, or puts); each cell {args.seconds:g} s (load: until "
