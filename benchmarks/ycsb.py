@@ -156,40 +156,10 @@ class EtcdAdapter:
 
 
 def connect_chordctl(path: str, route: str, timeout: float) -> Any:
-    """chordctl's own client for the config at *path*, shared by every thread.
-
-    The one place that opens it: ``chordctl.connect`` (the public API of
-    issue 13) when this chordctl has it, else today's coalescing Client
-    behind the same create/read/update/close on int keys.
-    """
+    """chordctl's own client for the config at *path*, shared by every thread:
+    the public API, ``chordctl.connect`` (coalescing on, as its default)."""
     import chordctl
-    connect = getattr(chordctl, "connect", None)
-    if connect is not None:
-        return connect(path, route=route, timeout=timeout)
-    return _ClientOnInts(path, route, timeout)
-
-
-class _ClientOnInts:
-    """chordctl.client.Client (coalesce on) as create/read/update/close on int keys."""
-
-    def __init__(self, path: str, route: str, timeout: float):
-        from chordctl import config as config_mod
-        from chordctl.client import Client
-        cfg = config_mod.load(path)
-        target = cfg.nodes[0].address if route == "entry" else None
-        self.client = Client(cfg, target=target, route=route, coalesce=True, timeout=timeout)
-
-    def create(self, key: int, value: bytes) -> None:
-        self.client.call("create", str(key), value)
-
-    def read(self, key: int) -> bytes:
-        return self.client.call("read", str(key)).value
-
-    def update(self, key: int, value: bytes) -> None:
-        self.client.call("update", str(key), value)
-
-    def close(self) -> None:
-        self.client.close()
+    return chordctl.connect(path, route=route, timeout=timeout)
 
 
 class ChordctlAdapter:
@@ -206,7 +176,7 @@ class ChordctlAdapter:
 
     def read(self, key: int) -> bytes:
         try:
-            return self.c.read(key)
+            return self.c.read(key).value
         except self._not_found as e:
             raise Missing(str(e)) from None
 
