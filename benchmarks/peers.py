@@ -63,7 +63,11 @@ END = "<!-- peers:end -->"
 HEADING = "## Peers: Redis and etcd, same run (issue 13)"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
-KEY_SPACING = 10 ** 8        # row r's records: keys (r + 1) * 10^8 + 7 + i * 13, 9 digits each
+# Row r's records: keys (r + 1) * 2^27 + 7 + i * 13, 9 digits each. A multiple of
+# 2^27 keeps every row's key i on the same ring position under `placement:
+# direct` (key mod 2^m, m <= 27), so zipfian's hot keys land on the same nodes
+# for every row: rows differ in the client, not in which node got the hot keys.
+KEY_SPACING = 2 ** 27
 MAX_RATE = 30_000            # ops/s no cell reaches here: --max-ops defaults to seconds * this
 LOAD_SECONDS = 120.0         # the load phase runs until every record is created, or this long
 
@@ -168,6 +172,14 @@ def _cell(r: dict | None) -> str:
     return f"{text} ({r['errors']:,} errors)" if r.get("errors") else text
 
 
+def _cpu(r: dict | None) -> str:
+    if not r or "failed" in r or "client_cpu_us" not in r:
+        return ""
+    server = r.get("server_cpu_us")
+    return f"{r['client_cpu_us']:.0f} / {server:.0f}" if server is not None \
+        else f"{r['client_cpu_us']:.0f} / -"
+
+
 def _latency(r: dict | None) -> str:
     if r is None or "failed" in r or r.get("p50_ms") is None:
         return ""
@@ -188,8 +200,12 @@ def render_tables(shapes: Sequence[Shape], labels: dict[str, str], results: Resu
              for s in shapes]
     lat = [[labels[s.name], *[_latency(results.get((s.name, p, t))) for p, t in columns]]
            for s in shapes]
+    cpu = [[labels[s.name], *[_cpu(results.get((s.name, p, t))) for p, t in columns]]
+           for s in shapes]
     out = ["Throughput, operations per second:", "", _table(header, rates), "",
-           "Latency, p50 / p99 in ms:", "", _table(header, lat)]
+           "Latency, p50 / p99 in ms:", "", _table(header, lat), "",
+           "CPU time per operation, client process / server processes, in us:", "",
+           _table(header, cpu)]
     present = {s.name for s in shapes}
     ratio_rows = []
     for num, den, label in RATIOS:
@@ -345,6 +361,9 @@ class RedisServer:
                 start_new_session=True)
         _wait_for(lambda: _redis_ping(port), self.proc, f"redis-server on {self.address}", log)
 
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
+
     def stop(self) -> None:
         if self.proc is not None:
             _stop(self.proc)
@@ -404,6 +423,9 @@ class EtcdServer:
                 start_new_session=True)
         _wait_for(lambda: _etcd_healthy(self.address), self.proc, f"etcd on {self.address}", log)
 
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
+
     def stop(self) -> None:
         if self.proc is not None:
             _stop(self.proc)
@@ -461,6 +483,7 @@ class ChordRing:
         self.directory = directory / "chordctl"
         self.config = ""
         self.started = False
+        self._pids: list[int] | None = None
 
     def check(self) -> None:
         pass
@@ -498,6 +521,15 @@ class ChordRing:
             raise Skip(f"peers: `chordctl cluster up` failed (exit {done.returncode}); "
                        f"skipping chordctl\n{done.stderr.strip()}")
 
+    def pids(self) -> list[int]:
+        """The node processes (found once, after `cluster up`)."""
+        if self._pids is None:
+            from chordctl import config as config_mod
+            from chordctl import localcluster
+            self._pids = [f.pid for f in localcluster.find_nodes(config_mod.load(self.config))
+                          if f.running]
+        return self._pids
+
     def stop(self) -> None:
         if not self.started:
             return
@@ -534,6 +566,9 @@ def run_cell(shape: Shape, server, phase: str, threads: int, row: int,
         ["--address", server.address]
     if shape.route:
         argv += ["--route", shape.route]
+    pids = server.pids()
+    if pids:
+        argv += ["--server-pids", ",".join(map(str, pids))]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               timeout=seconds + 180)

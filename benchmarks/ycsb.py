@@ -36,6 +36,7 @@ import argparse
 import importlib.util
 import itertools
 import json
+import os
 import pathlib
 import platform
 import random
@@ -309,10 +310,23 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[i]
 
 
-def run(adapter: Adapter, ops: Sequence[Op], threads: int, seconds: float) -> dict:
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) process *pid* has used so far; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(adapter: Adapter, ops: Sequence[Op], threads: int, seconds: float,
+        server_pids: Sequence[int] = ()) -> dict:
     """Drive *ops* with *threads* threads, one synchronous call each, for at most
     *seconds*; returns ops, errors, seconds, ops_per_s, p50_ms, p99_ms (and
-    the first error's text when there was one)."""
+    the first error's text when there was one), and the CPU time per
+    operation of this client process and of the *server_pids* together
+    (client_cpu_us, server_cpu_us) over the same seconds."""
     take = itertools.count().__next__     # atomic under the GIL: each index once
     total = len(ops)
     calls: dict[str, Callable[..., Any]] = {"create": adapter.create, "update": adapter.update}
@@ -352,11 +366,15 @@ def run(adapter: Adapter, ops: Sequence[Op], threads: int, seconds: float) -> di
     workers = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(threads)]
     for w in workers:
         w.start()
+    server_cpu0 = [process_cpu(pid) for pid in server_pids]
+    client_cpu0 = time.process_time()
     deadline[0] = perf() + seconds
     t_start = perf()
     start.wait()
     for w in workers:
         w.join(seconds + 3 * DEFAULT_TIMEOUT + 30)
+    client_cpu = time.process_time() - client_cpu0
+    server_cpu1 = [process_cpu(pid) for pid in server_pids]
     if any(w.is_alive() for w in workers):
         raise RuntimeError("ycsb: a thread is still waiting for its reply after the run")
     elapsed = max(r[3] for r in results) - t_start
@@ -366,6 +384,11 @@ def run(adapter: Adapter, ops: Sequence[Op], threads: int, seconds: float) -> di
     out = {"ops": done, "errors": errors, "seconds": round(elapsed, 3),
            "ops_per_s": round(done / elapsed, 1) if elapsed > 0 else 0.0,
            "p50_ms": _ms(percentile(latencies, 0.50)), "p99_ms": _ms(percentile(latencies, 0.99))}
+    if done:
+        out["client_cpu_us"] = round(client_cpu / done * 1e6, 1)
+        if server_pids and None not in server_cpu0 + server_cpu1:
+            used = sum(b - a for a, b in zip(server_cpu0, server_cpu1))
+            out["server_cpu_us"] = round(used / done * 1e6, 1)
     sample = next((r[2] for r in results if r[2]), "")
     if sample:
         out["sample_error"] = sample
@@ -397,6 +420,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help=f"seconds per request [{DEFAULT_TIMEOUT:g}]")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--server-pids", default="", metavar="PID,...",
+                   help="the server's processes, for the CPU time per operation on its side")
     args = p.parse_args(argv)
     routes = ROUTES.get(args.system, ("",))
     if args.route is None:
@@ -433,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ycsb: {args.system} does not answer before the run: "
                   f"{type(e).__name__}: {e}", file=sys.stderr)
             return EXIT_UNREACHABLE
-        out = run(adapter, ops, args.threads, args.seconds)
+        pids = [int(x) for x in args.server_pids.split(",") if x.strip()]
+        out = run(adapter, ops, args.threads, args.seconds, pids)
         client = adapter.version()
     finally:
         adapter.close()

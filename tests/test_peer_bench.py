@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -67,6 +68,17 @@ def test_ycsb_runs_chordctl_and_generic_grpc_cells_without_errors(make_cluster):
     for r in map(_result, runs):
         assert r["ops"] > 0 and r["errors"] == 0, r
         assert r["ops_per_s"] > 0 and r["p50_ms"] is not None and r["client"]
+        assert r["client_cpu_us"] > 0, r
+    # With the nodes' pids, the CPU time the ring spent per operation too.
+    pids = ",".join(str(n.proc.pid) for n in cluster.nodes)
+    r = _result(_ycsb(*common, *own, "--phase", "C", "--server-pids", pids))
+    assert r["server_cpu_us"] > 0 and r["client_cpu_us"] > 0, r
+
+
+def test_process_cpu_reads_proc_and_says_none_for_a_gone_process():
+    sum(i * i for i in range(200_000))     # some CPU of our own to see
+    assert ycsb.process_cpu(os.getpid()) > 0
+    assert ycsb.process_cpu(2 ** 22 + 12345) is None
 
 
 def test_ycsb_exits_3_when_the_ring_is_down(tmp_path):
@@ -185,6 +197,7 @@ def test_tables_show_rates_errors_ratios_and_targets():
     assert "| etcd | 2,000 | 2,500 | failed |" in text
     assert "| chordctl | 4,100 | 5,500 | 3,000 (3 errors) |" in text
     assert "| redis | 1.00 / 9.5 |" in text
+    assert "CPU time per operation" in text
     # A cell with errors or a failed one has no ratio.
     assert "| chordctl's own client / Redis | 0.68x | 1.10x |  |" in text
     assert "| chordctl's own client / etcd | 2.05x | 2.20x |  |" in text
