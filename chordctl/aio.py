@@ -32,9 +32,9 @@ from typing import Iterable
 import grpc
 
 from chordctl import security
-from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, ClientBase, Result, _batch_outcome,
-                             _request, _unary, batch_messages, batch_outcomes, error_for,
-                             node_count, none_answered, probe_failure, reply_result)
+from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, ClientBase, LaneBase, Result,
+                             _batch_outcome, _request, _unary, batch_messages, batch_outcomes,
+                             error_for, node_count, none_answered, probe_failure, reply_result)
 from chordctl.config import Config
 from chordctl.config import load as load_config
 from chordctl.errors import ChordError, UnavailableError
@@ -60,7 +60,7 @@ class _Op:
         self.future = future
 
 
-class _Lane:
+class _Lane(LaneBase):
     """Coalesces the single operations bound for one node into Batch calls.
 
     While fewer than ``depth`` Batch calls are in flight an operation leaves
@@ -76,18 +76,6 @@ class _Lane:
     ``pending`` is non-empty only while all ``depth`` slots are busy.
     """
 
-    def __init__(self, client: "AsyncClient", index: int | None, stub: pb_grpc.KeyValueStub,
-                 address: str, depth: int, limit: int):
-        self.client = client
-        self.index = index          # the config's node, or None for the entry node
-        self.stub = stub
-        self.address = address
-        self.depth = depth
-        self.limit = limit
-        self.pending: list[_Op] = []
-        self.senders = 0
-        self.batches = 0            # Batch calls sent, and the operations they carried
-        self.operations = 0
 
     async def call(self, msg: pb.Operation, op: str, key: str,
                    timeout: float) -> Result | ChordError:

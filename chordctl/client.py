@@ -142,7 +142,24 @@ class _Op:
             self.waiter = None
 
 
-class _Lane:
+class LaneBase:
+    """What a coalescing lane of either client flavour holds (client.py's
+    _Lane, threads; aio.py's _Lane, one event loop)."""
+
+    def __init__(self, client, index: int | None, stub, address: str, depth: int, limit: int):
+        self.client = client
+        self.index = index          # the config's node, or None for the entry node
+        self.stub = stub
+        self.address = address
+        self.depth = depth          # Batch calls in flight at most
+        self.limit = limit          # operations per Batch at most
+        self.pending: list = []     # operations waiting for a free slot
+        self.senders = 0            # slots taken
+        self.batches = 0            # Batch calls sent, and the operations they carried
+        self.operations = 0
+
+
+class _Lane(LaneBase):
     """Coalesces single operations bound for one node into Batch calls.
 
     While fewer than ``depth`` Batch calls are in flight an operation leaves
@@ -162,17 +179,8 @@ class _Lane:
 
     def __init__(self, client: "Client", index: int | None, stub: pb_grpc.KeyValueStub,
                  address: str, depth: int, limit: int):
-        self.client = client
-        self.index = index          # the config's node, or None for the entry node
-        self.stub = stub
-        self.address = address
-        self.depth = depth
-        self.limit = limit
+        super().__init__(client, index, stub, address, depth, limit)
         self.lock = threading.Lock()
-        self.pending: list[_Op] = []
-        self.senders = 0
-        self.batches = 0            # Batch calls sent, and the operations they carried
-        self.operations = 0
 
     def _take(self) -> list[_Op]:
         """The next batch off the queue (the caller holds the lock)."""

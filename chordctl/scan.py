@@ -122,13 +122,22 @@ def _by_key(entry: Entry) -> int:
     return entry.key
 
 
-class NodeStream:
-    """One node's Scan call, read by a thread into a bounded queue.
+def _page_entries(stream, page: pb.ScanPage, prev: int) -> tuple[list[Entry], int]:
+    """The entries of one page of *stream*, checked ascending after key *prev*
+    (the merge relies on it); and the last key."""
+    out = []
+    index = stream.index
+    for e in page.entries:
+        k = int(e.key)
+        if k <= prev:
+            raise _out_of_order(stream, k, prev)
+        prev = k
+        out.append(Entry(k, e.value, index))
+    return out, prev
 
-    A page must arrive within *idle* seconds (the client timeout) of asking
-    for it; the call itself has no deadline, so a long scan of a big node is
-    not cut off while it keeps sending.
-    """
+
+class _NodeStreamBase:
+    """What the sync and the asyncio stream of one node's Scan call hold."""
 
     def __init__(self, stub, request: pb.ScanRequest, label: str, address: str, idle: float,
                  index: int | None = None, *,
@@ -142,9 +151,26 @@ class NodeStream:
         self.index = index
         self.view: NodeView | None = None
         self._first: pb.ScanPage | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
+        self._queue = self._new_queue()
         self._closed = False
         self._call = None
+
+    @staticmethod
+    def _new_queue():
+        raise NotImplementedError
+
+
+class NodeStream(_NodeStreamBase):
+    """One node's Scan call, read by a thread into a bounded queue.
+
+    A page must arrive within *idle* seconds (the client timeout) of asking
+    for it; the call itself has no deadline, so a long scan of a big node is
+    not cut off while it keeps sending.
+    """
+
+    @staticmethod
+    def _new_queue():
+        return queue.Queue(maxsize=PREFETCH)
 
     def start(self) -> "NodeStream":
         self._call = self.stub.Scan(self.request)
@@ -184,15 +210,10 @@ class NodeStream:
     def entries(self) -> Iterator[Entry]:
         """This node's entries, ascending (checked: the merge relies on it)."""
         page = self._first
-        index = self.index
         prev = -1
         while True:
-            for e in page.entries:
-                k = int(e.key)
-                if k <= prev:
-                    raise _out_of_order(self, k, prev)
-                prev = k
-                yield Entry(k, e.value, index)
+            entries, prev = _page_entries(self, page, prev)
+            yield from entries
             page = self._get()
             if page is _END:
                 return
@@ -306,27 +327,16 @@ class Scan:
         self.close()
 
 
-class AsyncNodeStream:
+class AsyncNodeStream(_NodeStreamBase):
     """NodeStream for grpc.aio (chordctl.aio): one node's Scan call, read by a
     task of the event loop into a bounded asyncio.Queue; the same checks and
     the same errors as the sync stream."""
 
-    def __init__(self, stub, request: pb.ScanRequest, label: str, address: str, idle: float,
-                 index: int | None = None, *,
-                 to_error: Callable[[grpc.StatusCode, str, str], ChordError]):
-        self.stub = stub
-        self.to_error = to_error
-        self.request = request
-        self.label = label
-        self.address = address
-        self.idle = idle
-        self.index = index
-        self.view: NodeView | None = None
-        self._first: pb.ScanPage | None = None
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=PREFETCH)
-        self._closed = False
-        self._call = None
-        self._task: asyncio.Task | None = None
+    _task: asyncio.Task | None = None     # the reader, from start()
+
+    @staticmethod
+    def _new_queue():
+        return asyncio.Queue(maxsize=PREFETCH)
 
     def start(self) -> "AsyncNodeStream":
         self._call = self.stub.Scan(self.request)
@@ -366,15 +376,11 @@ class AsyncNodeStream:
     async def entries(self) -> AsyncIterator[Entry]:
         """This node's entries, ascending (checked: the merge relies on it)."""
         page = self._first
-        index = self.index
         prev = -1
         while True:
-            for e in page.entries:
-                k = int(e.key)
-                if k <= prev:
-                    raise _out_of_order(self, k, prev)
-                prev = k
-                yield Entry(k, e.value, index)
+            entries, prev = _page_entries(self, page, prev)
+            for entry in entries:
+                yield entry
             page = await self._get()
             if page is _END:
                 return
