@@ -34,7 +34,8 @@ import grpc
 from chordctl import security
 from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, ClientBase, LaneBase, Result,
                              _batch_outcome, _request, _unary, batch_messages, batch_outcomes,
-                             error_for, node_count, none_answered, probe_failure, reply_result)
+                             error_for, library_route, node_count, none_answered, probe_failure,
+                             reply_result)
 from chordctl.config import Config
 from chordctl.config import load as load_config
 from chordctl.errors import ChordError, UnavailableError
@@ -487,14 +488,15 @@ async def connect(config: Config | str | os.PathLike | None = None, *,
     """Open an AsyncClient on a ring: ``chordctl.connect``, awaited.
 
     The same parameters as the sync ``chordctl.connect``: *config* a path or
-    a loaded Config (None with *target*), *route* ``"direct"`` or
-    ``"entry"``, *timeout* seconds per request, *coalesce* concurrent
+    a loaded Config (None with *target*), *route* ``"direct"`` (the default
+    with a config and no target) or ``"entry"``, *timeout* seconds per request, *coalesce* concurrent
     coroutines' calls as Batch calls per node. Checks that a node answers,
     so a ring that is down fails here with UnavailableError.
     """
     if config is not None and not isinstance(config, Config):
         config = load_config(os.fspath(config))
-    client = AsyncClient(config, target=target, timeout=timeout, route=route, coalesce=coalesce)
+    client = AsyncClient(config, target=target, timeout=timeout,
+                         route=library_route(config, target, route), coalesce=coalesce)
     try:
         await client.connect()
     except BaseException:

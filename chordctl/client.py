@@ -827,8 +827,11 @@ def connect(config: Config | str | os.PathLike | None = None, *, target: str | N
     *config*: a path to the ring's YAML config (the one its nodes run
     with), or a loaded Config; None with *target* talks to that one node.
     *route*: ``"direct"`` sends each operation to its key's owner (needs the
-    config), ``"entry"`` to one entry node that routes on the ring; default
-    the config's ``client.route``. *timeout*: seconds per request (default
+    config), ``"entry"`` to one entry node that routes on the ring. The
+    library's default is ``"direct"`` with a config (a token-aware driver's
+    choice: no forward, measured faster at every thread count, BENCHMARKS.md)
+    and ``"entry"`` with a *target*; the config's ``client.route`` is the
+    CLI's default. *timeout*: seconds per request (default
     ``client.timeout``). *coalesce*: concurrent calls from many threads
     travel as Batch calls per node (default on; each call still gets its own
     result). Checks that a node answers, so a ring that is down fails here
@@ -836,7 +839,8 @@ def connect(config: Config | str | os.PathLike | None = None, *, target: str | N
     """
     if config is not None and not isinstance(config, Config):
         config = load_config(os.fspath(config))
-    client = Client(config, target=target, timeout=timeout, route=route, coalesce=coalesce)
+    client = Client(config, target=target, timeout=timeout,
+                    route=library_route(config, target, route), coalesce=coalesce)
     try:
         client.connect()
     except BaseException:
@@ -892,6 +896,14 @@ def node_count(reply: pb.CountReply | grpc.RpcError, index: int | None, label: s
             f"count: {label} at {address} failed: {err}"))
     return scan_mod.NodeCount(reply.node_index, reply.node_id, address, reply.keys,
                               reply.last_seq)
+
+
+def library_route(config: Config | None, target: str | None, route: str | None) -> str:
+    """connect()'s route: as given, else direct to the owners when there is a
+    config and no target, else the entry node."""
+    if route is not None:
+        return route
+    return "direct" if config is not None and not target else "entry"
 
 
 def _unary(kv: pb_grpc.KeyValueStub, op: str):

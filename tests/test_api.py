@@ -108,10 +108,21 @@ def test_connect_refuses_bad_arguments(ring, tmp_path):
 
 def test_target_only_talks_to_one_node(ring):
     with chordctl.connect(target=ring.address(2)) as c:
+        assert c.route == "entry"
         c.create(3 * 10**12, b"via node 2")
-        assert c.read(3 * 10**12).value == b"via node 2"
-        assert c.read(3 * 10**12).route[:1] == ("2",) or c.route == "entry"
+        r = c.read(3 * 10**12, trace=True)
+        assert r.value == b"via node 2"
+        assert r.route[0] == str(2**16 - 1 - 2 * 2**14)     # entered at node 2
         c.delete(3 * 10**12)
+
+
+def test_the_library_routes_directly_by_default_with_a_config(ring):
+    with chordctl.connect(ring.config_path) as c:
+        assert c.route == "direct"                  # the config says nothing: entry for the CLI
+    with chordctl.connect(ring.config_path, target=ring.address(1)) as c:
+        assert c.route == "entry"
+    with chordctl.connect(ring.config_path, route="entry") as c:
+        assert c.route == "entry"
 
 
 def test_close_then_use_raises_and_close_is_idempotent(ring):
