@@ -388,7 +388,12 @@ class ClientBase:
                 "operations": sum(lane.operations for lane in lanes)}
 
     def check(self, op: str, key: str, value: bytes | None) -> None:
-        """Raise InvalidInputError for anything a node would refuse (protocol.validate)."""
+        """Raise InvalidInputError for anything a node would refuse (protocol.validate),
+        and for a value that is not bytes (protobuf would raise TypeError
+        inside a lane, failing every operation coalesced with it)."""
+        if value is not None and not isinstance(value, bytes):
+            raise InvalidInputError(f"the value of {op} {key} is a {type(value).__name__}; "
+                                    f"give bytes")
         validate(op, key, value, self.limits)
 
     def _key_bound(self, key: int | str | None, what: str) -> str:

@@ -1,0 +1,240 @@
+"""The public Python API under attack (issue #13 review): values of the wrong
+type, a caller interrupted while it waits in a lane, close under load, a
+node killed and restarted, many threads mixing call and submit.
+
+Every wait is bounded: a stranded caller fails its test, it never hangs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+
+import pytest
+
+import chordctl
+import chordctl.aio
+from chordctl import ChordError, InvalidInputError, NotFoundError, Result, UnavailableError
+from conftest import wait_until
+
+JOIN = 10.0     # seconds any thread of a test may take
+
+
+def run_bounded(fn, *args) -> list:
+    """fn(*args) on a thread; its outcome in a list, or AssertionError if it hangs."""
+    box: list = []
+
+    def work():
+        try:
+            box.append(fn(*args))
+        except BaseException as e:      # noqa: BLE001 - the outcome is what we test
+            box.append(e)
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join(JOIN)
+    assert not t.is_alive(), f"{fn} did not return within {JOIN}s: a stranded caller"
+    return box
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory):
+    from conftest import Cluster, write_config
+    d = tmp_path_factory.mktemp("adversarial")
+    c = Cluster(write_config(d, 2, limits={"max_batch_ops": 5}))
+    c.start()
+    yield c
+    c.stop()
+
+
+# -- values of the wrong type ------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["text", bytearray(b"x"), memoryview(b"x"), 7])
+@pytest.mark.parametrize("route", ["direct", "entry"])
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_value_that_is_not_bytes_is_invalid_input_not_typeerror(ring, value, route, coalesce):
+    with chordctl.connect(ring.config_path, route=route, coalesce=coalesce) as db:
+        with pytest.raises(InvalidInputError, match="give bytes"):
+            db.create(10**9 + 1, value)
+        with pytest.raises(InvalidInputError, match="give bytes"):
+            db.call("read", 10**9 + 1, value)
+
+
+def test_submit_with_str_value_does_not_wedge_the_lane(ring):
+    """A str value used to raise TypeError out of the lane's send with its
+    slot taken: every later call to that node hung forever."""
+    with chordctl.connect(ring.config_path, route="direct") as db:
+        got = []
+        raised = None
+        try:
+            db.submit("create", 10**9 + 2, "text", callback=got.append)
+        except Exception as e:      # noqa: BLE001
+            raised = e
+        [out] = run_bounded(db.read, 10**9 + 2)     # the same node's lane
+        assert isinstance(out, NotFoundError), out
+        assert isinstance(raised, InvalidInputError) and "give bytes" in str(raised), raised
+        assert got == []
+
+
+def test_aio_value_that_is_not_bytes_is_invalid_input(ring):
+    async def main():
+        async with await chordctl.aio.connect(ring.config_path) as db:
+            with pytest.raises(InvalidInputError, match="give bytes"):
+                await db.create(10**9 + 3, "text")
+            with pytest.raises(NotFoundError):
+                await db.read(10**9 + 3)
+    asyncio.run(asyncio.wait_for(main(), JOIN))
+
+
+# -- a caller interrupted while it waits ---------------------------------------------
+
+HELD_KEY = 5
+
+
+def test_interrupted_waiter_does_not_strand_the_callers_behind_it(make_cluster):
+    """Ctrl-C in a thread waiting in a lane (behind a call in flight) used to
+    leave its operation queued; the next batch was then handed to it to send,
+    and nobody did: every caller of that batch, and the lane, hung forever."""
+    cluster = make_cluster(1, hold=f"{HELD_KEY}:1.0")
+    with chordctl.connect(cluster.config_path, route="direct") as db:   # depth 1
+        leader = threading.Thread(target=lambda: pytest.raises(NotFoundError, db.read,
+                                                               HELD_KEY), daemon=True)
+        leader.start()
+        wait_until(lambda: db._lanes.get(0) is not None and db._lanes[0].senders == 1,
+                   what="the held read in flight")
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+        old = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(KeyboardInterrupt):
+                db.read(HELD_KEY + 1)       # waits behind the held read
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        [out] = run_bounded(db.read, HELD_KEY + 2)    # queued behind the interrupted one
+        assert isinstance(out, NotFoundError), out
+        leader.join(JOIN)
+        assert not leader.is_alive()
+        assert db._lanes[0].senders == 0 and db._lanes[0].pending == []
+
+
+# -- many threads, mixed call and submit, batches past max_batch_ops ---------------
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_mixed_call_and_submit_each_get_exactly_their_own_outcome(ring, depth):
+    from chordctl.client import Client
+    threads, per = 48, 12
+    base = 10**10 + depth * 10**6
+    with Client(ring.config, coalesce=True, coalesce_depth=depth, route="direct") as db:
+        db.connect()
+        outcomes: dict[int, list] = {}
+        lock = threading.Lock()
+        done = threading.Semaphore(0)
+        submitted = [0]
+
+        def record(k):
+            def cb(out):
+                with lock:
+                    outcomes.setdefault(k, []).append(out)
+                done.release()
+            return cb
+
+        def work(t):
+            for i in range(per):
+                k = base + t * 1000 + i
+                if (t + i) % 3 == 0:
+                    with lock:
+                        submitted[0] += 1
+                    db.submit("create", k, b"%d" % k, callback=record(k))
+                elif (t + i) % 3 == 1:
+                    with lock:
+                        submitted[0] += 1
+                    db.submit_ordered("create", str(k), b"%d" % k, record(k))
+                else:
+                    out = db.create(k, b"%d" % k)
+                    with lock:
+                        outcomes.setdefault(k, []).append(out)
+        ts = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(JOIN)
+            assert not t.is_alive(), "a caller hung"
+        for _ in range(submitted[0]):
+            assert done.acquire(timeout=JOIN), "a submit callback never came"
+        assert len(outcomes) == threads * per
+        for k, outs in outcomes.items():
+            assert len(outs) == 1, (k, outs)
+            assert isinstance(outs[0], Result) and outs[0].key == str(k), (k, outs)
+        reads = db.batch([("read", k, None) for k in outcomes])
+        assert all(r.value == b"%s" % r.key.encode() for r in reads)
+        assert db.lane_stats()["operations"] >= threads * per
+
+
+def test_raising_submit_callback_strands_no_one(ring):
+    with chordctl.connect(ring.config_path, route="direct") as db:
+        def bad(_out):
+            raise RuntimeError("a caller's bug")
+        for i in range(20):
+            db.submit("read", 10**11 + i, callback=bad)
+        outs = []
+        ts = [threading.Thread(target=lambda i=i: outs.append(
+            pytest.raises(NotFoundError, db.read, 10**11 + 100 + i)), daemon=True)
+            for i in range(16)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(JOIN)
+            assert not t.is_alive()
+        assert len(outs) == 16
+
+
+# -- close and a node killed, under load -------------------------------------------
+
+def test_close_from_another_thread_mid_load_returns_everyone(ring):
+    db = chordctl.connect(ring.config_path, route="direct")
+    stop = threading.Event()
+    errors: list = []
+
+    def work(t):
+        i = 0
+        while not stop.is_set():
+            try:
+                db.call("read", 10**12 + t * 10**6 + i)
+            except NotFoundError:
+                pass
+            except ChordError as e:
+                errors.append(e)
+                return
+            i += 1
+    ts = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(16)]
+    for t in ts:
+        t.start()
+    wait_until(lambda: db.lane_stats()["operations"] > 200, what="load")
+    db.close()
+    for t in ts:
+        t.join(JOIN)
+        assert not t.is_alive(), "a caller hung after close()"
+    stop.set()
+    assert len(errors) == 16
+    assert all(isinstance(e, (InvalidInputError, UnavailableError)) for e in errors), errors
+
+
+def test_killed_node_fails_callers_then_the_same_client_works_after_restart(make_cluster):
+    cluster = make_cluster(1, timeout=3)
+    with chordctl.connect(cluster.config_path, route="direct") as db:
+        db.create(1, b"a")
+        cluster.nodes[0].kill()
+        outs = []
+        ts = [threading.Thread(target=lambda: outs.append(run_bounded(db.read, 1)[0]),
+                               daemon=True) for _ in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(JOIN + 1)
+        assert len(outs) == 8 and all(isinstance(o, UnavailableError) for o in outs), outs
+        cluster.nodes[0].start()
+        [out] = run_bounded(db.read, 1)
+        assert isinstance(out, Result) and out.value == b"a", out
