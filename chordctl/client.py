@@ -235,7 +235,11 @@ class _Lane(LaneBase):
                 batch = self._take()
         while True:
             if batch is None:
-                item.waiter.acquire()
+                try:
+                    item.waiter.acquire()
+                except BaseException:   # Ctrl-C while waiting: leave, strand no one
+                    self._withdraw(item)
+                    raise
                 if item.lead is None:
                     return item.outcome
                 batch, item.lead = item.lead, None
@@ -252,6 +256,24 @@ class _Lane(LaneBase):
             if item.outcome is not _PENDING:
                 return item.outcome
             batch = None
+
+    def _withdraw(self, item: _Op) -> None:
+        """*item*'s caller stopped waiting (interrupted): take it out of the
+        queue, or, if the slot was just handed to it, pass the batch on
+        without it. An item already in a call in flight is answered to nobody."""
+        with self.lock:
+            batch, item.lead = item.lead, None
+            if batch is None:
+                try:
+                    self.pending.remove(item)
+                except ValueError:
+                    pass
+                return
+        batch = [b for b in batch if b is not item]
+        if batch:
+            self._send_async(batch)
+        else:
+            self._next()
 
     def _send_and_deliver(self, batch: list[_Op]) -> None:
         try:
