@@ -340,7 +340,7 @@ class AsyncClient(ClientBase):
         self.check(op, key, value)
         if self._closed:
             raise self.closed_error()
-        t = timeout if timeout is not None else self.timeout
+        t = self.timeout if timeout is None else self.deadline(timeout)
         if self.coalesce:
             out = await self._lane(key).call(
                 pb.Operation(op=OPS[op], key=key, value=value or b"", trace=trace), op, key, t)
@@ -400,7 +400,7 @@ class AsyncClient(ClientBase):
         """
         slots, items, msgs = batch_messages(ops)
         if msgs:
-            t = timeout if timeout is not None else self.timeout
+            t = self.timeout if timeout is None else self.deadline(timeout)
             step = self.limits.max_batch_ops
             for start in range(0, len(msgs), step):
                 reply = await self._entry_batch(pb.BatchRequest(ops=msgs[start:start + step]), t)

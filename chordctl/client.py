@@ -30,6 +30,9 @@ from chordctl.protocol import (DEADLINE_EXCEEDED, OPS, UNAVAILABLE, allow_key_di
                                unknown_operation, validate)
 
 CONNECT_TIMEOUT = 1.0
+# Seconds; longer timeouts (inf too) are this: gRPC's deadline overflows past
+# ~9.2e9 s from now, and such a call failed at once with DEADLINE_EXCEEDED.
+MAX_TIMEOUT = 1e9
 _LIMITS = LimitsConfig()     # without a config: the defaults a node has
 log = logging.getLogger("chordctl.client")
 ROUTES = ("entry", "direct")
@@ -381,11 +384,8 @@ class ClientBase:
         else:
             raise InvalidInputError("client: no node to talk to; give --target HOST:PORT or a "
                                     "config with -c")
-        self.timeout = timeout if timeout is not None else (
-            config.client.timeout if config else ClientConfig.timeout)
-        if not self.timeout > 0:
-            raise InvalidInputError(f"client: timeout must be a positive number of seconds, "
-                                    f"not {self.timeout!r}")
+        self.timeout = self.deadline(timeout if timeout is not None else (
+            config.client.timeout if config else ClientConfig.timeout))
         self.limits = config.limits if config else _LIMITS
         self.max_value = self.limits.max_value_bytes
         self.max_digits = self.limits.max_key_digits
@@ -396,6 +396,19 @@ class ClientBase:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @staticmethod
+    def deadline(timeout) -> float:
+        """A timeout in seconds, checked: a positive number; past MAX_TIMEOUT
+        (inf too) it is MAX_TIMEOUT, as gRPC fails a call at once whose
+        deadline overflows."""
+        if timeout.__class__ is bool or not isinstance(timeout, (int, float)):
+            raise InvalidInputError(f"client: timeout must be a number of seconds, "
+                                    f"not {timeout!r}")
+        if not timeout > 0:     # nan too
+            raise InvalidInputError(f"client: timeout must be a positive number of seconds, "
+                                    f"not {timeout!r}")
+        return float(timeout) if timeout < MAX_TIMEOUT else MAX_TIMEOUT
 
     CONNECT = "chordctl.connect"    # how to open a new one, for the message below
 
@@ -605,7 +618,7 @@ class Client(ClientBase):
         self.check(op, key, value)
         if self._closed:
             raise self.closed_error()
-        t = timeout if timeout is not None else self.timeout
+        t = self.timeout if timeout is None else self.deadline(timeout)
         deliver = callback if callback is not None else (lambda _outcome: None)
         if self.coalesce:
             self._lane(key).add(_Op(op, key, value, trace, t, deliver))
@@ -691,7 +704,7 @@ class Client(ClientBase):
         self.check(op, key, value)
         if self._closed:
             raise self.closed_error()
-        t = timeout if timeout is not None else self.timeout
+        t = self.timeout if timeout is None else self.deadline(timeout)
         if self.coalesce:
             out = self._lane(key).call(_Op(op, key, value, trace, t))
         else:
@@ -750,7 +763,7 @@ class Client(ClientBase):
         slots, items, msgs = batch_messages(ops)
         if msgs:
             self.connect()
-            t = timeout if timeout is not None else self.timeout
+            t = self.timeout if timeout is None else self.deadline(timeout)
             step = self.limits.max_batch_ops
             for start in range(0, len(msgs), step):
                 try:
@@ -817,7 +830,7 @@ class Client(ClientBase):
 
     def _admin_call(self, method: str, request, timeout: float | None):
         self.connect()
-        t = timeout if timeout is not None else self.timeout
+        t = self.timeout if timeout is None else self.deadline(timeout)
         try:
             return getattr(self._admin, method)(request, timeout=t)
         except grpc.RpcError as e:
@@ -827,7 +840,7 @@ class Client(ClientBase):
         """The node's grpc.health.v1 status for service "": SERVING, NOT_SERVING, ..."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         self.connect()
-        t = timeout if timeout is not None else self.timeout
+        t = self.timeout if timeout is None else self.deadline(timeout)
         try:
             reply = health_pb2_grpc.HealthStub(self._channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=t)

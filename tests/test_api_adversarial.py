@@ -238,3 +238,45 @@ def test_killed_node_fails_callers_then_the_same_client_works_after_restart(make
         cluster.nodes[0].start()
         [out] = run_bounded(db.read, 1)
         assert isinstance(out, Result) and out.value == b"a", out
+
+
+# -- timeouts -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e12, 10**400])
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_huge_or_infinite_timeout_waits_instead_of_failing_at_once(ring, timeout, coalesce):
+    """gRPC's deadline overflows past ~9.2e9 s: such a call failed at once with
+    "no reply ... within infs"."""
+    with chordctl.connect(ring.config_path, coalesce=coalesce) as db:
+        with pytest.raises(NotFoundError):
+            db.call("read", 10**9 + 7, timeout=timeout)
+    with chordctl.connect(ring.config_path, timeout=timeout, coalesce=coalesce) as db:
+        with pytest.raises(NotFoundError):
+            db.read(10**9 + 7)
+        assert db.batch([("read", 10**9 + 7, None)])[0].__class__ is NotFoundError
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), "1", True])
+def test_bad_call_timeout_is_invalid_input(ring, timeout):
+    """A per-call timeout of 0, -1 or nan was sent as is ("no reply within
+    nans"); a str raised TypeError."""
+    with chordctl.connect(ring.config_path) as db:
+        with pytest.raises(InvalidInputError, match="timeout must be"):
+            db.call("read", 10**9 + 7, timeout=timeout)
+        with pytest.raises(InvalidInputError, match="timeout must be"):
+            db.submit("read", 10**9 + 7, callback=lambda _o: None, timeout=timeout)
+        with pytest.raises(InvalidInputError, match="timeout must be"):
+            db.batch([("read", 10**9 + 7, None)], timeout=timeout)
+    with pytest.raises(InvalidInputError, match="timeout must be"):
+        chordctl.connect(ring.config_path, timeout=timeout)
+
+
+def test_aio_timeouts_checked_and_capped(ring):
+    async def main():
+        async with await chordctl.aio.connect(ring.config_path) as db:
+            with pytest.raises(NotFoundError):
+                await db.call("read", 10**9 + 7, timeout=float("inf"))
+            for bad in (0, -1, float("nan")):
+                with pytest.raises(InvalidInputError, match="timeout must be"):
+                    await db.call("read", 10**9 + 7, timeout=bad)
+    asyncio.run(asyncio.wait_for(main(), JOIN))
