@@ -33,14 +33,14 @@ import grpc
 
 from chordctl import security
 from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, ClientBase, LaneBase, Result,
-                             _batch_outcome, _request, _unary, batch_messages, batch_outcomes,
+                             _batch_outcome, _remaining, _request, _unary, batch_messages, batch_outcomes,
                              error_for, node_count, none_answered, probe_failure, reply_result)
 from chordctl.config import Config
 from chordctl.config import load as load_config
 from chordctl.errors import ChordError, UnavailableError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
-from chordctl.protocol import OPS, key_text, never_sent
+from chordctl.protocol import DEADLINE_EXCEEDED, OPS, key_text, never_sent
 from chordctl.scan import AsyncNodeStream, AsyncScan, NodeCount
 
 __all__ = ["AsyncClient", "connect"]
@@ -49,7 +49,7 @@ __all__ = ["AsyncClient", "connect"]
 class _Op:
     """One operation in a lane; *future* is None for the one its caller sends itself."""
 
-    __slots__ = ("msg", "op", "key", "timeout", "future")
+    __slots__ = ("msg", "op", "key", "timeout", "deadline", "future")
 
     def __init__(self, msg: pb.Operation, op: str, key: str, timeout: float,
                  future: asyncio.Future | None):
@@ -57,6 +57,7 @@ class _Op:
         self.op = op
         self.key = key
         self.timeout = timeout
+        self.deadline = time.monotonic() + timeout    # bounds its wait in the queue too
         self.future = future
 
 
@@ -90,7 +91,10 @@ class _Lane(LaneBase):
                 self._next()
         item = _Op(msg, op, key, timeout, asyncio.get_running_loop().create_future())
         self.pending.append(item)
-        return await item.future
+        try:
+            return await asyncio.wait_for(item.future, timeout)
+        except TimeoutError:    # its timeout passed in the queue (_take leaves it out)
+            return error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address, timeout)
 
     def _take(self) -> list[_Op]:
         """The next batch off the queue; callers that gave up waiting (their
@@ -141,11 +145,12 @@ class _Lane(LaneBase):
             request = pb.BatchRequest(ops=[item.msg for item in batch])
         for attempt in (0, 1):
             stub = self.stub
+            left = _remaining(batch)    # the items may have waited in the queue
             try:
                 if single:
-                    reply = await _unary(stub, only.op)(request, timeout=timeout)
+                    reply = await _unary(stub, only.op)(request, timeout=left)
                     return [reply_result(only.op, only.key, reply)]
-                reply = await stub.Batch(request, timeout=timeout)
+                reply = await stub.Batch(request, timeout=left)
             except grpc.RpcError as e:
                 details = e.details() or ""
                 if attempt == 0 and never_sent(e.code().value[0], details):

@@ -125,8 +125,8 @@ class _Op:
     asynchronous one (``submit``) gets *callback* called instead.
     """
 
-    __slots__ = ("op", "key", "value", "trace", "callback", "waiter", "timeout", "outcome",
-                 "lead")
+    __slots__ = ("op", "key", "value", "trace", "callback", "waiter", "timeout", "deadline",
+                 "outcome", "lead")
 
     def __init__(self, op: str, key: str, value: bytes | None, trace: bool, timeout: float,
                  callback: Callable | None = None):
@@ -135,6 +135,7 @@ class _Op:
         self.value = value
         self.trace = trace
         self.timeout = timeout
+        self.deadline = time.monotonic() + timeout    # bounds its wait in the queue too
         self.callback = callback
         self.outcome = _PENDING
         self.lead: list[_Op] | None = None     # a batch this caller is to send
@@ -208,7 +209,7 @@ class _Lane(LaneBase):
     def _send_async(self, batch: list[_Op]) -> None:
         timeout = max(item.timeout for item in batch)
         try:
-            fut = _call(self.stub, batch, timeout, future=True)
+            fut = _call(self.stub, batch, _remaining(batch), future=True)
         except ValueError:          # the channel was closed under us
             self._deliver(batch, [self.client.closed_error()] * len(batch))
             self._next()
@@ -239,10 +240,17 @@ class _Lane(LaneBase):
         while True:
             if batch is None:
                 try:
-                    item.waiter.acquire()
+                    answered = item.waiter.acquire(True, max(item.deadline - time.monotonic(),
+                                                             0.0))
                 except BaseException:   # Ctrl-C while waiting: leave, strand no one
                     self._withdraw(item)
                     raise
+                if not answered:        # its timeout passed in the queue
+                    self._withdraw(item)
+                    if item.outcome is not _PENDING:
+                        return item.outcome
+                    return error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
+                                     item.timeout)
                 if item.lead is None:
                     return item.outcome
                 batch, item.lead = item.lead, None
@@ -292,7 +300,7 @@ class _Lane(LaneBase):
         timeout = max(item.timeout for item in batch)
         for attempt in (0, 1):
             try:
-                return self._outcomes(batch, _call(self.stub, batch, timeout))
+                return self._outcomes(batch, _call(self.stub, batch, _remaining(batch)))
             except grpc.RpcError as e:
                 details = e.details() or ""
                 if attempt == 0 and never_sent(e.code().value[0], details):
@@ -932,6 +940,12 @@ def node_count(reply: pb.CountReply | grpc.RpcError, index: int | None, label: s
             f"count: {label} at {address} failed: {err}"))
     return scan_mod.NodeCount(reply.node_index, reply.node_id, address, reply.keys,
                               reply.last_seq)
+
+
+def _remaining(batch) -> float:
+    """Seconds left to the latest deadline of *batch* (its items waited in the
+    queue; at least 1 ms, so an expired one still gets gRPC's deadline error)."""
+    return max(max(item.deadline for item in batch) - time.monotonic(), 0.001)
 
 
 def _unary(kv: pb_grpc.KeyValueStub, op: str):

@@ -8,6 +8,7 @@ Every wait is bounded: a stranded caller fails its test, it never hangs it.
 from __future__ import annotations
 
 import asyncio
+import time
 import signal
 import threading
 
@@ -280,3 +281,74 @@ def test_aio_timeouts_checked_and_capped(ring):
                 with pytest.raises(InvalidInputError, match="timeout must be"):
                     await db.call("read", 10**9 + 7, timeout=bad)
     asyncio.run(asyncio.wait_for(main(), JOIN))
+
+
+# -- a stuck node: the caller's timeout bounds its whole wait ------------------------
+
+@pytest.mark.parametrize("route", ["direct", "entry"])
+def test_stuck_node_fails_every_queued_caller_within_its_timeout(make_cluster, route):
+    """Callers queued behind calls in flight to a stopped node waited for each
+    batch ahead of them in turn, each with a full timeout: with 16 callers and
+    max_batch_ops 5 the last one failed after 4 timeouts, not one."""
+    timeout = 0.5
+    cluster = make_cluster(1, timeout=timeout, limits={"max_batch_ops": 5})
+    node = cluster.nodes[0]
+    with chordctl.connect(cluster.config_path, route=route) as db:
+        with pytest.raises(NotFoundError):
+            db.read(1)      # the channel is up
+        elapsed: list = []
+        outcomes: list = []
+
+        def work(i):
+            t0 = time.monotonic()
+            try:
+                db.read(100 + i)
+            except ChordError as e:
+                outcomes.append(e)
+            elapsed.append(time.monotonic() - t0)
+        node.kill(signal.SIGSTOP)
+        try:
+            ts = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(16)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(JOIN)
+                assert not t.is_alive()
+        finally:
+            node.kill(signal.SIGCONT)
+        assert len(outcomes) == 16
+        assert all(isinstance(e, chordctl.DeadlineExceededError) for e in outcomes), outcomes
+        assert max(elapsed) < 2.5 * timeout, sorted(elapsed)
+        # and the lane works again once the node does
+        [out] = run_bounded(db.read, 2)
+        assert isinstance(out, NotFoundError), out
+
+
+def test_aio_stuck_node_fails_every_queued_caller_within_its_timeout(make_cluster):
+    timeout = 0.5
+    cluster = make_cluster(1, timeout=timeout, limits={"max_batch_ops": 5})
+    node = cluster.nodes[0]
+
+    async def one(db, k):
+        t0 = time.monotonic()
+        try:
+            await db.read(k)
+        except ChordError as e:
+            return e, time.monotonic() - t0
+        return None, time.monotonic() - t0
+
+    async def main():
+        async with await chordctl.aio.connect(cluster.config_path, route="direct") as db:
+            with pytest.raises(NotFoundError):
+                await db.read(1)
+            node.kill(signal.SIGSTOP)
+            try:
+                outs = await asyncio.wait_for(
+                    asyncio.gather(*(one(db, 100 + i) for i in range(16))), JOIN)
+            finally:
+                node.kill(signal.SIGCONT)
+            assert all(isinstance(e, chordctl.DeadlineExceededError) for e, _ in outs), outs
+            assert max(t for _, t in outs) < 2.5 * timeout, sorted(t for _, t in outs)
+            with pytest.raises(NotFoundError):
+                await db.read(2)
+    asyncio.run(main())
