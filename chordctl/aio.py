@@ -342,7 +342,7 @@ class AsyncClient(ClientBase):
                    trace: bool = False, timeout: float | None = None) -> Result:
         """One operation by name; returns its Result, raises ChordError on failure."""
         key = key_text(key)
-        self.check(op, key, value)
+        self.check(op, key, value, trace)
         if self._closed:
             raise self.closed_error()
         t = self.timeout if timeout is None else self.deadline(timeout)

@@ -214,6 +214,11 @@ class _Lane(LaneBase):
             self._deliver(batch, [self.client.closed_error()] * len(batch))
             self._next()
             return
+        except Exception as e:      # a bug of ours: fail the batch, keep the lane going
+            self._deliver(batch, [InternalError(f"client: could not send to {self.address} "
+                                                f"({e!r})")] * len(batch))
+            self._next()
+            return
         fut.add_done_callback(lambda f: self._async_done(f, batch, timeout))
 
     def _async_done(self, fut: grpc.Future, batch: list[_Op], timeout: float) -> None:
@@ -430,13 +435,16 @@ class ClientBase:
         return {"batches": sum(lane.batches for lane in lanes),
                 "operations": sum(lane.operations for lane in lanes)}
 
-    def check(self, op: str, key: str, value: bytes | None) -> None:
+    def check(self, op: str, key: str, value: bytes | None, trace: bool = False) -> None:
         """Raise InvalidInputError for anything a node would refuse (protocol.validate),
-        and for a value that is not bytes (protobuf would raise TypeError
-        inside a lane, failing every operation coalesced with it)."""
+        and for a value that is not bytes or a trace that is not a bool (protobuf
+        would raise TypeError inside a lane, failing every operation coalesced
+        with it)."""
         if value is not None and not isinstance(value, bytes):
             raise InvalidInputError(f"the value of {op} {key} is a {type(value).__name__}; "
                                     f"give bytes")
+        if trace.__class__ is not bool and not isinstance(trace, int):
+            raise InvalidInputError(f"client: trace must be True or False, not {trace!r}")
         validate(op, key, value, self.limits)
 
     def _key_bound(self, key: int | str | None, what: str) -> str:
@@ -623,7 +631,7 @@ class Client(ClientBase):
         even a write is safe to repeat.
         """
         key = key_text(key)
-        self.check(op, key, value)
+        self.check(op, key, value, trace)
         if self._closed:
             raise self.closed_error()
         t = self.timeout if timeout is None else self.deadline(timeout)
@@ -669,7 +677,7 @@ class Client(ClientBase):
         one's reply arrives; different keys still travel concurrently.
         """
         key = key_text(key)
-        self.check(op, key, value)
+        self.check(op, key, value, trace)
         k = parse_key(key, self.max_digits)[0]
         item = (op, key, value, callback, trace)
         with self._order_lock:
@@ -709,7 +717,7 @@ class Client(ClientBase):
         without it a blocking unary call; no other thread is woken for it.
         """
         key = key_text(key)
-        self.check(op, key, value)
+        self.check(op, key, value, trace)
         if self._closed:
             raise self.closed_error()
         t = self.timeout if timeout is None else self.deadline(timeout)

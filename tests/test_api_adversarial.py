@@ -352,3 +352,21 @@ def test_aio_stuck_node_fails_every_queued_caller_within_its_timeout(make_cluste
             with pytest.raises(NotFoundError):
                 await db.read(2)
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_trace_that_is_not_a_bool_is_invalid_input_and_does_not_wedge_the_lane(ring, coalesce):
+    """trace="yes" raised protobuf's TypeError; from submit it left the lane's
+    sender slot taken, and every later call to that node hung."""
+    with chordctl.connect(ring.config_path, route="direct", coalesce=coalesce) as db:
+        for bad in ("yes", 1.5, []):
+            with pytest.raises(InvalidInputError, match="trace must be"):
+                db.read(10**9 + 8, trace=bad)
+            raised = None
+            try:
+                db.submit("read", 10**9 + 8, trace=bad, callback=lambda _o: None)
+            except Exception as e:      # noqa: BLE001
+                raised = e
+            [out] = run_bounded(db.read, 10**9 + 8)
+            assert isinstance(out, NotFoundError), out
+            assert isinstance(raised, InvalidInputError), raised
