@@ -37,7 +37,7 @@ from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, ClientBase, LaneBase
                              error_for, node_count, none_answered, probe_failure, reply_result)
 from chordctl.config import Config
 from chordctl.config import load as load_config
-from chordctl.errors import ChordError, UnavailableError
+from chordctl.errors import ChordError, InvalidInputError, UnavailableError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.protocol import DEADLINE_EXCEEDED, OPS, key_text, never_sent
@@ -206,6 +206,7 @@ class AsyncClient(ClientBase):
         self._node_channels: dict[int, grpc.aio.Channel] = {}
         self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
         self._tasks: set[asyncio.Task] = set()     # lanes' senders, held until done
+        self._loop: asyncio.AbstractEventLoop | None = None    # set by connect
 
     # -- connection -----------------------------------------------------------
 
@@ -216,7 +217,9 @@ class AsyncClient(ClientBase):
         if self._closed:
             raise self.closed_error()
         if self._channel is not None:
+            self._own_loop()
             return self.address
+        self._loop = asyncio.get_running_loop()
         if len(self.addresses) == 1:
             self._open(self.addresses[0])
             return self.address
@@ -247,9 +250,18 @@ class AsyncClient(ClientBase):
         self._channel = channel
         self._kv = pb_grpc.KeyValueStub(channel)
 
+    def _own_loop(self) -> None:
+        """InvalidInputError unless running on the loop this client connected on
+        (its grpc.aio channels and lanes belong to that loop)."""
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise InvalidInputError(
+                f"client: this AsyncClient belongs to the event loop it was connected on; "
+                f"open one in this loop ({self.CONNECT})")
+
     def _entry(self) -> pb_grpc.KeyValueStub:
         if self._closed:
             raise self.closed_error()
+        self._own_loop()
         if self._kv is None:
             raise UnavailableError("client: not connected; use `await chordctl.aio.connect(...)`")
         return self._kv
@@ -345,6 +357,7 @@ class AsyncClient(ClientBase):
         self.check(op, key, value, trace)
         if self._closed:
             raise self.closed_error()
+        self._own_loop()
         t = self.timeout if timeout is None else self.deadline(timeout)
         if self.coalesce:
             out = await self._lane(key).call(
@@ -442,6 +455,7 @@ class AsyncClient(ClientBase):
             return [(None, "the node", self.address, self._entry(), "")]
         if self._closed:
             raise self.closed_error()
+        self._own_loop()
         return [(i, label, address, self._node_stub(i), ring_id)
                 for i, label, address, ring_id in self._ring_nodes(start, end)]
 

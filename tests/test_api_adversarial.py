@@ -370,3 +370,16 @@ def test_trace_that_is_not_a_bool_is_invalid_input_and_does_not_wedge_the_lane(r
             [out] = run_bounded(db.read, 10**9 + 8)
             assert isinstance(out, NotFoundError), out
             assert isinstance(raised, InvalidInputError), raised
+
+
+def test_aio_client_used_on_another_event_loop_says_so(ring):
+    """It raised RuntimeError('Event loop is closed') from grpc.aio's internals."""
+    db = asyncio.run(chordctl.aio.connect(ring.config_path, route="direct"))
+
+    async def elsewhere():
+        for attempt in (lambda: db.read(10**9 + 9), lambda: db.batch([("read", 1, None)]),
+                        lambda: db.count()):
+            with pytest.raises(InvalidInputError, match="belongs to the event loop"):
+                await asyncio.wait_for(attempt(), JOIN)
+    asyncio.run(elsewhere())
+    db._closed = True       # its loop is gone: nothing left to close there
