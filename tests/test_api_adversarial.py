@@ -372,9 +372,11 @@ def test_trace_that_is_not_a_bool_is_invalid_input_and_does_not_wedge_the_lane(r
             assert isinstance(raised, InvalidInputError), raised
 
 
-def test_aio_client_used_on_another_event_loop_says_so(ring):
-    """It raised RuntimeError('Event loop is closed') from grpc.aio's internals."""
-    db = asyncio.run(chordctl.aio.connect(ring.config_path, route="direct"))
+@pytest.mark.parametrize("route", ["entry", "direct"])
+def test_aio_client_used_on_another_event_loop_says_so(ring, route):
+    """It raised RuntimeError('Event loop is closed') from grpc.aio's internals
+    (entry), or opened channels and lanes bound to the new loop (direct)."""
+    db = asyncio.run(chordctl.aio.connect(ring.config_path, route=route))
 
     async def elsewhere():
         for attempt in (lambda: db.read(10**9 + 9), lambda: db.batch([("read", 1, None)]),
