@@ -385,3 +385,17 @@ def test_aio_client_used_on_another_event_loop_says_so(ring, route):
                 await asyncio.wait_for(attempt(), JOIN)
     asyncio.run(elsewhere())
     db._closed = True       # its loop is gone: nothing left to close there
+
+
+def test_readme_names_connects_real_parameters():
+    """README said ``connect(config_or_path=None, ...)``; the parameter is *config*."""
+    import inspect
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    for fn in (chordctl.connect, chordctl.aio.connect):
+        names = set(inspect.signature(fn).parameters)
+        [shown] = re.findall(r"`chordctl\.connect\(([^`]*)\)`", section)
+        documented = {p.split("=")[0].strip() for p in shown.replace("\n", " ").split(",")}
+        assert documented - {"*"} == names, (documented, names)
