@@ -72,6 +72,12 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
         within = f"within {waited:g}s (client.timeout)" if waited else "within the deadline"
         message = (f"client: no reply from {address} {within}; the node may be overloaded "
                    f"or stuck -- {RING_UP_HINT}")
+    elif not node_made and message == "Channel closed!":
+        # gRPC's words for a call cancelled by closing its channel: close(), or
+        # a channel replaced after an outage while other calls were on it.
+        message = (f"client: the connection to {address} was closed while the call was in "
+                   f"flight (the client was closed, or replaced the connection after an "
+                   f"outage); it may or may not have been applied")
     elif never_sent(number, message):
         # Only gRPC's own text means *this* client could not connect; a node's
         # relayed "node 0 ... could not reach node 3 ... (failed to connect ...)"

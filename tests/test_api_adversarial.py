@@ -399,3 +399,127 @@ def test_readme_names_connects_real_parameters():
         [shown] = re.findall(r"`chordctl\.connect\(([^`]*)\)`", section)
         documented = {p.split("=")[0].strip() for p in shown.replace("\n", " ").split(",")}
         assert documented - {"*"} == names, (documented, names)
+
+
+def test_leader_interrupted_in_its_send_strands_no_follower(ring, monkeypatch):
+    """A BaseException (Ctrl-C) in the thread sending a batch: the batch's
+    callers get an error, the callers queued behind get the slot."""
+    from chordctl import client as client_mod
+    real = client_mod._call
+    gate = threading.Event()
+    entered = threading.Event()
+    calls = [0]
+
+    def flaky(kv, batch, timeout, future=False):
+        calls[0] += 1
+        if calls[0] == 1:
+            entered.set()
+            gate.wait(JOIN)
+            raise KeyboardInterrupt
+        return real(kv, batch, timeout, future)
+    with chordctl.connect(ring.config_path, route="direct") as db:
+        key = 10**9 + 10
+        lane_index = db._ring.owner(key)
+        monkeypatch.setattr(client_mod, "_call", flaky)
+        lead = run_bounded_async(db.read, key)
+        assert entered.wait(JOIN)
+        followers = [run_bounded_async(db.read, key + 65536 * i) for i in range(1, 13)]
+        wait_until(lambda: len(db._lanes[lane_index].pending) == 12, what="12 queued")
+        gate.set()
+        assert isinstance(lead(), KeyboardInterrupt)
+        outs = [f() for f in followers]
+        assert all(isinstance(o, NotFoundError) for o in outs), outs
+
+
+def run_bounded_async(fn, *args):
+    """Start fn(*args) on a thread; returns a function giving its outcome
+    (AssertionError if it does not end within JOIN)."""
+    box: list = []
+
+    def work():
+        try:
+            box.append(fn(*args))
+        except BaseException as e:      # noqa: BLE001
+            box.append(e)
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+
+    def result():
+        t.join(JOIN)
+        assert not t.is_alive(), f"{fn} did not return within {JOIN}s"
+        return box[0]
+    return result
+
+
+def test_node_killed_under_mixed_load_then_restarted(make_cluster):
+    cluster = make_cluster(2, timeout=2, limits={"max_batch_ops": 5})
+    with chordctl.connect(cluster.config_path, route="direct") as db:
+        stop = threading.Event()
+        seen: list = []
+        lock = threading.Lock()
+        pending = threading.Semaphore(64)
+
+        def work(t):
+            i = 0
+            while not stop.is_set():
+                k = 10**6 * (t + 1) + i
+                if i % 2:
+                    pending.acquire()
+
+                    def cb(out):
+                        with lock:
+                            seen.append(out)
+                        pending.release()
+                    db.submit("read", k, callback=cb)
+                else:
+                    try:
+                        db.read(k)
+                    except ChordError as e:
+                        with lock:
+                            seen.append(e)
+                i += 1
+        ts = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(24)]
+        for t in ts:
+            t.start()
+        wait_until(lambda: db.lane_stats()["operations"] > 300, what="load")
+        cluster.nodes[0].kill()
+        wait_until(lambda: any(isinstance(o, UnavailableError) for o in list(seen)),
+                   what="a caller told the node is gone")
+        cluster.nodes[0].start()
+        mark = len(seen)
+        wait_until(lambda: sum(isinstance(o, NotFoundError) for o in list(seen)[mark:]) > 300,
+                   what="both nodes answering again")
+        stop.set()
+        for t in ts:
+            t.join(JOIN)
+            assert not t.is_alive(), "a caller hung"
+        for _ in range(64):
+            assert pending.acquire(timeout=JOIN), "a submit callback never came"
+        kinds = {type(o) for o in seen}
+        assert kinds <= {NotFoundError, UnavailableError, chordctl.DeadlineExceededError}, kinds
+        for k in (1, 65535, 32768):
+            with pytest.raises(NotFoundError):
+                db.read(k)
+
+
+@pytest.mark.parametrize("route", ["direct", "entry"])
+def test_close_returns_callers_stuck_on_a_stopped_node_at_once(make_cluster, route):
+    cluster = make_cluster(1, timeout=8, limits={"max_batch_ops": 5})
+    node = cluster.nodes[0]
+    db = chordctl.connect(cluster.config_path, route=route)
+    with pytest.raises(NotFoundError):
+        db.read(1)
+    node.kill(signal.SIGSTOP)
+    try:
+        calls = [run_bounded_async(db.read, 100 + i) for i in range(16)]
+        wait_until(lambda: sum(len(lane.pending) for lane in db._lanes.values()) >= 10,
+                   what="callers queued")
+        t0 = time.monotonic()
+        db.close()
+        outs = [c() for c in calls]
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        node.kill(signal.SIGCONT)
+    assert all(isinstance(o, ChordError) for o in outs), outs
+    assert not any(isinstance(o, chordctl.DeadlineExceededError) for o in outs), outs
+    assert all(str(o).startswith("client: ") for o in outs), outs     # ours, not gRPC's
