@@ -506,6 +506,7 @@ class Client(ClientBase):
         # submit_ordered: key -> operations waiting for the one in flight.
         self._order_lock = threading.Lock()
         self._waiting: dict[int, collections.deque] = {}
+        self._ordered_local = threading.local()     # _send_ordered's queue per thread
 
     # -- connection -----------------------------------------------------------
 
@@ -695,6 +696,27 @@ class Client(ClientBase):
         self._send_ordered(k, item)
 
     def _send_ordered(self, k: int, item) -> None:
+        """Send *item*, the next operation on key *k*. A send that completes at
+        once (the client closed, a call that failed at once) runs the next
+        one's send from its callback: on this thread those queue here and go
+        from this loop, not as a recursion as deep as the key's queue."""
+        local = self._ordered_local
+        todo = getattr(local, "todo", None)
+        if todo is not None:        # inside a send on this thread
+            todo.append((k, item))
+            return
+        local.todo = todo = collections.deque([(k, item)])
+        try:
+            while todo:
+                k, item = todo.popleft()
+                try:
+                    self._send_ordered_one(k, item)
+                except Exception:   # a caller's callback: the rest still go
+                    log.exception("client: a result callback failed")
+        finally:
+            local.todo = None
+
+    def _send_ordered_one(self, k: int, item) -> None:
         op, key, value, callback, trace = item
 
         def done(outcome: Result | ChordError) -> None:

@@ -523,3 +523,31 @@ def test_close_returns_callers_stuck_on_a_stopped_node_at_once(make_cluster, rou
     assert all(isinstance(o, ChordError) for o in outs), outs
     assert not any(isinstance(o, chordctl.DeadlineExceededError) for o in outs), outs
     assert all(str(o).startswith("client: ") for o in outs), outs     # ours, not gRPC's
+
+
+def test_submit_ordered_queue_on_one_key_all_answered_after_close(make_cluster):
+    """Operations queued behind one key's call in flight are sent one by one,
+    each from the previous one's callback; after close() each failed at once
+    inside the previous one's callback -- a recursion as deep as the queue."""
+    cluster = make_cluster(1, timeout=8)
+    node = cluster.nodes[0]
+    db = chordctl.connect(cluster.config_path, route="direct")
+    with pytest.raises(NotFoundError):
+        db.read(1)
+    n = 3000
+    got: list = []
+    done = threading.Event()
+
+    def cb(out):
+        got.append(out)
+        if len(got) == n:
+            done.set()
+    node.kill(signal.SIGSTOP)
+    try:
+        for _ in range(n):
+            db.submit_ordered("read", "5", None, cb)
+        db.close()
+        assert done.wait(JOIN), f"{len(got)} of {n} callbacks came"
+    finally:
+        node.kill(signal.SIGCONT)
+    assert all(isinstance(o, ChordError) for o in got)
