@@ -213,19 +213,23 @@ class _Lane(LaneBase):
         self._send_async(batch)
 
     def _send_async(self, batch: list[_Op]) -> None:
-        timeout = max(item.timeout for item in batch)
-        try:
-            fut = _call(self.stub, batch, _remaining(batch), future=True)
-        except ValueError:          # the channel was closed under us
-            self._deliver(batch, [self.client.closed_error()] * len(batch))
-            self._next()
-            return
-        except Exception as e:      # a bug of ours: fail the batch, keep the lane going
-            self._deliver(batch, [InternalError(f"client: could not send to {self.address} "
-                                                f"({e!r})")] * len(batch))
-            self._next()
-            return
-        fut.add_done_callback(lambda f: self._async_done(f, batch, timeout))
+        """Send *batch* with a future (this caller holds a slot). A send that
+        fails at once (the channel closed) is answered here, and the slot goes
+        on in this loop, not in a recursion as deep as the queue."""
+        while batch:
+            timeout = max(item.timeout for item in batch)
+            try:
+                fut = _call(self.stub, batch, _remaining(batch), future=True)
+            except ValueError:          # the channel was closed under us
+                outcomes = [self.client.closed_error()] * len(batch)
+            except Exception as e:      # a bug of ours: fail the batch, keep the lane going
+                outcomes = [InternalError(f"client: could not send to {self.address} "
+                                          f"({e!r})")] * len(batch)
+            else:
+                fut.add_done_callback(lambda f, b=batch, t=timeout: self._async_done(f, b, t))
+                return
+            self._deliver(batch, outcomes)
+            batch = self._pass_on()
 
     def _async_done(self, fut: grpc.Future, batch: list[_Op], timeout: float) -> None:
         try:
@@ -346,13 +350,20 @@ class _Lane(LaneBase):
                 log.exception("client: a result callback failed")
 
     def _next(self) -> None:
-        """A sender is done: hand its slot, with the next batch, to a waiting
-        synchronous caller in that batch; else send the batch with a future;
-        else free the slot."""
+        """A sender is done: hand its slot on (_pass_on), sending with a future
+        the batch no synchronous caller waits in."""
+        batch = self._pass_on()
+        if batch:
+            self._send_async(batch)
+
+    def _pass_on(self) -> list[_Op] | None:
+        """Hand a finished sender's slot, with the next batch, to a waiting
+        synchronous caller in that batch (None); else return the batch, for
+        the caller to send with a future; else free the slot (None)."""
         with self.lock:
             if not self.pending:
                 self.senders -= 1
-                return
+                return None
             batch = self._take()
             leader = None
             for item in batch:
@@ -362,8 +373,8 @@ class _Lane(LaneBase):
                     break
         if leader is not None:
             leader.waiter.release()
-        else:
-            self._send_async(batch)
+            return None
+        return batch
 
 
 class ClientBase:

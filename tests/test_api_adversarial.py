@@ -551,3 +551,31 @@ def test_submit_ordered_queue_on_one_key_all_answered_after_close(make_cluster):
     finally:
         node.kill(signal.SIGCONT)
     assert all(isinstance(o, ChordError) for o in got)
+
+
+def test_many_submits_queued_in_a_lane_all_answered_after_close(make_cluster):
+    """After close() each queued batch failed at once inside the previous
+    one's failure (_next -> _send_async -> _next ...): a recursion as deep as
+    the queue's batches, and a RecursionError stranded the rest."""
+    cluster = make_cluster(1, timeout=8, limits={"max_batch_ops": 5})
+    node = cluster.nodes[0]
+    db = chordctl.connect(cluster.config_path, route="direct")
+    with pytest.raises(NotFoundError):
+        db.read(1)
+    n = 5000
+    got: list = []
+    done = threading.Event()
+
+    def cb(out):
+        got.append(out)
+        if len(got) == n:
+            done.set()
+    node.kill(signal.SIGSTOP)
+    try:
+        for i in range(n):
+            db.submit("read", 10 + i, callback=cb)
+        db.close()
+        assert done.wait(JOIN), f"{len(got)} of {n} callbacks came"
+    finally:
+        node.kill(signal.SIGCONT)
+    assert all(isinstance(o, ChordError) for o in got)
