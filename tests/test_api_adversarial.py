@@ -579,3 +579,33 @@ def test_many_submits_queued_in_a_lane_all_answered_after_close(make_cluster):
     finally:
         node.kill(signal.SIGCONT)
     assert all(isinstance(o, ChordError) for o in got)
+
+
+def test_aio_killed_node_fails_callers_then_the_same_client_works_after_restart(make_cluster):
+    cluster = make_cluster(1, timeout=3)
+
+    async def main():
+        async with await chordctl.aio.connect(cluster.config_path, route="direct") as db:
+            await db.create(1, b"a")
+            cluster.nodes[0].kill()
+            outs = await asyncio.wait_for(asyncio.gather(
+                *(db.read(1) for _ in range(8)), return_exceptions=True), JOIN)
+            assert all(isinstance(o, UnavailableError) for o in outs), outs
+            await asyncio.get_running_loop().run_in_executor(None, cluster.nodes[0].start)
+            assert (await asyncio.wait_for(db.read(1), JOIN)).value == b"a"
+            outs = await asyncio.wait_for(asyncio.gather(*(db.read(1) for _ in range(50))),
+                                          JOIN)
+            assert {o.value for o in outs} == {b"a"}
+    asyncio.run(main())
+
+
+def test_leading_zero_key_is_the_same_key(ring):
+    with chordctl.connect(ring.config_path) as db:
+        db.create("0001000000020", b"z")
+        try:
+            assert db.read(1000000020).value == b"z"
+            assert db.read("01000000020").value == b"z"
+            with pytest.raises(chordctl.AlreadyExistsError):
+                db.create(1000000020, b"again")
+        finally:
+            db.delete("1000000020")
