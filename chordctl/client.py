@@ -239,8 +239,8 @@ class _Lane(LaneBase):
                 * len(batch)
         except grpc.FutureCancelledError:
             outcomes = [UnavailableError("client: request cancelled")] * len(batch)
+        self._next()        # first: a callback may make a blocking call on this lane
         self._deliver(batch, outcomes)
-        self._next()
 
     # -- synchronous: call --------------------------------------------------------
 
@@ -269,16 +269,10 @@ class _Lane(LaneBase):
                 if item.lead is None:
                     return item.outcome
                 batch, item.lead = item.lead, None
-            # This thread holds a sender slot: send until its own item is answered.
-            while True:
-                self._send_and_deliver(batch)
-                if item.outcome is not _PENDING:
-                    break
-                with self.lock:
-                    batch = self._take()
-                if not batch:
-                    break       # another sender has this item: wait for its reply
-            self._next()
+            # This thread holds a sender slot: send, hand the slot on, answer.
+            # *batch* holds this item (a lead's batch holds its leader, and a
+            # free slot means nothing queued ahead of it).
+            self._send_and_deliver(batch)
             if item.outcome is not _PENDING:
                 return item.outcome
             batch = None
@@ -302,13 +296,17 @@ class _Lane(LaneBase):
             self._next()
 
     def _send_and_deliver(self, batch: list[_Op]) -> None:
+        """Send *batch*, hand the slot on, then answer the batch: a callback
+        that makes a blocking call on this client does not wait for a slot
+        its own thread holds."""
         try:
             outcomes = self._send_blocking(batch)
         except BaseException as e:   # Ctrl-C in the sending thread: no caller stranded
+            self._next()
             self._deliver(batch, [UnavailableError(f"client: request interrupted ({e!r})")]
                           * len(batch))
-            self._next()
             raise
+        self._next()
         self._deliver(batch, outcomes)
 
     def _send_blocking(self, batch: list[_Op]) -> list[Result | ChordError]:

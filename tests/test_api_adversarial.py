@@ -609,3 +609,30 @@ def test_leading_zero_key_is_the_same_key(ring):
                 db.create(1000000020, b"again")
         finally:
             db.delete("1000000020")
+
+
+@pytest.mark.parametrize("via", ["submit", "call-leader"])
+def test_blocking_call_from_a_submit_callback_does_not_wait_for_its_own_slot(ring, via):
+    """A callback runs on the thread that holds the lane's slot; a blocking
+    call on the same node from it waited for that slot: forever (later:
+    until its timeout)."""
+    with chordctl.connect(ring.config_path, route="direct", timeout=3) as db:
+        key = 10**9 + 30
+        res: list = []
+        done = threading.Event()
+
+        def cb(_out):
+            t0 = time.monotonic()
+            try:
+                db.read(key + 65536 * 4)        # another key, maybe the same node
+            except ChordError as e:
+                res.append(e)
+            res.append(time.monotonic() - t0)
+            done.set()
+        db.submit("read", key, callback=cb)
+        if via == "call-leader":
+            with pytest.raises(NotFoundError):
+                db.read(key + 1)
+        assert done.wait(JOIN)
+        assert isinstance(res[0], NotFoundError), res
+        assert res[1] < 1.0, res
