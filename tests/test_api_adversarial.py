@@ -636,3 +636,46 @@ def test_blocking_call_from_a_submit_callback_does_not_wait_for_its_own_slot(rin
         assert done.wait(JOIN)
         assert isinstance(res[0], NotFoundError), res
         assert res[1] < 1.0, res
+
+
+def test_caller_interrupted_just_as_it_is_handed_the_slot_passes_it_on(make_cluster,
+                                                                        monkeypatch):
+    """Ctrl-C landing right as a waiting caller is handed the slot and the
+    next batch: the batch goes on without it, the callers in it are answered."""
+    from chordctl import client as client_mod
+    real_lock = client_mod._allocate_lock
+    doomed = threading.local()
+
+    class LandsCtrlC:
+        def __init__(self):
+            self.lock = real_lock()
+            self.acquires = 0
+            self.doomed = getattr(doomed, "on", False)
+
+        def acquire(self, *args):
+            self.acquires += 1
+            got = self.lock.acquire(*args)
+            if self.doomed and self.acquires == 2:
+                raise KeyboardInterrupt     # after the hand-off woke it
+            return got
+
+        def release(self):
+            self.lock.release()
+    monkeypatch.setattr(client_mod, "_allocate_lock", LandsCtrlC)
+    cluster = make_cluster(1, hold=f"{HELD_KEY}:0.5")
+    with chordctl.connect(cluster.config_path, route="direct") as db:
+        lead = run_bounded_async(db.read, HELD_KEY)
+        wait_until(lambda: db._lanes.get(0) is not None and db._lanes[0].senders == 1,
+                   what="the held read in flight")
+
+        def doomed_read():
+            doomed.on = True
+            return db.read(HELD_KEY + 1)
+        gone = run_bounded_async(doomed_read)
+        wait_until(lambda: len(db._lanes[0].pending) == 1, what="the doomed caller queued")
+        behind = run_bounded_async(db.read, HELD_KEY + 2)
+        wait_until(lambda: len(db._lanes[0].pending) == 2, what="a caller behind it")
+        assert isinstance(lead(), NotFoundError)
+        assert isinstance(gone(), KeyboardInterrupt)
+        assert isinstance(behind(), NotFoundError)
+        wait_until(lambda: db._lanes[0].senders == 0, what="the slot freed")
