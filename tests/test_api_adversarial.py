@@ -679,3 +679,36 @@ def test_caller_interrupted_just_as_it_is_handed_the_slot_passes_it_on(make_clus
         assert isinstance(gone(), KeyboardInterrupt)
         assert isinstance(behind(), NotFoundError)
         wait_until(lambda: db._lanes[0].senders == 0, what="the slot freed")
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_callers_timing_out_in_the_queue_leak_no_slot(ring, depth):
+    """Half the callers give up in the queue (a 1 ms timeout) while the rest
+    go on: nobody hangs, nobody gets another's result, the lane ends idle."""
+    from chordctl.client import Client
+    with Client(ring.config, coalesce=True, coalesce_depth=depth, route="direct") as db:
+        db.connect()
+        bad: list = []
+
+        def work(t):
+            for i in range(40):
+                k = 10**13 * depth + t * 1000 + i
+                try:
+                    r = db.call("create", k, b"%d" % k, timeout=0.001 if i % 2 else 5)
+                    if r.key != str(k):
+                        bad.append((k, r))
+                except chordctl.DeadlineExceededError:
+                    pass
+                except ChordError as e:
+                    bad.append((k, e))
+        ts = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(32)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(JOIN)
+            assert not t.is_alive(), "a caller hung"
+        assert bad == []
+        wait_until(lambda: all(lane.senders == 0 and not lane.pending
+                               for lane in db._lanes.values()), what="every lane idle")
+        for i in range(0, 40, 2):       # every 5 s create was applied, once
+            assert db.read(10**13 * depth + i).value == b"%d" % (10**13 * depth + i)
