@@ -33,15 +33,15 @@ import grpc
 
 from chordctl import security
 from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, ClientBase, LaneBase, Result,
-                             _batch_outcome, _request, _unary, batch_messages, batch_outcomes,
-                             error_for, library_route, node_count, none_answered, probe_failure,
-                             reply_result)
+                             _batch_outcome, _remaining, _request, _unary, batch_messages,
+                             batch_outcomes, error_for, library_route, node_count,
+                             none_answered, probe_failure, reply_result)
 from chordctl.config import Config
 from chordctl.config import load as load_config
-from chordctl.errors import ChordError, UnavailableError
+from chordctl.errors import ChordError, InvalidInputError, UnavailableError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
-from chordctl.protocol import OPS, key_text, never_sent
+from chordctl.protocol import DEADLINE_EXCEEDED, OPS, key_text, never_sent
 from chordctl.scan import AsyncNodeStream, AsyncScan, NodeCount
 
 __all__ = ["AsyncClient", "connect"]
@@ -50,7 +50,7 @@ __all__ = ["AsyncClient", "connect"]
 class _Op:
     """One operation in a lane; *future* is None for the one its caller sends itself."""
 
-    __slots__ = ("msg", "op", "key", "timeout", "future")
+    __slots__ = ("msg", "op", "key", "timeout", "deadline", "future")
 
     def __init__(self, msg: pb.Operation, op: str, key: str, timeout: float,
                  future: asyncio.Future | None):
@@ -58,6 +58,7 @@ class _Op:
         self.op = op
         self.key = key
         self.timeout = timeout
+        self.deadline = time.monotonic() + timeout    # bounds its wait in the queue too
         self.future = future
 
 
@@ -91,7 +92,10 @@ class _Lane(LaneBase):
                 self._next()
         item = _Op(msg, op, key, timeout, asyncio.get_running_loop().create_future())
         self.pending.append(item)
-        return await item.future
+        try:
+            return await asyncio.wait_for(item.future, timeout)
+        except TimeoutError:    # its timeout passed in the queue (_take leaves it out)
+            return error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address, timeout)
 
     def _take(self) -> list[_Op]:
         """The next batch off the queue; callers that gave up waiting (their
@@ -142,11 +146,12 @@ class _Lane(LaneBase):
             request = pb.BatchRequest(ops=[item.msg for item in batch])
         for attempt in (0, 1):
             stub = self.stub
+            left = _remaining(batch)    # the items may have waited in the queue
             try:
                 if single:
-                    reply = await _unary(stub, only.op)(request, timeout=timeout)
+                    reply = await _unary(stub, only.op)(request, timeout=left)
                     return [reply_result(only.op, only.key, reply)]
-                reply = await stub.Batch(request, timeout=timeout)
+                reply = await stub.Batch(request, timeout=left)
             except grpc.RpcError as e:
                 details = e.details() or ""
                 if attempt == 0 and never_sent(e.code().value[0], details):
@@ -202,6 +207,7 @@ class AsyncClient(ClientBase):
         self._node_channels: dict[int, grpc.aio.Channel] = {}
         self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
         self._tasks: set[asyncio.Task] = set()     # lanes' senders, held until done
+        self._loop: asyncio.AbstractEventLoop | None = None    # set by connect
 
     # -- connection -----------------------------------------------------------
 
@@ -212,7 +218,9 @@ class AsyncClient(ClientBase):
         if self._closed:
             raise self.closed_error()
         if self._channel is not None:
+            self._own_loop()
             return self.address
+        self._loop = asyncio.get_running_loop()
         if len(self.addresses) == 1:
             self._open(self.addresses[0])
             return self.address
@@ -243,9 +251,18 @@ class AsyncClient(ClientBase):
         self._channel = channel
         self._kv = pb_grpc.KeyValueStub(channel)
 
+    def _own_loop(self) -> None:
+        """InvalidInputError unless running on the loop this client connected on
+        (its grpc.aio channels and lanes belong to that loop)."""
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise InvalidInputError(
+                f"client: this AsyncClient belongs to the event loop it was connected on; "
+                f"open one in this loop ({self.CONNECT})")
+
     def _entry(self) -> pb_grpc.KeyValueStub:
         if self._closed:
             raise self.closed_error()
+        self._own_loop()
         if self._kv is None:
             raise UnavailableError("client: not connected; use `await chordctl.aio.connect(...)`")
         return self._kv
@@ -338,10 +355,11 @@ class AsyncClient(ClientBase):
                    trace: bool = False, timeout: float | None = None) -> Result:
         """One operation by name; returns its Result, raises ChordError on failure."""
         key = key_text(key)
-        self.check(op, key, value)
+        self.check(op, key, value, trace)
         if self._closed:
             raise self.closed_error()
-        t = timeout if timeout is not None else self.timeout
+        self._own_loop()
+        t = self.timeout if timeout is None else self.deadline(timeout)
         if self.coalesce:
             out = await self._lane(key).call(
                 pb.Operation(op=OPS[op], key=key, value=value or b"", trace=trace), op, key, t)
@@ -401,7 +419,7 @@ class AsyncClient(ClientBase):
         """
         slots, items, msgs = batch_messages(ops)
         if msgs:
-            t = timeout if timeout is not None else self.timeout
+            t = self.timeout if timeout is None else self.deadline(timeout)
             step = self.limits.max_batch_ops
             for start in range(0, len(msgs), step):
                 reply = await self._entry_batch(pb.BatchRequest(ops=msgs[start:start + step]), t)
@@ -438,6 +456,7 @@ class AsyncClient(ClientBase):
             return [(None, "the node", self.address, self._entry(), "")]
         if self._closed:
             raise self.closed_error()
+        self._own_loop()
         return [(i, label, address, self._node_stub(i), ring_id)
                 for i, label, address, ring_id in self._ring_nodes(start, end)]
 

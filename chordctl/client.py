@@ -30,6 +30,9 @@ from chordctl.protocol import (DEADLINE_EXCEEDED, OPS, UNAVAILABLE, allow_key_di
                                unknown_operation, validate)
 
 CONNECT_TIMEOUT = 1.0
+# Seconds; longer timeouts (inf too) are this: gRPC's deadline overflows past
+# ~9.2e9 s from now, and such a call failed at once with DEADLINE_EXCEEDED.
+MAX_TIMEOUT = 1e9
 _LIMITS = LimitsConfig()     # without a config: the defaults a node has
 log = logging.getLogger("chordctl.client")
 ROUTES = ("entry", "direct")
@@ -69,6 +72,12 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
         within = f"within {waited:g}s (client.timeout)" if waited else "within the deadline"
         message = (f"client: no reply from {address} {within}; the node may be overloaded "
                    f"or stuck -- {RING_UP_HINT}")
+    elif not node_made and message == "Channel closed!":
+        # gRPC's words for a call cancelled by closing its channel: close(), or
+        # a channel replaced after an outage while other calls were on it.
+        message = (f"client: the connection to {address} was closed while the call was in "
+                   f"flight (the client was closed, or replaced the connection after an "
+                   f"outage); it may or may not have been applied")
     elif never_sent(number, message):
         # Only gRPC's own text means *this* client could not connect; a node's
         # relayed "node 0 ... could not reach node 3 ... (failed to connect ...)"
@@ -122,8 +131,8 @@ class _Op:
     asynchronous one (``submit``) gets *callback* called instead.
     """
 
-    __slots__ = ("op", "key", "value", "trace", "callback", "waiter", "timeout", "outcome",
-                 "lead")
+    __slots__ = ("op", "key", "value", "trace", "callback", "waiter", "timeout", "deadline",
+                 "outcome", "lead")
 
     def __init__(self, op: str, key: str, value: bytes | None, trace: bool, timeout: float,
                  callback: Callable | None = None):
@@ -132,6 +141,7 @@ class _Op:
         self.value = value
         self.trace = trace
         self.timeout = timeout
+        self.deadline = time.monotonic() + timeout    # bounds its wait in the queue too
         self.callback = callback
         self.outcome = _PENDING
         self.lead: list[_Op] | None = None     # a batch this caller is to send
@@ -203,14 +213,23 @@ class _Lane(LaneBase):
         self._send_async(batch)
 
     def _send_async(self, batch: list[_Op]) -> None:
-        timeout = max(item.timeout for item in batch)
-        try:
-            fut = _call(self.stub, batch, timeout, future=True)
-        except ValueError:          # the channel was closed under us
-            self._deliver(batch, [self.client.closed_error()] * len(batch))
-            self._next()
-            return
-        fut.add_done_callback(lambda f: self._async_done(f, batch, timeout))
+        """Send *batch* with a future (this caller holds a slot). A send that
+        fails at once (the channel closed) is answered here, and the slot goes
+        on in this loop, not in a recursion as deep as the queue."""
+        while batch:
+            timeout = max(item.timeout for item in batch)
+            try:
+                fut = _call(self.stub, batch, _remaining(batch), future=True)
+            except ValueError:          # the channel was closed under us
+                outcomes = [self.client.closed_error()] * len(batch)
+            except Exception as e:      # a bug of ours: fail the batch, keep the lane going
+                outcomes = [InternalError(f"client: could not send to {self.address} "
+                                          f"({e!r})")] * len(batch)
+            else:
+                fut.add_done_callback(lambda f, b=batch, t=timeout: self._async_done(f, b, t))
+                return
+            self._deliver(batch, outcomes)
+            batch = self._pass_on()
 
     def _async_done(self, fut: grpc.Future, batch: list[_Op], timeout: float) -> None:
         try:
@@ -220,8 +239,8 @@ class _Lane(LaneBase):
                 * len(batch)
         except grpc.FutureCancelledError:
             outcomes = [UnavailableError("client: request cancelled")] * len(batch)
+        self._next()        # first: a callback may make a blocking call on this lane
         self._deliver(batch, outcomes)
-        self._next()
 
     # -- synchronous: call --------------------------------------------------------
 
@@ -235,39 +254,66 @@ class _Lane(LaneBase):
                 batch = self._take()
         while True:
             if batch is None:
-                item.waiter.acquire()
+                try:
+                    answered = item.waiter.acquire(True, max(item.deadline - time.monotonic(),
+                                                             0.0))
+                except BaseException:   # Ctrl-C while waiting: leave, strand no one
+                    self._withdraw(item)
+                    raise
+                if not answered:        # its timeout passed in the queue
+                    self._withdraw(item)
+                    if item.outcome is not _PENDING:
+                        return item.outcome
+                    return error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
+                                     item.timeout)
                 if item.lead is None:
                     return item.outcome
                 batch, item.lead = item.lead, None
-            # This thread holds a sender slot: send until its own item is answered.
-            while True:
-                self._send_and_deliver(batch)
-                if item.outcome is not _PENDING:
-                    break
-                with self.lock:
-                    batch = self._take()
-                if not batch:
-                    break       # another sender has this item: wait for its reply
-            self._next()
+            # This thread holds a sender slot: send, hand the slot on, answer.
+            # *batch* holds this item (a lead's batch holds its leader, and a
+            # free slot means nothing queued ahead of it).
+            self._send_and_deliver(batch)
             if item.outcome is not _PENDING:
                 return item.outcome
             batch = None
 
+    def _withdraw(self, item: _Op) -> None:
+        """*item*'s caller stopped waiting (interrupted): take it out of the
+        queue, or, if the slot was just handed to it, pass the batch on
+        without it. An item already in a call in flight is answered to nobody."""
+        with self.lock:
+            batch, item.lead = item.lead, None
+            if batch is None:
+                try:
+                    self.pending.remove(item)
+                except ValueError:
+                    pass
+                return
+        batch = [b for b in batch if b is not item]
+        if batch:
+            self._send_async(batch)
+        else:
+            self._next()
+
     def _send_and_deliver(self, batch: list[_Op]) -> None:
+        """Send *batch*, hand the slot on, then answer the batch: a callback
+        that makes a blocking call on this client does not wait for a slot
+        its own thread holds."""
         try:
             outcomes = self._send_blocking(batch)
         except BaseException as e:   # Ctrl-C in the sending thread: no caller stranded
+            self._next()
             self._deliver(batch, [UnavailableError(f"client: request interrupted ({e!r})")]
                           * len(batch))
-            self._next()
             raise
+        self._next()
         self._deliver(batch, outcomes)
 
     def _send_blocking(self, batch: list[_Op]) -> list[Result | ChordError]:
         timeout = max(item.timeout for item in batch)
         for attempt in (0, 1):
             try:
-                return self._outcomes(batch, _call(self.stub, batch, timeout))
+                return self._outcomes(batch, _call(self.stub, batch, _remaining(batch)))
             except grpc.RpcError as e:
                 details = e.details() or ""
                 if attempt == 0 and never_sent(e.code().value[0], details):
@@ -302,13 +348,20 @@ class _Lane(LaneBase):
                 log.exception("client: a result callback failed")
 
     def _next(self) -> None:
-        """A sender is done: hand its slot, with the next batch, to a waiting
-        synchronous caller in that batch; else send the batch with a future;
-        else free the slot."""
+        """A sender is done: hand its slot on (_pass_on), sending with a future
+        the batch no synchronous caller waits in."""
+        batch = self._pass_on()
+        if batch:
+            self._send_async(batch)
+
+    def _pass_on(self) -> list[_Op] | None:
+        """Hand a finished sender's slot, with the next batch, to a waiting
+        synchronous caller in that batch (None); else return the batch, for
+        the caller to send with a future; else free the slot (None)."""
         with self.lock:
             if not self.pending:
                 self.senders -= 1
-                return
+                return None
             batch = self._take()
             leader = None
             for item in batch:
@@ -318,8 +371,8 @@ class _Lane(LaneBase):
                     break
         if leader is not None:
             leader.waiter.release()
-        else:
-            self._send_async(batch)
+            return None
+        return batch
 
 
 class ClientBase:
@@ -359,11 +412,8 @@ class ClientBase:
         else:
             raise InvalidInputError("client: no node to talk to; give --target HOST:PORT or a "
                                     "config with -c")
-        self.timeout = timeout if timeout is not None else (
-            config.client.timeout if config else ClientConfig.timeout)
-        if not self.timeout > 0:
-            raise InvalidInputError(f"client: timeout must be a positive number of seconds, "
-                                    f"not {self.timeout!r}")
+        self.timeout = self.deadline(timeout if timeout is not None else (
+            config.client.timeout if config else ClientConfig.timeout))
         self.limits = config.limits if config else _LIMITS
         self.max_value = self.limits.max_value_bytes
         self.max_digits = self.limits.max_key_digits
@@ -374,6 +424,19 @@ class ClientBase:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @staticmethod
+    def deadline(timeout) -> float:
+        """A timeout in seconds, checked: a positive number; past MAX_TIMEOUT
+        (inf too) it is MAX_TIMEOUT, as gRPC fails a call at once whose
+        deadline overflows."""
+        if timeout.__class__ is bool or not isinstance(timeout, (int, float)):
+            raise InvalidInputError(f"client: timeout must be a number of seconds, "
+                                    f"not {timeout!r}")
+        if not timeout > 0:     # nan too
+            raise InvalidInputError(f"client: timeout must be a positive number of seconds, "
+                                    f"not {timeout!r}")
+        return float(timeout) if timeout < MAX_TIMEOUT else MAX_TIMEOUT
 
     CONNECT = "chordctl.connect"    # how to open a new one, for the message below
 
@@ -387,8 +450,16 @@ class ClientBase:
         return {"batches": sum(lane.batches for lane in lanes),
                 "operations": sum(lane.operations for lane in lanes)}
 
-    def check(self, op: str, key: str, value: bytes | None) -> None:
-        """Raise InvalidInputError for anything a node would refuse (protocol.validate)."""
+    def check(self, op: str, key: str, value: bytes | None, trace: bool = False) -> None:
+        """Raise InvalidInputError for anything a node would refuse (protocol.validate),
+        and for a value that is not bytes or a trace that is not a bool (protobuf
+        would raise TypeError inside a lane, failing every operation coalesced
+        with it)."""
+        if value is not None and not isinstance(value, bytes):
+            raise InvalidInputError(f"the value of {op} {key} is a {type(value).__name__}; "
+                                    f"give bytes")
+        if trace.__class__ is not bool and not isinstance(trace, int):
+            raise InvalidInputError(f"client: trace must be True or False, not {trace!r}")
         validate(op, key, value, self.limits)
 
     def _key_bound(self, key: int | str | None, what: str) -> str:
@@ -444,6 +515,7 @@ class Client(ClientBase):
         # submit_ordered: key -> operations waiting for the one in flight.
         self._order_lock = threading.Lock()
         self._waiting: dict[int, collections.deque] = {}
+        self._ordered_local = threading.local()     # _send_ordered's queue per thread
 
     # -- connection -----------------------------------------------------------
 
@@ -575,10 +647,10 @@ class Client(ClientBase):
         even a write is safe to repeat.
         """
         key = key_text(key)
-        self.check(op, key, value)
+        self.check(op, key, value, trace)
         if self._closed:
             raise self.closed_error()
-        t = timeout if timeout is not None else self.timeout
+        t = self.timeout if timeout is None else self.deadline(timeout)
         deliver = callback if callback is not None else (lambda _outcome: None)
         if self.coalesce:
             self._lane(key).add(_Op(op, key, value, trace, t, deliver))
@@ -621,7 +693,7 @@ class Client(ClientBase):
         one's reply arrives; different keys still travel concurrently.
         """
         key = key_text(key)
-        self.check(op, key, value)
+        self.check(op, key, value, trace)
         k = parse_key(key, self.max_digits)[0]
         item = (op, key, value, callback, trace)
         with self._order_lock:
@@ -633,6 +705,27 @@ class Client(ClientBase):
         self._send_ordered(k, item)
 
     def _send_ordered(self, k: int, item) -> None:
+        """Send *item*, the next operation on key *k*. A send that completes at
+        once (the client closed, a call that failed at once) runs the next
+        one's send from its callback: on this thread those queue here and go
+        from this loop, not as a recursion as deep as the key's queue."""
+        local = self._ordered_local
+        todo = getattr(local, "todo", None)
+        if todo is not None:        # inside a send on this thread
+            todo.append((k, item))
+            return
+        local.todo = todo = collections.deque([(k, item)])
+        try:
+            while todo:
+                k, item = todo.popleft()
+                try:
+                    self._send_ordered_one(k, item)
+                except Exception:   # a caller's callback: the rest still go
+                    log.exception("client: a result callback failed")
+        finally:
+            local.todo = None
+
+    def _send_ordered_one(self, k: int, item) -> None:
         op, key, value, callback, trace = item
 
         def done(outcome: Result | ChordError) -> None:
@@ -661,10 +754,10 @@ class Client(ClientBase):
         without it a blocking unary call; no other thread is woken for it.
         """
         key = key_text(key)
-        self.check(op, key, value)
+        self.check(op, key, value, trace)
         if self._closed:
             raise self.closed_error()
-        t = timeout if timeout is not None else self.timeout
+        t = self.timeout if timeout is None else self.deadline(timeout)
         if self.coalesce:
             out = self._lane(key).call(_Op(op, key, value, trace, t))
         else:
@@ -723,7 +816,7 @@ class Client(ClientBase):
         slots, items, msgs = batch_messages(ops)
         if msgs:
             self.connect()
-            t = timeout if timeout is not None else self.timeout
+            t = self.timeout if timeout is None else self.deadline(timeout)
             step = self.limits.max_batch_ops
             for start in range(0, len(msgs), step):
                 try:
@@ -790,7 +883,7 @@ class Client(ClientBase):
 
     def _admin_call(self, method: str, request, timeout: float | None):
         self.connect()
-        t = timeout if timeout is not None else self.timeout
+        t = self.timeout if timeout is None else self.deadline(timeout)
         try:
             return getattr(self._admin, method)(request, timeout=t)
         except grpc.RpcError as e:
@@ -800,7 +893,7 @@ class Client(ClientBase):
         """The node's grpc.health.v1 status for service "": SERVING, NOT_SERVING, ..."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         self.connect()
-        t = timeout if timeout is not None else self.timeout
+        t = self.timeout if timeout is None else self.deadline(timeout)
         try:
             reply = health_pb2_grpc.HealthStub(self._channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=t)
@@ -904,6 +997,12 @@ def library_route(config: Config | None, target: str | None, route: str | None) 
     if route is not None:
         return route
     return "direct" if config is not None and not target else "entry"
+
+
+def _remaining(batch) -> float:
+    """Seconds left to the latest deadline of *batch* (its items waited in the
+    queue; at least 1 ms, so an expired one still gets gRPC's deadline error)."""
+    return max(max(item.deadline for item in batch) - time.monotonic(), 0.001)
 
 
 def _unary(kv: pb_grpc.KeyValueStub, op: str):
