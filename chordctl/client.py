@@ -864,7 +864,6 @@ class Client(ClientBase):
 
     def count(self, start: int | str | None = None, end: int | str | None = None) -> list:
         """One scan.NodeCount per node (in parallel): its keys in [start, end), or its error."""
-        from chordctl import scan as scan_mod
         request = pb.CountRequest(start=self._key_bound(start, "--from"),
                                   end=self._key_bound(end, "--to"))
         calls = [(index, label, address, ring_id,
