@@ -351,3 +351,31 @@ def test_path_length_is_logarithmic_with_fingers_and_linear_with_neighbors() -> 
     for n, mean_f, _max_f, mean_n, half_log, quarter in rows:
         assert mean_f <= half_log, (n, mean_f)
         assert abs(mean_n - quarter) <= 0.2 * quarter, (n, mean_n)
+
+
+# -- replica sets (ring.replicas) ----------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_replica_sets_are_the_owner_then_its_successors(n):
+    ring = Ring(8, n)
+    for r in range(1, n + 1):
+        for i in range(n):
+            reps = ring.replicas(i, r)
+            assert reps[0] == i and len(set(reps)) == r
+            for a, b in zip(reps, reps[1:]):
+                assert b == ring.successor(a)
+
+
+@pytest.mark.parametrize("n,r", [(3, 3), (5, 3), (5, 5), (8, 3), (4, 2)])
+def test_groups_of_a_node_are_exactly_the_arcs_it_replicates(n, r):
+    ring = Ring(8, n)
+    for i in range(n):
+        mine = ring.groups_of(i, r)
+        assert mine[0] == i and len(mine) == r
+        assert set(mine) == {g for g in range(n) if i in ring.replicas(g, r)}
+
+
+@pytest.mark.parametrize("r", [0, 4, -1])
+def test_a_replica_count_outside_one_to_n_is_refused(r):
+    with pytest.raises(ValueError, match="ring.replicas"):
+        Ring(8, 3).replicas(0, r)

@@ -140,6 +140,24 @@ class Ring:
         """Next node counter-clockwise (next lower id, wrapping)."""
         return (i + 1) % self.n
 
+    # -- replication (ring.replicas) ----------------------------------------
+
+    def replicas(self, i: int, r: int) -> tuple[int, ...]:
+        """The replica set of node i's arc: i, then the next r-1 nodes clockwise
+        (Chord's successor list). Group i of ``ring.replicas: r`` runs on these."""
+        self._check_index(i)
+        if not 1 <= r <= self.n:
+            raise ValueError(f"ring.replicas must be between 1 and the {self.n} node(s), got {r}")
+        return tuple((i - k) % self.n for k in range(r))
+
+    def groups_of(self, i: int, r: int) -> tuple[int, ...]:
+        """The arcs (group ids: their owners' indices) node i holds a replica
+        of: its own first, then the r-1 arcs counter-clockwise before it."""
+        self._check_index(i)
+        if not 1 <= r <= self.n:
+            raise ValueError(f"ring.replicas must be between 1 and the {self.n} node(s), got {r}")
+        return tuple((i + k) % self.n for k in range(r))
+
     # -- routing -----------------------------------------------------------
 
     def _check_index(self, i: int) -> None:

@@ -1,0 +1,350 @@
+"""The replication stage of one node: every Raft group it is in, on one thread.
+
+With ``ring.replicas: R > 1`` the arc of node *g* is replicated on
+``ring.replicas(g, R)`` and is one Raft group, id *g*. Consensus -- leader
+election, log matching, the commit rule -- is PySyncObj's (``SyncObj``);
+none of it is ours. What is ours is how it runs inside a node:
+
+- **One thread, "chord-raft"** ticks every group's ``SyncObj`` (each built
+  with ``autoTick=False``) in rounds. A round: take the messages peers
+  sent, take the commands the dispatcher queued (``submit``), tick each
+  group, make the journal durable, then let the round's messages leave.
+  PySyncObj runs single-threaded, as it expects; nothing else touches it.
+- **Durable before it leaves.** A follower's "I have entry i" (next_node_idx
+  success), a vote, a leader's append_entries: each leaves the node only
+  after the round's ``journal.sync()`` (one fdatasync for every group of the
+  node) returned. So an entry counts towards a majority only on replicas
+  that have it on disk, a vote is cast only once it is durable, and the
+  leader's own copy is durable before any follower can acknowledge it. A
+  failed sync fail-stops the node: nothing of that round is sent.
+- **No pickle.** Commands are our own bytes; PySyncObj's apply path (which
+  unpickles ``@replicated`` calls and membership changes) is replaced by
+  ``apply(group, idx, command)``; messages travel as chord.raft.v1 protobuf
+  (codec.py); snapshot transfer by chunk is off until the snapshot files are
+  wired in (``logCompactionMinEntries``), and an entry never exceeds one
+  message, so PySyncObj's pickled "transmission" never happens.
+
+The engine does no network I/O itself: *send* takes each round's messages
+per peer (exchange.py puts them on gRPC streams; tests wire engines
+directly), and ``deliver`` takes what arrived.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from typing import Callable
+
+import pysyncobj.syncobj as _syncobj
+from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.journal import Journal
+from pysyncobj.node import Node as _PsoNode
+from pysyncobj.transport import Transport
+
+from chordctl.core.replication import codec
+from chordctl.errors import StorageError
+from chordctl.pb import raft_pb2 as rpb
+
+logger = logging.getLogger("chordctl.raft")
+
+REGULAR = _syncobj._COMMAND_TYPE.REGULAR
+NO_OP = _syncobj._COMMAND_TYPE.NO_OP
+_REGULAR_BYTE = bytes([REGULAR])
+
+# PySyncObj builds its journal from conf.journalFile (a path, or None for
+# memory); ours is an object, handed over as that field.
+_create_journal = _syncobj.createJournal
+
+
+def _journal_for(journal_file):
+    if isinstance(journal_file, Journal):
+        return journal_file
+    return _create_journal(journal_file)
+
+
+_syncobj.createJournal = _journal_for
+
+# Callback outcomes a submitter may see (PySyncObj's FAIL_REASON names).
+REASONS = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Timers of every group (seconds). An election starts after
+    *election_timeout* .. 2x without a leader; the leader sends heartbeats
+    every *heartbeat*; it steps down when no majority answered for
+    *leader_fallback*. *max_entry_bytes*: the largest command (and the most
+    one append_entries carries)."""
+
+    election_timeout: float = 1.0
+    heartbeat: float = 0.1
+    leader_fallback: float | None = None   # default: the election timeout
+    tick: float = 0.02
+    max_entry_bytes: int = 4 * 1024 * 1024
+
+    def conf(self, journal: Journal) -> SyncObjConf:
+        fallback = self.leader_fallback or self.election_timeout
+        return SyncObjConf(
+            autoTick=False,
+            appendEntriesUseBatch=False,     # a command goes out in its own round
+            appendEntriesPeriod=self.heartbeat,
+            raftMinTimeout=self.election_timeout,
+            raftMaxTimeout=2 * self.election_timeout,
+            leaderFallbackTimeout=max(fallback, self.heartbeat * 1.5),
+            connectionTimeout=2 * self.election_timeout,
+            appendEntriesBatchSizeBytes=self.max_entry_bytes,
+            commandsWaitLeader=True,
+            dynamicMembershipChange=False,
+            journalFile=journal,
+            fullDumpFile=None,
+            # Compaction (and with it snapshot transfer) waits for the snapshot
+            # files to serve as the groups' snapshots: never before then.
+            logCompactionMinEntries=2 ** 62,
+            logCompactionMinTime=10 ** 12,
+            useFork=False,
+            pollerType="select",
+        )
+
+
+class Member(_PsoNode):
+    """A node of the ring as PySyncObj sees it: id is its config index as text
+    (what the journal stores for a vote), ``index`` the number."""
+
+    def __init__(self, index: int):
+        super().__init__(str(index))
+        self.index = index
+
+
+class _GroupTransport(Transport):
+    """PySyncObj's transport for one group: sends go into the engine's round."""
+
+    def __init__(self, engine: "Engine", group: int, self_node: Member, others: list[Member]):
+        super().__init__(None, self_node, others)
+        self._engine = engine
+        self._group = group
+
+    def send(self, node, message) -> bool:
+        self._engine._outgoing(node.index, self._group, message)
+        return True
+
+
+class Group(SyncObj):
+    """One arc's Raft group on this node: PySyncObj with our apply and no pickle."""
+
+    def __init__(self, engine: "Engine", group: int, members: tuple[int, ...],
+                 journal: Journal):
+        self.group = group
+        self.members = members
+        self._apply = engine.apply
+        me = engine.index
+        self_node = Member(me)
+        others = [Member(i) for i in members if i != me]
+        self.transport = _GroupTransport(engine, group, self_node, others)
+        super().__init__(self_node, others, engine.settings.conf(journal),
+                         transport=self.transport)
+        # The engine drops what cannot be delivered, and Raft resends: every
+        # peer counts as connected (PySyncObj only elects when "connected").
+        for node in others:
+            self.transport._onNodeConnected(node)
+
+    # PySyncObj's private apply (name-mangled): REGULAR entries are our
+    # commands; a no-op is a new leader's first entry; membership and code
+    # version entries (pickled by PySyncObj) are never written by us and
+    # never unpickled here.
+    def _SyncObj__doApplyCommand(self, command):
+        kind = command[0]
+        if kind == REGULAR:
+            idx = self._SyncObj__raftLastApplied + 1   # this entry's index
+            return self._apply(self.group, idx, command[1:])
+        if kind != NO_OP:
+            logger.error("raft group %d: entry of kind %d ignored (membership and "
+                         "version entries are not used)", self.group, kind)
+        return None
+
+    def _SyncObj__parseChangeClusterRequest(self, command):
+        return None
+
+    def leader_index(self) -> int | None:
+        leader = self._getLeader()
+        return None if leader is None else leader.index
+
+    def summary(self) -> dict:
+        """What `ring show` and metrics need, read on the engine thread."""
+        state = self._SyncObj__raftState
+        return {
+            "group": self.group,
+            "members": self.members,
+            "leader": self.leader_index(),
+            "state": ("follower", "candidate", "leader")[state],
+            "term": self.raftCurrentTerm,
+            "commit_index": self.raftCommitIndex,
+            "last_applied": self.raftLastApplied,
+            "log_index": self._SyncObj__getCurrentLogIndex(),
+            "match_index": {n.index: i for n, i in self._SyncObj__raftMatchIndex.items()}
+            if state == 2 else {},
+        }
+
+
+Apply = Callable[[int, int, bytes], object]
+Send = Callable[[dict[int, list[rpb.Message]]], None]
+
+
+class Engine:
+    """Every group of node *index*; see the module docstring.
+
+    *groups*: group id -> its members (config indices, this node among them).
+    *journal*: ``group(gid) -> Journal`` and ``sync()`` (storage.raftjournal).
+    *apply(group, idx, command)*: runs on the engine thread for each
+    committed REGULAR entry in commit order; its return value goes to the
+    submitter's callback. *send*: each round's messages, per peer.
+    *on_failed(reason)*: the journal could not be made durable.
+    """
+
+    def __init__(self, index: int, groups: dict[int, tuple[int, ...]], journal,
+                 apply: Apply, send: Send, settings: Settings = Settings(),
+                 on_failed: Callable[[str], None] | None = None):
+        self.index = index
+        self.settings = settings
+        self.apply = apply
+        self.journal = journal
+        self._send = send
+        self._on_failed = on_failed
+        self.groups: dict[int, Group] = {}
+        for gid, members in sorted(groups.items()):
+            if index not in members:
+                raise ValueError(f"node {index} is not a member of group {gid} {members}")
+            if len(members) < 2:
+                raise ValueError(f"group {gid} needs two members or more, has {members}")
+            self.groups[gid] = Group(self, gid, tuple(members), journal.group(gid))
+        self._members = {i: Member(i) for g in groups.values() for i in g}
+        self._peers = {gid: frozenset(m) - {index} for gid, m in groups.items()}
+        self._inbox: collections.deque = collections.deque()
+        self._commands: collections.deque = collections.deque()
+        self._out: dict[int, list[rpb.Message]] = {}
+        self._wake = threading.Event()
+        self._stopping = False
+        self.failed: str | None = None
+        self.rounds = 0
+        self.dropped = 0
+        self._summaries: dict[int, dict] = {}
+        self._thread = threading.Thread(target=self._run, name=f"chord-raft-{index}",
+                                        daemon=True)
+
+    # -- any thread -----------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def submit(self, group: int, command: bytes,
+               callback: Callable[[object, int], None]) -> None:
+        """Replicate *command* in *group*; ``callback(result, reason)`` runs on the
+        engine thread once it is applied here (reason FAIL_REASON.SUCCESS) or
+        cannot be (another reason: no leader, leader changed, ...)."""
+        if len(command) >= self.settings.max_entry_bytes:
+            raise ValueError(f"raft: a command of {len(command)} bytes is over the "
+                             f"{self.settings.max_entry_bytes}-byte entry limit")
+        self._commands.append((group, command, callback))
+        self._wake.set()
+
+    def deliver(self, sender: int, messages) -> None:
+        """Messages from peer *sender* (chord.raft.v1.Message), any thread."""
+        self._inbox.append((sender, messages))
+        self._wake.set()
+
+    def status(self) -> dict[int, dict]:
+        """Each group's summary as of the engine's last round (a copy)."""
+        return dict(self._summaries)
+
+    def leader(self, group: int) -> int | None:
+        s = self._summaries.get(group)
+        return None if s is None else s["leader"]
+
+    # -- engine thread ----------------------------------------------------------
+
+    def _outgoing(self, peer: int, group: int, message: dict) -> None:
+        try:
+            m = codec.encode(group, message)
+        except codec.UnsupportedMessage as e:
+            logger.error("%s (group %d, to node %d): not sent", e, group, peer)
+            return
+        out = self._out.get(peer)
+        if out is None:
+            self._out[peer] = [m]
+        else:
+            out.append(m)
+
+    def _run(self) -> None:
+        wake = self._wake
+        tick = self.settings.tick
+        groups = list(self.groups.values())
+        next_summary = 0.0
+        try:
+            while not self._stopping:
+                wake.wait(tick)
+                wake.clear()
+                if self._stopping:
+                    break
+                self._round(groups)
+                now = time.monotonic()
+                if now >= next_summary:
+                    self._summaries = {g.group: g.summary() for g in groups}
+                    next_summary = now + 0.05
+        except StorageError as e:
+            self._fail(str(e))
+        except Exception as e:   # a bug: stop replicating rather than go on half-broken
+            logger.exception("raft engine of node %d stopped", self.index)
+            self._fail(f"raft: engine stopped: {type(e).__name__}: {e}")
+        finally:
+            self._summaries = {g.group: g.summary() for g in groups}
+
+    def _round(self, groups: list[Group]) -> None:
+        self.rounds += 1
+        inbox = self._inbox
+        while inbox:
+            sender, messages = inbox.popleft()
+            member = self._members.get(sender)
+            for m in messages:
+                g = self.groups.get(m.group)
+                if g is None or member is None or sender not in self._peers[m.group]:
+                    self.dropped += 1
+                    continue
+                try:
+                    message = codec.decode(m)
+                except codec.UnsupportedMessage as e:
+                    self.dropped += 1
+                    logger.warning("%s (from node %d): dropped", e, sender)
+                    continue
+                g.transport._onMessageReceived(member, message)
+        commands = self._commands
+        while commands:
+            gid, command, callback = commands.popleft()
+            g = self.groups.get(gid)
+            if g is None:
+                callback(None, FAIL_REASON.REQUEST_DENIED)
+                continue
+            g._applyCommand(command, callback, REGULAR)
+        for g in groups:
+            g.doTick(0.0)
+        # Durable before anything of this round leaves (see the docstring).
+        self.journal.sync()
+        if self._out:
+            out, self._out = self._out, {}
+            self._send(out)
+
+    def _fail(self, reason: str) -> None:
+        self.failed = reason
+        self._stopping = True
+        self._out = {}
+        logger.error("node %d: %s", self.index, reason)
+        if self._on_failed is not None:
+            self._on_failed(reason)

@@ -1,0 +1,153 @@
+"""Raft messages between nodes, over the nodes' own gRPC ports (chord.raft.v1).
+
+One long-lived client stream (``Raft.Push``) per ordered pair of nodes that
+share a group carries every group's messages, in the order the engine sent
+them. The sending side lives on the node's event loop: the engine thread
+hands each round's messages over with one ``call_soon_threadsafe``; a
+queue per peer feeds that peer's stream. A peer that is down loses what is
+sent to it (the queue keeps the newest ``max_queued`` batches while the
+stream reconnects): Raft resends what matters, and a restarted peer asks
+for what it lacks.
+
+The receiving side is ``RaftServicer.Push``: it checks who is sending (an
+index of this ring, one this node shares a group with, and the same ring
+fingerprint), then hands each batch to ``Engine.deliver``; decoding happens
+on the engine thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+import grpc
+
+from chordctl import security
+from chordctl.config import Config
+from chordctl.pb import raft_pb2 as rpb
+from chordctl.pb import raft_pb2_grpc as rpb_grpc
+
+logger = logging.getLogger("chordctl.raft")
+
+RETRY_MIN = 0.05
+RETRY_MAX = 1.0
+
+
+class Exchange:
+    """This node's outgoing Raft streams. Build and close it on *loop*."""
+
+    def __init__(self, config: Config, index: int, ring_fingerprint: str,
+                 loop: asyncio.AbstractEventLoop, peers: set[int], max_queued: int = 1024,
+                 channel: Callable[[str], grpc.aio.Channel] | None = None):
+        self.config = config
+        self.index = index
+        self.ring = ring_fingerprint
+        self.loop = loop
+        self.peers = frozenset(peers)
+        self.max_queued = max_queued
+        self._channel = channel or (lambda address: security.aio_channel(config, address))
+        self._queues: dict[int, asyncio.Queue] = {}
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._closed = False
+        self.sent = 0
+        self.lost = 0
+
+    # -- engine thread ----------------------------------------------------------
+
+    def send(self, out: dict[int, list[rpb.Message]]) -> None:
+        """The engine's *send*: one wake-up of the loop per round."""
+        try:
+            self.loop.call_soon_threadsafe(self._enqueue, out)
+        except RuntimeError:   # the loop is closed: the node is stopping
+            pass
+
+    # -- event loop -------------------------------------------------------------
+
+    def _enqueue(self, out: dict[int, list[rpb.Message]]) -> None:
+        if self._closed:
+            return
+        for peer, messages in out.items():
+            if peer not in self.peers:
+                continue
+            q = self._queues.get(peer)
+            if q is None:
+                q = self._queues[peer] = asyncio.Queue()
+                self._tasks[peer] = self.loop.create_task(self._pump(peer, q),
+                                                          name=f"raft-push-{peer}")
+            if q.qsize() >= self.max_queued:
+                q.get_nowait()
+                self.lost += 1
+            q.put_nowait(rpb.RaftBatch(sender=self.index, ring=self.ring, messages=messages))
+
+    async def _pump(self, peer: int, q: asyncio.Queue) -> None:
+        address = self.config.nodes[peer].address
+        delay = RETRY_MIN
+        while not self._closed:
+            channel = self._channel(address)
+            try:
+                stub = rpb_grpc.RaftStub(channel)
+                first = await q.get()
+
+                async def requests():
+                    nonlocal delay
+                    batch = first
+                    while True:
+                        self.sent += 1
+                        yield batch
+                        batch = await q.get()
+                        delay = RETRY_MIN   # the stream carried a batch: it works
+
+                reply = await stub.Push(requests())
+                if reply.message:
+                    logger.warning("raft: node %d refused our stream: %s", peer, reply.message)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                logger.debug("raft: stream to node %d: %s", peer, e.code().name)
+            finally:
+                await channel.close()
+            self.lost += 1
+            await asyncio.sleep(delay)
+            delay = min(RETRY_MAX, delay * 2)
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+
+
+class RaftServicer(rpb_grpc.RaftServicer):
+    """chord.raft.v1.Raft on a node: peers' messages into its engine."""
+
+    def __init__(self, index: int, ring_fingerprint: str, peers: set[int],
+                 deliver: Callable[[int, list], None]):
+        self.index = index
+        self.ring = ring_fingerprint
+        self.peers = frozenset(peers)
+        self.deliver = deliver
+        self.received = 0
+
+    async def Push(self, request_iterator, context):
+        batches = 0
+        async for batch in request_iterator:
+            if batch.ring != self.ring:
+                return rpb.PushSummary(batches=batches, message=(
+                    f"node {self.index}: raft messages from another ring (fingerprint "
+                    f"{batch.ring or 'none'}, ours {self.ring}); check that every node "
+                    f"runs the same config"))
+            if batch.sender not in self.peers:
+                return rpb.PushSummary(batches=batches, message=(
+                    f"node {self.index}: node {batch.sender} shares no replica group "
+                    f"with this node"))
+            batches += 1
+            self.received += 1
+            self.deliver(batch.sender, batch.messages)
+        return rpb.PushSummary(batches=batches)

@@ -1,0 +1,305 @@
+"""The replication engine (core/replication/engine.py) on PySyncObj, engines
+wired to each other in one process: elections, commit order, a leader lost
+or cut off, a replica restarted on its journal, and the rule that nothing
+leaves a round before the journal is durable."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.journal import MemoryJournal
+
+from chordctl.core.replication.engine import Engine, Settings
+from chordctl.errors import StorageError
+
+FAST = Settings(election_timeout=0.25, heartbeat=0.04, tick=0.01)
+WAIT = 10.0
+
+
+def until(cond, timeout=WAIT, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+class Journals:
+    """The journal interface (group, sync) over PySyncObj's MemoryJournal; it
+    outlives an engine, as a file would, and records syncs and dirtiness."""
+
+    def __init__(self, fail_sync: bool = False):
+        self.groups: dict[int, MemoryJournal] = {}
+        self.dirty = False
+        self.syncs = 0
+        self.fail_sync = fail_sync
+        self.lock = threading.Lock()
+
+    def group(self, gid):
+        j = self.groups.get(gid)
+        if j is None:
+            j = self.groups[gid] = _Tracked(self)
+        return j
+
+    def sync(self):
+        if self.fail_sync and self.dirty:
+            raise StorageError("storage: raft.journal: fdatasync failed: EIO (test)")
+        self.syncs += 1
+        self.dirty = False
+
+
+class _Tracked(MemoryJournal):
+    def __init__(self, owner):
+        super().__init__()
+        self._owner = owner
+
+    def add(self, command, idx, term):
+        self._owner.dirty = True
+        super().add(command, idx, term)
+
+    def deleteEntriesFrom(self, entryFrom):
+        self._owner.dirty = True
+        super().deleteEntriesFrom(entryFrom)
+
+    def setCurrentTerm(self, term, votedForNodeId):
+        self._owner.dirty = True
+        super().setCurrentTerm(term, votedForNodeId)
+
+
+class Ring:
+    """n engines, one group each per arc as Ring.replicas lays them out, wired
+    by direct delivery; *cut* holds links that drop everything."""
+
+    def __init__(self, n=3, groups=None, settings=FAST):
+        self.n = n
+        self.settings = settings
+        self.groups = groups or {0: tuple(range(n))}
+        self.journals = {i: Journals() for i in range(n)}
+        self.applied = {i: {g: [] for g in self.groups} for i in range(n)}
+        self.engines: dict[int, Engine | None] = {}
+        self.cut: set[tuple[int, int]] = set()
+        self.sent_while_dirty = []
+        for i in range(n):
+            self.start(i)
+
+    def start(self, i):
+        mine = {g: m for g, m in self.groups.items() if i in m}
+        applied = self.applied[i]
+
+        def apply(group, idx, command):
+            applied[group].append((idx, command))
+            return (i, idx)
+
+        journals = self.journals[i]
+
+        def send(out):
+            if journals.dirty:
+                self.sent_while_dirty.append(i)
+            for peer, messages in out.items():
+                e = self.engines.get(peer)
+                if e is not None and (i, peer) not in self.cut:
+                    e.deliver(i, messages)
+
+        e = Engine(i, mine, journals, apply, send, self.settings)
+        self.engines[i] = e
+        e.start()
+        return e
+
+    def crash(self, i):
+        e, self.engines[i] = self.engines[i], None
+        e.stop()
+
+    def isolate(self, i):
+        for j in range(self.n):
+            if j != i:
+                self.cut |= {(i, j), (j, i)}
+
+    def leader(self, g=0, among=None):
+        """The one engine that says it leads group g and that the others
+        (among the live ones) follow."""
+        live = [e for k, e in self.engines.items() if e is not None and (among is None or k in among)]
+        leaders = {e.index for e in live if e.status().get(g, {}).get("state") == "leader"}
+        seen = {e.leader(g) for e in live}
+        if len(leaders) == 1 and seen == leaders:
+            return self.engines[leaders.pop()]
+        return None
+
+    def wait_leader(self, g=0, among=None):
+        until(lambda: self.leader(g, among) is not None, what=f"a leader of group {g}")
+        return self.leader(g, among)
+
+    def commit(self, engine, g, command, timeout=WAIT):
+        done = threading.Event()
+        out = []
+
+        def cb(result, reason):
+            out.append((result, reason))
+            done.set()
+
+        engine.submit(g, command, cb)
+        assert done.wait(timeout), f"no answer for {command!r}"
+        return out[0]
+
+    def stop(self):
+        for e in self.engines.values():
+            if e is not None:
+                e.stop()
+
+
+@pytest.fixture
+def ring():
+    rings = []
+
+    def make(*a, **kw):
+        r = Ring(*a, **kw)
+        rings.append(r)
+        return r
+
+    yield make
+    for r in rings:
+        r.stop()
+
+
+def test_three_replicas_elect_one_leader_and_apply_in_the_same_order(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    results = [r.commit(leader, 0, b"c%d" % k) for k in range(50)]
+    assert all(reason == FAIL_REASON.SUCCESS for _, reason in results)
+    # The callback's result is what apply returned on the leader, in log order.
+    idxs = [res[1] for res, _ in results]
+    assert idxs == sorted(idxs) and results[0][0][0] == leader.index
+    until(lambda: all(len(r.applied[i][0]) == 50 for i in range(3)), what="every replica applied")
+    assert r.applied[0][0] == r.applied[1][0] == r.applied[2][0]
+    assert [c for _, c in r.applied[0][0]] == [b"c%d" % k for k in range(50)]
+
+
+def test_concurrent_submits_from_a_follower_reach_the_leader(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    follower = next(e for e in r.engines.values() if e is not leader)
+    res, reason = r.commit(follower, 0, b"via-follower")
+    assert reason == FAIL_REASON.SUCCESS
+    assert res[0] == follower.index   # answered once applied on the follower itself
+    until(lambda: all(r.applied[i][0] and r.applied[i][0][-1][1] == b"via-follower"
+                      for i in range(3)), what="applied everywhere")
+
+
+def test_losing_the_leader_elects_another_and_keeps_every_committed_entry(ring):
+    r = ring(3)
+    old = r.wait_leader()
+    for k in range(20):
+        assert r.commit(old, 0, b"before%d" % k)[1] == FAIL_REASON.SUCCESS
+    r.crash(old.index)
+    t0 = time.monotonic()
+    new = r.wait_leader()
+    elected_in = time.monotonic() - t0
+    assert new.index != old.index
+    assert elected_in < 4 * FAST.election_timeout + 1.0
+    assert r.commit(new, 0, b"after")[1] == FAIL_REASON.SUCCESS
+    for i in r.engines:
+        if r.engines[i] is None:
+            continue
+        until(lambda: r.applied[i][0] and r.applied[i][0][-1][1] == b"after",
+              what=f"node {i} applied 'after'")
+        cmds = [c for _, c in r.applied[i][0]]
+        assert cmds == [b"before%d" % k for k in range(20)] + [b"after"]
+
+
+def test_a_restarted_replica_catches_up_from_its_journal_and_the_leader(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    victim = next(i for i in range(3) if i != leader.index)
+    assert r.commit(leader, 0, b"one")[1] == FAIL_REASON.SUCCESS
+    until(lambda: len(r.applied[victim][0]) == 1, what="the victim applied 'one'")
+    r.crash(victim)
+    for k in range(10):
+        assert r.commit(leader, 0, b"while-down%d" % k)[1] == FAIL_REASON.SUCCESS
+    r.applied[victim][0].clear()   # its state machine starts over from the journal
+    r.start(victim)
+    until(lambda: len(r.applied[victim][0]) == 11, what="the restarted replica caught up")
+    assert r.applied[victim][0] == r.applied[leader.index][0]
+
+
+def test_an_isolated_leader_commits_nothing_and_the_majority_goes_on(ring):
+    r = ring(3)
+    old = r.wait_leader()
+    assert r.commit(old, 0, b"shared")[1] == FAIL_REASON.SUCCESS
+    r.isolate(old.index)
+    lost = threading.Event()
+    outcome = []
+    old.submit(0, b"minority", lambda res, reason: (outcome.append(reason), lost.set()))
+    others = [i for i in range(3) if i != old.index]
+    new = r.wait_leader(among=others)
+    assert r.commit(new, 0, b"majority")[1] == FAIL_REASON.SUCCESS
+    # The cut-off leader never applies its entry as committed.
+    assert all(c != b"minority" for _, c in r.applied[old.index][0])
+    r.cut.clear()
+    until(lambda: r.applied[old.index][0] and r.applied[old.index][0][-1][1] == b"majority",
+          what="the old leader converged")
+    for i in range(3):
+        assert b"minority" not in [c for _, c in r.applied[i][0]]
+    until(lambda: lost.is_set(), what="the minority submit answered")
+    assert outcome[0] != FAIL_REASON.SUCCESS
+
+
+def test_no_message_leaves_a_round_before_the_journal_is_synced(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    for k in range(30):
+        r.commit(leader, 0, b"x%d" % k)
+    assert all(r.journals[i].syncs > 0 for i in range(3))
+    assert r.sent_while_dirty == []
+
+
+def test_a_failed_journal_sync_stops_the_engine_before_anything_is_sent(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    failed = []
+    victim = next(e for e in r.engines.values() if e is not leader)
+    victim._on_failed = failed.append
+    r.journals[victim.index].fail_sync = True
+    sent_before = []
+    deliver = leader.deliver
+
+    def spy(sender, messages):
+        if sender == victim.index and victim.failed:
+            sent_before.append(messages)
+        deliver(sender, messages)
+
+    leader.deliver = spy
+    r.commit(leader, 0, b"after-eio")
+    until(lambda: victim.failed is not None, what="the victim's engine to fail-stop")
+    assert "EIO" in victim.failed and failed == [victim.failed]
+    assert sent_before == []
+    assert not victim._thread.is_alive() or victim._stopping
+
+
+def test_groups_on_a_ring_share_one_engine_per_node(ring):
+    # 4 nodes, R=3: node i is in groups i, i+1, i+2 (Ring.groups_of).
+    from chordctl.core.ring import Ring as ChordRing
+    cr = ChordRing(8, 4)
+    groups = {g: cr.replicas(g, 3) for g in range(4)}
+    r = ring(4, groups=groups)
+    for g in range(4):
+        leader = r.wait_leader(g, among=groups[g])
+        assert r.commit(leader, g, b"g%d" % g)[1] == FAIL_REASON.SUCCESS
+    for i in range(4):
+        assert sorted(r.engines[i].groups) == sorted(cr.groups_of(i, 3))
+        for g in cr.groups_of(i, 3):
+            until(lambda: [c for _, c in r.applied[i][g]] == [b"g%d" % g],
+                  what=f"node {i} applied group {g}")
+
+
+def test_a_command_over_the_entry_limit_is_refused_before_it_is_queued(ring):
+    r = ring(3, settings=Settings(election_timeout=0.25, heartbeat=0.04, tick=0.01,
+                                  max_entry_bytes=1000))
+    with pytest.raises(ValueError, match="entry limit"):
+        r.engines[0].submit(0, b"x" * 1000, lambda *a: None)
+
+
+def test_a_group_of_one_is_refused():
+    with pytest.raises(ValueError, match="two members"):
+        Engine(0, {0: (0,)}, Journals(), lambda *a: None, lambda out: None, FAST)
