@@ -56,14 +56,16 @@ complete record with a bad checksum, a malformed record, a delete of entries
 the journal does not have) raises CorruptRecordError naming file and offset.
 
 Compaction: ``deleteEntriesTo``, ``clear`` and repeated term/commit records
-make earlier records dead. When the file is past ``rewrite_threshold`` and
-its dead bytes exceed its live bytes, ``sync()`` (after its own write and
-fdatasync) writes the live state to ``raft.journal.tmp``, fdatasyncs it,
-renames it over ``raft.journal`` and fsyncs the directory. A crash at any
-step leaves either the old file (holding everything synced) or the new one;
-a leftover ``.tmp`` is removed at open. A rewrite that fails before the
-rename is abandoned (the old file is whole and keeps being appended to);
-a failed directory fsync after it is a write failure.
+make earlier records dead. When the file would be past ``rewrite_threshold``
+and more dead than live after a sync's write, that ``sync()`` instead writes
+the live state (pending calls included) to ``raft.journal.tmp``, fdatasyncs
+it, renames it over ``raft.journal`` and fsyncs the directory. A crash at
+any step leaves either the old file (everything synced before) or the new
+one (that too, and this sync); a leftover ``.tmp`` is removed at open. A
+rewrite that fails before the rename is abandoned -- the old file is whole,
+the sync appends to it as usual, the next try waits until the file has grown
+by another threshold -- and a failed directory fsync after it is a write
+failure (the new name may not be durable).
 
 Failure: a failed write or fdatasync raises JournalWriteError and the
 journal stops for good: every later ``sync()`` raises too (a later fsync
@@ -162,7 +164,7 @@ def _frame(payload_head: bytes, tail: bytes = b"") -> bytes:
 def _to_bytes(command) -> bytes:
     if isinstance(command, str):           # as PySyncObj's FileJournal stores it
         return command.encode("utf-8")
-    if isinstance(command, (bytearray, memoryview)):
+    if isinstance(command, (bytes, bytearray, memoryview)):
         return bytes(command)
     raise TypeError(f"a journal command is bytes, not {type(command).__name__}")
 
@@ -378,8 +380,9 @@ class RaftJournal:
 
     def sync(self) -> None:
         """Write every pending record with one write and make it durable with
-        one fdatasync; then rewrite the file if it is due. Raises
-        JournalWriteError (for good, once it failed)."""
+        one fdatasync. When the file would then be due for a rewrite, the
+        rewrite takes the append's place (its fdatasync, then the rename's
+        directory fsync). Raises JournalWriteError (for good, once it failed)."""
         if self._failed:
             raise JournalWriteError(self._failed, self.path)
         if self._fd < 0:
@@ -393,6 +396,11 @@ class RaftJournal:
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         self._parts = []
         good = self._size
+        after = good + len(data)
+        if after > self.rewrite_threshold and after >= self._next_rewrite:
+            live = self.live_bytes()
+            if after - live > live and self._rewrite():
+                return
         fd = self._fd
         try:
             view = memoryview(data)
@@ -406,10 +414,6 @@ class RaftJournal:
             os.fdatasync(fd)
         except OSError as e:
             self._write_failed("fsync", e, None)
-        if self._size > self.rewrite_threshold and self._size >= self._next_rewrite:
-            live = self.live_bytes()
-            if self._size - live > live:
-                self._rewrite()
 
     def live_bytes(self) -> int:
         """The size the file would have if rewritten now (pending records included)."""
@@ -452,10 +456,15 @@ class RaftJournal:
                 with open(path, "rb") as f:
                     buf = f.read()
             except FileNotFoundError:
-                self._fd, self._size = self._write_fresh()
-                return
+                buf = None
         except OSError as e:
             raise StorageAccessError.of(e, path, "read") from None
+        if buf is None:
+            try:
+                self._fd, self._size = self._write_fresh()
+            except OSError as e:
+                raise StorageAccessError.of(e, path, "create") from None
+            return
         valid = self._load(buf)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
@@ -588,8 +597,10 @@ class RaftJournal:
             raise _RenamedNotDurable(e.errno, e.strerror) from e
         return fd, size
 
-    def _rewrite(self) -> None:
-        """Compaction: everything is synced; replace the file by its live state."""
+    def _rewrite(self) -> bool:
+        """Compaction: replace the file by the live state (what is pending
+        included); False if that failed before the rename (the old file is as
+        it was: append to it)."""
         try:
             fd, size = self._write_fresh()
         except _RenamedNotDurable as e:
@@ -597,13 +608,13 @@ class RaftJournal:
             # one maybe to a name that is not durable: stop.
             self._write_failed("fsync the directory of", e, None)
         except OSError as e:
-            # The old file is whole and synced: keep appending to it.
+            # The old file is whole: keep appending to it.
             self._next_rewrite = self._size + self.rewrite_threshold
             logger.warning("storage: cannot rewrite %s to drop its dead records: %s; it "
                            "keeps growing, next try past %d bytes -- %s", self.path,
                            (e.strerror or str(e)).lower(), self._next_rewrite,
                            _advice(e, self.directory))
-            return
+            return False
         old = self._fd
         self._fd, self._size = fd, size
         self._next_rewrite = 0
@@ -612,6 +623,7 @@ class RaftJournal:
             os.close(old)
         except OSError:
             pass
+        return True
 
     def _write_failed(self, doing: str, e: OSError, good: int | None):
         """Stop for good after a failed write or fsync; raise JournalWriteError."""
