@@ -29,7 +29,7 @@ from pysyncobj.journal import Journal, MemoryJournal
 from chordctl.core.storage import raftjournal
 from chordctl.core.storage.raftjournal import (FILE_HEADER_SIZE, FILE_NAME, GroupJournal,
                                                JournalWriteError, RaftJournal)
-from chordctl.errors import CorruptRecordError, StorageError
+from chordctl.errors import CorruptRecordError, InvalidInputError, StorageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,6 +121,29 @@ def test_str_commands_come_back_as_bytes_and_bad_types_are_refused(tmp_path):
     assert len(g) == 2
     j.close()
     assert RaftJournal(str(tmp_path)).group(1)[:] == [("héllo".encode(), 1, 1), (b"ab", 2, 1)]
+
+
+def test_add_record_has_the_documented_layout(tmp_path):
+    j = RaftJournal(str(tmp_path))
+    j.group(0x0102).add(b"cmd", 7, 3)
+    j.close()
+    data = (tmp_path / FILE_NAME).read_bytes()
+    assert data[:16] == b"CHRDRJNL" + struct.pack("<I", 1) + \
+        struct.pack("<I", zlib.crc32(b"CHRDRJNL" + struct.pack("<I", 1)))
+    rec = data[16:]
+    payload = bytes([1]) + struct.pack("<H", 2) + b"\x02\x01" + struct.pack("<QQ", 7, 3) + b"cmd"
+    head = struct.pack("<II", len(payload), zlib.crc32(payload))
+    assert rec == head + struct.pack("<I", zlib.crc32(head)) + payload
+
+
+def test_add_refuses_a_command_over_the_record_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(raftjournal, "MAX_PAYLOAD", 1000)
+    j = RaftJournal(str(tmp_path))
+    g = j.group(1)
+    with pytest.raises(InvalidInputError, match="smaller batches"):
+        g.add(b"x" * 1000, 1, 1)
+    assert len(g) == 0 and not j.dirty
+    j.close()
 
 
 def test_groups_share_one_file_and_one_sync(tmp_path, monkeypatch):

@@ -39,6 +39,9 @@ then records back to back, framed as in records.py::
     6   commit       index u64                                 setRaftCommitIndex(index)
     7   drop-group   (empty)                                   RaftJournal.drop_group(gid)
 
+A record's payload is at most 256 MiB (records.MAX_PAYLOAD): ``add``
+refuses a larger command with InvalidInputError before changing anything.
+
 Positions are stored normalized (a negative or out-of-range position as the
 count it came to), so replay needs no list semantics. Replay applies the
 records in order; every mutating call is exactly one record, except that the
@@ -87,7 +90,8 @@ from pysyncobj.journal import Journal
 
 from chordctl.core.storage import files
 from chordctl.core.storage.records import HEADER, HEADER_SIZE, LEN_CRC, MAX_PAYLOAD, Tail
-from chordctl.errors import CorruptRecordError, StorageAccessError, StorageError
+from chordctl.errors import (CorruptRecordError, InvalidInputError, StorageAccessError,
+                             StorageError)
 
 logger = logging.getLogger("chordctl.storage")
 
@@ -216,6 +220,10 @@ class GroupJournal(Journal):
             command = _to_bytes(command)
         head = self._pre_add + _pack_u64x2(idx, term)
         length = len(head) + len(command)
+        if length > MAX_PAYLOAD:
+            raise InvalidInputError(
+                f"storage: a raft log entry of {len(command)} bytes is over the journal's "
+                f"limit of {MAX_PAYLOAD - len(head)} bytes; propose smaller batches")
         pcrc = _crc32(command, _crc32(head))
         parts = self._owner._parts
         parts.append(_pack_header(length, pcrc, _crc32(_pack_len_crc(length, pcrc))) + head)
