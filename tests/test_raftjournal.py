@@ -625,7 +625,8 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from chordctl.core.storage.raftjournal import RaftJournal
     KEEP = int(sys.argv[3])
-    j = RaftJournal(sys.argv[1], rewrite_threshold=32 * 1024)
+    REWRITE_EACH = sys.argv[4] == "rewrite"
+    j = RaftJournal(sys.argv[1], rewrite_threshold=1 if REWRITE_EACH else 32 * 1024)
     g = j.group(4)
     idx = g[-1][1] if len(g) else 0
     out = os.fdopen(1, "w", buffering=1)
@@ -637,22 +638,30 @@ CHILD = textwrap.dedent("""
             g.setCurrentTerm(idx // 50, "n%d" % idx)
         if len(g) > KEEP:
             g.deleteEntriesTo(len(g) - KEEP)
+        if REWRITE_EACH:            # all dead: every sync is a rewrite
+            entries = g[:]
+            g.clear()
+            for e in entries:
+                g.add(*e)
         g.setRaftCommitIndex(idx - 1)
         j.sync()
         out.write("%d\\n" % idx)
 """)
 
 
-def test_sigkill_at_random_moments_loses_no_synced_entry(tmp_path):
+@pytest.mark.parametrize("mode", ["append", "rewrite"])
+def test_sigkill_at_random_moments_loses_no_synced_entry(tmp_path, mode):
+    """mode rewrite: every sync rewrites the file, so the kills land in
+    rewrites (tmp written or not, renamed or not)."""
     keep = 40
     rng = random.Random(1234)
     reported = 0
     inodes = set()
     for _round in range(12):
-        p = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), ROOT, str(keep)],
+        p = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), ROOT, str(keep), mode],
                              stdout=subprocess.PIPE, text=True)
         try:
-            want = rng.randrange(1, 300)
+            want = rng.randrange(1, 300 if mode == "append" else 60)
             for _ in range(want):
                 line = p.stdout.readline()
                 assert line, "the child died"
@@ -662,7 +671,7 @@ def test_sigkill_at_random_moments_loses_no_synced_entry(tmp_path):
             p.send_signal(signal.SIGKILL)
             p.wait()
             p.stdout.close()
-        j = RaftJournal(str(tmp_path), rewrite_threshold=32 * 1024)
+        j = RaftJournal(str(tmp_path))
         g = j.group(4)
         last = g[-1][1]
         assert last >= reported
