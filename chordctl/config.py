@@ -37,6 +37,7 @@ class RingConfig:
     bits: int = 16
     placement: str = "direct"
     routing: str = "fingers"
+    replicas: int = 1      # R: each arc on its owner and the next R-1 nodes (Raft per arc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,17 @@ class StorageConfig:
     snapshot_interval: float = 30.0
     fsync: str = "batch"
     snapshot_on_shutdown: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicationConfig:
+    """Raft timers of every arc's group (ring.replicas > 1), in seconds.
+
+    A follower that hears no leader for *election_timeout* (up to twice
+    that, at random) starts an election; a leader sends *heartbeat*s."""
+
+    election_timeout: float = 1.0
+    heartbeat: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +135,7 @@ class Config:
     path: str | None = None
     tls: TlsConfig | None = None   # None: plaintext gRPC
     admin: AdminConfig = AdminConfig()
+    replication: ReplicationConfig = ReplicationConfig()
 
     def node_dir(self, index: int) -> str:
         """The node's own directory, ``<storage.data_dir>/node-<i>``."""
@@ -297,16 +310,18 @@ def _build(data: Any, path: str | None) -> Config:
         raise _FieldError("(document)", "the file is empty; it needs at least ring.bits and nodes")
     if not isinstance(data, dict):
         raise _FieldError("(document)", f"must be a mapping of sections (got {_show(data)})")
-    _check_keys(data, ("ring", "nodes", "storage", "limits", "client", "tls", "admin"), "")
+    _check_keys(data, ("ring", "nodes", "storage", "limits", "client", "tls", "admin",
+                       "replication"), "")
 
     if "ring" not in data:
         raise _FieldError("ring", "missing (required): give at least ring.bits")
     ring_d = _section(data, "ring")
-    _check_keys(ring_d, ("bits", "placement", "routing"), "ring")
+    _check_keys(ring_d, ("bits", "placement", "routing", "replicas"), "ring")
     ring = RingConfig(
         bits=_int(ring_d, "ring", "bits", None, low=MIN_BITS, high=MAX_BITS, required=True),
         placement=_choice(ring_d, "ring", "placement", RingConfig.placement, PLACEMENTS),
         routing=_choice(ring_d, "ring", "routing", RingConfig.routing, ROUTINGS),
+        replicas=_int(ring_d, "ring", "replicas", RingConfig.replicas, low=1),
     )
 
     raw_nodes = data.get("nodes")
@@ -387,10 +402,29 @@ def _build(data: Any, path: str | None) -> Config:
                       high=MAX_SECONDS, unit="seconds (a day)"),
         route=_choice(cl, "client", "route", ClientConfig.route, CLIENT_ROUTES),
     )
+    if ring.replicas > len(nodes):
+        raise _FieldError("ring.replicas", f"must be <= the number of nodes, {len(nodes)} "
+                          f"(got {ring.replicas}): an arc cannot have more replicas than "
+                          f"there are nodes")
+    replication = _replication(data)
     tls = _tls(data, nodes, base)
     admin = _admin(data)
     return Config(ring=ring, nodes=tuple(nodes), storage=storage, limits=limits,
-                  client=client, path=path, tls=tls, admin=admin)
+                  client=client, path=path, tls=tls, admin=admin, replication=replication)
+
+
+def _replication(data: dict) -> ReplicationConfig:
+    rep = _section(data, "replication")
+    _check_keys(rep, ("election_timeout", "heartbeat"), "replication")
+    heartbeat = _number(rep, "replication", "heartbeat", ReplicationConfig.heartbeat, 0.0,
+                        strict=True, high=60.0)
+    election = _number(rep, "replication", "election_timeout",
+                       ReplicationConfig.election_timeout, 0.0, strict=True, high=600.0)
+    if election <= 3 * heartbeat:
+        raise _FieldError("replication.election_timeout",
+                          f"must be more than 3 x replication.heartbeat ({3 * heartbeat:g}) "
+                          f"(got {election:g}): followers would elect between heartbeats")
+    return ReplicationConfig(election_timeout=election, heartbeat=heartbeat)
 
 
 def _admin(data: dict) -> AdminConfig:

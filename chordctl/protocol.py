@@ -27,6 +27,10 @@ OP_DELETE = 4
 OPS = {"create": OP_CREATE, "read": OP_READ, "update": OP_UPDATE, "delete": OP_DELETE}
 OP_NAMES = {number: name for name, number in OPS.items()}
 MUTATIONS = (OP_CREATE, OP_UPDATE, OP_DELETE)   # what the log records
+# Not an operation: a log record saying "replica group <key> has applied its
+# Raft entry <value: 8 bytes, little-endian>" (ring.replicas > 1; records.py).
+OP_RAFT = 8
+LOGGED = MUTATIONS + (OP_RAFT,)                  # every op a log record may carry
 _DONE = {OP_CREATE: "created", OP_READ: "read", OP_UPDATE: "updated", OP_DELETE: "deleted"}
 
 # -- status codes: grpc.StatusCode's numbers, in this order --------------------

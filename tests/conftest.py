@@ -40,7 +40,8 @@ def write_config(directory, n: int = 1, *, bits: int = 16, placement: str = "dir
                  routing: str = "fingers", fsync: str = "batch", snapshot_interval: float = 0,
                  timeout: float = 5, grace: float = 2, limits: dict | None = None,
                  snapshot_on_shutdown: bool = True, name: str = "chordctl.yaml",
-                 cpus: list[str] | None = None) -> str:
+                 cpus: list[str] | None = None, replicas: int = 1,
+                 replication: dict | None = None) -> str:
     """Write a config with n nodes on free loopback ports; returns its path.
 
     *cpus*: node i gets ``cpus[i % len(cpus)]`` (pinned, as `cluster up` does).
@@ -60,6 +61,10 @@ def write_config(directory, n: int = 1, *, bits: int = 16, placement: str = "dir
     }
     if limits:
         doc["limits"] = limits
+    if replicas != 1:
+        doc["ring"]["replicas"] = replicas
+        # Short timers: a lost leader is replaced in well under a second.
+        doc["replication"] = replication or {"election_timeout": 0.3, "heartbeat": 0.05}
     path = os.path.join(directory, name)
     with open(path, "w") as f:
         yaml.safe_dump(doc, f)

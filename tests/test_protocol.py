@@ -113,8 +113,11 @@ def test_ring_and_config_share_protocols_ring_parameters() -> None:
 
 def test_log_records_use_the_protocol_op_numbers() -> None:
     from chordctl.core.storage import records
-    assert records.MUTATIONS == protocol.MUTATIONS == (
-        protocol.OP_CREATE, protocol.OP_UPDATE, protocol.OP_DELETE)
+    from chordctl.pb import chord_pb2 as pb
+    assert records.LOGGED == protocol.LOGGED == (
+        protocol.OP_CREATE, protocol.OP_UPDATE, protocol.OP_DELETE, protocol.OP_RAFT)
+    # The raft record's op is no operation a client can send.
+    assert protocol.OP_RAFT not in pb.Op.values() and protocol.OP_RAFT not in protocol.OP_NAMES
 
 
 def test_ring_from_config_is_the_configs_ring() -> None:

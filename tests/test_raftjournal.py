@@ -175,12 +175,39 @@ def test_commit_index_goes_with_the_next_sync_once(tmp_path):
     size = j.size
     for c in range(1, 6):
         g.setRaftCommitIndex(c)
+    # A commit index alone costs no fdatasync: it waits for real records.
+    assert not j.dirty
+    j.sync()
+    assert j.size == size
+    g.setCurrentTerm(2, None)
     assert j.dirty
     j.sync()
     one_commit_record = 12 + 3 + 1 + 8
-    assert j.size == size + one_commit_record      # five calls, one record
+    term_record = 12 + 3 + 1 + 9
+    assert j.size == size + term_record + one_commit_record   # five calls, one record
     crash(j)
     assert RaftJournal(str(tmp_path)).group(1).getRaftCommitIndex() == 5
+
+
+def test_an_unchanged_commit_index_writes_nothing(tmp_path):
+    j = RaftJournal(str(tmp_path))
+    g = fill(j, 1, 5)
+    g.setRaftCommitIndex(3)
+    j.sync()
+    size = j.size
+    g.setRaftCommitIndex(3)     # every heartbeat sets it again
+    g.add(b"x", 6, 1)
+    j.sync()
+    assert j.size == size + 12 + 3 + 1 + 16 + 1
+
+
+def test_close_writes_a_pending_commit_index(tmp_path):
+    j = RaftJournal(str(tmp_path))
+    g = fill(j, 1, 5)
+    j.sync()
+    g.setRaftCommitIndex(4)
+    j.close()
+    assert RaftJournal(str(tmp_path)).group(1).getRaftCommitIndex() == 4
 
 
 def test_unsynced_calls_are_lost_whole_on_crash(tmp_path):

@@ -87,8 +87,10 @@ class LogWriter:
                     self._rotate_log(item)
                     continue
                 if item.mutations and not failstop.failed:
-                    parts.append(encode_many(
-                        [(r.seq, r.op, r.key_text, r.value) for r in item.reqs if r.op != read]))
+                    recs = [(r.seq, r.op, r.key_text, r.value) for r in item.reqs if r.op != read]
+                    if item.raft is not None:
+                        recs.append(item.raft)
+                    parts.append(encode_many(recs))
                     count += item.mutations
                 done.append(item)
                 if sync_each:
@@ -190,6 +192,11 @@ class LogWriter:
                 os.unlink(path)      # never leave a log.X after a log that may end torn
                 raise
             self.log = new
+            if marker.head:
+                # ring.replicas > 1: where each group stood at the cut, durable
+                # before snap.X can be written (recovery.py reads it back).
+                self.log.append(records.encode_many(marker.head), len(marker.head))
+                self.log.sync()
         except OSError as e:
             self.failstop.fail(f"log: cannot rotate to log.{marker.counter}: {e.strerror}; the "
                                f"node refuses requests until it is restarted with the disk "

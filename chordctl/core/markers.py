@@ -16,7 +16,7 @@ class SnapshotMarker:
     """A snapshot's cut: F1 -> F2 (rotate the log) and F3 (freeze the map)."""
 
     __slots__ = ("force", "counter", "last_seq", "on_done", "skipped", "result", "error",
-                 "rotated", "seconds", "capture_ms", "waiter")
+                 "rotated", "seconds", "capture_ms", "waiter", "head")
 
     def __init__(self, force: bool, on_done: Callable[["SnapshotMarker"], None] | None = None,
                  waiter=None):
@@ -33,6 +33,9 @@ class SnapshotMarker:
         self.seconds = 0.0       # writing snap.X (snapshot-writer thread)
         self.capture_ms = 0.0    # freezing the map (applier thread, on the request path)
         self.error: str | None = None
+        # ring.replicas > 1: raft records log.X starts with (each group's
+        # applied index at the cut), written and fsynced before rotated is set.
+        self.head: list | None = None
 
     def finish(self) -> None:
         if self.on_done is not None:

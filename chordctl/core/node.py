@@ -117,13 +117,16 @@ class OwnedBatch:
     one calls *on_done* (the node's answer step, given by the dispatcher).
     """
 
-    __slots__ = ("reqs", "mutations", "seq", "_pending", "_lock", "error", "_on_done")
+    __slots__ = ("reqs", "mutations", "seq", "_pending", "_lock", "error", "_on_done", "raft")
 
     def __init__(self, reqs: list[Request], mutations: int, seq: int,
-                 on_done: Callable[["OwnedBatch"], None], stages: int = 2):
+                 on_done: Callable[["OwnedBatch"], None], stages: int = 2,
+                 raft: tuple | None = None):
         self.reqs = reqs
-        self.mutations = mutations
+        self.mutations = mutations   # log records it adds (its raft record included)
         self.seq = seq               # last sequence number given when it was dispatched
+        # ring.replicas > 1: the raft record closing its entry (records.raft_record)
+        self.raft = raft
         self._pending = stages
         # One stage (reads the applier alone answers) needs no lock.
         self._lock = threading.Lock() if stages > 1 else None
@@ -156,6 +159,7 @@ class Node:
         self.identity = identity.RingIdentity.of(self.ring, index)
         self.label = f"node {index} (id {self.node_id})"
         self.directory = config.node_dir(index)
+        self.replicated = False        # ReplicatedNode: mutations come in Raft entries
         self.fsync = config.storage.fsync
         self.store = Store()
         self.incoming: queue.SimpleQueue = queue.SimpleQueue()   # F1
@@ -214,7 +218,7 @@ class Node:
             recorded = None
         if recorded is not None:
             identity.check(recorded.identity, expected, self.directory, recorded.adopted)
-        mine = self.ring.key_test(self.index)
+        mine = self.holds_key_test()
         foreign: list[int] = []
 
         def check_key(path: str, key: int) -> None:
@@ -222,7 +226,8 @@ class Node:
                 foreign.append(key)
 
         report = recovery.recover(self.directory, self.store,   # reads only
-                                  check_key=check_key if self.ring.n > 1 else None)
+                                  check_key=check_key if self.ring.n > 1 else None,
+                                  replicated=self.replicated)
         snap_identity = None
         if report.snapshot:
             snap_path = os.path.join(self.directory, files.snap_name(report.snapshot))
@@ -265,6 +270,10 @@ class Node:
             ", ".join(f"log.{c}" for c, _ in report.logs) or "no logs",
             f", torn tail of {report.torn_bytes} bytes dropped" if report.torn_bytes else "")
         return report
+
+    def holds_key_test(self) -> Callable[[int], bool]:
+        """Whether a key belongs in this node's map (its arc)."""
+        return self.ring.key_test(self.index)
 
     @property
     def log(self) -> LogFile | None:
@@ -460,8 +469,13 @@ class Node:
         self._next_counter += 1
         marker.counter = self._next_counter
         marker.last_seq = self.seq
+        self._cut(marker)
         self.to_log.put(marker)
         self.to_apply.put(marker)
+
+    def _cut(self, marker: SnapshotMarker) -> None:
+        """A snapshot marker is about to enter F2 and F3 (ReplicatedNode adds
+        the raft records log.X starts with)."""
 
     # -- F2: log writer: logwriter.LogWriter.run (appends, fsync policy, rotation)
 

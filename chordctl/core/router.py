@@ -92,6 +92,11 @@ class Router:
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._tasks: set[asyncio.Task] = set()
         self.metrics = metrics
+        # ring.replicas > 1: an arc's requests go straight to one of its
+        # replicas (its owner first, or the last one that answered), and on to
+        # the next when one cannot be reached.
+        self.replicas = config.ring.replicas
+        self._prefer: dict[int, int] = {}
 
     def peer_label(self, i: int) -> str:
         return f"node {i} (id {self.ring.ids[i]}, {self.config.nodes[i].address})"
@@ -99,28 +104,36 @@ class Router:
     # -- router thread --------------------------------------------------------
 
     def forward(self, reqs: list[Request]) -> None:
-        groups: dict[int, list[Request]] = {}
+        groups: dict = {}
         failed: list[Request] = []
         position = self.ring.position
         next_hop = self.ring.next_hop
+        owner = self.ring.owner
         me = self.index
+        replicated = self.replicas > 1
+        prefer = self._prefer
         for r in reqs:
             if r.hops >= self.max_hops:
                 r.fail(ABORTED, f"route: hop limit {self.max_hops} reached at {self.label}; "
                                 f"the nodes' ring configurations probably differ")
                 failed.append(r)
                 continue
-            nh = next_hop(me, position(r.key))
-            group = groups.get(nh)
+            if replicated:
+                g = owner(r.key)       # one call per arc: a failover is per arc
+                target = (prefer.get(g, g), g)
+            else:
+                target = next_hop(me, position(r.key))
+            group = groups.get(target)
             if group is None:
-                groups[nh] = [r]
+                groups[target] = [r]
             else:
                 group.append(r)
         if failed:
             self.send(failed)
         now = time.monotonic()
         calls = []
-        for nh, group in groups.items():
+        for target, group in groups.items():
+            nh = target[0] if replicated else target
             remaining = min(r.deadline for r in group) - now
             if remaining <= MIN_TIMEOUT:
                 for r in group:
@@ -178,7 +191,7 @@ class Router:
             self._spawn(self._call(nh, group, batch, timeout, may_retry=True))
 
     async def _call(self, nh: int, group: list[Request], batch: pb.BatchRequest,
-                    timeout: float, may_retry: bool) -> None:
+                    timeout: float, may_retry: bool, tried: tuple = ()) -> None:
         try:
             stub = self._stub(nh)
             reply = await stub.Batch(batch, timeout=timeout)
@@ -194,9 +207,22 @@ class Router:
                     self._reopen(nh, stub)
                     await self._call(nh, group, batch,
                                      max(MIN_TIMEOUT, remaining * FORWARD_BUDGET),
-                                     may_retry=False)
+                                     may_retry=False, tried=tried)
                     return
             details = e.details() or ""
+            if self.replicas > 1 and (never_sent(code.value[0], details) or (
+                    code == grpc.StatusCode.UNAVAILABLE and details.startswith("node "))):
+                # Not applied there (unreachable, or it refused: recovering,
+                # failed): another replica of the arc can take it.
+                tried = tried + (nh,)
+                nxt = self._next_replica(nh, group, tried)
+                remaining = min(r.deadline for r in group) - time.monotonic()
+                if nxt is not None and remaining > MIN_TIMEOUT:
+                    self._prefer[self.ring.owner(group[0].key)] = nxt
+                    await self._call(nxt, group, batch,
+                                     max(MIN_TIMEOUT, remaining * FORWARD_BUDGET),
+                                     may_retry=True, tried=tried)
+                    return
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 why = f"no answer within {timeout:.2f}s"
             elif code == grpc.StatusCode.UNAVAILABLE and not details.startswith("node "):
@@ -228,6 +254,16 @@ class Router:
             if r.trace:
                 r.route = list(res.route)
         self.deliver(group)
+
+    def _next_replica(self, failed: int, group: list[Request], tried: tuple) -> int | None:
+        """The replica of *group*'s arc to try after *failed* (clockwise), or None."""
+        members = self.ring.replicas(self.ring.owner(group[0].key), self.replicas)
+        i = members.index(failed) if failed in members else -1
+        for k in range(1, len(members) + 1):
+            m = members[(i + k) % len(members)]
+            if m not in tried and m != self.index:
+                return m
+        return None
 
     def _refused(self, group: list[Request], nh: int, code: grpc.StatusCode,
                  details: str) -> None:

@@ -24,11 +24,14 @@ from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
 from chordctl.core.gate import Admission, ReadinessGate
 from chordctl.core.node import Node, Replies
+from chordctl.core.replica import ReplicatedNode
+from chordctl.core.replication.exchange import Exchange, RaftServicer
 from chordctl.core.router import Router, message_limit
 from chordctl.core.servicer import AdminServicer, KeyValueServicer, add_key_value_servicer
 from chordctl.errors import ChordError, StorageAccessError, StorageError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
+from chordctl.pb import raft_pb2_grpc as rpb_grpc
 from chordctl.protocol import allow_key_digits
 
 logger = logging.getLogger("chordctl.server")
@@ -93,7 +96,10 @@ class NodeServer:
         allow_key_digits(config.limits.max_key_digits)   # before the replay parses keys
         self.loop = asyncio.get_running_loop()
         self.replies = Replies.over(self.loop)   # pipeline and router -> waiting receivers
+        if config.ring.replicas > 1 and node_class is Node:
+            node_class = ReplicatedNode
         self.node = node_class(config, index, self.replies)
+        self.exchange: Exchange | None = None
         self.router = Router(config, index, self.node.ring, self.loop, self.replies,
                              self.node.metrics)
         self.server: grpc.aio.Server | None = None
@@ -146,6 +152,20 @@ class NodeServer:
         add_key_value_servicer(KeyValueServicer(self.node, loop, admission),
                                server)   # malformed bodies: INVALID_ARGUMENT
         pb_grpc.add_AdminServicer_to_server(AdminServicer(self.node, loop, admission), server)
+        if isinstance(self.node, ReplicatedNode):
+            node = self.node
+            peers = {m for g in node.members.values() for m in g} - {self.index}
+            fingerprint = node.identity.fingerprint
+            self.exchange = Exchange(cfg, self.index, fingerprint, loop, peers)
+            node.raft_send = self.exchange.send
+
+            def deliver(sender: int, messages) -> None:
+                engine = node.engine
+                if engine is not None:      # before recovery ends, Raft waits for us
+                    engine.deliver(sender, messages)
+
+            rpb_grpc.add_RaftServicer_to_server(
+                RaftServicer(self.index, fingerprint, peers, deliver), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -207,6 +227,8 @@ class NodeServer:
         # cancelled); drain the pipeline and fsync the log.
         await asyncio.get_running_loop().run_in_executor(
             None, self.node.stop, self.config.storage.snapshot_on_shutdown)
+        if self.exchange is not None:
+            await self.exchange.close()
         logger.info("%s stopped; log flushed", self.node.label)
 
 

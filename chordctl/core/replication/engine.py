@@ -225,6 +225,10 @@ class Engine:
         self._inbox: collections.deque = collections.deque()
         self._commands: collections.deque = collections.deque()
         self._out: dict[int, list[rpb.Message]] = {}
+        self._local: collections.deque = collections.deque()
+        self._local_lock = threading.Lock()
+        self._ended = False
+        self._periodic: list[list] = []          # [interval, next time, fn]
         self._wake = threading.Event()
         self._stopping = False
         self.failed: str | None = None
@@ -242,8 +246,23 @@ class Engine:
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
         self._wake.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+    def run_soon(self, fn: Callable[[], None]) -> None:
+        """Run *fn* on the engine thread at the start of its next round, between
+        the entries applied before and after (any thread). Once the engine has
+        ended, *fn* runs at once on the caller's thread."""
+        with self._local_lock:
+            if not self._ended:
+                self._local.append(fn)
+                self._wake.set()
+                return
+        fn()
+
+    def every(self, interval: float, fn: Callable[[], None]) -> None:
+        """Run *fn* on the engine thread about every *interval* seconds (before start)."""
+        self._periodic.append([interval, 0.0, fn])
 
     def submit(self, group: int, command: bytes,
                callback: Callable[[object, int], None]) -> None:
@@ -296,6 +315,10 @@ class Engine:
                     break
                 self._round(groups)
                 now = time.monotonic()
+                for p in self._periodic:
+                    if now >= p[1]:
+                        p[1] = now + p[0]
+                        p[2]()
                 if now >= next_summary:
                     self._summaries = {g.group: g.summary() for g in groups}
                     next_summary = now + 0.05
@@ -306,9 +329,19 @@ class Engine:
             self._fail(f"raft: engine stopped: {type(e).__name__}: {e}")
         finally:
             self._summaries = {g.group: g.summary() for g in groups}
+            with self._local_lock:
+                self._ended = True
+                local, self._local = list(self._local), collections.deque()
+            for fn in local:
+                fn()
 
     def _round(self, groups: list[Group]) -> None:
         self.rounds += 1
+        local = self._local
+        while local:
+            local.popleft()()
+            if self._stopping:
+                return
         inbox = self._inbox
         while inbox:
             sender, messages = inbox.popleft()

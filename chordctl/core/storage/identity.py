@@ -45,6 +45,7 @@ class RingIdentity:
     placement: str
     nodes: int
     index: int
+    replicas: int = 1      # ring.replicas: which arcs the directory holds
 
     @property
     def id(self) -> int:
@@ -54,20 +55,23 @@ class RingIdentity:
     def fingerprint(self) -> str:
         """Names the ring, not the node: equal on every node of one ring."""
         text = f"chordctl-ring bits={self.bits} placement={self.placement} nodes={self.nodes}"
+        if self.replicas > 1:   # (R = 1 keeps the fingerprint of before replication)
+            text += f" replicas={self.replicas}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
-    def of(cls, ring: Ring, index: int) -> "RingIdentity":
-        return cls(ring.bits, ring.placement, ring.n, index)
+    def of(cls, ring: Ring, index: int, replicas: int = 1) -> "RingIdentity":
+        return cls(ring.bits, ring.placement, ring.n, index, replicas)
 
     def describe(self) -> str:
         return (f"node {self.index} (id {self.id}) of a ring of {self.nodes} node(s), "
-                f"ring.bits {self.bits}, ring.placement {self.placement}")
+                f"ring.bits {self.bits}, ring.placement {self.placement}"
+                + (f", ring.replicas {self.replicas}" if self.replicas > 1 else ""))
 
 
 # (label in messages, attribute): what the user changes in the config.
 FIELDS = (("ring.bits", "bits"), ("ring.placement", "placement"),
-          ("number of nodes", "nodes"), ("node index", "index"))
+          ("number of nodes", "nodes"), ("node index", "index"), ("ring.replicas", "replicas"))
 
 
 def differences(found: RingIdentity, expected: RingIdentity) -> list[tuple[str, object, object]]:
@@ -122,6 +126,8 @@ def encode(identity: RingIdentity, adopted: bool = False, created: str | None = 
            "nodes": identity.nodes, "index": identity.index, "id": str(identity.id),
            "fingerprint": identity.fingerprint, "adopted": adopted,
            "created": created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if identity.replicas > 1:
+        doc["replicas"] = identity.replicas
     doc["crc32"] = zlib.crc32(_canonical(doc))
     return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
 
@@ -146,7 +152,7 @@ def decode(data: bytes, path: str) -> IdentityFile:
                            f"this chordctl does not know; upgrade chordctl")
     try:
         ident = RingIdentity(int(doc["bits"]), str(doc["placement"]), int(doc["nodes"]),
-                             int(doc["index"]))
+                             int(doc["index"]), int(doc.get("replicas", 1)))
     except (KeyError, TypeError, ValueError) as e:
         raise bad(f"field {e} missing or wrong") from None
     if str(ident.id) != str(doc.get("id")) or ident.fingerprint != doc.get("fingerprint"):

@@ -43,7 +43,7 @@ from chordctl.core.storage.identity import RingIdentity
 from chordctl.core.storage.log import LogFile
 from chordctl.core.storage.lock import DirectoryLock
 from chordctl.core.store import Store
-from chordctl.errors import ChordError, InvalidInputError, RingMismatchError
+from chordctl.errors import ChordError, ConfigError, InvalidInputError, RingMismatchError
 from chordctl.protocol import OP_CREATE
 
 logger = logging.getLogger("chordctl.migrate")
@@ -105,6 +105,12 @@ class MigrationReport:
 
 def migrate(old: Config, new: Config, progress: Progress | None = None) -> MigrationReport:
     """Move the data of ring *old* (every node stopped) to ring *new*; see the module doc."""
+    for which, cfg in (("--from", old), ("--to", new)):
+        if cfg.ring.replicas > 1:
+            raise ConfigError(
+                f"ring migrate: the {which} config has ring.replicas {cfg.ring.replicas}; "
+                f"moving a replicated ring's data is not supported yet -- a node that "
+                f"starts on an empty directory catches up from its replicas instead")
     t0 = time.monotonic()
     step = progress or (lambda phase, advance, total: None)
     old_ring, new_ring = Ring.from_config(old), Ring.from_config(new)

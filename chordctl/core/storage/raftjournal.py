@@ -270,6 +270,8 @@ class GroupJournal(Journal):
         pass
 
     def setRaftCommitIndex(self, raftCommitIndex):
+        if raftCommitIndex == self._commit:
+            return          # PySyncObj sets it on every append_entries, heartbeats too
         rec = _frame(self._pre[OP_COMMIT] + _pack_u64(raftCommitIndex))
         self._commit = raftCommitIndex
         # Needs no sync of its own: only the last one per group goes, at the
@@ -378,8 +380,8 @@ class RaftJournal:
     @property
     def dirty(self) -> bool:
         """True while records wait for sync() (or after a failed one: nothing
-        is durable any more)."""
-        return bool(self._parts or self._commits or self._failed)
+        is durable any more); a changed commit index alone does not count."""
+        return bool(self._parts or self._failed)
 
     @property
     def size(self) -> int:
@@ -395,11 +397,13 @@ class RaftJournal:
             raise JournalWriteError(self._failed, self.path)
         if self._fd < 0:
             raise StorageError(f"storage: {self.path} is closed; open the journal again")
+        if not self._parts:
+            # A commit index alone is not worth an fdatasync (Raft does not
+            # need it durable): it goes with the next records that are.
+            return
         if self._commits:
             self._parts.extend(self._commits.values())
             self._commits.clear()
-        if not self._parts:
-            return
         parts = self._parts
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         self._parts = []
@@ -433,6 +437,9 @@ class RaftJournal:
             return
         try:
             if not self._failed:
+                if self._commits and not self._parts:
+                    self._parts.extend(self._commits.values())
+                    self._commits.clear()
                 self.sync()
         finally:
             try:

@@ -7,10 +7,18 @@ Byte layout of one record (little-endian)::
     4       4     payload_crc  CRC-32 (zlib) of the payload
     8       4     header_crc   CRC-32 of bytes 0..7 (guards the length itself)
     12      8     seq          sequence number, +1 per record, continuous across files
-    20      1     op           1 create, 3 update, 4 delete (protocol.OP_*, chord.v1.Op)
+    20      1     op           1 create, 3 update, 4 delete (protocol.OP_*, chord.v1.Op),
+                               8 raft: group <key> applied Raft entry <value> (below)
     21      4     key_len      length of the key's decimal text
     25      k     key          the key in canonical decimal ASCII
     25+k    v     value        the rest of the payload (empty for delete)
+
+With ``ring.replicas`` > 1 the mutations of each committed Raft entry are
+followed, in the same write, by one raft record (op 8, key = the group id,
+value = the entry's index as 8 bytes little-endian), and each ``log.X``
+starts with one raft record per group (where every group stood at the
+snapshot cut); recovery (recovery.py) applies an entry's mutations only once
+its raft record is there.
 
 A log file is records back to back, nothing else. Only two kinds of damage
 are a *torn tail* (a write a crash cut short, which was never fsynced and so
@@ -32,7 +40,7 @@ from typing import Iterable, NamedTuple
 
 from chordctl.errors import CorruptRecordError
 # The op byte is the wire's op number; this format maps to protocol, not back.
-from chordctl.protocol import MUTATIONS
+from chordctl.protocol import LOGGED, OP_RAFT
 
 HEADER = struct.Struct("<III")
 PAYLOAD_HEAD = struct.Struct("<QBI")
@@ -59,6 +67,18 @@ class ScanResult(NamedTuple):
     records: list[Record]
     valid_bytes: int   # offset just past the last good record
     torn_bytes: int    # bytes after it that were dropped (0 if none)
+
+
+_RAFT_INDEX = struct.Struct("<Q")
+
+
+def raft_record(seq: int, group: int, idx: int) -> tuple[int, int, bytes, bytes]:
+    """The (seq, op, key, value) of a raft record (see the module docstring)."""
+    return seq, OP_RAFT, str(group).encode(), _RAFT_INDEX.pack(idx)
+
+
+def raft_index(value: bytes) -> int:
+    return _RAFT_INDEX.unpack(value)[0]
 
 
 def encode_many(records: Iterable[tuple[int, int, bytes, bytes]]) -> bytes:
@@ -109,7 +129,7 @@ def iter_records(buf: bytes, path: str, allow_torn: bool, tail: Tail):
     unpack_header = HEADER.unpack_from
     unpack_head = PAYLOAD_HEAD.unpack_from
     crc32 = _crc32
-    mutations = MUTATIONS
+    mutations = LOGGED
     head_size = PAYLOAD_HEAD_SIZE
     mv = memoryview(buf)
     end = len(buf)

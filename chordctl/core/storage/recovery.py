@@ -26,8 +26,9 @@ import os
 import shutil
 from typing import Callable
 
-from chordctl.core.storage import files, log, records, snapshot
+from chordctl.core.storage import files, identity, log, records, snapshot
 from chordctl.core.store import Store
+from chordctl.protocol import OP_RAFT
 from chordctl.errors import (CorruptRecordError, StorageAccessError, StorageError,
                              access_advice)
 
@@ -54,6 +55,8 @@ class RecoveryReport:
     current_log: int = 0                 # counter of the log to append to
     warnings: list[str] = dataclasses.field(default_factory=list)
     repairs: list[str] = dataclasses.field(default_factory=list)    # what repair() did
+    # ring.replicas > 1: each group's last Raft entry whose mutations are in the map
+    raft_applied: dict[int, int] = dataclasses.field(default_factory=dict)
 
     @property
     def needs_repair(self) -> bool:
@@ -79,11 +82,22 @@ def _listdir(directory: str) -> list[str]:
 
 
 def recover(directory: str, store: Store,
-            check_key: Callable[[str, int], None] | None = None) -> RecoveryReport:
+            check_key: Callable[[str, int], None] | None = None,
+            replicated: bool | None = None) -> RecoveryReport:
     """Load *directory* into *store*; read only (see the module docstring).
 
     *check_key(path, key)*, if given, sees every key replayed from a log before
-    it is applied (the node uses it to check that each lies in its arc)."""
+    it is applied (the node uses it to check that each lies in its arc).
+
+    *replicated* (ring.replicas > 1): mutations come in Raft entries, each
+    closed by its raft record (records.py). An entry's mutations are applied
+    only when its raft record follows; an entry cut short at the end of the
+    newest log (a crash inside its write) is a torn tail from its first
+    record on -- the group's Raft log still has it and applies it again --
+    and one cut short anywhere else is corruption. None (offline tools): as
+    the directory's IDENTITY says."""
+    if replicated is None:
+        replicated = _replicated(directory)
     report = RecoveryReport(directory=directory)
     _listdir(directory)          # an unreadable directory is an error, not "empty"
     log_counters, snap_counters = files.list_counters(directory)
@@ -150,12 +164,39 @@ def recover(directory: str, store: Store,
         seq = report.last_seq
         first = seq
         apply = store.apply if check_key is None else _checked(store.apply, check_key, path)
+        pending: list[tuple[int, bytes, bytes]] = []   # replicated: the open entry
+        entry_end, entry_seq = 0, seq       # just past the last raft record, its seq
+        after_raft = False
         for off, rseq, op, key, value in records.iter_records(buf, path, c == newest, tail):
             seq += 1
             if rseq != seq:
                 raise CorruptRecordError(
                     path, off, f"sequence gap (expected record {seq}, found {rseq})")
-            apply(op, int(key), value)
+            if after_raft:
+                entry_end, after_raft = off, False
+            if op == OP_RAFT:
+                if len(value) != 8 or not key.isdigit():
+                    raise CorruptRecordError(path, off, "malformed raft record")
+                for p_op, p_key, p_value in pending:
+                    apply(p_op, int(p_key), p_value)
+                pending.clear()
+                report.raft_applied[int(key)] = records.raft_index(value)
+                entry_seq, after_raft = seq, True
+            elif replicated:
+                pending.append((op, key, value))
+            else:
+                apply(op, int(key), value)
+        if after_raft:
+            entry_end = tail.valid_bytes
+        if pending:
+            if c != newest:
+                raise CorruptRecordError(
+                    path, entry_end, f"a Raft entry's {len(pending)} record(s) end the file "
+                    f"without their raft record (only the newest log may end torn)")
+            # The entry's write was cut: none of it counts (its group applies it again).
+            seq = entry_seq
+            tail.torn_bytes = len(buf) - entry_end
+            tail.valid_bytes = entry_end
         count = seq - first
         report.last_seq = seq
         report.records += count
@@ -173,6 +214,14 @@ def recover(directory: str, store: Store,
     report.current_log = max([base] + log_counters)
     report.keys = len(store)
     return report
+
+
+def _replicated(directory: str) -> bool:
+    try:
+        found = identity.read(directory)
+    except StorageError:
+        return False      # the node itself reports a damaged IDENTITY
+    return found is not None and found.identity.replicas > 1
 
 
 def _fallback(report: RecoveryReport, name: str, why: str, msg: str) -> None:

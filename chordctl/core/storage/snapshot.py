@@ -9,7 +9,8 @@ Byte layout (little-endian)::
              I   chunks        number of chunk frames that follow
              H   ring_bits     the ring identity it was written under
              B   placement       (identity.py): 1 direct, 2 hash; all four
-             5x  (zero)          fields 0 when none was given (offline tools)
+             B   replicas        fields 0 when none was given (offline tools);
+             4x  (zero)          replicas 0 in older files: 1
              Q   ring_nodes      number of nodes
              Q   node_index
              I   header_crc    CRC-32 of the 60 bytes above
@@ -41,7 +42,7 @@ from chordctl.errors import CorruptRecordError
 MAGIC = b"CHSNAP2\n"
 MAGIC_V1 = b"CHSNAP1\n"
 END_MAGIC = b"CHSNEND\n"
-_HEAD = struct.Struct("<8sQQQIHB5xQQ")
+_HEAD = struct.Struct("<8sQQQIHBB4xQQ")
 _HEAD_V1 = struct.Struct("<8sQQQI")
 _HEAD_CRC = struct.Struct("<I")
 _FRAME = struct.Struct("<II")
@@ -93,10 +94,10 @@ def _write_file(directory: str, counter: int, last_seq: int,
     tmp = final + files.TMP_SUFFIX
     keys = sum(len(c) for c in chunks)
     if identity is None:
-        ring = (0, 0, 0, 0)
+        ring = (0, 0, 0, 0, 0)
     else:
-        ring = (identity.bits, PLACEMENT_CODES[identity.placement], identity.nodes,
-                identity.index)
+        ring = (identity.bits, PLACEMENT_CODES[identity.placement], identity.replicas,
+                identity.nodes, identity.index)
     head = _HEAD.pack(MAGIC, counter, last_seq, keys, len(chunks), *ring)
     size = 0
     with open(tmp, "wb") as f:
@@ -145,7 +146,7 @@ def _parse_header(buf: bytes, path: str) -> SnapshotInfo:
     if head is _HEAD_V1:
         _, counter, last_seq, keys, nchunks = _HEAD_V1.unpack_from(buf, 0)
         return SnapshotInfo(counter, last_seq, keys, nchunks, None, HEADER_SIZE_V1)
-    _, counter, last_seq, keys, nchunks, bits, placement, nodes, index = \
+    _, counter, last_seq, keys, nchunks, bits, placement, replicas, nodes, index = \
         _HEAD.unpack_from(buf, 0)
     identity = None
     if bits or placement or nodes or index:
@@ -153,7 +154,7 @@ def _parse_header(buf: bytes, path: str) -> SnapshotInfo:
             raise CorruptRecordError(path, 0, "snapshot header names an impossible ring "
                                               f"(bits {bits}, placement code {placement}, "
                                               f"node {index} of {nodes})")
-        identity = RingIdentity(bits, _PLACEMENTS[placement], nodes, index)
+        identity = RingIdentity(bits, _PLACEMENTS[placement], nodes, index, replicas or 1)
     return SnapshotInfo(counter, last_seq, keys, nchunks, identity, HEADER_SIZE)
 
 

@@ -1,0 +1,311 @@
+"""A node of a replicated ring (``ring.replicas: R > 1``): the pipeline with R.
+
+    queue              name            consumer thread   what flows
+    F1  self.incoming  receivers ->    dispatcher        lists of Requests, markers
+    R   engine         dispatcher ->   replicator        one command per group (engine.py)
+    F2  self.to_log    replicator ->   log-writer        committed entries, markers
+    F3  self.to_apply  replicator ->   applier           committed entries, markers
+    F4  self.to_route  dispatcher ->   router            requests of arcs it holds no copy of
+
+Node *i* holds a replica of the arcs ``ring.groups_of(i, R)``: its own and
+the R-1 before it. The dispatcher sorts what F1 brings by arc: requests of
+an arc it holds become one command of that arc's group, handed to the
+replicator (``Engine.submit``); the rest go to F4 and on to the arc's
+replicas (router.py). Reads go through the group's log too, so a read is
+answered at a point of the log after every write acknowledged before it
+(linearizable, whichever replica answers; no lease, no clock).
+
+The replicator (the engine's thread, ``chord-raft-<i>``) runs Raft for every
+group (PySyncObj; a follower's command goes to its group's leader by Raft's
+own forwarding) and is the only producer of F2 and F3: each committed entry,
+in commit order, becomes an OwnedBatch with its sequence numbers and the
+raft record that closes it in ``log.X``; markers (snapshots, scans) take
+their place between entries on the same thread, so the log and the map
+still see one order. The node that submitted a command answers its requests
+once the entry is applied and durable here, exactly as an unreplicated node
+answers; the other replicas apply it without answering.
+
+Restart: the map comes back from ``snap.X`` and ``log.X`` with each group's
+last applied entry (the raft records); the group's journal (``raft.journal``)
+holds the log, and entries at or below that index are not applied again.
+An empty directory starts empty and receives its groups' logs from their
+leaders.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from typing import Callable
+
+from pysyncobj.config import FAIL_REASON
+
+from chordctl.config import Config
+from chordctl.core.markers import STOP, ReadMarker, SnapshotMarker
+from chordctl.core.node import Node, OwnedBatch, Replies
+from chordctl.core.replication.engine import REASONS, Engine, Settings
+from chordctl.core.request import Request
+from chordctl.core.storage import identity, raftjournal, records
+from chordctl.errors import StorageError
+from chordctl.pb import raft_pb2 as rpb
+from chordctl.protocol import DEADLINE_EXCEEDED, OP_READ, UNAVAILABLE
+
+logger = logging.getLogger("chordctl.node")
+
+DRAIN_LIMIT = 4096
+SWEEP_EVERY = 1.0      # seconds between looks for submitted commands past their deadline
+
+
+def _silent(batch: OwnedBatch) -> None:
+    """The answer step of an entry another replica submitted: nobody waits here."""
+
+
+class ReplicatedNode(Node):
+    """Node with ``ring.replicas`` > 1; see the module docstring."""
+
+    def __init__(self, config: Config, index: int, replies: Replies | None = None):
+        super().__init__(config, index, replies)
+        r = config.ring.replicas
+        self.replicas = r
+        self.replicated = True
+        self.identity = identity.RingIdentity.of(self.ring, index, r)
+        self.snapshots.identity = self.identity
+        self.groups = self.ring.groups_of(index, r)
+        self.members = {g: self.ring.replicas(g, r) for g in self.groups}
+        self.raft_applied: dict[int, int] = {g: 0 for g in self.groups}
+        self.journal: raftjournal.RaftJournal | None = None
+        self.engine: Engine | None = None
+        self.raft_send: Callable | None = None     # the Exchange's send (server.py)
+        rep = config.replication
+        self.settings = Settings(election_timeout=rep.election_timeout,
+                                 heartbeat=rep.heartbeat,
+                                 max_entry_bytes=max(1 << 20, config.limits.max_value_bytes * 4))
+        self._pending: dict[int, list[Request]] = {}   # command id -> its waiting requests
+        self._ids = itertools.count(1)
+        if r % 2 == 0:
+            logger.warning("%s: ring.replicas %d is even: a group of %d survives the loss of "
+                           "%d replica(s), as one of %d does; use an odd number", self.label,
+                           r, r, (r - 1) // 2, r - 1)
+
+    # -- recovery ---------------------------------------------------------------
+
+    def holds_key_test(self) -> Callable[[int], bool]:
+        tests = [self.ring.key_test(g) for g in self.groups]
+        if len(tests) >= self.ring.n:
+            return lambda key: True
+        return lambda key: any(t(key) for t in tests)
+
+    def _recover_locked(self):
+        report = super()._recover_locked()
+        for g, idx in report.raft_applied.items():
+            if g in self.raft_applied:
+                self.raft_applied[g] = idx
+        self.journal = raftjournal.RaftJournal(self.directory)
+        for g in self.groups:
+            have = self.journal.group(g)
+            last = have[-1][1] if len(have) else 0
+            if self.raft_applied[g] > last:
+                raise StorageError(
+                    f"storage: {self.directory}: the map holds group {g}'s Raft entries up to "
+                    f"{self.raft_applied[g]} but its journal (raft.journal) ends at {last}; "
+                    f"the journal was lost or replaced -- stop the node, empty the directory, "
+                    f"and start it again to rejoin as a new replica")
+        logger.info("%s: replica of groups %s (ring.replicas %d), applied %s", self.label,
+                    list(self.groups), self.replicas,
+                    ", ".join(f"{g}:{i}" for g, i in self.raft_applied.items()))
+        return report
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def start(self, router=None) -> None:
+        if self.raft_send is None:
+            raise RuntimeError("node: a replicated node needs raft_send (server.py) to start")
+        self.engine = Engine(self.index, self.members, self.journal, self._apply_entry,
+                             self.raft_send, self.settings, on_failed=self.fail)
+        self.engine.every(SWEEP_EVERY, self._sweep)
+        super().start(router)
+        self.engine.start()
+
+    def stop(self, final_snapshot: bool = True) -> None:
+        super().stop(final_snapshot)
+        if self.engine is not None:
+            self.engine.stop()
+        if self.journal is not None:
+            try:
+                self.journal.close()
+            except StorageError as e:
+                logger.error("%s: %s", self.label, e)
+
+    # -- F1: dispatcher -------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        get = self.incoming.get
+        empty = self.incoming.empty
+        owner = self.ring.owner
+        mine = set(self.groups)
+        engine = self.engine
+        while True:
+            items = [get()]
+            while len(items) < DRAIN_LIMIT and not empty():
+                items.append(get())
+            per_group: dict[int, list[Request]] = {}
+            foreign: list[Request] = []
+            for item in items:
+                if type(item) is not list:     # a marker, or STOP
+                    self._submit(per_group)
+                    per_group = {}
+                    if item is STOP:
+                        if foreign:
+                            self.to_route.put(foreign)
+                        self.to_route.put(STOP)
+                        engine.run_soon(self._stop_stages)
+                        return
+                    engine.run_soon(lambda m=item: self._place_marker(m))
+                    continue
+                for r in item:
+                    g = owner(r.key)
+                    if g in mine:
+                        reqs = per_group.get(g)
+                        if reqs is None:
+                            per_group[g] = [r]
+                        else:
+                            reqs.append(r)
+                    else:
+                        foreign.append(r)
+            self._submit(per_group)
+            if foreign:
+                self.to_route.put(foreign)
+
+    def _submit(self, per_group: dict[int, list[Request]]) -> None:
+        if not per_group:
+            return
+        if self.failed:
+            for reqs in per_group.values():
+                self._refuse(reqs, f"{self.label}: {self.failed}")
+            return
+        limit = self.settings.max_entry_bytes // 2
+        for g, reqs in per_group.items():
+            for run in _split(reqs, limit):
+                cid = next(self._ids)
+                command = rpb.Command(origin=self.index, id=cid)
+                add = command.ops.add
+                for r in run:
+                    add(op=r.op, key=r.key_text, value=r.value)
+                self._pending[cid] = run
+                self.engine.submit(g, command.SerializeToString(), self._outcome(g, cid))
+
+    def _outcome(self, group: int, cid: int) -> Callable[[object, int], None]:
+        def outcome(result, reason) -> None:     # engine thread
+            if reason == FAIL_REASON.SUCCESS:
+                return                           # applied: the answer step replies
+            reqs = self._pending.pop(cid, None)
+            if reqs is None:
+                return
+            why = REASONS.get(reason, str(reason))
+            if reason in (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.NOT_LEADER,
+                          FAIL_REASON.UNKNOWN_OUTCOME):
+                what = ("outcome unknown: it may still be applied -- read the key before "
+                        "retrying a write")
+            else:
+                what = "not applied; safe to retry"
+            self._refuse(reqs, f"{self.label}: replica group {group}: {why.replace('_', ' ')} "
+                               f"({what})")
+        return outcome
+
+    def _refuse(self, reqs: list[Request], message: str, code: int = UNAVAILABLE) -> None:
+        idx, nid = self.index, str(self.node_id)
+        for r in reqs:
+            r.fail(code, message)
+            r.node_index, r.node_id = idx, nid
+        self.replies.send(reqs)
+
+    # -- R: the replicator (engine thread) -------------------------------------------
+
+    def _apply_entry(self, group: int, idx: int, data: bytes):
+        """A committed entry of *group*, in commit order: into F2 and F3."""
+        if idx <= self.raft_applied.get(group, 0):
+            return None                 # in the map already (recovered from disk)
+        self.raft_applied[group] = idx
+        command = rpb.Command.FromString(data)
+        reqs = self._pending.pop(command.id, None) if command.origin == self.index else None
+        answer = self._answer
+        if reqs is None:
+            answer = _silent
+            reqs = [Request(o.op, int(o.key), o.key, o.value, 0.0) for o in command.ops]
+        seq = self.seq
+        mutations = 0
+        for r in reqs:
+            if r.op != OP_READ:
+                seq += 1
+                r.seq = seq
+                mutations += 1
+        raft = None
+        if mutations:
+            seq += 1
+            raft = records.raft_record(seq, group, idx)
+            mutations += 1
+        self.seq = seq
+        if mutations == 0 and self.writer.durable_seq >= seq:
+            self.to_apply.put(OwnedBatch(reqs, 0, seq, answer, stages=1))
+        else:
+            batch = OwnedBatch(reqs, mutations, seq, answer, raft=raft)
+            self.to_log.put(batch)
+            self.to_apply.put(batch)
+        return None
+
+    def _sweep(self) -> None:
+        """Answer commands whose callers gave up (a group without a majority):
+        their entries may still commit later, and are then applied silently."""
+        now = time.monotonic()
+        late = [cid for cid, reqs in list(self._pending.items())
+                if min(r.deadline for r in reqs) < now]
+        for cid in late:
+            reqs = self._pending.pop(cid)
+            self._refuse(reqs, f"{self.label}: not committed before the deadline (no "
+                               f"majority of the replica group answered); outcome unknown",
+                         DEADLINE_EXCEEDED)
+
+    def _place_marker(self, marker) -> None:
+        if type(marker) is ReadMarker:
+            self._dispatch_read(marker)
+        else:
+            self._dispatch_marker(marker)
+
+    def _cut(self, marker: SnapshotMarker) -> None:
+        # log.X starts with where every group stood at this cut (recovery.py).
+        seq = self.seq
+        head = []
+        for g in self.groups:
+            seq += 1
+            head.append(records.raft_record(seq, g, self.raft_applied[g]))
+        marker.head = head
+        self.seq = seq
+        self._seq_at_snapshot = seq
+
+    def _stop_stages(self) -> None:
+        for q in (self.to_log, self.to_apply):
+            q.put(STOP)
+        self.engine.stop()
+
+    def status(self) -> dict[int, dict]:
+        return self.engine.status() if self.engine is not None else {}
+
+
+def _split(reqs: list[Request], limit: int) -> list[list[Request]]:
+    """Runs of *reqs* whose command stays under *limit* bytes (key, value and
+    a margin per operation); one operation is never split."""
+    runs: list[list[Request]] = []
+    run: list[Request] = []
+    size = 0
+    for r in reqs:
+        cost = len(r.key_text) + len(r.value) + 16
+        if run and size + cost > limit:
+            runs.append(run)
+            run, size = [], 0
+        run.append(r)
+        size += cost
+    if run:
+        runs.append(run)
+    return runs

