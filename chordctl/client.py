@@ -888,14 +888,15 @@ class Client(ClientBase):
         except grpc.RpcError as e:
             raise error_for(e.code(), e.details() or "", self.address, t) from None
 
-    def health(self, timeout: float | None = None) -> str:
-        """The node's grpc.health.v1 status for service "": SERVING, NOT_SERVING, ..."""
+    def health(self, timeout: float | None = None, service: str = "") -> str:
+        """The node's grpc.health.v1 status for *service* ("": the node; "arc/G":
+        arc G on a replicated node): SERVING, NOT_SERVING, ..."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         self.connect()
         t = self.timeout if timeout is None else self.deadline(timeout)
         try:
             reply = health_pb2_grpc.HealthStub(self._channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=t)
+                health_pb2.HealthCheckRequest(service=service), timeout=t)
         except grpc.RpcError as e:
             raise error_for(e.code(), e.details() or "", self.address, t) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

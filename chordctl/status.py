@@ -122,10 +122,64 @@ def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dic
         else:
             doc["error"] = str(st)
         docs.append(doc)
+    if cfg.ring.replicas > 1:
+        # Each arc's replication state goes with its owner's entry (known even
+        # when the owner is down, from its other replicas).
+        for doc, arc in zip(docs, arc_rows(cfg, statuses)[1]):
+            doc["replication"] = arc
     return rows, docs
 
 
 HEADERS = ["index", "id", "arc (low, id]", "address", "state", "keys", "snapshot", "log"]
+
+# ring.replicas > 1: one row per arc, from every replica's view of its group.
+ARC_HEADERS = ["arc", "(low, id]", "leader", "term", "replicas (state, entries behind)"]
+# A follower this many entries or fewer behind the leader's commit is "up"
+# (under load every follower is a round or two behind); more: "catching up".
+CAUGHT_UP = 8
+
+
+def arc_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dict]]:
+    """Each arc's replicas, leader and per-replica state, as the nodes report them."""
+    ring = Ring.from_config(cfg)
+    r = cfg.ring.replicas
+    rows, docs = [], []
+    for g in range(ring.n):
+        members = ring.replicas(g, r)
+        views = {}
+        for m in members:
+            st = statuses[m]
+            if isinstance(st, Exception):
+                continue
+            for gs in st.groups:
+                if gs.group == g:
+                    views[m] = gs
+        leaders = [m for m, v in views.items() if v.state == "leader"]
+        leader = max(leaders, key=lambda m: views[m].term) if leaders else None
+        lead = views.get(leader)
+        commit = lead.commit_index if lead else max(
+            (v.commit_index for v in views.values()), default=0)
+        cells, replicas = [], []
+        for m in members:
+            v = views.get(m)
+            behind = None
+            if v is None:
+                state = node_state(statuses[m])
+                state = "down" if state == "up" else state   # up, but no view of the group
+            elif m == leader:
+                state, behind = "leader", 0
+            else:
+                behind = max(0, commit - v.last_applied)
+                state = "up" if behind <= CAUGHT_UP else "catching up"
+            cells.append(f"{m} {state}" + (f" {behind}" if behind else ""))
+            replicas.append({"index": m, "state": state, "behind": behind})
+        low, high = ring.arc(g)
+        rows.append([g, f"({low}, {high}]", "none" if leader is None else leader,
+                     lead.term if lead else "-", ", ".join(cells)])
+        docs.append({"arc": g, "range": [str(low), str(high)], "leader": leader,
+                     "term": lead.term if lead else None, "commit_index": commit,
+                     "replicas": replicas})
+    return rows, docs
 
 
 def node_at(cfg: Config, address: str) -> int | None:

@@ -153,3 +153,62 @@ def test_a_replicated_directory_refuses_a_config_without_replicas(make_cluster, 
     assert p.returncode == 2, err
     assert "ring.replicas is 3 there but 1 in the config" in err
     assert "Traceback" not in err
+
+
+def test_ring_show_lists_each_arc_with_its_leader_and_replicas(make_cluster):
+    from conftest import run_chordctl
+    import json as jsonlib
+    cluster = make_cluster(3, bits=BITS, replicas=3)
+    cfg = cluster.config
+
+    def owners_lead() -> bool:
+        p = run_chordctl("-c", cluster.config_path, "-o", "json", "ring", "show")
+        docs = jsonlib.loads(p.stdout)
+        return all(d["replication"]["leader"] == d["index"] for d in docs)
+
+    # Leadership moves to each arc's owner once it is caught up.
+    wait_until(owners_lead, timeout=15, interval=0.2, what="every owner leads its arc")
+    p = run_chordctl("-c", cluster.config_path, "ring", "show")
+    out = p.stdout.decode()
+    assert p.returncode == 0, p.stderr
+    assert "replicas (state, entries behind)" in out
+    assert "0 leader, 2 up, 1 up" in out
+    with Client(cfg, target=cluster.address(0)) as c:
+        wait_until(lambda: all(c.health(service=f"arc/{g}") == "SERVING" for g in range(3)),
+                   timeout=10, what="every arc SERVING on node 0")
+    cluster.nodes[1].kill(signal.SIGKILL)
+    cluster.nodes[2].kill(signal.SIGKILL)
+    with Client(cfg, target=cluster.address(0)) as c:
+        # Alone, node 0 cannot commit anything: no arc is served.
+        wait_until(lambda: all(c.health(service=f"arc/{g}") == "NOT_SERVING" for g in range(3)),
+                   timeout=10, what="every arc NOT_SERVING on a lone node 0")
+        assert c.health() == "SERVING"       # the node itself still answers
+    p = run_chordctl("-c", cluster.config_path, "ring", "show")
+    assert p.returncode == 3
+    assert "1 down" in p.stdout.decode() and "2 down" in p.stdout.decode()
+
+
+def test_arc_rows_say_catching_up_for_a_replica_far_behind():
+    from chordctl import config as configmod
+    from chordctl.pb import chord_pb2 as pb
+    from chordctl.status import arc_rows
+    cfg = configmod.from_dict({"ring": {"bits": 8, "replicas": 3},
+                               "nodes": [{"host": "127.0.0.1", "port": 7000 + i}
+                                         for i in range(3)]})
+    members = Ring(8, 3).replicas(0, 3)
+
+    def view(g, state, applied, commit=500):
+        return pb.GroupStatus(group=g, members=Ring(8, 3).replicas(g, 3), state=state,
+                              term=4, commit_index=commit, last_applied=applied, log_index=500)
+
+    statuses = [pb.NodeStatus(groups=[view(0, "leader", 500)]),
+                pb.NodeStatus(groups=[view(0, "follower", 40, commit=40)]),
+                ChordError("down")]
+    rows, docs = arc_rows(cfg, statuses)
+    assert docs[0]["leader"] == 0 and docs[0]["term"] == 4
+    by_index = {r["index"]: r for r in docs[0]["replicas"]}
+    assert by_index[0]["state"] == "leader"
+    assert by_index[1] == {"index": 1, "state": "catching up", "behind": 460}
+    assert by_index[2]["state"] == "down"
+    assert "1 catching up 460" in rows[0][4]
+    assert members[0] == 0

@@ -10,7 +10,8 @@ from chordctl.config import Config
 from chordctl.core.ring import Ring
 from chordctl.errors import ExitStatus, InvalidInputError
 from chordctl.protocol import check_key
-from chordctl.status import HEADERS, STATUS_TIMEOUT, node_at, node_state, poll_nodes, ring_rows
+from chordctl.status import (ARC_HEADERS, HEADERS, STATUS_TIMEOUT, arc_rows, node_at, node_state,
+                             poll_nodes, ring_rows)
 
 
 def print_ring(cfg: Config, fmt: str, timeout: float = STATUS_TIMEOUT) -> int:
@@ -18,6 +19,10 @@ def print_ring(cfg: Config, fmt: str, timeout: float = STATUS_TIMEOUT) -> int:
     statuses = poll_nodes(cfg, timeout)
     rows, docs = ring_rows(cfg, statuses)
     click.echo(render.render_rows(rows, HEADERS, fmt, docs))
+    if cfg.ring.replicas > 1 and fmt != "json":   # json: in each owner's "replication"
+        arcs, _ = arc_rows(cfg, statuses)
+        click.echo("")
+        click.echo(render.render_rows(arcs, ARC_HEADERS, fmt))
     return sum(1 for s in statuses if node_state(s) != "up")
 
 

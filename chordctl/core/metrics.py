@@ -146,3 +146,46 @@ class _Collector:
                                  labels=names)
         fw.add_metric(values, m.forwarded)
         yield fw
+        raft_status = getattr(node, "raft_status", None)
+        if raft_status is not None:
+            yield from _raft_families(node, names, values, raft_status())
+
+
+def _raft_families(node, names: list[str], values: list[str], groups: dict):
+    """ring.replicas > 1: each group's Raft state, lag and commit latency."""
+    from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                        HistogramMetricFamily)
+    gl = names + ["group"]
+    gauges = {
+        "term": GaugeMetricFamily("chordctl_raft_term", "Raft term of the group", labels=gl),
+        "leader": GaugeMetricFamily("chordctl_raft_is_leader",
+                                    "1 if this node leads the group", labels=gl),
+        "commit": GaugeMetricFamily("chordctl_raft_commit_index",
+                                    "Last entry known committed", labels=gl),
+        "applied": GaugeMetricFamily("chordctl_raft_applied_index",
+                                     "Last entry applied to this node's map", labels=gl),
+    }
+    elections = CounterMetricFamily("chordctl_raft_elections",
+                                    "Terms the group started since this node started",
+                                    labels=gl)
+    lag = GaugeMetricFamily("chordctl_raft_follower_lag_entries",
+                            "Leader only: entries a follower's log is behind the leader's",
+                            labels=gl + ["follower"])
+    for g in groups.values():
+        v = values + [str(g["group"])]
+        gauges["term"].add_metric(v, g["term"])
+        gauges["leader"].add_metric(v, 1 if g["state"] == "leader" else 0)
+        gauges["commit"].add_metric(v, g["commit_index"])
+        gauges["applied"].add_metric(v, g["last_applied"])
+        elections.add_metric(v, g["elections"])
+        for follower, match in sorted(g["match_index"].items()):
+            lag.add_metric(v + [str(follower)], max(0, g["log_index"] - match))
+    yield from gauges.values()
+    yield elections
+    yield lag
+    h = node.commit_seconds
+    c = HistogramMetricFamily("chordctl_raft_commit_seconds",
+                              "From a command's submit to its entry applied here",
+                              labels=names)
+    c.add_metric(values, h.cumulative(), sum_value=h.total)
+    yield c

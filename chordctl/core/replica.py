@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import threading
 import time
 from typing import Callable
@@ -44,6 +45,7 @@ from pysyncobj.config import FAIL_REASON
 
 from chordctl.config import Config
 from chordctl.core.markers import STOP, ReadMarker, SnapshotMarker
+from chordctl.core.metrics import LATENCY_BUCKETS, Histogram
 from chordctl.core.node import Node, OwnedBatch, Replies
 from chordctl.core.replication.engine import REASONS, Engine, Settings
 from chordctl.core.request import Request
@@ -56,6 +58,7 @@ logger = logging.getLogger("chordctl.node")
 
 DRAIN_LIMIT = 4096
 SWEEP_EVERY = 1.0      # seconds between looks for submitted commands past their deadline
+LEAD_CHECK_EVERY = 0.5   # seconds between offers of a group's leadership to its owner
 
 
 def _silent(batch: OwnedBatch) -> None:
@@ -82,8 +85,11 @@ class ReplicatedNode(Node):
         self.settings = Settings(election_timeout=rep.election_timeout,
                                  heartbeat=rep.heartbeat,
                                  max_entry_bytes=max(1 << 20, config.limits.max_value_bytes * 4))
-        self._pending: dict[int, list[Request]] = {}   # command id -> its waiting requests
+        # command id -> (its waiting requests, when it was submitted)
+        self._pending: dict[int, tuple[list[Request], float]] = {}
+        self.commit_seconds = Histogram(LATENCY_BUCKETS)   # submit -> applied here
         self._ids = itertools.count(1)
+        self._incarnation = random.getrandbits(64)
         if r % 2 == 0:
             logger.warning("%s: ring.replicas %d is even: a group of %d survives the loss of "
                            "%d replica(s), as one of %d does; use an odd number", self.label,
@@ -125,6 +131,7 @@ class ReplicatedNode(Node):
         self.engine = Engine(self.index, self.members, self.journal, self._apply_entry,
                              self.raft_send, self.settings, on_failed=self.fail)
         self.engine.every(SWEEP_EVERY, self._sweep)
+        self.engine.every(LEAD_CHECK_EVERY, self.engine.lead_from_owners)
         super().start(router)
         self.engine.start()
 
@@ -189,20 +196,22 @@ class ReplicatedNode(Node):
         for g, reqs in per_group.items():
             for run in _split(reqs, limit):
                 cid = next(self._ids)
-                command = rpb.Command(origin=self.index, id=cid)
+                command = rpb.Command(origin=self.index, id=cid,
+                                      incarnation=self._incarnation)
                 add = command.ops.add
                 for r in run:
                     add(op=r.op, key=r.key_text, value=r.value)
-                self._pending[cid] = run
+                self._pending[cid] = (run, time.monotonic())
                 self.engine.submit(g, command.SerializeToString(), self._outcome(g, cid))
 
     def _outcome(self, group: int, cid: int) -> Callable[[object, int], None]:
         def outcome(result, reason) -> None:     # engine thread
             if reason == FAIL_REASON.SUCCESS:
                 return                           # applied: the answer step replies
-            reqs = self._pending.pop(cid, None)
-            if reqs is None:
+            pending = self._pending.pop(cid, None)
+            if pending is None:
                 return
+            reqs = pending[0]
             why = REASONS.get(reason, str(reason))
             if reason in (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.NOT_LEADER,
                           FAIL_REASON.UNKNOWN_OUTCOME):
@@ -229,9 +238,14 @@ class ReplicatedNode(Node):
             return None                 # in the map already (recovered from disk)
         self.raft_applied[group] = idx
         command = rpb.Command.FromString(data)
-        reqs = self._pending.pop(command.id, None) if command.origin == self.index else None
+        pending = None
+        if command.origin == self.index and command.incarnation == self._incarnation:
+            pending = self._pending.pop(command.id, None)
         answer = self._answer
-        if reqs is None:
+        if pending is not None:
+            reqs = pending[0]
+            self.commit_seconds.observe(time.monotonic() - pending[1])
+        else:
             answer = _silent
             reqs = [Request(o.op, int(o.key), o.key, o.value, 0.0) for o in command.ops]
         seq = self.seq
@@ -259,10 +273,10 @@ class ReplicatedNode(Node):
         """Answer commands whose callers gave up (a group without a majority):
         their entries may still commit later, and are then applied silently."""
         now = time.monotonic()
-        late = [cid for cid, reqs in list(self._pending.items())
+        late = [cid for cid, (reqs, _t) in list(self._pending.items())
                 if min(r.deadline for r in reqs) < now]
         for cid in late:
-            reqs = self._pending.pop(cid)
+            reqs = self._pending.pop(cid)[0]
             self._refuse(reqs, f"{self.label}: not committed before the deadline (no "
                                f"majority of the replica group answered); outcome unknown",
                          DEADLINE_EXCEEDED)
@@ -289,7 +303,8 @@ class ReplicatedNode(Node):
             q.put(STOP)
         self.engine.stop()
 
-    def status(self) -> dict[int, dict]:
+    def raft_status(self) -> dict[int, dict]:
+        """Each group's summary (engine.py), as of the replicator's last round."""
         return self.engine.status() if self.engine is not None else {}
 
 

@@ -38,6 +38,12 @@ logger = logging.getLogger("chordctl.server")
 
 SERVICES = ("chord.v1.KeyValue", "chord.v1.Admin")
 SHUTDOWN_GRACE = 5.0
+ARC_HEALTH_EVERY = 0.2    # seconds between looks at each arc's group (ring.replicas > 1)
+
+
+def arc_service(group: int) -> str:
+    """The health service name of arc *group* on a replicated node."""
+    return f"arc/{group}"
 # What the user running the node can fix (exit 2), unlike a failing disk.
 ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR)
 
@@ -100,6 +106,7 @@ class NodeServer:
             node_class = ReplicatedNode
         self.node = node_class(config, index, self.replies)
         self.exchange: Exchange | None = None
+        self._arc_health: asyncio.Task | None = None
         self.router = Router(config, index, self.node.ring, self.loop, self.replies,
                              self.node.metrics)
         self.server: grpc.aio.Server | None = None
@@ -156,7 +163,8 @@ class NodeServer:
             node = self.node
             peers = {m for g in node.members.values() for m in g} - {self.index}
             fingerprint = node.identity.fingerprint
-            self.exchange = Exchange(cfg, self.index, fingerprint, loop, peers)
+            self.exchange = Exchange(cfg, self.index, fingerprint, loop, peers,
+                                     retry_max=cfg.replication.heartbeat)
             node.raft_send = self.exchange.send
 
             def deliver(sender: int, messages) -> None:
@@ -204,6 +212,8 @@ class NodeServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.node.failed:   # it failed before health said SERVING
             await self._not_serving()
+        if isinstance(self.node, ReplicatedNode):
+            self._arc_health = loop.create_task(self._watch_arcs(), name="arc-health")
         logger.info("%s serving on %s (pid %d, cpus %s, %s, fsync %s, %s, %d keys, ready "
                     "%.2fs after process start, rss %.1f MB)", self.node.label,
                     address, os.getpid(), cpulist.format_cpulist(affinity.available()),
@@ -213,6 +223,22 @@ class NodeServer:
                     self.node.ready_seconds, procinfo.rss_bytes() / 1e6)
         return self.port
 
+    async def _watch_arcs(self) -> None:
+        """Health "arc/<g>" for each arc this node holds a copy of: SERVING while
+        the arc's group has a leader this node knows (it can commit), else
+        NOT_SERVING (no majority reachable, or an election going on)."""
+        shown: dict[int, int] = {}
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        while True:
+            for g, st in self.node.raft_status().items():
+                want = serving if st["leader"] is not None and not self.node.failed \
+                    else not_serving
+                if shown.get(g) != want:
+                    await self.health.set(arc_service(g), want)
+                    shown[g] = want
+            await asyncio.sleep(ARC_HEALTH_EVERY)
+
     async def _not_serving(self) -> None:
         """A fail-stopped node refuses every request: health must say so (its
         reason is in Admin.Status `failed`, `ring show` and the node's log)."""
@@ -220,6 +246,8 @@ class NodeServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        if self._arc_health is not None:
+            self._arc_health.cancel()
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(grace)

@@ -465,7 +465,20 @@ def _status_reply(node: Node, in_flight: int, loop) -> pb.NodeStatus:
         rss_bytes=procinfo.rss_bytes(), ready_seconds=node.ready_seconds,
         recovery_seconds=node.recovery_seconds, in_flight=in_flight,
         cpus=cpulist.format_cpulist(affinity.available()),
-        event_loop=eventloop.name(loop), failed=node.failed or "")
+        event_loop=eventloop.name(loop), failed=node.failed or "",
+        replicas=node.config.ring.replicas, groups=_groups(node))
+
+
+def _groups(node: Node) -> list[pb.GroupStatus]:
+    status = getattr(node, "raft_status", None)
+    if status is None:
+        return []
+    return [pb.GroupStatus(group=g["group"], members=g["members"],
+                           leader=-1 if g["leader"] is None else g["leader"],
+                           state=g["state"], term=g["term"], commit_index=g["commit_index"],
+                           last_applied=g["last_applied"], log_index=g["log_index"],
+                           match_index=g["match_index"], elections=g["elections"])
+            for g in status().values()]
 
 
 def _snapshot_reply(marker: SnapshotMarker) -> pb.SnapshotReply:

@@ -169,7 +169,7 @@ class RoutingEntry(_message.Message):
     def __init__(self, role: _Optional[str] = ..., node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_index", "node_id", "arc_low", "address", "keys", "snapshot_counter", "log_counter", "last_seq", "routing", "fsync", "uptime_seconds", "pid", "placement", "routing_mode", "rss_bytes", "ready_seconds", "recovery_seconds", "in_flight", "cpus", "event_loop", "failed")
+    __slots__ = ("node_index", "node_id", "arc_low", "address", "keys", "snapshot_counter", "log_counter", "last_seq", "routing", "fsync", "uptime_seconds", "pid", "placement", "routing_mode", "rss_bytes", "ready_seconds", "recovery_seconds", "in_flight", "cpus", "event_loop", "failed", "replicas", "groups")
     NODE_INDEX_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ARC_LOW_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,8 @@ class NodeStatus(_message.Message):
     CPUS_FIELD_NUMBER: _ClassVar[int]
     EVENT_LOOP_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     node_index: int
     node_id: str
     arc_low: str
@@ -212,7 +214,40 @@ class NodeStatus(_message.Message):
     cpus: str
     event_loop: str
     failed: str
-    def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ..., rss_bytes: _Optional[int] = ..., ready_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., in_flight: _Optional[int] = ..., cpus: _Optional[str] = ..., event_loop: _Optional[str] = ..., failed: _Optional[str] = ...) -> None: ...
+    replicas: int
+    groups: _containers.RepeatedCompositeFieldContainer[GroupStatus]
+    def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ..., rss_bytes: _Optional[int] = ..., ready_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., in_flight: _Optional[int] = ..., cpus: _Optional[str] = ..., event_loop: _Optional[str] = ..., failed: _Optional[str] = ..., replicas: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ...) -> None: ...
+
+class GroupStatus(_message.Message):
+    __slots__ = ("group", "members", "leader", "state", "term", "commit_index", "last_applied", "log_index", "match_index", "elections")
+    class MatchIndexEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ELECTIONS_FIELD_NUMBER: _ClassVar[int]
+    group: int
+    members: _containers.RepeatedScalarFieldContainer[int]
+    leader: int
+    state: str
+    term: int
+    commit_index: int
+    last_applied: int
+    log_index: int
+    match_index: _containers.ScalarMap[int, int]
+    elections: int
+    def __init__(self, group: _Optional[int] = ..., members: _Optional[_Iterable[int]] = ..., leader: _Optional[int] = ..., state: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., last_applied: _Optional[int] = ..., log_index: _Optional[int] = ..., match_index: _Optional[_Mapping[int, int]] = ..., elections: _Optional[int] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ()

@@ -146,6 +146,7 @@ class Group(SyncObj):
         self.transport = _GroupTransport(engine, group, self_node, others)
         super().__init__(self_node, others, engine.settings.conf(journal),
                          transport=self.transport)
+        self.first_term = self.raftCurrentTerm
         # The engine drops what cannot be delivered, and Raft resends: every
         # peer counts as connected (PySyncObj only elects when "connected").
         for node in others:
@@ -186,6 +187,7 @@ class Group(SyncObj):
             "log_index": self._SyncObj__getCurrentLogIndex(),
             "match_index": {n.index: i for n, i in self._SyncObj__raftMatchIndex.items()}
             if state == 2 else {},
+            "elections": self.raftCurrentTerm - self.first_term,
         }
 
 
@@ -289,6 +291,18 @@ class Engine:
         return None if s is None else s["leader"]
 
     # -- engine thread ----------------------------------------------------------
+
+    def lead_from_owners(self) -> None:
+        """Hand each group this node leads to the arc's owner (group id g is
+        node g) once the owner's log has caught up: requests for an arc go to
+        its owner first, so the owner leading saves a forward per command.
+        PySyncObj's transferLeadership (Raft's TimeoutNow) refuses a target
+        that is not caught up; the next call tries again."""
+        for gid, g in self.groups.items():
+            if gid != self.index and g._isLeader() and gid in g.members:
+                owner = self._members[gid]
+                if g._SyncObj__raftMatchIndex.get(owner, 0) == g._SyncObj__getCurrentLogIndex():
+                    g.transferLeadership(owner)
 
     def _outgoing(self, peer: int, group: int, message: dict) -> None:
         try:

@@ -30,8 +30,11 @@ from chordctl.pb import raft_pb2_grpc as rpb_grpc
 
 logger = logging.getLogger("chordctl.raft")
 
-RETRY_MIN = 0.05
-RETRY_MAX = 1.0
+RETRY_MIN = 0.01
+# A peer that is back must hear its leaders' heartbeats before its election
+# timeout, or it starts an election and unseats a healthy leader (PySyncObj
+# has no pre-vote): retry at least every heartbeat (server.py passes it).
+RETRY_MAX = 0.5
 
 
 class Exchange:
@@ -39,13 +42,15 @@ class Exchange:
 
     def __init__(self, config: Config, index: int, ring_fingerprint: str,
                  loop: asyncio.AbstractEventLoop, peers: set[int], max_queued: int = 1024,
-                 channel: Callable[[str], grpc.aio.Channel] | None = None):
+                 channel: Callable[[str], grpc.aio.Channel] | None = None,
+                 retry_max: float = RETRY_MAX):
         self.config = config
         self.index = index
         self.ring = ring_fingerprint
         self.loop = loop
         self.peers = frozenset(peers)
         self.max_queued = max_queued
+        self.retry_max = max(RETRY_MIN, min(RETRY_MAX, retry_max))
         self._channel = channel or (lambda address: security.aio_channel(config, address))
         self._queues: dict[int, asyncio.Queue] = {}
         self._tasks: dict[int, asyncio.Task] = {}
@@ -109,7 +114,7 @@ class Exchange:
                 await channel.close()
             self.lost += 1
             await asyncio.sleep(delay)
-            delay = min(RETRY_MAX, delay * 2)
+            delay = min(self.retry_max, delay * 2)
 
     async def close(self) -> None:
         self._closed = True
