@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63hordctl/pb/chord.proto\x12\x08\x63hord.v1\"(\n\nKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05trace\x18\x02 \x01(\x08\"9\n\x0cWriteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05trace\x18\x03 \x01(\x08\"[\n\x05Reply\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x12\n\nnode_index\x18\x02 \x01(\r\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x03(\t\"m\n\tOperation\x12\x18\n\x02op\x18\x01 \x01(\x0e\x32\x0c.chord.v1.Op\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\r\n\x05trace\x18\x04 \x01(\x08\x12\x0c\n\x04hops\x18\x05 \x01(\r\x12\r\n\x05route\x18\x06 \x03(\t\"0\n\x0c\x42\x61tchRequest\x12 \n\x03ops\x18\x01 \x03(\x0b\x32\x13.chord.v1.Operation\"j\n\x06Result\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x12\n\nnode_index\x18\x04 \x01(\r\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\r\n\x05route\x18\x06 \x03(\t\"/\n\nBatchReply\x12!\n\x07results\x18\x01 \x03(\x0b\x32\x10.chord.v1.Result\"^\n\x0bScanRequest\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x04\x12\x11\n\tkeys_only\x18\x04 \x01(\x08\x12\x11\n\tpage_size\x18\x05 \x01(\r\"#\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"q\n\x08ScanPage\x12 \n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x0f.chord.v1.Entry\x12\x12\n\nnode_index\x18\x02 \x01(\r\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04keys\x18\x04 \x01(\x04\x12\x10\n\x08last_seq\x18\x05 \x01(\x04\"*\n\x0c\x43ountRequest\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\"Q\n\nCountReply\x12\x0c\n\x04keys\x18\x01 \x01(\x04\x12\x12\n\nnode_index\x18\x02 \x01(\r\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"\x0f\n\rStatusRequest\"R\n\x0cRoutingEntry\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x12\n\nnode_index\x18\x02 \x01(\r\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"\xb1\x03\n\nNodeStatus\x12\x12\n\nnode_index\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61rc_low\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0c\n\x04keys\x18\x05 \x01(\x04\x12\x18\n\x10snapshot_counter\x18\x06 \x01(\x04\x12\x13\n\x0blog_counter\x18\x07 \x01(\x04\x12\x10\n\x08last_seq\x18\x08 \x01(\x04\x12\'\n\x07routing\x18\t \x03(\x0b\x32\x16.chord.v1.RoutingEntry\x12\r\n\x05\x66sync\x18\n \x01(\t\x12\x16\n\x0euptime_seconds\x18\x0b \x01(\x01\x12\x0b\n\x03pid\x18\x0c \x01(\r\x12\x11\n\tplacement\x18\r \x01(\t\x12\x14\n\x0crouting_mode\x18\x0e \x01(\t\x12\x11\n\trss_bytes\x18\x0f \x01(\x04\x12\x15\n\rready_seconds\x18\x10 \x01(\x01\x12\x18\n\x10recovery_seconds\x18\x11 \x01(\x01\x12\x11\n\tin_flight\x18\x12 \x01(\x04\x12\x0c\n\x04\x63pus\x18\x13 \x01(\t\x12\x12\n\nevent_loop\x18\x14 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x15 \x01(\t\"\x11\n\x0fSnapshotRequest\"\x81\x01\n\rSnapshotReply\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\x04\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x0c\n\x04keys\x18\x04 \x01(\x04\x12\x0f\n\x07skipped\x18\x05 \x01(\x08\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\x12\n\ncapture_ms\x18\x07 \x01(\x01\"\x0e\n\x0c\x46ilesRequest\"\x97\x01\n\x08\x46ileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12\r\n\x05mtime\x18\x05 \x01(\x01\x12\x0f\n\x07records\x18\x06 \x01(\x03\x12\x0e\n\x06in_use\x18\x07 \x01(\x08\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x0f\n\x07\x63urrent\x18\t \x01(\x08\"B\n\nFilesReply\x12\x11\n\tdirectory\x18\x01 \x01(\t\x12!\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x12.chord.v1.FileInfo*F\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\n\n\x06\x43REATE\x10\x01\x12\x08\n\x04READ\x10\x02\x12\n\n\x06UPDATE\x10\x03\x12\n\n\x06\x44\x45LETE\x10\x04\x32\xf3\x02\n\x08KeyValue\x12\x31\n\x06\x43reate\x12\x16.chord.v1.WriteRequest\x1a\x0f.chord.v1.Reply\x12-\n\x04Read\x12\x14.chord.v1.KeyRequest\x1a\x0f.chord.v1.Reply\x12\x31\n\x06Update\x12\x16.chord.v1.WriteRequest\x1a\x0f.chord.v1.Reply\x12/\n\x06\x44\x65lete\x12\x14.chord.v1.KeyRequest\x1a\x0f.chord.v1.Reply\x12\x35\n\x05\x42\x61tch\x12\x16.chord.v1.BatchRequest\x1a\x14.chord.v1.BatchReply\x12\x33\n\x04Scan\x12\x15.chord.v1.ScanRequest\x1a\x12.chord.v1.ScanPage0\x01\x12\x35\n\x05\x43ount\x12\x16.chord.v1.CountRequest\x1a\x14.chord.v1.CountReply2\xbb\x01\n\x05\x41\x64min\x12\x37\n\x06Status\x12\x17.chord.v1.StatusRequest\x1a\x14.chord.v1.NodeStatus\x12\x42\n\x0cTakeSnapshot\x12\x19.chord.v1.SnapshotRequest\x1a\x17.chord.v1.SnapshotReply\x12\x35\n\x05\x46iles\x12\x16.chord.v1.FilesRequest\x1a\x14.chord.v1.FilesReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63hordctl/pb/chord.proto\x12\x08\x63hord.v1\"(\n\nKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05trace\x18\x02 \x01(\x08\"9\n\x0cWriteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05trace\x18\x03 \x01(\x08\"[\n\x05Reply\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x12\n\nnode_index\x18\x02 \x01(\r\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x03(\t\"m\n\tOperation\x12\x18\n\x02op\x18\x01 \x01(\x0e\x32\x0c.chord.v1.Op\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\r\n\x05trace\x18\x04 \x01(\x08\x12\x0c\n\x04hops\x18\x05 \x01(\r\x12\r\n\x05route\x18\x06 \x03(\t\"Q\n\x0c\x42\x61tchRequest\x12 \n\x03ops\x18\x01 \x03(\x0b\x32\x13.chord.v1.Operation\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"j\n\x06Result\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x12\n\nnode_index\x18\x04 \x01(\r\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\r\n\x05route\x18\x06 \x03(\t\"[\n\nBatchReply\x12!\n\x07results\x18\x01 \x03(\x0b\x32\x10.chord.v1.Result\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"^\n\x0bScanRequest\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x04\x12\x11\n\tkeys_only\x18\x04 \x01(\x08\x12\x11\n\tpage_size\x18\x05 \x01(\r\"#\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"q\n\x08ScanPage\x12 \n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x0f.chord.v1.Entry\x12\x12\n\nnode_index\x18\x02 \x01(\r\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04keys\x18\x04 \x01(\x04\x12\x10\n\x08last_seq\x18\x05 \x01(\x04\"*\n\x0c\x43ountRequest\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\"Q\n\nCountReply\x12\x0c\n\x04keys\x18\x01 \x01(\x04\x12\x12\n\nnode_index\x18\x02 \x01(\r\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"\x0f\n\rStatusRequest\"R\n\x0cRoutingEntry\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x12\n\nnode_index\x18\x02 \x01(\r\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"\xb1\x03\n\nNodeStatus\x12\x12\n\nnode_index\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61rc_low\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0c\n\x04keys\x18\x05 \x01(\x04\x12\x18\n\x10snapshot_counter\x18\x06 \x01(\x04\x12\x13\n\x0blog_counter\x18\x07 \x01(\x04\x12\x10\n\x08last_seq\x18\x08 \x01(\x04\x12\'\n\x07routing\x18\t \x03(\x0b\x32\x16.chord.v1.RoutingEntry\x12\r\n\x05\x66sync\x18\n \x01(\t\x12\x16\n\x0euptime_seconds\x18\x0b \x01(\x01\x12\x0b\n\x03pid\x18\x0c \x01(\r\x12\x11\n\tplacement\x18\r \x01(\t\x12\x14\n\x0crouting_mode\x18\x0e \x01(\t\x12\x11\n\trss_bytes\x18\x0f \x01(\x04\x12\x15\n\rready_seconds\x18\x10 \x01(\x01\x12\x18\n\x10recovery_seconds\x18\x11 \x01(\x01\x12\x11\n\tin_flight\x18\x12 \x01(\x04\x12\x0c\n\x04\x63pus\x18\x13 \x01(\t\x12\x12\n\nevent_loop\x18\x14 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x15 \x01(\t\"\x11\n\x0fSnapshotRequest\"\x81\x01\n\rSnapshotReply\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\x04\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x0c\n\x04keys\x18\x04 \x01(\x04\x12\x0f\n\x07skipped\x18\x05 \x01(\x08\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\x12\n\ncapture_ms\x18\x07 \x01(\x01\"\x0e\n\x0c\x46ilesRequest\"\x97\x01\n\x08\x46ileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12\r\n\x05mtime\x18\x05 \x01(\x01\x12\x0f\n\x07records\x18\x06 \x01(\x03\x12\x0e\n\x06in_use\x18\x07 \x01(\x08\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x0f\n\x07\x63urrent\x18\t \x01(\x08\"B\n\nFilesReply\x12\x11\n\tdirectory\x18\x01 \x01(\t\x12!\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x12.chord.v1.FileInfo*F\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\n\n\x06\x43REATE\x10\x01\x12\x08\n\x04READ\x10\x02\x12\n\n\x06UPDATE\x10\x03\x12\n\n\x06\x44\x45LETE\x10\x04\x32\xb4\x03\n\x08KeyValue\x12\x31\n\x06\x43reate\x12\x16.chord.v1.WriteRequest\x1a\x0f.chord.v1.Reply\x12-\n\x04Read\x12\x14.chord.v1.KeyRequest\x1a\x0f.chord.v1.Reply\x12\x31\n\x06Update\x12\x16.chord.v1.WriteRequest\x1a\x0f.chord.v1.Reply\x12/\n\x06\x44\x65lete\x12\x14.chord.v1.KeyRequest\x1a\x0f.chord.v1.Reply\x12\x35\n\x05\x42\x61tch\x12\x16.chord.v1.BatchRequest\x1a\x14.chord.v1.BatchReply\x12?\n\x0b\x42\x61tchStream\x12\x16.chord.v1.BatchRequest\x1a\x14.chord.v1.BatchReply(\x01\x30\x01\x12\x33\n\x04Scan\x12\x15.chord.v1.ScanRequest\x1a\x12.chord.v1.ScanPage0\x01\x12\x35\n\x05\x43ount\x12\x16.chord.v1.CountRequest\x1a\x14.chord.v1.CountReply2\xbb\x01\n\x05\x41\x64min\x12\x37\n\x06Status\x12\x17.chord.v1.StatusRequest\x1a\x14.chord.v1.NodeStatus\x12\x42\n\x0cTakeSnapshot\x12\x19.chord.v1.SnapshotRequest\x1a\x17.chord.v1.SnapshotReply\x12\x35\n\x05\x46iles\x12\x16.chord.v1.FilesRequest\x1a\x14.chord.v1.FilesReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chordctl.pb.chord_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OP']._serialized_start=1850
-  _globals['_OP']._serialized_end=1920
+  _globals['_OP']._serialized_start=1927
+  _globals['_OP']._serialized_end=1997
   _globals['_KEYREQUEST']._serialized_start=37
   _globals['_KEYREQUEST']._serialized_end=77
   _globals['_WRITEREQUEST']._serialized_start=79
@@ -42,39 +42,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPERATION']._serialized_start=231
   _globals['_OPERATION']._serialized_end=340
   _globals['_BATCHREQUEST']._serialized_start=342
-  _globals['_BATCHREQUEST']._serialized_end=390
-  _globals['_RESULT']._serialized_start=392
-  _globals['_RESULT']._serialized_end=498
-  _globals['_BATCHREPLY']._serialized_start=500
-  _globals['_BATCHREPLY']._serialized_end=547
-  _globals['_SCANREQUEST']._serialized_start=549
-  _globals['_SCANREQUEST']._serialized_end=643
-  _globals['_ENTRY']._serialized_start=645
-  _globals['_ENTRY']._serialized_end=680
-  _globals['_SCANPAGE']._serialized_start=682
-  _globals['_SCANPAGE']._serialized_end=795
-  _globals['_COUNTREQUEST']._serialized_start=797
-  _globals['_COUNTREQUEST']._serialized_end=839
-  _globals['_COUNTREPLY']._serialized_start=841
-  _globals['_COUNTREPLY']._serialized_end=922
-  _globals['_STATUSREQUEST']._serialized_start=924
-  _globals['_STATUSREQUEST']._serialized_end=939
-  _globals['_ROUTINGENTRY']._serialized_start=941
-  _globals['_ROUTINGENTRY']._serialized_end=1023
-  _globals['_NODESTATUS']._serialized_start=1026
-  _globals['_NODESTATUS']._serialized_end=1459
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1461
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1478
-  _globals['_SNAPSHOTREPLY']._serialized_start=1481
-  _globals['_SNAPSHOTREPLY']._serialized_end=1610
-  _globals['_FILESREQUEST']._serialized_start=1612
-  _globals['_FILESREQUEST']._serialized_end=1626
-  _globals['_FILEINFO']._serialized_start=1629
-  _globals['_FILEINFO']._serialized_end=1780
-  _globals['_FILESREPLY']._serialized_start=1782
-  _globals['_FILESREPLY']._serialized_end=1848
-  _globals['_KEYVALUE']._serialized_start=1923
-  _globals['_KEYVALUE']._serialized_end=2294
-  _globals['_ADMIN']._serialized_start=2297
-  _globals['_ADMIN']._serialized_end=2484
+  _globals['_BATCHREQUEST']._serialized_end=423
+  _globals['_RESULT']._serialized_start=425
+  _globals['_RESULT']._serialized_end=531
+  _globals['_BATCHREPLY']._serialized_start=533
+  _globals['_BATCHREPLY']._serialized_end=624
+  _globals['_SCANREQUEST']._serialized_start=626
+  _globals['_SCANREQUEST']._serialized_end=720
+  _globals['_ENTRY']._serialized_start=722
+  _globals['_ENTRY']._serialized_end=757
+  _globals['_SCANPAGE']._serialized_start=759
+  _globals['_SCANPAGE']._serialized_end=872
+  _globals['_COUNTREQUEST']._serialized_start=874
+  _globals['_COUNTREQUEST']._serialized_end=916
+  _globals['_COUNTREPLY']._serialized_start=918
+  _globals['_COUNTREPLY']._serialized_end=999
+  _globals['_STATUSREQUEST']._serialized_start=1001
+  _globals['_STATUSREQUEST']._serialized_end=1016
+  _globals['_ROUTINGENTRY']._serialized_start=1018
+  _globals['_ROUTINGENTRY']._serialized_end=1100
+  _globals['_NODESTATUS']._serialized_start=1103
+  _globals['_NODESTATUS']._serialized_end=1536
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1538
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1555
+  _globals['_SNAPSHOTREPLY']._serialized_start=1558
+  _globals['_SNAPSHOTREPLY']._serialized_end=1687
+  _globals['_FILESREQUEST']._serialized_start=1689
+  _globals['_FILESREQUEST']._serialized_end=1703
+  _globals['_FILEINFO']._serialized_start=1706
+  _globals['_FILEINFO']._serialized_end=1857
+  _globals['_FILESREPLY']._serialized_start=1859
+  _globals['_FILESREPLY']._serialized_end=1925
+  _globals['_KEYVALUE']._serialized_start=2000
+  _globals['_KEYVALUE']._serialized_end=2436
+  _globals['_ADMIN']._serialized_start=2439
+  _globals['_ADMIN']._serialized_end=2626
 # @@protoc_insertion_point(module_scope)
