@@ -359,7 +359,7 @@ class _Lane(LaneBase):
                for b in batch]
         watchdog = self.client.watchdog()
         streams = self.streams
-        for attempt in (0, 1):
+        for attempt in (0, 1, 2):     # each retry: nothing was sent
             s = streams.pop() if streams else None
             if s is None or s.stub is not self.stub or not s.replies.is_active():
                 if s is not None:
@@ -380,7 +380,7 @@ class _Lane(LaneBase):
                 # message it did not answer it did not read.
                 watchdog.disarm(s)
                 s.discard()
-                if attempt == 0:
+                if attempt < 2:
                     continue
                 return [UnavailableError(f"client: {self.address} is stopping (it ended the "
                                          f"stream before this batch); {RING_UP_HINT}")
@@ -397,7 +397,7 @@ class _Lane(LaneBase):
                     self.streaming = False
                     return self._send_blocking(batch)
                 details = e.details() or ""
-                if attempt == 0 and never_sent(code.value[0], details):
+                if attempt < 2 and never_sent(code.value[0], details):
                     self.stub = self.client.reopen(self.index, self.stub)
                     continue
                 return [error_for(code, details, self.address, timeout)] * len(batch)

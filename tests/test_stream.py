@@ -28,6 +28,7 @@ from chordctl.client import Client, _Op
 from chordctl.errors import InternalError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
+import chordctl.protocol
 from chordctl.protocol import DEADLINE_EXCEEDED, INVALID_ARGUMENT, OK
 from conftest import Cluster, wait_until, write_config
 
@@ -393,3 +394,114 @@ def test_close_ends_the_idle_streams(ring):
     db.close()
     wait_until(lambda: threading.active_count() <= before + 1,
                what="gRPC's request-reading threads gone after close()")
+
+
+# -- the asyncio client ------------------------------------------------------------------
+
+def aio_ops(*specs, timeout: float = 5.0):
+    from chordctl.aio import _Op as AioOp
+    out = []
+    for s in specs:
+        value = s[2] if len(s) > 2 else b""
+        msg = pb.Operation(op=chordctl.protocol.OPS[s[0]], key=str(s[1]), value=value)
+        out.append(AioOp(msg, s[0], str(s[1]), timeout, None))
+    return out
+
+
+def run_async(coro):
+    import asyncio
+    return asyncio.run(asyncio.wait_for(coro, JOIN * 3))
+
+
+def test_aio_stream_batches_give_exactly_the_outcomes_of_batch_calls(ring):
+    import asyncio
+
+    from chordctl.aio import AsyncClient
+
+    async def run(db) -> dict:
+        out: dict = {}
+
+        async def work(t):
+            got = out[t] = []
+            for i in range(8):
+                k = 10**5 + t * 1000 + i * 37
+                for op, value in (("create", b"a%d" % i), ("read", None), ("update", b"b%d" % t),
+                                  ("read", None), ("create", b"x"), ("delete", None),
+                                  ("read", None), ("delete", None)):
+                    try:
+                        r = await db.call(op, k, value)
+                        got.append((op, r.key, r.value, r.node_index, r.message))
+                    except ChordError as e:
+                        got.append((op, k, type(e).__name__, str(e)))
+        await asyncio.gather(*(work(t) for t in range(32)))
+        return out
+
+    async def main():
+        cfg = chordctl.config.load(ring.config_path)
+        results = []
+        for stream in (True, False):
+            db = AsyncClient(cfg, route="direct", coalesce=True, stream=stream)
+            await db.connect()
+            try:
+                results.append(await run(db))
+                if stream:
+                    assert sum(len(lane.streams) for lane in db._lanes.values()) >= 1
+                    assert db.lane_stats()["batches"] < db.lane_stats()["operations"]
+            finally:
+                await db.close()
+        return results
+    streamed, called = run_async(main())
+    assert streamed == called
+
+
+def test_aio_stream_to_a_stopped_node_fails_within_its_timeout_then_works(make_cluster):
+    import chordctl.aio
+    timeout = 0.5
+    cluster = make_cluster(1, timeout=timeout)
+    node = cluster.nodes[0]
+
+    async def main():
+        async with await chordctl.aio.connect(cluster.config_path) as db:
+            lane = db._lane("1")
+            outs = await lane._send_stream(aio_ops(("read", 1), ("read", 2)))
+            assert [type(o) for o in outs] == [NotFoundError] * 2, outs
+            [first] = lane.streams
+            node.kill(signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                outs = await lane._send_stream(aio_ops(("read", 3), ("read", 4),
+                                                       timeout=timeout))
+                waited = time.monotonic() - t0
+            finally:
+                node.kill(signal.SIGCONT)
+            assert [type(o) for o in outs] == [chordctl.DeadlineExceededError] * 2, outs
+            assert timeout * 0.9 < waited < timeout + 1.0, waited
+            outs = await lane._send_stream(aio_ops(("create", 5, b"v"), ("read", 5)))
+            assert [type(o) for o in outs] == [Result, Result] and outs[1].value == b"v", outs
+            assert lane.streams and lane.streams[0] is not first
+            # a node restart between batches: a new stream, the batch applied once
+            node.kill(signal.SIGKILL)
+            node.start()
+            outs = await lane._send_stream(aio_ops(("create", 6, b"w"), ("read", 6)))
+            assert [type(o) for o in outs] == [Result, Result] and outs[1].value == b"w", outs
+    run_async(main())
+
+
+def test_aio_node_without_batchstream_gets_batch_calls(fake_node):
+    from chordctl.aio import AsyncClient
+    fake = FakeKeyValue()
+    address = fake_node(fake)
+
+    async def main():
+        db = AsyncClient(target=address, coalesce=True)
+        await db.connect()
+        try:
+            lane = db._lane("1")
+            outs = await lane._send(aio_ops(("read", 1), ("read", 2)))
+            assert [type(o) for o in outs] == [NotFoundError] * 2, outs
+            assert (fake.batch_calls, lane.streaming) == (1, False)
+            await lane._send(aio_ops(("read", 3), ("read", 4)))
+            assert fake.batch_calls == 2
+        finally:
+            await db.close()
+    run_async(main())
