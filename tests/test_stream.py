@@ -281,6 +281,35 @@ def test_stream_broken_mid_flight_fails_like_a_batch_call_and_is_not_retried(mak
             == [NotFoundError] * 2     # the create never ran, and was not sent again
 
 
+def test_ctrl_c_while_waiting_on_a_stream_drops_that_stream(make_cluster):
+    """KeyboardInterrupt in the thread waiting for a stream's reply: it leaves
+    at once, and the late reply can never be taken for the next batch's:
+    that stream is dropped, the next batch goes on a new one."""
+    import ctypes
+    cluster = make_cluster(1, hold="7:3")
+    with chordctl.connect(cluster.config_path, route="direct") as db:
+        lane = db._lane("1")
+        result: list = []
+
+        def lead():
+            try:
+                result.append(lane._send_stream(ops(("read", 7), ("read", 8))))
+            except BaseException as e:      # noqa: BLE001 - the outcome is what we test
+                result.append(e)
+        t = threading.Thread(target=lead, daemon=True)
+        t.start()
+        wait_until(lambda: db.status().in_flight >= 2, what="the batch held in the node")
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident),
+                                                   ctypes.py_object(KeyboardInterrupt))
+        t.join(JOIN)
+        assert not t.is_alive() and isinstance(result[0], KeyboardInterrupt), result
+        assert lane.streams == []
+        t0 = time.monotonic()
+        outs = bounded(lane._send_stream, ops(("read", 8), ("read", 9)))
+        assert [type(o) for o in outs] == [NotFoundError] * 2, outs
+        assert time.monotonic() - t0 < 2.0      # not behind the held reply
+
+
 # -- fake nodes: no BatchStream, a stream ending early, a wrong seq ----------------------
 
 class FakeKeyValue(pb_grpc.KeyValueServicer):
