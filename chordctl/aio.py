@@ -25,7 +25,6 @@ key_text and validate, scan's checks and merge order (scan.AsyncScan).
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from typing import Iterable
@@ -35,7 +34,8 @@ import grpc
 from chordctl import security
 from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, RING_UP_HINT, STREAM_GRACE,
                              ClientBase, LaneBase, Result,
-                             _batch_outcome, _remaining, _request, _unary, batch_messages,
+                             _batch_outcome, _ms, _remaining, _request, _unary,
+                             batch_messages,
                              batch_outcomes, error_for, library_route, node_count,
                              none_answered, probe_failure, reply_result)
 from chordctl.config import Config
@@ -206,7 +206,7 @@ class _Lane(LaneBase):
                     return [self.client.closed_error()] * len(batch)
             left = _remaining(batch)
             seq = s.seq = s.seq + 1
-            request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=math.ceil(left * 1000))
+            request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left))
             timer = loop.call_later(left + STREAM_GRACE, s.expire)
             try:
                 try:

@@ -370,7 +370,7 @@ class _Lane(LaneBase):
                     return [self.client.closed_error()] * len(batch)
             left = _remaining(batch)
             seq = s.seq = s.seq + 1
-            request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=math.ceil(left * 1000))
+            request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left))
             watchdog.arm(s, time.monotonic() + left + STREAM_GRACE)
             try:
                 s.box.put(request)
@@ -1191,6 +1191,11 @@ def _remaining(batch) -> float:
     """Seconds left to the latest deadline of *batch* (its items waited in the
     queue; at least 1 ms, so an expired one still gets gRPC's deadline error)."""
     return max(max(item.deadline for item in batch) - time.monotonic(), 0.001)
+
+
+def _ms(seconds: float) -> int:
+    """A stream message's timeout_ms (a uint32: at most ~49 days)."""
+    return min(math.ceil(seconds * 1000), 0xFFFFFFFF)
 
 
 def _unary(kv: pb_grpc.KeyValueStub, op: str):

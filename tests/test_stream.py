@@ -224,6 +224,16 @@ def test_stream_batch_to_a_stopped_node_fails_within_its_timeout_then_works(make
         assert lane.streams and lane.streams[0] is not first
 
 
+@pytest.mark.parametrize("timeout", [1e9, 1e7])
+def test_stream_batch_with_a_huge_timeout_is_sent(ring, timeout):
+    """timeout_ms is a uint32: past ~49 days it is capped, not a ValueError
+    out of the lane (1e9 s is what an infinite timeout becomes)."""
+    with chordctl.connect(ring.config_path, route="direct", timeout=timeout) as db:
+        lane = db._lane("1")
+        outs = lane._send_stream(ops(("read", 1), ("read", 2), timeout=timeout))
+        assert [type(o) for o in outs] == [NotFoundError] * 2, outs
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_node_restart_between_batches_reopens_the_stream(make_cluster, sig):
     """The stream of a node that stopped (cleanly or killed) and came back is
