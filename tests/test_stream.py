@@ -143,8 +143,10 @@ def test_stopping_node_ends_its_streams_cleanly_between_messages(make_cluster):
         cluster.nodes[0].proc.send_signal(signal.SIGTERM)
         out = bounded(next, replies)
         assert isinstance(out, StopIteration), out
+        # OK: ended by the node between messages (after the 2 s grace gRPC
+        # would cancel it: CANCELLED or UNAVAILABLE, maybe with a reply lost)
         assert replies.code() == grpc.StatusCode.OK
-        assert time.monotonic() - t0 < 1.5     # the config's grace is 2 s
+        assert time.monotonic() - t0 < JOIN
         assert cluster.nodes[0].proc.wait(timeout=JOIN) == 0
     finally:
         box.put(None)
