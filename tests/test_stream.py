@@ -113,6 +113,34 @@ def test_stream_message_failures_are_its_reply_and_the_stream_goes_on(make_clust
         channel.close()
 
 
+def test_stream_message_to_a_recovering_node_is_unavailable_and_the_stream_goes_on(tmp_path):
+    """The readiness gate refuses a message (not the stream): the next one,
+    once the node is ready, is served on the same stream."""
+    from chordctl.localcluster import wait_serving
+    from conftest import NodeProc
+    node = NodeProc(write_config(tmp_path, 1), 0, replay_delay=3).start(wait=False)
+    channel = None
+    box: queue.SimpleQueue = queue.SimpleQueue()
+    try:
+        channel = grpc.insecure_channel(node.address)
+        wait_until(lambda: grpc.channel_ready_future(channel).result(timeout=JOIN) is None,
+                   what="the node's port")
+        replies = pb_grpc.KeyValueStub(channel).BatchStream(iter(box.get, None))
+        box.put(pb.BatchRequest(seq=1, ops=[read_op(1), read_op(2)]))
+        r = next(replies)
+        assert (r.seq, r.code, len(r.results)) == (1, 14, 0), r     # UNAVAILABLE
+        assert "recovering" in r.message
+        wait_serving(node.address, node.proc, JOIN)
+        box.put(pb.BatchRequest(seq=2, ops=[read_op(1), read_op(2)]))
+        r = next(replies)
+        assert (r.seq, r.code, [x.code for x in r.results]) == (2, OK, [5, 5])
+    finally:
+        box.put(None)
+        if channel is not None:
+            channel.close()
+        node.stop()
+
+
 def test_stream_malformed_message_is_invalid_argument_and_the_stream_goes_on(make_cluster):
     cluster = make_cluster(1)
     channel = grpc.insecure_channel(cluster.address(0))
