@@ -32,13 +32,15 @@ from typing import Iterable
 import grpc
 
 from chordctl import security
-from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, ClientBase, LaneBase, Result,
-                             _batch_outcome, _remaining, _request, _unary, batch_messages,
+from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, RING_UP_HINT, STREAM_GRACE,
+                             ClientBase, LaneBase, Result,
+                             _batch_outcome, _ms, _remaining, _request, _unary,
+                             batch_messages,
                              batch_outcomes, error_for, library_route, node_count,
                              none_answered, probe_failure, reply_result)
 from chordctl.config import Config
 from chordctl.config import load as load_config
-from chordctl.errors import ChordError, InvalidInputError, UnavailableError
+from chordctl.errors import ChordError, InternalError, InvalidInputError, UnavailableError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.protocol import DEADLINE_EXCEEDED, OPS, key_text, never_sent
@@ -76,7 +78,14 @@ class _Lane(LaneBase):
 
     Only the event loop's thread touches a lane, so it needs no lock;
     ``pending`` is non-empty only while all ``depth`` slots are busy.
+    Batches of two or more go as messages of a BatchStream call, as the
+    sync lane's (_send_stream).
     """
+
+    def __init__(self, client, index, stub, address: str, depth: int, limit: int):
+        super().__init__(client, index, stub, address, depth, limit)
+        self.streaming = client.stream
+        self.streams: list[_Stream] = []        # open and idle
 
 
     async def call(self, msg: pb.Operation, op: str, key: str,
@@ -137,8 +146,10 @@ class _Lane(LaneBase):
             self.senders -= 1
 
     async def _send(self, batch: list[_Op]) -> list[Result | ChordError]:
-        timeout = max(item.timeout for item in batch)
         single = len(batch) == 1
+        if self.streaming and not single:
+            return await self._send_stream(batch)
+        timeout = max(item.timeout for item in batch)
         if single:      # a lone operation goes as its unary call (cheaper than a Batch of one)
             only = batch[0]
             request = _request(only.op, only.key, only.msg.value, only.msg.trace)
@@ -173,6 +184,113 @@ class _Lane(LaneBase):
         raise AssertionError("unreachable")
 
 
+    async def _send_stream(self, batch: list[_Op]) -> list[Result | ChordError]:
+        """*batch* as one message of a BatchStream call: the outcomes of the
+        sync lane's _send_stream (a stream found or ended before this message
+        was read: sent again on a fresh one; broken mid-flight: failed, maybe
+        applied; no reply by the deadline: DEADLINE_EXCEEDED; UNIMPLEMENTED:
+        Batch calls for this lane). The deadline is a timer that cancels the
+        stream, as a stream has none per message."""
+        timeout = max(item.timeout for item in batch)
+        ops = [item.msg for item in batch]
+        streams = self.streams
+        loop = asyncio.get_running_loop()
+        for attempt in (0, 1, 2):     # each retry: nothing was sent
+            s = streams.pop() if streams else None
+            if s is None or s.stub is not self.stub or s.call.done():
+                if s is not None:
+                    s.call.cancel()
+                try:
+                    s = _Stream(self.stub)
+                except (grpc.aio.UsageError, AttributeError):   # the channel was closed
+                    return [self.client.closed_error()] * len(batch)
+            left = _remaining(batch)
+            seq = s.seq = s.seq + 1
+            request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left))
+            timer = loop.call_later(left + STREAM_GRACE, s.expire)
+            try:
+                try:
+                    await s.call.write(request)
+                except (grpc.RpcError, asyncio.InvalidStateError) as e:
+                    # The stream was over before this message left (a grpc.aio
+                    # call learns that its connection died when it next writes
+                    # or reads): nothing was sent; once more on a fresh stream.
+                    s.call.cancel()
+                    if isinstance(e, grpc.RpcError) \
+                            and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        self.streaming = False
+                        return await self._send(batch)
+                    if attempt < 2:
+                        continue
+                    return [UnavailableError(f"client: {self.address} ended the stream "
+                                             f"twice before this batch left; {RING_UP_HINT}")
+                            ] * len(batch)
+                reply = await s.call.read()
+            except grpc.RpcError as e:
+                s.call.cancel()
+                code = e.code()
+                if code == grpc.StatusCode.UNIMPLEMENTED:   # an older node: nothing was run
+                    self.streaming = False
+                    return await self._send(batch)
+                details = e.details() or ""
+                if attempt < 2 and never_sent(code.value[0], details):
+                    try:
+                        self.stub = await self.client._reopen(self.index, self.stub)
+                    except ChordError as err:
+                        return [err] * len(batch)
+                    continue
+                return [error_for(code, details, self.address, timeout)] * len(batch)
+            except asyncio.CancelledError:
+                s.call.cancel()
+                if s.expired:
+                    return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
+                                      timeout)] * len(batch)
+                if _cancelling():
+                    raise
+                return [self.client.lost_error(self.address)] * len(batch)
+            finally:
+                timer.cancel()
+            if reply is grpc.aio.EOF:
+                # Ended with OK before answering: the node is stopping, and a
+                # message it did not answer it did not read.
+                if attempt < 2:
+                    continue
+                return [UnavailableError(f"client: {self.address} is stopping (it ended the "
+                                         f"stream before this batch); {RING_UP_HINT}")
+                        ] * len(batch)
+            if reply.seq != seq:
+                s.call.cancel()
+                return [InternalError(f"client: {self.address} answered message {reply.seq} "
+                                      f"of the stream for message {seq}")] * len(batch)
+            if not self.client._closed:
+                streams.append(s)
+            code = reply.code
+            if code:
+                if code == DEADLINE_EXCEEDED:   # in the words of a call's deadline
+                    return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
+                                      timeout)] * len(batch)
+                return [error_for(code, reply.message, self.address, timeout)] * len(batch)
+            return batch_outcomes(batch, reply.results, self.address)
+        raise AssertionError("unreachable")
+
+
+class _Stream:
+    """One BatchStream call of an aio lane (reader/writer API)."""
+
+    __slots__ = ("stub", "call", "seq", "expired")
+
+    def __init__(self, stub: pb_grpc.KeyValueStub):
+        self.stub = stub
+        self.call = stub.BatchStream()
+        self.seq = 0
+        self.expired = False
+
+    def expire(self) -> None:
+        """The reply in flight is overdue: end the stream (its read raises)."""
+        self.expired = True
+        self.call.cancel()
+
+
 def _cancelling() -> bool:
     """Whether the running task itself is being cancelled (not just a call of it,
     which a channel closed under the call cancels)."""
@@ -199,8 +317,10 @@ class AsyncClient(ClientBase):
 
     def __init__(self, config: Config | None = None, target: str | None = None,
                  timeout: float | None = None, route: str | None = None,
-                 coalesce: bool = False, coalesce_depth: int | None = None):
+                 coalesce: bool = False, coalesce_depth: int | None = None,
+                 stream: bool = True):
         super().__init__(config, target, timeout, route, coalesce, coalesce_depth)
+        self.stream = stream        # coalesced batches on BatchStream calls (_Lane._send_stream)
         self._lanes: dict[int | None, _Lane] = {}
         self._channel: grpc.aio.Channel | None = None
         self._kv: pb_grpc.KeyValueStub | None = None
@@ -341,6 +461,9 @@ class AsyncClient(ClientBase):
                 await channel.close()
         if self._tasks:     # the lanes' senders end as their calls fail
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for lane in self._lanes.values():
+            while lane.streams:
+                lane.streams.pop().call.cancel()
         self._lanes.clear()
 
     async def __aenter__(self) -> "AsyncClient":

@@ -10,7 +10,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import os
+import queue
 import threading
 import time
 from _thread import allocate_lock as _allocate_lock
@@ -28,6 +30,9 @@ from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.protocol import (DEADLINE_EXCEEDED, OPS, UNAVAILABLE, allow_key_digits, code_name,
                                describe, error_class, key_text, never_sent, parse_key,
                                unknown_operation, validate)
+
+STREAM_GRACE = 0.05     # s past a stream message's deadline before the client gives up on
+#                         its stream (the node answers an expired message itself by then)
 
 CONNECT_TIMEOUT = 1.0
 # Seconds; longer timeouts (inf too) are this: gRPC's deadline overflows past
@@ -191,6 +196,10 @@ class _Lane(LaneBase):
                  address: str, depth: int, limit: int):
         super().__init__(client, index, stub, address, depth, limit)
         self.lock = threading.Lock()
+        # Batches of two or more go as messages of a BatchStream call (one
+        # per slot in use, kept open: _send_stream) unless the node lacks it.
+        self.streaming = client.stream
+        self.streams: list[_Stream] = []        # open and idle
 
     def _take(self) -> list[_Op]:
         """The next batch off the queue (the caller holds the lock)."""
@@ -310,6 +319,8 @@ class _Lane(LaneBase):
         self._deliver(batch, outcomes)
 
     def _send_blocking(self, batch: list[_Op]) -> list[Result | ChordError]:
+        if self.streaming and len(batch) > 1:
+            return self._send_stream(batch)
         timeout = max(item.timeout for item in batch)
         for attempt in (0, 1):
             try:
@@ -325,6 +336,96 @@ class _Lane(LaneBase):
             except ValueError:      # the channel was closed under us
                 return [self.client.closed_error()] * len(batch)
         raise AssertionError("unreachable")
+
+    def _send_stream(self, batch: list[_Op]) -> list[Result | ChordError]:
+        """Send *batch* as one message of a BatchStream call and wait for its
+        reply: the node serves it as a Batch call, at about half the node's
+        CPU of one (BENCHMARKS.md). The stream is this slot's while in use,
+        then back in ``streams`` for the next batch.
+
+        Outcomes as a Batch call's: a stream found ended (the node stopped or
+        restarted since), or ended by the node before reading this message
+        (it is stopping: it ends streams only between messages), or a call
+        that never left this process, is sent once more (on a fresh stream;
+        nothing was applied); one that broke while the message was in flight
+        fails as a Batch call failing mid-flight does, maybe applied. Without
+        a reply by the deadline (the node answers an expired message itself;
+        a node that cannot answer at all) the watchdog cancels the stream:
+        DEADLINE_EXCEEDED. A node without BatchStream (UNIMPLEMENTED): this
+        lane goes back to Batch calls.
+        """
+        timeout = max(item.timeout for item in batch)
+        ops = [pb.Operation(op=OPS[b.op], key=b.key, value=b.value or b"", trace=b.trace)
+               for b in batch]
+        watchdog = self.client.watchdog()
+        streams = self.streams
+        for attempt in (0, 1, 2):     # each retry: nothing was sent
+            s = streams.pop() if streams else None
+            if s is None or s.stub is not self.stub or not s.replies.is_active():
+                if s is not None:
+                    s.discard()
+                try:
+                    s = _Stream(self.stub)
+                except ValueError:      # the channel was closed under us
+                    return [self.client.closed_error()] * len(batch)
+            left = _remaining(batch)
+            seq = s.seq = s.seq + 1
+            request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left))
+            watchdog.arm(s, time.monotonic() + left + STREAM_GRACE)
+            try:
+                s.box.put(request)
+                reply = next(s.replies)
+            except StopIteration:
+                # Ended with OK before answering: the node is stopping, and a
+                # message it did not answer it did not read.
+                watchdog.disarm(s)
+                s.discard()
+                if attempt < 2:
+                    continue
+                return [UnavailableError(f"client: {self.address} is stopping (it ended the "
+                                         f"stream before this batch); {RING_UP_HINT}")
+                        ] * len(batch)
+            except grpc.RpcError as e:
+                watchdog.disarm(s)
+                s.discard()
+                if s.expired:
+                    return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
+                                      timeout)] * len(batch)
+                code = e.code()
+                if code == grpc.StatusCode.UNIMPLEMENTED:   # an older node: nothing was run
+                    log.debug("client: %s has no BatchStream; Batch calls", self.address)
+                    self.streaming = False
+                    return self._send_blocking(batch)
+                details = e.details() or ""
+                if attempt < 2 and never_sent(code.value[0], details):
+                    self.stub = self.client.reopen(self.index, self.stub)
+                    continue
+                return [error_for(code, details, self.address, timeout)] * len(batch)
+            except BaseException:       # Ctrl-C while waiting: its reply would come later
+                watchdog.disarm(s)
+                s.discard()
+                raise
+            watchdog.disarm(s)
+            if reply.seq != seq:
+                s.discard()
+                return [InternalError(f"client: {self.address} answered message {reply.seq} "
+                                      f"of the stream for message {seq}")] * len(batch)
+            if self.client._closed:
+                s.discard()
+            else:
+                streams.append(s)
+            code = reply.code
+            if code:
+                if code == DEADLINE_EXCEEDED:   # in the words of a call's deadline
+                    return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
+                                      timeout)] * len(batch)
+                return [error_for(code, reply.message, self.address, timeout)] * len(batch)
+            return batch_outcomes(batch, reply.results, self.address)
+        raise AssertionError("unreachable")
+
+    def close_streams(self) -> None:
+        while self.streams:
+            self.streams.pop().discard()
 
     # -- both -----------------------------------------------------------------------
 
@@ -373,6 +474,77 @@ class _Lane(LaneBase):
             leader.waiter.release()
             return None
         return batch
+
+
+class _Stream:
+    """One BatchStream call of a lane: requests go into *box*, which a thread
+    of gRPC's reads; replies come from *replies*, one per request, in order."""
+
+    __slots__ = ("stub", "box", "replies", "seq", "due", "expired")
+
+    def __init__(self, stub: pb_grpc.KeyValueStub):
+        self.stub = stub
+        self.box: queue.SimpleQueue = queue.SimpleQueue()
+        self.replies = stub.BatchStream(iter(self.box.get, None))
+        self.seq = 0
+        self.due = 0.0          # when the reply in flight is overdue (the watchdog's)
+        self.expired = False    # the watchdog cancelled it
+
+    def discard(self) -> None:
+        """Cancel the call and end gRPC's thread reading *box*."""
+        self.replies.cancel()
+        self.box.put(None)
+
+
+class _Watchdog:
+    """Cancels a stream whose reply is overdue: a blocking read of a stream
+    has no timeout of its own. One thread per Client, started with its first
+    stream, asleep until the earliest reply due; arming one due later than
+    that (every message of the same timeout) wakes nothing."""
+
+    def __init__(self):
+        self.cond = threading.Condition(threading.Lock())
+        self.armed: set[_Stream] = set()
+        self.target = math.inf      # when the thread wakes next
+        self.thread: threading.Thread | None = None
+        self.stopped = False
+
+    def arm(self, stream: _Stream, due: float) -> None:
+        with self.cond:
+            stream.due = due
+            self.armed.add(stream)
+            if due < self.target and not self.stopped:
+                self.target = due
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._run, daemon=True,
+                                                   name="chordctl-stream-watchdog")
+                    self.thread.start()
+                else:
+                    self.cond.notify()
+
+    def disarm(self, stream: _Stream) -> None:
+        with self.cond:
+            self.armed.discard(stream)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+
+    def _run(self) -> None:
+        with self.cond:
+            while not self.stopped:
+                now = time.monotonic()
+                target = math.inf
+                for stream in list(self.armed):
+                    if stream.due <= now:
+                        self.armed.discard(stream)
+                        stream.expired = True
+                        stream.replies.cancel()
+                    elif stream.due < target:
+                        target = stream.due
+                self.target = target
+                self.cond.wait(None if target == math.inf else target - now)
 
 
 class ClientBase:
@@ -502,8 +674,11 @@ class Client(ClientBase):
 
     def __init__(self, config: Config | None = None, target: str | None = None,
                  timeout: float | None = None, route: str | None = None,
-                 coalesce: bool = False, coalesce_depth: int | None = None):
+                 coalesce: bool = False, coalesce_depth: int | None = None,
+                 stream: bool = True):
         super().__init__(config, target, timeout, route, coalesce, coalesce_depth)
+        self.stream = stream        # coalesced batches on BatchStream calls (_Lane._send_stream)
+        self._watchdog: _Watchdog | None = None
         self._lanes: dict[int | None, _Lane] = {}
         self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
         self._node_channels: dict[int, grpc.Channel] = {}
@@ -569,7 +744,21 @@ class Client(ClientBase):
                 channel.close()
             self._node_channels.clear()
             self._node_stubs.clear()
+            for lane in self._lanes.values():
+                lane.close_streams()
             self._lanes.clear()
+            if self._watchdog is not None:
+                self._watchdog.stop()
+
+    def watchdog(self) -> _Watchdog:
+        """The streams' watchdog (made once)."""
+        wd = self._watchdog
+        if wd is None:
+            with self._lock:
+                wd = self._watchdog
+                if wd is None:
+                    wd = self._watchdog = _Watchdog()
+        return wd
 
     def stub_for(self, key: str) -> tuple[pb_grpc.KeyValueStub, str]:
         """The stub to send an operation on *key* to, and its address."""
@@ -1003,6 +1192,11 @@ def _remaining(batch) -> float:
     """Seconds left to the latest deadline of *batch* (its items waited in the
     queue; at least 1 ms, so an expired one still gets gRPC's deadline error)."""
     return max(max(item.deadline for item in batch) - time.monotonic(), 0.001)
+
+
+def _ms(seconds: float) -> int:
+    """A stream message's timeout_ms (a uint32: at most ~49 days)."""
+    return min(math.ceil(seconds * 1000), 0xFFFFFFFF)
 
 
 def _unary(kv: pb_grpc.KeyValueStub, op: str):

@@ -118,13 +118,15 @@ def test_key_value_service_has_one_rpc_per_operation() -> None:
         "Update": ("WriteRequest", "Reply"),
         "Delete": ("KeyRequest", "Reply"),
         "Batch": ("BatchRequest", "BatchReply"),
+        "BatchStream": ("BatchRequest", "BatchReply"),
         "Scan": ("ScanRequest", "ScanPage"),
         "Count": ("CountRequest", "CountReply"),
     }
     for m in service.methods:
-        # Only Scan streams (pages of one node's keys); nothing streams requests.
-        assert not m.client_streaming
-        assert m.server_streaming == (m.name == "Scan")
+        # Scan streams pages of one node's keys; BatchStream is Batch calls as
+        # messages of one stream both ways; nothing else streams.
+        assert m.client_streaming == (m.name == "BatchStream")
+        assert m.server_streaming == (m.name in ("Scan", "BatchStream"))
     assert chord_pb2.DESCRIPTOR.package == "chord.v1"
 
 

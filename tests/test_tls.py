@@ -284,6 +284,22 @@ def test_aio_client_works_over_mutual_tls_on_both_routings(mtls_ring) -> None:
     asyncio.run(main())
 
 
+def test_coalesced_batches_stream_over_mutual_tls(mtls_ring) -> None:
+    """The sync lane's BatchStream rides the node's TLS channel like its calls."""
+    import chordctl
+    from chordctl.client import _Op
+    path, _procs = mtls_ring
+    with chordctl.connect(path, route="direct") as db:
+        lane = db._lane(str(OWNED_BY_1))
+        key = str(OWNED_BY_1)
+        outs = lane._send_stream([_Op("create", key, b"s", False, 5.0),
+                                  _Op("read", key, None, False, 5.0),
+                                  _Op("delete", key, None, False, 5.0)])
+        assert [o.node_index for o in outs] == [1, 1, 1], outs
+        assert outs[1].value == b"s"
+        assert len(lane.streams) == 1 and lane.streaming
+
+
 def test_admin_tls_client_serves_only_the_configs_client_certificate(tmp_path, certs,
                                                                       run_cli) -> None:
     """admin.allow: tls-client: Admin answers clients presenting tls.client_cert

@@ -82,23 +82,28 @@ class Admission:
     def _failed(self, _reason: str) -> None:
         self.open = False           # from a pipeline thread; never set back
 
+    def refusal(self) -> str:
+        """Why a call is refused while not ``open`` (UNAVAILABLE)."""
+        if not self.gate.ready:
+            return self.gate.message
+        return f"{self.node.label}: {self.node.failed}"
+
     async def refuse(self, context: grpc.aio.ServicerContext) -> None:
         """UNAVAILABLE: recovering, or fail-stopped with the reason."""
-        if not self.gate.ready:
-            await self.gate.refuse(context)
-        await context.abort(grpc.StatusCode.UNAVAILABLE,
-                            f"{self.node.label}: {self.node.failed}")
+        await context.abort(grpc.StatusCode.UNAVAILABLE, self.refusal())
 
     async def admit(self, context: grpc.aio.ServicerContext) -> None:
         """Scan and Count: open, or refused."""
         if not self.open:
             await self.refuse(context)
 
+    def full_message(self) -> str:
+        return (f"{self.node.label} has {self.in_flight} requests in flight "
+                f"(limits.max_in_flight); retry later")
+
     async def full(self, context: grpc.aio.ServicerContext) -> None:
         """RESOURCE_EXHAUSTED: no room for more requests in flight (limits.max_in_flight)."""
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"{self.node.label} has {self.in_flight} requests in flight "
-                            f"(limits.max_in_flight); retry later")
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self.full_message())
 
     async def admin(self, context: grpc.aio.ServicerContext, method: str) -> None:
         """An Admin call: a client admin.allow admits, and a ready node.

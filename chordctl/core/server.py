@@ -110,6 +110,7 @@ class NodeServer:
         self.router = Router(config, index, self.node.ring, self.loop, self.replies,
                              self.node.metrics)
         self.server: grpc.aio.Server | None = None
+        self.kv: KeyValueServicer | None = None
         self.health = HealthServicer()
         self.gate = ReadinessGate(self.node.label)
         self.port = 0
@@ -156,8 +157,8 @@ class NodeServer:
         self.node.on_failed.append(on_failed)
 
         admission = Admission(self.node, self.gate)   # KeyValue's and Admin's
-        add_key_value_servicer(KeyValueServicer(self.node, loop, admission),
-                               server)   # malformed bodies: INVALID_ARGUMENT
+        self.kv = KeyValueServicer(self.node, loop, admission)
+        add_key_value_servicer(self.kv, server)   # malformed bodies: INVALID_ARGUMENT
         pb_grpc.add_AdminServicer_to_server(AdminServicer(self.node, loop, admission), server)
         if isinstance(self.node, ReplicatedNode):
             node = self.node
@@ -249,6 +250,8 @@ class NodeServer:
         if self._arc_health is not None:
             self._arc_health.cancel()
         await self.health.enter_graceful_shutdown()
+        if self.kv is not None:
+            self.kv.end_streams()   # BatchStream calls end between messages, with OK
         if self.server is not None:
             await self.server.stop(grace)
         # Every request the server let in has its reply by now (or was

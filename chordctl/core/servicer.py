@@ -28,8 +28,9 @@ from chordctl.core.store import count_keys, ordered_keys
 from chordctl.errors import InvalidInputError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
-from chordctl.protocol import (INVALID_ARGUMENT, OK, OP_CREATE, OP_DELETE, OP_NAMES, OP_READ,
-                               OP_UPDATE, describe, parse_key, validate)
+from chordctl.protocol import (DEADLINE_EXCEEDED, INVALID_ARGUMENT, OK, OP_CREATE, OP_DELETE,
+                               OP_NAMES, OP_READ, OP_UPDATE, RESOURCE_EXHAUSTED, UNAVAILABLE,
+                               describe, parse_key, validate)
 
 STATUS = {sc.value[0]: sc for sc in grpc.StatusCode}   # protocol's codes -> gRPC's
 SCAN_PAGE = 1000              # entries per ScanPage unless the request asks fewer
@@ -76,6 +77,9 @@ def add_key_value_servicer(servicer: "KeyValueServicer", server) -> None:
                                      ("Delete", pb.KeyRequest, pb.Reply),
                                      ("Batch", pb.BatchRequest, pb.BatchReply),
                                      ("Count", pb.CountRequest, pb.CountReply))}
+    handlers["BatchStream"] = grpc.stream_stream_rpc_method_handler(
+        servicer.BatchStream, request_deserializer=_lenient(pb.BatchRequest),
+        response_serializer=pb.BatchReply.SerializeToString)
     handlers["Scan"] = grpc.unary_stream_rpc_method_handler(
         servicer.Scan, request_deserializer=_lenient(pb.ScanRequest),
         response_serializer=pb.ScanPage.SerializeToString)
@@ -163,6 +167,25 @@ class _BatchWaiter:
             self.future.set_result(None)
 
 
+_EXPIRED = True     # what a stream message's timer resolves its _BatchWaiter future with
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(_EXPIRED)
+
+
+class _Stream:
+    """One BatchStream call: its handler's task, and whether it waits for a message."""
+
+    __slots__ = ("task", "idle", "ended")
+
+    def __init__(self, task: asyncio.Task):
+        self.task = task
+        self.idle = True
+        self.ended = False
+
+
 class KeyValueServicer(pb_grpc.KeyValueServicer):
     def __init__(self, node: Node, loop: asyncio.AbstractEventLoop,
                  admission: Admission | None = None):
@@ -178,6 +201,8 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         self.metrics = node.metrics
         self.scans = 0
         self._send_back = _send_back(node)
+        self._streams: set[_Stream] = set()     # BatchStream calls open
+        self.ending = False                     # end_streams was called
 
     # -- helpers --------------------------------------------------------------
 
@@ -243,18 +268,70 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
     async def Batch(self, request, context):
         if type(request) is MalformedRequest:
             await _refuse_malformed(request, context)
+        reply = await self._batch(request.ops, self._deadline(context), 0.0)
+        if reply.__class__ is tuple:        # refused: the call's status
+            await context.abort(STATUS[reply[0]], reply[1])
+        return reply
+
+    async def BatchStream(self, request_iterator, context):
+        """Batch calls as messages of one stream (proto/chord.proto): each one
+        through ``_batch`` like a Batch call, answered in order with its seq;
+        a refusal or an expired timeout_ms is that message's code, and the
+        stream goes on. ``end_streams`` (the node stopping) ends it between
+        messages, with OK: a message without a reply was never read."""
+        stream = _Stream(asyncio.current_task())
+        streams = self._streams
+        streams.add(stream)
+        read = context.read
+        write = context.write
+        default_ms = self.default_timeout * 1000.0
+        try:
+            while not self.ending:
+                stream.idle = True
+                try:
+                    request = await read()
+                except asyncio.CancelledError:
+                    if stream.ended:        # end_streams, between two messages
+                        return
+                    raise
+                stream.idle = False
+                if request is grpc.aio.EOF:
+                    return
+                if type(request) is MalformedRequest:
+                    await write(pb.BatchReply(code=INVALID_ARGUMENT, message=request.message))
+                    continue
+                ms = request.timeout_ms or default_ms
+                reply = await self._batch(request.ops, time.monotonic() + ms / 1000.0, ms)
+                if reply.__class__ is tuple:
+                    reply = pb.BatchReply(code=reply[0], message=reply[1])
+                reply.seq = request.seq
+                await write(reply)
+        finally:
+            streams.discard(stream)
+
+    def end_streams(self) -> None:
+        """The node is stopping: end every BatchStream between two messages
+        (one waiting for a message now; one serving a message once it has
+        answered it). Clients reopen on their next batch."""
+        self.ending = True
+        for stream in list(self._streams):
+            if stream.idle and not stream.ended:
+                stream.ended = True
+                stream.task.cancel()
+
+    async def _batch(self, ops, deadline: float, timed_ms: float):
+        """One Batch's work: a BatchReply, or the (code, message) it is
+        refused with. *timed_ms* (a stream's message; 0 for a call, whose
+        deadline gRPC enforces): answer DEADLINE_EXCEEDED once it passes."""
         admission = self.admission
         if not admission.open:
-            await admission.refuse(context)
-        ops = request.ops
+            return UNAVAILABLE, admission.refusal()
         if len(ops) > self.max_batch:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"batch of {len(ops)} operations is over the limit of "
-                                f"{self.max_batch} (limits.max_batch_ops); split it")
+            return INVALID_ARGUMENT, (f"batch of {len(ops)} operations is over the limit of "
+                                      f"{self.max_batch} (limits.max_batch_ops); split it")
         if admission.in_flight + len(ops) > admission.max_in_flight:
-            await admission.full(context)
+            return RESOURCE_EXHAUSTED, admission.full_message()
         t0 = time.perf_counter()
-        deadline = self._deadline(context)
         # The hot loop of bulk work: plain keys and values within the limit take
         # an inlined fast path; anything else goes through _make (protocol.validate)
         # for the canonical form or the error.
@@ -295,7 +372,17 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             admission.in_flight += len(valid)
             try:
                 self.node.submit(valid)
-                await fut
+                if timed_ms:
+                    timer = self.loop.call_later(deadline - time.monotonic(), _expire, fut)
+                    expired = await fut
+                    timer.cancel()
+                    if expired:
+                        return DEADLINE_EXCEEDED, (
+                            f"{self.node.label}: the batch's deadline ({timed_ms:g} ms) "
+                            f"passed before it was answered; it may or may not have "
+                            f"been applied")
+                else:
+                    await fut
             finally:
                 admission.in_flight -= len(valid)
         reply = _batch_reply(slots, self.node.index, self.node_id, self.node.label,

@@ -69,10 +69,14 @@ class Operation(_message.Message):
     def __init__(self, op: _Optional[_Union[Op, str]] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., trace: _Optional[bool] = ..., hops: _Optional[int] = ..., route: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
-    __slots__ = ("ops",)
+    __slots__ = ("ops", "seq", "timeout_ms")
     OPS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     ops: _containers.RepeatedCompositeFieldContainer[Operation]
-    def __init__(self, ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ...) -> None: ...
+    seq: int
+    timeout_ms: int
+    def __init__(self, ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., seq: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("code", "message", "value", "node_index", "node_id", "route")
@@ -91,10 +95,16 @@ class Result(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., value: _Optional[bytes] = ..., node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., route: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchReply(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "seq", "code", "message")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[Result]
-    def __init__(self, results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ...) -> None: ...
+    seq: int
+    code: int
+    message: str
+    def __init__(self, results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ..., seq: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
     __slots__ = ("start", "end", "limit", "keys_only", "page_size")

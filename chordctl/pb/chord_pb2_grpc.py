@@ -60,6 +60,11 @@ class KeyValueStub:
                 request_serializer=chordctl_dot_pb_dot_chord__pb2.BatchRequest.SerializeToString,
                 response_deserializer=chordctl_dot_pb_dot_chord__pb2.BatchReply.FromString,
                 _registered_method=True)
+        self.BatchStream = channel.stream_stream(
+                '/chord.v1.KeyValue/BatchStream',
+                request_serializer=chordctl_dot_pb_dot_chord__pb2.BatchRequest.SerializeToString,
+                response_deserializer=chordctl_dot_pb_dot_chord__pb2.BatchReply.FromString,
+                _registered_method=True)
         self.Scan = channel.unary_stream(
                 '/chord.v1.KeyValue/Scan',
                 request_serializer=chordctl_dot_pb_dot_chord__pb2.ScanRequest.SerializeToString,
@@ -107,6 +112,19 @@ class KeyValueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchStream(self, request_iterator, context):
+        """Batch calls as messages on one long-lived stream: each BatchRequest is
+        served exactly like a Batch call and answered by one BatchReply, in
+        request order, carrying the request's seq. A failure of one message (the
+        node recovering, over a limit, its timeout_ms passed) is that reply's
+        code and message, and the stream goes on. The node ends the stream with
+        OK only between messages (it is shutting down): every message it read
+        is answered first, so a message left without a reply was not read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Scan(self, request, context):
         """The keys THIS node holds in [start, end), ascending by key, from one
         point-in-time view taken after every earlier request (and durable), in
@@ -149,6 +167,11 @@ def add_KeyValueServicer_to_server(servicer, server):
             ),
             'Batch': grpc.unary_unary_rpc_method_handler(
                     servicer.Batch,
+                    request_deserializer=chordctl_dot_pb_dot_chord__pb2.BatchRequest.FromString,
+                    response_serializer=chordctl_dot_pb_dot_chord__pb2.BatchReply.SerializeToString,
+            ),
+            'BatchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.BatchStream,
                     request_deserializer=chordctl_dot_pb_dot_chord__pb2.BatchRequest.FromString,
                     response_serializer=chordctl_dot_pb_dot_chord__pb2.BatchReply.SerializeToString,
             ),
@@ -297,6 +320,33 @@ class KeyValue:
             request,
             target,
             '/chord.v1.KeyValue/Batch',
+            chordctl_dot_pb_dot_chord__pb2.BatchRequest.SerializeToString,
+            chordctl_dot_pb_dot_chord__pb2.BatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chord.v1.KeyValue/BatchStream',
             chordctl_dot_pb_dot_chord__pb2.BatchRequest.SerializeToString,
             chordctl_dot_pb_dot_chord__pb2.BatchReply.FromString,
             options,
