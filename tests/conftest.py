@@ -64,7 +64,7 @@ def write_config(directory, n: int = 1, *, bits: int = 16, placement: str = "dir
     if replicas != 1:
         doc["ring"]["replicas"] = replicas
         # Short timers: a lost leader is replaced in well under a second.
-        doc["replication"] = replication or {"election_timeout": 0.3, "heartbeat": 0.05}
+        doc["replication"] = replication or {"election_timeout": 0.5, "heartbeat": 0.05}
     path = os.path.join(directory, name)
     with open(path, "w") as f:
         yaml.safe_dump(doc, f)
@@ -164,6 +164,20 @@ class NodeProc:
         return self.start()
 
 
+def owners_lead(config) -> bool:
+    """ring.replicas > 1: whether every arc's owner leads its group (as it does
+    once the ring settled after a start: engine.py), by every node's Status."""
+    for i, node in enumerate(config.nodes):
+        try:
+            with Client(config, target=node.address, timeout=3) as c:
+                groups = {g.group: g for g in c.status(timeout=3).groups}
+        except Exception:
+            return False
+        if groups.get(i) is None or groups[i].state != "leader":
+            return False
+    return True
+
+
 class Cluster:
     def __init__(self, config_path: str, env: dict | None = None, hold: str | None = None):
         self.config_path = config_path
@@ -192,6 +206,12 @@ class Cluster:
 
     def address(self, i: int) -> str:
         return self.config.nodes[i].address
+
+    def settled(self, timeout: float = 20.0) -> "Cluster":
+        """ring.replicas > 1: wait until every arc is led by its owner."""
+        wait_until(lambda: owners_lead(self.config), timeout=timeout, interval=0.05,
+                   what="every arc led by its owner")
+        return self
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def read_all(config, address, expect: dict[int, bytes], timeout: float = 5) -> N
 
 
 def test_three_replicas_hold_every_key_and_answer_through_every_node(make_cluster):
-    cluster = make_cluster(3, bits=BITS, replicas=3)
+    cluster = make_cluster(3, bits=BITS, replicas=3).settled()
     cfg = cluster.config
     keys = keys_on_every_arc(3)
     with Client(cfg, target=cluster.address(0)) as c:
@@ -64,7 +64,7 @@ def test_three_replicas_hold_every_key_and_answer_through_every_node(make_cluste
 
 
 def test_five_nodes_lose_one_for_good_and_every_key_stays_served_within_10s(make_cluster):
-    cluster = make_cluster(5, bits=BITS, replicas=3, timeout=2)
+    cluster = make_cluster(5, bits=BITS, replicas=3, timeout=2).settled()
     cfg = cluster.config
     keys = keys_on_every_arc(5)
     with Client(cfg, target=cluster.address(0)) as c:
@@ -108,7 +108,7 @@ def test_five_nodes_lose_one_for_good_and_every_key_stays_served_within_10s(make
 
 
 def test_every_acknowledged_write_survives_a_kill_9_of_every_node(make_cluster):
-    cluster = make_cluster(3, bits=BITS, replicas=3)
+    cluster = make_cluster(3, bits=BITS, replicas=3).settled()
     cfg = cluster.config
     keys = keys_on_every_arc(3, per_arc=20)
     with Client(cfg, target=cluster.address(1)) as c:
@@ -126,6 +126,7 @@ def test_every_acknowledged_write_survives_a_kill_9_of_every_node(make_cluster):
         n.start(wait=False)
     for n in cluster.nodes:
         n.wait_ready()
+    cluster.settled()
     for i in range(3):
         read_all(cfg, cluster.address(i), expect)
         with Client(cfg, target=cluster.address(i)) as c:

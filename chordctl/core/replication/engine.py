@@ -86,14 +86,22 @@ class Settings:
     tick: float = 0.02
     max_entry_bytes: int = 4 * 1024 * 1024
 
-    def conf(self, journal: Journal) -> SyncObjConf:
+    def conf(self, journal: Journal, owner: bool = False) -> SyncObjConf:
+        """PySyncObj's settings for one group. The arc's *owner* waits half as
+        long before it stands for election (between the heartbeat's 3x and the
+        others' minimum), so it usually wins the first election and stays
+        leader: no transfer, no failed forwards, after a start."""
         fallback = self.leader_fallback or self.election_timeout
+        low, high = self.election_timeout, 2 * self.election_timeout
+        if owner:
+            low = max(3.2 * self.heartbeat, 0.5 * self.election_timeout)
+            high = max(low * 1.2, 0.95 * self.election_timeout)
         return SyncObjConf(
             autoTick=False,
             appendEntriesUseBatch=False,     # a command goes out in its own round
             appendEntriesPeriod=self.heartbeat,
-            raftMinTimeout=self.election_timeout,
-            raftMaxTimeout=2 * self.election_timeout,
+            raftMinTimeout=low,
+            raftMaxTimeout=high,
             leaderFallbackTimeout=max(fallback, self.heartbeat * 1.5),
             connectionTimeout=2 * self.election_timeout,
             appendEntriesBatchSizeBytes=self.max_entry_bytes,
@@ -144,7 +152,7 @@ class Group(SyncObj):
         self_node = Member(me)
         others = [Member(i) for i in members if i != me]
         self.transport = _GroupTransport(engine, group, self_node, others)
-        super().__init__(self_node, others, engine.settings.conf(journal),
+        super().__init__(self_node, others, engine.settings.conf(journal, owner=group == me),
                          transport=self.transport)
         self.first_term = self.raftCurrentTerm
         # The engine drops what cannot be delivered, and Raft resends: every
