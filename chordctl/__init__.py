@@ -52,8 +52,10 @@ def __getattr__(name: str):
     elif module == "chordctl.errors":
         from chordctl import errors as source
     elif name == "aio":
-        from chordctl import aio as source
-        return source
+        # import_module, not "from chordctl import aio": that asks this very
+        # __getattr__ first and recursed forever.
+        import importlib
+        return importlib.import_module("chordctl.aio")
     else:
         raise AttributeError(f"module 'chordctl' has no attribute {name!r}")
     value = getattr(source, name)

@@ -597,11 +597,28 @@ class AsyncClient(ClientBase):
                                  end=self._key_bound(end, "--to"),
                                  limit=limit + 1 if limit else 0, keys_only=keys_only,
                                  page_size=page_size)
-        streams = [AsyncNodeStream(stub, request, label, address, self.timeout, index,
-                                   to_error=error_for)
-                   for index, label, address, stub, _id in self._each_node(request.start,
-                                                                            request.end)]
+        streams = [AsyncNodeStream(stub, req, label, address, self.timeout, index,
+                                   to_error=error_for, alternates=rest)
+                   for req, ((index, label, address, stub, _id), *rest)
+                   in self._sources(request)]
         return await AsyncScan(streams, limit, partial).open()
+
+    def _sources(self, request) -> list[tuple[object, list[tuple]]]:
+        """The sync Client._sources: a node each, or with ring.replicas > 1 an
+        arc each, its replicas in turn."""
+        if self.target or self.config is None or self.config.ring.replicas == 1:
+            return [(request, [node]) for node in self._each_node(request.start, request.end)]
+        if self._closed:
+            raise self.closed_error()
+        self._own_loop()
+        out = []
+        for g, members in self._ring_arcs(request.start, request.end):
+            req = type(request)()
+            req.CopyFrom(request)
+            req.arc = g
+            out.append((req, [(i, label, address, self._node_stub(i), ring_id)
+                              for i, label, address, ring_id in members]))
+        return out
 
     async def count(self, start: int | str | None = None,
                     end: int | str | None = None) -> list[NodeCount]:
@@ -609,10 +626,18 @@ class AsyncClient(ClientBase):
         or its error -- the sync ``Client.count``."""
         request = pb.CountRequest(start=self._key_bound(start, "--from"),
                                   end=self._key_bound(end, "--to"))
-        nodes = self._each_node(request.start, request.end)
-        replies = await asyncio.gather(*(self._count_one(node[3], request) for node in nodes))
-        return [node_count(reply, index, label, address, ring_id)
-                for (index, label, address, _stub, ring_id), reply in zip(nodes, replies)]
+        sources = self._sources(request)
+        return list(await asyncio.gather(*(self._count_source(req, options)
+                                           for req, options in sources)))
+
+    async def _count_source(self, request: pb.CountRequest, options: list[tuple]) -> NodeCount:
+        """One source's count: its replicas in turn while they are unavailable."""
+        for k, (index, label, address, stub, ring_id) in enumerate(options):
+            reply = await self._count_one(stub, request)
+            if isinstance(reply, grpc.RpcError) and k < len(options) - 1 \
+                    and reply.code() == grpc.StatusCode.UNAVAILABLE:
+                continue
+            return node_count(reply, index, label, address, ring_id)
 
     async def _count_one(self, stub: pb_grpc.KeyValueStub,
                          request: pb.CountRequest) -> pb.CountReply | grpc.RpcError:

@@ -644,6 +644,22 @@ class ClientBase:
             raise InvalidInputError(f"scan: {what}: {e}") from None
         return key
 
+    def _ring_arcs(self, start: str, end: str) -> list[tuple[int, list[tuple[int, str, str, str]]]]:
+        """ring.replicas > 1: (arc, its replicas as (index, label, address, ring
+        id), owner first) of every arc that can hold keys in [start, end)."""
+        from chordctl.scan import nodes_for_range
+        ring = self._ring or Ring.from_config(self.config)
+        r = self.config.ring.replicas
+        out = []
+        for g in nodes_for_range(ring, int(start or 0), int(end) if end else None):
+            members = []
+            for i in ring.replicas(g, r):
+                ring_id = str(ring.ids[i])
+                members.append((i, f"arc {g} on node {i} (id {ring_id})",
+                                self.config.nodes[i].address, ring_id))
+            out.append((g, members))
+        return out
+
     def _ring_nodes(self, start: str, end: str) -> list[tuple[int, str, str, str]]:
         """(index, label, address, ring id) of every config node that can hold
         keys in [start, end) (scan.nodes_for_range)."""
@@ -1032,6 +1048,21 @@ class Client(ClientBase):
         return [(i, label, address, self._node_stub(i), ring_id)
                 for i, label, address, ring_id in self._ring_nodes(start, end)]
 
+    def _sources(self, request) -> list[tuple[object, list[tuple]]]:
+        """What a scan or count asks: (request, [(index, label, address, stub,
+        ring id), ...]) per source, the first asked first. A node each; with
+        ring.replicas > 1, an arc each (request.arc set), its replicas in turn."""
+        if self.target or self.config is None or self.config.ring.replicas == 1:
+            return [(request, [node]) for node in self._each_node(request.start, request.end)]
+        out = []
+        for g, members in self._ring_arcs(request.start, request.end):
+            req = type(request)()
+            req.CopyFrom(request)
+            req.arc = g
+            out.append((req, [(i, label, address, self._node_stub(i), ring_id)
+                              for i, label, address, ring_id in members]))
+        return out
+
     def scan(self, start: int | str | None = None, end: int | str | None = None,
              limit: int = 1000,
              keys_only: bool = False, partial: bool = False, page_size: int = 0):
@@ -1045,26 +1076,33 @@ class Client(ClientBase):
                                  end=self._key_bound(end, "--to"),
                                  limit=limit + 1 if limit else 0, keys_only=keys_only,
                                  page_size=page_size)
-        streams = [scan_mod.NodeStream(stub, request, label, address, self.timeout, index,
-                                       to_error=error_for)
-                   for index, label, address, stub, _id in self._each_node(request.start,
-                                                                            request.end)]
+        streams = [scan_mod.NodeStream(stub, req, label, address, self.timeout, index,
+                                       to_error=error_for, alternates=rest)
+                   for req, ((index, label, address, stub, _id), *rest)
+                   in self._sources(request)]
         return scan_mod.Scan(streams, limit, partial).open()
 
     def count(self, start: int | str | None = None, end: int | str | None = None) -> list:
-        """One scan.NodeCount per node (in parallel): its keys in [start, end), or its error."""
+        """One scan.NodeCount per node (in parallel; per arc with ring.replicas >
+        1, from the first of its replicas that answers): its keys in [start,
+        end), or its error."""
         request = pb.CountRequest(start=self._key_bound(start, "--from"),
                                   end=self._key_bound(end, "--to"))
-        calls = [(index, label, address, ring_id,
-                  stub.Count.future(request, timeout=self.timeout))
-                 for index, label, address, stub, ring_id in self._each_node(request.start,
-                                                                             request.end)]
+        calls = [(req, options, options[0][3].Count.future(req, timeout=self.timeout))
+                 for req, options in self._sources(request)]
         out = []
-        for index, label, address, ring_id, fut in calls:
-            try:
-                out.append(node_count(fut.result(), index, label, address, ring_id))
-            except grpc.RpcError as e:
-                out.append(node_count(e, index, label, address, ring_id))
+        for req, options, fut in calls:
+            for k, (index, label, address, stub, ring_id) in enumerate(options):
+                try:
+                    if k:
+                        fut = stub.Count.future(req, timeout=self.timeout)
+                    out.append(node_count(fut.result(), index, label, address, ring_id))
+                    break
+                except grpc.RpcError as e:
+                    last = k == len(options) - 1
+                    if last or e.code() != grpc.StatusCode.UNAVAILABLE:
+                        out.append(node_count(e, index, label, address, ring_id))
+                        break
         return out
 
     # -- admin ----------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import AsyncIterator, Callable, Iterable, Iterator, Sequence
 
 import grpc
 
-from chordctl.errors import ChordError, DeadlineExceededError, InternalError
+from chordctl.errors import ChordError, DeadlineExceededError, InternalError, UnavailableError
 from chordctl.pb import chord_pb2 as pb
 
 DEFAULT_LIMIT = 1000
@@ -141,7 +141,11 @@ class _NodeStreamBase:
 
     def __init__(self, stub, request: pb.ScanRequest, label: str, address: str, idle: float,
                  index: int | None = None, *,
-                 to_error: Callable[[grpc.StatusCode, str, str], ChordError]):
+                 to_error: Callable[[grpc.StatusCode, str, str], ChordError],
+                 alternates: Sequence[tuple] = ()):
+        # ring.replicas > 1: other replicas of the arc, (index, label, address,
+        # stub, ring id) each, asked in turn when this one is unavailable.
+        self.alternates = tuple(alternates)
         self.stub = stub
         self.to_error = to_error      # client.error_for: the ChordError for a gRPC status
         self.request = request
@@ -158,6 +162,15 @@ class _NodeStreamBase:
     @staticmethod
     def _new_queue():
         raise NotImplementedError
+
+    def failover(self, error: ChordError):
+        """A stream to the arc's next replica (unstarted) after *error* before
+        the first page, or None: only an unreachable replica is passed over."""
+        if not self.alternates or not isinstance(error, UnavailableError):
+            return None
+        (index, label, address, stub, _id), *rest = self.alternates
+        return type(self)(stub, self.request, label, address, self.idle, index,
+                          to_error=self.to_error, alternates=rest)
 
 
 class NodeStream(_NodeStreamBase):
@@ -285,15 +298,22 @@ class Scan:
             s.start()
         live = []
         try:
-            for s in self.streams:
-                try:
-                    self.nodes.append(s.first())
-                    live.append(s)
-                except ChordError as e:
-                    if not self.partial:
-                        raise _not_every_node(e) from None
-                    s.close()
-                    self.skipped.append((s, e))
+            for k, s in enumerate(self.streams):
+                while True:
+                    try:
+                        self.nodes.append(s.first())
+                        live.append(s)
+                        break
+                    except ChordError as e:
+                        s.close()
+                        nxt = s.failover(e)
+                        if nxt is not None:
+                            self.streams[k] = s = nxt.start()
+                            continue
+                        if not self.partial:
+                            raise _not_every_node(e) from None
+                        self.skipped.append((s, e))
+                        break
         except BaseException:
             self.close()
             raise
@@ -417,15 +437,23 @@ class AsyncScan:
             s.start()
         live = []
         try:
-            for s in self.streams:
-                try:
-                    self.nodes.append(await s.first())
-                    live.append(s)
-                except ChordError as e:
-                    if not self.partial:
-                        raise _not_every_node(e) from None
-                    s.close()
-                    self.skipped.append((s, e))
+            for k, s in enumerate(self.streams):
+                while True:
+                    try:
+                        self.nodes.append(await s.first())
+                        live.append(s)
+                        break
+                    except ChordError as e:
+                        s.close()
+                        nxt = s.failover(e)
+                        if nxt is not None:
+                            nxt.start()
+                            self.streams[k] = s = nxt
+                            continue
+                        if not self.partial:
+                            raise _not_every_node(e) from None
+                        self.skipped.append((s, e))
+                        break
         except BaseException:
             self.close()
             raise

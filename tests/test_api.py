@@ -283,3 +283,14 @@ def test_readme_python_api_examples_run(ring):
         for want, line in zip(wanted, lines):
             assert want in line, (want, done.stdout)
         assert len(lines) == len(wanted), done.stdout
+
+
+def test_from_chordctl_import_aio_works_in_a_fresh_interpreter():
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c",
+                        "import chordctl; from chordctl import aio; "
+                        "print(aio.connect.__module__, chordctl.aio is aio)"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["chordctl.aio", "True"]

@@ -48,10 +48,13 @@ class ReadMarker:
     without mutations (the log writer treats it as one)."""
 
     __slots__ = ("freeze", "seq", "mutations", "reqs", "error", "chunks", "keys", "on_done",
-                 "_pending", "_lock", "waiter")
+                 "_pending", "_lock", "waiter", "arc", "deadline")
 
-    def __init__(self, freeze: bool, on_done: Callable[["ReadMarker"], None], waiter=None):
+    def __init__(self, freeze: bool, on_done: Callable[["ReadMarker"], None], waiter=None,
+                 arc: int | None = None, deadline: float = 0.0):
         self.freeze = freeze          # capture the chunks (scan), or only count (count)
+        self.arc = arc                # ring.replicas > 1: the view is for this arc's keys
+        self.deadline = deadline      # time.monotonic() the caller gives up at (0: none)
         self.waiter = waiter          # what Replies wakes, when on_done sends it back
         self.seq = 0                  # the view holds every mutation up to this one
         self.mutations = 0

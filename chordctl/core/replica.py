@@ -204,6 +204,19 @@ class ReplicatedNode(Node):
                 self._pending[cid] = (run, time.monotonic())
                 self.engine.submit(g, command.SerializeToString(), self._outcome(g, cid))
 
+    def request_read(self, marker: ReadMarker) -> None:
+        """A scan's or count's view. Of one arc (``marker.arc``): after a barrier
+        entry through that arc's log, so it holds every write the group
+        committed before the call, whichever replica answers."""
+        if marker.arc is None or self.engine is None:
+            super().request_read(marker)
+            return
+        cid = next(self._ids)
+        self._pending[cid] = (marker, time.monotonic())
+        command = rpb.Command(origin=self.index, id=cid, incarnation=self._incarnation)
+        self.engine.submit(marker.arc, command.SerializeToString(),
+                           self._outcome(marker.arc, cid))
+
     def _outcome(self, group: int, cid: int) -> Callable[[object, int], None]:
         def outcome(result, reason) -> None:     # engine thread
             if reason == FAIL_REASON.SUCCESS:
@@ -211,7 +224,7 @@ class ReplicatedNode(Node):
             pending = self._pending.pop(cid, None)
             if pending is None:
                 return
-            reqs = pending[0]
+            item = pending[0]
             why = REASONS.get(reason, str(reason))
             if reason in (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.NOT_LEADER,
                           FAIL_REASON.UNKNOWN_OUTCOME):
@@ -219,11 +232,16 @@ class ReplicatedNode(Node):
                         "retrying a write")
             else:
                 what = "not applied; safe to retry"
-            self._refuse(reqs, f"{self.label}: replica group {group}: {why.replace('_', ' ')} "
+            self._refuse(item, f"{self.label}: replica group {group}: {why.replace('_', ' ')} "
                                f"({what})")
         return outcome
 
-    def _refuse(self, reqs: list[Request], message: str, code: int = UNAVAILABLE) -> None:
+    def _refuse(self, reqs, message: str, code: int = UNAVAILABLE) -> None:
+        """Answer *reqs* (a list of requests, or a scan's ReadMarker) with an error."""
+        if type(reqs) is ReadMarker:
+            reqs.error = (code, message)
+            reqs.on_done(reqs)
+            return
         idx, nid = self.index, str(self.node_id)
         for r in reqs:
             r.fail(code, message)
@@ -244,7 +262,12 @@ class ReplicatedNode(Node):
         answer = self._answer
         if pending is not None:
             reqs = pending[0]
+            if type(reqs) is ReadMarker:        # a scan's barrier: the view goes here
+                self._dispatch_read(reqs)
+                return None
             self.commit_seconds.observe(time.monotonic() - pending[1])
+        elif not command.ops:
+            return None                         # another replica's barrier
         else:
             answer = _silent
             reqs = [Request(o.op, int(o.key), o.key, o.value, 0.0) for o in command.ops]
@@ -273,8 +296,7 @@ class ReplicatedNode(Node):
         """Answer commands whose callers gave up (a group without a majority):
         their entries may still commit later, and are then applied silently."""
         now = time.monotonic()
-        late = [cid for cid, (reqs, _t) in list(self._pending.items())
-                if min(r.deadline for r in reqs) < now]
+        late = [cid for cid, (item, _t) in list(self._pending.items()) if _deadline(item) < now]
         for cid in late:
             reqs = self._pending.pop(cid)[0]
             self._refuse(reqs, f"{self.label}: not committed before the deadline (no "
@@ -306,6 +328,14 @@ class ReplicatedNode(Node):
     def raft_status(self) -> dict[int, dict]:
         """Each group's summary (engine.py), as of the replicator's last round."""
         return self.engine.status() if self.engine is not None else {}
+
+
+def _deadline(item) -> float:
+    """When the caller of a submitted command (its requests, or a scan's
+    marker) gives up."""
+    if type(item) is ReadMarker:
+        return item.deadline or float("inf")
+    return min(r.deadline for r in item)
 
 
 def _split(reqs: list[Request], limit: int) -> list[list[Request]]:

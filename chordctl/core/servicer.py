@@ -24,7 +24,7 @@ from chordctl.core.gate import Admission
 from chordctl.core.markers import ReadMarker, SnapshotMarker
 from chordctl.core.node import Node
 from chordctl.core.request import Request
-from chordctl.core.store import count_keys, ordered_keys
+from chordctl.core.store import count_arc_keys, count_keys, ordered_keys
 from chordctl.errors import InvalidInputError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
@@ -403,11 +403,25 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{call}: {e}")
         return lo, hi
 
-    async def _view(self, freeze: bool, context) -> ReadMarker:
+    async def _arc(self, request, context) -> int | None:
+        """The request's arc (ring.replicas > 1), checked against what this node holds."""
+        if not request.HasField("arc"):
+            return None
+        arc = request.arc
+        held = getattr(self.node, "groups", (self.node.index,))
+        if arc not in held:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{self.node.label} holds no copy of arc {arc} (it holds "
+                                f"{', '.join(map(str, held))}); ask one of its replicas")
+        return arc
+
+    async def _view(self, freeze: bool, context, arc: int | None = None) -> ReadMarker:
         """Wait for a ReadMarker to cross the pipeline (see node.py)."""
         await self.admission.admit(context)
         fut = self.loop.create_future()
-        self.node.request_read(ReadMarker(freeze, self._send_back, fut))
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else 0.0
+        self.node.request_read(ReadMarker(freeze, self._send_back, fut, arc, deadline))
         marker = await fut
         if marker.error:
             code, message = marker.error
@@ -423,6 +437,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         most one window and one page are held per scan.
         """
         start, end = await self._key_range(request, context, "scan")
+        arc = await self._arc(request, context)
         if self.scans >= MAX_SCANS:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{self.node.label} is already running {self.scans} scans; "
@@ -430,9 +445,10 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         t0 = time.perf_counter()
         self.scans += 1
         try:
-            view = await self._view(True, context)
+            view = await self._view(True, context, arc)
             chunks = view.chunks
             mask = len(chunks) - 1
+            in_arc = None if arc is None else self.node.ring.key_test(arc)
             limit = request.limit
             keys_only = request.keys_only
             page_size = min(request.page_size or SCAN_PAGE, SCAN_PAGE_MAX)
@@ -449,6 +465,8 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 keys = await run(None, next, windows, None)
                 if keys is None:
                     break
+                if in_arc is not None:
+                    keys = [k for k in keys if in_arc(k)]
                 if limit and sent + len(keys) > limit:
                     keys = keys[:limit - sent]
                 sent += len(keys)
@@ -470,11 +488,17 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
 
     async def Count(self, request, context):
         start, end = await self._key_range(request, context, "count")
-        whole = not request.start and not request.end
+        arc = await self._arc(request, context)
+        whole = not request.start and not request.end and arc is None
         # The whole map's size needs no frozen view; a range is one pass over one.
-        view = await self._view(not whole, context)
-        keys = view.keys if whole else await self.loop.run_in_executor(
-            None, count_keys, view.chunks, start, end)
+        view = await self._view(not whole, context, arc)
+        if whole:
+            keys = view.keys
+        elif arc is None:
+            keys = await self.loop.run_in_executor(None, count_keys, view.chunks, start, end)
+        else:
+            keys = await self.loop.run_in_executor(
+                None, count_arc_keys, view.chunks, start, end, self.node.ring.key_test(arc))
         return pb.CountReply(keys=keys, node_index=self.node.index, node_id=self.node_id,
                              last_seq=view.seq)
 

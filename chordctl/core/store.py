@@ -202,3 +202,10 @@ def count_keys(chunks: list[dict[int, bytes]], start: int = 0, end: int | None =
     if end is not None and end <= start:
         return 0
     return _range_stats(chunks, start - 1, end - 1 if end is not None else None)[0]
+
+
+def count_arc_keys(chunks: list[dict[int, bytes]], start: int, end: int | None,
+                   in_arc) -> int:
+    """How many keys k with start <= k < end and in_arc(k) *chunks* hold (one pass)."""
+    return sum(1 for chunk in chunks for k in chunk
+               if k >= start and (end is None or k < end) and in_arc(k))

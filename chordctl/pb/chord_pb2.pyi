@@ -107,18 +107,20 @@ class BatchReply(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ..., seq: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
-    __slots__ = ("start", "end", "limit", "keys_only", "page_size")
+    __slots__ = ("start", "end", "limit", "keys_only", "page_size", "arc")
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     KEYS_ONLY_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ARC_FIELD_NUMBER: _ClassVar[int]
     start: str
     end: str
     limit: int
     keys_only: bool
     page_size: int
-    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., limit: _Optional[int] = ..., keys_only: _Optional[bool] = ..., page_size: _Optional[int] = ...) -> None: ...
+    arc: int
+    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., limit: _Optional[int] = ..., keys_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., arc: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
     __slots__ = ("key", "value")
@@ -143,12 +145,14 @@ class ScanPage(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., keys: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
 class CountRequest(_message.Message):
-    __slots__ = ("start", "end")
+    __slots__ = ("start", "end", "arc")
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    ARC_FIELD_NUMBER: _ClassVar[int]
     start: str
     end: str
-    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ...) -> None: ...
+    arc: int
+    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., arc: _Optional[int] = ...) -> None: ...
 
 class CountReply(_message.Message):
     __slots__ = ("keys", "node_index", "node_id", "last_seq")
