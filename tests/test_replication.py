@@ -270,3 +270,37 @@ def test_a_scan_of_one_arc_sees_every_write_committed_before_it(make_cluster):
                 stub.Count(pb.CountRequest(arc=7 % 3 + 10), timeout=5)
             except grpc.RpcError as e:
                 raise error_for(e.code(), e.details(), cluster.address(follower)) from None
+
+
+def test_a_replica_whose_log_lost_its_tail_gets_it_back_from_its_journal(make_cluster):
+    """log.X of a replicated node is written behind raft.journal (no fsync per
+    answer): an OS crash may take its tail. Cut the tail at an entry's end and
+    restart: the node applies those entries again from its journal, once."""
+    from chordctl.core.storage import files, records
+    cluster = make_cluster(3, bits=BITS, replicas=3).settled()
+    cfg = cluster.config
+    keys = keys_on_every_arc(3, per_arc=10)
+    with Client(cfg, target=cluster.address(0)) as c:
+        for k in keys:
+            c.create(str(k), b"v%d" % k)
+        for k in keys[:5]:
+            c.update(str(k), b"u%d" % k)
+    victim = 2
+    wait_until(lambda: held_keys(cfg, cluster.address(victim)) == len(keys), timeout=10,
+               what="the victim applied everything")
+    cluster.nodes[victim].kill(signal.SIGKILL)
+    d = cfg.node_dir(victim)
+    newest = max(files.list_counters(d)[0])
+    path = os.path.join(d, files.log_name(newest))
+    buf = open(path, "rb").read()
+    ends = [off for off, _s, op, _k, _v in records.iter_records(buf, path, True, records.Tail())
+            if op == 8]
+    assert len(ends) > 10
+    cut = ends[len(ends) // 2]          # the start of a raft record: cut inside that entry
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+    cluster.nodes[victim].start()
+    wait_until(lambda: held_keys(cfg, cluster.address(victim)) == len(keys), timeout=15,
+               what="the victim holds every key again")
+    expect = {k: (b"u%d" % k if i < 5 else b"v%d" % k) for i, k in enumerate(keys)}
+    read_all(cfg, cluster.address(victim), expect)
