@@ -252,6 +252,29 @@ def wait_serving(address: str, proc: subprocess.Popen | None, timeout: float,
                                  f"{proc.returncode} before it was ready")
 
 
+def wait_arcs_led(config: Config, timeout: float) -> bool:
+    """ring.replicas > 1: block until every arc's group has a leader (health
+    "arc/<g>" SERVING on its owner), at most *timeout* seconds; False if not
+    all did (the ring table then shows which)."""
+    deadline = time.monotonic() + timeout
+    for i, node in enumerate(config.nodes):
+        with security.channel(config, node.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=f"arc/{i}"),
+                                       timeout=min(left, 0.5))
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    return True
+
+
 # -- stopping -------------------------------------------------------------------
 
 def wait_exit(pid: int, timeout: float) -> bool:

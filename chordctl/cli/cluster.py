@@ -15,7 +15,7 @@ from chordctl.cli.common import Seconds, State, pass_state
 from chordctl.cli.ring import print_ring
 from chordctl.config import Config
 from chordctl.localcluster import (STOP_TIMEOUT, find_nodes, refuse_strangers, remove_pid_file,
-                                   start_missing, stop_pids, wait_serving)
+                                   start_missing, stop_pids, wait_arcs_led, wait_serving)
 
 
 def _names(indexes) -> str:
@@ -80,6 +80,9 @@ def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
         for i in procs:
             remove_pid_file(cfg, i)
         raise
+    if cfg.ring.replicas > 1:
+        # Elections take one or two election timeouts: show arcs with leaders.
+        wait_arcs_led(cfg, min(wait_s, 10 * cfg.replication.election_timeout + 2))
     print_ring(cfg, state.fmt("table"))
     name = cfg.path
     if not missing:
