@@ -59,6 +59,13 @@ logger = logging.getLogger("chordctl.node")
 DRAIN_LIMIT = 4096
 SWEEP_EVERY = 1.0      # seconds between looks for submitted commands past their deadline
 LEAD_CHECK_EVERY = 0.5   # seconds between offers of a group's leadership to its owner
+RETRY_AFTER = 0.05       # seconds before a command a leader change left unapplied goes again
+# PySyncObj's outcomes that leave a command certainly not in the log (the
+# leader refused it, no leader took it, or another entry took its place) ...
+NOT_APPLIED = (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED)
+# ... and those after which it may still be committed: safe to send again only
+# when it changes nothing.
+MAYBE_APPLIED = (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME)
 
 
 def _silent(batch: OwnedBatch) -> None:
@@ -96,6 +103,7 @@ class ReplicatedNode(Node):
         self._pending: dict[int, tuple[list[Request], float]] = {}
         self.commit_seconds = Histogram(LATENCY_BUCKETS)   # submit -> applied here
         self._ids = itertools.count(1)
+        self._retry: list[tuple[int, int, bytes, Callable]] = []   # engine thread only
         self._incarnation = random.getrandbits(64)
         if r % 2 == 0:
             logger.warning("%s: ring.replicas %d is even: a group of %d survives the loss of "
@@ -138,6 +146,7 @@ class ReplicatedNode(Node):
         self.engine = Engine(self.index, self.members, self.journal, self._apply_entry,
                              self.raft_send, self.settings, on_failed=self.fail)
         self.engine.every(SWEEP_EVERY, self._sweep)
+        self.engine.every(RETRY_AFTER, self._resubmit)
         self.engine.every(LEAD_CHECK_EVERY, self.engine.lead_from_owners)
         super().start(router)
         self.engine.start()
@@ -209,7 +218,8 @@ class ReplicatedNode(Node):
                 for r in run:
                     add(op=r.op, key=r.key_text, value=r.value)
                 self._pending[cid] = (run, time.monotonic())
-                self.engine.submit(g, command.SerializeToString(), self._outcome(g, cid))
+                data = command.SerializeToString()
+                self.engine.submit(g, data, self._outcome(g, cid, data))
 
     def request_read(self, marker: ReadMarker) -> None:
         """A scan's or count's view. Of one arc (``marker.arc``): after a barrier
@@ -221,20 +231,29 @@ class ReplicatedNode(Node):
         cid = next(self._ids)
         self._pending[cid] = (marker, time.monotonic())
         command = rpb.Command(origin=self.index, id=cid, incarnation=self._incarnation)
-        self.engine.submit(marker.arc, command.SerializeToString(),
-                           self._outcome(marker.arc, cid))
+        data = command.SerializeToString()
+        self.engine.submit(marker.arc, data, self._outcome(marker.arc, cid, data))
 
-    def _outcome(self, group: int, cid: int) -> Callable[[object, int], None]:
+    def _outcome(self, group: int, cid: int, data: bytes) -> Callable[[object, int], None]:
+        """The callback of command *cid*: nothing on success (the answer step
+        replies); on a failure that left it unapplied -- or that cannot matter,
+        for a command that only reads -- it is submitted again (a few
+        milliseconds later, until its callers' deadline); otherwise its callers
+        get the reason."""
         def outcome(result, reason) -> None:     # engine thread
             if reason == FAIL_REASON.SUCCESS:
-                return                           # applied: the answer step replies
-            pending = self._pending.pop(cid, None)
+                return
+            pending = self._pending.get(cid)
             if pending is None:
                 return
             item = pending[0]
+            if reason in NOT_APPLIED or (reason in MAYBE_APPLIED and _reads_only(item)):
+                if _deadline(item) > time.monotonic() + RETRY_AFTER:
+                    self._retry.append((cid, group, data, outcome))
+                    return
+            self._pending.pop(cid, None)
             why = REASONS.get(reason, str(reason))
-            if reason in (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.NOT_LEADER,
-                          FAIL_REASON.UNKNOWN_OUTCOME):
+            if reason in MAYBE_APPLIED:
                 what = ("outcome unknown: it may still be applied -- read the key before "
                         "retrying a write")
             else:
@@ -242,6 +261,13 @@ class ReplicatedNode(Node):
             self._refuse(item, f"{self.label}: replica group {group}: {why.replace('_', ' ')} "
                                f"({what})")
         return outcome
+
+    def _resubmit(self) -> None:
+        """Submit again what a leader change left unapplied (engine thread)."""
+        retry, self._retry = self._retry, []
+        for cid, group, data, outcome in retry:
+            if cid in self._pending:     # not answered meanwhile (deadline, sweep)
+                self.engine.submit(group, data, outcome)
 
     def _refuse(self, reqs, message: str, code: int = UNAVAILABLE) -> None:
         """Answer *reqs* (a list of requests, or a scan's ReadMarker) with an error."""
@@ -335,6 +361,11 @@ class ReplicatedNode(Node):
     def raft_status(self) -> dict[int, dict]:
         """Each group's summary (engine.py), as of the replicator's last round."""
         return self.engine.status() if self.engine is not None else {}
+
+
+def _reads_only(item) -> bool:
+    """A scan's barrier, or requests without a mutation: harmless twice."""
+    return type(item) is ReadMarker or all(r.op == OP_READ for r in item)
 
 
 def _deadline(item) -> float:
