@@ -271,6 +271,9 @@ def test_a_failed_journal_sync_stops_the_engine_before_anything_is_sent(ring):
 
     leader.deliver = spy
     r.commit(leader, 0, b"after-eio")
+    # Whatever the victim received of it, its next round must sync something.
+    r.journals[victim.index].dirty = True
+    victim._wake.set()
     until(lambda: victim.failed is not None, what="the victim's engine to fail-stop")
     assert "EIO" in victim.failed and failed == [victim.failed]
     assert sent_before == []
