@@ -170,7 +170,7 @@ def arc_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dict
                 state, behind = "leader", 0
             else:
                 behind = max(0, commit - v.last_applied)
-                state = "up" if behind <= CAUGHT_UP else "catching up"
+                state = "up" if behind <= CAUGHT_UP and not v.learning else "catching up"
             cells.append(f"{m} {state}" + (f" {behind}" if behind else ""))
             replicas.append({"index": m, "state": state, "behind": behind})
         low, high = ring.arc(g)

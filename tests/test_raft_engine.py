@@ -85,7 +85,7 @@ class Ring:
         for i in range(n):
             self.start(i)
 
-    def start(self, i):
+    def start(self, i, learn_grace=0.0):
         mine = {g: m for g, m in self.groups.items() if i in m}
         applied = self.applied[i]
 
@@ -103,7 +103,7 @@ class Ring:
                 if e is not None and (i, peer) not in self.cut:
                     e.deliver(i, messages)
 
-        e = Engine(i, mine, journals, apply, send, self.settings)
+        e = Engine(i, mine, journals, apply, send, self.settings, learn_grace=learn_grace)
         self.engines[i] = e
         e.start()
         return e
@@ -306,3 +306,52 @@ def test_a_command_over_the_entry_limit_is_refused_before_it_is_queued(ring):
 def test_a_group_of_one_is_refused():
     with pytest.raises(ValueError, match="two members"):
         Engine(0, {0: (0,)}, Journals(), lambda *a: None, lambda out: None, FAST)
+
+
+def test_a_replica_that_lost_its_journal_learns_before_it_votes_or_acknowledges(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    for k in range(20):
+        assert r.commit(leader, 0, b"k%d" % k)[1] == FAIL_REASON.SUCCESS
+    victim = next(i for i in range(3) if i != leader.index)
+    r.crash(victim)
+    r.journals[victim] = Journals()          # its disk is gone
+    r.applied[victim][0].clear()
+    e = r.start(victim, learn_grace=30.0)
+    assert e.learning(0)
+    until(lambda: len(r.applied[victim][0]) >= 20, what="the replacement caught up")
+    until(lambda: not e.learning(0), what="the replacement became a full replica")
+    assert e.acks_held > 0          # while it learned, its acks did not count
+    assert r.applied[victim][0][:20] == r.applied[leader.index][0][:20]
+    until(lambda: e.status()[0]["learning"] is False, what="its status says it is full")
+
+
+def test_a_learner_grants_no_vote(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    assert r.commit(leader, 0, b"x")[1] == FAIL_REASON.SUCCESS
+    others = [i for i in range(3) if i != leader.index]
+    learner, voter = others
+    r.crash(learner)
+    r.journals[learner] = Journals()
+    r.isolate(voter)                # no leader will teach the learner: it stays one
+    r.cut -= {(learner, leader.index), (leader.index, learner)}
+    r.crash(leader.index)           # the only one that could teach it is gone
+    e = r.start(learner, learn_grace=30.0)
+    r.cut.clear()                   # the voter campaigns; the learner must not vote
+    until(lambda: e.votes_ignored > 0, what="a vote request reached the learner")
+    assert r.leader(0, among=[voter, learner]) is None
+    assert e.learning(0)
+
+
+def test_a_new_group_of_learners_elects_once_their_grace_is_over(ring):
+    r = ring(3)
+    for i in range(3):
+        r.crash(i)
+        r.journals[i] = Journals()
+    t0 = time.monotonic()
+    engines = [r.start(i, learn_grace=0.5) for i in range(3)]
+    leader = r.wait_leader()
+    assert time.monotonic() - t0 >= 0.5
+    assert r.commit(leader, 0, b"first")[1] == FAIL_REASON.SUCCESS
+    assert not any(e.learning(0) for e in engines)

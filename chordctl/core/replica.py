@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import threading
 import time
@@ -59,6 +60,9 @@ logger = logging.getLogger("chordctl.node")
 DRAIN_LIMIT = 4096
 SWEEP_EVERY = 1.0      # seconds between looks for submitted commands past their deadline
 LEAD_CHECK_EVERY = 0.5   # seconds between offers of a group's leadership to its owner
+# A replica started without raft.journal that hears no leader for this many
+# election timeouts (a candidacy lasts at most two) is in a new ring: it votes.
+LEARN_GRACE = 2.5
 RETRY_AFTER = 0.05       # seconds before a command a leader change left unapplied goes again
 # PySyncObj's outcomes that leave a command certainly not in the log (the
 # leader refused it, no leader took it, or another entry took its place) ...
@@ -92,7 +96,6 @@ class ReplicatedNode(Node):
         self.settings = Settings(election_timeout=rep.election_timeout,
                                  heartbeat=rep.heartbeat,
                                  max_entry_bytes=max(1 << 20, config.limits.max_value_bytes * 4))
-        # command id -> (its waiting requests, when it was submitted)
         # What makes a write durable here is the journal: every entry is
         # fdatasynced on a majority before it is acknowledged, and entries the
         # map lost in a crash are applied again from it (recovery skips only
@@ -100,7 +103,9 @@ class ReplicatedNode(Node):
         # the way of each answer: at most once a second (and at every rotation).
         if self.writer.fsync in ("always", "batch"):
             self.writer.fsync = "everysec"
+        # command id -> (its waiting requests, or a scan's marker; when submitted)
         self._pending: dict[int, tuple[list[Request], float]] = {}
+        self.fresh = False       # recover(): raft.journal did not exist (a new or replaced replica)
         self.commit_seconds = Histogram(LATENCY_BUCKETS)   # submit -> applied here
         self._ids = itertools.count(1)
         self._retry: list[tuple[int, int, bytes, Callable]] = []   # engine thread only
@@ -123,6 +128,7 @@ class ReplicatedNode(Node):
         for g, idx in report.raft_applied.items():
             if g in self.raft_applied:
                 self.raft_applied[g] = idx
+        self.fresh = not os.path.exists(os.path.join(self.directory, raftjournal.FILE_NAME))
         self.journal = raftjournal.RaftJournal(self.directory)
         for g in self.groups:
             have = self.journal.group(g)
@@ -143,8 +149,14 @@ class ReplicatedNode(Node):
     def start(self, router=None) -> None:
         if self.raft_send is None:
             raise RuntimeError("node: a replicated node needs raft_send (server.py) to start")
+        # A replica that lost its disk forgot the votes it cast and the entries
+        # it acknowledged: it learns each group's log before it votes or
+        # acknowledges again (engine.py), or, in a new ring where nobody leads
+        # yet, after a grace of a few election timeouts.
+        grace = LEARN_GRACE * self.settings.election_timeout if self.fresh else 0.0
         self.engine = Engine(self.index, self.members, self.journal, self._apply_entry,
-                             self.raft_send, self.settings, on_failed=self.fail)
+                             self.raft_send, self.settings, on_failed=self.fail,
+                             learn_grace=grace)
         self.engine.every(SWEEP_EVERY, self._sweep)
         self.engine.every(RETRY_AFTER, self._resubmit)
         self.engine.every(LEAD_CHECK_EVERY, self.engine.lead_from_owners)

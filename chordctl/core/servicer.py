@@ -588,7 +588,8 @@ def _groups(node: Node) -> list[pb.GroupStatus]:
                            leader=-1 if g["leader"] is None else g["leader"],
                            state=g["state"], term=g["term"], commit_index=g["commit_index"],
                            last_applied=g["last_applied"], log_index=g["log_index"],
-                           match_index=g["match_index"], elections=g["elections"])
+                           match_index=g["match_index"], elections=g["elections"],
+                           learning=g.get("learning", False))
             for g in status().values()]
 
 

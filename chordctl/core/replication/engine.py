@@ -196,6 +196,7 @@ class Group(SyncObj):
             "match_index": {n.index: i for n, i in self._SyncObj__raftMatchIndex.items()}
             if state == 2 else {},
             "elections": self.raftCurrentTerm - self.first_term,
+            "learning": False,
         }
 
 
@@ -216,7 +217,7 @@ class Engine:
 
     def __init__(self, index: int, groups: dict[int, tuple[int, ...]], journal,
                  apply: Apply, send: Send, settings: Settings = Settings(),
-                 on_failed: Callable[[str], None] | None = None):
+                 on_failed: Callable[[str], None] | None = None, learn_grace: float = 0.0):
         self.index = index
         self.settings = settings
         self.apply = apply
@@ -244,6 +245,19 @@ class Engine:
         self.failed: str | None = None
         self.rounds = 0
         self.dropped = 0
+        # A replica that lost its state (started without a journal: new, or a
+        # replacement) starts as a learner in each group: it forgot whom it
+        # voted for and which entries it acknowledged, so until it holds every
+        # entry committed when it first heard a leader it neither votes nor
+        # acknowledges (its acks would count towards commits it cannot
+        # vouch for). Then it is a full replica. With no leader to hear within
+        # *learn_grace* seconds (a new ring: every replica is new) it is one too.
+        self._learning: dict[int, int | None] = (
+            {gid: None for gid in groups} if learn_grace > 0 else {})
+        self._learn_grace = learn_grace
+        self._learn_until = 0.0
+        self.votes_ignored = 0
+        self.acks_held = 0
         self._summaries: dict[int, dict] = {}
         self._thread = threading.Thread(target=self._run, name=f"chord-raft-{index}",
                                         daemon=True)
@@ -251,7 +265,11 @@ class Engine:
     # -- any thread -----------------------------------------------------------
 
     def start(self) -> None:
+        self._learn_until = time.monotonic() + self._learn_grace
         self._thread.start()
+
+    def learning(self, group: int) -> bool:
+        return group in self._learning
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
@@ -312,7 +330,30 @@ class Engine:
                 if g._SyncObj__raftMatchIndex.get(owner, 0) == g._SyncObj__getCurrentLogIndex():
                     g.transferLeadership(owner)
 
+    def _summarize(self, groups: list[Group]) -> dict[int, dict]:
+        out = {}
+        for g in groups:
+            st = g.summary()
+            st["learning"] = g.group in self._learning
+            out[g.group] = st
+        return out
+
+    def _learned(self, learning: dict[int, int | None]) -> None:
+        now = time.monotonic()
+        for gid, target in list(learning.items()):
+            g = self.groups[gid]
+            if (target is not None and g.raftLastApplied >= target) or \
+                    (target is None and now >= self._learn_until):
+                del learning[gid]
+                logger.info("raft group %d: node %d is a full replica (%s)", gid, self.index,
+                            f"holds the log up to {target}" if target is not None
+                            else "no leader to learn from: a new group")
+
     def _outgoing(self, peer: int, group: int, message: dict) -> None:
+        if group in self._learning and message["type"] == "next_node_idx" \
+                and message.get("success"):
+            self.acks_held += 1      # a learner's ack must not count (see __init__)
+            return
         try:
             m = codec.encode(group, message)
         except codec.UnsupportedMessage as e:
@@ -342,7 +383,7 @@ class Engine:
                         p[1] = now + p[0]
                         p[2]()
                 if now >= next_summary:
-                    self._summaries = {g.group: g.summary() for g in groups}
+                    self._summaries = self._summarize(groups)
                     next_summary = now + 0.05
         except StorageError as e:
             self._fail(str(e))
@@ -350,7 +391,7 @@ class Engine:
             logger.exception("raft engine of node %d stopped", self.index)
             self._fail(f"raft: engine stopped: {type(e).__name__}: {e}")
         finally:
-            self._summaries = {g.group: g.summary() for g in groups}
+            self._summaries = self._summarize(groups)
             with self._local_lock:
                 self._ended = True
                 local, self._local = list(self._local), collections.deque()
@@ -365,6 +406,7 @@ class Engine:
             if self._stopping:
                 return
         inbox = self._inbox
+        learning = self._learning
         while inbox:
             sender, messages = inbox.popleft()
             member = self._members.get(sender)
@@ -373,6 +415,13 @@ class Engine:
                 if g is None or member is None or sender not in self._peers[m.group]:
                     self.dropped += 1
                     continue
+                if learning and m.group in learning:
+                    if m.kind == rpb.REQUEST_VOTE:
+                        self.votes_ignored += 1
+                        continue
+                    if m.kind == rpb.APPEND_ENTRIES and learning[m.group] is None \
+                            and m.HasField("commit_index"):
+                        learning[m.group] = m.commit_index   # what it must hold first
                 try:
                     message = codec.decode(m)
                 except codec.UnsupportedMessage as e:
@@ -390,6 +439,8 @@ class Engine:
             g._applyCommand(command, callback, REGULAR)
         for g in groups:
             g.doTick(0.0)
+        if learning:
+            self._learned(learning)
         # Durable before anything of this round leaves (see the docstring).
         self.journal.sync()
         if self._out:
