@@ -234,7 +234,7 @@ def test_stream_batch_to_a_stopped_node_fails_within_its_timeout_then_works(make
     timeout = 0.5
     cluster = make_cluster(1, timeout=timeout)
     node = cluster.nodes[0]
-    with chordctl.connect(cluster.config_path, route=route) as db:
+    with chordctl.connect(cluster.config_path, route=route, stream=True) as db:
         lane = db._lane("1")
         assert all(isinstance(o, NotFoundError) for o in lane._send_stream(ops(("read", 1),
                                                                                ("read", 2))))
@@ -258,7 +258,7 @@ def test_stream_batch_to_a_stopped_node_fails_within_its_timeout_then_works(make
 def test_stream_batch_with_a_huge_timeout_is_sent(ring, timeout):
     """timeout_ms is a uint32: past ~49 days it is capped, not a ValueError
     out of the lane (1e9 s is what an infinite timeout becomes)."""
-    with chordctl.connect(ring.config_path, route="direct", timeout=timeout) as db:
+    with chordctl.connect(ring.config_path, route="direct", timeout=timeout, stream=True) as db:
         lane = db._lane("1")
         outs = lane._send_stream(ops(("read", 1), ("read", 2), timeout=timeout))
         assert [type(o) for o in outs] == [NotFoundError] * 2, outs
@@ -270,7 +270,7 @@ def test_node_restart_between_batches_reopens_the_stream(make_cluster, sig):
     found ended at the next batch, which goes on a new one, applied once."""
     cluster = make_cluster(1)
     node = cluster.nodes[0]
-    with chordctl.connect(cluster.config_path, route="direct") as db:
+    with chordctl.connect(cluster.config_path, route="direct", stream=True) as db:
         lane = db._lane("1")
         outs = lane._send_stream(ops(("create", 1, b"a"), ("create", 2, b"b")))
         assert [type(o) for o in outs] == [Result, Result], outs
@@ -299,7 +299,7 @@ def test_stream_broken_mid_flight_fails_like_a_batch_call_and_is_not_retried(mak
     hang and not a silent second send."""
     cluster = make_cluster(1, hold="7:5", timeout=8)
     node = cluster.nodes[0]
-    with chordctl.connect(cluster.config_path, route="direct") as db:
+    with chordctl.connect(cluster.config_path, route="direct", stream=True) as db:
         lane = db._lane("1")
         result: list = []
         t = threading.Thread(target=lambda: result.append(
@@ -327,7 +327,7 @@ def test_ctrl_c_while_waiting_on_a_stream_drops_that_stream(make_cluster):
     that stream is dropped, the next batch goes on a new one."""
     import ctypes
     cluster = make_cluster(1, hold="7:3")
-    with chordctl.connect(cluster.config_path, route="direct") as db:
+    with chordctl.connect(cluster.config_path, route="direct", stream=True) as db:
         lane = db._lane("1")
         result: list = []
 
@@ -402,7 +402,7 @@ def test_node_without_batchstream_gets_batch_calls_for_that_lane(fake_node):
     as a Batch call instead, and so does every later one of that lane."""
     fake = FakeKeyValue()
     address = fake_node(fake)
-    with Client(target=address, coalesce=True) as db:
+    with Client(target=address, coalesce=True, stream=True) as db:
         lane = db._lane("1")
         outs = bounded(lane._send_blocking, ops(("read", 1), ("read", 2)))
         assert [type(o) for o in outs] == [NotFoundError] * 2, outs
@@ -432,7 +432,7 @@ def test_stream_ended_before_reading_the_batch_is_sent_again(fake_node):
             yield not_found(request, request.seq)
 
     fake = FakeKeyValue(serve)
-    with Client(target=fake_node(fake), coalesce=True) as db:
+    with Client(target=fake_node(fake), coalesce=True, stream=True) as db:
         lane = db._lane("1")
         outs = bounded(lane._send_stream, ops(("read", 1), ("read", 2)))
         assert [type(o) for o in outs] == [NotFoundError] * 2, outs
@@ -446,7 +446,7 @@ def test_stream_reply_with_another_seq_fails_the_batch_and_drops_the_stream(fake
             yield not_found(request, request.seq + 1)
 
     fake = FakeKeyValue(serve)
-    with Client(target=fake_node(fake), coalesce=True) as db:
+    with Client(target=fake_node(fake), coalesce=True, stream=True) as db:
         lane = db._lane("1")
         outs = bounded(lane._send_stream, ops(("read", 1), ("read", 2)))
         assert [type(o) for o in outs] == [InternalError] * 2, outs
@@ -456,7 +456,7 @@ def test_stream_reply_with_another_seq_fails_the_batch_and_drops_the_stream(fake
 
 def test_close_ends_the_idle_streams(ring):
     before = threading.active_count()
-    db = chordctl.connect(ring.config_path, route="direct")
+    db = chordctl.connect(ring.config_path, route="direct", stream=True)
     for key in range(8):
         db._lane(str(key))._send_stream(ops(("read", key), ("read", key + 1)))
     assert sum(len(lane.streams) for lane in db._lanes.values()) >= 1
@@ -562,7 +562,7 @@ def test_aio_node_without_batchstream_gets_batch_calls(fake_node):
     address = fake_node(fake)
 
     async def main():
-        db = AsyncClient(target=address, coalesce=True)
+        db = AsyncClient(target=address, coalesce=True, stream=True)
         await db.connect()
         try:
             lane = db._lane("1")

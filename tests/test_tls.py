@@ -289,7 +289,7 @@ def test_coalesced_batches_stream_over_mutual_tls(mtls_ring) -> None:
     import chordctl
     from chordctl.client import _Op
     path, _procs = mtls_ring
-    with chordctl.connect(path, route="direct") as db:
+    with chordctl.connect(path, route="direct", stream=True) as db:
         lane = db._lane(str(OWNED_BY_1))
         key = str(OWNED_BY_1)
         outs = lane._send_stream([_Op("create", key, b"s", False, 5.0),
