@@ -651,19 +651,22 @@ class AsyncClient(ClientBase):
 
 async def connect(config: Config | str | os.PathLike | None = None, *,
                   target: str | None = None, route: str | None = None,
-                  timeout: float | None = None, coalesce: bool = True) -> AsyncClient:
+                  timeout: float | None = None, coalesce: bool = True,
+                  stream: bool = True) -> AsyncClient:
     """Open an AsyncClient on a ring: ``chordctl.connect``, awaited.
 
     The same parameters as the sync ``chordctl.connect``: *config* a path or
     a loaded Config (None with *target*), *route* ``"direct"`` (the default
     with a config and no target) or ``"entry"``, *timeout* seconds per request, *coalesce* concurrent
-    coroutines' calls as Batch calls per node. Checks that a node answers,
+    coroutines' calls as Batch calls per node, *stream* send those batches as
+    messages of one BatchStream per node (the default here). Checks that a node answers,
     so a ring that is down fails here with UnavailableError.
     """
     if config is not None and not isinstance(config, Config):
         config = load_config(os.fspath(config))
     client = AsyncClient(config, target=target, timeout=timeout,
-                         route=library_route(config, target, route), coalesce=coalesce)
+                         route=library_route(config, target, route), coalesce=coalesce,
+                         stream=stream)
     try:
         await client.connect()
     except BaseException:
