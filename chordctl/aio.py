@@ -36,7 +36,7 @@ from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, RING_UP_HINT, STREAM
                              ClientBase, LaneBase, Result,
                              _batch_outcome, _ms, _remaining, _request, _unary,
                              batch_messages,
-                             batch_outcomes, error_for, library_route, node_count,
+                             _arc, batch_outcomes, error_for, library_route, node_count,
                              none_answered, probe_failure, reply_result)
 from chordctl.config import Config
 from chordctl.config import load as load_config
@@ -637,7 +637,7 @@ class AsyncClient(ClientBase):
             if isinstance(reply, grpc.RpcError) and k < len(options) - 1 \
                     and reply.code() == grpc.StatusCode.UNAVAILABLE:
                 continue
-            return node_count(reply, index, label, address, ring_id)
+            return node_count(reply, index, label, address, ring_id, _arc(request))
 
     async def _count_one(self, stub: pb_grpc.KeyValueStub,
                          request: pb.CountRequest) -> pb.CountReply | grpc.RpcError:

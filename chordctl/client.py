@@ -1100,12 +1100,13 @@ class Client(ClientBase):
                 try:
                     if k:
                         fut = stub.Count.future(req, timeout=self.timeout)
-                    out.append(node_count(fut.result(), index, label, address, ring_id))
+                    out.append(node_count(fut.result(), index, label, address, ring_id,
+                                          _arc(req)))
                     break
                 except grpc.RpcError as e:
                     last = k == len(options) - 1
                     if last or e.code() != grpc.StatusCode.UNAVAILABLE:
-                        out.append(node_count(e, index, label, address, ring_id))
+                        out.append(node_count(e, index, label, address, ring_id, _arc(req)))
                         break
         return out
 
@@ -1214,15 +1215,22 @@ def batch_messages(ops: Iterable[tuple[str, int | str, bytes | None]]
 
 
 def node_count(reply: pb.CountReply | grpc.RpcError, index: int | None, label: str,
-               address: str, ring_id: str):
-    """The scan.NodeCount of one node's Count reply, or of its failure."""
+               address: str, ring_id: str, arc: int | None = None):
+    """The scan.NodeCount of one node's Count reply, or of its failure; *arc*:
+    the arc it was asked for (ring.replicas > 1)."""
     from chordctl import scan as scan_mod
     if isinstance(reply, grpc.RpcError):
         err = error_for(reply.code(), reply.details() or "", address)
+        what = f"count of arc {arc}" if arc is not None else "count"
         return scan_mod.NodeCount(index, ring_id, address, error=type(err)(
-            f"count: {label} at {address} failed: {err}"))
+            f"{what}: {label} at {address} failed: {err}"), arc=arc)
     return scan_mod.NodeCount(reply.node_index, reply.node_id, address, reply.keys,
-                              reply.last_seq)
+                              reply.last_seq, arc=arc)
+
+
+def _arc(request) -> int | None:
+    """The arc a Scan or Count request asks for, if it names one."""
+    return request.arc if request.HasField("arc") else None
 
 
 def library_route(config: Config | None, target: str | None, route: str | None) -> str:

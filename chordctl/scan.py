@@ -68,6 +68,7 @@ class NodeCount:
     keys: int | None = None
     last_seq: int = 0
     error: ChordError | None = None
+    arc: int | None = None  # ring.replicas > 1: the arc it counted (its owner's index)
 
 
 def nodes_for_range(ring, start: int, end: int | None) -> list[int]:

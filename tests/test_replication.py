@@ -4,6 +4,7 @@ good, and a replacement on an empty directory catching up by itself."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -236,6 +237,17 @@ def test_scan_and_count_list_every_key_once_and_survive_a_lost_owner(make_cluste
         assert {e.value for e in entries} == {b"v%d" % k for k in keys}
         counts = c.count()
         assert sum(n.keys for n in counts) == len(keys) and all(n.error is None for n in counts)
+        # One row per arc, saying which replica answered for it.
+        assert [n.arc for n in counts] == [0, 1, 2] and counts[0].index != 0
+    from conftest import run_chordctl
+    out = run_chordctl("-c", cluster.config_path, "kv", "count")
+    assert out.returncode == 0, out.stderr
+    header, *rows = [line.split() for line in out.stdout.decode().splitlines()
+                     if line.strip() and not set(line.strip()) <= set("-+ ")]
+    assert header[:3] == ["arc", "answered", "by"]
+    assert [r[0] for r in rows[:3]] == ["0", "1", "2"] and rows[3][0] == "total"
+    doc = json.loads(run_chordctl("-c", cluster.config_path, "-o", "json", "kv", "count").stdout)
+    assert [n["arc"] for n in doc["nodes"]] == [0, 1, 2] and doc["total"] == len(keys)
 
     async def via_aio():
         db = await aio.connect(cfg)

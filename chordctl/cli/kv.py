@@ -440,6 +440,7 @@ def count(state: State, start: str | None, end: str | None) -> None:
             "total": total, "complete": not down,
             "nodes": [{"index": n.index, "id": n.node_id or None, "address": n.address,
                        "keys": n.keys, "last_seq": n.last_seq if n.error is None else None,
+                       **({"arc": n.arc} if n.arc is not None else {}),
                        **({"error": str(n.error)} if n.error else {})} for n in counts]}))
     elif fmt == "plain":
         click.echo(str(total))
@@ -447,7 +448,13 @@ def count(state: State, start: str | None, end: str | None) -> None:
         rows = [["-" if n.index is None else str(n.index), n.node_id or "-", n.address,
                  "DOWN" if n.error else str(n.keys)] for n in counts]
         rows.append(["total", "", "", str(total) + (" (incomplete)" if down else "")])
-        click.echo(render.table(rows, ["index", "id", "address", "keys"]))
+        headers = ["index", "id", "address", "keys"]
+        if any(n.arc is not None for n in counts):
+            # ring.replicas > 1: a row per arc, counted by one of its replicas
+            # (the same node may answer for two arcs when an owner is down).
+            rows = [[str(n.arc), *row] for n, row in zip(counts, rows)] + [["", *rows[-1]]]
+            headers = ["arc", "answered by", "id", "address", "keys"]
+        click.echo(render.table(rows, headers))
     for n in down:
         click.secho(f"chordctl: {n.error}", fg="red", err=True)
     if down:
