@@ -37,6 +37,7 @@ from chordctl.protocol import check_key, check_value, parse_key
 EXIT_WORDS = ("sair", "exit", "quit")
 HISTORY_ENV = "CHORDCTL_HISTORY"
 NOTICE_AFTER = 0.5   # say that we are waiting only when replies are slow
+SCAN_SHOWN = 100     # entries a shell scan prints (chordctl kv scan lists more)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,8 @@ class Spec:
     """One shell command: its syntax (for help, hints and parsing) and what it does.
 
     *args* names the arguments' shape, which picks the parser in _PARSERS:
-    ``"KEY VALUE"``, ``"KEY"``, ``""`` (none) or ``"[COMMAND]"``. A new
+    ``"KEY VALUE"``, ``"KEY"``, ``"[FROM [TO]]"``, ``""`` (none) or
+    ``"[COMMAND]"``. A new
     command is one Spec here (and, for a new shape, one parser).
     """
 
@@ -65,6 +67,9 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("update", "KEY VALUE", "replace KEY's value", "update 10 bye"),
     Spec("delete", "KEY", "delete KEY", "delete 10"),
     Spec("locate", "KEY", "KEY's position, owner and route", "locate 10"),
+    Spec("scan", "[FROM [TO]]", f"keys in [FROM, TO) in key order (the first {SCAN_SHOWN})",
+         "scan 10 20"),
+    Spec("count", "[FROM [TO]]", "keys in [FROM, TO): per node and in total", "count"),
     Spec("ring", "", "the nodes, their arcs and state", "ring"),
     Spec("help", "[COMMAND]", "the commands, or one command's syntax", "help create",
          aliases=("?",)),
@@ -109,7 +114,11 @@ def arg_hint(text: str) -> str:
         return ""
     trailing = text[-1:].isspace()
     given = len(words) - 1
-    wanted = spec.args.split()
+    # Optional arguments are hinted one level at a time.
+    wanted = {"[FROM [TO]]": ["[FROM [TO]]", "[TO]"],
+              "[COMMAND]": ["[COMMAND]"]}.get(spec.args) or spec.args.split()
+    if spec.args.startswith("["):
+        wanted = wanted[:given + 1]
     if spec.args == "KEY VALUE" and given >= 2:   # VALUE is the rest of the line
         return ""
     remaining = wanted[given:]
@@ -124,6 +133,8 @@ class Command:
     key: str | None = None
     value: bytes | None = None
     topic: str | None = None  # help TOPIC
+    start: str | None = None  # scan / count: [start, end)
+    end: str | None = None
 
 
 def _usage(spec: Spec) -> str:
@@ -154,6 +165,19 @@ def _check_key(spec: Spec, key: str, max_digits: int) -> None:
     check_key(key, max_digits)
 
 
+def _parse_range(spec: Spec, rest: str, max_digits: int, max_value: int) -> Command:
+    bounds = rest.split()
+    if len(bounds) > 2:
+        raise InvalidInputError(f"{spec.name} takes at most two keys; {_usage(spec)}")
+    for b in bounds:
+        check_key(b, max_digits)
+    if len(bounds) == 2 and parse_key(bounds[0], max_digits)[0] > \
+            parse_key(bounds[1], max_digits)[0]:
+        raise InvalidInputError(f"{spec.name}: FROM {bounds[0]} is past TO {bounds[1]}")
+    start, end = (bounds + [None, None])[:2]
+    return Command(spec.name, start=start, end=end)
+
+
 def _parse_none(spec: Spec, rest: str, max_digits: int, max_value: int) -> Command:
     if rest:
         raise InvalidInputError(f"{spec.name} takes no arguments")
@@ -172,6 +196,7 @@ def _parse_topic(spec: Spec, rest: str, max_digits: int, max_value: int) -> Comm
 _PARSERS: dict[str, Callable[[Spec, str, int, int], Command]] = {
     "KEY VALUE": _parse_key_value,
     "KEY": _parse_key,
+    "[FROM [TO]]": _parse_range,
     "": _parse_none,
     "[COMMAND]": _parse_topic,
 }
@@ -258,6 +283,9 @@ class Shell:
         if cmd.name in ("ring", "locate"):
             self.say(self._local_view(cmd))
             return True
+        if cmd.name in ("scan", "count"):
+            self._range(cmd)
+            return True
         self._tag += 1
         tag = self._tag
         with self._cond:
@@ -280,6 +308,49 @@ class Shell:
             if failed:
                 self.failed += 1
             self._cond.notify_all()
+
+    def _range(self, cmd: Command) -> None:
+        """scan / count, on the reader's thread: after every reply still
+        pending (so it sees what this session wrote before it), then printed
+        whole; a failure counts as a failed request."""
+        from chordctl import render
+        self.wait_pending(self.client.timeout + self.grace)
+        self._tag += 1
+        tag = self._tag
+        where = f"[{cmd.start or 0}, {cmd.end if cmd.end is not None else 'end'})"
+        try:
+            if cmd.name == "count":
+                counts = self.client.count(cmd.start, cmd.end)
+                down = [n for n in counts if n.error is not None]
+                total = sum(n.keys for n in counts if n.error is None)
+                keys = ["DOWN" if n.error else n.keys for n in counts]
+                who = ["-" if n.index is None else n.index for n in counts]
+                if any(n.arc is not None for n in counts):   # ring.replicas > 1
+                    table = render.table([[n.arc, w, k] for n, w, k in zip(counts, who, keys)],
+                                         ["arc", "answered by", "keys"])
+                else:
+                    table = render.table([[w, k] for w, k in zip(who, keys)], ["node", "keys"])
+                text = (f"[{tag}] {'ERR' if down else 'OK'} count {where}: {total} keys"
+                        + (" (incomplete)" if down else "") + "\n" + table)
+                for n in down:
+                    text += f"\n  {n.error}"
+                if down:
+                    self.failed += 1
+                self.say(text)
+                return
+            entries = []
+            for e in self.client.scan(cmd.start, cmd.end, limit=SCAN_SHOWN + 1):
+                entries.append(e)
+            more = len(entries) > SCAN_SHOWN
+            lines = [f"[{tag}] OK scan {where}: "
+                     + (f"the first {SCAN_SHOWN} keys (chordctl kv scan lists them all)"
+                        if more else f"{len(entries)} keys")]
+            lines += [f"  {e.key} -> {e.value.decode('utf-8', 'backslashreplace')}"
+                      for e in entries[:SCAN_SHOWN]]
+            self.say("\n".join(lines))
+        except ChordError as e:
+            self.failed += 1
+            self.say(f"[{tag}] ERR {cmd.name} {where}: {e}")
 
     def _local_view(self, cmd: Command) -> str:
         from chordctl import render

@@ -35,6 +35,10 @@ TAG = re.compile(r"^\[(\d+)\] (OK|ERR) ", re.M)
     ("?", Command("help")),
     ("help create", Command("help", topic="create")),
     ("HELP Exit", Command("help", topic="exit")),
+    ("scan", Command("scan")),
+    ("scan 10", Command("scan", start="10")),
+    ("SCAN 10 20", Command("scan", start="10", end="20")),
+    ("count 5 5", Command("count", start="5", end="5")),
     ("sair", Command("exit")),
     ("EXIT", Command("exit")),
     ("quit", Command("exit")),
@@ -59,6 +63,9 @@ def test_parse_command_accepts(line, expected):
     ("ring now", "takes no arguments"),
     ("sair now", "takes no arguments"),
     ("help frob", "no command 'frob'"),
+    ("scan 1 2 3", "at most two keys"),
+    ("scan x", "not a non-negative"),
+    ("count 20 10", "past TO"),
 ])
 def test_parse_command_rejects_with_reason(line, fragment):
     with pytest.raises(InvalidInputError, match=fragment):
@@ -364,6 +371,11 @@ def test_completions_offer_command_names_only_for_the_first_word(text, offered):
     ("read 5", ""),
     ("ring", ""),
     ("help ", "[COMMAND]"),
+    ("help create", ""),
+    ("scan ", "[FROM [TO]]"),
+    ("scan 10", " [TO]"),
+    ("scan 10 ", "[TO]"),
+    ("scan 10 20", ""),
     ("frob ", ""),
 ])
 def test_arg_hint_shows_the_arguments_still_to_type(text, shown):
@@ -401,3 +413,28 @@ def test_terminal_does_not_echo_between_prompts():
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_piped_scan_and_count_see_what_the_session_wrote_before_them(make_cluster):
+    cluster = make_cluster(3)
+    script = "".join(f"create {k} v{k}\n" for k in range(100, 140))
+    script += "scan 110 115\ncount\ncount 100 120\nscan 1000\nsair\n"
+    res = run_chordctl("-c", cluster.config_path, "shell", input=script.encode(), timeout=60)
+    out = res.stdout.decode()
+    assert res.returncode == 0, res.stderr.decode() + out
+    assert "[41] OK scan [110, 115): 5 keys" in out
+    assert [f"  {k} -> v{k}" in out for k in range(110, 115)] == [True] * 5
+    assert "  115 -> v115" not in out
+    assert "[42] OK count [0, end): 40 keys" in out
+    assert "[43] OK count [100, 120): 20 keys" in out
+    assert "[44] OK scan [1000, end): 0 keys" in out
+
+
+def test_piped_count_with_a_node_down_fails_the_script(make_cluster):
+    cluster = make_cluster(2)
+    cluster.nodes[1].kill()
+    res = run_chordctl("-c", cluster.config_path, "shell", input=b"count\nscan\n", timeout=60)
+    out = res.stdout.decode()
+    assert res.returncode == 1, out
+    assert "ERR count" in out and "(incomplete)" in out and "DOWN" in out
+    assert "[2] ERR scan" in out and "Traceback" not in out + res.stderr.decode()
