@@ -5,6 +5,7 @@ leaves a round before the journal is durable."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -12,6 +13,7 @@ import pytest
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import MemoryJournal
 
+from chordctl.core.replication import dump
 from chordctl.core.replication.engine import Engine, Settings
 from chordctl.errors import StorageError
 
@@ -64,6 +66,14 @@ class _Tracked(MemoryJournal):
         self._owner.dirty = True
         super().deleteEntriesFrom(entryFrom)
 
+    def deleteEntriesTo(self, entryTo):
+        self._owner.dirty = True
+        super().deleteEntriesTo(entryTo)
+
+    def clear(self):
+        self._owner.dirty = True
+        super().clear()
+
     def setCurrentTerm(self, term, votedForNodeId):
         self._owner.dirty = True
         super().setCurrentTerm(term, votedForNodeId)
@@ -82,6 +92,7 @@ class Ring:
         self.engines: dict[int, Engine | None] = {}
         self.cut: set[tuple[int, int]] = set()
         self.sent_while_dirty = []
+        self.dumps: dict[int, object] = {}      # node -> its dumps (compaction tests)
         for i in range(n):
             self.start(i)
 
@@ -103,7 +114,11 @@ class Ring:
                 if e is not None and (i, peer) not in self.cut:
                     e.deliver(i, messages)
 
-        e = Engine(i, mine, journals, apply, send, self.settings, learn_grace=learn_grace)
+        dumps = self.dumps.get(i)
+        if dumps is not None:
+            dumps.applied = applied
+        e = Engine(i, mine, journals, apply, send, self.settings, learn_grace=learn_grace,
+                   dumps=dumps)
         self.engines[i] = e
         e.start()
         return e
@@ -274,7 +289,8 @@ def test_a_failed_journal_sync_stops_the_engine_before_anything_is_sent(ring):
     # Whatever the victim received of it, its next round must sync something.
     r.journals[victim.index].dirty = True
     victim._wake.set()
-    until(lambda: victim.failed is not None, what="the victim's engine to fail-stop")
+    # _fail sets .failed, then tells on_failed: wait for both.
+    until(lambda: victim.failed is not None and failed, what="the victim's engine to fail-stop")
     assert "EIO" in victim.failed and failed == [victim.failed]
     assert sent_before == []
     assert not victim._thread.is_alive() or victim._stopping
@@ -355,3 +371,105 @@ def test_a_new_group_of_learners_elects_once_their_grace_is_over(ring):
     assert time.monotonic() - t0 >= 0.5
     assert r.commit(leader, 0, b"first")[1] == FAIL_REASON.SUCCESS
     assert not any(e.learning(0) for e in engines)
+
+
+class Dumps:
+    """A node's dump files for the engine (replica.py's role): the state is
+    the applied commands, keyed by index; a dump holds them all."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.applied = None          # the Ring's applied lists of this node
+        self.installed = []
+
+    def dump_path(self, g):
+        return os.path.join(self.directory, dump.file_name(g))
+
+    def install_dump(self, g, path):
+        d = dump.read(path, g, lambda k: True)
+        self.applied[g][:] = sorted(d.pairs.items())
+        self.installed.append(d.last[1])
+        return d.last, d.prev, set()
+
+    def compact(self, engine, g, done):
+        """On the engine thread: dump what is applied, then compact."""
+        def run():
+            grp = engine.groups[g]
+            at = grp.raftLastApplied
+            prev, last = (tuple(e) for e in engine.entries(g, at - 1, 2))
+            state = [(idx, c) for idx, c in self.applied[g] if idx <= at]
+            tmp = self.dump_path(g) + ".tmp"
+            dump.write(tmp, g, prev, last, state, len(state))
+            done.append((at, engine.compact(g, tmp, prev, last)))
+        engine.run_soon(run)
+
+
+def test_a_compacted_log_reaches_a_replica_that_lost_everything_as_a_dump(ring, tmp_path):
+    """Compaction drops the log before the dump; a replica that starts empty
+    gets the leader's dump (PySyncObj's snapshot transfer, chunked) and then
+    the entries after it, and holds exactly what the others hold."""
+    r = ring(3)
+    leader = r.wait_leader()
+    r.crash(leader.index)          # restart all three with dumps wired in
+    for i in range(3):
+        if r.engines[i] is not None:
+            r.crash(i)
+    for i in range(3):
+        r.dumps[i] = Dumps(str(tmp_path / str(i)))
+        r.start(i)
+    leader = r.wait_leader()
+    big = b"x" * 40_000            # several dump chunks per transfer
+    for k in range(60):
+        assert r.commit(leader, 0, b"a%d" % k + big)[1] == FAIL_REASON.SUCCESS
+    victim = next(i for i in range(3) if i != leader.index)
+    until(lambda: len(r.applied[victim][0]) == 60, what="the victim applied everything")
+    r.crash(victim)
+    r.journals[victim] = Journals()      # its disk is gone
+    r.applied[victim] = {0: []}
+    for k in range(20):
+        assert r.commit(leader, 0, b"b%d" % k)[1] == FAIL_REASON.SUCCESS
+    done = []
+    r.dumps[leader.index].compact(leader, 0, done)
+    until(lambda: done, what="the leader compacted")
+    at, ok = done[0]
+    assert ok and leader.groups[0].log_start() == at - 1
+    assert len(r.journals[leader.index].groups[0]) < 10      # the log before it is gone
+    r.start(victim, learn_grace=5.0)
+    for k in range(5):
+        assert r.commit(leader, 0, b"c%d" % k)[1] == FAIL_REASON.SUCCESS
+    want = r.applied[leader.index][0]
+    until(lambda: r.applied[victim][0] == want, what="the new replica caught up")
+    assert r.dumps[victim].installed == [at]
+    assert [c for _, c in want][-25:] == [b"b%d" % k for k in range(20)] + \
+        [b"c%d" % k for k in range(5)]
+    # A dump compacted past by another is refused, the newer log kept.
+    v = r.engines[victim]
+    stale = []
+    r.dumps[victim].compact(v, 0, stale)
+    until(lambda: stale, what="the victim compacted")
+    assert stale[0][1] is True and v.groups[0].log_start() == stale[0][0] - 1
+
+
+def test_compact_refuses_entries_the_log_no_longer_holds(ring, tmp_path):
+    r = ring(3)
+    for i in range(3):
+        r.crash(i)
+        r.dumps[i] = Dumps(str(tmp_path / str(i)))
+        r.start(i)
+    leader = r.wait_leader()
+    for k in range(5):
+        assert r.commit(leader, 0, b"k%d" % k)[1] == FAIL_REASON.SUCCESS
+    out = []
+    tmp = str(tmp_path / "stale.tmp")
+
+    def run():
+        g = leader.groups[0]
+        prev, last = (tuple(e) for e in leader.entries(0, g.raftLastApplied - 1, 2))
+        dump.write(tmp, 0, prev, last, [], 0)
+        wrong = (last[0], last[1], last[2] + 7)          # another term at that index
+        out.append(leader.compact(0, tmp, prev, wrong))
+    leader.run_soon(run)
+    until(lambda: out, what="compact ran")
+    assert out == [False] and not os.path.exists(tmp)
+    assert leader.groups[0].log_start() == 1

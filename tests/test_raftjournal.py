@@ -320,8 +320,14 @@ class JournalVsMemory(RuleBasedStateMachine):
 
     @rule()
     def sync(self):
+        records = self.j.dirty
         self.j.sync()
-        self.durable = self.snapshot()
+        snap = self.snapshot()
+        if not records:
+            # A changed commit index alone is not synced (Raft does not need
+            # it durable): it goes with the next records, or at close.
+            snap = {gid: (*v[:3], self.durable[gid][3]) for gid, v in snap.items()}
+        self.durable = snap
         assert not self.j.dirty
 
     @rule()

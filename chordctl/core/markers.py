@@ -16,7 +16,7 @@ class SnapshotMarker:
     """A snapshot's cut: F1 -> F2 (rotate the log) and F3 (freeze the map)."""
 
     __slots__ = ("force", "counter", "last_seq", "on_done", "skipped", "result", "error",
-                 "rotated", "seconds", "capture_ms", "waiter", "head")
+                 "rotated", "seconds", "capture_ms", "waiter", "head", "dumps")
 
     def __init__(self, force: bool, on_done: Callable[["SnapshotMarker"], None] | None = None,
                  waiter=None):
@@ -36,6 +36,9 @@ class SnapshotMarker:
         # ring.replicas > 1: raft records log.X starts with (each group's
         # applied index at the cut), written and fsynced before rotated is set.
         self.head: list | None = None
+        # ... and group -> (prev, last), the two log entries each group's dump
+        # of this cut stands at (replica.py).
+        self.dumps: dict | None = None
 
     def finish(self) -> None:
         if self.on_done is not None:

@@ -164,7 +164,16 @@ def _raft_families(node, names: list[str], values: list[str], groups: dict):
                                     "Last entry known committed", labels=gl),
         "applied": GaugeMetricFamily("chordctl_raft_applied_index",
                                      "Last entry applied to this node's map", labels=gl),
+        "log_start": GaugeMetricFamily("chordctl_raft_log_start_index",
+                                       "First entry the group's log still holds here "
+                                       "(compacted before it)", labels=gl),
     }
+    installs = CounterMetricFamily("chordctl_raft_dump_installs",
+                                   "Dumps of the arc this replica received from a leader "
+                                   "and installed, since it started", labels=gl)
+    compactions = CounterMetricFamily("chordctl_raft_compactions",
+                                      "Times the group's log was compacted here, since "
+                                      "this node started", labels=gl)
     elections = CounterMetricFamily("chordctl_raft_elections",
                                     "Terms the group started since this node started",
                                     labels=gl)
@@ -178,10 +187,15 @@ def _raft_families(node, names: list[str], values: list[str], groups: dict):
         gauges["commit"].add_metric(v, g["commit_index"])
         gauges["applied"].add_metric(v, g["last_applied"])
         elections.add_metric(v, g["elections"])
+        gauges["log_start"].add_metric(v, g.get("log_start", 1))
+        installs.add_metric(v, g.get("installs", 0))
+        compactions.add_metric(v, g.get("compactions", 0))
         for follower, match in sorted(g["match_index"].items()):
             lag.add_metric(v + [str(follower)], max(0, g["log_index"] - match))
     yield from gauges.values()
     yield elections
+    yield installs
+    yield compactions
     yield lag
     h = node.commit_seconds
     c = HistogramMetricFamily("chordctl_raft_commit_seconds",

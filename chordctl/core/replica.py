@@ -30,6 +30,15 @@ last applied entry (the raft records); the group's journal (``raft.journal``)
 holds the log, and entries at or below that index are not applied again.
 An empty directory starts empty and receives its groups' logs from their
 leaders.
+
+Compaction: each snapshot's cut also records, per group, the two log
+entries it falls on; once ``snap.X`` is durable the snapshot writer writes
+each group's keys of that frozen map to ``raft-<g>.dump`` (dump.py) and the
+engine drops the group's log before the cut. A replica whose log ends
+before the start of its leader's gets the leader's dump (PySyncObj's
+snapshot transfer) and installs it (``install_dump``): the difference to
+its copy of the arc, as one batch through F2 and F3 closed by the dump's
+raft record, before any later entry.
 """
 
 from __future__ import annotations
@@ -48,12 +57,14 @@ from chordctl.config import Config
 from chordctl.core.markers import STOP, ReadMarker, SnapshotMarker
 from chordctl.core.metrics import LATENCY_BUCKETS, Histogram
 from chordctl.core.node import Node, OwnedBatch, Replies
+from chordctl.core.replication import dump
 from chordctl.core.replication.engine import REASONS, Engine, Settings
 from chordctl.core.request import Request
-from chordctl.core.storage import identity, raftjournal, records
-from chordctl.errors import StorageError
+from chordctl.core.storage import files, identity, raftjournal, records
+from chordctl.errors import CorruptRecordError, StorageError
 from chordctl.pb import raft_pb2 as rpb
-from chordctl.protocol import DEADLINE_EXCEEDED, OP_READ, UNAVAILABLE
+from chordctl.protocol import (DEADLINE_EXCEEDED, OP_CREATE, OP_DELETE, OP_READ, OP_UPDATE,
+                               UNAVAILABLE)
 
 logger = logging.getLogger("chordctl.node")
 
@@ -64,6 +75,7 @@ LEAD_CHECK_EVERY = 0.5   # seconds between offers of a group's leadership to its
 # election timeouts (a candidacy lasts at most two) is in a new ring: it votes.
 LEARN_GRACE = 2.5
 RETRY_AFTER = 0.05       # seconds before a command a leader change left unapplied goes again
+INSTALL_WAIT = 60.0      # seconds an install waits for the applier to reach it
 # PySyncObj's outcomes that leave a command certainly not in the log (the
 # leader refused it, no leader took it, or another entry took its place) ...
 NOT_APPLIED = (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED)
@@ -110,6 +122,8 @@ class ReplicatedNode(Node):
         self._ids = itertools.count(1)
         self._retry: list[tuple[int, int, bytes, Callable]] = []   # engine thread only
         self._incarnation = random.getrandbits(64)
+        self._reinstall: dict[int, str] = {}     # recover(): dumps to install before start
+        self.snapshots.after = self._write_dumps
         if r % 2 == 0:
             logger.warning("%s: ring.replicas %d is even: a group of %d survives the loss of "
                            "%d replica(s), as one of %d does; use an odd number", self.label,
@@ -139,6 +153,20 @@ class ReplicatedNode(Node):
                     f"{self.raft_applied[g]} but its journal (raft.journal) ends at {last}; "
                     f"the journal was lost or replaced -- stop the node, empty the directory, "
                     f"and start it again to rejoin as a new replica")
+            first = have[0][1] if len(have) else 1
+            if first > 1 and self.raft_applied[g] < first:
+                # The log was compacted past what the map holds: an installed
+                # dump whose batch did not reach log.X before a crash. The dump
+                # is durable (install_dump): install it again at start.
+                path = self.dump_path(g)
+                at = dump.read_last(path)
+                if at is None or at < first:
+                    raise StorageError(
+                        f"storage: {self.directory}: group {g}'s journal starts at entry "
+                        f"{first} but the map holds it only up to {self.raft_applied[g]} and "
+                        f"no group dump covers the gap; stop the node, empty the "
+                        f"directory, and start it again to rejoin as a new replica")
+                self._reinstall[g] = path
         logger.info("%s: replica of groups %s (ring.replicas %d), applied %s", self.label,
                     list(self.groups), self.replicas,
                     ", ".join(f"{g}:{i}" for g, i in self.raft_applied.items()))
@@ -156,11 +184,17 @@ class ReplicatedNode(Node):
         grace = LEARN_GRACE * self.settings.election_timeout if self.fresh else 0.0
         self.engine = Engine(self.index, self.members, self.journal, self._apply_entry,
                              self.raft_send, self.settings, on_failed=self.fail,
-                             learn_grace=grace)
+                             learn_grace=grace, dumps=self)
         self.engine.every(SWEEP_EVERY, self._sweep)
         self.engine.every(RETRY_AFTER, self._resubmit)
         self.engine.every(LEAD_CHECK_EVERY, self.engine.lead_from_owners)
         super().start(router)
+        for g, path in sorted(self._reinstall.items()):    # before the engine runs
+            d = dump.read(path, g, self.ring.key_test(g))
+            logger.warning("%s: group %d: installing %s again (entry %d): the map lost it "
+                           "in a crash", self.label, g, path, d.last[1])
+            self._install(g, d)
+        self._reinstall = {}
         self.engine.start()
 
     def stop(self, final_snapshot: bool = True) -> None:
@@ -355,15 +389,125 @@ class ReplicatedNode(Node):
             self._dispatch_marker(marker)
 
     def _cut(self, marker: SnapshotMarker) -> None:
-        # log.X starts with where every group stood at this cut (recovery.py).
+        # log.X starts with where every group stood at this cut (recovery.py),
+        # and each group's dump of it stands at the entry applied last.
         seq = self.seq
         head = []
+        dumps = {}
         for g in self.groups:
             seq += 1
-            head.append(records.raft_record(seq, g, self.raft_applied[g]))
+            at = self.raft_applied[g]
+            head.append(records.raft_record(seq, g, at))
+            if self.engine is not None and at >= 2:
+                entries = self.engine.entries(g, at - 1, 2)
+                if len(entries) == 2:
+                    dumps[g] = (tuple(entries[0]), tuple(entries[1]))
         marker.head = head
+        marker.dumps = dumps
         self.seq = seq
         self._seq_at_snapshot = seq
+
+    # -- compaction and snapshot transfer ---------------------------------------
+
+    def dump_path(self, group: int) -> str:
+        """Group *group*'s dump file (the engine's and PySyncObj's fullDumpFile)."""
+        return os.path.join(self.directory, dump.file_name(group))
+
+    def _write_dumps(self, marker: SnapshotMarker, chunks: list[dict[int, bytes]]) -> None:
+        """Snapshot writer, once snap.X is durable: each group's keys of the
+        frozen map into its dump, then the engine compacts the group's log."""
+        if not marker.dumps or self.engine is None:
+            return
+        owner = self.ring.owner
+        per: dict[int, list[tuple[int, bytes]]] = {g: [] for g in marker.dumps}
+        for chunk in chunks:
+            for k, v in chunk.items():
+                pairs = per.get(owner(k))
+                if pairs is not None:
+                    pairs.append((k, v))
+        for g, (prev, last) in sorted(marker.dumps.items()):
+            tmp = self.dump_path(g) + files.TMP_SUFFIX
+            try:
+                size = dump.write(tmp, g, prev, last, per[g], len(per[g]))
+            except OSError as e:
+                logger.error("%s: group %d: cannot write %s: %s; its log is not compacted "
+                             "this time (nothing is lost)", self.label, g, tmp, e.strerror)
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                continue
+            logger.info("%s: group %d: dump at entry %d (%d keys, %d bytes)", self.label, g,
+                        last[1], len(per[g]), size)
+            self.engine.run_soon(
+                lambda g=g, tmp=tmp, prev=prev, last=last: self._compact(g, tmp, prev, last))
+
+    def _compact(self, group: int, tmp: str, prev, last) -> None:
+        # Only on the running engine's thread: a node that is stopping keeps
+        # its log as it is (run_soon runs this at once once the engine ended).
+        if self.engine.ended:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return
+        if not self.engine.compact(group, tmp, prev, last):
+            return
+        logger.info("%s: group %d: log compacted up to entry %d", self.label, group, prev[1])
+
+    def install_dump(self, group: int, path: str):
+        """PySyncObj's deserializer (engine thread): a dump that arrived from the
+        leader, as (last, prev, members). Checked whole and made durable
+        before the node takes any of it."""
+        try:
+            d = dump.read(path, group, self.ring.key_test(group))
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            files.fsync_dir(self.directory)
+        except (CorruptRecordError, OSError) as e:
+            logger.error("%s: group %d: dump from the leader refused: %s", self.label, group, e)
+            raise
+        if d.last[1] > self.raft_applied[group]:
+            self._install(group, d)
+            logger.info("%s: group %d: installed the leader's dump at entry %d (%d keys)",
+                        self.label, group, d.last[1], len(d.pairs))
+        return d.last, d.prev, set()
+
+    def _install(self, group: int, d: dump.Dump) -> None:
+        """Make this replica's copy of *group*'s arc the dump's: one batch of
+        the differences, after everything applied so far and before any later
+        entry, closed by the dump's raft record."""
+        done = threading.Event()
+        view = ReadMarker(True, lambda m: done.set())
+        self.to_apply.put(view)              # behind every entry handed over so far
+        if not done.wait(INSTALL_WAIT):
+            raise StorageError(f"{self.label}: group {group}: the applier did not reach the "
+                               f"dump's install in {INSTALL_WAIT:.0f}s")
+        test = self.ring.key_test(group)
+        current = {k: v for chunk in view.chunks for k, v in chunk.items() if test(k)}
+        pairs = d.pairs
+        reqs = [Request(OP_DELETE, k, str(k).encode(), b"", 0.0)
+                for k in current if k not in pairs]
+        for k, v in pairs.items():
+            old = current.get(k)
+            if old is None:
+                reqs.append(Request(OP_CREATE, k, str(k).encode(), v, 0.0))
+            elif old != v:
+                reqs.append(Request(OP_UPDATE, k, str(k).encode(), v, 0.0))
+        seq = self.seq
+        for r in reqs:
+            seq += 1
+            r.seq = seq
+        seq += 1
+        batch = OwnedBatch(reqs, len(reqs) + 1, seq, _silent,
+                           raft=records.raft_record(seq, group, d.last[1]))
+        self.seq = seq
+        self.raft_applied[group] = d.last[1]
+        self.to_log.put(batch)
+        self.to_apply.put(batch)
 
     def _stop_stages(self) -> None:
         for q in (self.to_log, self.to_apply):

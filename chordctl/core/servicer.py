@@ -589,7 +589,9 @@ def _groups(node: Node) -> list[pb.GroupStatus]:
                            state=g["state"], term=g["term"], commit_index=g["commit_index"],
                            last_applied=g["last_applied"], log_index=g["log_index"],
                            match_index=g["match_index"], elections=g["elections"],
-                           learning=g.get("learning", False))
+                           learning=g.get("learning", False),
+                           log_start=g.get("log_start", 1), installs=g.get("installs", 0),
+                           compactions=g.get("compactions", 0))
             for g in status().values()]
 
 

@@ -47,6 +47,9 @@ class SnapshotWriter:
         self.counter = 0               # newest snap.X written or recovered
         self.unwritten: int | None = None   # a cut whose log.X could not be created
         self.retry = False             # the last snap.X failed: the next cut is not skipped
+        # Called with (marker, chunks) once snap.X is durable (writer thread):
+        # ring.replicas > 1 writes the groups' dumps from the same frozen map.
+        self.after: Callable | None = None
 
     def run(self, to_snap: queue.SimpleQueue) -> None:
         while True:
@@ -85,6 +88,8 @@ class SnapshotWriter:
                 logger.info("%s: wrote %s (%d keys, %d bytes) in %.3fs", self.label, path, keys,
                             size, elapsed)
                 files.prune(self.directory, marker.counter)
+                if self.after is not None:
+                    self.after(marker, chunks)
             except OSError as e:
                 marker.error = (f"snapshot: cannot write snap.{marker.counter}: {e.strerror}; "
                                 f"nothing is lost (the logs hold every write) -- free space; "

@@ -233,7 +233,7 @@ class NodeStatus(_message.Message):
     def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ..., rss_bytes: _Optional[int] = ..., ready_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., in_flight: _Optional[int] = ..., cpus: _Optional[str] = ..., event_loop: _Optional[str] = ..., failed: _Optional[str] = ..., replicas: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ...) -> None: ...
 
 class GroupStatus(_message.Message):
-    __slots__ = ("group", "members", "leader", "state", "term", "commit_index", "last_applied", "log_index", "match_index", "elections", "learning")
+    __slots__ = ("group", "members", "leader", "state", "term", "commit_index", "last_applied", "log_index", "match_index", "elections", "learning", "log_start", "installs", "compactions")
     class MatchIndexEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +252,9 @@ class GroupStatus(_message.Message):
     MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
     ELECTIONS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_FIELD_NUMBER: _ClassVar[int]
+    LOG_START_FIELD_NUMBER: _ClassVar[int]
+    INSTALLS_FIELD_NUMBER: _ClassVar[int]
+    COMPACTIONS_FIELD_NUMBER: _ClassVar[int]
     group: int
     members: _containers.RepeatedScalarFieldContainer[int]
     leader: int
@@ -263,7 +266,10 @@ class GroupStatus(_message.Message):
     match_index: _containers.ScalarMap[int, int]
     elections: int
     learning: bool
-    def __init__(self, group: _Optional[int] = ..., members: _Optional[_Iterable[int]] = ..., leader: _Optional[int] = ..., state: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., last_applied: _Optional[int] = ..., log_index: _Optional[int] = ..., match_index: _Optional[_Mapping[int, int]] = ..., elections: _Optional[int] = ..., learning: _Optional[bool] = ...) -> None: ...
+    log_start: int
+    installs: int
+    compactions: int
+    def __init__(self, group: _Optional[int] = ..., members: _Optional[_Iterable[int]] = ..., leader: _Optional[int] = ..., state: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., last_applied: _Optional[int] = ..., log_index: _Optional[int] = ..., match_index: _Optional[_Mapping[int, int]] = ..., elections: _Optional[int] = ..., learning: _Optional[bool] = ..., log_start: _Optional[int] = ..., installs: _Optional[int] = ..., compactions: _Optional[int] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ()

@@ -124,3 +124,25 @@ class PushSummary(_message.Message):
     batches: int
     message: str
     def __init__(self, batches: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class DumpHeader(_message.Message):
+    __slots__ = ("group", "prev", "last", "keys", "chunks")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    PREV_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    group: int
+    prev: Entry
+    last: Entry
+    keys: int
+    chunks: int
+    def __init__(self, group: _Optional[int] = ..., prev: _Optional[_Union[Entry, _Mapping]] = ..., last: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[int] = ..., chunks: _Optional[int] = ...) -> None: ...
+
+class DumpChunk(_message.Message):
+    __slots__ = ("keys", "values")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ...) -> None: ...

@@ -73,7 +73,7 @@ def encode(group: int, message: dict, out: rpb.Message | None = None) -> rpb.Mes
             add(command=command, idx=idx, term=term)
     if "serialized" in message:
         chunk = message["serialized"]
-        if chunk is not None:
+        if chunk:      # None or False: PySyncObj had no chunk to send
             data, first, last = chunk
             m.serialized.data = data
             m.serialized.first = first

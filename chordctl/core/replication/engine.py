@@ -20,9 +20,14 @@ none of it is ours. What is ours is how it runs inside a node:
 - **No pickle.** Commands are our own bytes; PySyncObj's apply path (which
   unpickles ``@replicated`` calls and membership changes) is replaced by
   ``apply(group, idx, command)``; messages travel as chord.raft.v1 protobuf
-  (codec.py); snapshot transfer by chunk is off until the snapshot files are
-  wired in (``logCompactionMinEntries``), and an entry never exceeds one
-  message, so PySyncObj's pickled "transmission" never happens.
+  (codec.py); an entry never exceeds one message, so PySyncObj's pickled
+  "transmission" never happens.
+- **Compaction is the node's.** PySyncObj never serializes a state of its
+  own (its thresholds are out of reach): after each node snapshot the node
+  writes each group's dump (dump.py) and ``compact`` drops the group's log
+  up to the dump's first entry. A replica behind the start of its leader's
+  log receives the dump in chunks, PySyncObj's snapshot transfer, and
+  *install* puts it into the node (replica.py) before the entries after it.
 
 The engine does no network I/O itself: *send* takes each round's messages
 per peer (exchange.py puts them on gRPC streams; tests wire engines
@@ -34,6 +39,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import Callable
@@ -45,7 +51,7 @@ from pysyncobj.journal import Journal
 from pysyncobj.node import Node as _PsoNode
 from pysyncobj.transport import Transport
 
-from chordctl.core.replication import codec
+from chordctl.core.replication import codec, dump
 from chordctl.errors import StorageError
 from chordctl.pb import raft_pb2 as rpb
 
@@ -86,11 +92,13 @@ class Settings:
     tick: float = 0.02
     max_entry_bytes: int = 4 * 1024 * 1024
 
-    def conf(self, journal: Journal, owner: bool = False) -> SyncObjConf:
+    def conf(self, journal: Journal, owner: bool = False, dump_file: str | None = None,
+             install: Callable[[str], tuple] | None = None) -> SyncObjConf:
         """PySyncObj's settings for one group. The arc's *owner* waits half as
         long before it stands for election (between the heartbeat's 3x and the
         others' minimum), so it usually wins the first election and stays
-        leader: no transfer, no failed forwards, after a start."""
+        leader: no transfer, no failed forwards, after a start. *dump_file*
+        is the group's dump (dump.py), *install* what loads one that arrived."""
         fallback = self.leader_fallback or self.election_timeout
         low, high = self.election_timeout, 2 * self.election_timeout
         if owner:
@@ -108,14 +116,26 @@ class Settings:
             commandsWaitLeader=True,
             dynamicMembershipChange=False,
             journalFile=journal,
-            fullDumpFile=None,
-            # Compaction (and with it snapshot transfer) waits for the snapshot
-            # files to serve as the groups' snapshots: never before then.
+            fullDumpFile=dump_file,
+            # PySyncObj never compacts by itself: the node's snapshots are the
+            # groups' snapshots (Engine.compact). Its serializer is never
+            # called; its deserializer loads a dump that arrived.
             logCompactionMinEntries=2 ** 62,
             logCompactionMinTime=10 ** 12,
+            logCompactionBatchSize=DUMP_CHUNK_BYTES,
+            serializer=_never_serialize if install else None,
+            deserializer=install,
             useFork=False,
             pollerType="select",
         )
+
+
+# Bytes of a dump per message of PySyncObj's snapshot transfer.
+DUMP_CHUNK_BYTES = 256 * 1024
+
+
+def _never_serialize(path, data):
+    raise RuntimeError("raft: PySyncObj's own serializer is never used (Engine.compact)")
 
 
 class Member(_PsoNode):
@@ -152,9 +172,20 @@ class Group(SyncObj):
         self_node = Member(me)
         others = [Member(i) for i in members if i != me]
         self.transport = _GroupTransport(engine, group, self_node, others)
-        super().__init__(self_node, others, engine.settings.conf(journal, owner=group == me),
+        dumps = engine.dumps
+        self.dump_file = dumps.dump_path(group) if dumps is not None else None
+        install = (lambda path, g=group: dumps.install_dump(g, path)) \
+            if dumps is not None else None
+        super().__init__(self_node, others,
+                         engine.settings.conf(journal, owner=group == me,
+                                              dump_file=self.dump_file, install=install),
                          transport=self.transport)
+        # A compacted log starts at the entry before the last compaction's
+        # dump: that one and everything before it are in the node's files.
+        self._SyncObj__raftLastApplied = self._SyncObj__raftLog[0][1]
         self.first_term = self.raftCurrentTerm
+        self.installs = 0
+        self.compactions = 0
         # The engine drops what cannot be delivered, and Raft resends: every
         # peer counts as connected (PySyncObj only elects when "connected").
         for node in others:
@@ -177,6 +208,17 @@ class Group(SyncObj):
     def _SyncObj__parseChangeClusterRequest(self, command):
         return None
 
+    # PySyncObj loads its dump file at the first tick (a restart) and when a
+    # transfer ends. The first is not needed: the node's own files hold the
+    # state and the compacted log starts where they end (__init__).
+    def _SyncObj__loadDumpFile(self, clearJournal):
+        if clearJournal:
+            self.installs += 1
+            SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+
+    def log_start(self) -> int:
+        return self._SyncObj__raftLog[0][1]
+
     def leader_index(self) -> int | None:
         leader = self._getLeader()
         return None if leader is None else leader.index
@@ -197,6 +239,9 @@ class Group(SyncObj):
             if state == 2 else {},
             "elections": self.raftCurrentTerm - self.first_term,
             "learning": False,
+            "log_start": self.log_start(),
+            "installs": self.installs,
+            "compactions": self.compactions,
         }
 
 
@@ -212,15 +257,20 @@ class Engine:
     *apply(group, idx, command)*: runs on the engine thread for each
     committed REGULAR entry in commit order; its return value goes to the
     submitter's callback. *send*: each round's messages, per peer.
-    *on_failed(reason)*: the journal could not be made durable.
+    *on_failed(reason)*: the journal could not be made durable. *dumps*:
+    ``dump_path(group)``, each group's dump file, and ``install_dump(group,
+    path) -> (last, prev, members)``, which puts a dump that arrived into
+    the node (engine thread); None: no compaction, no transfer.
     """
 
     def __init__(self, index: int, groups: dict[int, tuple[int, ...]], journal,
                  apply: Apply, send: Send, settings: Settings = Settings(),
-                 on_failed: Callable[[str], None] | None = None, learn_grace: float = 0.0):
+                 on_failed: Callable[[str], None] | None = None, learn_grace: float = 0.0,
+                 dumps=None):
         self.index = index
         self.settings = settings
         self.apply = apply
+        self.dumps = dumps
         self.journal = journal
         self._send = send
         self._on_failed = on_failed
@@ -267,6 +317,11 @@ class Engine:
     def start(self) -> None:
         self._learn_until = time.monotonic() + self._learn_grace
         self._thread.start()
+
+    @property
+    def ended(self) -> bool:
+        """The engine thread has stopped (or failed): run_soon runs at once."""
+        return self._ended
 
     def learning(self, group: int) -> bool:
         return group in self._learning
@@ -317,6 +372,39 @@ class Engine:
         return None if s is None else s["leader"]
 
     # -- engine thread ----------------------------------------------------------
+
+    def entries(self, gid: int, start: int, count: int) -> list:
+        """Up to *count* entries of group *gid*'s log from index *start* (engine thread)."""
+        return self.groups[gid]._SyncObj__getEntries(start, count)
+
+    def compact(self, gid: int, tmp: str, prev: tuple[bytes, int, int],
+                last: tuple[bytes, int, int]) -> bool:
+        """Make *tmp*, a fsynced dump of group *gid* at entries *prev*, *last*
+        (dump.py), the group's dump, and drop its log before *prev* (engine
+        thread). Refused -- *tmp* removed -- when the log no longer holds those
+        two entries as they were (a dump installed since, a truncation) or
+        already starts at *prev* or later."""
+        g = self.groups[gid]
+        log = g._SyncObj__raftLog
+        first = log[0][1]
+        pos = prev[1] - first
+        ok = (pos > 0 and pos + 1 < len(log) and prev[1] + 1 <= g.raftLastApplied
+              and tuple(log[pos]) == tuple(prev) and tuple(log[pos + 1]) == tuple(last))
+        if not ok:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return False
+        # A transfer of the previous dump in flight ends here: the next one
+        # starts from the new file's first chunk (the receiver starts over).
+        serializer = g._SyncObj__serializer
+        for node in list(g._SyncObj__otherNodes):
+            serializer.cancelTransmisstion(node)
+        dump.replace(tmp, g.dump_file)
+        g._SyncObj__deleteEntriesTo(prev[1])
+        g.compactions += 1
+        return True
 
     def lead_from_owners(self) -> None:
         """Hand each group this node leads to the arc's owner (group id g is

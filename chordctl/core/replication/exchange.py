@@ -80,10 +80,11 @@ class Exchange:
                 q = self._queues[peer] = asyncio.Queue()
                 self._tasks[peer] = self.loop.create_task(self._pump(peer, q),
                                                           name=f"raft-push-{peer}")
-            if q.qsize() >= self.max_queued:
-                q.get_nowait()
-                self.lost += 1
-            q.put_nowait(rpb.RaftBatch(sender=self.index, ring=self.ring, messages=messages))
+            for part in _parts(messages):
+                if q.qsize() >= self.max_queued:
+                    q.get_nowait()
+                    self.lost += 1
+                q.put_nowait(rpb.RaftBatch(sender=self.index, ring=self.ring, messages=part))
 
     async def _pump(self, peer: int, q: asyncio.Queue) -> None:
         address = self.config.nodes[peer].address
@@ -156,3 +157,25 @@ class RaftServicer(rpb_grpc.RaftServicer):
             self.received += 1
             self.deliver(batch.sender, batch.messages)
         return rpb.PushSummary(batches=batches)
+
+
+def _parts(messages: list[rpb.Message]) -> list[list[rpb.Message]]:
+    """A round's messages to one peer as the batches that carry them: all in
+    one, except that each chunk of a dump (DUMP_CHUNK_BYTES) goes in a batch
+    of its own, so a whole dump sent in one round never makes one gRPC
+    message over the nodes' message limit."""
+    if not any(m.HasField("serialized") for m in messages):
+        return [messages]
+    parts: list[list[rpb.Message]] = []
+    run: list[rpb.Message] = []
+    for m in messages:
+        if m.HasField("serialized"):
+            if run:
+                parts.append(run)
+                run = []
+            parts.append([m])
+        else:
+            run.append(m)
+    if run:
+        parts.append(run)
+    return parts
