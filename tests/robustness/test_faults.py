@@ -65,13 +65,14 @@ class Workload:
 
     A client whose operation fails or times out moves to the next entry node
     and pauses 50 ms, so a dead node does not flood the history. Each client
-    also keeps under RATE operations per second, so that a fast machine does
-    not run into MAX_OPS_PER_CLIENT before the fault is over.
+    also keeps under *rate* (RATE) operations per second, so that a fast
+    machine does not run into MAX_OPS_PER_CLIENT before the fault is over.
     """
 
     def __init__(self, config, history: History, seed: int, clients: int = CLIENTS,
-                 give_up_after: int | None = None):
+                 give_up_after: int | None = None, rate: float = RATE):
         self.config = config
+        self.rate = rate                     # operations per second per client, at most
         self.addresses = [n.address for n in config.nodes]
         self.history = history
         self.seed = seed
@@ -121,7 +122,7 @@ class Workload:
                 now = time.monotonic()
                 if next_at > now:
                     self.stop_event.wait(next_at - now)
-                next_at = max(next_at, now) + 1 / RATE
+                next_at = max(next_at, now) + 1 / self.rate
                 if self.stop_event.is_set():
                     return
                 address = self.addresses[entry]
@@ -218,8 +219,9 @@ def lost_writes(history: History, final: dict[int, Op], clients: int) -> list[st
 
 
 def verify(name: str, history: History, config, address: str, clients: int = CLIENTS,
-           min_ops: int = MIN_OPS) -> None:
-    """Final reads, then: no acknowledged write lost, the history linearizable."""
+           min_ops: int = MIN_OPS) -> dict[int, Op]:
+    """Final reads, then: no acknowledged write lost, the history linearizable.
+    Returns the final reads (key -> read)."""
     final = final_reads(history, config, address)
     problems = lost_writes(history, final, clients)
     t0 = time.monotonic()
@@ -232,6 +234,7 @@ def verify(name: str, history: History, config, address: str, clients: int = CLI
         + f"\n\n{res}"
     assert res.ops_checked >= min_ops, \
         f"{name}: only {res.ops_checked} operations checked (minimum {min_ops})"
+    return final
 
 
 @pytest.fixture
