@@ -232,7 +232,7 @@ def test_sigstop_of_a_leader_past_the_election_timeout_then_sigcont(make_cluster
             # Past the client deadline too: what was sent to the paused node timed out.
             wait_until(lambda: sum(1 for o in history.ops if o.invoke >= stopped_ns
                                    and o.outcome == UNKNOWN
-                                   and o.complete - o.invoke >= DEADLINE * 1e9) >= 3,
+                                   and o.complete - o.invoke >= DEADLINE * 1e9) >= 1,
                        timeout=ELECTED_WITHIN, interval=0.05, what="client deadlines to pass")
         finally:
             node.kill(signal.SIGCONT)
