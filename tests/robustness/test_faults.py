@@ -70,10 +70,14 @@ class Workload:
     """
 
     def __init__(self, config, history: History, seed: int, clients: int = CLIENTS,
-                 give_up_after: int | None = None, rate: float = RATE):
+                 give_up_after: int | None = None, rate: float = RATE,
+                 entries: list[int] | None = None, first: int = 0):
         self.config = config
+        self.first = first                   # client ids first .. first + clients - 1
         self.rate = rate                     # operations per second per client, at most
-        self.addresses = [n.address for n in config.nodes]
+        # The entry nodes the clients use (all of the config's by default).
+        self.addresses = [config.nodes[i].address
+                          for i in (range(len(config.nodes)) if entries is None else entries)]
         self.history = history
         self.seed = seed
         self.clients = clients
@@ -84,12 +88,12 @@ class Workload:
 
     def create_own_keys(self) -> None:
         with Client(self.config, target=self.addresses[0]) as c:
-            for i in range(self.clients):
+            for i in range(self.first, self.first + self.clients):
                 op = self.history.call(c, i, "create", own_key(i), f"c{i}-own".encode())
                 assert op.outcome == OK, f"setup: {op} ({op.detail})"
 
     def start(self) -> "Workload":
-        for i in range(self.clients):
+        for i in range(self.first, self.first + self.clients):
             t = threading.Thread(target=self._guarded, args=(i,), name=f"load-{i}", daemon=True)
             t.start()
             self.threads.append(t)
@@ -219,10 +223,11 @@ def lost_writes(history: History, final: dict[int, Op], clients: int) -> list[st
 
 
 def verify(name: str, history: History, config, address: str, clients: int = CLIENTS,
-           min_ops: int = MIN_OPS) -> dict[int, Op]:
-    """Final reads, then: no acknowledged write lost, the history linearizable.
-    Returns the final reads (key -> read)."""
-    final = final_reads(history, config, address)
+           min_ops: int = MIN_OPS, final: dict[int, Op] | None = None) -> dict[int, Op]:
+    """Final reads (or *final*, read by the caller into *history*), then: no
+    acknowledged write lost, the history linearizable. Returns the final reads."""
+    if final is None:
+        final = final_reads(history, config, address)
     problems = lost_writes(history, final, clients)
     t0 = time.monotonic()
     res = check(history.ops)

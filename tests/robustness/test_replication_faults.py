@@ -35,7 +35,7 @@ from chordctl.core.ring import Ring
 from chordctl.pb import chord_pb2 as pb
 from chordctl.status import arc_rows
 from conftest import wait_until
-from robustness.history import OK, UNKNOWN, History, Op
+from robustness.history import FAILED, OK, UNKNOWN, History, Op
 from robustness.test_faults import SEED, Workload, load_phase, verify
 
 BITS = 16
@@ -139,15 +139,17 @@ def digest(copy: dict[int, bytes]) -> str:
     return h.hexdigest()[:16]
 
 
-def assert_replicas_agree(config, final: dict[int, Op]) -> None:
-    """Every replica's copy of every arc has one digest, and holds what the final
-    reads returned: the keys read back, with their values, and no other."""
+def assert_replicas_agree(config, final: dict[int, Op], copies=None) -> None:
+    """Every replica's copy of every arc (*copies*, or replica_copies) has one
+    digest, and holds what the final reads returned: the keys read back, with
+    their values, and no other."""
     ring = Ring.from_config(config)
     expected: dict[int, dict[int, bytes]] = {g: {} for g in range(len(config.nodes))}
     for k, op in final.items():
         if op.outcome == OK:
             expected[ring.owner(k)][k] = op.result
-    copies = replica_copies(config)
+    if copies is None:
+        copies = replica_copies(config)
     problems = []
     for g, by_replica in copies.items():
         want = digest(expected[g])
@@ -357,3 +359,236 @@ def test_every_node_killed_and_restarted_20_times(make_cluster):
     final = verify(f"R=3: every node killed and restarted {ROUNDS} times", history, cfg,
                    cluster.address(0), clients=4, min_ops=MIN_OPS)
     assert_replicas_agree(cfg, final)
+
+
+# -- a leader cut off by the network (network namespaces) ----------------------
+#
+# Each node in its own network namespace, joined by a bridge (test_netns.py's
+# PrivateNet). The test process cannot reach those addresses, so the clients
+# run as drivers inside the namespaces (this module's driver(), below): the
+# majority's load in the client namespace, the minority's inside the cut
+# leader's own namespace, where its address still answers. Each driver writes
+# its History as JSON; CLOCK_MONOTONIC is the machine's, so the histories
+# merge into one.
+
+PART_CLIENTS = 4
+MINORITY_FIRST = 20           # the minority's client ids (own keys, journal keys)
+CUT_FOR = 3.0                 # seconds the leader stays cut off: 4 election timeouts
+DRIVER_BOUND = 90.0           # seconds any driver runs at most
+
+
+def _op_json(o: Op) -> list:
+    hexed = (lambda b: None if b is None else b.hex())
+    return [o.client, o.kind, o.key, hexed(o.value), o.invoke, o.complete, o.outcome,
+            hexed(o.result), o.detail]
+
+
+def _op_from(row: list) -> Op:
+    unhex = (lambda h: None if h is None else bytes.fromhex(h))
+    client, kind, key, value, invoke, complete, outcome, result, detail = row
+    return Op(0, client, kind, key, unhex(value), invoke, complete, outcome, unhex(result),
+              detail)
+
+
+def driver(argv: list[str]) -> None:
+    """Run inside a namespace: python -c '...driver(sys.argv[1:])' CONFIG MODE JSON."""
+    import json
+    import os
+
+    from chordctl import config as config_mod
+    from conftest import owners_lead
+    from robustness.test_faults import completed, final_reads
+
+    cfg = config_mod.load(argv[0])
+    mode, args = argv[1], json.loads(argv[2])
+    if mode == "settled":
+        wait_until(lambda: owners_lead(cfg), timeout=args["timeout"], interval=0.05,
+                   what="every arc led by its owner")
+    elif mode == "load":
+        history = History()
+        load = Workload(cfg, history, args["seed"], clients=args["clients"], rate=RATE,
+                        entries=args["entries"], first=args["first"])
+        if args["own_keys"]:
+            load.create_own_keys()
+        load.start()
+        bound = time.monotonic() + args["seconds"]
+        try:
+            if args.get("ready_file"):
+                wait_until(lambda: completed(history, 0, OK) >= args["ready_ops"],
+                           timeout=DRIVER_BOUND, interval=0.05, what="the load's first ops")
+                open(args["ready_file"], "w").close()
+            while time.monotonic() < bound and not (
+                    args.get("stop_file") and os.path.exists(args["stop_file"])):
+                time.sleep(0.05)      # a duration of load (or until the test says stop)
+        finally:
+            load.stop()
+        with open(args["out"], "w") as f:
+            json.dump([_op_json(o) for o in history.ops], f)
+    elif mode == "final":
+        history = History()
+        with open(args["ops_file"]) as f:
+            history.extend(_op_from(r) for r in json.load(f))
+        final = final_reads(history, cfg, cfg.nodes[args["entry"]].address)
+        with open(args["out"], "w") as f:
+            json.dump({str(k): _op_json(o) for k, o in final.items()}, f)
+    elif mode == "copies":
+        copies = replica_copies(cfg)
+        with open(args["out"], "w") as f:
+            json.dump({g: {i: {str(k): v.hex() for k, v in c.items()} for i, c in r.items()}
+                       for g, r in copies.items()}, f)
+    else:
+        raise SystemExit(f"driver: unknown mode {mode}")
+
+
+@pytest.fixture
+def netns_r3(tmp_path):
+    """(config, PrivateNet, run(ns, mode, args, wait=True)): a 3-node R = 3 ring,
+    each node in its own network namespace."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from chordctl import config as config_mod
+    try:
+        from test_netns import PORT, PrivateNet, _tail, exec_in
+    except ImportError as e:       # pragma: no cover - the module is ours
+        pytest.skip(f"test_netns helpers: {e}")
+    if os.geteuid() != 0:
+        pytest.skip("a network partition needs root to create network namespaces")
+    if shutil.which("ip") is None:
+        pytest.skip("a network partition needs the `ip` command (iproute2)")
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    net = PrivateNet()
+    procs: list[subprocess.Popen] = []
+    logs = [str(tmp_path / f"node-{i}.log") for i in range(3)]
+    try:
+        try:
+            net.build()
+        except (RuntimeError, OSError) as e:
+            pytest.skip(f"network namespaces are not usable here: {e}")
+        doc = {"ring": {"bits": BITS, "placement": "direct", "routing": "fingers",
+                        "replicas": R},
+               "replication": REPLICATION,
+               "nodes": [{"host": net.address(i), "port": PORT} for i in range(3)],
+               "storage": {"data_dir": str(tmp_path / "data"), "snapshot_interval": 0},
+               "client": {"timeout": DEADLINE, "grace": 2}}
+        path = str(tmp_path / "chordctl.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(doc, f)
+        for i, ns in enumerate(net.nodes):
+            with open(logs[i], "ab") as log:
+                procs.append(subprocess.Popen(
+                    exec_in(ns, sys.executable, "-m", "chordctl", "-c", path, "node", "serve",
+                            "--node", str(i)),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
+        code = ("import sys; sys.path[:0] = [sys.argv[1]]; "
+                "from robustness.test_replication_faults import driver; driver(sys.argv[2:])")
+
+        def run(ns: str, mode: str, args: dict, wait: bool = True):
+            argv = exec_in(ns, sys.executable, "-c", code, tests_dir, path, mode,
+                           json.dumps(args))
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            if not wait:
+                return p
+            out, err = p.communicate(timeout=DRIVER_BOUND + 30)
+            assert p.returncode == 0, (f"driver {mode} in {ns} failed:\n{err[-3000:]}\n"
+                                       + "\n".join(_tail(x) for x in logs))
+            return out
+
+        try:
+            run(net.client, "settled", {"timeout": 60})
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n" + "\n".join(_tail(x) for x in logs)) from None
+        yield config_mod.load(path), net, run, procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        left = net.delete()
+        assert not left, f"network namespaces left behind: {left}"
+
+
+def test_a_leader_cut_off_acknowledges_nothing_and_the_majority_serves(netns_r3, tmp_path):
+    import json
+    import os
+
+    from test_netns import must
+    cfg, net, run, procs = netns_r3
+    ring = Ring.from_config(cfg)
+    victim = 0                    # leads arc 0 (settled), follows arcs 1 and 2
+    ready, stop = str(tmp_path / "ready"), str(tmp_path / "stop")
+    majority_out, minority_out = str(tmp_path / "majority.json"), str(tmp_path / "minority.json")
+    majority = run(net.client, "load", {
+        "seed": SEED + 4, "clients": PART_CLIENTS, "entries": [0, 1, 2], "first": 0,
+        "own_keys": True, "ready_file": ready, "ready_ops": 150, "stop_file": stop,
+        "seconds": DRIVER_BOUND, "out": majority_out}, wait=False)
+    try:
+        wait_until(lambda: os.path.exists(ready) or majority.poll() is not None,
+                   timeout=DRIVER_BOUND, interval=0.05, what="the majority's load to run")
+        assert majority.poll() is None, majority.communicate()[1][-3000:]
+        cut_ns = time.monotonic_ns()
+        must("-n", net.nodes[victim], "link", "set", net.link(victim), "down")
+        try:
+            # From inside the cut node's namespace: its own clients, for CUT_FOR seconds.
+            run(net.nodes[victim], "load", {
+                "seed": SEED + 5, "clients": 2, "entries": [victim], "first": MINORITY_FIRST,
+                "own_keys": False, "seconds": CUT_FOR, "out": minority_out})
+        finally:
+            healed_ns = time.monotonic_ns()
+            must("-n", net.nodes[victim], "link", "set", net.link(victim), "up")
+        run(net.client, "settled", {"timeout": 60})
+        settled_at = time.monotonic()
+        wait_until(lambda: time.monotonic() - settled_at > 1.5 or majority.poll() is not None,
+                   timeout=5, interval=0.05, what="load after the heal")   # a duration
+    finally:
+        open(stop, "w").close()
+        _out, err = majority.communicate(timeout=DRIVER_BOUND)
+    assert majority.returncode == 0, err[-3000:]
+    assert all(p.poll() is None for p in procs), "a node exited during the partition"
+    with open(majority_out) as f:
+        majority_ops = [_op_from(r) for r in json.load(f)]
+    with open(minority_out) as f:
+        minority_ops = [_op_from(r) for r in json.load(f)]
+
+    # The minority side acknowledges nothing: no answer at all, not even not-found.
+    answered = [o for o in minority_ops if o.outcome not in (UNKNOWN, FAILED)]
+    assert len(minority_ops) >= 4, f"the minority's clients sent {len(minority_ops)} requests"
+    assert not answered, "the cut-off leader answered:\n" + "\n".join(
+        f"{o} ({o.detail})" for o in answered[:10])
+    # The majority elected a leader of arc 0 and served it while node 0 was cut off.
+    served = [o for o in majority_ops if o.outcome == OK and ring.owner(o.key) == victim
+              and o.invoke >= cut_ns and o.complete <= healed_ns]
+    print(f"\n[fault] partition: {len(minority_ops)} requests on the cut-off leader's side, "
+          f"none answered; {len(served)} operations on its arc served by the majority "
+          f"during the {(healed_ns - cut_ns) / 1e9:.1f}s cut")
+    assert len(served) >= 10, f"the majority served only {len(served)} ops on arc {victim}"
+
+    history = History()
+    history.extend(majority_ops + minority_ops)
+    final_out, ops_file = str(tmp_path / "final.json"), str(tmp_path / "ops.json")
+    with open(ops_file, "w") as f:
+        json.dump([_op_json(o) for o in history.ops], f)
+    run(net.client, "final", {"ops_file": ops_file, "entry": victim, "out": final_out})
+    with open(final_out) as f:
+        rows = json.load(f)
+    finals = {int(k): _op_from(r) for k, r in rows.items()}
+    history.extend(finals.values())
+    final = {o.key: o for o in history.ops if o.client == -1}
+    verify("R=3: a leader cut off from the other two", history, cfg, cfg.nodes[victim].address,
+           clients=PART_CLIENTS, min_ops=MIN_OPS, final=final)
+    copies_out = str(tmp_path / "copies.json")
+    run(net.client, "copies", {"out": copies_out})
+    with open(copies_out) as f:
+        copies = {int(g): {int(i): {int(k): bytes.fromhex(v) for k, v in c.items()}
+                           for i, c in r.items()} for g, r in json.load(f).items()}
+    assert_replicas_agree(cfg, final, copies)
