@@ -185,7 +185,7 @@ def test_kill_9_of_a_group_leader_then_restart(make_cluster):
     others = ring.replicas(victim, R)[1:]
     history, load = start_load(cluster, SEED)
     try:
-        load_phase(load, 150, 1.5, "load before the kill")
+        load_phase(load, 100, 1, "load before the kill")
         killed = time.monotonic()
         killed_ns = time.monotonic_ns()
         cluster.nodes[victim].kill(signal.SIGKILL)
@@ -201,7 +201,7 @@ def test_kill_9_of_a_group_leader_then_restart(make_cluster):
         load_phase(load, 100, 1, "load with the leader dead")
         cluster.nodes[victim].start()
         cluster.settled(timeout=30)          # the owner leads its arc again
-        load_phase(load, 150, 1.5, "load after the restart")
+        load_phase(load, 100, 1, "load after the restart")
     finally:
         load.stop()
     final = verify(f"R=3: kill -9 of arc {victim}'s leader", history, cfg,
@@ -220,7 +220,7 @@ def test_sigstop_of_a_leader_past_the_election_timeout_then_sigcont(make_cluster
     node = cluster.nodes[victim]
     history, load = start_load(cluster, SEED + 1)
     try:
-        load_phase(load, 150, 1.5, "load before the pause")
+        load_phase(load, 100, 1, "load before the pause")
         stopped_ns = time.monotonic_ns()
         node.kill(signal.SIGSTOP)
         try:
@@ -244,7 +244,7 @@ def test_sigstop_of_a_leader_past_the_election_timeout_then_sigcont(make_cluster
                    what=f"node {victim} learns arc {victim}'s new term")
         print(f"\n[fault] arc {victim}: node {new_leader} led while node {victim} was paused")
         cluster.settled(timeout=30)
-        load_phase(load, 150, 1.5, "load after SIGCONT")
+        load_phase(load, 100, 1, "load after SIGCONT")
     finally:
         load.stop()
     assert node.alive, node.log()
@@ -257,12 +257,12 @@ PROBE_CLIENT = 100        # history client ids of the probes: 100 + the entry no
 
 
 def probe_keys(n: int) -> list[int]:
-    """Two keys on every arc of an n-node ring, none of the workload's."""
+    """A key on every arc of an n-node ring, none of the workload's."""
     ring = Ring(BITS, n)
     keys = []
     for g in range(n):
         low, _high = ring.arc(g)
-        keys += [(low + 5) % (1 << BITS), (low + 9) % (1 << BITS)]
+        keys.append((low + 5) % (1 << BITS))
     assert sorted({ring.owner(k) for k in keys}) == list(range(n))
     return keys
 
@@ -279,7 +279,7 @@ def test_permanent_loss_of_a_node_then_a_replacement_on_an_empty_directory(make_
             op = history.call(c, PROBE_CLIENT, "create", k, b"probe-%d" % k)
             assert op.outcome == OK, f"setup: {op} ({op.detail})"
     try:
-        load_phase(load, 150, 1.5, "load before the loss")
+        load_phase(load, 100, 1, "load before the loss")
         cluster.nodes[victim].kill(signal.SIGKILL)
         shutil.rmtree(cfg.node_dir(victim))
         lost = time.monotonic()
@@ -313,7 +313,7 @@ def test_permanent_loss_of_a_node_then_a_replacement_on_an_empty_directory(make_
         print(f"[fault] the replacement caught up {time.monotonic() - replaced:.2f}s after "
               f"its start")
         cluster.settled(timeout=30)
-        load_phase(load, 150, 1.5, "load with the replacement")
+        load_phase(load, 100, 1, "load with the replacement")
     finally:
         load.stop()
     # Read through the replacement, then each replica's own copy (the
@@ -329,7 +329,7 @@ RESTART_NODES = 3
 
 def test_every_node_killed_and_restarted_20_times(make_cluster):
     """A 3-node R = 3 ring (every node holds every arc): each round a little load,
-    then every node killed at once (kill -9, or SIGTERM every other round),
+    then every node killed at once (kill -9, or SIGTERM every fourth round),
     restarted and settled. Then one state per arc on every replica."""
     cluster = r3_ring(make_cluster, RESTART_NODES)
     cfg = cluster.config
@@ -338,7 +338,7 @@ def test_every_node_killed_and_restarted_20_times(make_cluster):
     try:
         for rnd in range(ROUNDS):
             load_phase(load, 15, 0, f"load in round {rnd}")
-            sig = signal.SIGKILL if rnd % 2 == 0 else signal.SIGTERM
+            sig = signal.SIGTERM if rnd % 4 == 1 else signal.SIGKILL
             t0 = time.monotonic()
             for n in cluster.nodes:
                 n.proc.send_signal(sig)
