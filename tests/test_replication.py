@@ -422,3 +422,25 @@ def _wrote(c, k, v) -> bool:
         return True
     except ChordError:
         return False
+
+
+def test_sigterm_of_a_replicated_node_does_not_wait_out_the_grace(make_cluster):
+    """The peers' Raft.Push streams stay open while both nodes run: a stop
+    must end them once its requests are answered, not wait the server's whole
+    grace on them (it did: every SIGTERM of an R > 1 node took 5 s)."""
+    from chordctl.core.server import SHUTDOWN_GRACE
+    cluster = make_cluster(3, bits=BITS, replicas=3).settled()
+    cfg = cluster.config
+    keys = keys_on_every_arc(3)
+    with Client(cfg, target=cluster.address(1)) as c:
+        for k in keys:
+            c.create(str(k), b"v%d" % k)
+    t0 = time.monotonic()
+    code = cluster.nodes[1].stop()
+    took = time.monotonic() - t0
+    assert code == 0, cluster.nodes[1].log()
+    assert took < SHUTDOWN_GRACE / 2, f"SIGTERM took {took:.2f}s\n{cluster.nodes[1].log()}"
+    assert "refused our stream" not in cluster.nodes[0].log()
+    read_all(cfg, cluster.address(0), {k: b"v%d" % k for k in keys})
+    cluster.nodes[1].start()
+    read_all(cfg, cluster.address(1), {k: b"v%d" % k for k in keys})

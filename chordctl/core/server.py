@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -106,6 +107,7 @@ class NodeServer:
             node_class = ReplicatedNode
         self.node = node_class(config, index, self.replies)
         self.exchange: Exchange | None = None
+        self.raft: RaftServicer | None = None
         self._arc_health: asyncio.Task | None = None
         self.router = Router(config, index, self.node.ring, self.loop, self.replies,
                              self.node.metrics)
@@ -173,8 +175,8 @@ class NodeServer:
                 if engine is not None:      # before recovery ends, Raft waits for us
                     engine.deliver(sender, messages)
 
-            rpb_grpc.add_RaftServicer_to_server(
-                RaftServicer(self.index, fingerprint, peers, deliver), server)
+            self.raft = RaftServicer(self.index, fingerprint, peers, deliver)
+            rpb_grpc.add_RaftServicer_to_server(self.raft, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -246,6 +248,14 @@ class NodeServer:
         for name in ("",) + SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
+    async def _requests_answered(self, timeout: float) -> None:
+        """Wait (at most *timeout*) until no client request, and no scan's or
+        count's view, is waiting on this node."""
+        deadline = time.monotonic() + timeout
+        while (self.kv is not None and (self.kv.admission.in_flight or self.kv.views)
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.01)
+
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         if self._arc_health is not None:
             self._arc_health.cancel()
@@ -253,7 +263,15 @@ class NodeServer:
         if self.kv is not None:
             self.kv.end_streams()   # BatchStream calls end between messages, with OK
         if self.server is not None:
-            await self.server.stop(grace)
+            stopped = asyncio.ensure_future(self.server.stop(grace))
+            if self.raft is not None:
+                # The peers' Raft.Push streams never end by themselves: keep
+                # them while a request this node let in may still wait for a
+                # commit (its acknowledgements arrive on them), then end them
+                # so that the stop does not wait out the whole grace.
+                await self._requests_answered(grace)
+                self.raft.end_streams()
+            await stopped
         # Every request the server let in has its reply by now (or was
         # cancelled); drain the pipeline and fsync the log.
         await asyncio.get_running_loop().run_in_executor(

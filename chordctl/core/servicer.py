@@ -200,6 +200,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         self.node_id = str(node.node_id)
         self.metrics = node.metrics
         self.scans = 0
+        self.views = 0        # Scan and Count calls waiting for their view
         self._send_back = _send_back(node)
         self._streams: set[_Stream] = set()     # BatchStream calls open
         self.ending = False                     # end_streams was called
@@ -422,7 +423,11 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else 0.0
         self.node.request_read(ReadMarker(freeze, self._send_back, fut, arc, deadline))
-        marker = await fut
+        self.views += 1
+        try:
+            marker = await fut
+        finally:
+            self.views -= 1
         if marker.error:
             code, message = marker.error
             await context.abort(STATUS.get(code, grpc.StatusCode.UNKNOWN), message)

@@ -141,6 +141,13 @@ class History:
                     done.append(self.complete(op, OK, res.value))
         return done
 
+    def extend(self, ops: Iterable[Op]) -> None:
+        """Add completed operations recorded elsewhere (another process's
+        History, on the same monotonic clock), numbered anew."""
+        with self._lock:
+            for op in ops:
+                self._ops.append(dataclasses.replace(op, id=next(self._ids)))
+
     @property
     def ops(self) -> list[Op]:
         """Every completed operation (in-flight ones are left out), by invocation."""

@@ -65,14 +65,19 @@ class Workload:
 
     A client whose operation fails or times out moves to the next entry node
     and pauses 50 ms, so a dead node does not flood the history. Each client
-    also keeps under RATE operations per second, so that a fast machine does
-    not run into MAX_OPS_PER_CLIENT before the fault is over.
+    also keeps under *rate* (RATE) operations per second, so that a fast
+    machine does not run into MAX_OPS_PER_CLIENT before the fault is over.
     """
 
     def __init__(self, config, history: History, seed: int, clients: int = CLIENTS,
-                 give_up_after: int | None = None):
+                 give_up_after: int | None = None, rate: float = RATE,
+                 entries: list[int] | None = None, first: int = 0):
         self.config = config
-        self.addresses = [n.address for n in config.nodes]
+        self.first = first                   # client ids first .. first + clients - 1
+        self.rate = rate                     # operations per second per client, at most
+        # The entry nodes the clients use (all of the config's by default).
+        self.addresses = [config.nodes[i].address
+                          for i in (range(len(config.nodes)) if entries is None else entries)]
         self.history = history
         self.seed = seed
         self.clients = clients
@@ -83,12 +88,12 @@ class Workload:
 
     def create_own_keys(self) -> None:
         with Client(self.config, target=self.addresses[0]) as c:
-            for i in range(self.clients):
+            for i in range(self.first, self.first + self.clients):
                 op = self.history.call(c, i, "create", own_key(i), f"c{i}-own".encode())
                 assert op.outcome == OK, f"setup: {op} ({op.detail})"
 
     def start(self) -> "Workload":
-        for i in range(self.clients):
+        for i in range(self.first, self.first + self.clients):
             t = threading.Thread(target=self._guarded, args=(i,), name=f"load-{i}", daemon=True)
             t.start()
             self.threads.append(t)
@@ -121,7 +126,7 @@ class Workload:
                 now = time.monotonic()
                 if next_at > now:
                     self.stop_event.wait(next_at - now)
-                next_at = max(next_at, now) + 1 / RATE
+                next_at = max(next_at, now) + 1 / self.rate
                 if self.stop_event.is_set():
                     return
                 address = self.addresses[entry]
@@ -218,9 +223,11 @@ def lost_writes(history: History, final: dict[int, Op], clients: int) -> list[st
 
 
 def verify(name: str, history: History, config, address: str, clients: int = CLIENTS,
-           min_ops: int = MIN_OPS) -> None:
-    """Final reads, then: no acknowledged write lost, the history linearizable."""
-    final = final_reads(history, config, address)
+           min_ops: int = MIN_OPS, final: dict[int, Op] | None = None) -> dict[int, Op]:
+    """Final reads (or *final*, read by the caller into *history*), then: no
+    acknowledged write lost, the history linearizable. Returns the final reads."""
+    if final is None:
+        final = final_reads(history, config, address)
     problems = lost_writes(history, final, clients)
     t0 = time.monotonic()
     res = check(history.ops)
@@ -232,6 +239,7 @@ def verify(name: str, history: History, config, address: str, clients: int = CLI
         + f"\n\n{res}"
     assert res.ops_checked >= min_ops, \
         f"{name}: only {res.ops_checked} operations checked (minimum {min_ops})"
+    return final
 
 
 @pytest.fixture

@@ -140,23 +140,54 @@ class RaftServicer(rpb_grpc.RaftServicer):
         self.peers = frozenset(peers)
         self.deliver = deliver
         self.received = 0
+        self.ending = False
+        self._tasks: set[asyncio.Task] = set()
+
+    def end_streams(self) -> None:
+        """The node is stopping: end every peer's stream (a peer keeps its
+        stream open for as long as both run, so a graceful server stop would
+        otherwise wait its whole grace on them). Between two batches: deliver
+        never awaits, so a batch is either delivered whole or not read."""
+        self.ending = True
+        for task in list(self._tasks):
+            task.cancel()
 
     async def Push(self, request_iterator, context):
-        batches = 0
+        summary = rpb.PushSummary()
+        if self.ending:
+            return summary                # no message: not a refusal, the peer retries
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            return await self._push(request_iterator, summary)
+        except asyncio.CancelledError:
+            if not self.ending:
+                raise
+            # Cancelled by end_streams: answer, so that gRPC ends the call now
+            # (a handler that ends cancelled leaves it open until the peer
+            # gives up or the server's grace is over).
+            task.uncancel()
+            return summary
+        finally:
+            self._tasks.discard(task)
+
+    async def _push(self, request_iterator, summary: rpb.PushSummary) -> rpb.PushSummary:
         async for batch in request_iterator:
             if batch.ring != self.ring:
-                return rpb.PushSummary(batches=batches, message=(
+                summary.message = (
                     f"node {self.index}: raft messages from another ring (fingerprint "
                     f"{batch.ring or 'none'}, ours {self.ring}); check that every node "
-                    f"runs the same config"))
+                    f"runs the same config")
+                return summary
             if batch.sender not in self.peers:
-                return rpb.PushSummary(batches=batches, message=(
+                summary.message = (
                     f"node {self.index}: node {batch.sender} shares no replica group "
-                    f"with this node"))
-            batches += 1
+                    f"with this node")
+                return summary
+            summary.batches += 1
             self.received += 1
             self.deliver(batch.sender, batch.messages)
-        return rpb.PushSummary(batches=batches)
+        return summary
 
 
 def _parts(messages: list[rpb.Message]) -> list[list[rpb.Message]]:
