@@ -14,7 +14,7 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import MemoryJournal
 
 from chordctl.core.replication import dump
-from chordctl.core.replication.engine import Engine, Settings
+from chordctl.core.replication.engine import RETRY_MARK, Engine, Settings
 from chordctl.errors import StorageError
 
 FAST = Settings(election_timeout=0.25, heartbeat=0.04, tick=0.01)
@@ -473,3 +473,52 @@ def test_compact_refuses_entries_the_log_no_longer_holds(ring, tmp_path):
     until(lambda: out, what="compact ran")
     assert out == [False] and not os.path.exists(tmp)
     assert leader.groups[0].log_start() == 1
+
+
+def test_a_resubmitted_command_is_attached_to_its_first_copy_not_appended_again(ring):
+    """A command submitted again with RETRY_MARK (what replica.py does after a
+    leader change) is applied once whether its first copy is committed,
+    still in the log, or compacted; without a first copy it is appended."""
+    r = ring(3)
+    leader = r.wait_leader()
+    follower = next(e for e in r.engines.values() if e is not leader)
+    first = b"write-1"
+    assert r.commit(follower, 0, first)[1] == FAIL_REASON.SUCCESS
+    # Its resubmission on the leader: attached to the applied entry.
+    assert r.commit(leader, 0, first + RETRY_MARK)[1] == FAIL_REASON.SUCCESS
+    # From the follower (forwarded): the leader names the entry, which the
+    # follower has applied already, so PySyncObj says "unknown outcome" (the
+    # node that submitted it answered its callers when it applied it).
+    until(lambda: r.applied[follower.index][0], what="the follower applied it")
+    for _ in range(2):
+        assert r.commit(follower, 0, first + RETRY_MARK)[1] == FAIL_REASON.UNKNOWN_OUTCOME
+    # A resubmission whose first copy never reached any log is appended once.
+    assert r.commit(follower, 0, b"write-2" + RETRY_MARK)[1] == FAIL_REASON.SUCCESS
+    assert r.commit(leader, 0, b"write-2" + RETRY_MARK)[1] == FAIL_REASON.SUCCESS
+    until(lambda: all(len(r.applied[i][0]) == 2 for i in range(3)), what="two entries everywhere")
+    time.sleep(0.2)      # nothing more arrives (a third entry would, by now)
+    assert [c for _, c in r.applied[0][0]] == [first, b"write-2" + RETRY_MARK]
+    assert leader.status()[0]["duplicates"] == 4
+    # Ordinary commands that happen to be equal are never deduplicated.
+    assert r.commit(leader, 0, first)[1] == FAIL_REASON.SUCCESS
+    until(lambda: len(r.applied[0][0]) == 3, what="the equal command applied")
+
+
+def test_a_resubmission_finds_a_first_copy_the_log_compacted(ring, tmp_path):
+    r = ring(3)
+    for i in range(3):
+        r.crash(i)
+        r.dumps[i] = Dumps(str(tmp_path / str(i)))
+        r.start(i)
+    leader = r.wait_leader()
+    assert r.commit(leader, 0, b"early")[1] == FAIL_REASON.SUCCESS
+    for k in range(5):
+        assert r.commit(leader, 0, b"k%d" % k)[1] == FAIL_REASON.SUCCESS
+    done = []
+    r.dumps[leader.index].compact(leader, 0, done)
+    until(lambda: done and done[0][1], what="compacted")
+    assert leader.groups[0].log_start() > 2       # "early" is no longer in the log
+    assert r.commit(leader, 0, b"early" + RETRY_MARK)[1] == FAIL_REASON.SUCCESS
+    time.sleep(0.2)
+    assert [c for _, c in r.applied[leader.index][0]].count(b"early") == 1
+    assert len(r.applied[leader.index][0]) == 6

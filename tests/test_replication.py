@@ -346,7 +346,7 @@ def test_snapshots_compact_the_logs_and_a_replacement_gets_the_arc_as_a_dump(mak
     with Client(cfg, target=cluster.address(0)) as c:
         for k in keys[1::3]:
             # The victim led its own arc: until the others elect, a write may
-            # end "outcome unknown"; an update to the same value is safe again.
+            # fail (its deadline); an update to the same value is safe again.
             wait_until(lambda: _wrote(c, k, b"u%d" % k), timeout=10, interval=0.1,
                        what=f"update of {k} after the kill")
     expect = {k: (b"u%d" % k if i % 3 == 1 else b"v%d" % k + big)
@@ -444,3 +444,39 @@ def test_sigterm_of_a_replicated_node_does_not_wait_out_the_grace(make_cluster):
     read_all(cfg, cluster.address(0), {k: b"v%d" % k for k in keys})
     cluster.nodes[1].start()
     read_all(cfg, cluster.address(1), {k: b"v%d" % k for k in keys})
+
+
+def test_writes_in_flight_when_the_leader_dies_are_applied_once_without_an_error(make_cluster):
+    """Updates of one key through a follower, one after another, while the
+    arc's leader is killed: the follower submits what the leader change left
+    in doubt again, marked, and the new leader attaches it to its first copy
+    if it has one -- so every update succeeds and none lands twice (a
+    duplicate applied late would leave an older value behind)."""
+    import threading
+    cluster = make_cluster(3, bits=BITS, replicas=3, timeout=8).settled()
+    cfg = cluster.config
+    key = keys_on_every_arc(3)[0]                       # on arc 0: node 0 leads it
+    errors, done = [], []
+    with Client(cfg, target=cluster.address(0)) as c:
+        c.create(str(key), b"0")
+
+    def writer():
+        with Client(cfg, target=cluster.address(1), timeout=8) as c:
+            for i in range(1, 301):
+                try:
+                    c.update(str(key), b"%d" % i)
+                    done.append(i)
+                except ChordError as e:
+                    errors.append((i, str(e)))
+                    return
+
+    t = threading.Thread(target=writer)
+    t.start()
+    wait_until(lambda: len(done) >= 50 or errors, timeout=30, what="updates before the kill")
+    cluster.nodes[0].kill(signal.SIGKILL)
+    t.join(120)
+    assert not t.is_alive()
+    assert errors == [] and done == list(range(1, 301))
+    for i in (1, 2):
+        with Client(cfg, target=cluster.address(i)) as c:
+            assert c.read(str(key)).value == b"300"

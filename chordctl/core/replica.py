@@ -58,7 +58,7 @@ from chordctl.core.markers import STOP, ReadMarker, SnapshotMarker
 from chordctl.core.metrics import LATENCY_BUCKETS, Histogram
 from chordctl.core.node import Node, OwnedBatch, Replies
 from chordctl.core.replication import dump
-from chordctl.core.replication.engine import REASONS, Engine, Settings
+from chordctl.core.replication.engine import REASONS, RETRY_MARK, Engine, Settings
 from chordctl.core.request import Request
 from chordctl.core.storage import files, identity, raftjournal, records
 from chordctl.errors import CorruptRecordError, StorageError
@@ -79,8 +79,10 @@ INSTALL_WAIT = 60.0      # seconds an install waits for the applier to reach it
 # PySyncObj's outcomes that leave a command certainly not in the log (the
 # leader refused it, no leader took it, or another entry took its place) ...
 NOT_APPLIED = (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED)
-# ... and those after which it may still be committed: safe to send again only
-# when it changes nothing.
+# ... and those after which it may still be committed. Both are submitted
+# again, marked as a resubmission (engine.RETRY_MARK): a leader whose log
+# holds the first copy attaches it to that entry instead of appending a
+# second, so a write is applied at most once however often it goes again.
 MAYBE_APPLIED = (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME)
 
 
@@ -282,10 +284,11 @@ class ReplicatedNode(Node):
 
     def _outcome(self, group: int, cid: int, data: bytes) -> Callable[[object, int], None]:
         """The callback of command *cid*: nothing on success (the answer step
-        replies); on a failure that left it unapplied -- or that cannot matter,
-        for a command that only reads -- it is submitted again (a few
-        milliseconds later, until its callers' deadline); otherwise its callers
-        get the reason."""
+        replies); after a leader change or a refusal it is submitted again,
+        marked as a resubmission, a few milliseconds later while its callers'
+        deadline allows; otherwise its callers get the reason."""
+        again = data if data.endswith(RETRY_MARK) else data + RETRY_MARK
+
         def outcome(result, reason) -> None:     # engine thread
             if reason == FAIL_REASON.SUCCESS:
                 return
@@ -293,17 +296,19 @@ class ReplicatedNode(Node):
             if pending is None:
                 return
             item = pending[0]
-            if reason in NOT_APPLIED or (reason in MAYBE_APPLIED and _reads_only(item)):
+            if reason in NOT_APPLIED or reason in MAYBE_APPLIED:
                 if _deadline(item) > time.monotonic() + RETRY_AFTER:
-                    self._retry.append((cid, group, data, outcome))
+                    self._retry.append((cid, group, again, outcome))
                     return
             self._pending.pop(cid, None)
             why = REASONS.get(reason, str(reason))
             if reason in MAYBE_APPLIED:
                 what = ("outcome unknown: it may still be applied -- read the key before "
                         "retrying a write")
-            else:
+            elif reason in NOT_APPLIED:
                 what = "not applied; safe to retry"
+            else:
+                what = "not applied"
             self._refuse(item, f"{self.label}: replica group {group}: {why.replace('_', ' ')} "
                                f"({what})")
         return outcome
@@ -517,11 +522,6 @@ class ReplicatedNode(Node):
     def raft_status(self) -> dict[int, dict]:
         """Each group's summary (engine.py), as of the replicator's last round."""
         return self.engine.status() if self.engine is not None else {}
-
-
-def _reads_only(item) -> bool:
-    """A scan's barrier, or requests without a mutation: harmless twice."""
-    return type(item) is ReadMarker or all(r.op == OP_READ for r in item)
 
 
 def _deadline(item) -> float:

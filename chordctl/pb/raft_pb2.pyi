@@ -87,7 +87,7 @@ class Message(_message.Message):
     def __init__(self, group: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., term: _Optional[int] = ..., last_log_index: _Optional[int] = ..., last_log_term: _Optional[int] = ..., commit_index: _Optional[int] = ..., prev_log_idx: _Optional[int] = ..., prev_log_term: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., serialized: _Optional[_Union[Chunk, _Mapping]] = ..., next_node_idx: _Optional[int] = ..., reset: _Optional[bool] = ..., success: _Optional[bool] = ..., command: _Optional[bytes] = ..., request_id: _Optional[int] = ..., log_idx: _Optional[int] = ..., log_term: _Optional[int] = ..., error: _Optional[int] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("origin", "id", "ops", "incarnation")
+    __slots__ = ("origin", "id", "ops", "incarnation", "retry")
     class Op(_message.Message):
         __slots__ = ("op", "key", "value")
         OP_FIELD_NUMBER: _ClassVar[int]
@@ -101,11 +101,13 @@ class Command(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
     origin: int
     id: int
     ops: _containers.RepeatedCompositeFieldContainer[Command.Op]
     incarnation: int
-    def __init__(self, origin: _Optional[int] = ..., id: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[Command.Op, _Mapping]]] = ..., incarnation: _Optional[int] = ...) -> None: ...
+    retry: bool
+    def __init__(self, origin: _Optional[int] = ..., id: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[Command.Op, _Mapping]]] = ..., incarnation: _Optional[int] = ..., retry: _Optional[bool] = ...) -> None: ...
 
 class RaftBatch(_message.Message):
     __slots__ = ("sender", "ring", "messages")

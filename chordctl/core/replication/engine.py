@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import os
 import threading
@@ -60,6 +61,14 @@ logger = logging.getLogger("chordctl.raft")
 REGULAR = _syncobj._COMMAND_TYPE.REGULAR
 NO_OP = _syncobj._COMMAND_TYPE.NO_OP
 _REGULAR_BYTE = bytes([REGULAR])
+_LEADER = _syncobj._RAFT_STATE.LEADER
+# What a resubmitted command ends with (Command.retry = true, appended to the
+# first copy's bytes: protobuf merges it). Only a command that ends so makes a
+# leader look for its first copy in the log: the write path pays nothing.
+RETRY_MARK = rpb.Command(retry=True).SerializeToString()
+# Commands of entries dropped by a compaction a leader still recognises (as
+# digests) when their resubmission arrives after the compaction.
+RECENT_COMPACTED = 4096
 
 # PySyncObj builds its journal from conf.journalFile (a path, or None for
 # memory); ours is an object, handed over as that field.
@@ -138,6 +147,10 @@ def _never_serialize(path, data):
     raise RuntimeError("raft: PySyncObj's own serializer is never used (Engine.compact)")
 
 
+def _digest(command: bytes) -> bytes:
+    return hashlib.blake2b(command, digest_size=16).digest()
+
+
 class Member(_PsoNode):
     """A node of the ring as PySyncObj sees it: id is its config index as text
     (what the journal stores for a vote), ``index`` the number."""
@@ -186,6 +199,8 @@ class Group(SyncObj):
         self.first_term = self.raftCurrentTerm
         self.installs = 0
         self.compactions = 0
+        self.duplicates = 0          # resubmissions attached to their first copy
+        self._compacted: collections.OrderedDict = collections.OrderedDict()
         # The engine drops what cannot be delivered, and Raft resends: every
         # peer counts as connected (PySyncObj only elects when "connected").
         for node in others:
@@ -207,6 +222,63 @@ class Group(SyncObj):
 
     def _SyncObj__parseChangeClusterRequest(self, command):
         return None
+
+    # A command resubmitted after a leader change (it ends with RETRY_MARK)
+    # may have a first copy in the log already: the old leader appended it
+    # and the new one has it. A leader that holds the first copy does not
+    # append it again; it attaches the caller to the first copy's entry, as
+    # PySyncObj attaches any caller to the entry it appended. A leader whose
+    # log lacks the first copy appends it: that first copy is then in no log
+    # that can still commit (a log with this leader's entries overwrites it,
+    # and one that keeps it drops this term's), so at most one copy commits.
+    def _applyCommand(self, command, callback, commandType=None):
+        if command.endswith(RETRY_MARK) and self._SyncObj__raftState == _LEADER:
+            full = command if commandType is None else bytes([commandType]) + command
+            found = self._first_copy(full)
+            if found is not None:
+                self.duplicates += 1
+                self._attach(found, callback)
+                return
+        super()._applyCommand(command, callback, commandType)
+
+    def _first_copy(self, full: bytes) -> tuple[int, int] | None:
+        """(index, term) of the entry holding *full*, resubmitted, or its first
+        copy (*full* without the mark), newest first; None if none does."""
+        first = full[:-len(RETRY_MARK)]
+        for command, idx, term in reversed(self._SyncObj__raftLog[:]):
+            if command == full or command == first:
+                return idx, term
+        for c in (full, first):
+            hit = self._compacted.get(_digest(c))
+            if hit is not None:
+                return hit
+        return None
+
+    def _attach(self, entry: tuple[int, int], callback) -> None:
+        idx, term = entry
+        if isinstance(callback, tuple):          # forwarded by a follower: (node, request id)
+            node, request_id = callback
+            self.transport.send(node, {"type": "apply_command_response",
+                                       "request_id": request_id, "log_idx": idx,
+                                       "log_term": term})
+        elif callback is not None:
+            if idx <= self._SyncObj__raftLastApplied:
+                callback(None, FAIL_REASON.SUCCESS)
+            else:
+                self._SyncObj__commandsWaitingCommit[idx].append((term, callback))
+
+    def forget_before(self, prev_idx: int) -> None:
+        """Compaction is about to drop the entries before *prev_idx*: keep the
+        digests of the newest of them, for resubmissions still on their way."""
+        log = self._SyncObj__raftLog
+        first = log[0][1]
+        dropped = log[max(0, prev_idx - first - RECENT_COMPACTED):prev_idx - first]
+        recent = self._compacted
+        for command, idx, term in dropped:
+            if command[:1] == _REGULAR_BYTE:
+                recent[_digest(command)] = (idx, term)
+        while len(recent) > RECENT_COMPACTED:
+            recent.popitem(last=False)
 
     # PySyncObj loads its dump file at the first tick (a restart) and when a
     # transfer ends. The first is not needed: the node's own files hold the
@@ -242,6 +314,7 @@ class Group(SyncObj):
             "log_start": self.log_start(),
             "installs": self.installs,
             "compactions": self.compactions,
+            "duplicates": self.duplicates,
         }
 
 
@@ -402,6 +475,7 @@ class Engine:
         for node in list(g._SyncObj__otherNodes):
             serializer.cancelTransmisstion(node)
         dump.replace(tmp, g.dump_file)
+        g.forget_before(prev[1])
         g._SyncObj__deleteEntriesTo(prev[1])
         g.compactions += 1
         return True
