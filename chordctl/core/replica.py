@@ -421,8 +421,9 @@ class ReplicatedNode(Node):
     def _write_dumps(self, marker: SnapshotMarker, chunks: list[dict[int, bytes]]) -> None:
         """Snapshot writer, once snap.X is durable: each group's keys of the
         frozen map into its dump, then the engine compacts the group's log."""
-        if not marker.dumps or self.engine is None:
-            return
+        if not marker.dumps or self.engine is None or self.engine.ended \
+                or self._stopping.is_set():
+            return          # a stopping node compacts nothing: not worth its time
         owner = self.ring.owner
         per: dict[int, list[tuple[int, bytes]]] = {g: [] for g in marker.dumps}
         for chunk in chunks:

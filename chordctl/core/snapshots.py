@@ -89,7 +89,10 @@ class SnapshotWriter:
                             size, elapsed)
                 files.prune(self.directory, marker.counter)
                 if self.after is not None:
-                    self.after(marker, chunks)
+                    try:
+                        self.after(marker, chunks)
+                    except Exception:       # a bug there must not end the writer
+                        logger.exception("%s: after snap.%d", self.label, marker.counter)
             except OSError as e:
                 marker.error = (f"snapshot: cannot write snap.{marker.counter}: {e.strerror}; "
                                 f"nothing is lost (the logs hold every write) -- free space; "

@@ -7,8 +7,10 @@ none of it is ours. What is ours is how it runs inside a node:
 
 - **One thread, "chord-raft"** ticks every group's ``SyncObj`` (each built
   with ``autoTick=False``) in rounds. A round: take the messages peers
-  sent, take the commands the dispatcher queued (``submit``), tick each
-  group, make the journal durable, then let the round's messages leave.
+  sent, take the commands the dispatcher queued (``submit``), tick the
+  groups they are for (and every group at least every ``Settings.tick``,
+  for its timers), make the journal durable, then let the round's messages
+  leave.
   PySyncObj runs single-threaded, as it expects; nothing else touches it.
 - **Durable before it leaves.** A follower's "I have entry i" (next_node_idx
   success), a vote, a leader's append_entries: each leaves the node only
@@ -367,6 +369,8 @@ class Engine:
         self._stopping = False
         self.failed: str | None = None
         self.rounds = 0
+        self.partial_ticks = 0       # rounds that ticked only the groups with work
+        self._full_tick_at = 0.0
         self.dropped = 0
         # A replica that lost its state (started without a journal: new, or a
         # replacement) starts as a learner in each group: it forgot whom it
@@ -563,16 +567,19 @@ class Engine:
     def _round(self, groups: list[Group]) -> None:
         self.rounds += 1
         local = self._local
+        everyone = bool(local)       # a local function may touch any group
         while local:
             local.popleft()()
             if self._stopping:
                 return
+        busy: set[int] = set()       # groups with messages or commands this round
         inbox = self._inbox
         learning = self._learning
         while inbox:
             sender, messages = inbox.popleft()
             member = self._members.get(sender)
             for m in messages:
+                busy.add(m.group)
                 g = self.groups.get(m.group)
                 if g is None or member is None or sender not in self._peers[m.group]:
                     self.dropped += 1
@@ -598,9 +605,21 @@ class Engine:
             if g is None:
                 callback(None, FAIL_REASON.REQUEST_DENIED)
                 continue
+            busy.add(gid)
             g._applyCommand(command, callback, REGULAR)
-        for g in groups:
-            g.doTick(0.0)
+        # A tick is PySyncObj's whole step (timers, commit, apply, sends), tens
+        # of microseconds per group: a round ticks the groups it brought work
+        # for, and every group at least every settings.tick for their timers.
+        now = time.monotonic()
+        if everyone or now >= self._full_tick_at:
+            self._full_tick_at = now + self.settings.tick
+            for g in groups:
+                g.doTick(0.0)
+        else:
+            self.partial_ticks += 1
+            for g in groups:
+                if g.group in busy:
+                    g.doTick(0.0)
         if learning:
             self._learned(learning)
         # Durable before anything of this round leaves (see the docstring).
