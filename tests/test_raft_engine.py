@@ -83,7 +83,7 @@ class Ring:
     """n engines, one group each per arc as Ring.replicas lays them out, wired
     by direct delivery; *cut* holds links that drop everything."""
 
-    def __init__(self, n=3, groups=None, settings=FAST):
+    def __init__(self, n=3, groups=None, settings=FAST, dumps=None):
         self.n = n
         self.settings = settings
         self.groups = groups or {0: tuple(range(n))}
@@ -92,7 +92,9 @@ class Ring:
         self.engines: dict[int, Engine | None] = {}
         self.cut: set[tuple[int, int]] = set()
         self.sent_while_dirty = []
-        self.dumps: dict[int, object] = {}      # node -> its dumps (compaction tests)
+        # node -> its dump files (compaction tests: *dumps* is their directory)
+        self.dumps: dict[int, object] = {} if dumps is None else \
+            {i: Dumps(os.path.join(dumps, str(i))) for i in range(n)}
         for i in range(n):
             self.start(i)
 
@@ -409,15 +411,7 @@ def test_a_compacted_log_reaches_a_replica_that_lost_everything_as_a_dump(ring, 
     """Compaction drops the log before the dump; a replica that starts empty
     gets the leader's dump (PySyncObj's snapshot transfer, chunked) and then
     the entries after it, and holds exactly what the others hold."""
-    r = ring(3)
-    leader = r.wait_leader()
-    r.crash(leader.index)          # restart all three with dumps wired in
-    for i in range(3):
-        if r.engines[i] is not None:
-            r.crash(i)
-    for i in range(3):
-        r.dumps[i] = Dumps(str(tmp_path / str(i)))
-        r.start(i)
+    r = ring(3, dumps=str(tmp_path))
     leader = r.wait_leader()
     big = b"x" * 40_000            # several dump chunks per transfer
     for k in range(60):
@@ -452,11 +446,7 @@ def test_a_compacted_log_reaches_a_replica_that_lost_everything_as_a_dump(ring, 
 
 
 def test_compact_refuses_entries_the_log_no_longer_holds(ring, tmp_path):
-    r = ring(3)
-    for i in range(3):
-        r.crash(i)
-        r.dumps[i] = Dumps(str(tmp_path / str(i)))
-        r.start(i)
+    r = ring(3, dumps=str(tmp_path))
     leader = r.wait_leader()
     for k in range(5):
         assert r.commit(leader, 0, b"k%d" % k)[1] == FAIL_REASON.SUCCESS
@@ -505,11 +495,7 @@ def test_a_resubmitted_command_is_attached_to_its_first_copy_not_appended_again(
 
 
 def test_a_resubmission_finds_a_first_copy_the_log_compacted(ring, tmp_path):
-    r = ring(3)
-    for i in range(3):
-        r.crash(i)
-        r.dumps[i] = Dumps(str(tmp_path / str(i)))
-        r.start(i)
+    r = ring(3, dumps=str(tmp_path))
     leader = r.wait_leader()
     assert r.commit(leader, 0, b"early")[1] == FAIL_REASON.SUCCESS
     for k in range(5):

@@ -121,13 +121,7 @@ def test_every_acknowledged_write_survives_a_kill_9_of_every_node(make_cluster):
             c.delete(str(k))
     expect = {k: (b"u%d" % k if i % 2 == 0 else b"v%d" % k)
               for i, k in enumerate(keys) if (i - 1) % 5 != 0}
-    for n in cluster.nodes:
-        n.kill(signal.SIGKILL)
-    for n in cluster.nodes:
-        n.start(wait=False)
-    for n in cluster.nodes:
-        n.wait_ready()
-    cluster.settled()
+    cluster.restart().settled()
     for i in range(3):
         read_all(cfg, cluster.address(i), expect)
         with Client(cfg, target=cluster.address(i)) as c:
@@ -397,13 +391,7 @@ def test_snapshots_compact_the_logs_and_a_replacement_gets_the_arc_as_a_dump(mak
     with Client(cfg, target=cluster.address(1)) as c:
         c.update(str(keys[2]), b"before the restart")
     expect[keys[2]] = b"before the restart"
-    for n in cluster.nodes:
-        n.kill(signal.SIGKILL)
-    for n in cluster.nodes:
-        n.start(wait=False)
-    for n in cluster.nodes:
-        n.wait_ready()
-    cluster.settled()
+    cluster.restart().settled()
     for i in range(3):
         read_all(cfg, cluster.address(i), expect)
     for i in (0, 1):
