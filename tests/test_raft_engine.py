@@ -390,6 +390,7 @@ class Dumps:
 
     def install_dump(self, g, path):
         d = dump.read(path, g, lambda k: True)
+        dump.replace(path, self.dump_path(g))
         self.applied[g][:] = sorted(d.pairs.items())
         self.installed.append(d.last[1])
         return d.last, d.prev, set()
@@ -437,8 +438,26 @@ def test_a_compacted_log_reaches_a_replica_that_lost_everything_as_a_dump(ring, 
     assert r.dumps[victim].installed == [at]
     assert [c for _, c in want][-25:] == [b"b%d" % k for k in range(20)] + \
         [b"c%d" % k for k in range(5)]
-    # A dump compacted past by another is refused, the newer log kept.
+    # The same dump again, after the replica applied entries past it (a
+    # leader starts a transfer over on every stale "next index" it gets):
+    # dropped, the replica's log and state kept as they are.
     v = r.engines[victim]
+    end = v.groups[0]._SyncObj__getCurrentLogIndex()
+    assert end > at
+
+    def resend():
+        g = leader.groups[0]
+        node = next(n for n in g._SyncObj__otherNodes if n.index == victim)
+        g._SyncObj__raftNextIndex[node] = g.log_start()
+    leader.run_soon(resend)
+    until(lambda: v.status()[0]["stale_dumps"] == 1, what="the second transfer ended")
+    assert r.dumps[victim].installed == [at]
+    assert v.groups[0].log_start() == at - 1 and v.groups[0].raftLastApplied >= end
+    assert not os.path.exists(v.groups[0].dump_file + ".in")
+    assert r.commit(leader, 0, b"d0")[1] == FAIL_REASON.SUCCESS
+    want = r.applied[leader.index][0]
+    until(lambda: r.applied[victim][0] == want, what="the replica goes on after it")
+    # A dump compacted past by another is refused, the newer log kept.
     stale = []
     r.dumps[victim].compact(v, 0, stale)
     until(lambda: stale, what="the victim compacted")

@@ -312,6 +312,54 @@ def test_a_replica_whose_log_lost_its_tail_gets_it_back_from_its_journal(make_cl
     read_all(cfg, cluster.address(victim), expect)
 
 
+def test_a_replica_whose_journal_lost_its_tail_gets_the_entries_again_from_the_leader(
+        make_cluster):
+    """A replica applies a committed entry before its round's fdatasync: a
+    kill between the two leaves the map (log.X) ahead of raft.journal. The
+    node starts, the leader sends those entries again, they apply once. A
+    journal that is gone altogether (the votes it cast with it) is refused."""
+    from chordctl.core.storage import raftjournal
+    from conftest import run_chordctl
+    cluster = make_cluster(3, bits=BITS, replicas=3).settled()
+    cfg = cluster.config
+    keys = keys_on_every_arc(3, per_arc=10)
+    with Client(cfg, target=cluster.address(0)) as c:
+        for k in keys:
+            c.create(str(k), b"v%d" % k)
+        for k in keys[:5]:
+            c.update(str(k), b"u%d" % k)
+    victim = 1
+    wait_until(lambda: held_keys(cfg, cluster.address(victim)) == len(keys), timeout=10,
+               what="the victim applied everything")
+    cluster.nodes[victim].kill(signal.SIGKILL)
+    d = cfg.node_dir(victim)
+    with raftjournal.RaftJournal(d) as j:
+        for g in j.groups():
+            log = j.group(g)
+            assert len(log) > 8
+            log.deleteEntriesFrom(len(log) - 8)
+        j.sync()
+    cluster.nodes[victim].start()
+    wait_until(lambda: held_keys(cfg, cluster.address(victim)) == len(keys), timeout=15,
+               what="the victim serves again")
+    with Client(cfg, target=cluster.address(0)) as c:
+        c.update(str(keys[6]), b"after")
+    expect = {k: (b"u%d" % k if i < 5 else b"v%d" % k) for i, k in enumerate(keys)}
+    expect[keys[6]] = b"after"
+    wait_until(lambda: all(g.last_applied == g.commit_index
+                           for g in groups_of(cfg, cluster.address(victim)).values()),
+               timeout=10, what="the victim applied everything again")
+    read_all(cfg, cluster.address(victim), expect)
+    # Without its journal the replica would forget its votes: refused.
+    cluster.nodes[victim].kill(signal.SIGKILL)
+    os.unlink(os.path.join(d, raftjournal.FILE_NAME))
+    p = run_chordctl("-c", cluster.config_path, "node", "serve", "--node", str(victim),
+                     timeout=30)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "Traceback" not in err, err
+    assert "its journal (raft.journal) ends at 0" in err, err
+
+
 def groups_of(cfg, address) -> dict:
     with Client(cfg, target=address, timeout=5) as c:
         return {g.group: g for g in c.status(timeout=5).groups}

@@ -55,7 +55,7 @@ from pysyncobj.node import Node as _PsoNode
 from pysyncobj.transport import Transport
 
 from chordctl.core.replication import codec, dump
-from chordctl.errors import StorageError
+from chordctl.errors import CorruptRecordError, StorageError
 from chordctl.pb import raft_pb2 as rpb
 
 logger = logging.getLogger("chordctl.raft")
@@ -145,6 +145,64 @@ class Settings:
 DUMP_CHUNK_BYTES = 256 * 1024
 
 
+# Where a dump from the leader arrives, beside the group's own (dump.py):
+# it replaces the group's dump only once install_dump checked it whole.
+INCOMING = ".in"
+
+
+class _Incoming:
+    """PySyncObj's serializer for a group, but a transfer from the leader is
+    written to a file of its own (PySyncObj writes it over the group's dump,
+    which this replica may be sending to another at the time, before anything
+    checked it). *install* gets that file; it moves it in place (replica.py)."""
+
+    def __init__(self, inner, path: str, install: Callable[[str], tuple]):
+        self._inner = inner
+        self.path = path
+        self._install = install
+        self._file = None
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def setTransmissionData(self, data) -> bool:
+        """One chunk of a transfer; True once the last one is written."""
+        if data is None:
+            return False
+        chunk, first, last = data
+        if first:
+            self._close()
+            try:
+                self._file = open(self.path, "wb")
+            except OSError as e:
+                logger.error("raft: cannot write a dump from the leader to %s: %s", self.path, e)
+                return False
+        elif self._file is None:
+            return False                 # a transfer whose start this replica missed
+        try:
+            self._file.write(chunk)
+            if last:
+                self._file.close()
+        except OSError as e:
+            logger.error("raft: cannot write a dump from the leader to %s: %s", self.path, e)
+            self._close()
+            return False
+        if last:
+            self._file = None
+        return last
+
+    def _close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+    def deserialize(self):
+        return (None,) + self._install(self.path)
+
+
 def _never_serialize(path, data):
     raise RuntimeError("raft: PySyncObj's own serializer is never used (Engine.compact)")
 
@@ -195,11 +253,15 @@ class Group(SyncObj):
                          engine.settings.conf(journal, owner=group == me,
                                               dump_file=self.dump_file, install=install),
                          transport=self.transport)
+        if dumps is not None:
+            self._SyncObj__serializer = _Incoming(self._SyncObj__serializer,
+                                                  self.dump_file + INCOMING, install)
         # A compacted log starts at the entry before the last compaction's
         # dump: that one and everything before it are in the node's files.
         self._SyncObj__raftLastApplied = self._SyncObj__raftLog[0][1]
         self.first_term = self.raftCurrentTerm
         self.installs = 0
+        self.stale_dumps = 0         # transfers that ended behind what this replica applied
         self.compactions = 0
         self.duplicates = 0          # resubmissions attached to their first copy
         self._compacted: collections.OrderedDict = collections.OrderedDict()
@@ -284,11 +346,37 @@ class Group(SyncObj):
 
     # PySyncObj loads its dump file at the first tick (a restart) and when a
     # transfer ends. The first is not needed: the node's own files hold the
-    # state and the compacted log starts where they end (__init__).
+    # state and the compacted log starts where they end (__init__). A
+    # transfer that ends behind what this replica applied is dropped: the
+    # leader restarts a transfer on every stale "next index" it receives, so
+    # one replica may get the same dump twice, the second after it applied
+    # entries past it. Installing it would clear a log that holds those
+    # entries and set the applied index back. PySyncObj then tells the
+    # leader where this log ends, and the leader goes on from there.
     def _SyncObj__loadDumpFile(self, clearJournal):
-        if clearJournal:
-            self.installs += 1
-            SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+        if not clearJournal:
+            return
+        path = self._SyncObj__serializer.path
+        try:
+            at = dump.read_last(path)
+        except (CorruptRecordError, OSError) as e:
+            logger.error("raft group %d: a dump from the leader is unreadable (%s); "
+                         "the leader sends it again", self.group, e)
+            at = None
+        applied = self._SyncObj__raftLastApplied
+        if at is not None and at <= applied:
+            self.stale_dumps += 1
+            logger.info("raft group %d: a dump at entry %d arrived after entry %d was "
+                        "applied here: dropped", self.group, at, applied)
+            at = None
+        if at is None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            return
+        self.installs += 1
+        SyncObj._SyncObj__loadDumpFile(self, clearJournal)
 
     def log_start(self) -> int:
         return self._SyncObj__raftLog[0][1]
@@ -315,6 +403,7 @@ class Group(SyncObj):
             "learning": False,
             "log_start": self.log_start(),
             "installs": self.installs,
+            "stale_dumps": self.stale_dumps,
             "compactions": self.compactions,
             "duplicates": self.duplicates,
         }
