@@ -16,6 +16,7 @@ from pysyncobj.journal import MemoryJournal
 from chordctl.core.replication import dump
 from chordctl.core.replication.engine import RETRY_MARK, Engine, Settings
 from chordctl.errors import StorageError
+from chordctl.pb import raft_pb2 as rpb
 
 FAST = Settings(election_timeout=0.25, heartbeat=0.04, tick=0.01)
 WAIT = 10.0
@@ -110,7 +111,8 @@ class Ring:
 
         def send(out):
             if journals.dirty:
-                self.sent_while_dirty.append(i)
+                self.sent_while_dirty.extend(
+                    (i, m.kind) for ms in out.values() for m in ms)
             for peer, messages in out.items():
                 e = self.engines.get(peer)
                 if e is not None and (i, peer) not in self.cut:
@@ -268,7 +270,40 @@ def test_no_message_leaves_a_round_before_the_journal_is_synced(ring):
     for k in range(30):
         r.commit(leader, 0, b"x%d" % k)
     assert all(r.journals[i].syncs > 0 for i in range(3))
-    assert r.sent_while_dirty == []
+    # Only a leader's appends leave before its sync; acknowledgements and
+    # votes never do.
+    assert r.sent_while_dirty, "the leader's appends leave before its sync"
+    assert {kind for _, kind in r.sent_while_dirty} == {rpb.APPEND_ENTRIES}
+    assert {i for i, _ in r.sent_while_dirty} == {leader.index}
+
+
+def test_a_leader_counts_an_entry_only_once_its_own_copy_is_durable(ring):
+    """The leader's appends leave before its fdatasync; the followers may
+    acknowledge first, but nothing commits until the leader's sync returned."""
+    r = ring(3)
+    leader = r.wait_leader()
+    assert r.commit(leader, 0, b"warm")[1] == FAIL_REASON.SUCCESS
+    j = r.journals[leader.index]
+    gate, entered = threading.Event(), threading.Event()
+    sync = j.sync
+
+    def slow_sync():
+        if j.dirty:
+            entered.set()
+            assert gate.wait(10)
+        sync()
+    j.sync = slow_sync
+    done = []
+    leader.submit(0, b"held", lambda result, reason: done.append(reason))
+    assert entered.wait(5)
+    followers = [i for i in range(3) if i != leader.index]
+    until(lambda: all(len(r.journals[i].groups[0]) == len(j.groups[0]) for i in followers),
+          what="the followers have the entry")
+    until(lambda: len(leader._inbox) >= 2, what="their acknowledgements reached the leader")
+    assert done == [] and [c for _, c in r.applied[leader.index][0]][-1] == b"warm"
+    gate.set()
+    until(lambda: done, what="the entry committed")
+    assert done == [FAIL_REASON.SUCCESS]
 
 
 def test_a_failed_journal_sync_stops_the_engine_before_anything_is_sent(ring):

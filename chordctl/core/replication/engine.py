@@ -12,13 +12,17 @@ none of it is ours. What is ours is how it runs inside a node:
   for its timers), make the journal durable, then let the round's messages
   leave.
   PySyncObj runs single-threaded, as it expects; nothing else touches it.
-- **Durable before it leaves.** A follower's "I have entry i" (next_node_idx
-  success), a vote, a leader's append_entries: each leaves the node only
-  after the round's ``journal.sync()`` (one fdatasync for every group of the
-  node) returned. So an entry counts towards a majority only on replicas
-  that have it on disk, a vote is cast only once it is durable, and the
-  leader's own copy is durable before any follower can acknowledge it. A
-  failed sync fail-stops the node: nothing of that round is sent.
+- **Durable before it counts.** A follower's "I have entry i" (next_node_idx
+  success) and a vote leave the node only after the round's
+  ``journal.sync()`` (one fdatasync for every group of the node) returned:
+  an entry counts towards a majority only on replicas that have it on
+  disk, and a vote is cast only once it is durable. A leader's
+  append_entries leave before that sync (Raft allows the leader to write
+  its log in parallel with replicating it): the followers' fdatasyncs run
+  while the leader's does, and the leader counts itself towards an entry's
+  majority only in a later round, which starts after this round's sync
+  returned. A failed sync fail-stops the node: nothing else of that round
+  is sent.
 - **No pickle.** Commands are our own bytes; PySyncObj's apply path (which
   unpickles ``@replicated`` calls and membership changes) is replaced by
   ``apply(group, idx, command)``; messages travel as chord.raft.v1 protobuf
@@ -450,6 +454,7 @@ class Engine:
         self._inbox: collections.deque = collections.deque()
         self._commands: collections.deque = collections.deque()
         self._out: dict[int, list[rpb.Message]] = {}
+        self._early: dict[int, list[rpb.Message]] = {}     # a leader's append_entries
         self._local: collections.deque = collections.deque()
         self._local_lock = threading.Lock()
         self._ended = False
@@ -614,9 +619,10 @@ class Engine:
         except codec.UnsupportedMessage as e:
             logger.error("%s (group %d, to node %d): not sent", e, group, peer)
             return
-        out = self._out.get(peer)
+        box = self._early if message["type"] == "append_entries" else self._out
+        out = box.get(peer)
         if out is None:
-            self._out[peer] = [m]
+            box[peer] = [m]
         else:
             out.append(m)
 
@@ -711,7 +717,11 @@ class Engine:
                     g.doTick(0.0)
         if learning:
             self._learned(learning)
-        # Durable before anything of this round leaves (see the docstring).
+        # A leader's appends leave now; the rest only once durable (see the
+        # docstring).
+        if self._early:
+            early, self._early = self._early, {}
+            self._send(early)
         self.journal.sync()
         if self._out:
             out, self._out = self._out, {}
@@ -721,6 +731,7 @@ class Engine:
         self.failed = reason
         self._stopping = True
         self._out = {}
+        self._early = {}
         logger.error("node %d: %s", self.index, reason)
         if self._on_failed is not None:
             self._on_failed(reason)
