@@ -562,3 +562,25 @@ def test_a_resubmission_finds_a_first_copy_the_log_compacted(ring, tmp_path):
     time.sleep(0.2)
     assert [c for _, c in r.applied[leader.index][0]].count(b"early") == 1
     assert len(r.applied[leader.index][0]) == 6
+
+
+def test_a_commit_reaches_followers_at_once_only_when_one_waits_for_it(ring):
+    """After applying, a leader sends the new commit index at once only to
+    serve a follower that forwarded a command; otherwise the next append or
+    heartbeat carries it. The heartbeat here (1 s) is longer than the test:
+    anything a follower applies came with an append."""
+    slow = Settings(election_timeout=3.5, heartbeat=1.0, tick=0.01)
+    r = ring(3, settings=slow)
+    leader = r.wait_leader()
+    followers = [e for e in r.engines.values() if e is not leader]
+    assert r.commit(leader, 0, b"w1")[1] == FAIL_REASON.SUCCESS
+    assert r.commit(leader, 0, b"w2")[1] == FAIL_REASON.SUCCESS
+    # w2's append carried w1's commit; w2's commit has no reason to leave yet.
+    for f in followers:
+        until(lambda f=f: [c for _, c in r.applied[f.index][0]][-1:] == [b"w1"],
+              timeout=0.9, what="the follower applied w1")
+    assert all([c for _, c in r.applied[f.index][0]][-1] == b"w1" for f in followers)
+    # A follower's own command is answered without waiting for a heartbeat
+    # (the whole test stays inside one), and brings w2 along.
+    assert r.commit(followers[0], 0, b"f1", timeout=0.9)[1] == FAIL_REASON.SUCCESS
+    assert [c for _, c in r.applied[followers[0].index][0]][-2:] == [b"w2", b"f1"]
