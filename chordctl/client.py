@@ -75,8 +75,9 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
         message = f"client: {address} is unreachable; {RING_UP_HINT}"
     elif number == DEADLINE_EXCEEDED and "deadline" in message.lower() and not node_made:
         within = f"within {waited:g}s (client.timeout)" if waited else "within the deadline"
-        message = (f"client: no reply from {address} {within}; the node may be overloaded "
-                   f"or stuck -- {RING_UP_HINT}")
+        message = (f"client: no reply from {address} {within}; a write may still be "
+                   f"applied (read the key before retrying it); the node may be overloaded, "
+                   f"stuck, or without a majority of its replica group -- {RING_UP_HINT}")
     elif not node_made and message == "Channel closed!":
         # gRPC's words for a call cancelled by closing its channel: close(), or
         # a channel replaced after an outage while other calls were on it.

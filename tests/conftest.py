@@ -80,14 +80,18 @@ class NodeProc:
     With *hold* ("KEY:SECONDS": requests for KEY wait that long before the
     pipeline) or *replay_delay* (seconds "recovering" before the replay) it
     runs tests/held_node.py instead: the same server, a held stage injected.
+    With *journal_fault* (a path) raft.journal writes fail with ENOSPC once
+    that file exists.
     """
 
     def __init__(self, config_path: str, index: int, env: dict | None = None,
-                 hold: str | None = None, replay_delay: float = 0.0):
+                 hold: str | None = None, replay_delay: float = 0.0,
+                 journal_fault: str | None = None):
         self.config_path = config_path
         self.index = index
         self.hold = hold
         self.replay_delay = replay_delay
+        self.journal_fault = journal_fault
         self.config = config_mod.load(config_path)
         self.address = self.config.nodes[index].address
         self.env = env
@@ -99,11 +103,13 @@ class NodeProc:
         env = dict(os.environ)
         if self.env:
             env.update(self.env)
-        if self.hold or self.replay_delay:
+        if self.hold or self.replay_delay or self.journal_fault:
             argv = [sys.executable, HELD_NODE, self.config_path, str(self.index),
                     "--replay-delay", str(self.replay_delay)]
             if self.hold:
                 argv += ["--hold", self.hold]
+            if self.journal_fault:
+                argv += ["--journal-fault", self.journal_fault]
         else:
             argv = [sys.executable, "-m", "chordctl", "-c", self.config_path, "node", "serve",
                     "--node", str(self.index)]

@@ -1,6 +1,8 @@
-"""A node with a stage that holds requests, or a slow replay: in-process, or
-as a real process (``python tests/held_node.py CONFIG INDEX [--hold KEY:SECONDS]
-[--replay-delay SECONDS]``, what NodeProc(hold=..., replay_delay=...) runs).
+"""A node with a stage that holds requests, a slow replay, or a raft journal
+whose disk fills up: in-process, or as a real process (``python
+tests/held_node.py CONFIG INDEX [--hold KEY:SECONDS] [--replay-delay SECONDS]
+[--journal-fault TRIGGER]``, what NodeProc(hold=..., replay_delay=...,
+journal_fault=...) runs).
 
 Injected through ``NodeServer(config, index, node_class)``: the product's
 request path holds no test hook.
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import os
 import sys
 import time
 
@@ -48,12 +52,38 @@ def held(hold: str | None = None, replay_delay: float = 0.0) -> type[HeldNode]:
     return type("Held", (HeldNode,), attrs)
 
 
+class _FullDisk:
+    """The os module as raftjournal sees it, but every write fails with
+    ENOSPC once *trigger* exists (the journal's disk filled up)."""
+
+    def __init__(self, trigger: str):
+        self._trigger = trigger
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def write(self, fd, data):
+        if os.path.exists(self._trigger):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, data)
+
+
+def journal_fault(trigger: str) -> type:
+    """A replicated node whose raft.journal writes fail (ENOSPC) once the
+    file *trigger* exists; the rest of its storage keeps working."""
+    from chordctl.core.replica import ReplicatedNode
+    from chordctl.core.storage import raftjournal
+    raftjournal.os = _FullDisk(trigger)
+    return ReplicatedNode
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
     parser.add_argument("index", type=int)
     parser.add_argument("--hold")
     parser.add_argument("--replay-delay", type=float, default=0.0)
+    parser.add_argument("--journal-fault", metavar="TRIGGER")
     args = parser.parse_args(argv)
     from chordctl import config as config_mod
     from chordctl.core.server import serve
@@ -61,7 +91,9 @@ def main(argv: list[str]) -> None:
                         format=f"%(asctime)s %(levelname)s node-{args.index} %(threadName)s "
                                f"%(name)s: %(message)s")
     cfg = config_mod.load(args.config)
-    asyncio.run(serve(cfg, args.index, held(args.hold, args.replay_delay)))
+    node_class = journal_fault(args.journal_fault) if args.journal_fault else \
+        held(args.hold, args.replay_delay)
+    asyncio.run(serve(cfg, args.index, node_class))
 
 
 if __name__ == "__main__":

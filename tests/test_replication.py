@@ -360,6 +360,88 @@ def test_a_replica_whose_journal_lost_its_tail_gets_the_entries_again_from_the_l
     assert "its journal (raft.journal) ends at 0" in err, err
 
 
+def test_two_of_three_replicas_lost_serve_nothing_until_a_majority_is_back(make_cluster):
+    """With two of an arc's three replicas down, the survivor answers no read
+    and no write of it (an error, never a stale value); with one back, every
+    acknowledged write is served again."""
+    cluster = make_cluster(3, bits=BITS, replicas=3, timeout=1.5).settled()
+    cfg = cluster.config
+    keys = keys_on_every_arc(3)
+    with Client(cfg, target=cluster.address(0)) as c:
+        for k in keys:
+            c.create(str(k), b"v%d" % k)
+        for k in keys[::2]:
+            c.update(str(k), b"u%d" % k)
+    expect = {k: (b"u%d" % k if i % 2 == 0 else b"v%d" % k) for i, k in enumerate(keys)}
+    cluster.nodes[1].kill(signal.SIGKILL)
+    cluster.nodes[2].kill(signal.SIGKILL)
+    tried = keys[::4]                        # one key of each arc
+    with Client(cfg, target=cluster.address(0), timeout=1.5) as c:
+        for k in tried:
+            with pytest.raises(ChordError) as e:
+                c.read(str(k))
+            assert not isinstance(e.value, NotFoundError)
+            # Not acknowledged, and said to be in doubt: the entry may still
+            # commit once a majority is back.
+            with pytest.raises(ChordError) as e:
+                c.update(str(k), b"maybe")
+            assert "may still be applied" in str(e.value), e.value
+        wait_until(lambda: all(c.health(service=f"arc/{g}") == "NOT_SERVING" for g in range(3)),
+                   timeout=10, what="every arc NOT_SERVING on the survivor")
+    cluster.nodes[1].start()
+    wait_until(lambda: all(g.leader >= 0 for g in groups_of(cfg, cluster.address(0)).values()),
+               timeout=15, what="every arc led again")
+    for i in (0, 1):
+        with Client(cfg, target=cluster.address(i), timeout=5) as c:
+            for k in keys:
+                v = c.read(str(k)).value
+                assert v == expect[k] or (k in tried and v == b"maybe"), (i, k, v)
+    with Client(cfg, target=cluster.address(1)) as c:
+        c.update(str(keys[1]), b"after")
+        assert c.read(str(keys[1])).value == b"after"
+
+
+def test_a_replica_whose_journal_disk_fills_fail_stops_and_the_others_go_on(make_cluster,
+                                                                            tmp_path):
+    """raft.journal writes on node 2 fail with ENOSPC from some point on: node
+    2 fail-stops (its health NOT_SERVING, its status says why), the other two
+    serve every arc, nothing acknowledged is lost, and node 2, restarted on a
+    disk with room again, catches up."""
+    from conftest import NodeProc
+    cluster = make_cluster(3, bits=BITS, replicas=3, timeout=5, start=False)
+    cfg = cluster.config
+    trigger = str(tmp_path / "disk-full")
+    cluster.nodes[2] = NodeProc(cluster.config_path, 2, journal_fault=trigger)
+    cluster.start().settled()
+    keys = keys_on_every_arc(3)
+    with Client(cfg, target=cluster.address(0)) as c:
+        for k in keys:
+            c.create(str(k), b"v%d" % k)
+    open(trigger, "w").close()
+    with Client(cfg, target=cluster.address(0), timeout=5) as c:
+        for k in keys:
+            c.update(str(k), b"u%d" % k)     # arc 2's leader is gone: the others elect
+    expect = {k: b"u%d" % k for k in keys}
+    with Client(cfg, target=cluster.address(2), timeout=5) as c:
+        wait_until(lambda: c.status(timeout=5).failed, timeout=10,
+                   what="node 2 fail-stopped")
+        failed = c.status(timeout=5).failed
+        assert "raft.journal" in failed and "free space" in failed, failed
+        assert c.health() == "NOT_SERVING"
+    read_all(cfg, cluster.address(0), expect)
+    read_all(cfg, cluster.address(1), expect)
+    # Room again: restarted, node 2 cuts what the failed write left and catches up.
+    cluster.nodes[2].kill(signal.SIGKILL)
+    os.unlink(trigger)
+    cluster.nodes[2].start()
+    wait_until(lambda: held_keys(cfg, cluster.address(2)) == len(keys), timeout=15,
+               what="node 2 holds every key")
+    wait_until(lambda: all(g.last_applied == g.commit_index
+                           for g in groups_of(cfg, cluster.address(2)).values()),
+               timeout=15, what="node 2 applied everything")
+    read_all(cfg, cluster.address(2), expect)
+
+
 def groups_of(cfg, address) -> dict:
     with Client(cfg, target=address, timeout=5) as c:
         return {g.group: g for g in c.status(timeout=5).groups}
@@ -397,11 +479,13 @@ def test_snapshots_compact_the_logs_and_a_replacement_gets_the_arc_as_a_dump(mak
         with Client(cfg, target=cluster.address(i), timeout=30) as c:
             c.take_snapshot()
     for i in (0, 1):
-        d = cfg.node_dir(i)
-        assert all(os.path.exists(os.path.join(d, f"raft-{g}.dump")) for g in range(3))
+        # The dump is renamed into place on the replicator's thread, after
+        # the snapshot's reply: wait for the compaction it makes.
         wait_until(lambda: all(g.log_start > 1 and g.compactions >= 1
                                for g in groups_of(cfg, cluster.address(i)).values()),
                    timeout=10, what=f"node {i}'s logs compacted")
+        d = cfg.node_dir(i)
+        assert all(os.path.exists(os.path.join(d, f"raft-{g}.dump")) for g in range(3))
     cluster.nodes[victim].start()
     wait_until(lambda: held_keys(cfg, cluster.address(victim)) == len(expect), timeout=30,
                what="the replacement caught up")

@@ -269,6 +269,7 @@ class Group(SyncObj):
         # dump: that one and everything before it are in the node's files.
         self._SyncObj__raftLastApplied = self._SyncObj__raftLog[0][1]
         self.first_term = self.raftCurrentTerm
+        self.send_wanted = False     # an append to send at the end of the round
         self.installs = 0
         self.stale_dumps = 0         # transfers that ended behind what this replica applied
         self.compactions = 0
@@ -292,6 +293,18 @@ class Group(SyncObj):
             logger.error("raft group %d: entry of kind %d ignored (membership and "
                          "version entries are not used)", self.group, kind)
         return None
+
+    # PySyncObj (appendEntriesUseBatch=False) sends every follower an append
+    # for each command it appends, and again after each apply and at each
+    # heartbeat. The engine sends once per group per round instead, after
+    # the group's tick (Engine._round): every entry the round appended and
+    # the newest commit index in one message per follower.
+    def _SyncObj__sendAppendEntries(self):
+        self.send_wanted = True
+
+    def send_appends(self) -> None:
+        self.send_wanted = False
+        SyncObj._SyncObj__sendAppendEntries(self)
 
     # A leader tells its followers a new commit index at once after applying
     # (PySyncObj with appendEntriesUseBatch=False): two messages and two
@@ -737,6 +750,9 @@ class Engine:
             for g in groups:
                 if g.group in busy:
                     g.doTick(0.0)
+        for g in groups:
+            if g.send_wanted:
+                g.send_appends()
         if learning:
             self._learned(learning)
         # A leader's appends leave now; the rest only once durable (see the
