@@ -90,3 +90,19 @@ def test_each_dump_chunk_travels_in_a_batch_of_its_own():
     back = codec.decode(chunk)
     assert back["serialized"] == (b"d" * 10, True, False)
     assert isinstance(chunk, rpb.Message)
+
+
+def test_the_newest_commands_travel_as_digests_in_the_header(tmp_path):
+    recent = [(bytes([i]) * dump.DIGEST_BYTES, 30 + i, 3) for i in range(12)]
+    path = str(tmp_path / "raft-0.dump")
+    dump.write(path, 0, PREV, LAST, [(5, b"v")], 1, recent)
+    assert dump.read(path, 0, lambda k: True).recent == tuple(recent)
+    assert dump.read_recent(path) == tuple(recent)
+    assert dump.read_recent(str(tmp_path / "none")) == ()
+    # A digest of the wrong size, or of an entry past the dump's last: refused.
+    for bad in ([(b"short", 30, 3)], [(b"x" * dump.DIGEST_BYTES, LAST[1] + 1, 3)]):
+        dump.write(path, 0, PREV, LAST, [], 0, bad)
+        with pytest.raises(CorruptRecordError, match="digest"):
+            dump.read(path, 0, lambda k: True)
+        with pytest.raises(CorruptRecordError, match="digest"):
+            dump.read_recent(path)

@@ -14,7 +14,7 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import MemoryJournal
 
 from chordctl.core.replication import dump
-from chordctl.core.replication.engine import RETRY_MARK, Engine, Settings
+from chordctl.core.replication.engine import RETRY_MARK, Engine, Settings, recent_digests
 from chordctl.errors import StorageError
 from chordctl.pb import raft_pb2 as rpb
 
@@ -428,7 +428,7 @@ class Dumps:
         dump.replace(path, self.dump_path(g))
         self.applied[g][:] = sorted(d.pairs.items())
         self.installed.append(d.last[1])
-        return d.last, d.prev, set()
+        return d.last, d.prev, set(), d.recent
 
     def compact(self, engine, g, done):
         """On the engine thread: dump what is applied, then compact."""
@@ -438,9 +438,30 @@ class Dumps:
             prev, last = (tuple(e) for e in engine.entries(g, at - 1, 2))
             state = [(idx, c) for idx, c in self.applied[g] if idx <= at]
             tmp = self.dump_path(g) + ".tmp"
-            dump.write(tmp, g, prev, last, state, len(state))
+            dump.write(tmp, g, prev, last, state, len(state),
+                       recent_digests(engine.recent(g, at)))
             done.append((at, engine.compact(g, tmp, prev, last)))
         engine.run_soon(run)
+
+
+def _compacted_past_a_lost_replica(r, before: int, after: int, pad: bytes = b""):
+    """Commands a0.. (*before*, padded) everywhere, then a follower (the
+    victim) crashes and loses its disk, b0.. (*after*) commit without it, and
+    the leader compacts its log: (leader, victim, (dump's last index, ok))."""
+    leader = r.wait_leader()
+    for k in range(before):
+        assert r.commit(leader, 0, b"a%d" % k + pad)[1] == FAIL_REASON.SUCCESS
+    victim = next(i for i in range(3) if i != leader.index)
+    until(lambda: len(r.applied[victim][0]) == before, what="the victim applied everything")
+    r.crash(victim)
+    r.journals[victim] = Journals()      # its disk is gone
+    r.applied[victim] = {0: []}
+    for k in range(after):
+        assert r.commit(leader, 0, b"b%d" % k)[1] == FAIL_REASON.SUCCESS
+    done = []
+    r.dumps[leader.index].compact(leader, 0, done)
+    until(lambda: done, what="the leader compacted")
+    return leader, victim, done[0]
 
 
 def test_a_compacted_log_reaches_a_replica_that_lost_everything_as_a_dump(ring, tmp_path):
@@ -448,21 +469,8 @@ def test_a_compacted_log_reaches_a_replica_that_lost_everything_as_a_dump(ring, 
     gets the leader's dump (PySyncObj's snapshot transfer, chunked) and then
     the entries after it, and holds exactly what the others hold."""
     r = ring(3, dumps=str(tmp_path))
-    leader = r.wait_leader()
     big = b"x" * 40_000            # several dump chunks per transfer
-    for k in range(60):
-        assert r.commit(leader, 0, b"a%d" % k + big)[1] == FAIL_REASON.SUCCESS
-    victim = next(i for i in range(3) if i != leader.index)
-    until(lambda: len(r.applied[victim][0]) == 60, what="the victim applied everything")
-    r.crash(victim)
-    r.journals[victim] = Journals()      # its disk is gone
-    r.applied[victim] = {0: []}
-    for k in range(20):
-        assert r.commit(leader, 0, b"b%d" % k)[1] == FAIL_REASON.SUCCESS
-    done = []
-    r.dumps[leader.index].compact(leader, 0, done)
-    until(lambda: done, what="the leader compacted")
-    at, ok = done[0]
+    leader, victim, (at, ok) = _compacted_past_a_lost_replica(r, 60, 20, big)
     assert ok and leader.groups[0].log_start() == at - 1
     assert len(r.journals[leader.index].groups[0]) < 10      # the log before it is gone
     r.start(victim, learn_grace=5.0)
@@ -484,8 +492,14 @@ def test_a_compacted_log_reaches_a_replica_that_lost_everything_as_a_dump(ring, 
         g = leader.groups[0]
         node = next(n for n in g._SyncObj__otherNodes if n.index == victim)
         g._SyncObj__raftNextIndex[node] = g.log_start()
-    leader.run_soon(resend)
-    until(lambda: v.status()[0]["stale_dumps"] == 1, what="the second transfer ended")
+        g.send_appends()
+    # An acknowledgement the leader reads before the transfer is out (or
+    # between its chunks) sets the next index back: ask again until one ends.
+    deadline = time.monotonic() + WAIT
+    while v.status()[0]["stale_dumps"] == 0:
+        assert time.monotonic() < deadline, "the second transfer never ended"
+        leader.run_soon(resend)
+        time.sleep(0.2)
     assert r.dumps[victim].installed == [at]
     assert v.groups[0].log_start() == at - 1 and v.groups[0].raftLastApplied >= end
     assert not os.path.exists(v.groups[0].dump_file + ".in")
@@ -584,3 +598,49 @@ def test_a_commit_reaches_followers_at_once_only_when_one_waits_for_it(ring):
     # (the whole test stays inside one), and brings w2 along.
     assert r.commit(followers[0], 0, b"f1", timeout=0.9)[1] == FAIL_REASON.SUCCESS
     assert [c for _, c in r.applied[followers[0].index][0]][-2:] == [b"w2", b"f1"]
+
+
+def _lead(r, target):
+    """Hand group 0's leadership to engine *target* (from whoever leads)."""
+    def hand(e):
+        g = e.groups[0]
+        if g._isLeader():
+            g.transferLeadership(e._members[target.index])
+    deadline = time.monotonic() + WAIT
+    while r.leader() is not target:
+        # Refused while the target is not caught up: ask again.
+        assert time.monotonic() < deadline, f"node {target.index} never led"
+        cur = r.leader()
+        if cur is not None:
+            cur.run_soon(lambda cur=cur: hand(cur))
+        time.sleep(0.1)
+
+
+def test_a_leader_that_only_has_the_dump_still_recognises_its_commands(ring, tmp_path):
+    """The dedup of resubmissions (RETRY_MARK) reaches back into a dump: a
+    replica that installed one and then leads, and a leader restarted on a
+    compacted log, attach a resubmission of a command inside the dump to its
+    first copy instead of appending it again."""
+    r = ring(3, dumps=str(tmp_path))
+    leader, victim, (at, ok) = _compacted_past_a_lost_replica(r, 10, 5)
+    assert ok
+    v = r.start(victim, learn_grace=5.0)
+    assert r.commit(leader, 0, b"c0")[1] == FAIL_REASON.SUCCESS
+    until(lambda: r.applied[victim][0] == r.applied[leader.index][0],
+          what="the replica caught up")
+    assert r.dumps[victim].installed == [at]
+    _lead(r, v)
+    assert r.commit(v, 0, b"a3" + RETRY_MARK)[1] == FAIL_REASON.SUCCESS
+    until(lambda: v.status()[0]["duplicates"] == 1, what="the resubmission attached")
+    assert r.commit(v, 0, b"d0")[1] == FAIL_REASON.SUCCESS
+    # Restarted on its compacted log, it knows them from its own dump.
+    r.crash(victim)
+    v = r.start(victim)
+    _lead(r, v)
+    assert r.commit(v, 0, b"b2" + RETRY_MARK)[1] == FAIL_REASON.SUCCESS
+    until(lambda: v.status()[0]["duplicates"] == 1, what="the resubmission attached")
+    assert r.commit(v, 0, b"d1")[1] == FAIL_REASON.SUCCESS
+    # The original leader never restarted: its applied list is the log.
+    until(lambda: r.applied[leader.index][0][-1][1] == b"d1", what="d1 applied everywhere")
+    tail = [c for _, c in r.applied[leader.index][0]][-3:]
+    assert tail == [b"c0", b"d0", b"d1"], tail

@@ -58,7 +58,8 @@ from chordctl.core.markers import STOP, ReadMarker, SnapshotMarker
 from chordctl.core.metrics import LATENCY_BUCKETS, Histogram
 from chordctl.core.node import Node, OwnedBatch, Replies
 from chordctl.core.replication import dump
-from chordctl.core.replication.engine import REASONS, RETRY_MARK, Engine, Settings
+from chordctl.core.replication.engine import (REASONS, RETRY_MARK, Engine, Settings,
+                                               recent_digests)
 from chordctl.core.request import Request
 from chordctl.core.storage import files, identity, raftjournal, records
 from chordctl.errors import CorruptRecordError, StorageError
@@ -416,7 +417,8 @@ class ReplicatedNode(Node):
             if self.engine is not None and at >= 2:
                 entries = self.engine.entries(g, at - 1, 2)
                 if len(entries) == 2:
-                    dumps[g] = (tuple(entries[0]), tuple(entries[1]))
+                    dumps[g] = (tuple(entries[0]), tuple(entries[1]),
+                                self.engine.recent(g, at))
         marker.head = head
         marker.dumps = dumps
         self.seq = seq
@@ -441,10 +443,11 @@ class ReplicatedNode(Node):
                 pairs = per.get(owner(k))
                 if pairs is not None:
                     pairs.append((k, v))
-        for g, (prev, last) in sorted(marker.dumps.items()):
+        for g, (prev, last, seen) in sorted(marker.dumps.items()):
             tmp = self.dump_path(g) + files.TMP_SUFFIX
             try:
-                size = dump.write(tmp, g, prev, last, per[g], len(per[g]))
+                size = dump.write(tmp, g, prev, last, per[g], len(per[g]),
+                                  recent_digests(seen))
             except OSError as e:
                 logger.error("%s: group %d: cannot write %s: %s; its log is not compacted "
                              "this time (nothing is lost)", self.label, g, tmp, e.strerror)
@@ -491,7 +494,7 @@ class ReplicatedNode(Node):
             self._install(group, d)
             logger.info("%s: group %d: installed the leader's dump at entry %d (%d keys)",
                         self.label, group, d.last[1], len(d.pairs))
-        return d.last, d.prev, set()
+        return d.last, d.prev, set(), d.recent
 
     def _install(self, group: int, d: dump.Dump) -> None:
         """Make this replica's copy of *group*'s arc the dump's: one batch of

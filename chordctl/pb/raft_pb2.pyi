@@ -128,18 +128,30 @@ class PushSummary(_message.Message):
     def __init__(self, batches: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class DumpHeader(_message.Message):
-    __slots__ = ("group", "prev", "last", "keys", "chunks")
+    __slots__ = ("group", "prev", "last", "keys", "chunks", "recent")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     PREV_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FIELD_NUMBER: _ClassVar[int]
     group: int
     prev: Entry
     last: Entry
     keys: int
     chunks: int
-    def __init__(self, group: _Optional[int] = ..., prev: _Optional[_Union[Entry, _Mapping]] = ..., last: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[int] = ..., chunks: _Optional[int] = ...) -> None: ...
+    recent: _containers.RepeatedCompositeFieldContainer[Seen]
+    def __init__(self, group: _Optional[int] = ..., prev: _Optional[_Union[Entry, _Mapping]] = ..., last: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[int] = ..., chunks: _Optional[int] = ..., recent: _Optional[_Iterable[_Union[Seen, _Mapping]]] = ...) -> None: ...
+
+class Seen(_message.Message):
+    __slots__ = ("digest", "idx", "term")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    IDX_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    digest: bytes
+    idx: int
+    term: int
+    def __init__(self, digest: _Optional[bytes] = ..., idx: _Optional[int] = ..., term: _Optional[int] = ...) -> None: ...
 
 class DumpChunk(_message.Message):
     __slots__ = ("keys", "values")

@@ -35,11 +35,16 @@ def file_name(group: int) -> str:
     return f"raft-{group}.dump"
 
 
+DIGEST_BYTES = 16          # BLAKE2b digest of a command (engine.py)
+
+
 class Dump(NamedTuple):
     group: int
     prev: tuple[bytes, int, int]       # (command, idx, term), as the journal holds entries
     last: tuple[bytes, int, int]
     pairs: dict[int, bytes]
+    # (digest, idx, term) of the newest commands up to last, oldest first
+    recent: tuple[tuple[bytes, int, int], ...] = ()
 
 
 def _entry(e: tuple[bytes, int, int]) -> rpb.Entry:
@@ -47,12 +52,18 @@ def _entry(e: tuple[bytes, int, int]) -> rpb.Entry:
 
 
 def write(path: str, group: int, prev: tuple[bytes, int, int], last: tuple[bytes, int, int],
-          pairs: Iterable[tuple[int, bytes]], keys: int) -> int:
+          pairs: Iterable[tuple[int, bytes]], keys: int,
+          recent: Iterable[tuple[bytes, int, int]] = ()) -> int:
     """Write the dump to *path* (a temporary name: the caller renames it),
-    fsynced; return its size. *pairs* yields exactly *keys* (key, value)."""
+    fsynced; return its size. *pairs* yields exactly *keys* (key, value);
+    *recent* the (digest, idx, term) of the newest commands up to *last*."""
     chunks = (keys + CHUNK_KEYS - 1) // CHUNK_KEYS
-    header = rpb.DumpHeader(group=group, prev=_entry(prev), last=_entry(last), keys=keys,
-                            chunks=chunks).SerializeToString()
+    h = rpb.DumpHeader(group=group, prev=_entry(prev), last=_entry(last), keys=keys,
+                       chunks=chunks)
+    add = h.recent.add
+    for digest, idx, term in recent:
+        add(digest=digest, idx=idx, term=term)
+    header = h.SerializeToString()
     size = 0
     written = 0
     with open(path, "wb") as f:
@@ -118,6 +129,7 @@ def read(path: str, group: int, key_test: Callable[[int], bool]) -> Dump:
     if header.last.idx != header.prev.idx + 1 or header.prev.idx < 1:
         raise CorruptRecordError(path, len(MAGIC), "group dump names impossible entries "
                                                    f"({header.prev.idx}, {header.last.idx})")
+    recent = _recent(path, header)
     pairs: dict[int, bytes] = {}
     for _ in range(header.chunks):
         at = off
@@ -144,12 +156,20 @@ def read(path: str, group: int, key_test: Callable[[int], bool]) -> Dump:
     if len(pairs) != header.keys:
         raise CorruptRecordError(path, 0, "group dump key count does not match its chunks")
     p, last = header.prev, header.last
-    return Dump(group, (p.command, p.idx, p.term), (last.command, last.idx, last.term), pairs)
+    return Dump(group, (p.command, p.idx, p.term), (last.command, last.idx, last.term), pairs,
+                recent)
 
 
-def read_last(path: str) -> int | None:
-    """The index of the entry the dump at *path* stands at, from its header
-    alone (checked); None without a file."""
+def _recent(path: str, header: rpb.DumpHeader) -> tuple[tuple[bytes, int, int], ...]:
+    out = tuple((s.digest, s.idx, s.term) for s in header.recent)
+    for digest, idx, _term in out:
+        if len(digest) != DIGEST_BYTES or idx > header.last.idx:
+            raise CorruptRecordError(path, len(MAGIC), "group dump names a command digest "
+                                                       "it cannot hold")
+    return out
+
+
+def _header(path: str) -> rpb.DumpHeader | None:
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -162,7 +182,25 @@ def read_last(path: str) -> int | None:
         data = f.read(length)
     if len(data) != length or zlib.crc32(data) != crc:
         raise CorruptRecordError(path, len(MAGIC), "group dump header damaged")
-    return rpb.DumpHeader.FromString(data).last.idx
+    try:
+        return rpb.DumpHeader.FromString(data)
+    except Exception as e:        # protobuf's DecodeError
+        raise CorruptRecordError(path, len(MAGIC), f"group dump header undecodable ({e})") \
+            from None
+
+
+def read_last(path: str) -> int | None:
+    """The index of the entry the dump at *path* stands at, from its header
+    alone (checked); None without a file."""
+    header = _header(path)
+    return None if header is None else header.last.idx
+
+
+def read_recent(path: str) -> tuple[tuple[bytes, int, int], ...]:
+    """The dump's (digest, idx, term) of its newest commands, from its header
+    alone (checked); () without a file."""
+    header = _header(path)
+    return () if header is None else _recent(path, header)
 
 
 def replace(tmp: str, final: str) -> None:

@@ -165,6 +165,7 @@ class _Incoming:
         self.path = path
         self._install = install
         self._file = None
+        self.recent = None           # the last installed dump's command digests
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -204,7 +205,9 @@ class _Incoming:
             self._file = None
 
     def deserialize(self):
-        return (None,) + self._install(self.path)
+        out = self._install(self.path)
+        self.recent = out[3] if len(out) > 3 else ()
+        return (None,) + tuple(out[:3])
 
 
 def _never_serialize(path, data):
@@ -212,7 +215,17 @@ def _never_serialize(path, data):
 
 
 def _digest(command: bytes) -> bytes:
-    return hashlib.blake2b(command, digest_size=16).digest()
+    return hashlib.blake2b(command, digest_size=dump.DIGEST_BYTES).digest()
+
+
+def recent_digests(seen) -> list[tuple[bytes, int, int]]:
+    """What ``Engine.recent`` took, as a dump's ``recent``: (digest, idx,
+    term) of the newest RECENT_COMPACTED commands, oldest first. Any thread."""
+    compacted, entries = seen
+    first = entries[0][1] if entries else None
+    out = [(d, i, t) for d, (i, t) in compacted if first is None or i < first]
+    out += [(_digest(c), i, t) for c, i, t in entries if c[:1] == _REGULAR_BYTE]
+    return out[-RECENT_COMPACTED:]
 
 
 class Member(_PsoNode):
@@ -275,6 +288,14 @@ class Group(SyncObj):
         self.compactions = 0
         self.duplicates = 0          # resubmissions attached to their first copy
         self._compacted: collections.OrderedDict = collections.OrderedDict()
+        if self.dump_file is not None and self.log_start() > 1:
+            # A restart on a compacted log: the commands before it are the dump's.
+            try:
+                self.remember(dump.read_recent(self.dump_file))
+            except (CorruptRecordError, OSError) as e:
+                logger.warning("raft group %d: %s: %s; resubmissions of commands before "
+                               "entry %d are not recognised", group, self.dump_file, e,
+                               self.log_start())
         # The engine drops what cannot be delivered, and Raft resends: every
         # peer counts as connected (PySyncObj only elects when "connected").
         for node in others:
@@ -415,7 +436,15 @@ class Group(SyncObj):
                 pass
             return
         self.installs += 1
+        incoming = self._SyncObj__serializer
+        incoming.recent = None
         SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+        if incoming.recent is not None:          # installed: its commands are known
+            self.remember(incoming.recent)
+
+    def remember(self, recent) -> None:
+        """Know the commands of a dump (its ``recent``) as compacted ones."""
+        self._compacted = collections.OrderedDict((d, (i, t)) for d, i, t in recent)
 
     def log_start(self) -> int:
         return self._SyncObj__raftLog[0][1]
@@ -578,6 +607,18 @@ class Engine:
         return None if s is None else s["leader"]
 
     # -- engine thread ----------------------------------------------------------
+
+    def recent(self, gid: int, upto: int):
+        """What a dump of group *gid* at entry *upto* needs to name its newest
+        commands (``recent_digests`` hashes it, off this thread): the digests
+        compaction kept, and the log's newest entries up to *upto* (engine
+        thread)."""
+        g = self.groups[gid]
+        log = g._SyncObj__raftLog
+        first = log[0][1]
+        end = upto - first + 1
+        entries = log[max(0, end - RECENT_COMPACTED):max(0, end)] if end > 0 else []
+        return list(g._compacted.items()), list(entries)
 
     def entries(self, gid: int, start: int, count: int) -> list:
         """Up to *count* entries of group *gid*'s log from index *start* (engine thread)."""
