@@ -152,3 +152,16 @@ def test_a_stream_from_another_ring_or_a_stranger_is_refused(trio):
     assert "another ring" in reply.message
     reply = trio[0].loop.run(push(rpb.RaftBatch(sender=7, ring=RING)))
     assert "shares no replica group" in reply.message
+
+
+def test_an_exchange_refused_by_its_peer_says_why_and_counts_the_batch_lost(trio, caplog):
+    """A node of another ring (another fingerprint) pushing to trio's node 0:
+    node 0 ends the stream with its reason, which the sender logs."""
+    r0 = trio[0]
+    stranger = Exchange(r0.cfg, 1, "0" * 16, r0.loop.loop, {0})
+    caplog.set_level("WARNING", logger="chordctl.raft")
+    stranger.send({0: [rpb.Message(group=0)]})
+    until(lambda: any("refused our stream" in m and "another ring" in m
+                      for m in caplog.messages), what="the refusal logged")
+    until(lambda: stranger.lost >= 1, what="the batch counted lost")
+    r0.loop.run(stranger.close())

@@ -47,6 +47,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import queue
 import threading
 import time
 from typing import Callable
@@ -226,6 +227,33 @@ def recent_digests(seen) -> list[tuple[bytes, int, int]]:
     out = [(d, i, t) for d, (i, t) in compacted if first is None or i < first]
     out += [(_digest(c), i, t) for c, i, t in entries if c[:1] == _REGULAR_BYTE]
     return out[-RECENT_COMPACTED:]
+
+
+class _Wake:
+    """What wakes the engine thread (an Event's ``set`` and ``wait``) on a C
+    queue: a ``set`` happens for every message and command that arrives, and
+    a put costs less than an Event's lock and notify_all."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self):
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+
+    def set(self) -> None:
+        self._q.put(None)
+
+    def wait(self, timeout: float) -> None:
+        """Until a set (every set so far is taken) or *timeout* seconds."""
+        q = self._q
+        try:
+            q.get(timeout=timeout)
+        except queue.Empty:
+            return
+        try:
+            while True:
+                q.get_nowait()
+        except queue.Empty:
+            pass
 
 
 class Member(_PsoNode):
@@ -523,7 +551,7 @@ class Engine:
         self._local_lock = threading.Lock()
         self._ended = False
         self._periodic: list[list] = []          # [interval, next time, fn]
-        self._wake = threading.Event()
+        self._wake = _Wake()
         self._stopping = False
         self.failed: str | None = None
         self.rounds = 0
@@ -710,7 +738,6 @@ class Engine:
         try:
             while not self._stopping:
                 wake.wait(tick)
-                wake.clear()
                 if self._stopping:
                     break
                 self._round(groups)
