@@ -278,11 +278,9 @@ def test_a_scan_of_one_arc_sees_every_write_committed_before_it(make_cluster):
                 raise error_for(e.code(), e.details(), cluster.address(follower)) from None
 
 
-def test_a_replica_whose_log_lost_its_tail_gets_it_back_from_its_journal(make_cluster):
-    """log.X of a replicated node is written behind raft.journal (no fsync per
-    answer): an OS crash may take its tail. Cut the tail at an entry's end and
-    restart: the node applies those entries again from its journal, once."""
-    from chordctl.core.storage import files, records
+def _written_then_killed(make_cluster, victim: int):
+    """A settled 3-node R=3 ring, 10 keys per arc created and 5 updated, then
+    *victim* killed -9 once it applied them: (cluster, keys, expected values)."""
     cluster = make_cluster(3, bits=BITS, replicas=3).settled()
     cfg = cluster.config
     keys = keys_on_every_arc(3, per_arc=10)
@@ -291,10 +289,21 @@ def test_a_replica_whose_log_lost_its_tail_gets_it_back_from_its_journal(make_cl
             c.create(str(k), b"v%d" % k)
         for k in keys[:5]:
             c.update(str(k), b"u%d" % k)
-    victim = 2
     wait_until(lambda: held_keys(cfg, cluster.address(victim)) == len(keys), timeout=10,
                what="the victim applied everything")
     cluster.nodes[victim].kill(signal.SIGKILL)
+    expect = {k: (b"u%d" % k if i < 5 else b"v%d" % k) for i, k in enumerate(keys)}
+    return cluster, keys, expect
+
+
+def test_a_replica_whose_log_lost_its_tail_gets_it_back_from_its_journal(make_cluster):
+    """log.X of a replicated node is written behind raft.journal (no fsync per
+    answer): an OS crash may take its tail. Cut the tail at an entry's end and
+    restart: the node applies those entries again from its journal, once."""
+    from chordctl.core.storage import files, records
+    victim = 2
+    cluster, keys, expect = _written_then_killed(make_cluster, victim)
+    cfg = cluster.config
     d = cfg.node_dir(victim)
     newest = max(files.list_counters(d)[0])
     path = os.path.join(d, files.log_name(newest))
@@ -308,7 +317,6 @@ def test_a_replica_whose_log_lost_its_tail_gets_it_back_from_its_journal(make_cl
     cluster.nodes[victim].start()
     wait_until(lambda: held_keys(cfg, cluster.address(victim)) == len(keys), timeout=15,
                what="the victim holds every key again")
-    expect = {k: (b"u%d" % k if i < 5 else b"v%d" % k) for i, k in enumerate(keys)}
     read_all(cfg, cluster.address(victim), expect)
 
 
@@ -320,18 +328,9 @@ def test_a_replica_whose_journal_lost_its_tail_gets_the_entries_again_from_the_l
     journal that is gone altogether (the votes it cast with it) is refused."""
     from chordctl.core.storage import raftjournal
     from conftest import run_chordctl
-    cluster = make_cluster(3, bits=BITS, replicas=3).settled()
-    cfg = cluster.config
-    keys = keys_on_every_arc(3, per_arc=10)
-    with Client(cfg, target=cluster.address(0)) as c:
-        for k in keys:
-            c.create(str(k), b"v%d" % k)
-        for k in keys[:5]:
-            c.update(str(k), b"u%d" % k)
     victim = 1
-    wait_until(lambda: held_keys(cfg, cluster.address(victim)) == len(keys), timeout=10,
-               what="the victim applied everything")
-    cluster.nodes[victim].kill(signal.SIGKILL)
+    cluster, keys, expect = _written_then_killed(make_cluster, victim)
+    cfg = cluster.config
     d = cfg.node_dir(victim)
     with raftjournal.RaftJournal(d) as j:
         for g in j.groups():
@@ -344,7 +343,6 @@ def test_a_replica_whose_journal_lost_its_tail_gets_the_entries_again_from_the_l
                what="the victim serves again")
     with Client(cfg, target=cluster.address(0)) as c:
         c.update(str(keys[6]), b"after")
-    expect = {k: (b"u%d" % k if i < 5 else b"v%d" % k) for i, k in enumerate(keys)}
     expect[keys[6]] = b"after"
     wait_until(lambda: all(g.last_applied == g.commit_index
                            for g in groups_of(cfg, cluster.address(victim)).values()),
