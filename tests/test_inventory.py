@@ -20,6 +20,7 @@ from chordctl.core import servicer as servicer_mod
 from chordctl.core.storage import files, inventory, records, snapshot
 from chordctl.core.storage.recovery import RecoveryReport
 from chordctl.core.servicer import AdminServicer
+from chordctl.errors import CorruptRecordError
 from chordctl.protocol import OP_CREATE
 
 
@@ -53,9 +54,9 @@ class Counting:
 
 @pytest.fixture
 def reads(monkeypatch):
-    counters = {"snapshot": Counting(snapshot.read), "scan": Counting(records.scan)}
+    counters = {"snapshot": Counting(snapshot.read), "scan": Counting(inventory.count_records)}
     monkeypatch.setattr(inventory.snapshot, "read", counters["snapshot"])
-    monkeypatch.setattr(inventory.records, "scan", counters["scan"])
+    monkeypatch.setattr(inventory, "count_records", counters["scan"])
     return counters
 
 
@@ -98,6 +99,56 @@ def test_files_of_a_running_node_decode_nothing(tmp_path, reads) -> None:
     assert [x["in_use"] for x in docs if x["kind"] == "snapshot"] == [False, True]
     inventory.describe(d, cache, current=(2, 43), trusted=(2,))
     assert reads["scan"].calls == 2
+
+
+def test_closed_logs_the_node_replayed_or_wrote_are_not_read(tmp_path, reads) -> None:
+    """A cold cache on a big node read every closed log whole (seconds, and
+    the file's size in memory): a log the node replayed at start or closed
+    itself is counted from what the node knows."""
+    d = make_dir(tmp_path)
+    docs = inventory.describe(d, inventory.Cache(), current=(2, 42), trusted=(2,),
+                              known={0: 5, 1: 7})
+    assert reads["scan"].calls == 0 and reads["snapshot"].calls == 0
+    assert [(x["file"], x["records"], x["status"]) for x in docs if x["kind"] == "log"] == [
+        ("log.0", 5, "ok"), ("log.1", 7, "ok"), ("log.2", 42, "ok")]
+
+
+def test_counting_a_log_maps_it_and_checks_it_as_recovery_does(tmp_path) -> None:
+    d = make_dir(tmp_path)
+    path = os.path.join(d, "log.0")
+    assert inventory.count_records(path, allow_torn=False) == (5, 0)
+    with open(path, "ab") as f:
+        f.write(records.encode_many([(6, OP_CREATE, b"9", b"v")])[:-3])   # cut short
+    assert inventory.count_records(path, allow_torn=True)[0] == 5
+    assert inventory.count_records(path, allow_torn=True)[1] > 0
+    with pytest.raises(CorruptRecordError, match="only the newest log may end torn"):
+        inventory.count_records(path, allow_torn=False)
+    data = bytearray(open(path, "rb").read())
+    data[20] ^= 0xFF                                   # a flipped bit in the first record
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(CorruptRecordError) as damaged:
+        inventory.count_records(path, allow_torn=True)
+    assert damaged.value.offset == 0 and damaged.value.path == path
+    open(path, "wb").close()
+    assert inventory.count_records(path, allow_torn=False) == (0, 0)
+
+
+def test_files_counts_the_logs_the_node_closed_and_replayed(tmp_path, monkeypatch) -> None:
+    d = make_dir(tmp_path)
+    node = FakeNode(d)
+    node.log = FakeLog(3, 4)              # log.2 was rotated: 5 replayed + 2 appended
+    node.writer.closed = {2: 2}
+    open(os.path.join(d, files.log_name(3)), "wb").close()
+    counted = Counting(inventory.count_records)
+    monkeypatch.setattr(inventory, "count_records", counted)
+
+    async def run():
+        return await AdminServicer(node, asyncio.get_running_loop()).Files(None, FakeContext())
+
+    reply = asyncio.run(run())
+    assert [(f.name, f.records) for f in reply.files if f.kind == "log"] == [
+        ("log.0", 5), ("log.1", 5), ("log.2", 7), ("log.3", 4)]
+    assert counted.calls == 1             # log.0 only: the node neither replayed nor wrote it
 
 
 def test_changed_file_is_read_again(tmp_path, reads) -> None:
@@ -145,6 +196,11 @@ class FakeLog:
         self.counter, self.records = counter, records_
 
 
+class FakeWriter:
+    def __init__(self):
+        self.closed = {}
+
+
 class FakeNode:
     def __init__(self, directory):
         self.config = config_mod.from_dict({"ring": {"bits": 8},
@@ -152,6 +208,7 @@ class FakeNode:
         self.directory = directory
         self.label = "node 0 (id 255)"
         self.log = FakeLog(2, 3)
+        self.writer = FakeWriter()
         self.report = RecoveryReport(directory=directory, logs=[(1, 5), (2, 5)],
                                      current_log=2)
         self.snapshot_counter = 2

@@ -44,6 +44,9 @@ class LogWriter:
         self.metrics = metrics
         self.failstop = failstop
         self.log: LogFile | None = None
+        # counter -> records this process appended to each log it closed
+        # (Admin.Files counts them without reading the file).
+        self.closed: dict[int, int] = {}
         self.durable_seq = 0     # last sequence number logged under the fsync policy
 
     def run(self, to_log: queue.SimpleQueue) -> None:
@@ -191,6 +194,7 @@ class LogWriter:
                 new.close()
                 os.unlink(path)      # never leave a log.X after a log that may end torn
                 raise
+            self.closed[self.log.counter] = self.log.records
             self.log = new
             if marker.head:
                 # ring.replicas > 1: where each group stood at the cut, durable

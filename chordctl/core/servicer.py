@@ -552,17 +552,18 @@ class AdminServicer(pb_grpc.AdminServicer):
         """inventory.describe with what the node knows (executor thread)."""
         node = self.node
         current = None
+        # Records of each log: those recovery replayed at start, plus those
+        # appended since; a log in neither is read once (inventory.Cache).
+        report = node.report
+        counts = dict(report.logs) if report is not None else {}
+        for c, n in list(node.writer.closed.items()):
+            counts[c] = counts.get(c, 0) + n
         log = node.log
         if log is not None:
-            # Records of the current log: those replayed at start, plus those
-            # appended since (a rotation starts a new, empty log).
-            report = node.report
-            replayed = 0
-            if report is not None and log.counter == report.current_log:
-                replayed = sum(n for c, n in report.logs if c == log.counter)
-            current = (log.counter, replayed + log.records)
+            current = (log.counter, counts.pop(log.counter, 0) + log.records)
         trusted = (node.snapshot_counter,) if node.snapshot_counter else ()
-        return inventory.describe(node.directory, self._files_cache, current, trusted)
+        return inventory.describe(node.directory, self._files_cache, current, trusted,
+                                  known=counts)
 
 
 def _status_reply(node: Node, in_flight: int, loop) -> pb.NodeStatus:

@@ -13,7 +13,9 @@ the answer.
 
 from __future__ import annotations
 
+import mmap
 import os
+import time
 from typing import Iterable
 
 from chordctl.core.storage import files, records, snapshot
@@ -58,15 +60,59 @@ def _problem(e: Exception) -> str:
     return f"unreadable: {getattr(e, 'strerror', None) or e}"
 
 
+# Records between two yields of the GIL while a log is counted: a running node
+# counts on an executor thread, and its request threads must not wait on it.
+_YIELD_EVERY = 256
+
+
+def count_records(path: str, allow_torn: bool) -> tuple[int, int]:
+    """(records, torn tail bytes) of the log at *path*, checked as recovery
+    would, without holding the file in memory: it is mapped, and its pages
+    are the page cache's, not the process's."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return 0, 0
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    damage = None
+    try:
+        try:
+            return _count(buf, path, allow_torn)
+        except CorruptRecordError as e:
+            # Raised again once the map is closed: the error's traceback holds
+            # the scan's view of the map, which would keep it from closing.
+            damage = (e.path, e.offset, e.reason)
+    finally:
+        try:
+            buf.close()
+        except BufferError:       # a view still alive: the map goes with it
+            pass
+        if damage is not None:
+            raise CorruptRecordError(*damage)
+
+
+def _count(buf, path: str, allow_torn: bool) -> tuple[int, int]:
+    tail = records.Tail()
+    n = 0
+    pause = time.sleep
+    for _ in records.iter_records(buf, path, allow_torn, tail):
+        n += 1
+        if n % _YIELD_EVERY == 0:
+            pause(0)
+    return n, tail.torn_bytes
+
+
 def describe(directory: str, cache: Cache | None = None,
              current: tuple[int, int] | None = None,
-             trusted: Iterable[int] = ()) -> list[dict]:
+             trusted: Iterable[int] = (), known: dict[int, int] | None = None) -> list[dict]:
     """One dict per file, snapshots then logs, ascending counters.
 
     *current*: (counter, records) of the log a running node appends to, so it
     is not scanned. *trusted*: counters of snapshots known whole (written or
     loaded by the node), so they are not decoded to tell which one is in use.
+    *known*: counter -> records of closed logs the node replayed or wrote
+    whole, so they are not read either.
     """
+    known = known or {}
     logs, snaps = files.list_counters(directory)
     trusted = set(trusted)
     entries = cache.entries if cache is not None else {}
@@ -137,6 +183,10 @@ def describe(directory: str, cache: Cache | None = None,
             doc["records"] = current[1]     # appended to now: the node's count
             out.append(doc)
             continue
+        if c in known and c != newest:
+            doc["records"] = known[c]
+            out.append(doc)
+            continue
         hit = entries.get(name)
         if hit is not None and hit[0] == stamp:
             doc["records"], doc["status"] = hit[1]["records"], hit[1]["status"]
@@ -144,21 +194,13 @@ def describe(directory: str, cache: Cache | None = None,
             out.append(doc)
             continue
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            doc["records"], torn = count_records(path, allow_torn=(c == newest))
+            if torn:
+                doc["status"] = f"torn tail of {torn} bytes"
         except FileNotFoundError:
             continue
-        except OSError as e:
+        except (CorruptRecordError, OSError) as e:
             doc["status"] = _problem(e)
-        else:
-            try:
-                res = records.scan(data, path, allow_torn=(c == newest))
-                doc["records"] = len(res.records)
-                if res.torn_bytes:
-                    doc["status"] = f"torn tail of {res.torn_bytes} bytes"
-            except CorruptRecordError as e:
-                doc["status"] = _problem(e)
-            del data
         if cache is not None and c != newest:   # the newest may still grow
             entries[name] = (stamp, {"records": doc["records"], "status": doc["status"]},
                              None)
