@@ -644,3 +644,42 @@ def test_a_leader_that_only_has_the_dump_still_recognises_its_commands(ring, tmp
     until(lambda: r.applied[leader.index][0][-1][1] == b"d1", what="d1 applied everywhere")
     tail = [c for _, c in r.applied[leader.index][0]][-3:]
     assert tail == [b"c0", b"d0", b"d1"], tail
+
+
+def test_a_round_sends_a_peer_its_appends_with_what_waits_for_the_sync():
+    """A leader's appends leave before the journal sync, except to a peer the
+    round also has acknowledgements (or votes) for: those two go together
+    after the sync, in one batch, appends first."""
+    journals = Journals()
+    sent = []
+
+    def send(out):
+        sent.append(("dirty" if journals.dirty else "synced", dict(out)))
+
+    e = Engine(0, {0: (0, 1, 2)}, journals, lambda *a: None, send, FAST)
+    append_1, append_2, ack_1 = (rpb.Message(group=0, kind=rpb.APPEND_ENTRIES, term=t)
+                                 for t in (1, 2, 3))
+    e._early = {1: [append_1], 2: [append_2]}
+    e._out = {1: [ack_1]}
+    journals.dirty = True
+    e._flush()
+    assert sent == [("dirty", {2: [append_2]}), ("synced", {1: [append_1, ack_1]})]
+    assert e._early == {} and e._out == {}
+    sent.clear()
+    e._early = {1: [append_1]}
+    journals.dirty = True
+    e._flush()
+    assert sent == [("dirty", {1: [append_1]})]
+
+
+def test_groups_open_no_pipes_of_their_own(ring):
+    """PySyncObj wakes its thread through a pipe per group (a write per
+    command, a select and reads per tick); the engine has a wake-up of its
+    own, so its groups open no file descriptor."""
+    fds = lambda: len(os.listdir("/proc/self/fd"))   # noqa: E731
+    before = fds()
+    r = ring(3, groups={0: (0, 1, 2), 1: (1, 2, 0), 2: (2, 0, 1)})
+    for g in range(3):
+        leader = r.wait_leader(g)
+        assert r.commit(leader, g, b"g%d" % g)[1] == FAIL_REASON.SUCCESS
+    assert fds() == before

@@ -18,7 +18,8 @@ none of it is ours. What is ours is how it runs inside a node:
   an entry counts towards a majority only on replicas that have it on
   disk, and a vote is cast only once it is durable. A leader's
   append_entries leave before that sync (Raft allows the leader to write
-  its log in parallel with replicating it): the followers' fdatasyncs run
+  its log in parallel with replicating it; to a peer that gets messages
+  after the sync anyway they go with those): the followers' fdatasyncs run
   while the leader's does, and the leader counts itself towards an entry's
   majority only in a later round, which starts after this round's sync
   returned. A failed sync fail-stops the node: nothing else of that round
@@ -89,6 +90,28 @@ def _journal_for(journal_file):
 
 
 _syncobj.createJournal = _journal_for
+
+# PySyncObj wakes its own thread through a pipe: a write per command, and a
+# select and two reads per tick. The engine ticks the groups itself and has a
+# wake-up of its own (_Wake): no pipe, and a poller with nothing to poll.
+_syncobj.PIPE_NOTIFIER_ENABLED = False
+
+
+class _NoPoller:
+    """PySyncObj's poller for a group: it polls the sockets of PySyncObj's
+    own transport, which the engine never opens."""
+
+    def subscribe(self, descr, callback, eventMask):
+        raise RuntimeError("raft: a group has no sockets of its own to poll")
+
+    def unsubscribe(self, descr):
+        pass
+
+    def poll(self, timeout):
+        pass
+
+
+_NO_POLLER = _NoPoller()
 
 # Callback outcomes a submitter may see (PySyncObj's FAIL_REASON names).
 REASONS = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
@@ -303,6 +326,7 @@ class Group(SyncObj):
                          engine.settings.conf(journal, owner=group == me,
                                               dump_file=self.dump_file, install=install),
                          transport=self.transport)
+        self._poller = _NO_POLLER
         if dumps is not None:
             self._SyncObj__serializer = _Incoming(self._SyncObj__serializer,
                                                   self.dump_file + INCOMING, install)
@@ -371,6 +395,11 @@ class Group(SyncObj):
         while awaited and awaited[0] <= commit:
             awaited.popleft()
         return True
+
+    # PySyncObj looks at every tick whether a dump of its own finished or is
+    # due; the node writes the groups' dumps (Engine.compact), so none ever is.
+    def _SyncObj__tryLogCompaction(self):
+        pass
 
     def _SyncObj__parseChangeClusterRequest(self, command):
         return None
@@ -823,11 +852,21 @@ class Engine:
                 g.send_appends()
         if learning:
             self._learned(learning)
-        # A leader's appends leave now; the rest only once durable (see the
-        # docstring).
+        self._flush()
+
+    def _flush(self) -> None:
+        """The round's messages out: a leader's appends now, the rest once the
+        journal is durable (see the docstring). A peer that gets messages
+        after the sync anyway gets the round's appends with them: one gRPC
+        message per peer and round, where a busy node saves most CPU (an idle
+        ring, one write in flight, has no such peer)."""
         if self._early:
             early, self._early = self._early, {}
-            self._send(early)
+            late = self._out
+            for peer in [p for p in early if p in late]:
+                late[peer] = early.pop(peer) + late[peer]
+            if early:
+                self._send(early)
         self.journal.sync()
         if self._out:
             out, self._out = self._out, {}
