@@ -292,3 +292,35 @@ def test_directory_without_data_takes_the_new_ring(tmp_path, caplog) -> None:
     node = start_stop(make_config(tmp_path, 3), 1)
     assert identity.read(node.directory).identity == RingIdentity(16, "direct", 3, 1)
     assert "holds no data" in caplog.text
+
+
+@pytest.mark.parametrize("found, expected", [(3, 1), (1, 3), (3, 5)])
+def test_a_change_of_ring_replicas_is_refused_with_a_way_that_works(found, expected) -> None:
+    """`ring migrate` refuses replicated rings: a node written under another
+    ring.replicas must not send the operator there, but to the copy through a
+    running ring (kv scan, kv load)."""
+    with pytest.raises(RingMismatchError) as err:
+        identity.check(RingIdentity(16, "direct", 5, 2, found),
+                       RingIdentity(16, "direct", 5, 2, expected), "/data/node-2")
+    text = str(err.value)
+    assert err.value.field == "ring.replicas" and err.value.exit_status == 2
+    assert f"ring.replicas is {found} there but {expected} in the config" in text
+    assert "ring migrate --from" not in text
+    assert "kv scan --all" in text and "kv load keys.jsonl" in text
+
+
+def test_ring_migrate_of_a_replicated_ring_says_how_to_copy_it(tmp_path) -> None:
+    from chordctl.core.storage import migrate
+    from chordctl.errors import ConfigError
+
+    def ring(replicas):
+        return config_mod.from_dict({
+            "ring": {"bits": 16, "replicas": replicas},
+            "nodes": [{"host": "127.0.0.1", "port": 1 + i} for i in range(5)],
+            "storage": {"data_dir": str(tmp_path / f"r{replicas}")}})
+
+    for old, new in ((ring(1), ring(3)), (ring(3), ring(1))):
+        with pytest.raises(ConfigError) as err:
+            migrate.migrate(old, new)
+        assert err.value.exit_status == 2
+        assert "kv scan --all" in str(err.value) and "kv load keys.jsonl" in str(err.value)

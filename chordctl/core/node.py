@@ -242,8 +242,9 @@ class Node:
             else:
                 count, first = len(foreign), foreign[:5]
             if count:
-                raise identity.foreign_keys_error(self.directory, self.ring, self.index,
-                                                  count, first)
+                raise identity.foreign_keys_error(
+                    self.directory, self.ring, self.index, count, first,
+                    hint=identity.REPLICATED_HINT if self.replicated else identity.MIGRATE_HINT)
         recovery.repair(self.directory, report)   # keeps copies, logs what it did
         if recorded is None:
             data = bool(report.snapshot or report.records)

@@ -37,6 +37,14 @@ PLACEMENT_CODES = {"direct": 1, "hash": 2}
 MIGRATE_HINT = ("start it with the config it was written under, or move the data to "
                 "this ring with every node stopped: `chordctl ring migrate --from OLD.yaml "
                 "--to NEW.yaml`")
+# `ring migrate` does not move replicated rings (each new node would need its
+# groups' Raft history, not only their keys): the way is through a running
+# ring, out with `kv scan` and in with `kv load`.
+COPY_HINT = ("`ring migrate` does not move replicated rings (ring.replicas > 1); copy the "
+             "keys instead: with the old ring up under its own config, `chordctl -c OLD.yaml "
+             "-o json kv scan --all | jq -c '.entries[]' > keys.jsonl`, then start the new "
+             "ring on an empty storage.data_dir and `chordctl -c NEW.yaml kv load keys.jsonl`")
+REPLICATED_HINT = "start it with the config it was written under; to change the ring, " + COPY_HINT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +106,9 @@ def check(found: RingIdentity, expected: RingIdentity, where: str,
                  f"with the right one)")
     raise RingMismatchError(
         f"storage: {where} was written by {found.describe()}, not by this ring: {fields}; "
-        f"its keys would sit on nodes that no longer own them -- {MIGRATE_HINT}{extra}",
+        f"its keys would sit on nodes that no longer own them -- "
+        f"{REPLICATED_HINT if max(found.replicas, expected.replicas) > 1 else MIGRATE_HINT}"
+        f"{extra}",
         field=diff[0][0])
 
 

@@ -109,8 +109,8 @@ def migrate(old: Config, new: Config, progress: Progress | None = None) -> Migra
         if cfg.ring.replicas > 1:
             raise ConfigError(
                 f"ring migrate: the {which} config has ring.replicas {cfg.ring.replicas}; "
-                f"moving a replicated ring's data is not supported yet -- a node that "
-                f"starts on an empty directory catches up from its replicas instead")
+                f"{identity.COPY_HINT}. (To replace one lost replica, start it on an empty "
+                f"directory: it catches up from the others.)")
     t0 = time.monotonic()
     step = progress or (lambda phase, advance, total: None)
     old_ring, new_ring = Ring.from_config(old), Ring.from_config(new)
