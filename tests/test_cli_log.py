@@ -147,3 +147,66 @@ def test_log_replay_fallback_rows_are_short(node):
     doc = json.loads(cli("log", "replay", "--data-dir", node.dir, output="json").stdout)
     assert doc["skipped"][0]["file"] == "snap.2"
     assert node.path("snap.2") in doc["fallbacks"][0]     # the details
+
+
+def _replicated_dir(d, journal_first: int = 1) -> None:
+    """A replicated node's directory (ring.replicas > 1) killed with its
+    log.X behind its raft.journal: log.0 holds group 4 up to entry 2 (keys
+    1, 2); the journal holds entries 3 (key 3, committed) and 4 (key 4, not
+    known committed)."""
+    from chordctl.core.storage import raftjournal
+    from chordctl.core.storage.log import LogFile
+    from chordctl.pb import raft_pb2 as rpb
+    from pysyncobj.syncobj import _COMMAND_TYPE
+
+    def command(*keys):
+        c = rpb.Command(origin=4, id=keys[0])
+        for k in keys:
+            c.ops.add(op=OP_CREATE, key=str(k).encode(), value=b"v%d" % k)
+        c.ops.add(op=2, key=b"1")                       # a read: changes nothing
+        return bytes([_COMMAND_TYPE.REGULAR]) + c.SerializeToString()
+
+    log = LogFile(str(d), 0)
+    log.append(records.encode_many([(1, OP_CREATE, b"1", b"v1"), (2, OP_CREATE, b"2", b"v2"),
+                                    records.raft_record(3, 4, 2)]), 3)
+    log.sync()
+    log.close()
+    j = raftjournal.RaftJournal(str(d))
+    g = j.group(4)
+    entries = [(bytes([_COMMAND_TYPE.NO_OP]), 1), (command(1, 2), 2), (command(3), 3),
+               (command(4), 4)]
+    for c, idx in entries[journal_first - 1:]:
+        g.add(c, idx, 1)
+    g.setRaftCommitIndex(3)
+    j.sync()
+    j.close()
+
+
+def test_log_replay_of_a_replicated_node_applies_its_journal_past_log_x(node):
+    """A restart applies what raft.journal holds committed past log.X; `log
+    replay` said it rebuilt the state "exactly as a restart would" and left
+    those writes out."""
+    _replicated_dir(node.dir)
+    r = cli("log", "replay", "--data-dir", node.dir, "--dump", output="json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [d["key"] for d in doc["data"]] == ["1", "2", "3"] and doc["keys"] == 3
+    assert doc["raft_journal"] == [{
+        "group": 4, "applied": 2, "first": 1, "last": 4, "commit": 3, "replayed": 1,
+        "writes": 1, "dump_first": False, "pending": 1, "pending_writes": 1}]
+    p = run_chordctl("log", "replay", "--data-dir", node.dir)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    assert "log.X to entry 2; raft.journal 1..4, committed to 3: replayed 1 entry (1 write); " \
+           "1 entry (1 write) after that waits for a leader" in out, out
+
+
+def test_log_replay_says_when_a_start_installs_the_dump_first(node):
+    _replicated_dir(node.dir, journal_first=4)          # compacted past what log.X holds
+    r = cli("log", "replay", "--data-dir", node.dir, output="json")
+    assert r.exit_code == 0, r.output
+    [tail] = json.loads(r.stdout)["raft_journal"]
+    assert tail["dump_first"] and tail["replayed"] == 0
+    assert json.loads(r.stdout)["keys"] == 2
+    p = run_chordctl("log", "replay", "--data-dir", node.dir)
+    assert b"a start installs raft-4.dump first" in p.stdout, p.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -38,8 +39,10 @@ def replay(state: State, data_dir: str, dump: bool, verify: bool) -> None:
     """Rebuild a node's state from DIR exactly as a restart would; change nothing.
 
     Reports the snapshot used, the logs replayed, records, keys and torn bytes
-    a restart would cut off. Run it on a stopped node's directory: it refuses
-    (exit 2) a directory a running node holds.
+    a restart would cut off. With ring.replicas > 1 it also applies what a
+    restart applies from raft.journal past log.X (committed entries, per
+    group), as a restart does before it hears a leader. Run it on a stopped
+    node's directory: it refuses (exit 2) a directory a running node holds.
 
     \b
     Example:
@@ -50,6 +53,7 @@ def replay(state: State, data_dir: str, dump: bool, verify: bool) -> None:
     store = Store()
     with offline.locked(data_dir, shared=True):
         rep = recovery.recover(data_dir, store)
+        journal = offline.replay_journal(data_dir, rep, store)
     fmt = state.fmt("table")
     summary = {
         "data_dir": data_dir,
@@ -58,11 +62,13 @@ def replay(state: State, data_dir: str, dump: bool, verify: bool) -> None:
         "fallbacks": rep.fallbacks,
         "skipped": [{"file": f, "reason": why} for f, why in rep.skipped],
         "logs": [{"file": f"log.{c}", "records": n} for c, n in rep.logs],
-        "records": rep.records, "keys": rep.keys, "last_seq": rep.last_seq,
+        "records": rep.records, "keys": len(store), "last_seq": rep.last_seq,
         "torn_bytes": rep.torn_bytes, "torn_file": rep.torn_file,
         "torn_offset": rep.torn_offset if rep.torn_bytes else None,
         "tmp_files": rep.tmp_files,
     }
+    if journal is not None:
+        summary["raft_journal"] = [dataclasses.asdict(t) for t in journal]
     items = sorted(store.items()) if dump else []
     if fmt == "json":
         if dump:
@@ -77,8 +83,11 @@ def replay(state: State, data_dir: str, dump: bool, verify: bool) -> None:
                 ["snapshot", summary["snapshot"] or "none"],
                 ["logs replayed", ", ".join(f"log.{c} ({n} records)" for c, n in rep.logs)
                  or "none"],
-                ["records replayed", rep.records], ["keys", rep.keys],
-                ["last sequence", rep.last_seq], ["torn bytes dropped", torn]]
+                ["records replayed", rep.records]]
+        for t in journal or ():
+            rows.append([f"raft group {t.group}", _journal_row(t)])
+        rows += [["keys", len(store)], ["last sequence", rep.last_seq],
+                 ["torn bytes dropped", torn]]
         for name, why in rep.skipped:
             rows.append(["fallback", f"{name} skipped: {why}"])
         text = render.plain(rows) if fmt == "plain" else render.table(rows, ["recovered", ""])
@@ -92,6 +101,22 @@ def replay(state: State, data_dir: str, dump: bool, verify: bool) -> None:
     if verify and (rep.torn_bytes or rep.fallbacks):
         click.secho("chordctl: log: damage found (see above)", fg="red", err=True)
         click.get_current_context().exit(int(ExitStatus.FAILED))
+
+
+def _journal_row(t: offline.JournalTail) -> str:
+    def entries(n: int, writes: int) -> str:
+        return f"{n} {'entry' if n == 1 else 'entries'} ({writes} write{'' if writes == 1 else 's'})"
+
+    text = f"log.X to entry {t.applied}; raft.journal " + (
+        f"{t.first}..{t.last}, committed to {t.commit}" if t.first is not None else "empty")
+    if t.dump_first:
+        return text + f" (starts past log.X: a start installs raft-{t.group}.dump first)"
+    if t.replayed:
+        text += f": replayed {entries(t.replayed, t.writes)}"
+    if t.pending:
+        text += (f"; {entries(t.pending, t.pending_writes)} after that "
+                 f"{'waits' if t.pending == 1 else 'wait'} for a leader")
+    return text
 
 
 @log.command()

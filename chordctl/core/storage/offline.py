@@ -1,17 +1,26 @@
 """Offline access to a stopped node's directory (``chordctl log replay``/``repair``).
 
-Checks that a path is a node directory, and holds its lock the way a
-running node would refuse to share it.
+Checks that a path is a node directory, holds its lock the way a running
+node would refuse to share it, and (ring.replicas > 1) replays what a start
+applies from raft.journal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 
-from chordctl.core.storage import files, recovery
+from pysyncobj.syncobj import _COMMAND_TYPE
+
+from chordctl.core.storage import files, raftjournal, recovery
 from chordctl.core.storage.lock import DirectoryLock
+from chordctl.core.store import Store
 from chordctl.errors import InvalidInputError
+from chordctl.pb import raft_pb2 as rpb
+from chordctl.protocol import OP_READ
+
+_REGULAR = bytes([_COMMAND_TYPE.REGULAR])
 
 
 def check_node_dir(data_dir: str) -> None:
@@ -57,3 +66,61 @@ def locked(data_dir: str, shared: bool):
         yield lock
     finally:
         lock.release()
+
+
+@dataclasses.dataclass
+class JournalTail:
+    """What a start of a replicated node (ring.replicas > 1) applies from one
+    group's raft.journal past what its log.X holds, as ``log replay`` found it."""
+
+    group: int
+    applied: int              # the last entry log.X holds (its raft records)
+    first: int | None         # the journal's first and last entry of the group
+    last: int | None
+    commit: int               # the commit index the journal recorded
+    replayed: int = 0         # entries after *applied* up to *commit*, applied here
+    writes: int = 0           # the writes among them
+    dump_first: bool = False  # the journal starts past log.X: a start installs the dump
+    pending: int = 0          # entries after *commit* (and *applied*): a leader decides
+    pending_writes: int = 0
+
+
+def replay_journal(data_dir: str, report: recovery.RecoveryReport,
+                   store: Store) -> list[JournalTail] | None:
+    """Apply to *store* what a start applies from ``raft.journal`` before it
+    hears a leader: each group's entries after the last one ``log.X`` holds,
+    up to the commit index the journal recorded (``log.X`` is written behind
+    the journal, so a kill leaves it behind). Entries past that commit index
+    are applied once a leader confirms them, which offline cannot tell. None
+    if the directory has no journal (ring.replicas 1)."""
+    journal = raftjournal.RaftJournal.read(data_dir)
+    if journal is None:
+        return None
+    apply = store.apply
+    out = []
+    for gid in journal.groups():
+        g = journal.group(gid)
+        entries = g[:]
+        applied = report.raft_applied.get(gid, 0)
+        tail = JournalTail(gid, applied, entries[0][1] if entries else None,
+                           entries[-1][1] if entries else None, g.getRaftCommitIndex())
+        out.append(tail)
+        if tail.first is not None and tail.first > applied + 1:
+            # Compacted past log.X: the entries between are in raft-<g>.dump,
+            # which a start installs before anything after it.
+            tail.dump_first = True
+            continue
+        for command, idx, _term in entries:
+            if idx <= applied:
+                continue
+            ops = rpb.Command.FromString(command[1:]).ops if command[:1] == _REGULAR else ()
+            if idx > tail.commit:
+                tail.pending += 1
+                tail.pending_writes += sum(1 for o in ops if o.op != OP_READ)
+                continue
+            tail.replayed += 1
+            for o in ops:
+                if o.op != OP_READ:
+                    apply(o.op, int(o.key), o.value)
+                    tail.writes += 1
+    return out

@@ -337,7 +337,8 @@ class RaftJournal:
     when it is larger than this (and more than half dead).
     """
 
-    def __init__(self, directory: str, rewrite_threshold: int = DEFAULT_REWRITE_THRESHOLD):
+    def __init__(self, directory: str, rewrite_threshold: int = DEFAULT_REWRITE_THRESHOLD,
+                 _read_only: bool = False):
         self.directory = directory
         self.path = os.path.join(directory, FILE_NAME)
         self.rewrite_threshold = rewrite_threshold
@@ -352,7 +353,26 @@ class RaftJournal:
         self.torn_offset = 0
         self.removed_tmp = False            # a leftover raft.journal.tmp was removed
         self.rewrites = 0
-        self._open()
+        if not _read_only:
+            self._open()
+
+    @classmethod
+    def read(cls, directory: str) -> "RaftJournal | None":
+        """The journal of *directory* as a start would load it, for reading
+        only (``log replay``): nothing is cut, removed or created, and it
+        cannot be synced. None if the directory has no journal."""
+        j = cls(directory, _read_only=True)
+        try:
+            with open(j.path, "rb") as f:
+                buf = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageAccessError.of(e, j.path, "read") from None
+        valid = j._load(buf)
+        j.torn_offset, j.torn_bytes = valid, len(buf) - valid
+        j._failed = "read only (log replay)"
+        return j
 
     # -- public -------------------------------------------------------------
 
