@@ -67,7 +67,9 @@ class StorageError(ChordError):
 class CorruptRecordError(StorageError):
     """A record or snapshot failed its checksum, or framing is inconsistent."""
 
-    def __init__(self, path: str, offset: int, reason: str):
+    RESTORE = "keep the directory as it is and restore the node directory from a backup"
+
+    def __init__(self, path: str, offset: int, reason: str, advice: str = RESTORE):
         self.path = path
         self.offset = offset
         self.reason = reason
@@ -76,8 +78,7 @@ class CorruptRecordError(StorageError):
         super().__init__(
             f"storage: {reason} in {path} at offset {offset}; the file is "
             f"damaged after it was written (not a torn write), so the node will not "
-            f"start rather than drop acknowledged writes -- keep the directory as it "
-            f"is and restore the node directory from a backup"
+            f"start rather than drop acknowledged writes -- {advice}"
         )
 
 

@@ -145,3 +145,33 @@ def test_config_replication_timers():
     with pytest.raises(ConfigError, match="replication.bogus"):
         configmod.from_dict({"ring": {"bits": 8}, "nodes": nodes(3),
                              "replication": {"bogus": 1}})
+
+
+@pytest.mark.parametrize("damaged", ["raft.journal", "log.0"])
+def test_a_damaged_replica_is_told_to_rejoin_not_only_to_restore_a_backup(tmp_path, damaged):
+    """A replica's other copies are its backup: the refusal names the way back
+    that needs none (an empty directory catches up), and when it is safe."""
+    from chordctl.core.replica import ReplicatedNode
+    from chordctl.core.storage import raftjournal
+    cfg = configmod.from_dict({
+        "ring": {"bits": 8, "replicas": 3},
+        "nodes": [{"host": "127.0.0.1", "port": 1 + i} for i in range(3)],
+        "storage": {"data_dir": str(tmp_path / "data")}})
+    d = cfg.node_dir(0)
+    os.makedirs(d)
+    write_log(d, 0, entry(1, 0, 2, (255, b"x")))
+    j = raftjournal.RaftJournal(d)
+    j.group(0).add(b"\x00", 1, 1)
+    j.group(0).add(b"\x01cmd", 2, 1)
+    j.sync()
+    j.close()
+    path = os.path.join(d, damaged)
+    data = bytearray(open(path, "rb").read())
+    data[20] ^= 0xFF                       # inside the first record
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(CorruptRecordError) as err:
+        ReplicatedNode(cfg, 0).recover()
+    text = str(err.value)
+    assert err.value.path == path and err.value.exit_status == 1
+    assert "start the node again on an empty one: it rejoins its groups" in text
+    assert "while a majority of each of its groups is up" in text
