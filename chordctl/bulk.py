@@ -261,3 +261,51 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
             idle.wait()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+# -- export: the other direction ------------------------------------------------
+
+@dataclasses.dataclass
+class ExportReport:
+    keys: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.keys / self.seconds if self.seconds > 0 else 0.0
+
+
+def export(client: Client, out: BinaryIO, progress: Callable[[int], None] | None = None,
+           expected: Callable[[int], None] | None = None) -> ExportReport:
+    """Write every key of the ring to *out* as the JSON lines ``records``
+    reads back (``{"key", "value", "encoding"}``, utf-8 or base64), ascending
+    by key, from one scan: each node's part is one point-in-time view of its
+    map. A node that is down fails it (UnavailableError): an export is of the
+    whole ring or nothing. *expected(n)*: the keys the nodes hold, once
+    known; *progress(n)*: n more keys written."""
+    from chordctl.render import value_json
+    t0 = time.monotonic()
+    rep = ExportReport()
+    s = client.scan(None, None, 0, False, False)
+    try:
+        if expected is not None:
+            expected(sum(v.keys for v in s.nodes))
+        dumps = json.dumps
+        write = out.write
+        pending = 0
+        for e in s:
+            line = (dumps({"key": str(e.key), **value_json(e.value)}) + "\n").encode()
+            write(line)
+            rep.keys += 1
+            rep.bytes += len(line)
+            pending += 1
+            if progress is not None and pending == 1000:
+                progress(pending)
+                pending = 0
+        if progress is not None and pending:
+            progress(pending)
+    finally:
+        s.close()
+    rep.seconds = time.monotonic() - t0
+    return rep

@@ -70,6 +70,29 @@ def test_ordered_keys_holds_at_most_two_windows_at_once() -> None:
     assert 1 <= len(first) <= 20 and first == sorted(keys)[:len(first)]
 
 
+def test_an_arcs_first_key_far_into_the_map_takes_few_windows_even_with_a_small_limit():
+    """A replica's map holds R arcs whose keys interleave (position = key mod
+    the ring). A scan of one arc with --limit 1 walked the map 2 keys per
+    window, an executor hop each: 15,000 hops on a 30k-key replica, past the
+    client's timeout."""
+    from chordctl.core.ring import Ring
+    from chordctl.core.store import arc_ordered_keys
+    ring = Ring(16, 3)
+    in_arc0 = ring.key_test(0)
+    keys = [k for k in range(30_000) if not in_arc0(k)] + [65536 * 20 + 65535]   # arc 0: one key, last
+    assert in_arc0(65536 * 20 + 65535)
+    chunks = _store(keys, chunks=64)
+    windows = list(arc_ordered_keys(chunks, 0, None, 2, in_arc0))
+    assert windows == [[65536 * 20 + 65535]]
+    # Every window yielded holds keys of the arc, in order, and nothing is lost.
+    in_arc1 = ring.key_test(1)
+    got = [k for w in arc_ordered_keys(chunks, 0, None, 2, in_arc1) for k in w]
+    assert got == sorted(k for k in keys if in_arc1(k))
+    # Without an arc (R = 1) a small limit still sizes the windows to it.
+    first = next(arc_ordered_keys(chunks, 0, None, 10, None))
+    assert len(first) <= 20
+
+
 def test_ordered_keys_of_an_empty_range_or_map_yields_nothing() -> None:
     assert list(ordered_keys(_store([]))) == []
     assert list(ordered_keys(_store([1, 2, 3]), 5, 5)) == []

@@ -24,7 +24,7 @@ from chordctl.core.gate import Admission
 from chordctl.core.markers import ReadMarker, SnapshotMarker
 from chordctl.core.node import Node
 from chordctl.core.request import Request
-from chordctl.core.store import count_arc_keys, count_keys, ordered_keys
+from chordctl.core.store import arc_ordered_keys, count_arc_keys, count_keys
 from chordctl.errors import InvalidInputError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
@@ -459,7 +459,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             page_size = min(request.page_size or SCAN_PAGE, SCAN_PAGE_MAX)
             header = {"node_index": self.node.index, "node_id": self.node_id,
                       "keys": view.keys, "last_seq": view.seq}
-            windows = ordered_keys(chunks, start, end, limit)
+            windows = arc_ordered_keys(chunks, start, end, limit, in_arc)
             run = self.loop.run_in_executor
             sent = 0
             pages = 0
@@ -470,8 +470,6 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 keys = await run(None, next, windows, None)
                 if keys is None:
                     break
-                if in_arc is not None:
-                    keys = [k for k in keys if in_arc(k)]
                 if limit and sent + len(keys) > limit:
                     keys = keys[:limit - sent]
                 sent += len(keys)

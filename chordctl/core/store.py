@@ -12,7 +12,7 @@ Only the applier thread calls apply(); reads of frozen chunks are safe.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from chordctl.protocol import (
     ALREADY_EXISTS, INVALID_ARGUMENT, NOT_FOUND, OK, OP_CREATE, OP_DELETE, OP_READ, OP_UPDATE)
@@ -195,6 +195,22 @@ def ordered_keys(chunks: list[dict[int, bytes]], start: int = 0, end: int | None
             if nxt is None:
                 return
             after = nxt - 1
+
+
+def arc_ordered_keys(chunks: list[dict[int, bytes]], start: int, end: int | None, want: int,
+                     in_arc: Callable[[int], bool] | None):
+    """ordered_keys of the keys *in_arc* accepts (None: every key), as non-empty
+    sorted lists. A replica's map holds R arcs, and one arc's keys lie all
+    over the key order (a position is the key modulo the ring): the windows
+    do not shrink to *want* then, or a small --limit walks the whole map a
+    couple of keys per window."""
+    if in_arc is None:
+        yield from ordered_keys(chunks, start, end, want)
+        return
+    for keys in ordered_keys(chunks, start, end):
+        keys = [k for k in keys if in_arc(k)]
+        if keys:
+            yield keys
 
 
 def count_keys(chunks: list[dict[int, bytes]], start: int = 0, end: int | None = None) -> int:
