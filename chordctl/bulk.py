@@ -105,9 +105,29 @@ def _is_key(text: str) -> bool:
     return bool(t) and t.isascii() and t.isdigit()
 
 
+# The longest CSV field read: the largest value a node may be configured to
+# take (limits.max_value_bytes <= 64 MiB), with room for quoting. Python's
+# csv stops at 128 KiB by default, with an exception, not a record error.
+CSV_FIELD_LIMIT = 2 * 64 * 1024 * 1024
+
+
 def _csv_records(text: io.TextIOWrapper, bad: list[str]) -> Iterator[tuple[str, bytes]]:
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
     first = True
-    for lineno, row in enumerate(csv.reader(text), 1):
+    reader = csv.reader(text)
+    lineno = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            # The reader goes on at the next line (a field over the limit,
+            # a NUL byte): this record is refused, the others are loaded.
+            bad.append(f"line {reader.line_num}: {e}")
+            continue
+        lineno = reader.line_num
         if not row:
             continue
         if first:

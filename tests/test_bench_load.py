@@ -69,6 +69,29 @@ def test_kv_load_csv_first_line_that_is_a_key_is_a_record():
     assert got == [("7", b"seven"), ("not-a-key", b"x")]    # (refused later, as a bad key)
 
 
+def test_kv_load_csv_value_over_128_kib_is_a_record_not_a_python_error():
+    """Python's csv stops at 128 KiB a field, with an exception: a 1 MB value
+    (the default limits.max_value_bytes) ended `kv load` in a traceback."""
+    big = b"x" * (1024 * 1024)
+    bad: list[str] = []
+    got = list(bulk.records(io.BytesIO(b"1,a\n2," + big + b"\n3,c\n"), "csv", bad))
+    assert got == [("1", b"a"), ("2", big), ("3", b"c")] and bad == []
+
+
+def test_kv_load_csv_field_over_the_reader_limit_is_one_failed_record(monkeypatch):
+    import csv
+    before = csv.field_size_limit()
+    monkeypatch.setattr(bulk, "CSV_FIELD_LIMIT", 1000)
+    csv.field_size_limit(1000)
+    try:
+        bad: list[str] = []
+        got = list(bulk.records(io.BytesIO(b"1,a\n2," + b"x" * 5000 + b"\n3,c\n"), "csv", bad))
+    finally:
+        csv.field_size_limit(before)
+    assert got == [("1", b"a"), ("3", b"c")]
+    assert len(bad) == 1 and bad[0].startswith("line 2: field larger than field limit"), bad
+
+
 def test_kv_load_jsonl_key_number_of_4301_digits_is_the_key_not_a_python_error():
     """A JSON number key longer than Python's int conversion limit (4,300
     digits) is taken as its digits, so the key limit (limits.max_key_digits)
