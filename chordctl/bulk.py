@@ -14,6 +14,7 @@ report the bytes it consumed, for a progress bar.
 from __future__ import annotations
 
 import base64
+import collections
 import csv
 import dataclasses
 import io
@@ -27,7 +28,7 @@ import grpc
 from chordctl.client import Client, error_for
 from chordctl.errors import ChordError, InvalidInputError
 from chordctl.pb import chord_pb2 as pb
-from chordctl.protocol import OPS
+from chordctl.protocol import OPS, never_sent
 
 CREATE = OPS["create"]
 DELETE = OPS["delete"]
@@ -44,6 +45,7 @@ class LoadReport:
     ok: int = 0
     failures: int = 0
     seconds: float = 0.0
+    resent: int = 0          # batches sent again through another node (one was down)
     errors: dict[str, int] = dataclasses.field(default_factory=dict)   # first line -> count
     samples: list[str] = dataclasses.field(default_factory=list)       # a few full messages
 
@@ -215,7 +217,15 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
         if len(report.samples) < 5:
             report.samples.append(str(error))
 
-    def done(fut: grpc.Future, n: int, address: str) -> None:
+    # Batches that never reached their node (it refused the connection: it is
+    # down), to send again through another (Client.alternate_for), by the
+    # loop below: a gRPC callback must not wait for a slot.
+    again: collections.deque = collections.deque()
+
+    def done(fut: grpc.Future, request: pb.BatchRequest, address: str,
+             tried: frozenset) -> None:
+        n = len(request.ops)
+        finished = True
         try:
             results = fut.result().results
             with lock:
@@ -225,22 +235,39 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
                     else:
                         report.ok += 1
         except grpc.RpcError as e:
+            code, details = e.code(), e.details() or ""
+            other = None
+            if never_sent(code.value[0], details):
+                other = client.alternate_for(request.ops[0].key, tried | {address})
             with lock:
-                note_failure(error_for(e.code(), e.details() or "", address, timeout), n)
+                if other is not None:
+                    again.append((other, request, tried | {address}))
+                    report.resent += 1
+                    finished = False
+                else:
+                    note_failure(error_for(code, details, address, timeout), n)
         finally:
             slots.release()
             with lock:
                 in_flight[0] -= 1
                 idle.notify_all()
-            if progress is not None:
+            if progress is not None and finished:
                 progress(n)
 
-    def send(stub, address: str, request: pb.BatchRequest) -> None:
+    def send(stub, address: str, request: pb.BatchRequest, tried: frozenset = frozenset()) -> None:
         slots.acquire()
         with lock:
             in_flight[0] += 1
         fut = stub.Batch.future(request, timeout=timeout)
-        fut.add_done_callback(lambda f, n=len(request.ops), a=address: done(f, n, a))
+        fut.add_done_callback(lambda f, r=request, a=address, t=tried: done(f, r, a, t))
+
+    def send_again() -> None:
+        while True:
+            with lock:
+                if not again:
+                    return
+                (stub, address), request, tried = again.popleft()
+            send(stub, address, request, tried)
 
     # The client's share of a bulk load is this loop: keep it to a cheap key
     # check, the owner lookup and filling the request in place.
@@ -273,12 +300,18 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
         if len(request.ops) >= batch:
             buffers[address] = (stub, pb.BatchRequest())
             send(stub, address, request)
+            if again:
+                send_again()
     for address, (stub, request) in buffers.items():
         if request.ops:
             send(stub, address, request)
-    with lock:
-        while in_flight[0]:
-            idle.wait()
+    while True:
+        send_again()
+        with lock:
+            while in_flight[0] and not again:
+                idle.wait()
+            if not in_flight[0] and not again:
+                break
     report.seconds = time.perf_counter() - t0
     return report
 

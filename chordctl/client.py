@@ -92,8 +92,9 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
     elif number == UNAVAILABLE and not node_made:
         # gRPC's own words for a connection lost mid-call ("Socket closed",
         # "Connection reset by peer"); every node-made message names its node.
-        message = (f"client: lost the connection to {address} before the reply; the node "
-                   f"may have stopped -- {RING_UP_HINT}")
+        message = (f"client: lost the connection to {address} before the reply; a write "
+                   f"may still be applied (read the key before retrying it); the node may "
+                   f"have stopped -- {RING_UP_HINT}")
     return cls(message)
 
 
@@ -788,6 +789,26 @@ class Client(ClientBase):
             return self._kv, self.address
         owner = self._ring.owner(int(key))
         return self._node_stub(owner), self.config.nodes[owner].address
+
+    def alternate_for(self, key: str, tried: set[str]) -> tuple[pb_grpc.KeyValueStub, str] | None:
+        """Another node to send an operation on *key* to, after the nodes at the
+        addresses *tried* could not be reached: with entry routing any other
+        node of the config (it routes the request), with direct routing and
+        ring.replicas > 1 the next replica of the key's arc. None when there
+        is none left (a --target, or the owner of an unreplicated arc)."""
+        if self.target or self.config is None:
+            return None
+        nodes = self.config.nodes
+        if self._ring is None:
+            candidates = range(len(nodes))
+        elif self.config.ring.replicas > 1:
+            candidates = self._ring.replicas(self._ring.owner(int(key)), self.config.ring.replicas)
+        else:
+            return None
+        for i in candidates:
+            if nodes[i].address not in tried:
+                return self._node_stub(i), nodes[i].address
+        return None
 
     def _node_stub(self, index: int) -> pb_grpc.KeyValueStub:
         """A stub for the config's node *index*, on a channel of its own (kept)."""

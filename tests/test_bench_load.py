@@ -7,12 +7,14 @@ import json
 import sys
 import threading
 
+import grpc
 import pexpect
 import pytest
 
 from chordctl import bulk, cpulist
 from chordctl.bench import engine, workloads
 from chordctl.bench.runner import one_hop_keys
+from chordctl.pb import chord_pb2 as pb
 from chordctl.client import Client
 from chordctl.core import affinity
 from chordctl.core.ring import Ring
@@ -422,3 +424,108 @@ def test_bulk_load_refuses_an_op_that_is_not_a_write():
     with Client(None, target="127.0.0.1:1") as c:
         with pytest.raises(ValueError, match="not create, update or delete"):
             bulk.load(c, [("1", b"v")], op=bulk.OPS["read"])
+
+
+class _Refused(grpc.RpcError):
+    def __init__(self, details):
+        self._details = details
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return self._details
+
+
+class _Done:
+    """A finished grpc future: its callbacks run at once."""
+
+    def __init__(self, reply=None, error=None):
+        self._reply, self._error = reply, error
+
+    def add_done_callback(self, fn):
+        fn(self)
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._reply
+
+
+class _Stub:
+    def __init__(self, address, log, error=None):
+        self.address, self.log, self.error = address, log, error
+        self.Batch = self
+
+    def future(self, request, timeout=None):
+        self.log.append((self.address, len(request.ops)))
+        if self.error is not None:
+            return _Done(error=_Refused(self.error))
+        return _Done(pb.BatchReply(results=[pb.Result() for _ in request.ops]))
+
+
+class _Client:
+    """What bulk.load uses of a Client: node a refuses every connection (or
+    loses it mid-call), b and c answer."""
+
+    timeout, max_digits, max_value = 5.0, 100, 1 << 20
+
+    def __init__(self, error):
+        self.log = []
+        self.stubs = {a: _Stub(a, self.log, error if a == "a" else None) for a in "abc"}
+
+    def stub_for(self, key):
+        return self.stubs["a"], "a"
+
+    def alternate_for(self, key, tried):
+        for a in "abc":
+            if a not in tried:
+                return self.stubs[a], a
+        return None
+
+
+def test_kv_load_sends_a_batch_its_node_never_received_through_another():
+    """A node that is down refuses the connection: the batch never left, so it
+    goes again through another node (entry routing: any; direct with R > 1:
+    the next replica) instead of failing every record in it."""
+    c = _Client("failed to connect to all addresses; last error: connection refused")
+    rep = bulk.load(c, [(str(k), b"v") for k in range(1, 10)], batch=4, depth=2)
+    assert (rep.ok, rep.failures, rep.resent) == (9, 0, 3)
+    assert [a for a, _ in c.log] == ["a", "b", "a", "b", "a", "b"]
+
+
+def test_kv_load_never_sends_again_a_batch_whose_outcome_is_unknown():
+    c = _Client("Socket closed")      # lost mid-call: it may have been applied
+    rep = bulk.load(c, [(str(k), b"v") for k in range(1, 6)], batch=4, depth=2)
+    assert (rep.ok, rep.failures, rep.resent) == (0, 5, 0)
+    assert [a for a, _ in c.log] == ["a", "a"]
+    assert "a write may still be applied" in rep.samples[0]
+
+
+def test_client_alternate_for_a_node_that_cannot_be_reached():
+    from chordctl import config as config_mod
+    from chordctl.client import Client
+    from chordctl.core.ring import Ring
+
+    def cfg(route, replicas):
+        return config_mod.from_dict({
+            "ring": {"bits": 8, "replicas": replicas},
+            "nodes": [{"host": "127.0.0.1", "port": 1 + i} for i in range(5)],
+            "client": {"route": route}})
+
+    addr = [f"127.0.0.1:{1 + i}" for i in range(5)]
+    with Client(cfg("entry", 1)) as c:          # any other node routes it
+        assert c.alternate_for("7", {addr[0]})[1] == addr[1]
+        assert c.alternate_for("7", set(addr[:4]))[1] == addr[4]
+        assert c.alternate_for("7", set(addr)) is None
+    ring = Ring(8, 5)
+    owner = ring.owner(7)
+    with Client(cfg("direct", 3)) as c:         # the next replica of the key's arc
+        first, second, third = ring.replicas(owner, 3)
+        assert c.alternate_for("7", {addr[first]})[1] == addr[second]
+        assert c.alternate_for("7", {addr[first], addr[second]})[1] == addr[third]
+        assert c.alternate_for("7", {addr[i] for i in (first, second, third)}) is None
+    with Client(cfg("direct", 1)) as c:         # an unreplicated arc has its owner only
+        assert c.alternate_for("7", {addr[owner]}) is None
+    with Client(cfg("entry", 1), target=addr[2]) as c:   # --target: that node or nothing
+        assert c.alternate_for("7", {addr[2]}) is None

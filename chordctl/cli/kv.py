@@ -253,13 +253,16 @@ def load(state: State, file: str, fmt: str | None, batch: int, depth: int) -> No
         rep.errors["malformed input"] = len(bad)
     summary = {"records": rep.records, "ok": rep.ok, "failures": rep.failures,
                "seconds": round(rep.seconds, 3), "records_per_s": round(rep.rate, 1),
-               "errors": rep.errors, "samples": rep.samples[:5]}
+               "resent_batches": rep.resent, "errors": rep.errors, "samples": rep.samples[:5]}
     out_fmt = state.fmt("plain")
     if out_fmt == "json":
         click.echo(render.to_json(summary))
     else:
         click.echo(f"loaded {rep.ok} of {rep.records} records in {rep.seconds:.2f}s "
                    f"({rep.rate:,.0f} records/s); {rep.failures} failed")
+        if rep.resent:
+            click.echo(f"  {rep.resent} batch(es) sent again through another node: the "
+                       f"first could not be reached", err=True)
         for kind, n in rep.errors.items():
             click.echo(f"  {n} {kind}", err=True)
         for sample in rep.samples[:5]:
