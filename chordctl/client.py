@@ -306,6 +306,11 @@ class _Lane(LaneBase):
         else:
             self._next()
 
+    def _reopen(self) -> None:
+        self.stub = self.client.reopen(self.index, self.stub)
+        if self.index is None:
+            self.address = self.client.address
+
     def _send_and_deliver(self, batch: list[_Op]) -> None:
         """Send *batch*, hand the slot on, then answer the batch: a callback
         that makes a blocking call on this client does not wait for a slot
@@ -331,8 +336,9 @@ class _Lane(LaneBase):
                 details = e.details() or ""
                 if attempt == 0 and never_sent(e.code().value[0], details):
                     # Nothing left this process (the channel is backing off from
-                    # an earlier outage): a fresh channel, and once more.
-                    self.stub = self.client.reopen(self.index, self.stub)
+                    # an earlier outage, or the node is down): a fresh channel,
+                    # to another entry node if this one does not answer.
+                    self._reopen()
                     continue
                 return [error_for(e.code(), details, self.address, timeout)] * len(batch)
             except ValueError:      # the channel was closed under us
@@ -400,7 +406,7 @@ class _Lane(LaneBase):
                     return self._send_blocking(batch)
                 details = e.details() or ""
                 if attempt < 2 and never_sent(code.value[0], details):
-                    self.stub = self.client.reopen(self.index, self.stub)
+                    self._reopen()
                     continue
                 return [error_for(code, details, self.address, timeout)] * len(batch)
             except BaseException:       # Ctrl-C while waiting: its reply would come later
@@ -730,12 +736,15 @@ class Client(ClientBase):
                 return self.address
             return self._first_answering()
 
-    def _first_answering(self) -> str:
+    def _first_answering(self, last: str | None = None) -> str:
         # One after another in config order, each for at most CONNECT_TIMEOUT;
         # a refused connection fails at once, so a ring that is down fails fast.
+        # *last*: an address that just failed, tried after every other one.
         t0 = time.monotonic()
         failures: list[tuple[str, str]] = []
-        for address in self.addresses:
+        order = self.addresses if last is None else \
+            [a for a in self.addresses if a != last] + [last]
+        for address in order:
             channel = security.channel(self.config, address)
             why = _probe(channel, address)
             if why is None:
@@ -833,15 +842,24 @@ class Client(ClientBase):
             if index is None:
                 if failed is self._kv:
                     old = self._channel
-                    self.open(self.address)
-                    if old is not None:
-                        old.close()
+                    self._channel = None
+                    if len(self.addresses) > 1:
+                        # The entry node cannot be reached: any other node of
+                        # the ring routes the call as well (this one last).
+                        dead = self.address
+                        try:
+                            if self._first_answering(last=dead) != dead:
+                                log.info("client: %s cannot be reached; the entry node is "
+                                         "now %s", dead, self.address)
+                        except UnavailableError:
+                            self.open(dead)
+                    else:
+                        self.open(self.address)
+                    _close_later(old)
                 return self._kv
             if self._node_stubs.get(index) is failed:
                 del self._node_stubs[index]
-                old = self._node_channels.pop(index, None)
-                if old is not None:
-                    old.close()
+                _close_later(self._node_channels.pop(index, None))
             return self._node_stub(index)
 
     def _lane(self, key: str) -> _Lane:
@@ -898,13 +916,19 @@ class Client(ClientBase):
             callback(self.closed_error())
             return
 
+        def again() -> None:
+            try:
+                self._reopen_for(key, kv)
+                self._send_unary(op, key, value, trace, callback, t, retry=False)
+            except ChordError as e:
+                callback(e)
+
         def done(f: grpc.Future) -> None:
             if retry and _never_sent(f):
-                try:
-                    self._reopen_for(key, kv)
-                    self._send_unary(op, key, value, trace, callback, t, retry=False)
-                except ChordError as e:
-                    callback(e)
+                # Not on this thread: it is the failed channel's own, and
+                # reopening closes that channel (a close from its own thread
+                # waits for itself: the client hung for good).
+                threading.Thread(target=again, name="chordctl-resend", daemon=True).start()
             else:
                 callback(_outcome(f, op, key, address, t))
 
@@ -1337,6 +1361,13 @@ def _batch_outcome(res: pb.Result, op: str, key: str, address: str) -> Result | 
     message = res.message or describe(OPS[op], key, 0, f"node {res.node_index} (id {res.node_id})")
     return Result(op, key, res.value if op == "read" else None, res.node_index, res.node_id,
                   message, tuple(res.route))
+
+
+def _close_later(channel: grpc.Channel | None) -> None:
+    """Close a replaced channel on a thread of its own: the caller may be one
+    of that channel's callbacks, and a close from there never returns."""
+    if channel is not None:
+        threading.Thread(target=channel.close, name="chordctl-close", daemon=True).start()
 
 
 def _probe(channel: grpc.Channel, address: str) -> str | None:

@@ -644,3 +644,39 @@ def test_writes_in_flight_when_the_leader_dies_are_applied_once_without_an_error
     for i in (1, 2):
         with Client(cfg, target=cluster.address(i)) as c:
             assert c.read(str(key)).value == b"300"
+
+
+def test_a_client_whose_entry_node_dies_goes_on_through_another(make_cluster):
+    """The shell's client (entry routing, operations submitted without
+    waiting): its entry node killed, the next operations reach another node
+    and are answered. Before, the retry ran on the dead channel's own thread
+    and closed that channel there, which never returns: the client hung."""
+    import threading
+    cluster = make_cluster(3, bits=BITS, replicas=3)
+    keys = keys_on_every_arc(3, per_arc=2)
+    c = Client(cluster.config)
+    try:
+        assert c.connect() == cluster.address(0)
+        c.create(str(keys[0]), b"before")
+        cluster.nodes[0].kill(signal.SIGKILL)
+        outcomes: list = []
+        done = threading.Event()
+
+        def got(outcome):
+            outcomes.append(outcome)
+            if len(outcomes) == 2 * len(keys):
+                done.set()
+
+        for k in keys:
+            c.submit_ordered("update" if k == keys[0] else "create", str(k), b"after", got)
+            c.submit_ordered("read", str(k), None, got)
+        assert done.wait(20), f"{len(outcomes)} of {2 * len(keys)} answered"
+        failed = [o for o in outcomes if isinstance(o, ChordError)]
+        assert not failed, failed
+        assert c.address != cluster.address(0)
+        assert {o.value for o in outcomes if o.op == "read"} == {b"after"}
+    finally:
+        closer = threading.Thread(target=c.close, daemon=True)   # a hung client stays behind
+        closer.start()
+        closer.join(10)
+    assert not closer.is_alive(), "the client did not close"
