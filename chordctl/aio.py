@@ -145,7 +145,17 @@ class _Lane(LaneBase):
         finally:
             self.senders -= 1
 
+    async def _reopen(self, failed: pb_grpc.KeyValueStub) -> None:
+        stub = await self.client._reopen(self.index, failed)
+        if self.index is None:
+            self.stub = stub
+        else:
+            self.node = None
+            self.follow()
+
     async def _send(self, batch: list[_Op]) -> list[Result | ChordError]:
+        if self.node != self.index or self.client._passed:
+            self.follow()
         single = len(batch) == 1
         if self.streaming and not single:
             return await self._send_stream(batch)
@@ -169,7 +179,7 @@ class _Lane(LaneBase):
                     # Nothing left this process (the channel is backing off from
                     # an earlier outage): a fresh channel, and once more.
                     try:
-                        self.stub = await self.client._reopen(self.index, stub)
+                        await self._reopen(stub)
                     except ChordError as err:
                         return [err] * len(batch)
                     continue
@@ -235,7 +245,7 @@ class _Lane(LaneBase):
                 details = e.details() or ""
                 if attempt < 2 and never_sent(code.value[0], details):
                     try:
-                        self.stub = await self.client._reopen(self.index, self.stub)
+                        await self._reopen(self.stub)
                     except ChordError as err:
                         return [err] * len(batch)
                     continue
@@ -399,16 +409,20 @@ class AsyncClient(ClientBase):
         return stub
 
     def _stub_for(self, key: str) -> tuple[int | None, pb_grpc.KeyValueStub, str]:
-        """(node index or None, stub, address) to send an operation on *key* to."""
+        """(the key's owner or None, stub, address) to send an operation on *key*
+        to: the entry node's, or the node serving the owner's arc (serving)."""
         if self._ring is None:
             return None, self._entry(), self.address
         owner = self._ring.owner(int(key))
-        return owner, self._node_stub(owner), self.config.nodes[owner].address
+        i = self.serving(owner) if self._passed else owner
+        return owner, self._node_stub(i), self.config.nodes[i].address
 
     async def _reopen(self, index: int | None,
                       failed: pb_grpc.KeyValueStub) -> pb_grpc.KeyValueStub:
         """A stub on a fresh channel in place of *failed* (the entry node's when
-        *index* is None), unless another failure replaced it already."""
+        *index* is None), unless another failure replaced it already. With
+        direct routing *index* is the arc's owner: *failed*'s node is passed
+        over (R > 1) and the stub is to the node serving the arc now."""
         if self._closed:
             raise self.closed_error()
         if index is None:
@@ -418,20 +432,24 @@ class AsyncClient(ClientBase):
                 if old is not None:
                     await old.close()
             return self._kv
-        if self._node_stubs.get(index) is failed:
-            del self._node_stubs[index]
-            old = self._node_channels.pop(index, None)
-            stub = self._node_stub(index)
-            if old is not None:
-                await old.close()
-            return stub
-        return self._node_stub(index)
+        for i, stub in self._node_stubs.items():
+            if stub is failed:
+                del self._node_stubs[i]
+                old = self._node_channels.pop(i, None)
+                self.pass_over(i)
+                if old is not None:
+                    await old.close()
+                break
+        return self._node_stub(self.serving(index))
 
     def _lane(self, key: str) -> _Lane:
         index = None if self._ring is None else self._ring.owner(int(key))
         lane = self._lanes.get(index)
         if lane is None:
-            index, stub, address = self._stub_for(key)
+            if index is None:
+                stub, address = self._entry(), self.address
+            else:       # the owner's: a lane follows a passed-over owner as it sends
+                stub, address = self._node_stub(index), self.config.nodes[index].address
             lane = self._lanes[index] = _Lane(self, index, stub, address, self.coalesce_depth,
                                               self.limits.max_batch_ops)
         return lane

@@ -35,6 +35,10 @@ STREAM_GRACE = 0.05     # s past a stream message's deadline before the client g
 #                         its stream (the node answers an expired message itself by then)
 
 CONNECT_TIMEOUT = 1.0
+# Direct routing with ring.replicas > 1: a node found unreachable (a call to it
+# never left: its connection was refused) is passed over for this long, its
+# arcs' next replica taking its operations, then it is tried again.
+PASS_OVER = 2.0
 # Seconds; longer timeouts (inf too) are this: gRPC's deadline overflows past
 # ~9.2e9 s from now, and such a call failed at once with DEADLINE_EXCEEDED.
 MAX_TIMEOUT = 1e9
@@ -166,6 +170,7 @@ class LaneBase:
     def __init__(self, client, index: int | None, stub, address: str, depth: int, limit: int):
         self.client = client
         self.index = index          # the config's node, or None for the entry node
+        self.node = index           # the node it sends to: index's arc's serving node
         self.stub = stub
         self.address = address
         self.depth = depth          # Batch calls in flight at most
@@ -174,6 +179,16 @@ class LaneBase:
         self.senders = 0            # slots taken
         self.batches = 0            # Batch calls sent, and the operations they carried
         self.operations = 0
+
+    def follow(self) -> None:
+        """Direct routing: send to the node serving this lane's arc now
+        (ClientBase.serving), after a failure moved it or once the owner is no
+        longer passed over."""
+        node = self.client.serving(self.index)
+        if node != self.node:
+            self.node = node
+            self.stub = self.client._node_stub(node)
+            self.address = self.client.config.nodes[node].address
 
 
 class _Lane(LaneBase):
@@ -228,6 +243,8 @@ class _Lane(LaneBase):
         fails at once (the channel closed) is answered here, and the slot goes
         on in this loop, not in a recursion as deep as the queue."""
         while batch:
+            if self.node != self.index or self.client._passed:
+                self.follow()
             timeout = max(item.timeout for item in batch)
             try:
                 fut = _call(self.stub, batch, _remaining(batch), future=True)
@@ -307,9 +324,12 @@ class _Lane(LaneBase):
             self._next()
 
     def _reopen(self) -> None:
-        self.stub = self.client.reopen(self.index, self.stub)
+        stub = self.client.reopen(self.index, self.stub)
         if self.index is None:
-            self.address = self.client.address
+            self.stub, self.address = stub, self.client.address
+        else:
+            self.node = None
+            self.follow()
 
     def _send_and_deliver(self, batch: list[_Op]) -> None:
         """Send *batch*, hand the slot on, then answer the batch: a callback
@@ -326,6 +346,8 @@ class _Lane(LaneBase):
         self._deliver(batch, outcomes)
 
     def _send_blocking(self, batch: list[_Op]) -> list[Result | ChordError]:
+        if self.node != self.index or self.client._passed:
+            self.follow()
         if self.streaming and len(batch) > 1:
             return self._send_stream(batch)
         timeout = max(item.timeout for item in batch)
@@ -600,6 +622,38 @@ class ClientBase:
         allow_key_digits(self.max_digits)
         self.address: str | None = None
         self._closed = False
+        # Direct routing with ring.replicas > 1: node index -> until when it is
+        # passed over (it could not be reached; serving()).
+        self._passed: dict[int, float] = {}
+        self._replicas = config.ring.replicas if config is not None else 1
+
+    def serving(self, owner: int) -> int:
+        """The node to send an operation on the arc of node *owner* to (direct
+        routing): the owner, or, while it is passed over (pass_over), the arc's
+        first replica that is not; the owner again when all are."""
+        passed = self._passed
+        if not passed:
+            return owner
+        now = time.monotonic()
+        for i in self._ring.replicas(owner, self._replicas):
+            until = passed.get(i)
+            if until is None:
+                return i
+            if until <= now:
+                passed.pop(i, None)
+                return i
+        return owner
+
+    def pass_over(self, index: int) -> None:
+        """Node *index* could not be reached: with direct routing and
+        ring.replicas > 1, send its arcs' operations to their next replica for
+        PASS_OVER seconds (any replica routes an operation to its arc's leader)."""
+        if self._ring is not None and self._replicas > 1:
+            fresh = index not in self._passed
+            self._passed[index] = time.monotonic() + PASS_OVER
+            if fresh:
+                log.info("client: %s cannot be reached; its arcs' operations go to their "
+                         "next replica for %.0f s", self.config.nodes[index].address, PASS_OVER)
 
     @property
     def closed(self) -> bool:
@@ -796,8 +850,10 @@ class Client(ClientBase):
         if self._ring is None:
             self.connect()
             return self._kv, self.address
-        owner = self._ring.owner(int(key))
-        return self._node_stub(owner), self.config.nodes[owner].address
+        i = self._ring.owner(int(key))
+        if self._passed:
+            i = self.serving(i)
+        return self._node_stub(i), self.config.nodes[i].address
 
     def alternate_for(self, key: str, tried: set[str]) -> tuple[pb_grpc.KeyValueStub, str] | None:
         """Another node to send an operation on *key* to, after the nodes at the
@@ -815,7 +871,9 @@ class Client(ClientBase):
         else:
             return None
         for i in candidates:
-            if nodes[i].address not in tried:
+            if nodes[i].address in tried:
+                self.pass_over(i)
+            else:
                 return self._node_stub(i), nodes[i].address
         return None
 
@@ -835,7 +893,9 @@ class Client(ClientBase):
 
     def reopen(self, index: int | None, failed: pb_grpc.KeyValueStub) -> pb_grpc.KeyValueStub:
         """A stub on a fresh channel in place of *failed* (the entry node's when
-        *index* is None), unless another failure replaced it already."""
+        *index* is None), unless another failure replaced it already. With
+        direct routing *index* is the arc's owner: *failed*'s node is passed
+        over (R > 1) and the stub is to the node serving the arc now."""
         with self._lock:
             if self._closed:
                 raise self.closed_error()
@@ -857,16 +917,28 @@ class Client(ClientBase):
                         self.open(self.address)
                     _close_later(old)
                 return self._kv
-            if self._node_stubs.get(index) is failed:
-                del self._node_stubs[index]
-                _close_later(self._node_channels.pop(index, None))
-            return self._node_stub(index)
+            for i, stub in self._node_stubs.items():
+                if stub is failed:
+                    del self._node_stubs[i]
+                    _close_later(self._node_channels.pop(i, None))
+                    self.pass_over(i)
+                    break
+            return self._node_stub(self.serving(index))
+
+    def node_address(self, index: int | None) -> str:
+        """The address operations on node *index*'s arc go to now (serving)."""
+        if index is None:
+            return self.address
+        return self.config.nodes[self.serving(index)].address
 
     def _lane(self, key: str) -> _Lane:
         index = None if self._ring is None else self._ring.owner(int(key))
         lane = self._lanes.get(index)
         if lane is None:
-            stub, address = self.stub_for(key)
+            if index is None:
+                stub, address = self.stub_for(key)
+            else:       # the owner's: a lane follows a passed-over owner as it sends
+                stub, address = self._node_stub(index), self.config.nodes[index].address
             with self._lock:
                 lane = self._lanes.get(index)
                 if lane is None:

@@ -680,3 +680,97 @@ def test_a_client_whose_entry_node_dies_goes_on_through_another(make_cluster):
         closer.start()
         closer.join(10)
     assert not closer.is_alive(), "the client did not close"
+
+
+def test_the_direct_route_sends_a_dead_owners_operations_to_the_next_replica(make_cluster):
+    """connect()'s default route sends each operation to its key's owner. With
+    the owner killed, every flavour (unary, coalesced, asyncio; one by one
+    and many in flight) reaches the arc through its next replica: its call
+    never left, the owner is passed over, and nothing fails. Before, a
+    single operation retried the dead owner and failed."""
+    import asyncio
+    import threading
+
+    import chordctl
+    from chordctl import aio
+    cluster = make_cluster(3, bits=BITS, replicas=3)
+    cfg = cluster.config
+    ring = Ring(BITS, 3)
+    keys = keys_on_every_arc(3, per_arc=3)
+    with Client(cfg, target=cluster.address(1)) as c:
+        for k in keys:
+            c.create(str(k), b"before")
+    dead = 0
+    clients = [chordctl.connect(cluster.config_path),
+               chordctl.connect(cluster.config_path, coalesce=True)]
+    try:
+        for c in clients:       # channels open to every owner before the kill
+            assert c.route == "direct"
+            for k in keys:
+                assert c.read(k).value == b"before"
+        cluster.nodes[dead].kill(signal.SIGKILL)
+        assert any(ring.owner(k) == dead for k in keys)
+        for n, c in enumerate(clients):
+            for k in keys:
+                c.update(k, b"sync%d" % n)
+                assert c.read(k).value == b"sync%d" % n, f"key {k}"
+        # Many in flight at once on the coalesced client's lanes.
+        errors: list = []
+
+        def worker(k: int) -> None:
+            try:
+                clients[1].update(k, b"threads")
+            except ChordError as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in keys]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+    finally:
+        for c in clients:
+            c.close()
+
+    async def via_aio() -> list[bytes]:
+        async with await aio.connect(cluster.config_path) as db:
+            assert db.route == "direct"
+            await asyncio.gather(*(db.update(k, b"aio") for k in keys))
+            return [(await db.read(k)).value for k in keys]
+
+    assert asyncio.run(via_aio()) == [b"aio"] * len(keys)
+
+
+def test_a_passed_over_node_is_tried_again_after_a_while():
+    """ClientBase.serving: a node that could not be reached gives its arcs to
+    their next replica for PASS_OVER seconds, only with direct routing and
+    R > 1; then it is the owner again."""
+    from chordctl import client as client_mod
+    from chordctl import config as config_mod
+
+    def cfg(route, replicas):
+        return config_mod.from_dict({
+            "ring": {"bits": 8, "replicas": replicas},
+            "nodes": [{"host": "127.0.0.1", "port": 1 + i} for i in range(5)],
+            "client": {"route": route}})
+
+    ring = Ring(8, 5)
+    owner = ring.owner(7)
+    first, second, third = ring.replicas(owner, 3)
+    with Client(cfg("direct", 3)) as c:
+        assert c.serving(owner) == owner
+        c.pass_over(owner)
+        assert c.serving(owner) == second
+        assert c.stub_for("7")[1] == f"127.0.0.1:{1 + second}"
+        c.pass_over(second)
+        assert c.serving(owner) == third
+        c.pass_over(third)
+        assert c.serving(owner) == owner        # all passed over: the owner
+        c._passed[owner] = time.monotonic() - 1  # its time is up
+        assert c.serving(owner) == owner and owner not in c._passed
+        assert 0 < c._passed[second] - time.monotonic() <= client_mod.PASS_OVER
+    for route, replicas in (("direct", 1), ("entry", 3)):
+        with Client(cfg(route, replicas)) as c:
+            c.pass_over(owner)
+            assert c._passed == {}
