@@ -210,3 +210,50 @@ def test_log_replay_says_when_a_start_installs_the_dump_first(node):
     assert json.loads(r.stdout)["keys"] == 2
     p = run_chordctl("log", "replay", "--data-dir", node.dir)
     assert b"a start installs raft-4.dump first" in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("damaged", ["raft.journal", "log.0"])
+def test_a_damaged_replica_is_told_to_rejoin_by_log_replay_and_repair(node, damaged):
+    """A replica's damaged file: `log replay` and `log repair` give the advice a
+    start gives (move the directory aside and rejoin on an empty one), not
+    only a backup; an unreplicated node's keeps the backup advice."""
+    _replicated_dir(node.dir)
+    path = os.path.join(node.dir, damaged)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF                        # inside a whole record
+    open(path, "wb").write(bytes(data))
+    for command in ("replay", "repair"):
+        p = run_chordctl("log", command, "--data-dir", node.dir)
+        err = p.stderr.decode()
+        assert p.returncode == 1, err
+        assert damaged in err and "start the node again on an empty one" in err, err
+        assert "Traceback" not in err
+
+
+def test_an_unreplicated_damaged_log_keeps_the_backup_advice(node):
+    from chordctl.core.storage.log import LogFile
+    log = LogFile(node.dir, 0)
+    log.append(records.encode_many([(1, OP_CREATE, b"1", b"v1"), (2, OP_CREATE, b"2", b"v2")]),
+               2)
+    log.sync()
+    log.close()
+    path = os.path.join(node.dir, "log.0")
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    p = run_chordctl("log", "replay", "--data-dir", node.dir)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "restore the node directory from a backup" in err, err
+    assert "empty one" not in err
+
+
+def test_log_repair_of_a_replica_reports_a_torn_journal_tail_and_leaves_it(node):
+    _replicated_dir(node.dir)
+    path = os.path.join(node.dir, "raft.journal")
+    size = os.path.getsize(path) - 3
+    os.truncate(path, size)                             # the last record cut short
+    p = run_chordctl("log", "repair", "--data-dir", node.dir, "-o", "json")
+    assert p.returncode == 0, p.stderr
+    [note] = json.loads(p.stdout)["repairs"]
+    assert note.startswith("raft.journal: ") and "torn byte(s) at offset" in note, note
+    assert os.path.getsize(path) == size                # a start cuts it, not repair

@@ -10,7 +10,7 @@ import click
 
 from chordctl import render
 from chordctl.cli.common import State, pass_state
-from chordctl.core.storage import offline, recovery
+from chordctl.core.storage import offline, raftjournal, recovery
 from chordctl.core.store import Store
 from chordctl.errors import ExitStatus
 
@@ -52,8 +52,7 @@ def replay(state: State, data_dir: str, dump: bool, verify: bool) -> None:
     offline.check_node_dir(data_dir)
     store = Store()
     with offline.locked(data_dir, shared=True):
-        rep = recovery.recover(data_dir, store)
-        journal = offline.replay_journal(data_dir, rep, store)
+        rep, journal = offline.replay(data_dir, store)
     fmt = state.fmt("table")
     summary = {
         "data_dir": data_dir,
@@ -136,9 +135,16 @@ def repair(state: State, data_dir: str) -> None:
         chordctl log repair --data-dir ./data/node-0
     """
     offline.check_node_dir(data_dir)
-    with offline.locked(data_dir, shared=False):
+    with offline.locked(data_dir, shared=False), offline.replica_advice(data_dir):
         rep = recovery.recover(data_dir, Store())
+        # A replica's journal: damage stops a start as it stops this; a torn
+        # tail the start cuts itself (nothing of it was acknowledged).
+        journal = raftjournal.RaftJournal.read(data_dir)
         done = recovery.repair(data_dir, rep)
+    if journal is not None and journal.torn_bytes:
+        done.append(f"raft.journal: {journal.torn_bytes} torn byte(s) at offset "
+                    f"{journal.torn_offset} (a write a kill cut short; never acknowledged) "
+                    f"are left for the node's start, which cuts them")
     if state.fmt("table") == "json":
         click.echo(render.to_json({"data_dir": data_dir, "repairs": done, "keys": rep.keys,
                                    "last_seq": rep.last_seq}))

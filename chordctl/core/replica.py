@@ -75,11 +75,6 @@ LEAD_CHECK_EVERY = 0.5   # seconds between offers of a group's leadership to its
 # A replica started without raft.journal that hears no leader for this many
 # election timeouts (a candidacy lasts at most two) is in a new ring: it votes.
 LEARN_GRACE = 2.5
-# What a replica whose files are damaged can do (ring.replicas > 1).
-REJOIN = ("move the directory aside (keep it for the record) and start the node again on an "
-          "empty one: it rejoins its groups as a new replica and catches up from the "
-          "others -- while a majority of each of its groups is up and whole (`chordctl ring "
-          "show`); or restore the node directory from a backup")
 RETRY_AFTER = 0.05       # seconds before a command a leader change left unapplied goes again
 INSTALL_WAIT = 60.0      # seconds an install waits for the applier to reach it
 # PySyncObj's outcomes that leave a command certainly not in the log (the
@@ -150,7 +145,7 @@ class ReplicatedNode(Node):
             return self._recover_replica()
         except CorruptRecordError as e:
             # A replica has the others: the way back is to rejoin, not a backup.
-            raise CorruptRecordError(e.path, e.offset, e.reason, REJOIN) from None
+            raise CorruptRecordError(e.path, e.offset, e.reason, identity.REJOIN) from None
 
     def _recover_replica(self):
         report = super()._recover_locked()

@@ -44,6 +44,11 @@ COPY_HINT = ("`ring migrate` does not move replicated rings (ring.replicas > 1);
              "keys instead: with the old ring up under its own config, `chordctl -c OLD.yaml "
              "-o json kv scan --all | jq -c '.entries[]' > keys.jsonl`, then start the new "
              "ring on an empty storage.data_dir and `chordctl -c NEW.yaml kv load keys.jsonl`")
+# What a replica whose files are damaged can do (ring.replicas > 1).
+REJOIN = ("move the directory aside (keep it for the record) and start the node again on an "
+          "empty one: it rejoins its groups as a new replica and catches up from the "
+          "others -- while a majority of each of its groups is up and whole (`chordctl ring "
+          "show`); or restore the node directory from a backup")
 REPLICATED_HINT = "start it with the config it was written under; to change the ring, " + COPY_HINT
 
 

@@ -13,10 +13,10 @@ import os
 
 from pysyncobj.syncobj import _COMMAND_TYPE
 
-from chordctl.core.storage import files, raftjournal, recovery
+from chordctl.core.storage import files, identity, raftjournal, recovery
 from chordctl.core.storage.lock import DirectoryLock
 from chordctl.core.store import Store
-from chordctl.errors import InvalidInputError
+from chordctl.errors import CorruptRecordError, InvalidInputError
 from chordctl.pb import raft_pb2 as rpb
 from chordctl.protocol import OP_READ
 
@@ -83,6 +83,40 @@ class JournalTail:
     dump_first: bool = False  # the journal starts past log.X: a start installs the dump
     pending: int = 0          # entries after *commit* (and *applied*): a leader decides
     pending_writes: int = 0
+
+
+def replay(data_dir: str, store: Store
+           ) -> tuple[recovery.RecoveryReport, list[JournalTail] | None]:
+    """Rebuild into *store* what a start of *data_dir* would (recovery, then
+    replay_journal), with a replica's advice for a damaged file."""
+    with replica_advice(data_dir):
+        report = recovery.recover(data_dir, store)
+        return report, replay_journal(data_dir, report, store)
+
+
+@contextlib.contextmanager
+def replica_advice(data_dir: str):
+    """A damaged file of a replica's directory (ring.replicas > 1) gets the
+    advice a start gives it: rejoin on an empty directory (identity.REJOIN),
+    not only a backup."""
+    try:
+        yield
+    except CorruptRecordError as e:
+        if not replicated(data_dir):
+            raise
+        raise CorruptRecordError(e.path, e.offset, e.reason, identity.REJOIN) from None
+
+
+def replicated(data_dir: str) -> bool:
+    """Whether *data_dir* is a replica's (ring.replicas > 1): its IDENTITY says
+    so, or it holds a raft.journal."""
+    if os.path.exists(os.path.join(data_dir, raftjournal.FILE_NAME)):
+        return True
+    try:
+        found = identity.read(data_dir)
+    except Exception:       # unreadable: the caller reports what it found
+        return False
+    return found is not None and found.identity.replicas > 1
 
 
 def replay_journal(data_dir: str, report: recovery.RecoveryReport,
