@@ -306,7 +306,7 @@ def test_a_change_of_ring_replicas_is_refused_with_a_way_that_works(found, expec
     assert err.value.field == "ring.replicas" and err.value.exit_status == 2
     assert f"ring.replicas is {found} there but {expected} in the config" in text
     assert "ring migrate --from" not in text
-    assert "kv scan --all" in text and "kv load keys.jsonl" in text
+    assert "kv export keys.jsonl" in text and "kv load keys.jsonl" in text
 
 
 def test_ring_migrate_of_a_replicated_ring_says_how_to_copy_it(tmp_path) -> None:
@@ -323,4 +323,4 @@ def test_ring_migrate_of_a_replicated_ring_says_how_to_copy_it(tmp_path) -> None
         with pytest.raises(ConfigError) as err:
             migrate.migrate(old, new)
         assert err.value.exit_status == 2
-        assert "kv scan --all" in str(err.value) and "kv load keys.jsonl" in str(err.value)
+        assert "kv export keys.jsonl" in str(err.value) and "kv load keys.jsonl" in str(err.value)

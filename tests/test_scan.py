@@ -393,6 +393,35 @@ def test_scan_during_a_writer_sees_a_prefix_of_each_nodes_writes(tmp_path) -> No
         cluster.stop()
 
 
+def test_kv_export_writes_json_lines_that_kv_load_reads(ring4, tmp_path) -> None:
+    """Every key once, in key order, as kv load's JSONL (binary values as
+    base64); a range; stdout; the file appears only once complete."""
+    out = tmp_path / "keys.jsonl"
+    p = run_chordctl("-c", ring4.config_path, "kv", "export", str(out))
+    assert p.returncode == 0, p.stderr
+    data = _data()
+    assert f"exported {len(data)} key(s) to {out}" in p.stdout.decode()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [d["key"] for d in lines] == sorted(data, key=int)
+    assert {d["key"]: d for d in lines}["1"]["encoding"] == "base64"
+    assert not (tmp_path / "keys.jsonl.tmp").exists()
+    from chordctl import bulk
+    bad: list[str] = []
+    with open(out, "rb") as f:
+        loaded = dict(bulk.records(f, "jsonl", bad))
+    assert bad == [] and loaded == {k: v for k, v in data.items()}
+    p = run_chordctl("-c", ring4.config_path, "kv", "export", "--from", "300", "--to", "310",
+                     "-")
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(x)["key"] for x in p.stdout.decode().splitlines()] == \
+        ["300", "303", "306", "309"]
+    assert "exported 4 key(s) to stdout" in p.stderr.decode()
+    doc, err, rc = _json(ring4, "kv", "export", str(tmp_path / "again.jsonl"))
+    assert rc == 0 and doc["keys"] == len(data), err
+    p = run_chordctl("-c", ring4.config_path, "kv", "export", str(tmp_path / "no" / "dir.jsonl"))
+    assert p.returncode == 2 and b"cannot write" in p.stderr and b"Traceback" not in p.stderr
+
+
 def test_scan_with_a_node_down_exits_3_naming_it(tmp_path) -> None:
     path = write_config(tmp_path, 4, bits=BITS, timeout=5)
     cluster = Cluster(path).start()
@@ -416,6 +445,11 @@ def test_scan_with_a_node_down_exits_3_naming_it(tmp_path) -> None:
         assert [n["keys"] for n in doc["nodes"]][2] is None
         with Client(cluster.config) as c, pytest.raises(UnavailableError):
             c.scan()
+        out = tmp_path / "keys.jsonl"
+        p = run_chordctl("-c", path, "kv", "export", str(out))
+        assert p.returncode == 3 and label in p.stderr.decode(), p.stderr
+        assert f"nothing was written to {out}" in p.stderr.decode()
+        assert not out.exists() and not (tmp_path / "keys.jsonl.tmp").exists()
         # Direct placement: a range whose positions node 2 does not own never asks it.
         lo, hi = _ring(cluster).arc(2)
         p = run_chordctl("-c", path, "-o", "plain", "kv", "scan", "--to", str(lo + 1),

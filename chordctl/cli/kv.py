@@ -12,6 +12,7 @@ import click
 from chordctl import bulk, render
 from chordctl import scan as scan_mod
 from chordctl.cli.common import KeyCommand, State, pass_state
+from chordctl.core.storage import files
 from chordctl.client import Result
 from chordctl.errors import ChordError, ExitStatus, InvalidInputError
 
@@ -31,6 +32,7 @@ def kv() -> None:
         chordctl kv update 10 -- -1
         chordctl kv delete 10
         chordctl kv load data.csv
+        chordctl kv export keys.jsonl
     """
 
 
@@ -333,7 +335,7 @@ def scan(state: State, start: str | None, end: str | None, limit: int, everythin
         chordctl kv scan
         chordctl kv scan --from 100 --to 200 --limit 10
         chordctl -o plain kv scan --all --keys-only | wc -l
-        chordctl -o json kv scan --all | jq -c '.entries[]' > dump.jsonl
+        chordctl -o json kv scan --from 100 --to 200
     """
     fmt = state.fmt("table")
     if everything:
@@ -412,6 +414,103 @@ def _scan_json(s, keys_only: bool, last: list[int]) -> None:
         f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in tail.items()) + "\n}")
     if error is not None:
         raise error
+
+
+@kv.command()
+@click.argument("file", metavar="FILE")
+@click.option("--from", "start", metavar="KEY", help="First key to export, inclusive.")
+@click.option("--to", "end", metavar="KEY", help="Stop before this key (exclusive).")
+@pass_state
+def export(state: State, file: str, start: str | None, end: str | None) -> None:
+    """Write every key and value to FILE as JSON lines that `kv load` reads; - for stdout.
+
+    One line per key, in key order: {"key", "value", "encoding"} (UTF-8 text,
+    or base64 for other bytes), from one point-in-time view per node, as `kv
+    scan` lists them. FILE is written as FILE.tmp and renamed into place once
+    complete (fsynced), so a failed export never leaves a partial FILE; a
+    node that is down fails the export (exit 3). On a terminal a progress bar
+    counts the keys. The way to move the keys to a ring of another shape,
+    replicated rings included: export from the old ring, `kv load` into the
+    new one.
+
+    \b
+    Example:
+        chordctl -c old.yaml kv export keys.jsonl
+        chordctl -c new.yaml kv load keys.jsonl
+        chordctl kv export --from 100 --to 200 - | head
+    """
+    import json
+    import time
+    to_stdout = file == "-"
+    tmp = None
+    t0 = time.perf_counter()
+    with state.client() as c:
+        total = None
+        if sys.stderr.isatty():
+            counts = c.count(start, end)
+            if all(n.keys is not None for n in counts):
+                total = sum(n.keys for n in counts)
+        if to_stdout:
+            out = sys.stdout
+        else:
+            tmp = file + ".tmp"
+            try:
+                out = open(tmp, "w", encoding="utf-8")
+            except OSError as e:
+                raise InvalidInputError(f"kv: cannot write {tmp}: {e.strerror}") from None
+        n = 0
+        try:
+            s = c.scan(start, end, 0)
+            with s, _export_progress(sys.stderr.isatty(), total) as tick:
+                write, dumps, value_json = out.write, json.dumps, render.value_json
+                for e in s:
+                    write(dumps({"key": str(e.key), **value_json(e.value)}) + "\n")
+                    n += 1
+                    if tick is not None and n % 256 == 0:
+                        tick(256)
+                if tick is not None:
+                    tick(n % 256)
+            out.flush()
+            if tmp is not None:
+                os.fsync(out.fileno())
+                out.close()
+                os.replace(tmp, file)
+                tmp = None
+                files.fsync_dir(os.path.dirname(os.path.abspath(file)))
+        except ChordError as e:
+            raise type(e)(f"{e}; nothing was written to {file}" if not to_stdout
+                          else f"{e}; the export is incomplete") from None
+        except OSError as e:
+            raise InvalidInputError(f"kv: cannot write {tmp or file}: {e.strerror}") from None
+        finally:
+            if tmp is not None:
+                out.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+    seconds = time.perf_counter() - t0
+    summary = {"file": file, "keys": n, "seconds": round(seconds, 3),
+               "keys_per_s": round(n / seconds, 1) if seconds > 0 else None}
+    if state.fmt("plain") == "json" and not to_stdout:
+        click.echo(render.to_json(summary))
+    else:
+        where = "stdout" if to_stdout else file
+        click.echo(f"exported {n} key(s) to {where} in {seconds:.2f}s", err=to_stdout)
+
+
+@contextlib.contextmanager
+def _export_progress(enabled: bool, total: int | None):
+    """click's progress bar on stderr counting keys (of *total* when known)."""
+    if not enabled:
+        yield None
+        return
+    if total:
+        with click.progressbar(length=total, label="exporting", file=sys.stderr,
+                               show_pos=True) as bar:
+            yield bar.update
+        return
+    with click.progressbar((x for x in ()), label="exporting (keys)", file=sys.stderr,
+                           show_pos=True) as bar:
+        yield bar.update
 
 
 @kv.command()

@@ -42,8 +42,8 @@ MIGRATE_HINT = ("start it with the config it was written under, or move the data
 # ring, out with `kv scan` and in with `kv load`.
 COPY_HINT = ("`ring migrate` does not move replicated rings (ring.replicas > 1); copy the "
              "keys instead: with the old ring up under its own config, `chordctl -c OLD.yaml "
-             "-o json kv scan --all | jq -c '.entries[]' > keys.jsonl`, then start the new "
-             "ring on an empty storage.data_dir and `chordctl -c NEW.yaml kv load keys.jsonl`")
+             "kv export keys.jsonl`, then start the new ring on an empty storage.data_dir "
+             "and `chordctl -c NEW.yaml kv load keys.jsonl`")
 # What a replica whose files are damaged can do (ring.replicas > 1).
 REJOIN = ("move the directory aside (keep it for the record) and start the node again on an "
           "empty one: it rejoins its groups as a new replica and catches up from the "
