@@ -689,8 +689,8 @@ def test_the_direct_route_sends_a_dead_owners_operations_to_the_next_replica(mak
         for k in keys:
             c.create(str(k), b"before")
     dead = 0
-    clients = [chordctl.connect(cluster.config_path),
-               chordctl.connect(cluster.config_path, coalesce=True)]
+    clients = [chordctl.connect(cluster.config_path, coalesce=False),
+               chordctl.connect(cluster.config_path)]              # coalesced lanes
     try:
         for c in clients:       # channels open to every owner before the kill
             assert c.route == "direct"
