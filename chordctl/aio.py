@@ -25,6 +25,7 @@ key_text and validate, scan's checks and merge order (scan.AsyncScan).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from typing import Iterable
@@ -32,8 +33,8 @@ from typing import Iterable
 import grpc
 
 from chordctl import security
-from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, RING_UP_HINT, STREAM_GRACE,
-                             ClientBase, LaneBase, Result,
+from chordctl.client import (CLOSE_GRACE_MAX, CONNECT_TIMEOUT, PROBE_METHOD, RING_UP_HINT,
+                             STREAM_GRACE, ClientBase, LaneBase, Result,
                              _batch_outcome, _ms, _remaining, _request, _unary,
                              batch_messages,
                              _arc, batch_outcomes, error_for, library_route, node_count,
@@ -45,6 +46,8 @@ from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.protocol import DEADLINE_EXCEEDED, OPS, key_text, never_sent
 from chordctl.scan import AsyncNodeStream, AsyncScan, NodeCount
+
+log = logging.getLogger("chordctl.client")
 
 __all__ = ["AsyncClient", "connect"]
 
@@ -63,6 +66,9 @@ class _Op:
         self.deadline = time.monotonic() + timeout    # bounds its wait in the queue too
         self.future = future
 
+    @property
+    def value(self) -> bytes:
+        return self.msg.value
 
 class _Lane(LaneBase):
     """Coalesces the single operations bound for one node into Batch calls.
@@ -110,8 +116,10 @@ class _Lane(LaneBase):
         """The next batch off the queue; callers that gave up waiting (their
         coroutine was cancelled) are left out, as nothing of theirs was sent."""
         while self.pending:
-            batch = [item for item in self.pending[:self.limit] if not item.future.done()]
-            del self.pending[:self.limit]
+            pending = self.pending
+            n = self.client.fit.count(pending, 0, "read")
+            batch = [item for item in pending[:n] if not item.future.done()]
+            del pending[:n]
             if batch:
                 self.batches += 1
                 self.operations += len(batch)
@@ -154,7 +162,7 @@ class _Lane(LaneBase):
             self.follow()
 
     async def _send(self, batch: list[_Op]) -> list[Result | ChordError]:
-        if self.node != self.index or self.client._passed:
+        if self.moved():
             self.follow()
         single = len(batch) == 1
         if self.streaming and not single:
@@ -185,6 +193,8 @@ class _Lane(LaneBase):
                     continue
                 return [error_for(e.code(), details, self.address, timeout)] * len(batch)
             except grpc.aio.UsageError:     # the channel was closed before the call
+                if attempt == 0 and self.refresh():
+                    continue                # replaced by another call: nothing was sent
                 return [self.client.closed_error()] * len(batch)
             except asyncio.CancelledError:
                 if _cancelling():
@@ -213,6 +223,8 @@ class _Lane(LaneBase):
                 try:
                     s = _Stream(self.stub)
                 except (grpc.aio.UsageError, AttributeError):   # the channel was closed
+                    if attempt < 2 and self.refresh():
+                        continue
                     return [self.client.closed_error()] * len(batch)
             left = _remaining(batch)
             seq = s.seq = s.seq + 1
@@ -337,26 +349,36 @@ class AsyncClient(ClientBase):
         self._node_channels: dict[int, grpc.aio.Channel] = {}
         self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
         self._tasks: set[asyncio.Task] = set()     # lanes' senders, held until done
+        self._retired: set[grpc.aio.Channel] = set()   # replaced, closed later (_retire)
+        self._closers: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None    # set by connect
 
     # -- connection -----------------------------------------------------------
 
-    async def connect(self) -> str:
+    async def connect(self, probe: bool = False) -> str:
         """Open the channel to the first node that answers (probed one after
         another, each for at most CONNECT_TIMEOUT, like the sync client), or
-        to ``target`` unprobed; returns its address."""
+        to a lone address unprobed unless *probe* (chordctl.aio.connect);
+        returns its address."""
         if self._closed:
             raise self.closed_error()
         if self._channel is not None:
             self._own_loop()
             return self.address
         self._loop = asyncio.get_running_loop()
-        if len(self.addresses) == 1:
+        if len(self.addresses) == 1 and not probe:
             self._open(self.addresses[0])
             return self.address
+        return await self._first_answering()
+
+    async def _first_answering(self, last: str | None = None) -> str:
+        """Adopt the first node that answers, in config order (*last*, one that
+        just failed, after every other one); UnavailableError if none does."""
         t0 = time.monotonic()
         failures: list[tuple[str, str]] = []
-        for address in self.addresses:
+        order = self.addresses if last is None else \
+            [a for a in self.addresses if a != last] + [last]
+        for address in order:
             channel = security.aio_channel(self.config, address)
             try:
                 await channel.unary_unary(PROBE_METHOD)(b"", timeout=CONNECT_TIMEOUT)
@@ -427,20 +449,45 @@ class AsyncClient(ClientBase):
             raise self.closed_error()
         if index is None:
             if failed is self._kv:
-                old = self._channel
-                self._open(self.address)
-                if old is not None:
-                    await old.close()
+                old, dead = self._channel, self.address
+                self._channel = None
+                if len(self.addresses) > 1:
+                    # The entry node cannot be reached: any other node of the
+                    # ring routes the call as well (this one last).
+                    try:
+                        if await self._first_answering(last=dead) != dead:
+                            log.info("client: %s cannot be reached; the entry node is now "
+                                     "%s", dead, self.address)
+                    except UnavailableError:
+                        self._open(dead)
+                else:
+                    self._open(dead)
+                self._retire(old)
             return self._kv
         for i, stub in self._node_stubs.items():
             if stub is failed:
                 del self._node_stubs[i]
-                old = self._node_channels.pop(i, None)
+                self._retire(self._node_channels.pop(i, None))
                 self.pass_over(i)
-                if old is not None:
-                    await old.close()
                 break
         return self._node_stub(self.serving(index))
+
+    def _retire(self, channel: grpc.aio.Channel | None) -> None:
+        """Close a replaced channel once the calls other coroutines have in
+        flight on it are past their deadline (a close cancels them), or at
+        close()."""
+        if channel is None:
+            return
+        self._retired.add(channel)
+
+        def close() -> None:
+            if channel in self._retired:
+                self._retired.discard(channel)
+                task = asyncio.get_running_loop().create_task(channel.close())
+                self._closers.add(task)
+                task.add_done_callback(self._closers.discard)
+
+        asyncio.get_running_loop().call_later(min(self.timeout, CLOSE_GRACE_MAX), close)
 
     def _lane(self, key: str) -> _Lane:
         index = None if self._ring is None else self._ring.owner(int(key))
@@ -470,7 +517,8 @@ class AsyncClient(ClientBase):
     async def close(self) -> None:
         """Close every channel; calls in flight fail, later calls raise. Idempotent."""
         self._closed = True
-        channels = [self._channel, *self._node_channels.values()]
+        channels = [self._channel, *self._node_channels.values(), *self._retired]
+        self._retired.clear()
         self._channel = self._kv = None
         self._node_channels.clear()
         self._node_stubs.clear()
@@ -523,7 +571,9 @@ class AsyncClient(ClientBase):
                     await self._reopen(index, kv)
                     continue
                 return error_for(e.code(), details, address, t)
-            except grpc.aio.UsageError:
+            except grpc.aio.UsageError:     # its channel was closed: by close(), or replaced
+                if attempt == 0 and not self._closed:
+                    continue
                 return self.closed_error()
             except asyncio.CancelledError:
                 if _cancelling():
@@ -561,10 +611,9 @@ class AsyncClient(ClientBase):
         slots, items, msgs = batch_messages(ops)
         if msgs:
             t = self.timeout if timeout is None else self.deadline(timeout)
-            step = self.limits.max_batch_ops
-            for start in range(0, len(msgs), step):
-                reply = await self._entry_batch(pb.BatchRequest(ops=msgs[start:start + step]), t)
-                for (slot, op, key), res in zip(items[start:start + step], reply.results):
+            for start, end in self.fit.runs(msgs):
+                reply = await self._entry_batch(pb.BatchRequest(ops=msgs[start:end]), t)
+                for (slot, op, key), res in zip(items[start:end], reply.results):
                     slots[slot] = _batch_outcome(res, op, key, self.address)
         return slots
 
@@ -579,7 +628,9 @@ class AsyncClient(ClientBase):
                     await self._reopen(None, kv)
                     continue
                 raise error_for(e.code(), details, self.address, t) from None
-            except grpc.aio.UsageError:
+            except grpc.aio.UsageError:     # its channel was closed: by close(), or replaced
+                if attempt == 0 and not self._closed:
+                    continue
                 raise self.closed_error() from None
             except asyncio.CancelledError:
                 if _cancelling():
@@ -686,7 +737,7 @@ async def connect(config: Config | str | os.PathLike | None = None, *,
                          route=library_route(config, target, route), coalesce=coalesce,
                          stream=stream)
     try:
-        await client.connect()
+        await client.connect(probe=True)
     except BaseException:
         await client.close()
         raise

@@ -28,7 +28,7 @@ import grpc
 from chordctl.client import Client, error_for
 from chordctl.errors import ChordError, InvalidInputError
 from chordctl.pb import chord_pb2 as pb
-from chordctl.protocol import OPS, never_sent
+from chordctl.protocol import OP_OVERHEAD, OPS, never_sent
 
 CREATE = OPS["create"]
 DELETE = OPS["delete"]
@@ -273,7 +273,10 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
     # check, the owner lookup and filling the request in place.
     max_digits, max_value = client.max_digits, client.max_value
     stub_for = client.stub_for
+    # A batch also goes once its bytes reach what a node takes in one message.
+    budget = client.fit.request
     buffers: dict[str, tuple[object, pb.BatchRequest]] = {}
+    sizes: dict[str, int] = {}
     t0 = time.perf_counter()
     for key, value in items:
         report.records += 1
@@ -293,12 +296,22 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
         if entry is None:
             entry = buffers[address] = (stub, pb.BatchRequest())
         request = entry[1]
+        size = sizes.get(address, 0) + len(key) + len(value) + OP_OVERHEAD
+        if size > budget and request.ops:
+            buffers[address] = entry = (stub, pb.BatchRequest())
+            send(stub, address, request)
+            if again:
+                send_again()
+            request = entry[1]
+            size = len(key) + len(value) + OP_OVERHEAD
+        sizes[address] = size
         o = request.ops.add()
         o.op = op
         o.key = key
         o.value = value
         if len(request.ops) >= batch:
             buffers[address] = (stub, pb.BatchRequest())
+            sizes[address] = 0
             send(stub, address, request)
             if again:
                 send_again()

@@ -27,14 +27,17 @@ from chordctl.core.ring import Ring
 from chordctl.errors import ChordError, InternalError, InvalidInputError, UnavailableError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
-from chordctl.protocol import (DEADLINE_EXCEEDED, OPS, UNAVAILABLE, allow_key_digits, code_name,
-                               describe, error_class, key_text, never_sent, parse_key,
-                               unknown_operation, validate)
+from chordctl.protocol import (DEADLINE_EXCEEDED, OPS, UNAVAILABLE, BatchFit, allow_key_digits,
+                               code_name, describe, error_class, key_text, never_sent,
+                               parse_key, unknown_operation, validate)
 
 STREAM_GRACE = 0.05     # s past a stream message's deadline before the client gives up on
 #                         its stream (the node answers an expired message itself by then)
 
 CONNECT_TIMEOUT = 1.0
+# A replaced channel is closed once the calls other threads have in flight on
+# it are past their deadline (the client's timeout), at most this late.
+CLOSE_GRACE_MAX = 30.0
 # Direct routing with ring.replicas > 1: a node found unreachable (a call to it
 # never left: its connection was refused) is passed over for this long, its
 # arcs' next replica taking its operations, then it is tried again.
@@ -181,14 +184,37 @@ class LaneBase:
         self.operations = 0
 
     def follow(self) -> None:
-        """Direct routing: send to the node serving this lane's arc now
-        (ClientBase.serving), after a failure moved it or once the owner is no
-        longer passed over."""
-        node = self.client.serving(self.index)
+        """Send where the client sends now: with direct routing to the node
+        serving this lane's arc (ClientBase.serving: after a failure moved it,
+        or once the owner is no longer passed over); to the entry node's
+        current channel (another call may have replaced it)."""
+        client = self.client
+        if self.index is None:
+            kv = client._kv
+            if kv is not None and kv is not self.stub:
+                self.stub, self.address = kv, client.address
+            return
+        node = client.serving(self.index)
         if node != self.node:
             self.node = node
-            self.stub = self.client._node_stub(node)
-            self.address = self.client.config.nodes[node].address
+            self.stub = client._node_stub(node)
+            self.address = client.config.nodes[node].address
+
+    def refresh(self) -> bool:
+        """This lane's channel was closed under it: take the client's current
+        one (another thread replaced it). False if the client itself is closed."""
+        if self.client._closed:
+            return False
+        if self.index is not None:
+            self.node = None
+        self.follow()
+        return True
+
+    def moved(self) -> bool:
+        """Whether follow() may change where this lane sends (checked per batch)."""
+        if self.index is None:
+            return self.stub is not self.client._kv
+        return self.node != self.index or bool(self.client._passed)
 
 
 class _Lane(LaneBase):
@@ -219,10 +245,12 @@ class _Lane(LaneBase):
         self.streams: list[_Stream] = []        # open and idle
 
     def _take(self) -> list[_Op]:
-        """The next batch off the queue (the caller holds the lock)."""
-        batch = self.pending[:self.limit]
+        """The next batch off the queue (the caller holds the lock): as many as
+        one Batch call carries (protocol.BatchFit)."""
+        n = self.client.fit.count(self.pending, 0, "read")
+        batch = self.pending[:n]
         if batch:
-            del self.pending[:self.limit]
+            del self.pending[:n]
             self.batches += 1
             self.operations += len(batch)
         return batch
@@ -242,13 +270,17 @@ class _Lane(LaneBase):
         """Send *batch* with a future (this caller holds a slot). A send that
         fails at once (the channel closed) is answered here, and the slot goes
         on in this loop, not in a recursion as deep as the queue."""
+        refreshed = False
         while batch:
-            if self.node != self.index or self.client._passed:
+            if self.moved():
                 self.follow()
             timeout = max(item.timeout for item in batch)
             try:
                 fut = _call(self.stub, batch, _remaining(batch), future=True)
             except ValueError:          # the channel was closed under us
+                if not refreshed and self.refresh():
+                    refreshed = True    # replaced by another thread: nothing was sent
+                    continue
                 outcomes = [self.client.closed_error()] * len(batch)
             except Exception as e:      # a bug of ours: fail the batch, keep the lane going
                 outcomes = [InternalError(f"client: could not send to {self.address} "
@@ -346,7 +378,7 @@ class _Lane(LaneBase):
         self._deliver(batch, outcomes)
 
     def _send_blocking(self, batch: list[_Op]) -> list[Result | ChordError]:
-        if self.node != self.index or self.client._passed:
+        if self.moved():
             self.follow()
         if self.streaming and len(batch) > 1:
             return self._send_stream(batch)
@@ -364,6 +396,8 @@ class _Lane(LaneBase):
                     continue
                 return [error_for(e.code(), details, self.address, timeout)] * len(batch)
             except ValueError:      # the channel was closed under us
+                if attempt == 0 and self.refresh():
+                    continue        # replaced by another thread: nothing was sent
                 return [self.client.closed_error()] * len(batch)
         raise AssertionError("unreachable")
 
@@ -397,6 +431,8 @@ class _Lane(LaneBase):
                 try:
                     s = _Stream(self.stub)
                 except ValueError:      # the channel was closed under us
+                    if attempt < 2 and self.refresh():
+                        continue
                     return [self.client.closed_error()] * len(batch)
             left = _remaining(batch)
             seq = s.seq = s.seq + 1
@@ -617,6 +653,8 @@ class ClientBase:
         self.timeout = self.deadline(timeout if timeout is not None else (
             config.client.timeout if config else ClientConfig.timeout))
         self.limits = config.limits if config else _LIMITS
+        self.fit = BatchFit(self.limits.max_value_bytes, self.limits.max_batch_ops,
+                            self.limits.max_key_digits)
         self.max_value = self.limits.max_value_bytes
         self.max_digits = self.limits.max_key_digits
         allow_key_digits(self.max_digits)
@@ -776,8 +814,11 @@ class Client(ClientBase):
 
     # -- connection -----------------------------------------------------------
 
-    def connect(self) -> str:
-        """Open the channel to the first node that answers; returns its address."""
+    def connect(self, probe: bool = False) -> str:
+        """Open the channel to the first node that answers; returns its address.
+        A lone address (a --target) is opened unprobed, so the first call says
+        what fails, unless *probe* (chordctl.connect: a ring that is down fails
+        there)."""
         if self._channel is not None:
             return self.address
         with self._lock:
@@ -785,7 +826,7 @@ class Client(ClientBase):
                 raise self.closed_error()
             if self._channel is not None:
                 return self.address
-            if len(self.addresses) == 1:
+            if len(self.addresses) == 1 and not probe:
                 self.open(self.addresses[0])
                 return self.address
             return self._first_answering()
@@ -915,12 +956,12 @@ class Client(ClientBase):
                             self.open(dead)
                     else:
                         self.open(self.address)
-                    _close_later(old)
+                    _close_later(old, self.timeout)
                 return self._kv
             for i, stub in self._node_stubs.items():
                 if stub is failed:
                     del self._node_stubs[i]
-                    _close_later(self._node_channels.pop(i, None))
+                    _close_later(self._node_channels.pop(i, None), self.timeout)
                     self.pass_over(i)
                     break
             return self._node_stub(self.serving(index))
@@ -984,8 +1025,11 @@ class Client(ClientBase):
         kv, address = self.stub_for(key)
         try:
             fut = _unary(kv, op).future(_request(op, key, value, trace), timeout=t)
-        except ValueError:          # closed under us
-            callback(self.closed_error())
+        except ValueError:          # its channel was closed: by close(), or replaced
+            if retry and not self._closed:
+                self._send_unary(op, key, value, trace, callback, t, retry=False)
+            else:
+                callback(self.closed_error())
             return
 
         def again() -> None:
@@ -1106,7 +1150,9 @@ class Client(ClientBase):
                     self._reopen_for(key, kv)
                     continue
                 return error_for(e.code(), details, address, t)
-            except ValueError:      # closed under us
+            except ValueError:      # its channel was closed: by close(), or replaced
+                if attempt == 0 and not self._closed:
+                    continue
                 return self.closed_error()
             return reply_result(op, key, reply)
         raise AssertionError("unreachable")
@@ -1144,18 +1190,36 @@ class Client(ClientBase):
         if msgs:
             self.connect()
             t = self.timeout if timeout is None else self.deadline(timeout)
-            step = self.limits.max_batch_ops
-            for start in range(0, len(msgs), step):
-                try:
-                    reply = self._kv.Batch(pb.BatchRequest(ops=msgs[start:start + step]),
-                                           timeout=t)
-                except grpc.RpcError as e:
-                    raise error_for(e.code(), e.details() or "", self.address, t) from None
-                except ValueError:
-                    raise self.closed_error() from None
-                for (slot, op, key), res in zip(items[start:start + step], reply.results):
-                    slots[slot] = _batch_outcome(res, op, key, self.address)
+            for start, end in self.fit.runs(msgs):
+                reply, address = self._entry_batch(pb.BatchRequest(ops=msgs[start:end]), t)
+                for (slot, op, key), res in zip(items[start:end], reply.results):
+                    slots[slot] = _batch_outcome(res, op, key, address)
         return slots
+
+    def _entry_batch(self, request: pb.BatchRequest, t: float) -> tuple[pb.BatchReply, str]:
+        """One Batch call to the entry node, and that node's address. A call
+        that never left (the node is down, or its channel was replaced under
+        this thread) goes once more, through another node if this one does
+        not answer (reopen)."""
+        for attempt in (0, 1):
+            self.connect()
+            kv, address = self._kv, self.address
+            try:
+                return kv.Batch(request, timeout=t), address
+            except grpc.RpcError as e:
+                details = e.details() or ""
+                if attempt == 0 and never_sent(e.code().value[0], details):
+                    self.reopen(None, kv)
+                    continue
+                raise error_for(e.code(), details, address, t) from None
+            except ValueError:      # its channel was closed: by close(), or replaced
+                if self._closed:
+                    raise self.closed_error() from None
+                if attempt == 0:
+                    continue
+                raise UnavailableError(f"client: the channel to {address} was replaced "
+                                       f"twice under this call; try again") from None
+        raise AssertionError("unreachable")
 
     # -- scan and count (chordctl/scan.py) ------------------------------------
 
@@ -1288,7 +1352,7 @@ def connect(config: Config | str | os.PathLike | None = None, *, target: str | N
                     route=library_route(config, target, route), coalesce=coalesce,
                     stream=stream)
     try:
-        client.connect()
+        client.connect(probe=True)
     except BaseException:
         client.close()
         raise
@@ -1318,6 +1382,8 @@ def batch_messages(ops: Iterable[tuple[str, int | str, bytes | None]]
             raise InvalidInputError(f"batch: operation {n}: {unknown_operation(op)}")
         try:
             key = key_text(key)
+            if value is None and (op == "create" or op == "update"):
+                raise InvalidInputError(f"{op} needs a value")
             msg = pb.Operation(op=OPS[op], key=key, value=value or b"")
         except InvalidInputError as e:
             slots.append(e)
@@ -1435,11 +1501,16 @@ def _batch_outcome(res: pb.Result, op: str, key: str, address: str) -> Result | 
                   message, tuple(res.route))
 
 
-def _close_later(channel: grpc.Channel | None) -> None:
-    """Close a replaced channel on a thread of its own: the caller may be one
-    of that channel's callbacks, and a close from there never returns."""
+def _close_later(channel: grpc.Channel | None, after: float = 0.0) -> None:
+    """Close a replaced channel on a thread of its own, *after* seconds: the
+    caller may be one of that channel's callbacks, and a close from there
+    never returns; and other threads' calls may still be in flight on it
+    (a close cancels them), so the client waits out their deadline first."""
     if channel is not None:
-        threading.Thread(target=channel.close, name="chordctl-close", daemon=True).start()
+        timer = threading.Timer(min(after, CLOSE_GRACE_MAX), channel.close)
+        timer.name = "chordctl-close"
+        timer.daemon = True
+        timer.start()
 
 
 def _probe(channel: grpc.Channel, address: str) -> str | None:

@@ -195,3 +195,69 @@ def allow_key_digits(digits: int) -> None:
     current = sys.get_int_max_str_digits()
     if current and current < digits:
         sys.set_int_max_str_digits(digits)
+
+
+# -- how much one Batch call carries ---------------------------------------------
+
+# The largest reply a node sends and any chordctl channel receives
+# (security.CHANNEL_OPTIONS; core/server.py): a Batch of reads answers with
+# their values, which the client cannot know the size of in advance.
+REPLY_LIMIT = 256 * 1024 * 1024
+# Bytes an operation costs in a Batch request besides its key and value
+# (tags, lengths, op, hops: under 20), and in a reply besides a read's key
+# and value (code, message, node id, route): margins, not measurements.
+OP_OVERHEAD = 32
+REPLY_OVERHEAD = 256
+MESSAGE_MARGIN = 64 * 1024
+
+
+def message_limit(max_value_bytes: int) -> int:
+    """The largest request a node receives (grpc.max_receive_message_length):
+    one operation of the largest value always fits, with room for its key."""
+    return max_value_bytes * 2 + 16 * 1024 * 1024
+
+
+class BatchFit:
+    """How many operations one Batch call may carry under ``limits`` (its
+    *max_value_bytes* and *max_batch_ops*): within what a node receives, and
+    with a reply within REPLY_LIMIT counting every read as one of the largest
+    value. The first operation always fits (message_limit is made so)."""
+
+    __slots__ = ("max_ops", "request", "reply", "read_reply", "sure")
+
+    def __init__(self, max_value_bytes: int, max_batch_ops: int, max_key_digits: int = 100):
+        self.max_ops = max_batch_ops
+        self.request = message_limit(max_value_bytes) - MESSAGE_MARGIN
+        self.reply = REPLY_LIMIT - MESSAGE_MARGIN
+        self.read_reply = max_value_bytes + REPLY_OVERHEAD
+        worst = max_value_bytes + max_key_digits + REPLY_OVERHEAD
+        # This many always fit, whatever they are: no need to look at them.
+        self.sure = max(1, min(max_batch_ops, self.request // worst, self.reply // worst))
+
+    def count(self, ops, start: int = 0, read: int | str = OP_READ) -> int:
+        """How many of *ops* from *start* go in one call (at least 1): a
+        sequence of objects with .op (*read* for a read), .key and .value
+        (bytes, or None)."""
+        n = min(len(ops) - start, self.max_ops)
+        if n <= self.sure:
+            return n
+        request, reply, read_reply = self.request, self.reply, self.read_reply
+        for i in range(n):
+            o = ops[start + i]
+            k = len(o.key)
+            request -= k + len(o.value or b"") + OP_OVERHEAD
+            reply -= k + (read_reply if o.op == read else REPLY_OVERHEAD)
+            if (request < 0 or reply < 0) and i:
+                return i
+        return n
+
+    def runs(self, ops: list, read: int | str = OP_READ) -> list[tuple[int, int]]:
+        """*ops* cut, in order, into the runs that each go in one call, as
+        (start, end) slices."""
+        out = []
+        start = 0
+        while start < len(ops):
+            end = start + self.count(ops, start, read)
+            out.append((start, end))
+            start = end
+        return out

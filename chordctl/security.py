@@ -25,6 +25,7 @@ import grpc
 
 from chordctl.config import Config
 from chordctl.errors import ConfigError
+from chordctl.protocol import REPLY_LIMIT
 
 Options = Sequence[tuple[str, object]]
 
@@ -80,8 +81,8 @@ CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", REPLY_LIMIT),
+    ("grpc.max_receive_message_length", REPLY_LIMIT),
     # Channels to the same address otherwise share one subchannel and with it
     # its reconnect backoff, so a reopened channel (the router's retry after a
     # peer restarted) would still fail fast until the old backoff ends.

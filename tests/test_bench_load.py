@@ -469,6 +469,8 @@ class _Client:
     loses it mid-call), b and c answer."""
 
     timeout, max_digits, max_value = 5.0, 100, 1 << 20
+    from chordctl.protocol import BatchFit
+    fit = BatchFit(1 << 20, 10_000)
 
     def __init__(self, error):
         self.log = []

@@ -72,7 +72,7 @@ def forwarded(cfg: config_mod.Config, reqs: list[Request]) -> list[tuple[int, li
 
 
 def test_forward_over_max_batch_ops_is_split_into_batches_the_next_node_accepts() -> None:
-    cfg = make_config(max_batch_ops=10_000)
+    cfg = make_config(max_batch_ops=10_000, max_value_bytes=4096)
     ring = Ring(BITS, 4, "direct", "fingers")
     reqs = requests_for(ring, 3, 30_001)
     calls = forwarded(cfg, reqs)
@@ -95,6 +95,19 @@ def test_forward_over_message_size_limit_is_split() -> None:
     assert sum(len(b.ops) for _nh, _r, b in calls) == 60
     for _nh, _run, batch in calls:
         assert batch.ByteSize() <= message_limit(cfg)
+
+
+def test_forwarded_reads_are_split_so_that_their_reply_fits_too() -> None:
+    """A read answers with its value, up to limits.max_value_bytes: a forward
+    of reads never asks for a reply past what a node sends (REPLY_LIMIT)."""
+    from chordctl.protocol import REPLY_LIMIT
+    mib = 1024 * 1024
+    cfg = make_config(max_value_bytes=mib)
+    ring = Ring(BITS, 4, "direct", "fingers")
+    calls = forwarded(cfg, requests_for(ring, 3, 600))
+    assert len(calls) == 3 and sum(len(b.ops) for _nh, _r, b in calls) == 600
+    for _nh, _run, batch in calls:
+        assert len(batch.ops) * mib < REPLY_LIMIT
 
 
 def test_small_forward_stays_one_batch() -> None:

@@ -17,13 +17,14 @@ import time
 
 import grpc
 
-from chordctl import security
+from chordctl import protocol, security
 from chordctl.config import Config
 from chordctl.core.request import Request
 from chordctl.core.ring import Ring
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
-from chordctl.protocol import ABORTED, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, never_sent
+from chordctl.protocol import (ABORTED, DEADLINE_EXCEEDED, INTERNAL, OP_READ, UNAVAILABLE,
+                               never_sent)
 
 logger = logging.getLogger("chordctl.router")
 
@@ -31,9 +32,6 @@ logger = logging.getLogger("chordctl.router")
 # further on is reported back before the caller's own deadline passes.
 FORWARD_BUDGET = 0.9
 MIN_TIMEOUT = 0.005
-# Bytes a forwarded operation costs in the Batch message besides its key and
-# value (tags, lengths, op, hops: under 20; a margin, not a measurement).
-OP_OVERHEAD = 32
 
 
 def message_limit(config: Config) -> int:
@@ -41,24 +39,32 @@ def message_limit(config: Config) -> int:
 
     One operation of the largest value always fits, with room for its key.
     """
-    return config.limits.max_value_bytes * 2 + 16 * 1024 * 1024
+    return protocol.message_limit(config.limits.max_value_bytes)
 
 
-def split(group: list[Request], max_ops: int, max_bytes: int) -> list[list[Request]]:
+def split(group: list[Request], max_ops: int, max_bytes: int,
+          read_reply: int = 0) -> list[list[Request]]:
     """*group* in order, cut into runs of at most *max_ops* operations and about
-    *max_bytes* of encoded message each: what the next node accepts in one Batch."""
+    *max_bytes* of encoded message each: what the next node accepts in one
+    Batch; with *read_reply* (a read's largest answer) also a reply within
+    protocol.REPLY_LIMIT."""
     out: list[list[Request]] = []
     run: list[Request] = []
     size = 0
+    reply = 0
+    max_reply = protocol.REPLY_LIMIT - protocol.MESSAGE_MARGIN
     for r in group:
-        cost = len(r.value) + len(r.key_text) + OP_OVERHEAD
+        cost = len(r.value) + len(r.key_text) + protocol.OP_OVERHEAD
         if r.route:
             cost += sum(len(h) for h in r.route) + 8 * len(r.route)
-        if run and (len(run) >= max_ops or size + cost > max_bytes):
+        answer = len(r.key_text) + (read_reply if r.op == OP_READ else protocol.REPLY_OVERHEAD)
+        if run and (len(run) >= max_ops or size + cost > max_bytes
+                    or reply + answer > max_reply):
             out.append(run)
-            run, size = [], 0
+            run, size, reply = [], 0, 0
         run.append(r)
         size += cost
+        reply += answer
     out.append(run)
     return out
 
@@ -83,7 +89,8 @@ class Router:
         # A forward must pass the next node's checks (same config): at most
         # max_batch_ops operations and a message under its receive limit.
         self.max_ops = config.limits.max_batch_ops
-        self.max_bytes = message_limit(config) - 64 * 1024
+        self.max_bytes = message_limit(config) - protocol.MESSAGE_MARGIN
+        self.read_reply = config.limits.max_value_bytes + protocol.REPLY_OVERHEAD
         self.label = f"node {index} (id {ring.ids[index]})"
         # Channels are opened lazily (on the loop), and next_hop only ever names
         # routing-table entries, so a node talks to O(log n) peers, never the
@@ -144,7 +151,7 @@ class Router:
                 continue
             if self.metrics is not None:
                 self.metrics.forwarded += len(group)
-            for run in split(group, self.max_ops, self.max_bytes):
+            for run in split(group, self.max_ops, self.max_bytes, self.read_reply):
                 batch = pb.BatchRequest()
                 add = batch.ops.add
                 for r in run:

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from chordctl import cpulist, security
+from chordctl import cpulist, protocol, security
 from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
 from chordctl.core.gate import Admission, ReadinessGate
@@ -128,7 +128,9 @@ class NodeServer:
         limit = message_limit(cfg)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
+            # A Batch of reads answers with their values (clients and routers
+            # keep each call's reply under it: protocol.BatchFit, router.split).
+            ("grpc.max_send_message_length", max(limit, protocol.REPLY_LIMIT)),
             ("grpc.so_reuseport", 0),
         ])
         node_cfg = cfg.node(self.index)

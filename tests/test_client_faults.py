@@ -1,0 +1,165 @@
+"""The Python API when messages grow large or nodes go away, against real nodes.
+
+Coalesced operations and batch() never build a Batch a node cannot take or
+answer (protocol.BatchFit); batch() and asyncio's entry route go on through
+another node when the entry node dies; a channel replaced under a thread is
+never reported as the client being closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+
+import chordctl
+from chordctl import ChordError, aio
+from chordctl.client import Client
+from chordctl.core.ring import Ring
+from chordctl.protocol import OP_CREATE, OP_READ, REPLY_LIMIT, BatchFit, message_limit
+from chordctl.pb import chord_pb2 as pb
+
+MIB = 1024 * 1024
+
+
+# -- protocol.BatchFit -------------------------------------------------------------
+
+def test_batch_fit_keeps_a_request_and_its_reply_within_what_a_node_takes() -> None:
+    fit = BatchFit(MIB, 10_000)
+    writes = [pb.Operation(op=OP_CREATE, key=str(k), value=b"v" * MIB) for k in range(60)]
+    runs = fit.runs(writes)
+    assert [e - s for s, e in runs] == [17, 17, 17, 9]
+    for s, e in runs:
+        assert pb.BatchRequest(ops=writes[s:e]).ByteSize() <= message_limit(MIB)
+    reads = [pb.Operation(op=OP_READ, key=str(k)) for k in range(600)]
+    runs = fit.runs(reads)                      # each may answer with a 1 MiB value
+    assert len(runs) == 3 and all((e - s) * MIB < REPLY_LIMIT for s, e in runs)
+    # Small values: only max_batch_ops cuts; one op of the largest value always goes.
+    small = BatchFit(4096, 100)
+    assert small.runs([pb.Operation(op=OP_READ, key="1")] * 250) == [(0, 100), (100, 200),
+                                                                     (200, 250)]
+    huge = [pb.Operation(op=OP_CREATE, key="1", value=b"v" * MIB)]
+    assert fit.runs(huge) == [(0, 1)] and fit.runs([]) == []
+
+
+def test_large_values_coalesced_or_batched_each_get_their_own_result(make_cluster) -> None:
+    """24 threads writing then reading 1 MiB values (the default limit) through
+    one coalescing client, and batch() of 20 of them: every operation gets
+    the result it would get alone. Before, the lane packed them into one
+    Batch of 24 MiB, over the node's 18 MiB limit, and 23 of 24 failed."""
+    cluster = make_cluster(1)
+    big = [bytes([65 + i]) * MIB for i in range(24)]
+    with chordctl.connect(cluster.config_path) as db:
+        errors: list = []
+        got: dict[int, bytes] = {}
+
+        def run(fn) -> None:
+            threads = [threading.Thread(target=fn, args=(i,)) for i in range(24)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+
+        def create(i: int) -> None:
+            try:
+                db.create(1000 + i, big[i])
+            except ChordError as e:
+                errors.append(e)
+
+        def read(i: int) -> None:
+            try:
+                got[i] = db.read(1000 + i).value
+            except ChordError as e:
+                errors.append(e)
+
+        run(create)
+        run(read)
+        assert errors == []
+        assert got == dict(enumerate(big))
+        results = db.batch([("create", 2000 + i, big[i]) for i in range(20)])
+        assert [type(r).__name__ for r in results] == ["Result"] * 20
+        results = db.batch([("read", 2000 + i, None) for i in range(20)])
+        assert [r.value for r in results] == big[:20]
+
+    async def via_aio() -> list[bytes]:
+        async with await aio.connect(cluster.config_path) as adb:
+            await asyncio.gather(*(adb.update(1000 + i, big[23 - i]) for i in range(24)))
+            return [r.value for r in await asyncio.gather(
+                *(adb.read(1000 + i) for i in range(24)))]
+
+    assert asyncio.run(via_aio()) == big[::-1]
+
+
+def test_batch_with_a_create_without_a_value_is_refused_for_that_operation(make_cluster):
+    cluster = make_cluster(1)
+    with chordctl.connect(cluster.config_path) as db:
+        r = db.batch([("create", 911, None), ("create", 912, b"x")])
+        assert type(r[0]).__name__ == "InvalidInputError" and "needs a value" in str(r[0])
+        assert r[1].message
+        assert type(db.batch([("read", 911, None)])[0]).__name__ == "NotFoundError"
+
+
+# -- the entry node dies ------------------------------------------------------------
+
+def test_batch_and_asyncio_go_on_through_another_node_when_the_entry_node_dies(
+        make_cluster) -> None:
+    """batch() had no retry at all, and asyncio's entry route reopened only
+    the dead node's address (then called its lane's channel "closed" for
+    good): both now move to the next node that answers, as single
+    operations of the sync client do."""
+    cluster = make_cluster(3)
+    ring = Ring.from_config(cluster.config)
+    keys = [k for k in range(0, 60000, 997) if ring.owner(k) != 0]   # node 0 is killed
+    with chordctl.connect(cluster.config_path, route="entry") as db:
+        assert db.address == cluster.address(0)
+        assert all(type(r).__name__ == "Result"
+                   for r in db.batch([("create", k, b"v") for k in keys]))
+
+        async def before() -> aio.AsyncClient:
+            return await aio.connect(cluster.config_path, route="entry")
+
+        loop = asyncio.new_event_loop()
+        try:
+            adb = loop.run_until_complete(before())
+            assert adb.address == cluster.address(0)
+            cluster.nodes[0].kill(signal.SIGKILL)
+            results = db.batch([("read", k, None) for k in keys])
+            assert [getattr(r, "value", r) for r in results] == [b"v"] * len(keys)
+            assert db.address != cluster.address(0)
+
+            async def after() -> list:
+                out = [await adb.read(keys[0])]                     # a lane, coalesced
+                out += await adb.batch([("update", k, b"w") for k in keys])
+                out += await asyncio.gather(*(adb.read(k) for k in keys))  # the lane again
+                return out
+
+            out = loop.run_until_complete(after())
+            assert [type(o).__name__ for o in out] == ["Result"] * len(out), out[:3]
+            assert [o.value for o in out[-len(keys):]] == [b"w"] * len(keys)
+            assert adb.address != cluster.address(0)
+            loop.run_until_complete(adb.close())
+        finally:
+            loop.close()
+
+
+def test_a_channel_replaced_under_a_caller_is_never_called_closed(make_cluster) -> None:
+    """A thread still holding a channel that another thread's reopen replaced
+    (and that is then closed) gets its call sent on the current channel, not
+    "this client is closed" (InvalidInputError, exit 2 in the CLI)."""
+    cluster = make_cluster(3, replicas=1)
+    for coalesce in (False, True):
+        c = Client(cluster.config, coalesce=coalesce, route="direct")
+        try:
+            c.create(str(7 + coalesce), b"v")
+            owner = c._ring.owner(7 + coalesce)
+            stale = c._node_stubs[owner]
+            channel = c._node_channels[owner]
+            c.reopen(owner, stale)              # another thread's retry replaced it
+            channel.close()                     # ... and its close came
+            if coalesce:
+                lane = c._lanes[owner]
+                lane.stub = stale               # that lane still holds the old one
+            assert c.read(str(7 + coalesce)).value == b"v"
+            assert not c.closed
+        finally:
+            c.close()
