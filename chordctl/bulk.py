@@ -245,7 +245,8 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
                     report.resent += 1
                     finished = False
                 else:
-                    note_failure(error_for(code, details, address, timeout), n)
+                    note_failure(error_for(code, details, address, timeout,
+                                           "a load's deadline per batch"), n)
         finally:
             slots.release()
             with lock:

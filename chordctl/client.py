@@ -65,13 +65,13 @@ class Result:
 
 
 def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
-              waited: float | None = None) -> ChordError:
+              waited: float | None = None, source: str = "client.timeout") -> ChordError:
     """The ChordError for a gRPC status (a code object or its number; see protocol).
 
     Node-made messages (they name their node) reach the user as they are;
     gRPC's own words become ours, naming the address and what to do, and go
     to the debug log (``--log-level debug``). *waited*: the call's deadline
-    in seconds, for "no reply within ...".
+    in seconds, for "no reply within ...", and *source* where it came from.
     """
     number = code if isinstance(code, int) else code.value[0]
     cls = error_class(number)
@@ -81,7 +81,7 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
     if number == UNAVAILABLE and not message:
         message = f"client: {address} is unreachable; {RING_UP_HINT}"
     elif number == DEADLINE_EXCEEDED and "deadline" in message.lower() and not node_made:
-        within = f"within {waited:g}s (client.timeout)" if waited else "within the deadline"
+        within = f"within {waited:g}s ({source})" if waited else "within the deadline"
         message = (f"client: no reply from {address} {within}; a write may still be "
                    f"applied (read the key before retrying it); the node may be overloaded, "
                    f"stuck, or without a majority of its replica group -- {RING_UP_HINT}")

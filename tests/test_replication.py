@@ -14,7 +14,7 @@ import pytest
 
 from chordctl.client import Client
 from chordctl.core.ring import Ring
-from chordctl.errors import ChordError, NotFoundError
+from chordctl.errors import ChordError, NotFoundError, UnavailableError
 from conftest import wait_until
 
 BITS = 16
@@ -407,16 +407,30 @@ def test_two_of_three_replicas_lost_serve_nothing_until_a_majority_is_back(make_
     tried = keys[::4]                        # one key of each arc
     with Client(cfg, target=cluster.address(0), timeout=1.5) as c:
         for k in tried:
+            # The node says why, before the client's own deadline: the arc
+            # has no leader (at first its commands wait for one and are
+            # answered just before their deadline; once the group has had no
+            # leader for 3 election timeouts, at once).
             with pytest.raises(ChordError) as e:
                 c.read(str(k))
             assert not isinstance(e.value, NotFoundError)
-            # Not acknowledged, and said to be in doubt: the entry may still
-            # commit once a majority is back.
+            assert "nothing was changed" in str(e.value) or "has had no leader" in str(e.value)
+            # Not acknowledged, and said to be in doubt (the entry may still
+            # commit once a majority is back), or refused before it was
+            # submitted.
             with pytest.raises(ChordError) as e:
                 c.update(str(k), b"maybe")
-            assert "may still be applied" in str(e.value), e.value
+            assert "may still be applied" in str(e.value) or \
+                "not applied -- safe to retry" in str(e.value), e.value
         wait_until(lambda: all(c.health(service=f"arc/{g}") == "NOT_SERVING" for g in range(3)),
                    timeout=10, what="every arc NOT_SERVING on the survivor")
+        wait_until(lambda: "has had no leader" in _failure(c, keys[1]), timeout=10,
+                   what="a write refused at once")
+        t0 = time.monotonic()
+        with pytest.raises(UnavailableError) as e:      # never submitted: never applied
+            c.update(str(keys[1]), b"never")
+        assert time.monotonic() - t0 < 1.0
+        assert "fewer than a majority of its replicas" in str(e.value)
     cluster.nodes[1].start()
     wait_until(lambda: all(g.leader >= 0 for g in groups_of(cfg, cluster.address(0)).values()),
                timeout=15, what="every arc led again")
@@ -428,6 +442,14 @@ def test_two_of_three_replicas_lost_serve_nothing_until_a_majority_is_back(make_
     with Client(cfg, target=cluster.address(1)) as c:
         c.update(str(keys[1]), b"after")
         assert c.read(str(keys[1])).value == b"after"
+
+
+def _failure(c: Client, key: int) -> str:
+    try:
+        c.read(str(key))
+    except ChordError as e:
+        return str(e)
+    return ""
 
 
 def test_a_replica_whose_journal_disk_fills_fail_stops_and_the_others_go_on(make_cluster,
@@ -681,7 +703,7 @@ def test_the_direct_route_sends_a_dead_owners_operations_to_the_next_replica(mak
 
     import chordctl
     from chordctl import aio
-    cluster = make_cluster(3, bits=BITS, replicas=3)
+    cluster = make_cluster(3, bits=BITS, replicas=3).settled()
     cfg = cluster.config
     ring = Ring(BITS, 3)
     keys = keys_on_every_arc(3, per_arc=3)

@@ -70,7 +70,16 @@ from chordctl.protocol import (DEADLINE_EXCEEDED, OP_CREATE, OP_DELETE, OP_READ,
 logger = logging.getLogger("chordctl.node")
 
 DRAIN_LIMIT = 4096
-SWEEP_EVERY = 1.0      # seconds between looks for submitted commands past their deadline
+SWEEP_EVERY = 0.1      # seconds between looks for submitted commands near their deadline
+# A command is answered this long before its deadline if it is not committed
+# by then, so that the answer (and why) reaches a forwarding node or the
+# client before they give up on their own.
+SWEEP_AHEAD = 0.15
+# A group without a leader for this many election timeouts (an election takes
+# one or two, more when votes split), and at least NO_MAJORITY_MIN seconds,
+# has no majority: its new commands are refused at once.
+NO_MAJORITY_AFTER = 5.0
+NO_MAJORITY_MIN = 3.0
 LEAD_CHECK_EVERY = 0.5   # seconds between offers of a group's leadership to its owner
 # A replica started without raft.journal that hears no leader for this many
 # election timeouts (a candidacy lasts at most two) is in a new ring: it votes.
@@ -111,6 +120,8 @@ class ReplicatedNode(Node):
         self.settings = Settings(election_timeout=rep.election_timeout,
                                  heartbeat=rep.heartbeat,
                                  max_entry_bytes=max(1 << 20, config.limits.max_value_bytes * 4))
+        self._no_majority_after = max(NO_MAJORITY_AFTER * rep.election_timeout,
+                                      NO_MAJORITY_MIN)
         # What makes a write durable here is the journal: every entry is
         # fdatasynced on a majority before it is acknowledged, and entries the
         # map lost in a crash are applied again from it (recovery skips only
@@ -119,7 +130,9 @@ class ReplicatedNode(Node):
         if self.writer.fsync in ("always", "batch"):
             self.writer.fsync = "everysec"
         # command id -> (its waiting requests, or a scan's marker; when submitted)
-        self._pending: dict[int, tuple[list[Request], float]] = {}
+        # Submitted, not yet answered: command id -> (requests or a scan's
+        # marker, when submitted, group).
+        self._pending: dict[int, tuple[list[Request], float, int]] = {}
         self.fresh = False       # recover(): raft.journal did not exist (a new or replaced replica)
         self.commit_seconds = Histogram(LATENCY_BUCKETS)   # submit -> applied here
         self._ids = itertools.count(1)
@@ -275,7 +288,12 @@ class ReplicatedNode(Node):
                 self._refuse(reqs, f"{self.label}: {self.failed}")
             return
         limit = self.settings.max_entry_bytes // 2
+        leaderless = self.engine.leaderless_for
         for g, reqs in per_group.items():
+            alone = leaderless(g)
+            if alone > self._no_majority_after:
+                self._refuse(reqs, self._no_majority(g, alone))
+                continue
             for run in _split(reqs, limit):
                 cid = next(self._ids)
                 command = rpb.Command(origin=self.index, id=cid,
@@ -283,7 +301,7 @@ class ReplicatedNode(Node):
                 add = command.ops.add
                 for r in run:
                     add(op=r.op, key=r.key_text, value=r.value)
-                self._pending[cid] = (run, time.monotonic())
+                self._pending[cid] = (run, time.monotonic(), g)
                 data = command.SerializeToString()
                 self.engine.submit(g, data, self._outcome(g, cid, data))
 
@@ -294,8 +312,12 @@ class ReplicatedNode(Node):
         if marker.arc is None or self.engine is None:
             super().request_read(marker)
             return
+        alone = self.engine.leaderless_for(marker.arc)
+        if alone > self._no_majority_after:
+            self._refuse(marker, self._no_majority(marker.arc, alone))
+            return
         cid = next(self._ids)
-        self._pending[cid] = (marker, time.monotonic())
+        self._pending[cid] = (marker, time.monotonic(), marker.arc)
         command = rpb.Command(origin=self.index, id=cid, incarnation=self._incarnation)
         data = command.SerializeToString()
         self.engine.submit(marker.arc, data, self._outcome(marker.arc, cid, data))
@@ -395,15 +417,28 @@ class ReplicatedNode(Node):
         return None
 
     def _sweep(self) -> None:
-        """Answer commands whose callers gave up (a group without a majority):
-        their entries may still commit later, and are then applied silently."""
-        now = time.monotonic()
-        late = [cid for cid, (item, _t) in list(self._pending.items()) if _deadline(item) < now]
+        """Answer commands not committed just before their callers give up (a
+        group without a majority, or one too slow): their entries may still
+        commit later, and are then applied silently."""
+        due = time.monotonic() + SWEEP_AHEAD
+        late = [cid for cid, (item, _t, _g) in list(self._pending.items())
+                if _deadline(item) < due]
         for cid in late:
-            reqs = self._pending.pop(cid)[0]
-            self._refuse(reqs, f"{self.label}: not committed before the deadline (no "
-                               f"majority of the replica group answered); outcome unknown",
+            item, _t, g = self._pending.pop(cid)
+            writes = type(item) is not ReadMarker and any(r.op != OP_READ for r in item)
+            why = ("it has no leader: fewer than a majority of its replicas answer"
+                   if self.engine.leader(g) is None else "its leader did not commit it in time")
+            self._refuse(item, f"{self.label}: arc {g}: not committed before the deadline "
+                               f"({why}); " + ("outcome unknown: a write may still be applied "
+                                               "-- read the key before retrying it" if writes
+                                               else "nothing was changed"),
                          DEADLINE_EXCEEDED)
+
+    def _no_majority(self, group: int, alone: float) -> str:
+        members = ", ".join(str(i) for i in self.members[group])
+        return (f"{self.label}: arc {group} has had no leader for {alone:.1f}s: fewer than a "
+                f"majority of its replicas (nodes {members}) answer; not applied -- safe to "
+                f"retry once a majority is back (`chordctl ring show`)")
 
     def _place_marker(self, marker) -> None:
         if type(marker) is ReadMarker:

@@ -601,13 +601,16 @@ class Engine:
         self.votes_ignored = 0
         self.acks_held = 0
         self._summaries: dict[int, dict] = {}
+        self._led_at: dict[int, float] = {}      # group -> when it last had a leader
         self._thread = threading.Thread(target=self._run, name=f"chord-raft-{index}",
                                         daemon=True)
 
     # -- any thread -----------------------------------------------------------
 
     def start(self) -> None:
-        self._learn_until = time.monotonic() + self._learn_grace
+        now = time.monotonic()
+        self._learn_until = now + self._learn_grace
+        self._led_at = dict.fromkeys(self.groups, now)
         self._thread.start()
 
     @property
@@ -658,6 +661,12 @@ class Engine:
     def status(self) -> dict[int, dict]:
         """Each group's summary as of the engine's last round (a copy)."""
         return dict(self._summaries)
+
+    def leaderless_for(self, group: int) -> float:
+        """Seconds since group *group* last had a leader this node knew of (as
+        of the engine's last summary, every 50 ms); 0 while it has one. Any
+        thread."""
+        return max(0.0, time.monotonic() - self._led_at.get(group, time.monotonic()) - 0.05)
 
     def leader(self, group: int) -> int | None:
         s = self._summaries.get(group)
@@ -725,10 +734,14 @@ class Engine:
 
     def _summarize(self, groups: list[Group]) -> dict[int, dict]:
         out = {}
+        now = time.monotonic()
+        led = self._led_at
         for g in groups:
             st = g.summary()
             st["learning"] = g.group in self._learning
             out[g.group] = st
+            if st["leader"] is not None:
+                led[g.group] = now
         return out
 
     def _learned(self, learning: dict[int, int | None]) -> None:
