@@ -662,10 +662,12 @@ class AsyncClient(ClientBase):
         returns, so a node that is down fails here (or, with *partial*, is
         left out and named in ``.skipped``). The sync ``Client.scan``.
         """
+        limit = self._scan_count(limit, "limit")
         request = pb.ScanRequest(start=self._key_bound(start, "--from"),
                                  end=self._key_bound(end, "--to"),
                                  limit=limit + 1 if limit else 0, keys_only=keys_only,
-                                 page_size=page_size)
+                                 page_size=self._scan_count(page_size, "page_size",
+                                                            2 ** 32 - 1))
         streams = [AsyncNodeStream(stub, req, label, address, self.timeout, index,
                                    to_error=error_for, alternates=rest)
                    for req, ((index, label, address, stub, _id), *rest)

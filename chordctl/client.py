@@ -734,6 +734,16 @@ class ClientBase:
             raise InvalidInputError(f"client: trace must be True or False, not {trace!r}")
         validate(op, key, value, self.limits)
 
+    @staticmethod
+    def _scan_count(value, what: str, most: int = 2 ** 63 - 2) -> int:
+        """A scan's *limit* or *page_size*: a whole number from 0 (InvalidInputError
+        for anything else, before a message is built)."""
+        if value.__class__ is bool or not isinstance(value, int):
+            raise InvalidInputError(f"scan: {what} must be a whole number, not {value!r}")
+        if not 0 <= value <= most:
+            raise InvalidInputError(f"scan: {what} must be between 0 and {most}, not {value}")
+        return value
+
     def _key_bound(self, key: int | str | None, what: str) -> str:
         if key is None or key == "":
             return ""
@@ -1258,10 +1268,11 @@ class Client(ClientBase):
         about (nodes x 3) pages at a time. See chordctl/scan.py.
         """
         from chordctl import scan as scan_mod
+        limit = self._scan_count(limit, "limit")
         request = pb.ScanRequest(start=self._key_bound(start, "--from"),
                                  end=self._key_bound(end, "--to"),
                                  limit=limit + 1 if limit else 0, keys_only=keys_only,
-                                 page_size=page_size)
+                                 page_size=self._scan_count(page_size, "page_size", 2 ** 32 - 1))
         streams = [scan_mod.NodeStream(stub, req, label, address, self.timeout, index,
                                        to_error=error_for, alternates=rest)
                    for req, ((index, label, address, stub, _id), *rest)

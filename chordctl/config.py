@@ -498,3 +498,16 @@ def _tls(data: dict, nodes: list[NodeConfig], base: str) -> TlsConfig | None:
                               "tls.client_key")
     return TlsConfig(cert=cert, key=key, ca=ca, require_client_cert=require,
                      client_cert=client_cert, client_key=client_key)
+
+
+def replicas_warning(replicas: int) -> str | None:
+    """What an even ring.replicas deserves (README, Replication), or None."""
+    if replicas % 2:
+        return None
+    survives = (replicas - 1) // 2
+    lost = "no replica" if not survives else f"{survives} replica(s)"
+    return (f"ring.replicas {replicas} is even: an arc on {replicas} replicas survives the "
+            f"loss of {lost}, no more than one on {replicas - 1} does, and each write "
+            f"waits for {replicas // 2 + 1} of them; use an odd number ({replicas + 1} "
+            f"survives the loss of {survives + 1})")
+

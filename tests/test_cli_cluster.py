@@ -445,3 +445,23 @@ def test_cluster_down_stops_a_node_serving_a_copy_of_the_config(tmp_path):
         assert hand.proc.wait(timeout=EXIT_TIMEOUT) == 0
     finally:
         hand.stop()
+
+
+def test_cluster_up_of_an_even_ring_replicas_warns_the_operator(tmp_path):
+    """README: an even R is allowed and warned about -- on the terminal of
+    whoever starts the ring, not only in each node's log."""
+    from chordctl.config import replicas_warning
+    assert replicas_warning(3) is None and replicas_warning(1) is None
+    assert "survives the loss of no replica" in replicas_warning(2)
+    assert "(5 survives the loss of 2)" in replicas_warning(4)
+    path = write_config(tmp_path, 2, timeout=5, replicas=2)
+    cfg = config_mod.load(path)
+    started: dict[int, int] = {}
+    try:
+        r = run_chordctl("-c", path, "cluster", "up", "--detach", timeout=UP_TIMEOUT)
+        started.update(read_pids(cfg))
+        err = r.stderr.decode()
+        assert r.returncode == 0, err
+        assert "warning: ring.replicas 2 is even" in err and "use an odd number" in err
+    finally:
+        kill_leftovers(cfg, path, started)

@@ -163,3 +163,27 @@ def test_a_channel_replaced_under_a_caller_is_never_called_closed(make_cluster) 
             assert not c.closed
         finally:
             c.close()
+
+
+def test_scan_refuses_a_limit_or_page_size_that_is_not_a_whole_number() -> None:
+    """Before, -1 listed nothing, -5 and page_size=-1 raised protobuf's
+    ValueError, 2.5 and '3' a TypeError: never a ChordError."""
+    import pytest
+    from chordctl import InvalidInputError
+    c = Client(target="127.0.0.1:1")               # nothing is sent: refused first
+    try:
+        for bad in (-1, -5, 2.5, "3", True, None, 2 ** 64):
+            with pytest.raises(InvalidInputError, match="limit"):
+                c.scan(limit=bad)
+        for bad in (-1, 1.5, 2 ** 32):
+            with pytest.raises(InvalidInputError, match="page_size"):
+                c.scan(page_size=bad)
+    finally:
+        c.close()
+
+    async def via_aio() -> None:
+        async with aio.AsyncClient(target="127.0.0.1:1") as db:
+            with pytest.raises(InvalidInputError, match="limit"):
+                await db.scan(limit=-1)
+
+    asyncio.run(via_aio())

@@ -13,7 +13,7 @@ import click
 
 from chordctl.cli.common import Seconds, State, pass_state
 from chordctl.cli.ring import print_ring
-from chordctl.config import Config
+from chordctl.config import Config, replicas_warning
 from chordctl.localcluster import (STOP_TIMEOUT, find_nodes, refuse_strangers, remove_pid_file,
                                    start_missing, stop_pids, wait_arcs_led, wait_serving)
 
@@ -61,6 +61,9 @@ def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
         chordctl -c examples/configs/ring4.yaml cluster up --detach
     """
     cfg = state.config()
+    even = replicas_warning(cfg.ring.replicas)
+    if even:
+        click.secho(f"chordctl: warning: {even}", fg="yellow", err=True)
     found = find_nodes(cfg)
     refuse_strangers(cfg, found)
     already = [f.index for f in found if f.running]

@@ -53,7 +53,7 @@ from typing import Callable
 
 from pysyncobj.config import FAIL_REASON
 
-from chordctl.config import Config
+from chordctl.config import Config, replicas_warning
 from chordctl.core.markers import STOP, ReadMarker, SnapshotMarker
 from chordctl.core.metrics import LATENCY_BUCKETS, Histogram
 from chordctl.core.node import Node, OwnedBatch, Replies
@@ -140,10 +140,9 @@ class ReplicatedNode(Node):
         self._incarnation = random.getrandbits(64)
         self._reinstall: dict[int, str] = {}     # recover(): dumps to install before start
         self.snapshots.after = self._write_dumps
-        if r % 2 == 0:
-            logger.warning("%s: ring.replicas %d is even: a group of %d survives the loss of "
-                           "%d replica(s), as one of %d does; use an odd number", self.label,
-                           r, r, (r - 1) // 2, r - 1)
+        even = replicas_warning(r)
+        if even:
+            logger.warning("%s: %s", self.label, even)
 
     # -- recovery ---------------------------------------------------------------
 
