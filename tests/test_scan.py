@@ -240,6 +240,13 @@ def test_scan_lists_every_key_in_key_order_from_its_owner(ring4) -> None:
     assert sum(n["keys"] for n in doc["nodes"]) == len(data)
 
 
+def test_scan_json_in_a_pipe_is_one_line_as_every_json_document(ring4) -> None:
+    p = run_chordctl("-c", ring4.config_path, "-o", "json", "kv", "scan", "--limit", "5")
+    assert p.returncode == 0 and p.stdout.count(b"\n") == 1, p.stdout
+    doc = json.loads(p.stdout)
+    assert doc["count"] == 5 and len(doc["entries"]) == 5 and doc["truncated"] is True
+
+
 def test_scan_from_is_inclusive_and_to_exclusive(ring4) -> None:
     doc, err, rc = _json(ring4, "kv", "scan", "--from", "300", "--to", "330", "--keys-only")
     assert rc == 0, err

@@ -385,22 +385,27 @@ def scan(state: State, start: str | None, end: str | None, limit: int, everythin
 
 
 def _scan_json(s, keys_only: bool, last: list[int]) -> None:
-    """One JSON document, written as the entries arrive (never all held)."""
+    """One JSON document, written as the entries arrive (never all held):
+    an entry a line on a terminal, all on one line otherwise (-o json's rule)."""
     import json
+    pretty = sys.stdout.isatty()
     nodes = [{"index": v.index, "id": v.node_id, "address": v.address, "keys": v.keys,
               "last_seq": v.last_seq} for v in s.nodes]
     skipped = [{"address": st.address, "error": str(err)} for st, err in s.skipped]
-    click.echo('{\n  "nodes": ' + json.dumps(nodes) + ',\n  "skipped": ' + json.dumps(skipped)
-               + ',\n  "entries": [')
+    nl, ind = ("\n", "  ") if pretty else ("", "")
+    field = "," + nl + ind if pretty else ", "
+    click.echo("{" + nl + ind + '"nodes": ' + json.dumps(nodes) + field
+               + '"skipped": ' + json.dumps(skipped) + field + '"entries": [', nl=False)
     first = True
     error = None
+    sep_first, sep = (nl + ind * 2, "," + nl + ind * 2) if pretty else ("", ", ")
     try:
         for e in s:
             doc = {"key": str(e.key)}
             if not keys_only:
                 doc.update(render.value_json(e.value))
             doc["node"] = e.node_index
-            click.echo(("    " if first else ",\n    ") + json.dumps(doc), nl=False)
+            click.echo((sep_first if first else sep) + json.dumps(doc), nl=False)
             first = False
             last[:] = [e.key]
     except ChordError as err:
@@ -410,8 +415,8 @@ def _scan_json(s, keys_only: bool, last: list[int]) -> None:
             "complete": error is None and not s.skipped}
     if error is not None:
         tail["error"] = str(error)
-    click.echo(("" if first else "\n") + "  ],\n" + ",\n".join(
-        f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in tail.items()) + "\n}")
+    click.echo(("" if first else nl) + ind + "]" + field + field.join(
+        f"{json.dumps(k)}: {json.dumps(v)}" for k, v in tail.items()) + nl + "}")
     if error is not None:
         raise error
 
