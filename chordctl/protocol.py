@@ -175,14 +175,17 @@ def validate(op: int | str, key: str, value: bytes | None,
     return number, k, canon, b""
 
 
-def describe(op: int, key: str, code: int, node: str) -> str:
-    """The human sentence of a result produced by *node* (``node 1 (id 49151)``)."""
+def describe(op: int, key: str, code: int, node: str, owner: bool = True) -> str:
+    """The human sentence of a result produced by *node* (``node 1 (id 49151)``):
+    the key's owner, or with *owner* False (ring.replicas > 1) the replica of
+    its arc that answered."""
+    where = f"owner: {node}" if owner else f"answered by {node}, a replica of its arc"
     if code == OK:
         return f"{_DONE[op]} key {key} on {node}"
     if code == NOT_FOUND:
-        return f"key {key} not found (owner: {node})"
+        return f"key {key} not found ({where})"
     if code == ALREADY_EXISTS:
-        return f"key {key} already exists (owner: {node}); use update to change it"
+        return f"key {key} already exists ({where}); use update to change it"
     return f"{OP_NAMES.get(op, 'operation')} of key {key} failed on {node} (code {code})"
 
 

@@ -58,8 +58,18 @@ def test_three_replicas_hold_every_key_and_answer_through_every_node(make_cluste
     with Client(cfg, target=cluster.address(2)) as c:
         c.update(str(keys[0]), b"new")
         c.delete(str(keys[1]))
-        with pytest.raises(NotFoundError):
+        with pytest.raises(NotFoundError) as e:
             c.read(str(keys[1]))
+        # The replica that answered is named as such, not as the key's owner.
+        assert "a replica of its arc" in str(e.value) and "owner" not in str(e.value)
+        for batch in (False, True):
+            if batch:
+                [err] = c.batch([("create", keys[0], b"again")])
+            else:
+                with pytest.raises(ChordError) as e:
+                    c.create(str(keys[0]), b"again")
+                err = e.value
+            assert "already exists (answered by node" in str(err), err
     with Client(cfg, target=cluster.address(1)) as c:
         assert c.read(str(keys[0])).value == b"new"
 

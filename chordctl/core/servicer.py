@@ -94,16 +94,17 @@ async def _refuse_malformed(request: MalformedRequest, context) -> None:
 
 # -- replies: answered Requests and markers -> protobuf -----------------------
 
-def _explain(r: Request, here: str) -> None:
-    """The message of an answer that came without one, in protocol.describe's words."""
+def _explain(r: Request, here: str, owner: bool = True) -> None:
+    """The message of an answer that came without one, in protocol.describe's
+    words (*owner*: the node that answered owns the key, ring.replicas 1)."""
     if not r.message:
         r.message = describe(r.op, r.key_text.decode(), r.code,
                              f"node {r.node_index} (id {r.node_id})"
-                             if r.node_index >= 0 else here)
+                             if r.node_index >= 0 else here, owner)
 
 
 def _batch_reply(slots: list, my_index: int, node_id: str, here: str,
-                 answered: dict) -> pb.BatchReply:
+                 answered: dict, owner: bool = True) -> pb.BatchReply:
     """A Batch call's reply, one result per op in order: an answered Request,
     or the (code, message) it was refused with here. Counts each outcome."""
     reply = pb.BatchReply()
@@ -115,7 +116,7 @@ def _batch_reply(slots: list, my_index: int, node_id: str, here: str,
             outcome = (s.op, code)
             answered[outcome] = answered.get(outcome, 0) + 1
             if code:
-                _explain(s, here)
+                _explain(s, here, owner)
                 res.code = code
                 res.message = s.message
             elif s.message:
@@ -243,7 +244,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             await fut
         finally:
             admission.in_flight -= 1
-        _explain(r, self.node.label)
+        _explain(r, self.node.label, not self.node.replicated)
         metrics = self.metrics
         metrics.answered(op, r.code)
         metrics.took(OP_NAMES[op], time.perf_counter() - t0)
@@ -387,7 +388,7 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
             finally:
                 admission.in_flight -= len(valid)
         reply = _batch_reply(slots, self.node.index, self.node_id, self.node.label,
-                             self.metrics.requests)
+                             self.metrics.requests, not self.node.replicated)
         self.metrics.took("batch", time.perf_counter() - t0)
         return reply
 
