@@ -1437,9 +1437,12 @@ def library_route(config: Config | None, target: str | None, route: str | None) 
 
 
 def _remaining(batch) -> float:
-    """Seconds left to the latest deadline of *batch* (its items waited in the
-    queue; at least 1 ms, so an expired one still gets gRPC's deadline error)."""
-    return max(max(item.deadline for item in batch) - time.monotonic(), 0.001)
+    """Seconds left to the earliest deadline of *batch* (its items waited in
+    the queue; at least 1 ms, so an expired one still gets gRPC's deadline
+    error). The earliest: no caller waits past its own timeout (the one that
+    leads a batch waited longest); a later one in it may be answered at that
+    deadline, a little before its own."""
+    return max(min(item.deadline for item in batch) - time.monotonic(), 0.001)
 
 
 def _ms(seconds: float) -> int:

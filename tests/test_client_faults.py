@@ -187,3 +187,39 @@ def test_scan_refuses_a_limit_or_page_size_that_is_not_a_whole_number() -> None:
                 await db.scan(limit=-1)
 
     asyncio.run(via_aio())
+
+
+def test_a_coalesced_call_never_waits_past_its_own_timeout(make_cluster) -> None:
+    """Calls queued behind a hung node's call, at staggered times: the one
+    that leads the next batch waited longest, so the batch's deadline is
+    the earliest of its calls'. Before it was the latest, and the leading
+    caller waited up to twice its timeout."""
+    import time
+    cluster = make_cluster(1)
+    node = cluster.nodes[0]
+    timeout = 0.6
+    took: list[float] = []
+    with chordctl.connect(cluster.config_path, timeout=timeout) as db:
+        db.create(1, b"v")
+        node.kill(signal.SIGSTOP)
+        try:
+            def one() -> None:
+                t0 = time.monotonic()
+                try:
+                    db.read(1)
+                except ChordError:
+                    pass
+                took.append(time.monotonic() - t0)
+
+            threads = []
+            for _ in range(6):
+                t = threading.Thread(target=one)
+                t.start()
+                threads.append(t)
+                time.sleep(timeout / 5)
+            for t in threads:
+                t.join(10)
+        finally:
+            node.kill(signal.SIGCONT)
+    assert len(took) == 6
+    assert max(took) < timeout + 0.25, took
