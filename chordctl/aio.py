@@ -33,8 +33,8 @@ from typing import Iterable
 import grpc
 
 from chordctl import security
-from chordctl.client import (CLOSE_GRACE_MAX, CONNECT_TIMEOUT, PROBE_METHOD, RING_UP_HINT,
-                             STREAM_GRACE, ClientBase, LaneBase, Result,
+from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, RING_UP_HINT, STREAM_GRACE,
+                             ClientBase, LaneBase, Result,
                              _batch_outcome, _ms, _remaining, _request, _unary,
                              batch_messages,
                              _arc, batch_outcomes, error_for, library_route, node_count,
@@ -349,8 +349,7 @@ class AsyncClient(ClientBase):
         self._node_channels: dict[int, grpc.aio.Channel] = {}
         self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
         self._tasks: set[asyncio.Task] = set()     # lanes' senders, held until done
-        self._retired: set[grpc.aio.Channel] = set()   # replaced, closed later (_retire)
-        self._closers: set[asyncio.Task] = set()
+        self._closers: set[asyncio.Task] = set()   # replaced channels' closes (_retire)
         self._loop: asyncio.AbstractEventLoop | None = None    # set by connect
 
     # -- connection -----------------------------------------------------------
@@ -473,21 +472,13 @@ class AsyncClient(ClientBase):
         return self._node_stub(self.serving(index))
 
     def _retire(self, channel: grpc.aio.Channel | None) -> None:
-        """Close a replaced channel once the calls other coroutines have in
-        flight on it are past their deadline (a close cancels them), or at
-        close()."""
+        """Close a replaced channel, without waiting for it here (calls other
+        coroutines still have on it fail); close() waits for it."""
         if channel is None:
             return
-        self._retired.add(channel)
-
-        def close() -> None:
-            if channel in self._retired:
-                self._retired.discard(channel)
-                task = asyncio.get_running_loop().create_task(channel.close())
-                self._closers.add(task)
-                task.add_done_callback(self._closers.discard)
-
-        asyncio.get_running_loop().call_later(min(self.timeout, CLOSE_GRACE_MAX), close)
+        task = asyncio.get_running_loop().create_task(channel.close())
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
 
     def _lane(self, key: str) -> _Lane:
         index = None if self._ring is None else self._ring.owner(int(key))
@@ -517,8 +508,7 @@ class AsyncClient(ClientBase):
     async def close(self) -> None:
         """Close every channel; calls in flight fail, later calls raise. Idempotent."""
         self._closed = True
-        channels = [self._channel, *self._node_channels.values(), *self._retired]
-        self._retired.clear()
+        channels = [self._channel, *self._node_channels.values()]
         self._channel = self._kv = None
         self._node_channels.clear()
         self._node_stubs.clear()
@@ -527,6 +517,8 @@ class AsyncClient(ClientBase):
                 await channel.close()
         if self._tasks:     # the lanes' senders end as their calls fail
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
         for lane in self._lanes.values():
             while lane.streams:
                 lane.streams.pop().call.cancel()

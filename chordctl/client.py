@@ -35,9 +35,6 @@ STREAM_GRACE = 0.05     # s past a stream message's deadline before the client g
 #                         its stream (the node answers an expired message itself by then)
 
 CONNECT_TIMEOUT = 1.0
-# A replaced channel is closed once the calls other threads have in flight on
-# it are past their deadline (the client's timeout), at most this late.
-CLOSE_GRACE_MAX = 30.0
 # Direct routing with ring.replicas > 1: a node found unreachable (a call to it
 # never left: its connection was refused) is passed over for this long, its
 # arcs' next replica taking its operations, then it is tried again.
@@ -966,12 +963,12 @@ class Client(ClientBase):
                             self.open(dead)
                     else:
                         self.open(self.address)
-                    _close_later(old, self.timeout)
+                    _close_later(old)
                 return self._kv
             for i, stub in self._node_stubs.items():
                 if stub is failed:
                     del self._node_stubs[i]
-                    _close_later(self._node_channels.pop(i, None), self.timeout)
+                    _close_later(self._node_channels.pop(i, None))
                     self.pass_over(i)
                     break
             return self._node_stub(self.serving(index))
@@ -1515,16 +1512,13 @@ def _batch_outcome(res: pb.Result, op: str, key: str, address: str) -> Result | 
                   message, tuple(res.route))
 
 
-def _close_later(channel: grpc.Channel | None, after: float = 0.0) -> None:
-    """Close a replaced channel on a thread of its own, *after* seconds: the
-    caller may be one of that channel's callbacks, and a close from there
-    never returns; and other threads' calls may still be in flight on it
-    (a close cancels them), so the client waits out their deadline first."""
+def _close_later(channel: grpc.Channel | None) -> None:
+    """Close a replaced channel on a thread of its own: the caller may be one
+    of that channel's callbacks, and a close from there never returns. Calls
+    other threads still have on it fail (they were on a connection that had
+    failed; one never sent is sent again on the current channel)."""
     if channel is not None:
-        timer = threading.Timer(min(after, CLOSE_GRACE_MAX), channel.close)
-        timer.name = "chordctl-close"
-        timer.daemon = True
-        timer.start()
+        threading.Thread(target=channel.close, name="chordctl-close", daemon=True).start()
 
 
 def _probe(channel: grpc.Channel, address: str) -> str | None:

@@ -324,3 +324,51 @@ def test_ring_migrate_of_a_replicated_ring_says_how_to_copy_it(tmp_path) -> None
             migrate.migrate(old, new)
         assert err.value.exit_status == 2
         assert "kv export keys.jsonl" in str(err.value) and "kv load keys.jsonl" in str(err.value)
+
+
+# -- another ring of the same shape -----------------------------------------------
+
+def _at_ports(tmp_path, first: int, n: int = 4):
+    return config_mod.from_dict({
+        "ring": {"bits": 16},
+        "nodes": [{"host": "127.0.0.1", "port": first + i} for i in range(n)],
+        "storage": {"data_dir": str(tmp_path / "data"), "snapshot_interval": 0},
+    })
+
+
+def test_a_directory_of_another_ring_of_the_same_shape_is_refused(tmp_path) -> None:
+    """Same bits, placement and nodes, every key in the right arc: only where
+    that ring's nodes were tells it apart (etcd's cluster id is made of its
+    members' addresses too). A ring that moves some of its nodes keeps the
+    others' addresses, and IDENTITY follows each move."""
+    a = _at_ports(tmp_path, 52001)
+    start_stop(a, 1, owned_keys(a, 1))
+    d = a.node_dir(1)
+    assert identity.read(d).addresses == tuple(f"127.0.0.1:{52001 + i}" for i in range(4))
+    twin = _at_ports(tmp_path, 52021)               # another ring, same shape
+    with pytest.raises(RingMismatchError) as err:
+        Node(twin, 1).recover()
+    assert err.value.exit_status == 2
+    assert "127.0.0.1:52001" in str(err.value) and "another ring's directory" in str(err.value)
+    # One node moved: the others' addresses are still the ring's.
+    moved = config_mod.from_dict({**_doc(a), "nodes": [{"host": "127.0.0.1", "port": p}
+                                                      for p in (52001, 52099, 52003, 52004)]})
+    start_stop(moved, 1)
+    assert identity.read(d).addresses[1] == "127.0.0.1:52099"
+    # Every node moved on purpose: delete IDENTITY, as the message says.
+    os.unlink(os.path.join(d, "IDENTITY"))
+    start_stop(twin, 1)
+    assert identity.read(d).addresses[0] == "127.0.0.1:52021"
+    # A file from before addresses were recorded gets them, and a one-node
+    # ring may move freely.
+    identity.write(d, RingIdentity(16, "direct", 4, 1))
+    start_stop(a, 1)
+    assert identity.read(d).addresses[0] == "127.0.0.1:52001"
+    one = _at_ports(tmp_path / "one", 52001, n=1)
+    start_stop(one, 0, [5])
+    start_stop(_at_ports(tmp_path / "one", 52050, n=1), 0)
+
+
+def _doc(cfg) -> dict:
+    return {"ring": {"bits": cfg.ring.bits},
+            "storage": {"data_dir": cfg.storage.data_dir, "snapshot_interval": 0}}

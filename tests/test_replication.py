@@ -794,3 +794,35 @@ def test_a_passed_over_node_is_tried_again_after_a_while():
         with Client(cfg(route, replicas)) as c:
             c.pass_over(owner)
             assert c._passed == {}
+
+
+def test_a_replica_directory_of_another_ring_of_the_same_shape_is_refused(make_cluster,
+                                                                        tmp_path):
+    """A node directory copied from another R = 3 ring of the same shape: its
+    keys all lie in the right arcs, and with a longer log and higher terms it
+    would win its groups' elections and overwrite this ring's acknowledged
+    writes. It is refused (exit 2), naming where that ring's nodes were, and
+    this ring keeps serving every key."""
+    from conftest import Cluster, write_config
+    (tmp_path / "a").mkdir()
+    a = Cluster(write_config(tmp_path / "a", 3, bits=BITS, replicas=3)).start()
+    try:
+        with Client(a.config, target=a.address(0)) as c:
+            for k in range(100, 400):
+                c.create(str(k), b"ring A")
+    finally:
+        a.stop()
+    b = make_cluster(3, bits=BITS, replicas=3).settled()
+    keys = keys_on_every_arc(3)
+    with Client(b.config, target=b.address(0)) as c:
+        for k in keys:
+            c.create(str(k), b"ring B")
+    b.nodes[2].kill(signal.SIGKILL)
+    shutil.rmtree(b.config.node_dir(2))
+    shutil.copytree(a.config.node_dir(2), b.config.node_dir(2))
+    node = b.nodes[2]
+    node.start(wait=False)
+    assert node.proc.wait(timeout=30) == 2
+    out = node.log()
+    assert "another ring's directory" in out and a.address(0) in out, out
+    read_all(b.config, b.address(0), {k: b"ring B" for k in keys})

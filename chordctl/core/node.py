@@ -216,8 +216,10 @@ class Node:
                            "this ring instead", self.label, self.directory,
                            recorded.identity.describe())
             recorded = None
+        addresses = tuple(n.address for n in self.config.nodes)
         if recorded is not None:
             identity.check(recorded.identity, expected, self.directory, recorded.adopted)
+            identity.check_addresses(recorded, addresses, self.directory)
         mine = self.holds_key_test()
         foreign: list[int] = []
 
@@ -246,9 +248,13 @@ class Node:
                     self.directory, self.ring, self.index, count, first,
                     hint=identity.REPLICATED_HINT if self.replicated else identity.MIGRATE_HINT)
         recovery.repair(self.directory, report)   # keeps copies, logs what it did
+        if recorded is not None and recorded.addresses != addresses:
+            # Where this ring's nodes are now (check_addresses at the next start).
+            identity.write(self.directory, expected, recorded.adopted, addresses,
+                           recorded.created or None)
         if recorded is None:
             data = bool(report.snapshot or report.records)
-            path = identity.write(self.directory, expected, adopted=data)
+            path = identity.write(self.directory, expected, adopted=data, addresses=addresses)
             if data:
                 logger.warning(
                     "%s: %s had no ring identity (written by an older chordctl); every one "

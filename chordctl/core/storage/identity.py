@@ -126,6 +126,30 @@ class IdentityFile:
     created: str
     adopted: bool
     path: str
+    # The ring's node addresses (host:port, by index) as of the node's last
+    # start; None in a file written before they were recorded.
+    addresses: tuple[str, ...] | None = None
+
+
+def check_addresses(recorded: IdentityFile, addresses: tuple[str, ...], where: str) -> None:
+    """RingMismatchError (exit 2) when the ring of *recorded* had none of the
+    node addresses of this one: a directory of another ring of the same
+    shape (its keys all lie in the right arcs, so nothing else tells them
+    apart; a replica of it would even win its groups' elections with its
+    longer log and overwrite this ring's). A ring that moves some of its
+    nodes keeps the others' addresses; one node alone is not checked."""
+    if recorded.addresses is None or len(addresses) < 2:
+        return
+    if set(recorded.addresses) & set(addresses):
+        return
+    shown = ", ".join(recorded.addresses[:3]) + (", ..." if len(recorded.addresses) > 3 else "")
+    raise RingMismatchError(
+        f"storage: {where} was written by a ring whose nodes were at {shown}, and none of "
+        f"this ring's nodes is at any of those addresses: it is another ring's directory "
+        f"(of the same shape); start it with that ring's config. If this ring moved every "
+        f"node to a new address, delete {recorded.path} on each node: the node then checks "
+        f"that every key lies in its arc and records the new addresses",
+        field="nodes")
 
 
 def path_of(directory: str) -> str:
@@ -136,13 +160,16 @@ def _canonical(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def encode(identity: RingIdentity, adopted: bool = False, created: str | None = None) -> bytes:
+def encode(identity: RingIdentity, adopted: bool = False, created: str | None = None,
+           addresses: Iterable[str] | None = None) -> bytes:
     doc = {"format": FORMAT, "bits": identity.bits, "placement": identity.placement,
            "nodes": identity.nodes, "index": identity.index, "id": str(identity.id),
            "fingerprint": identity.fingerprint, "adopted": adopted,
            "created": created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if identity.replicas > 1:
         doc["replicas"] = identity.replicas
+    if addresses is not None:
+        doc["addresses"] = list(addresses)
     doc["crc32"] = zlib.crc32(_canonical(doc))
     return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
 
@@ -172,7 +199,12 @@ def decode(data: bytes, path: str) -> IdentityFile:
         raise bad(f"field {e} missing or wrong") from None
     if str(ident.id) != str(doc.get("id")) or ident.fingerprint != doc.get("fingerprint"):
         raise bad("id or fingerprint does not match the ring it names")
-    return IdentityFile(ident, str(doc.get("created", "")), bool(doc.get("adopted")), path)
+    addresses = doc.get("addresses")
+    if addresses is not None and (not isinstance(addresses, list)
+                                  or not all(isinstance(a, str) for a in addresses)):
+        raise bad("field 'addresses' is not a list of addresses")
+    return IdentityFile(ident, str(doc.get("created", "")), bool(doc.get("adopted")), path,
+                        tuple(addresses) if addresses is not None else None)
 
 
 def read(directory: str) -> IdentityFile | None:
@@ -188,12 +220,13 @@ def read(directory: str) -> IdentityFile | None:
     return decode(data, path)
 
 
-def write(directory: str, identity: RingIdentity, adopted: bool = False) -> str:
+def write(directory: str, identity: RingIdentity, adopted: bool = False,
+          addresses: Iterable[str] | None = None, created: str | None = None) -> str:
     """Write IDENTITY atomically: .tmp, fsync, rename, fsync the directory."""
     final = path_of(directory)
     tmp = final + files.TMP_SUFFIX
     with open(tmp, "wb") as f:
-        f.write(encode(identity, adopted))
+        f.write(encode(identity, adopted, created, addresses))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)

@@ -157,7 +157,7 @@ def migrate(old: Config, new: Config, progress: Progress | None = None) -> Migra
             # snapshot whose log is missing), empty, since snap.1 holds it all.
             LogFile(d, 1).close()
             snapshot.write(d, 1, 0, store.freeze(), pause_ratio=0, identity=ident)
-            identity.write(d, ident)
+            identity.write(d, ident, addresses=[n.address for n in new.nodes])
             target.directory = os.path.join(new_data, f"node-{target.index}")
             step("write", target.keys, total)
             if pause:
