@@ -12,7 +12,9 @@ is found too). Only a verified pid is ever signalled.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import select
 import signal
@@ -338,6 +340,46 @@ def refuse_strangers(cfg: Config, found: list[NodeProcess]) -> None:
                 f"cluster: {node.address} (node {f.index}) is served by another process "
                 f"(pid {f.stranger}), not by node {f.index} of this config; stop it "
                 f"(`chordctl cluster down` with its own config) or change the port")
+
+
+START_LOCK = ".cluster-up.lock"
+
+
+@contextlib.contextmanager
+def starting(cfg: Config, timeout: float, notify: Callable[[str], None] = lambda line: None):
+    """Hold the ring's start lock (``<data_dir>/.cluster-up.lock``, flock)
+    while a `cluster up` finds and starts its nodes: two at once would each
+    win some ports and stop what they started, or remove the other's pid
+    files. A second one waits (at most *timeout* seconds, telling why) and
+    then finds the nodes running."""
+    directory = cfg.storage.data_dir
+    files.makedirs_durable(directory)
+    path = os.path.join(directory, START_LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            notify(f"cluster: another `cluster up` of this ring (pid {holder}) is starting "
+                   f"it; waiting for it")
+            deadline = time.monotonic() + timeout
+            while True:
+                time.sleep(0.05)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ChordError(
+                            f"cluster: another `cluster up` of this ring (pid {holder}) has "
+                            f"been starting it for {timeout:g}s; wait for it, or stop it") \
+                            from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)        # releases the lock
 
 
 def start_missing(cfg: Config, missing: list[int], cpus_mode: str, wait_s: float,

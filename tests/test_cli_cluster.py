@@ -465,3 +465,23 @@ def test_cluster_up_of_an_even_ring_replicas_warns_the_operator(tmp_path):
         assert "warning: ring.replicas 2 is even" in err and "use an odd number" in err
     finally:
         kill_leftovers(cfg, path, started)
+
+
+def test_two_cluster_up_at_once_leave_one_running_ring(config4):
+    """Two `cluster up --detach` of one config at the same moment: each won
+    some ports and lost others, then stopped what it had started (or the
+    loser removed the winner's pid files). Now the second waits for the
+    first, finds every node running, and every pid file names its node."""
+    path, cfg, started = config4
+    cmd = [sys.executable, "-m", "chordctl", "-c", path, "cluster", "up", "--detach"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    outs = [p.communicate(timeout=UP_TIMEOUT) for p in (first, second)]
+    started.update(read_pids(cfg))
+    errs = [e.decode() for _o, e in outs]
+    assert (first.returncode, second.returncode) == (0, 0), errs
+    assert any("every node of this config was already running" in e for e in errs), errs
+    assert sorted(started) == [0, 1, 2, 3]
+    for i, pid in started.items():
+        with Client(cfg, target=cfg.nodes[i].address) as c:
+            assert c.status().pid == pid

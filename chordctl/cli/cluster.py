@@ -15,6 +15,7 @@ from chordctl.cli.common import Seconds, State, pass_state
 from chordctl.cli.ring import print_ring
 from chordctl.config import Config, replicas_warning
 from chordctl.localcluster import (STOP_TIMEOUT, find_nodes, refuse_strangers, remove_pid_file,
+                                   starting,
                                    start_missing, stop_pids, wait_arcs_led, wait_serving)
 
 
@@ -64,25 +65,26 @@ def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
     even = replicas_warning(cfg.ring.replicas)
     if even:
         click.secho(f"chordctl: warning: {even}", fg="yellow", err=True)
-    found = find_nodes(cfg)
-    refuse_strangers(cfg, found)
-    already = [f.index for f in found if f.running]
-    missing = [f.index for f in found if not f.running]
-    for f in found:
-        if f.running:
-            click.echo(f"node {f.index} already running on {cfg.nodes[f.index].address} "
-                       f"(pid {f.pid})", err=True)
+    notify = lambda line: click.echo(line, err=True)   # noqa: E731
     procs: dict[int, subprocess.Popen] = {}
-    try:
-        start_missing(cfg, missing, cpus_mode, wait_s, procs,
-                      notify=lambda line: click.echo(line, err=True))
-        for i in already:     # one may still be replaying its log
-            wait_serving(cfg.nodes[i].address, None, wait_s, cfg)
-    except BaseException:
-        stop_pids({i: p.pid for i, p in procs.items()}, timeout=5.0)
-        for i in procs:
-            remove_pid_file(cfg, i)
-        raise
+    with starting(cfg, wait_s, notify):
+        found = find_nodes(cfg)
+        refuse_strangers(cfg, found)
+        already = [f.index for f in found if f.running]
+        missing = [f.index for f in found if not f.running]
+        for f in found:
+            if f.running:
+                click.echo(f"node {f.index} already running on {cfg.nodes[f.index].address} "
+                           f"(pid {f.pid})", err=True)
+        try:
+            start_missing(cfg, missing, cpus_mode, wait_s, procs, notify=notify)
+            for i in already:     # one may still be replaying its log
+                wait_serving(cfg.nodes[i].address, None, wait_s, cfg)
+        except BaseException:
+            stop_pids({i: p.pid for i, p in procs.items()}, timeout=5.0)
+            for i in procs:
+                remove_pid_file(cfg, i)
+            raise
     if cfg.ring.replicas > 1:
         # Elections take one or two election timeouts: show arcs with leaders.
         wait_arcs_led(cfg, min(wait_s, 10 * cfg.replication.election_timeout + 2))
