@@ -695,11 +695,16 @@ class AsyncClient(ClientBase):
 
     async def _count_source(self, request: pb.CountRequest, options: list[tuple]) -> NodeCount:
         """One source's count: its replicas in turn while they are unavailable."""
+        told = None     # a replica's own words, kept over failing to reach the next
         for k, (index, label, address, stub, ring_id) in enumerate(options):
             reply = await self._count_one(stub, request)
-            if isinstance(reply, grpc.RpcError) and k < len(options) - 1 \
-                    and reply.code() == grpc.StatusCode.UNAVAILABLE:
-                continue
+            if isinstance(reply, grpc.RpcError):
+                if (reply.details() or "").startswith("node "):
+                    told = (reply, index, label, address, ring_id)
+                if k < len(options) - 1 and reply.code() == grpc.StatusCode.UNAVAILABLE:
+                    continue
+                reply, index, label, address, ring_id = told or \
+                    (reply, index, label, address, ring_id)
             return node_count(reply, index, label, address, ring_id, _arc(request))
 
     async def _count_one(self, stub: pb_grpc.KeyValueStub,

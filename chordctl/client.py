@@ -1286,6 +1286,7 @@ class Client(ClientBase):
                  for req, options in self._sources(request)]
         out = []
         for req, options, fut in calls:
+            told = None     # a replica's own words, kept over failing to reach the next
             for k, (index, label, address, stub, ring_id) in enumerate(options):
                 try:
                     if k:
@@ -1294,8 +1295,12 @@ class Client(ClientBase):
                                           _arc(req)))
                     break
                 except grpc.RpcError as e:
+                    if (e.details() or "").startswith("node "):
+                        told = (e, index, label, address, ring_id)
                     last = k == len(options) - 1
                     if last or e.code() != grpc.StatusCode.UNAVAILABLE:
+                        e, index, label, address, ring_id = told or \
+                            (e, index, label, address, ring_id)
                         out.append(node_count(e, index, label, address, ring_id, _arc(req)))
                         break
         return out

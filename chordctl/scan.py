@@ -251,6 +251,20 @@ def _idle_error(stream) -> DeadlineExceededError:
         f"(client.timeout); is it overloaded or stopped? (`chordctl ring show`)")
 
 
+def telling(before: ChordError | None, error: ChordError) -> ChordError:
+    """Of two failures of one arc's replicas, the one to report: a node's own
+    words (it answered, and says why: the arc has no leader, say) over the
+    client's failing to reach the next replica."""
+    if before is not None and _said_by_a_node(str(before)) and not _said_by_a_node(str(error)):
+        return before
+    return error
+
+
+def _said_by_a_node(text: str) -> bool:
+    """Whether a (maybe _node_failed-wrapped) failure is a node's own words."""
+    return text.startswith("node ") or " failed: node " in text
+
+
 def _node_failed(stream, error: ChordError) -> ChordError:
     return type(error)(f"scan: {stream.label} at {stream.address} failed: {error}")
 
@@ -300,6 +314,7 @@ class Scan:
         live = []
         try:
             for k, s in enumerate(self.streams):
+                told = None     # the most telling failure of this arc's replicas so far
                 while True:
                     try:
                         self.nodes.append(s.first())
@@ -307,13 +322,14 @@ class Scan:
                         break
                     except ChordError as e:
                         s.close()
+                        told = telling(told, e)
                         nxt = s.failover(e)
                         if nxt is not None:
                             self.streams[k] = s = nxt.start()
                             continue
                         if not self.partial:
-                            raise _not_every_node(e) from None
-                        self.skipped.append((s, e))
+                            raise _not_every_node(told) from None
+                        self.skipped.append((s, told))
                         break
         except BaseException:
             self.close()
@@ -439,6 +455,7 @@ class AsyncScan:
         live = []
         try:
             for k, s in enumerate(self.streams):
+                told = None     # the most telling failure of this arc's replicas so far
                 while True:
                     try:
                         self.nodes.append(await s.first())
@@ -446,14 +463,15 @@ class AsyncScan:
                         break
                     except ChordError as e:
                         s.close()
+                        told = telling(told, e)
                         nxt = s.failover(e)
                         if nxt is not None:
                             nxt.start()
                             self.streams[k] = s = nxt
                             continue
                         if not self.partial:
-                            raise _not_every_node(e) from None
-                        self.skipped.append((s, e))
+                            raise _not_every_node(told) from None
+                        self.skipped.append((s, told))
                         break
         except BaseException:
             self.close()

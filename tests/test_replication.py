@@ -826,3 +826,30 @@ def test_a_replica_directory_of_another_ring_of_the_same_shape_is_refused(make_c
     out = node.log()
     assert "another ring's directory" in out and a.address(0) in out, out
     read_all(b.config, b.address(0), {k: b"ring B" for k in keys})
+
+
+def test_count_and_scan_of_an_arc_without_a_majority_say_why_at_once(make_cluster):
+    """Two of an arc's three replicas down: `kv count` and `kv scan` report
+    the surviving replica's own words (the arc has no leader), not the
+    failure to reach the last dead replica they tried, and do not wait out
+    a timeout per replica."""
+    from conftest import run_chordctl
+    cluster = make_cluster(5, bits=BITS, replicas=3, timeout=3).settled()
+    cluster.nodes[3].kill(signal.SIGKILL)
+    cluster.nodes[4].kill(signal.SIGKILL)       # arcs 0 (0, 4, 3) and 4 (4, 3, 2)
+    with Client(cluster.config, target=cluster.address(1)) as c:
+        wait_until(lambda: "has had no leader" in _failure(c, Ring(BITS, 5).arc(4)[1]),
+                   timeout=15, what="arc 4 refused at once")
+    t0 = time.monotonic()
+    p = run_chordctl("-c", cluster.config_path, "-o", "json", "kv", "count")
+    took = time.monotonic() - t0
+    doc = json.loads(p.stdout)
+    assert p.returncode == 3, p.stderr
+    errors = {n["arc"]: n.get("error", "") for n in doc["nodes"] if n.get("keys") is None}
+    assert sorted(errors) == [0, 4], doc
+    for arc, error in errors.items():
+        assert "has had no leader" in error and "cannot connect" not in error, (arc, error)
+    assert took < 3, took
+    p = run_chordctl("-c", cluster.config_path, "kv", "scan")
+    err = p.stderr.decode()
+    assert p.returncode == 3 and "has had no leader" in err and "--partial" in err, err
