@@ -243,9 +243,18 @@ class _Lane(LaneBase):
                         self.streaming = False
                         return await self._send(batch)
                     if attempt < 2:
+                        if attempt == 1:
+                            # A fresh stream ended too: the node may be down. A
+                            # fresh channel (to another node if it does not
+                            # answer: reopen, follow); nothing was sent.
+                            try:
+                                await self._reopen(self.stub)
+                            except ChordError as err:
+                                return [err] * len(batch)
                         continue
-                    return [UnavailableError(f"client: {self.address} ended the stream "
-                                             f"twice before this batch left; {RING_UP_HINT}")
+                    return [UnavailableError(f"client: could not send to {self.address}: "
+                                             f"its stream ended before this batch left, three "
+                                             f"times (nothing was sent); {RING_UP_HINT}")
                             ] * len(batch)
                 reply = await s.call.read()
             except grpc.RpcError as e:

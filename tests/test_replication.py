@@ -853,3 +853,36 @@ def test_count_and_scan_of_an_arc_without_a_majority_say_why_at_once(make_cluste
     p = run_chordctl("-c", cluster.config_path, "kv", "scan")
     err = p.stderr.decode()
     assert p.returncode == 3 and "has had no leader" in err and "--partial" in err, err
+
+
+def test_asyncio_streams_open_to_an_owner_that_dies_go_on_through_the_next_replica(
+        make_cluster):
+    """chordctl.aio coalesces onto BatchStream calls. With streams open to an
+    owner when it is killed, the next batches reach the arc through its next
+    replica (a stream found ended is retried on a fresh one, then on a fresh
+    channel, which passes the dead owner over)."""
+    import asyncio
+
+    from chordctl import aio
+    cluster = make_cluster(3, bits=BITS, replicas=3).settled()
+    keys = keys_on_every_arc(3, per_arc=8)
+    with Client(cluster.config, target=cluster.address(1)) as c:
+        for k in keys:
+            c.create(str(k), b"before")
+
+    async def main() -> list:
+        async with await aio.connect(cluster.config_path) as db:
+            assert db.stream and db.coalesce
+            for _ in range(3):      # concurrent: batches of several, on streams
+                assert {r.value for r in await asyncio.gather(*(db.read(k) for k in keys))} \
+                    == {b"before"}
+            cluster.nodes[0].kill(signal.SIGKILL)
+            out = await asyncio.gather(*(db.update(k, b"after") for k in keys),
+                                       return_exceptions=True)
+            out += await asyncio.gather(*(db.read(k) for k in keys), return_exceptions=True)
+            return out
+
+    out = asyncio.run(main())
+    failed = [o for o in out if isinstance(o, BaseException)]
+    assert not failed, failed[:3]
+    assert {o.value for o in out[len(keys):]} == {b"after"}
