@@ -82,7 +82,7 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
         message = (f"client: no reply from {address} {within}; a write may still be "
                    f"applied (read the key before retrying it); the node may be overloaded, "
                    f"stuck, or without a majority of its replica group -- {RING_UP_HINT}")
-    elif not node_made and message == "Channel closed!":
+    elif not node_made and "Channel closed!" in message:   # "Stream removed (...)" too
         # gRPC's words for a call cancelled by closing its channel: close(), or
         # a channel replaced after an outage while other calls were on it.
         message = (f"client: the connection to {address} was closed while the call was in "

@@ -223,3 +223,11 @@ def test_a_coalesced_call_never_waits_past_its_own_timeout(make_cluster) -> None
             node.kill(signal.SIGCONT)
     assert len(took) == 6
     assert max(took) < timeout + 0.25, took
+
+
+def test_a_stream_removed_by_closing_its_channel_is_said_in_our_words() -> None:
+    from chordctl.client import error_for
+    from chordctl.protocol import UNAVAILABLE
+    for details in ("Channel closed!", "Stream removed (Channel closed!)"):
+        e = error_for(UNAVAILABLE, details, "127.0.0.1:7")
+        assert str(e).startswith("client: the connection to 127.0.0.1:7 was closed"), e
