@@ -68,8 +68,11 @@ def check_listen(host: str, port: int, index: int) -> None:
             sock.bind(sockaddr)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                why = ("the port is in use by another process; stop it, or change "
-                       f"nodes[{index}].port (`chordctl ring show` shows what answers there)")
+                holder = procinfo.port_listener(port)
+                who = "another process" if holder is None else \
+                    f"another process (pid {holder[0]}: {' '.join(holder[1].split())[:120]})"
+                why = (f"the port is in use by {who}; stop it, or change "
+                       f"nodes[{index}].port")
             elif e.errno == errno.EADDRNOTAVAIL:
                 why = (f"{host} is not an address of this machine; fix nodes[{index}].host "
                        f"(or run node {index} on the machine that has it)")
