@@ -117,7 +117,7 @@ class _Lane(LaneBase):
         coroutine was cancelled) are left out, as nothing of theirs was sent."""
         while self.pending:
             pending = self.pending
-            n = self.client.fit.count(pending, 0, "read")
+            n = self.close_deadlines(pending, self.client.fit.count(pending, 0, "read"))
             batch = [item for item in pending[:n] if not item.future.done()]
             del pending[:n]
             if batch:
@@ -156,7 +156,7 @@ class _Lane(LaneBase):
     async def _reopen(self, failed: pb_grpc.KeyValueStub) -> None:
         stub = await self.client._reopen(self.index, failed)
         if self.index is None:
-            self.stub = stub
+            self.stub, self.address = stub, self.client.address
         else:
             self.node = None
             self.follow()
@@ -167,7 +167,7 @@ class _Lane(LaneBase):
         single = len(batch) == 1
         if self.streaming and not single:
             return await self._send_stream(batch)
-        timeout = max(item.timeout for item in batch)
+        timeout = min(item.timeout for item in batch)
         if single:      # a lone operation goes as its unary call (cheaper than a Batch of one)
             only = batch[0]
             request = _request(only.op, only.key, only.msg.value, only.msg.trace)
@@ -195,7 +195,7 @@ class _Lane(LaneBase):
             except grpc.aio.UsageError:     # the channel was closed before the call
                 if attempt == 0 and self.refresh():
                     continue                # replaced by another call: nothing was sent
-                return [self.client.closed_error()] * len(batch)
+                return [self.lost_channel()] * len(batch)
             except asyncio.CancelledError:
                 if _cancelling():
                     raise
@@ -211,7 +211,7 @@ class _Lane(LaneBase):
         applied; no reply by the deadline: DEADLINE_EXCEEDED; UNIMPLEMENTED:
         Batch calls for this lane). The deadline is a timer that cancels the
         stream, as a stream has none per message."""
-        timeout = max(item.timeout for item in batch)
+        timeout = min(item.timeout for item in batch)
         ops = [item.msg for item in batch]
         streams = self.streams
         loop = asyncio.get_running_loop()
@@ -225,7 +225,7 @@ class _Lane(LaneBase):
                 except (grpc.aio.UsageError, AttributeError):   # the channel was closed
                     if attempt < 2 and self.refresh():
                         continue
-                    return [self.client.closed_error()] * len(batch)
+                    return [self.lost_channel()] * len(batch)
             left = _remaining(batch)
             seq = s.seq = s.seq + 1
             request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left))
@@ -459,18 +459,27 @@ class AsyncClient(ClientBase):
             if failed is self._kv:
                 old, dead = self._channel, self.address
                 self._channel = None
-                if len(self.addresses) > 1:
-                    # The entry node cannot be reached: any other node of the
-                    # ring routes the call as well (this one last).
-                    try:
-                        if await self._first_answering(last=dead) != dead:
-                            log.info("client: %s cannot be reached; the entry node is now "
-                                     "%s", dead, self.address)
-                    except UnavailableError:
+                try:
+                    if len(self.addresses) > 1:
+                        # The entry node cannot be reached: any other node of
+                        # the ring routes the call as well (this one last).
+                        try:
+                            if await self._first_answering(last=dead) != dead:
+                                log.info("client: %s cannot be reached; the entry node is "
+                                         "now %s", dead, self.address)
+                        except UnavailableError:
+                            self._open(dead)
+                    else:
                         self._open(dead)
-                else:
-                    self._open(dead)
-                self._retire(old)
+                finally:
+                    if self._channel is None:       # cancelled meanwhile
+                        self._channel = old
+                    else:
+                        self._retire(old)
+                if self._closed:                    # close() ran during the await
+                    new, self._channel, self._kv = self._channel, None, None
+                    self._retire(new)
+                    raise self.closed_error()
             return self._kv
         for i, stub in self._node_stubs.items():
             if stub is failed:

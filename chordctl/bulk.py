@@ -26,7 +26,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import grpc
 
 from chordctl.client import Client, error_for
-from chordctl.errors import ChordError, InvalidInputError
+from chordctl.errors import ChordError, InvalidInputError, UnavailableError
 from chordctl.pb import chord_pb2 as pb
 from chordctl.protocol import OP_OVERHEAD, OPS, never_sent
 
@@ -259,7 +259,19 @@ def load(client: Client, items: Iterable[tuple[str, bytes]], batch: int = DEFAUL
         slots.acquire()
         with lock:
             in_flight[0] += 1
-        fut = stub.Batch.future(request, timeout=timeout)
+        try:
+            fut = stub.Batch.future(request, timeout=timeout)
+        except ValueError:      # its channel was closed (the client was closed, or replaced it)
+            slots.release()
+            n = len(request.ops)
+            with lock:
+                in_flight[0] -= 1
+                note_failure(UnavailableError(f"client: the channel to {address} was closed "
+                                              f"before this batch left; none of it was sent"), n)
+                idle.notify_all()
+            if progress is not None:
+                progress(n)
+            return
         fut.add_done_callback(lambda f, r=request, a=address, t=tried: done(f, r, a, t))
 
     def send_again() -> None:

@@ -197,6 +197,30 @@ class LaneBase:
             self.stub = client._node_stub(node)
             self.address = client.config.nodes[node].address
 
+    @staticmethod
+    def close_deadlines(pending: list, n: int) -> int:
+        """How many of the first *n* of *pending* have deadlines close to the
+        first one's (within a quarter of the shorter timeout): a batch goes
+        with the earliest deadline of its calls (_remaining), so a call of a
+        short timeout must not cut short the calls of a long one."""
+        if n < 2:
+            return n
+        head = pending[0]
+        deadline, timeout = head.deadline, head.timeout
+        for i in range(1, n):
+            o = pending[i]
+            t = o.timeout
+            if abs(o.deadline - deadline) > 0.25 * (t if t < timeout else timeout):
+                return i
+        return n
+
+    def lost_channel(self) -> ChordError:
+        """The outcome of a call whose channel was closed under it again and again."""
+        if self.client._closed:
+            return self.client.closed_error()
+        return UnavailableError(f"client: the channel to {self.address} was replaced twice "
+                                f"under this call (nothing was sent); try again")
+
     def refresh(self) -> bool:
         """This lane's channel was closed under it: take the client's current
         one (another thread replaced it). False if the client itself is closed."""
@@ -243,8 +267,8 @@ class _Lane(LaneBase):
 
     def _take(self) -> list[_Op]:
         """The next batch off the queue (the caller holds the lock): as many as
-        one Batch call carries (protocol.BatchFit)."""
-        n = self.client.fit.count(self.pending, 0, "read")
+        one Batch call carries (protocol.BatchFit), of close deadlines."""
+        n = self.close_deadlines(self.pending, self.client.fit.count(self.pending, 0, "read"))
         batch = self.pending[:n]
         if batch:
             del self.pending[:n]
@@ -271,14 +295,14 @@ class _Lane(LaneBase):
         while batch:
             if self.moved():
                 self.follow()
-            timeout = max(item.timeout for item in batch)
+            timeout = min(item.timeout for item in batch)
             try:
                 fut = _call(self.stub, batch, _remaining(batch), future=True)
             except ValueError:          # the channel was closed under us
                 if not refreshed and self.refresh():
                     refreshed = True    # replaced by another thread: nothing was sent
                     continue
-                outcomes = [self.client.closed_error()] * len(batch)
+                outcomes = [self.lost_channel()] * len(batch)
             except Exception as e:      # a bug of ours: fail the batch, keep the lane going
                 outcomes = [InternalError(f"client: could not send to {self.address} "
                                           f"({e!r})")] * len(batch)
@@ -379,7 +403,7 @@ class _Lane(LaneBase):
             self.follow()
         if self.streaming and len(batch) > 1:
             return self._send_stream(batch)
-        timeout = max(item.timeout for item in batch)
+        timeout = min(item.timeout for item in batch)
         for attempt in (0, 1):
             try:
                 return self._outcomes(batch, _call(self.stub, batch, _remaining(batch)))
@@ -395,7 +419,7 @@ class _Lane(LaneBase):
             except ValueError:      # the channel was closed under us
                 if attempt == 0 and self.refresh():
                     continue        # replaced by another thread: nothing was sent
-                return [self.client.closed_error()] * len(batch)
+                return [self.lost_channel()] * len(batch)
         raise AssertionError("unreachable")
 
     def _send_stream(self, batch: list[_Op]) -> list[Result | ChordError]:
@@ -415,7 +439,7 @@ class _Lane(LaneBase):
         DEADLINE_EXCEEDED. A node without BatchStream (UNIMPLEMENTED): this
         lane goes back to Batch calls.
         """
-        timeout = max(item.timeout for item in batch)
+        timeout = min(item.timeout for item in batch)
         ops = [pb.Operation(op=OPS[b.op], key=b.key, value=b.value or b"", trace=b.trace)
                for b in batch]
         watchdog = self.client.watchdog()
@@ -430,7 +454,7 @@ class _Lane(LaneBase):
                 except ValueError:      # the channel was closed under us
                     if attempt < 2 and self.refresh():
                         continue
-                    return [self.client.closed_error()] * len(batch)
+                    return [self.lost_channel()] * len(batch)
             left = _remaining(batch)
             seq = s.seq = s.seq + 1
             request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left))
@@ -973,12 +997,6 @@ class Client(ClientBase):
                     break
             return self._node_stub(self.serving(index))
 
-    def node_address(self, index: int | None) -> str:
-        """The address operations on node *index*'s arc go to now (serving)."""
-        if index is None:
-            return self.address
-        return self.config.nodes[self.serving(index)].address
-
     def _lane(self, key: str) -> _Lane:
         index = None if self._ring is None else self._ring.owner(int(key))
         lane = self._lanes.get(index)
@@ -1160,7 +1178,9 @@ class Client(ClientBase):
             except ValueError:      # its channel was closed: by close(), or replaced
                 if attempt == 0 and not self._closed:
                     continue
-                return self.closed_error()
+                return self.closed_error() if self._closed else UnavailableError(
+                    f"client: the channel to {address} was replaced twice under this call "
+                    f"(nothing was sent); try again")
             return reply_result(op, key, reply)
         raise AssertionError("unreachable")
 

@@ -30,7 +30,7 @@ from chordctl import cpulist, security
 from chordctl.config import ENV_CONFIG, DEFAULT_CONFIG, Config
 from chordctl.core import affinity
 from chordctl.core.storage import files, lock
-from chordctl.errors import ChordError, UnavailableError
+from chordctl.errors import ChordError, StorageAccessError, UnavailableError
 
 PID_FILE = "node.pid"
 LOG_FILE = "node.log"
@@ -342,9 +342,6 @@ def refuse_strangers(cfg: Config, found: list[NodeProcess]) -> None:
                 f"(`chordctl cluster down` with its own config) or change the port")
 
 
-START_LOCK = ".cluster-up.lock"
-
-
 @contextlib.contextmanager
 def starting(cfg: Config, timeout: float, notify: Callable[[str], None] = lambda line: None):
     """Hold the ring's start lock (``<data_dir>/.cluster-up.lock``, flock)
@@ -353,9 +350,12 @@ def starting(cfg: Config, timeout: float, notify: Callable[[str], None] = lambda
     files. A second one waits (at most *timeout* seconds, telling why) and
     then finds the nodes running."""
     directory = cfg.storage.data_dir
-    files.makedirs_durable(directory)
-    path = os.path.join(directory, START_LOCK)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    path = os.path.join(directory, files.CLUSTER_LOCK)
+    try:
+        files.makedirs_durable(directory)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StorageAccessError.of(e, path, "open") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

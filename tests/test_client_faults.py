@@ -231,3 +231,21 @@ def test_a_stream_removed_by_closing_its_channel_is_said_in_our_words() -> None:
     for details in ("Channel closed!", "Stream removed (Channel closed!)"):
         e = error_for(UNAVAILABLE, details, "127.0.0.1:7")
         assert str(e).startswith("client: the connection to 127.0.0.1:7 was closed"), e
+
+
+def test_a_coalesced_batch_holds_calls_of_close_deadlines_only() -> None:
+    """A batch goes with its earliest deadline, so calls of very different
+    timeouts never share one: a 1 ms call would cut a 5 s call short."""
+    from chordctl.client import LaneBase
+
+    class Op:
+        def __init__(self, deadline, timeout):
+            self.deadline, self.timeout = deadline, timeout
+
+    cut = LaneBase.close_deadlines
+    same = [Op(100 + i * 0.1, 5) for i in range(10)]        # one timeout, queued over 1 s
+    assert cut(same, 10) == 10 and cut(same, 4) == 4
+    mixed = [Op(105, 5), Op(105.1, 5), Op(100.001, 0.001), Op(105.2, 5)]
+    assert cut(mixed, 4) == 2
+    assert cut([Op(100.001, 0.001), Op(105, 5)], 2) == 1
+    assert cut([Op(1, 1)], 1) == 1 and cut([], 0) == 0

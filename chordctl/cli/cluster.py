@@ -67,7 +67,7 @@ def up(state: State, detach: bool, wait_s: float, cpus_mode: str) -> None:
         click.secho(f"chordctl: warning: {even}", fg="yellow", err=True)
     notify = lambda line: click.echo(line, err=True)   # noqa: E731
     procs: dict[int, subprocess.Popen] = {}
-    with starting(cfg, wait_s, notify):
+    with starting(cfg, wait_s * max(1, len(cfg.nodes)), notify):
         found = find_nodes(cfg)
         refuse_strangers(cfg, found)
         already = [f.index for f in found if f.running]

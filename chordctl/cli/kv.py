@@ -485,6 +485,8 @@ def export(state: State, file: str, start: str | None, end: str | None) -> None:
         except ChordError as e:
             raise type(e)(f"{e}; nothing was written to {file}" if not to_stdout
                           else f"{e}; the export is incomplete") from None
+        except BrokenPipeError:
+            raise                   # `kv export - | head`: main ends quietly
         except OSError as e:
             raise InvalidInputError(f"kv: cannot write {tmp or file}: {e.strerror}") from None
         finally:

@@ -419,9 +419,14 @@ class ReplicatedNode(Node):
         """Answer commands not committed just before their callers give up (a
         group without a majority, or one too slow): their entries may still
         commit later, and are then applied silently."""
-        due = time.monotonic() + SWEEP_AHEAD
-        late = [cid for cid, (item, _t, _g) in list(self._pending.items())
-                if _deadline(item) < due]
+        now = time.monotonic()
+        late = []
+        for cid, (item, submitted, _g) in list(self._pending.items()):
+            deadline = _deadline(item)
+            # A short deadline keeps most of its time: the lead is at most a
+            # quarter of what the command had when it was submitted.
+            if deadline < now + min(SWEEP_AHEAD, 0.25 * (deadline - submitted)):
+                late.append(cid)
         for cid in late:
             item, _t, g = self._pending.pop(cid)
             writes = type(item) is not ReadMarker and any(r.op != OP_READ for r in item)

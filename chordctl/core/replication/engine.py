@@ -602,6 +602,7 @@ class Engine:
         self.acks_held = 0
         self._summaries: dict[int, dict] = {}
         self._led_at: dict[int, float] = {}      # group -> when it last had a leader
+        self._summary_at = 0.0                   # when _summarize last ran
         self._thread = threading.Thread(target=self._run, name=f"chord-raft-{index}",
                                         daemon=True)
 
@@ -611,6 +612,7 @@ class Engine:
         now = time.monotonic()
         self._learn_until = now + self._learn_grace
         self._led_at = dict.fromkeys(self.groups, now)
+        self._summary_at = now
         self._thread.start()
 
     @property
@@ -663,10 +665,12 @@ class Engine:
         return dict(self._summaries)
 
     def leaderless_for(self, group: int) -> float:
-        """Seconds since group *group* last had a leader this node knew of (as
-        of the engine's last summary, every 50 ms); 0 while it has one. Any
+        """Seconds group *group* had gone without a leader this node knew of,
+        as of the engine's last summary (every 50 ms; a stalled engine thread
+        does not make every group look leaderless); 0 while it has one. Any
         thread."""
-        return max(0.0, time.monotonic() - self._led_at.get(group, time.monotonic()) - 0.05)
+        at = self._summary_at
+        return max(0.0, at - self._led_at.get(group, at))
 
     def leader(self, group: int) -> int | None:
         s = self._summaries.get(group)
@@ -742,6 +746,7 @@ class Engine:
             out[g.group] = st
             if st["leader"] is not None:
                 led[g.group] = now
+        self._summary_at = now
         return out
 
     def _learned(self, learning: dict[int, int | None]) -> None:

@@ -17,6 +17,10 @@ TMP_SUFFIX = ".tmp"
 _NAME = re.compile(r"^(log|snap)\.(\d+)$")
 
 
+# `cluster up`'s start lock, in storage.data_dir beside the node directories
+# (localcluster.starting); `ring migrate` leaves it with the old tree.
+CLUSTER_LOCK = ".cluster-up.lock"
+
 def log_name(counter: int) -> str:
     return f"{LOG_PREFIX}{counter}"
 

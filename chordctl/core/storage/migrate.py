@@ -223,7 +223,7 @@ def _check_layout(report: MigrationReport, same_dir: bool) -> None:
                 f"--from the config the data was written under? (if node {node.index} never "
                 f"held data, create the directory empty)")
     if same_dir:
-        expected = {f"node-{i}" for i in range(old_ring.nodes)}
+        expected = {f"node-{i}" for i in range(old_ring.nodes)} | {files.CLUSTER_LOCK}
         extra = sorted(set(os.listdir(report.old_data_dir)) - expected)
         if extra:
             raise InvalidInputError(
