@@ -175,3 +175,14 @@ def test_a_damaged_replica_is_told_to_rejoin_not_only_to_restore_a_backup(tmp_pa
     assert err.value.path == path and err.value.exit_status == 1
     assert "start the node again on an empty one: it rejoins its groups" in text
     assert "while a majority of each of its groups is up" in text
+
+
+def test_a_command_not_committed_is_answered_just_before_its_deadline():
+    """The sweep answers SWEEP_AHEAD (0.15 s) before the deadline, so that the
+    answer reaches a forwarding node or the client before they give up; a
+    command of a short deadline keeps three quarters of its time."""
+    from chordctl.core.replica import SWEEP_AHEAD, sweep_due
+    assert SWEEP_AHEAD == 0.15
+    assert not sweep_due(10.0, 5.0, 9.80) and sweep_due(10.0, 5.0, 9.86)
+    assert not sweep_due(10.2, 10.0, 10.1) and sweep_due(10.2, 10.0, 10.16)   # 0.2 s: 0.05 lead
+    assert not sweep_due(float("inf"), 0.0, 1e9)           # a scan's barrier has no deadline

@@ -240,6 +240,25 @@ def test_scan_lists_every_key_in_key_order_from_its_owner(ring4) -> None:
     assert sum(n["keys"] for n in doc["nodes"]) == len(data)
 
 
+def test_kv_export_to_a_pipe_closed_early_ends_quietly(make_cluster) -> None:
+    """`kv export - | head -1`: exit 0 and nothing on stderr, as every
+    command that writes to a pipe the reader closed (here 600 KB, more than
+    a pipe holds, so the export does meet the closed pipe)."""
+    import subprocess
+    import sys
+    cluster = make_cluster(1)
+    with Client(cluster.config) as c:
+        c.batch([("create", k, b"v" * 100) for k in range(5000)])
+    p = subprocess.Popen([sys.executable, "-m", "chordctl", "-c", cluster.config_path, "kv",
+                          "export", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0, err
+    assert json.loads(first)["key"] == "0"
+    assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
 def test_scan_json_in_a_pipe_is_one_line_as_every_json_document(ring4) -> None:
     p = run_chordctl("-c", ring4.config_path, "-o", "json", "kv", "scan", "--limit", "5")
     assert p.returncode == 0 and p.stdout.count(b"\n") == 1, p.stdout

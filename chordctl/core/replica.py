@@ -420,13 +420,8 @@ class ReplicatedNode(Node):
         group without a majority, or one too slow): their entries may still
         commit later, and are then applied silently."""
         now = time.monotonic()
-        late = []
-        for cid, (item, submitted, _g) in list(self._pending.items()):
-            deadline = _deadline(item)
-            # A short deadline keeps most of its time: the lead is at most a
-            # quarter of what the command had when it was submitted.
-            if deadline < now + min(SWEEP_AHEAD, 0.25 * (deadline - submitted)):
-                late.append(cid)
+        late = [cid for cid, (item, submitted, _g) in list(self._pending.items())
+                if sweep_due(_deadline(item), submitted, now)]
         for cid in late:
             item, _t, g = self._pending.pop(cid)
             writes = type(item) is not ReadMarker and any(r.op != OP_READ for r in item)
@@ -583,6 +578,13 @@ class ReplicatedNode(Node):
     def raft_status(self) -> dict[int, dict]:
         """Each group's summary (engine.py), as of the replicator's last round."""
         return self.engine.status() if self.engine is not None else {}
+
+
+def sweep_due(deadline: float, submitted: float, now: float) -> bool:
+    """Whether a command submitted at *submitted* is answered now, if not
+    committed: SWEEP_AHEAD before *deadline*, but a short deadline keeps most
+    of its time (the lead is at most a quarter of what it had)."""
+    return deadline < now + min(SWEEP_AHEAD, 0.25 * (deadline - submitted))
 
 
 def _deadline(item) -> float:
