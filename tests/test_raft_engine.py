@@ -683,3 +683,18 @@ def test_groups_open_no_pipes_of_their_own(ring):
         leader = r.wait_leader(g)
         assert r.commit(leader, g, b"g%d" % g)[1] == FAIL_REASON.SUCCESS
     assert fds() == before
+
+
+def test_leaderless_for_counts_as_of_the_engines_last_summary(ring):
+    """How long a group has gone without a leader (replica.py refuses its
+    commands past 5 election timeouts): 0 while it has one, growing on an
+    isolated replica, and never grown by a stalled engine thread alone."""
+    r = ring(3)
+    leader = r.wait_leader()
+    e = r.engines[leader.index]
+    assert e.leaderless_for(0) == 0.0
+    lone = next(r.engines[i] for i in range(3) if r.engines[i] is not leader)
+    r.isolate(lone.index)
+    until(lambda: lone.leaderless_for(0) > 0.5, what="the cut-off replica without a leader")
+    e._summary_at -= 100            # as if the engine thread had stalled before its summary
+    assert e.leaderless_for(0) == 0.0
