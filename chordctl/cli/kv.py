@@ -481,7 +481,12 @@ def export(state: State, file: str, start: str | None, end: str | None) -> None:
                 out.close()
                 os.replace(tmp, file)
                 tmp = None
-                files.fsync_dir(os.path.dirname(os.path.abspath(file)))
+                try:
+                    files.fsync_dir(os.path.dirname(os.path.abspath(file)))
+                except OSError as e:
+                    raise InvalidInputError(
+                        f"kv: {file} is written whole, but its directory could not be synced "
+                        f"({e.strerror}): a crash now may lose the file's name") from None
         except ChordError as e:
             raise type(e)(f"{e}; nothing was written to {file}" if not to_stdout
                           else f"{e}; the export is incomplete") from None
