@@ -51,3 +51,27 @@ def test_host_not_of_this_machine_is_named(tmp_path) -> None:
     assert p.returncode == 1, err
     assert "192.0.2.123 is not an address of this machine" in err and "nodes[0].host" in err
     assert "add_port" not in err and "Traceback" not in err, err
+
+
+def test_grpc_aio_handing_an_event_to_a_closed_loop_prints_no_traceback(caplog) -> None:
+    """A node that fails to start could end with a traceback after its own
+    message: grpc.aio's poller handing a last event to a closed loop. That
+    one race is logged at debug; every other loop error still shows."""
+    import asyncio
+    import logging
+
+    from chordctl.core import eventloop
+
+    class Handle:
+        def __repr__(self) -> str:
+            return "<Handle PollerCompletionQueue._handle_events()>"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_exception_handler({"message": "Exception in callback", "handle": Handle(),
+                                     "exception": RuntimeError("Event loop is closed")})
+        loop.call_exception_handler({"message": "other", "exception": RuntimeError("boom")})
+
+    with caplog.at_level(logging.ERROR):
+        eventloop.run(main())
+    assert "boom" in caplog.text and "Event loop is closed" not in caplog.text

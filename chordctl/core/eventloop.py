@@ -11,6 +11,7 @@ elsewhere, or with ``CHORDCTL_EVENT_LOOP=asyncio``, asyncio's own loop runs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Coroutine
 from typing import Any
@@ -42,8 +43,29 @@ def run(main: Coroutine[Any, Any, Any], loop: str | None = None) -> Any:
     if loop == "uvloop":
         import uvloop
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main)
-    return asyncio.run(main)
+            return runner.run(_quiet(main))
+    return asyncio.run(_quiet(main))
+
+
+async def _quiet(main: Coroutine[Any, Any, Any]) -> Any:
+    """*main* with one known grpc.aio shutdown race kept out of the user's
+    stderr: its poller thread may hand a last event to an event loop that is
+    already closed ("Event loop is closed" in
+    PollerCompletionQueue._handle_events), which asyncio would print as a
+    traceback after a node that failed to start has said why. Every other
+    error goes to the loop's usual handler."""
+    loop = asyncio.get_running_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed" \
+                and "_handle_events" in repr(context.get("handle")):
+            logging.getLogger("chordctl.server").debug("grpc: %s", context.get("message"))
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    return await main
 
 
 def name(loop: asyncio.AbstractEventLoop) -> str:

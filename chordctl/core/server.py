@@ -150,9 +150,9 @@ class NodeServer:
             logger.debug("grpc: add_port %s: %s", address, e)
             self.port = 0
         if self.port == 0:   # taken between the check and the bind
-            raise ChordError(f"node: cannot listen on {address}: the port is in use by another "
-                             f"process; stop it, or change nodes[{self.index}].port "
-                             f"(`chordctl ring show` shows what answers there)")
+            raise ChordError(f"node: cannot listen on {address}: the port was taken by another "
+                             f"process as this node started; stop it, or change "
+                             f"nodes[{self.index}].port")
 
         def on_failed(reason: str) -> None:
             # From a pipeline thread (Node.fail): health follows on the loop.
