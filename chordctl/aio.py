@@ -45,7 +45,7 @@ from chordctl.errors import ChordError, InternalError, InvalidInputError, Unavai
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.protocol import DEADLINE_EXCEEDED, OPS, key_text, never_sent
-from chordctl.scan import AsyncNodeStream, AsyncScan, NodeCount
+from chordctl.scan import AsyncNodeStream, AsyncScan, NodeCount, said_by_a_node
 
 log = logging.getLogger("chordctl.client")
 
@@ -717,7 +717,7 @@ class AsyncClient(ClientBase):
         for k, (index, label, address, stub, ring_id) in enumerate(options):
             reply = await self._count_one(stub, request)
             if isinstance(reply, grpc.RpcError):
-                if (reply.details() or "").startswith("node "):
+                if said_by_a_node(reply.details() or ""):
                     told = (reply, index, label, address, ring_id)
                 if k < len(options) - 1 and reply.code() == grpc.StatusCode.UNAVAILABLE:
                     continue

@@ -1304,6 +1304,7 @@ class Client(ClientBase):
                                   end=self._key_bound(end, "--to"))
         calls = [(req, options, options[0][3].Count.future(req, timeout=self.timeout))
                  for req, options in self._sources(request)]
+        from chordctl.scan import said_by_a_node
         out = []
         for req, options, fut in calls:
             told = None     # a replica's own words, kept over failing to reach the next
@@ -1315,7 +1316,7 @@ class Client(ClientBase):
                                           _arc(req)))
                     break
                 except grpc.RpcError as e:
-                    if (e.details() or "").startswith("node "):
+                    if said_by_a_node(e.details() or ""):
                         told = (e, index, label, address, ring_id)
                     last = k == len(options) - 1
                     if last or e.code() != grpc.StatusCode.UNAVAILABLE:

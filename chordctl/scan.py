@@ -255,12 +255,12 @@ def telling(before: ChordError | None, error: ChordError) -> ChordError:
     """Of two failures of one arc's replicas, the one to report: a node's own
     words (it answered, and says why: the arc has no leader, say) over the
     client's failing to reach the next replica."""
-    if before is not None and _said_by_a_node(str(before)) and not _said_by_a_node(str(error)):
+    if before is not None and said_by_a_node(str(before)) and not said_by_a_node(str(error)):
         return before
     return error
 
 
-def _said_by_a_node(text: str) -> bool:
+def said_by_a_node(text: str) -> bool:
     """Whether a (maybe _node_failed-wrapped) failure is a node's own words."""
     return text.startswith("node ") or " failed: node " in text
 

@@ -458,8 +458,7 @@ def test_cluster_up_of_an_even_ring_replicas_warns_the_operator(tmp_path):
     cfg = config_mod.load(path)
     started: dict[int, int] = {}
     try:
-        r = run_chordctl("-c", path, "cluster", "up", "--detach", timeout=UP_TIMEOUT)
-        started.update(read_pids(cfg))
+        r = up_detached(path, cfg, started)
         err = r.stderr.decode()
         assert r.returncode == 0, err
         assert "warning: ring.replicas 2 is even" in err and "use an odd number" in err
