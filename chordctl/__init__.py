@@ -16,7 +16,17 @@ the package's own modules import each other without cycles.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
+
+# grpcio (1.7x-1.85) builds its core with fork support on while its Python
+# layer documents it off (grpc/grpc#41455): a fork() in a process with live
+# channels -- the CLI starting nodes, pexpect in the tests -- runs core's
+# pre-fork handler, which can wait for good on a channel's poller. Nothing
+# of ours uses a channel across a fork (children exec at once), so the
+# handlers are turned off unless the environment says otherwise. Read by
+# grpc when it is first imported, which is after this.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 __version__ = "0.1.0"
 
