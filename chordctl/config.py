@@ -23,6 +23,7 @@ from chordctl.errors import ConfigError
 from chordctl.protocol import MAX_BITS, MIN_BITS, PLACEMENTS, ROUTINGS
 FSYNC_POLICIES = ("always", "batch", "everysec", "never")
 CLIENT_ROUTES = ("entry", "direct")
+READS = ("index", "log")           # replication.reads
 DEFAULT_CONFIG = "chordctl.yaml"
 # Upper bounds of the numeric fields: past them timers overflow (threading's
 # TIMEOUT_MAX, gRPC deadlines) or one request costs seconds of CPU.
@@ -68,10 +69,14 @@ class ReplicationConfig:
     """Raft timers of every arc's group (ring.replicas > 1), in seconds.
 
     A follower that hears no leader for *election_timeout* (up to twice
-    that, at random) starts an election; a leader sends *heartbeat*s."""
+    that, at random) starts an election; a leader sends *heartbeat*s.
+    *reads*: ``index`` answers a read on the arc's leader once a majority
+    confirmed it still leads (Raft's ReadIndex, no log entry); ``log`` puts
+    every read through the arc's log as an entry. Both are linearizable."""
 
     election_timeout: float = 1.0
     heartbeat: float = 0.1
+    reads: str = "index"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,7 +420,8 @@ def _build(data: Any, path: str | None) -> Config:
 
 def _replication(data: dict) -> ReplicationConfig:
     rep = _section(data, "replication")
-    _check_keys(rep, ("election_timeout", "heartbeat"), "replication")
+    _check_keys(rep, ("election_timeout", "heartbeat", "reads"), "replication")
+    reads = _choice(rep, "replication", "reads", ReplicationConfig.reads, READS)
     heartbeat = _number(rep, "replication", "heartbeat", ReplicationConfig.heartbeat, 0.0,
                         strict=True, high=60.0)
     election = _number(rep, "replication", "election_timeout",
@@ -424,7 +430,7 @@ def _replication(data: dict) -> ReplicationConfig:
         raise _FieldError("replication.election_timeout",
                           f"must be more than 3 x replication.heartbeat ({3 * heartbeat:g}) "
                           f"(got {election:g}): followers would elect between heartbeats")
-    return ReplicationConfig(election_timeout=election, heartbeat=heartbeat)
+    return ReplicationConfig(election_timeout=election, heartbeat=heartbeat, reads=reads)
 
 
 def _admin(data: dict) -> AdminConfig:

@@ -65,3 +65,40 @@ def test_metrics_report_requests_latency_queues_hops_fsync_snapshots_keys(tmp_pa
     assert value(m0["chordctl_snapshot_seconds"], "chordctl_snapshot_seconds_count") == 1
     assert value(m0["chordctl_snapshot_bytes"], "chordctl_snapshot_bytes") > 0
     assert all(s.labels["node"] == "0" for s in reqs)
+
+
+def test_a_replicated_ring_counts_reads_by_confirmation_and_through_the_log(tmp_path):
+    from conftest import owners_lead, wait_until
+    path = write_config(tmp_path, 3, replicas=3,
+                        replication={"election_timeout": 0.5, "heartbeat": 0.05})
+    doc = yaml.safe_load(open(path))
+    ports = free_ports(3)
+    for node, port in zip(doc["nodes"], ports):
+        node["metrics_port"] = port
+    yaml.safe_dump(doc, open(path, "w"))
+    cluster = Cluster(path).start()
+    try:
+        wait_until(lambda: owners_lead(cluster.config), timeout=20, what="owners lead")
+        # Node 0 (id 65535) owns (43690, 65535]: it leads that arc's group.
+        with Client(cluster.config, target=cluster.address(0)) as c:
+            c.create("50000", b"a")
+            for _ in range(5):
+                assert c.read("50000").value == b"a"
+            # Reads only: by confirmation. A write among them: through the log.
+            c.batch([("read", "50000", None), ("read", "50001", None)])
+            c.batch([("update", "50000", b"b"), ("read", "50000", None)])
+        # Node 1 holds a copy of arc 0 but does not lead it: through the log.
+        with Client(cluster.config, target=cluster.address(1)) as c:
+            assert c.read("50000").value == b"b"
+
+        def reads(port):
+            return {s.labels["way"]: s.value for s in _scrape(port)["chordctl_raft_reads"]
+                    if s.name == "chordctl_raft_reads_total" and s.labels["group"] == "0"}
+
+        # The counts are the engine's summary, renewed every 50 ms.
+        wait_until(lambda: reads(ports[0]) == {"index": 6, "log": 0}, timeout=5,
+                   what=f"node 0's reads of arc 0 counted (now {reads(ports[0])})")
+        wait_until(lambda: reads(ports[1]) == {"index": 0, "log": 1}, timeout=5,
+                   what=f"node 1's reads of arc 0 counted (now {reads(ports[1])})")
+    finally:
+        cluster.stop()

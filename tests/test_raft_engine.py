@@ -698,3 +698,97 @@ def test_leaderless_for_counts_as_of_the_engines_last_summary(ring):
     until(lambda: lone.leaderless_for(0) > 0.5, what="the cut-off replica without a leader")
     e._summary_at -= 100            # as if the engine thread had stalled before its summary
     assert e.leaderless_for(0) == 0.0
+
+
+# -- reads by confirmation (engine.read: Raft's ReadIndex) ------------------------------
+
+class _Read:
+    """One engine.read: which of its two callbacks ran, and what the replica
+    had applied by then."""
+
+    def __init__(self, r: Ring, e: Engine, g: int = 0):
+        self.done = threading.Event()
+        self.how = []
+        self.applied_then = None
+
+        def ready():
+            self.how.append("ready")
+            self.applied_then = list(r.applied[e.index][g])
+            self.done.set()
+
+        def fallback():
+            self.how.append("log")
+            self.done.set()
+
+        e.read(g, ready, fallback)
+
+
+def test_a_leader_answers_a_read_after_a_majority_heard_it_and_logs_nothing(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    follower = next(e for e in r.engines.values() if e is not leader)
+    # A write acknowledged on a follower, before the read starts.
+    assert r.commit(follower, 0, b"seen")[1] == FAIL_REASON.SUCCESS
+    until(lambda: leader.status()[0]["commit_index"] == leader.status()[0]["log_index"],
+          what="the leader's log committed")
+    before = leader.groups[0]._SyncObj__getCurrentLogIndex()
+    reads = [_Read(r, leader) for _ in range(20)]
+    for rd in reads:
+        assert rd.done.wait(WAIT)
+    assert all(rd.how == ["ready"] for rd in reads)
+    assert all(rd.applied_then[-1][1] == b"seen" for rd in reads)
+    assert leader.groups[0]._SyncObj__getCurrentLogIndex() == before   # no entry for a read
+    assert leader.groups[0].index_reads == 20
+
+
+def test_a_follower_hands_a_read_back_to_the_log(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    follower = next(e for e in r.engines.values() if e is not leader)
+    rd = _Read(r, follower)
+    assert rd.done.wait(WAIT) and rd.how == ["log"]
+
+
+def test_a_cut_off_leader_never_confirms_a_read(ring):
+    r = ring(3)
+    old = r.wait_leader()
+    assert r.commit(old, 0, b"old")[1] == FAIL_REASON.SUCCESS
+    until(lambda: old.groups[0].confirmable(), what="the leader's no-op committed")
+    r.isolate(old.index)
+    rd = _Read(r, old)         # it still believes it leads
+    others = [i for i in range(3) if i != old.index]
+    new = r.wait_leader(among=others)
+    assert r.commit(new, 0, b"new")[1] == FAIL_REASON.SUCCESS
+    # No majority answers the old leader: the read goes back to the log, never
+    # answered from a map that lacks "new".
+    assert rd.done.wait(WAIT)
+    assert rd.how == ["log"]
+
+
+def test_answers_from_an_older_term_confirm_no_read(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    g = leader.groups[0]
+    term = g.raftCurrentTerm
+    g.heard = {i: (term - 1, 10 ** 9) for i in range(3) if i != leader.index}
+    assert g.confirmed() == 0
+    g.heard[next(iter(g.heard))] = (term, 7)
+    assert g.confirmed() == 7
+
+
+def test_a_learner_vouches_for_no_leader(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    e = next(x for x in r.engines.values() if x is not leader)
+    r.crash(e.index)           # its thread stopped: the test owns its outbox
+    g = e.groups[0]
+    message = {"type": "next_node_idx", "next_node_idx": 3, "reset": False, "success": False}
+    e._out.clear()
+    g.echo = (5, 2)            # answering an append numbered 5, of term 2
+    e._learning[0] = None
+    e._outgoing(leader.index, 0, dict(message))
+    e._learning.pop(0)
+    e._outgoing(leader.index, 0, dict(message))
+    held, sent = e._out[leader.index]
+    assert not held.HasField("probe") and not held.HasField("probe_term")
+    assert (sent.probe, sent.probe_term) == (5, 2)

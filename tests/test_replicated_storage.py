@@ -147,6 +147,15 @@ def test_config_replication_timers():
                              "replication": {"bogus": 1}})
 
 
+def test_config_replication_reads():
+    base = {"ring": {"bits": 8, "replicas": 3}, "nodes": nodes(3)}
+    assert configmod.from_dict(base).replication.reads == "index"
+    cfg = configmod.from_dict({**base, "replication": {"reads": "log"}})
+    assert cfg.replication.reads == "log"
+    with pytest.raises(ConfigError, match=r"replication.reads: must be one of index \| log"):
+        configmod.from_dict({**base, "replication": {"reads": "lease"}})
+
+
 @pytest.mark.parametrize("damaged", ["raft.journal", "log.0"])
 def test_a_damaged_replica_is_told_to_rejoin_not_only_to_restore_a_backup(tmp_path, damaged):
     """A replica's other copies are its backup: the refusal names the way back

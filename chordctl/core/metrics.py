@@ -177,6 +177,12 @@ def _raft_families(node, names: list[str], values: list[str], groups: dict):
     elections = CounterMetricFamily("chordctl_raft_elections",
                                     "Terms the group started since this node started",
                                     labels=gl)
+    reads = CounterMetricFamily("chordctl_raft_reads",
+                                "Read-only calls of the group this node took since it "
+                                "started: way=index answered as its leader once a majority "
+                                "confirmed it, way=log put through the group's log (not the "
+                                "leader, or not confirmed in time)",
+                                labels=gl + ["way"])
     lag = GaugeMetricFamily("chordctl_raft_follower_lag_entries",
                             "Leader only: entries a follower's log is behind the leader's",
                             labels=gl + ["follower"])
@@ -190,12 +196,15 @@ def _raft_families(node, names: list[str], values: list[str], groups: dict):
         gauges["log_start"].add_metric(v, g.get("log_start", 1))
         installs.add_metric(v, g.get("installs", 0))
         compactions.add_metric(v, g.get("compactions", 0))
+        reads.add_metric(v + ["index"], g.get("index_reads", 0))
+        reads.add_metric(v + ["log"], g.get("log_reads", 0))
         for follower, match in sorted(g["match_index"].items()):
             lag.add_metric(v + [str(follower)], max(0, g["log_index"] - match))
     yield from gauges.values()
     yield elections
     yield installs
     yield compactions
+    yield reads
     yield lag
     h = node.commit_seconds
     c = HistogramMetricFamily("chordctl_raft_commit_seconds",

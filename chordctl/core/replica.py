@@ -11,9 +11,12 @@ Node *i* holds a replica of the arcs ``ring.groups_of(i, R)``: its own and
 the R-1 before it. The dispatcher sorts what F1 brings by arc: requests of
 an arc it holds become one command of that arc's group, handed to the
 replicator (``Engine.submit``); the rest go to F4 and on to the arc's
-replicas (router.py). Reads go through the group's log too, so a read is
-answered at a point of the log after every write acknowledged before it
-(linearizable, whichever replica answers; no lease, no clock).
+replicas (router.py). A call of reads only goes to the replicator as a
+read by confirmation (``Engine.read``, ``replication.reads: index``): the
+arc's leader answers it from its map once a majority confirmed it still
+leads; a follower, or a leader that cannot confirm it, puts it through the
+log like a write. Either way a read is answered at a point after every
+write acknowledged before it (linearizable; no lease, no clock).
 
 The replicator (the engine's thread, ``chord-raft-<i>``) runs Raft for every
 group (PySyncObj; a follower's command goes to its group's leader by Raft's
@@ -122,6 +125,7 @@ class ReplicatedNode(Node):
                                  max_entry_bytes=max(1 << 20, config.limits.max_value_bytes * 4))
         self._no_majority_after = max(NO_MAJORITY_AFTER * rep.election_timeout,
                                       NO_MAJORITY_MIN)
+        self.read_index = rep.reads == "index"
         # What makes a write durable here is the journal: every entry is
         # fdatasynced on a majority before it is acknowledged, and entries the
         # map lost in a crash are applied again from it (recovery skips only
@@ -247,16 +251,20 @@ class ReplicatedNode(Node):
         owner = self.ring.owner
         mine = set(self.groups)
         engine = self.engine
+        by_index = self.read_index
         while True:
             items = [get()]
             while len(items) < DRAIN_LIMIT and not empty():
                 items.append(get())
             per_group: dict[int, list[Request]] = {}
+            reads: dict[int, list[Request]] = {}
             foreign: list[Request] = []
             for item in items:
                 if type(item) is not list:     # a marker, or STOP
                     self._submit(per_group)
+                    self._submit_reads(reads)
                     per_group = {}
+                    reads = {}
                     if item is STOP:
                         if foreign:
                             self.to_route.put(foreign)
@@ -265,17 +273,23 @@ class ReplicatedNode(Node):
                         return
                     engine.run_soon(lambda m=item: self._place_marker(m))
                     continue
+                # A call of reads only is answered by confirmation (engine.read);
+                # one with a mutation goes through the log whole, its reads in
+                # their place among its writes.
+                into = reads if by_index and all(r.op == OP_READ for r in item) \
+                    else per_group
                 for r in item:
                     g = owner(r.key)
                     if g in mine:
-                        reqs = per_group.get(g)
+                        reqs = into.get(g)
                         if reqs is None:
-                            per_group[g] = [r]
+                            into[g] = [r]
                         else:
                             reqs.append(r)
                     else:
                         foreign.append(r)
             self._submit(per_group)
+            self._submit_reads(reads)
             if foreign:
                 self.to_route.put(foreign)
 
@@ -295,14 +309,61 @@ class ReplicatedNode(Node):
                 continue
             for run in _split(reqs, limit):
                 cid = next(self._ids)
-                command = rpb.Command(origin=self.index, id=cid,
-                                      incarnation=self._incarnation)
-                add = command.ops.add
-                for r in run:
-                    add(op=r.op, key=r.key_text, value=r.value)
                 self._pending[cid] = (run, time.monotonic(), g)
-                data = command.SerializeToString()
-                self.engine.submit(g, data, self._outcome(g, cid, data))
+                self._submit_command(g, cid, run)
+
+    def _submit_command(self, g: int, cid: int, run: list[Request]) -> None:
+        command = rpb.Command(origin=self.index, id=cid, incarnation=self._incarnation)
+        add = command.ops.add
+        for r in run:
+            add(op=r.op, key=r.key_text, value=r.value)
+        data = command.SerializeToString()
+        self.engine.submit(g, data, self._outcome(g, cid, data))
+
+    def _submit_reads(self, per_group: dict[int, list[Request]]) -> None:
+        """Reads of arcs this node holds, by confirmation (engine.read): the
+        arc's leader answers them from its map once a majority confirmed it
+        still leads; anywhere else they go through the log (_read_by_log)."""
+        if not per_group:
+            return
+        if self.failed:
+            for reqs in per_group.values():
+                self._refuse(reqs, f"{self.label}: {self.failed}")
+            return
+        now = time.monotonic()
+        for g, reqs in per_group.items():
+            cid = next(self._ids)
+            self._pending[cid] = (reqs, now, g)
+            self.engine.read(g, lambda c=cid: self._read_ready(c),
+                             lambda c=cid, g=g: self._read_by_log(g, c))
+
+    def _read_ready(self, cid: int) -> None:
+        """Engine thread: the group applied every entry the read must see."""
+        pending = self._pending.pop(cid, None)
+        if pending is not None:           # not answered meanwhile (deadline)
+            self._apply_reads(pending[0], self._answer)
+
+    def _read_by_log(self, g: int, cid: int) -> None:
+        """Engine thread: this replica cannot confirm the read (it does not
+        lead the arc, ...): it goes as a command, like a write."""
+        pending = self._pending.get(cid)
+        if pending is None:
+            return
+        alone = self.engine.leaderless_for(g)
+        if alone > self._no_majority_after:
+            del self._pending[cid]
+            self._refuse(pending[0], self._no_majority(g, alone))
+            return
+        limit = self.settings.max_entry_bytes // 2
+        runs = _split(pending[0], limit)
+        if len(runs) == 1:
+            self._submit_command(g, cid, runs[0])
+            return
+        del self._pending[cid]
+        for run in runs:
+            c = next(self._ids)
+            self._pending[c] = (run, pending[1], g)
+            self._submit_command(g, c, run)
 
     def request_read(self, marker: ReadMarker) -> None:
         """A scan's or count's view. Of one arc (``marker.arc``): after a barrier
@@ -407,13 +468,25 @@ class ReplicatedNode(Node):
             raft = records.raft_record(seq, group, idx)
             mutations += 1
         self.seq = seq
-        if mutations == 0 and self.writer.durable_seq >= seq:
-            self.to_apply.put(OwnedBatch(reqs, 0, seq, answer, stages=1))
+        if mutations == 0:
+            self._apply_reads(reqs, answer)
         else:
             batch = OwnedBatch(reqs, mutations, seq, answer, raft=raft)
             self.to_log.put(batch)
             self.to_apply.put(batch)
         return None
+
+    def _apply_reads(self, reqs: list[Request], answer) -> None:
+        """Reads into F3 after every entry applied so far (engine thread);
+        through F2 too while it has not written them all (the answer step
+        waits for both, so a read never overtakes a write it sees)."""
+        seq = self.seq
+        if self.writer.durable_seq >= seq:
+            self.to_apply.put(OwnedBatch(reqs, 0, seq, answer, stages=1))
+        else:
+            batch = OwnedBatch(reqs, 0, seq, answer)
+            self.to_log.put(batch)
+            self.to_apply.put(batch)
 
     def _sweep(self) -> None:
         """Answer commands not committed just before their callers give up (a

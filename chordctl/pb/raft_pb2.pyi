@@ -47,7 +47,7 @@ class Chunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., first: _Optional[bool] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("group", "kind", "term", "last_log_index", "last_log_term", "commit_index", "prev_log_idx", "prev_log_term", "entries", "serialized", "next_node_idx", "reset", "success", "command", "request_id", "log_idx", "log_term", "error")
+    __slots__ = ("group", "kind", "term", "last_log_index", "last_log_term", "commit_index", "prev_log_idx", "prev_log_term", "entries", "serialized", "next_node_idx", "reset", "success", "command", "request_id", "log_idx", "log_term", "error", "probe", "probe_term")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,8 @@ class Message(_message.Message):
     LOG_IDX_FIELD_NUMBER: _ClassVar[int]
     LOG_TERM_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
+    PROBE_TERM_FIELD_NUMBER: _ClassVar[int]
     group: int
     kind: Kind
     term: int
@@ -84,7 +86,9 @@ class Message(_message.Message):
     log_idx: int
     log_term: int
     error: int
-    def __init__(self, group: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., term: _Optional[int] = ..., last_log_index: _Optional[int] = ..., last_log_term: _Optional[int] = ..., commit_index: _Optional[int] = ..., prev_log_idx: _Optional[int] = ..., prev_log_term: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., serialized: _Optional[_Union[Chunk, _Mapping]] = ..., next_node_idx: _Optional[int] = ..., reset: _Optional[bool] = ..., success: _Optional[bool] = ..., command: _Optional[bytes] = ..., request_id: _Optional[int] = ..., log_idx: _Optional[int] = ..., log_term: _Optional[int] = ..., error: _Optional[int] = ...) -> None: ...
+    probe: int
+    probe_term: int
+    def __init__(self, group: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., term: _Optional[int] = ..., last_log_index: _Optional[int] = ..., last_log_term: _Optional[int] = ..., commit_index: _Optional[int] = ..., prev_log_idx: _Optional[int] = ..., prev_log_term: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., serialized: _Optional[_Union[Chunk, _Mapping]] = ..., next_node_idx: _Optional[int] = ..., reset: _Optional[bool] = ..., success: _Optional[bool] = ..., command: _Optional[bytes] = ..., request_id: _Optional[int] = ..., log_idx: _Optional[int] = ..., log_term: _Optional[int] = ..., error: _Optional[int] = ..., probe: _Optional[int] = ..., probe_term: _Optional[int] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("origin", "id", "ops", "incarnation", "retry")

@@ -44,6 +44,9 @@ SCALARS = {
     "log_idx": "log_idx",
     "log_term": "log_term",
     "error": "error",
+    # Ours, not PySyncObj's (engine.py, "Reads"): it ignores the keys.
+    "probe": "probe",
+    "probe_term": "probe_term",
 }
 _FIELDS = tuple(SCALARS.items())
 _KEYS = tuple((f, k) for k, f in SCALARS.items())

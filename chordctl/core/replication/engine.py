@@ -29,6 +29,27 @@ none of it is ours. What is ours is how it runs inside a node:
   ``apply(group, idx, command)``; messages travel as chord.raft.v1 protobuf
   (codec.py); an entry never exceeds one message, so PySyncObj's pickled
   "transmission" never happens.
+- **Reads by confirmation (Raft's ReadIndex, thesis 6.4), beside the log.**
+  PySyncObj has no read path of its own, and a read through the log costs
+  an entry, written and fdatasynced on a majority. ``read`` instead takes
+  the leader's commit index when the read arrives (only once the leader
+  committed an entry of its own term -- its no-op --, so that index covers
+  every entry committed before) and waits for two things: a majority
+  (itself and enough followers) answered one of its append_entries sent
+  after that moment while still in that term, and the group applied up to
+  that index here. Then nothing newer can have been committed elsewhere:
+  a leader of a later term needs a majority of a later term first, and a
+  follower answers a leader's append only while it is in that leader's
+  term (PySyncObj ignores older terms). Each round's appends of a group
+  carry a number (``probe``); a follower's next_node_idx in answer carries
+  it back with the append's term, after the round's journal sync like any
+  answer (so the term it vouches for is durable), and a replica still
+  learning (it lost its disk, and with it its votes) vouches for nothing.
+  No clock is involved. Anything else -- not the leader, no entry of its
+  term committed yet, the term moved on, no majority within an election
+  timeout -- hands the read back (``fallback``) to go through the log.
+  This is the one piece of Raft that is ours; it decides nothing (no
+  vote, no entry, no commit), it only reads what PySyncObj decided.
 - **Compaction is the node's.** PySyncObj never serializes a state of its
   own (its thresholds are out of reach): after each node snapshot the node
   writes each group's dump (dump.py) and ``compact`` drops the group's log
@@ -335,6 +356,17 @@ class Group(SyncObj):
         self._SyncObj__raftLastApplied = self._SyncObj__raftLog[0][1]
         self.first_term = self.raftCurrentTerm
         self.send_wanted = False     # an append to send at the end of the round
+        # Read confirmation (module docstring, "Reads"): the number of this
+        # group's last round of appends; per follower, the (term, number) of
+        # the newest append it answered; reads waiting here, oldest first:
+        # (number they need, commit index, term, when, ready, fallback); as a
+        # follower, the append being received (its number and term).
+        self.probe = 0
+        self.heard: dict[int, tuple[int, int]] = {}
+        self.reads: collections.deque = collections.deque()
+        self.echo: tuple[int, int] | None = None
+        self.index_reads = 0         # reads answered by confirmation
+        self.log_reads = 0           # reads handed back to go through the log
         self.installs = 0
         self.stale_dumps = 0         # transfers that ended behind what this replica applied
         self.compactions = 0
@@ -377,7 +409,60 @@ class Group(SyncObj):
 
     def send_appends(self) -> None:
         self.send_wanted = False
+        self.probe += 1
         SyncObj._SyncObj__sendAppendEntries(self)
+
+    def confirmable(self) -> bool:
+        """This replica leads and has committed an entry of its own term, so
+        its commit index covers every committed entry (engine thread)."""
+        # PySyncObj appends the no-op when it becomes leader (the only way to
+        # the leader state), so while it leads, the no-op is of this term.
+        noop = self._SyncObj__noopIDx
+        return (self._SyncObj__raftState == _LEADER and noop is not None
+                and self._SyncObj__raftCommitIndex >= noop)
+
+    def confirmed(self) -> int:
+        """The newest append number that a majority (this leader and enough
+        followers) answered in the current term."""
+        need = len(self.members) // 2        # followers besides this leader
+        term = self.raftCurrentTerm
+        heard = sorted((p for t, p in self.heard.values() if t == term), reverse=True)
+        return heard[need - 1] if len(heard) >= need else 0
+
+    def serve_reads(self, now: float, patience: float) -> None:
+        """Answer the reads a majority confirmed once the group applied up to
+        their index; hand back, to go through the log, those this leader can
+        no longer confirm (another term, not the leader) or that waited over
+        *patience* seconds (engine thread)."""
+        reads = self.reads
+        leading = self._SyncObj__raftState == _LEADER
+        term = self.raftCurrentTerm
+        confirmed = self.confirmed() if leading else 0
+        applied = self._SyncObj__raftLastApplied
+        while reads:
+            needed, index, t, since, ready, fallback = reads[0]
+            if leading and t == term and needed <= confirmed and index <= applied:
+                reads.popleft()
+                self.index_reads += 1
+                ready()
+            elif not leading or t != term or now - since > patience:
+                reads.popleft()
+                self.log_reads += 1
+                fallback()
+            else:
+                break
+
+    def probe_wanted(self) -> bool:
+        """Reads wait for a round of appends not sent yet, and the last one
+        sent was answered by a majority (or none of this term was): one
+        round in flight at a time, which every read that arrives meanwhile
+        shares. A round lost on the way is made up by the next heartbeat."""
+        if not self.reads or self.reads[-1][0] <= self.probe:
+            return False
+        term = self.raftCurrentTerm
+        if not any(t == term for t, _p in self.heard.values()):
+            return True
+        return self.confirmed() >= self.probe
 
     # A leader tells its followers a new commit index at once after applying
     # (PySyncObj with appendEntriesUseBatch=False): two messages and two
@@ -531,6 +616,8 @@ class Group(SyncObj):
             "stale_dumps": self.stale_dumps,
             "compactions": self.compactions,
             "duplicates": self.duplicates,
+            "index_reads": self.index_reads,
+            "log_reads": self.log_reads,
         }
 
 
@@ -574,6 +661,7 @@ class Engine:
         self._peers = {gid: frozenset(m) - {index} for gid, m in groups.items()}
         self._inbox: collections.deque = collections.deque()
         self._commands: collections.deque = collections.deque()
+        self._reads: collections.deque = collections.deque()
         self._out: dict[int, list[rpb.Message]] = {}
         self._early: dict[int, list[rpb.Message]] = {}     # a leader's append_entries
         self._local: collections.deque = collections.deque()
@@ -653,6 +741,18 @@ class Engine:
             raise ValueError(f"raft: a command of {len(command)} bytes is over the "
                              f"{self.settings.max_entry_bytes}-byte entry limit")
         self._commands.append((group, command, callback))
+        self._wake.set()
+
+    def read(self, group: int, ready: Callable[[], None],
+             fallback: Callable[[], None]) -> None:
+        """A read of *group* by confirmation (module docstring, "Reads"):
+        ``ready()`` runs on the engine thread once the read may be answered
+        from the node's map -- everything the group committed before this
+        call is applied here, and nothing after it can have been committed
+        elsewhere first; ``fallback()`` runs instead when this replica cannot
+        confirm it (not the leader, ...): the read then goes through the log.
+        Any thread."""
+        self._reads.append((group, ready, fallback))
         self._wake.set()
 
     def deliver(self, sender: int, messages) -> None:
@@ -765,12 +865,19 @@ class Engine:
                 and message.get("success"):
             self.acks_held += 1      # a learner's ack must not count (see __init__)
             return
+        kind = message["type"]
+        if kind == "append_entries":
+            message["probe"] = self.groups[group].probe
+        elif kind == "next_node_idx":
+            echo = self.groups[group].echo
+            if echo is not None and group not in self._learning:
+                message["probe"], message["probe_term"] = echo
         try:
             m = codec.encode(group, message)
         except codec.UnsupportedMessage as e:
             logger.error("%s (group %d, to node %d): not sent", e, group, peer)
             return
-        box = self._early if message["type"] == "append_entries" else self._out
+        box = self._early if kind == "append_entries" else self._out
         out = box.get(peer)
         if out is None:
             box[peer] = [m]
@@ -842,6 +949,15 @@ class Engine:
                     self.dropped += 1
                     logger.warning("%s (from node %d): dropped", e, sender)
                     continue
+                if m.kind == rpb.APPEND_ENTRIES:
+                    g.echo = (m.probe, m.term) if m.HasField("probe") else None
+                    g.transport._onMessageReceived(member, message)
+                    g.echo = None
+                    continue
+                if m.kind == rpb.NEXT_NODE_IDX and m.HasField("probe_term"):
+                    heard = g.heard.get(sender)
+                    if heard is None or (m.probe_term, m.probe) > heard:
+                        g.heard[sender] = (m.probe_term, m.probe)
                 g.transport._onMessageReceived(member, message)
         commands = self._commands
         while commands:
@@ -852,6 +968,19 @@ class Engine:
                 continue
             busy.add(gid)
             g._applyCommand(command, callback, REGULAR)
+        reads = self._reads
+        while reads:
+            gid, ready, fallback = reads.popleft()
+            g = self.groups.get(gid)
+            if g is None or not g.confirmable():
+                if g is not None:
+                    g.log_reads += 1
+                fallback()
+                continue
+            # It needs a round of appends sent from now on, answered by a
+            # majority (Group.probe_wanted).
+            g.reads.append((g.probe + 1, g._SyncObj__raftCommitIndex, g.raftCurrentTerm,
+                            time.monotonic(), ready, fallback))
         # A tick is PySyncObj's whole step (timers, commit, apply, sends), tens
         # of microseconds per group: a round ticks the groups it brought work
         # for, and every group at least every settings.tick for their timers.
@@ -865,7 +994,12 @@ class Engine:
             for g in groups:
                 if g.group in busy:
                     g.doTick(0.0)
+        patience = self.settings.election_timeout
         for g in groups:
+            if g.reads:
+                g.serve_reads(now, patience)
+                if g.probe_wanted():
+                    g.send_wanted = True
             if g.send_wanted:
                 g.send_appends()
         if learning:
