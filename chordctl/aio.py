@@ -172,7 +172,7 @@ class _Lane(LaneBase):
             only = batch[0]
             request = _request(only.op, only.key, only.msg.value, only.msg.trace)
         else:
-            request = pb.BatchRequest(ops=[item.msg for item in batch])
+            request = pb.BatchRequest(ops=[item.msg for item in batch], unordered=True)
         for attempt in (0, 1):
             stub = self.stub
             left = _remaining(batch)    # the items may have waited in the queue
@@ -228,7 +228,7 @@ class _Lane(LaneBase):
                     return [self.lost_channel()] * len(batch)
             left = _remaining(batch)
             seq = s.seq = s.seq + 1
-            request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left))
+            request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left), unordered=True)
             timer = loop.call_later(left + STREAM_GRACE, s.expire)
             try:
                 try:

@@ -457,7 +457,7 @@ class _Lane(LaneBase):
                     return [self.lost_channel()] * len(batch)
             left = _remaining(batch)
             seq = s.seq = s.seq + 1
-            request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left))
+            request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left), unordered=True)
             watchdog.arm(s, time.monotonic() + left + STREAM_GRACE)
             try:
                 s.box.put(request)
@@ -1493,9 +1493,10 @@ def _call(kv: pb_grpc.KeyValueStub, batch: list[_Op], timeout: float, future: bo
         request = _request(item.op, item.key, item.value, item.trace)
     else:
         method = kv.Batch
+        # A lane's batch: calls of separate callers, in no order among them.
         request = pb.BatchRequest(ops=[pb.Operation(op=OPS[b.op], key=b.key,
                                                     value=b.value or b"", trace=b.trace)
-                                       for b in batch])
+                                       for b in batch], unordered=True)
     if future:
         return method.future(request, timeout=timeout)
     return method(request, timeout=timeout)

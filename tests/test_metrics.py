@@ -87,6 +87,12 @@ def test_a_replicated_ring_counts_reads_by_confirmation_and_through_the_log(tmp_
             # Reads only: by confirmation. A write among them: through the log.
             c.batch([("read", "50000", None), ("read", "50001", None)])
             c.batch([("update", "50000", b"b"), ("read", "50000", None)])
+            # A client's coalesced calls (unordered): its reads apart from its writes.
+            from chordctl.pb import chord_pb2 as pb
+            reply = c._node_stub(0).Batch(pb.BatchRequest(ops=[
+                pb.Operation(op=pb.UPDATE, key="50000", value=b"b"),
+                pb.Operation(op=pb.READ, key="50000")], unordered=True), timeout=5)
+            assert [r.code for r in reply.results] == [0, 0]
         # Node 1 holds a copy of arc 0 but does not lead it: through the log.
         with Client(cluster.config, target=cluster.address(1)) as c:
             assert c.read("50000").value == b"b"
@@ -96,7 +102,7 @@ def test_a_replicated_ring_counts_reads_by_confirmation_and_through_the_log(tmp_
                     if s.name == "chordctl_raft_reads_total" and s.labels["group"] == "0"}
 
         # The counts are the engine's summary, renewed every 50 ms.
-        wait_until(lambda: reads(ports[0]) == {"index": 6, "log": 0}, timeout=5,
+        wait_until(lambda: reads(ports[0]) == {"index": 7, "log": 0}, timeout=5,
                    what=f"node 0's reads of arc 0 counted (now {reads(ports[0])})")
         wait_until(lambda: reads(ports[1]) == {"index": 0, "log": 1}, timeout=5,
                    what=f"node 1's reads of arc 0 counted (now {reads(ports[1])})")

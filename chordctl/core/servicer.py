@@ -270,7 +270,8 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
     async def Batch(self, request, context):
         if type(request) is MalformedRequest:
             await _refuse_malformed(request, context)
-        reply = await self._batch(request.ops, self._deadline(context), 0.0)
+        reply = await self._batch(request.ops, self._deadline(context), 0.0,
+                                  request.unordered)
         if reply.__class__ is tuple:        # refused: the call's status
             await context.abort(STATUS[reply[0]], reply[1])
         return reply
@@ -303,7 +304,8 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                     await write(pb.BatchReply(code=INVALID_ARGUMENT, message=request.message))
                     continue
                 ms = request.timeout_ms or default_ms
-                reply = await self._batch(request.ops, time.monotonic() + ms / 1000.0, ms)
+                reply = await self._batch(request.ops, time.monotonic() + ms / 1000.0, ms,
+                                          request.unordered)
                 if reply.__class__ is tuple:
                     reply = pb.BatchReply(code=reply[0], message=reply[1])
                 reply.seq = request.seq
@@ -321,10 +323,13 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 stream.ended = True
                 stream.task.cancel()
 
-    async def _batch(self, ops, deadline: float, timed_ms: float):
+    async def _batch(self, ops, deadline: float, timed_ms: float, unordered: bool = False):
         """One Batch's work: a BatchReply, or the (code, message) it is
         refused with. *timed_ms* (a stream's message; 0 for a call, whose
-        deadline gRPC enforces): answer DEADLINE_EXCEEDED once it passes."""
+        deadline gRPC enforces): answer DEADLINE_EXCEEDED once it passes.
+        *unordered* (a client's coalesced calls): on a replicated node the
+        reads go into F1 apart from the writes, to be answered by
+        confirmation (replica.py)."""
         admission = self.admission
         if not admission.open:
             return UNAVAILABLE, admission.refusal()
@@ -373,6 +378,11 @@ class KeyValueServicer(pb_grpc.KeyValueServicer):
                 r.waiter = waiter
             admission.in_flight += len(valid)
             try:
+                if unordered and self.node.replicated:
+                    reads = [r for r in valid if r.op == OP_READ]
+                    if reads and len(reads) < len(valid):
+                        self.node.submit(reads)
+                        valid = [r for r in valid if r.op != OP_READ]
                 self.node.submit(valid)
                 if timed_ms:
                     timer = self.loop.call_later(deadline - time.monotonic(), _expire, fut)

@@ -69,14 +69,16 @@ class Operation(_message.Message):
     def __init__(self, op: _Optional[_Union[Op, str]] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., trace: _Optional[bool] = ..., hops: _Optional[int] = ..., route: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
-    __slots__ = ("ops", "seq", "timeout_ms")
+    __slots__ = ("ops", "seq", "timeout_ms", "unordered")
     OPS_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    UNORDERED_FIELD_NUMBER: _ClassVar[int]
     ops: _containers.RepeatedCompositeFieldContainer[Operation]
     seq: int
     timeout_ms: int
-    def __init__(self, ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., seq: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    unordered: bool
+    def __init__(self, ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., seq: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., unordered: _Optional[bool] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("code", "message", "value", "node_index", "node_id", "route")
