@@ -88,8 +88,8 @@ class _Lane(LaneBase):
     sync lane's (_send_stream).
     """
 
-    def __init__(self, client, index, stub, address: str, depth: int, limit: int):
-        super().__init__(client, index, stub, address, depth, limit)
+    def __init__(self, client, index, stub, address: str, depth: int):
+        super().__init__(client, index, stub, address, depth)
         self.streaming = client.stream
         self.streams: list[_Stream] = []        # open and idle
 
@@ -506,8 +506,7 @@ class AsyncClient(ClientBase):
                 stub, address = self._entry(), self.address
             else:       # the owner's: a lane follows a passed-over owner as it sends
                 stub, address = self._node_stub(index), self.config.nodes[index].address
-            lane = self._lanes[index] = _Lane(self, index, stub, address, self.coalesce_depth,
-                                              self.limits.max_batch_ops)
+            lane = self._lanes[index] = _Lane(self, index, stub, address, self.coalesce_depth)
         return lane
 
     def _spawn(self, coro) -> None:

@@ -167,14 +167,13 @@ class LaneBase:
     """What a coalescing lane of either client flavour holds (client.py's
     _Lane, threads; aio.py's _Lane, one event loop)."""
 
-    def __init__(self, client, index: int | None, stub, address: str, depth: int, limit: int):
+    def __init__(self, client, index: int | None, stub, address: str, depth: int):
         self.client = client
         self.index = index          # the config's node, or None for the entry node
         self.node = index           # the node it sends to: index's arc's serving node
         self.stub = stub
         self.address = address
         self.depth = depth          # Batch calls in flight at most
-        self.limit = limit          # operations per Batch at most
         self.pending: list = []     # operations waiting for a free slot
         self.senders = 0            # slots taken
         self.batches = 0            # Batch calls sent, and the operations they carried
@@ -257,8 +256,8 @@ class _Lane(LaneBase):
     """
 
     def __init__(self, client: "Client", index: int | None, stub: pb_grpc.KeyValueStub,
-                 address: str, depth: int, limit: int):
-        super().__init__(client, index, stub, address, depth, limit)
+                 address: str, depth: int):
+        super().__init__(client, index, stub, address, depth)
         self.lock = threading.Lock()
         # Batches of two or more go as messages of a BatchStream call (one
         # per slot in use, kept open: _send_stream) unless the node lacks it.
@@ -1009,8 +1008,7 @@ class Client(ClientBase):
                 lane = self._lanes.get(index)
                 if lane is None:
                     lane = self._lanes[index] = _Lane(self, index, stub, address,
-                                                      self.coalesce_depth,
-                                                      self.limits.max_batch_ops)
+                                                      self.coalesce_depth)
         return lane
 
     def __enter__(self) -> "Client":
