@@ -92,6 +92,7 @@ class Ring:
         self.applied = {i: {g: [] for g in self.groups} for i in range(n)}
         self.engines: dict[int, Engine | None] = {}
         self.cut: set[tuple[int, int]] = set()
+        self.filter = None       # filter(sender, peer, messages) -> messages delivered
         self.sent_while_dirty = []
         # node -> its dump files (compaction tests: *dumps* is their directory)
         self.dumps: dict[int, object] = {} if dumps is None else \
@@ -116,6 +117,8 @@ class Ring:
             for peer, messages in out.items():
                 e = self.engines.get(peer)
                 if e is not None and (i, peer) not in self.cut:
+                    if self.filter is not None:
+                        messages = self.filter(i, peer, messages)
                     e.deliver(i, messages)
 
         dumps = self.dumps.get(i)
@@ -768,6 +771,7 @@ def test_a_cut_off_leader_never_confirms_a_read(ring):
 def test_answers_from_an_older_term_confirm_no_read(ring):
     r = ring(3)
     leader = r.wait_leader()
+    r.crash(leader.index)      # its thread stopped: the test owns its state
     g = leader.groups[0]
     term = g.raftCurrentTerm
     g.heard = {i: (term - 1, 10 ** 9) for i in range(3) if i != leader.index}
@@ -792,3 +796,39 @@ def test_a_learner_vouches_for_no_leader(ring):
     held, sent = e._out[leader.index]
     assert not held.HasField("probe") and not held.HasField("probe_term")
     assert (sent.probe, sent.probe_term) == (5, 2)
+
+
+def test_reads_waiting_or_made_after_the_engine_stops_go_back_at_once(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    until(lambda: leader.groups[0].confirmable(), what="the leader's no-op committed")
+    for j in range(3):
+        if j != leader.index:
+            r.cut |= {(j, leader.index)}     # no answers: the read waits
+    waiting = _Read(r, leader)
+    until(lambda: leader.groups[0].reads, what="the read waiting for a majority")
+    r.crash(leader.index)
+    assert waiting.done.wait(WAIT) and waiting.how == ["log"]
+    late = _Read(r, leader)
+    assert late.done.is_set() and late.how == ["log"]
+
+
+def test_a_leader_whose_followers_never_echo_reads_through_the_log_at_once(ring):
+    r = ring(3)
+    leader = r.wait_leader()
+    until(lambda: leader.groups[0].confirmable(), what="the leader's no-op committed")
+
+    def old_release(sender, peer, messages):      # peers that do not know the field
+        for m in messages:
+            m.ClearField("probe")
+            m.ClearField("probe_term")
+        return messages
+    r.filter = old_release
+    until(lambda: leader.groups[0].raftCurrentTerm > 0, what="a term")
+    r.crash(leader.index)        # a restart: a new leader, in a new term
+    new = r.wait_leader(among=[i for i in range(3) if i != leader.index])
+    until(lambda: new.groups[0].confirmable(), what="the new leader's no-op committed")
+    t0 = time.monotonic()
+    rd = _Read(r, new)
+    assert rd.done.wait(WAIT) and rd.how == ["log"]
+    assert time.monotonic() - t0 < FAST.election_timeout     # not after its patience

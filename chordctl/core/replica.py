@@ -349,6 +349,12 @@ class ReplicatedNode(Node):
         pending = self._pending.get(cid)
         if pending is None:
             return
+        if self.engine.ended:       # stopped or failed: nothing will commit it
+            del self._pending[cid]
+            self._refuse(pending[0], f"{self.label}: " + (
+                self.failed or "stopping: its replication engine has ended; not applied "
+                               "-- retry on another node"))
+            return
         alone = self.engine.leaderless_for(g)
         if alone > self._no_majority_after:
             del self._pending[cid]

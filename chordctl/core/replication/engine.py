@@ -438,6 +438,11 @@ class Group(SyncObj):
         leading = self._SyncObj__raftState == _LEADER
         term = self.raftCurrentTerm
         confirmed = self.confirmed() if leading else 0
+        if leading and not confirmed and self.echoes() < len(self.members) // 2:
+            # Too few followers have ever answered an append of this term with
+            # its number: just elected (the first heartbeat's answers are on
+            # their way), or peers of a release without read confirmation.
+            patience = 0.0
         applied = self._SyncObj__raftLastApplied
         while reads:
             needed, index, t, since, ready, fallback = reads[0]
@@ -452,6 +457,11 @@ class Group(SyncObj):
             else:
                 break
 
+    def echoes(self) -> int:
+        """Followers that answered an append of the current term with its number."""
+        term = self.raftCurrentTerm
+        return sum(1 for t, _p in self.heard.values() if t == term)
+
     def probe_wanted(self) -> bool:
         """Reads wait for a round of appends not sent yet, and the last one
         sent was answered by a majority (or none of this term was): one
@@ -459,8 +469,7 @@ class Group(SyncObj):
         shares. A round lost on the way is made up by the next heartbeat."""
         if not self.reads or self.reads[-1][0] <= self.probe:
             return False
-        term = self.raftCurrentTerm
-        if not any(t == term for t, _p in self.heard.values()):
+        if not self.echoes():
             return True
         return self.confirmed() >= self.probe
 
@@ -751,9 +760,14 @@ class Engine:
         call is applied here, and nothing after it can have been committed
         elsewhere first; ``fallback()`` runs instead when this replica cannot
         confirm it (not the leader, ...): the read then goes through the log.
-        Any thread."""
-        self._reads.append((group, ready, fallback))
-        self._wake.set()
+        Once the engine has ended, ``fallback()`` runs at once on the caller's
+        thread. Any thread."""
+        with self._local_lock:
+            if not self._ended:
+                self._reads.append((group, ready, fallback))
+                self._wake.set()
+                return
+        fallback()
 
     def deliver(self, sender: int, messages) -> None:
         """Messages from peer *sender* (chord.raft.v1.Message), any thread."""
@@ -913,8 +927,15 @@ class Engine:
             with self._local_lock:
                 self._ended = True
                 local, self._local = list(self._local), collections.deque()
+                reads = [fallback for _g, _r, fallback in self._reads]
+                self._reads.clear()
+            for g in groups:         # reads waiting for a confirmation: not coming
+                reads += [read[5] for read in g.reads]
+                g.reads.clear()
             for fn in local:
                 fn()
+            for fallback in reads:
+                fallback()
 
     def _round(self, groups: list[Group]) -> None:
         self.rounds += 1
