@@ -832,3 +832,26 @@ def test_a_leader_whose_followers_never_echo_reads_through_the_log_at_once(ring)
     rd = _Read(r, new)
     assert rd.done.wait(WAIT) and rd.how == ["log"]
     assert time.monotonic() - t0 < FAST.election_timeout     # not after its patience
+
+
+def test_a_dropped_transfer_is_answered_with_what_was_applied_not_the_log_end(ring):
+    # PySyncObj answers a finished dump transfer with success at its log's end;
+    # a replica that dropped the dump (stale or unreadable) may hold entries of a
+    # deposed leader past what it applied, which must not count as matching.
+    r = ring(3)
+    leader = r.wait_leader()
+    assert r.commit(leader, 0, b"one")[1] == FAIL_REASON.SUCCESS
+    e = next(x for x in r.engines.values() if x is not leader)
+    until(lambda: e.groups[0].raftLastApplied >= 2, what="the follower applied 'one'")
+    r.crash(e.index)           # its thread stopped: the test owns its outbox
+    g = e.groups[0]
+    applied = g.raftLastApplied
+    e._out.clear()
+    g.dropped_dump = True
+    e._outgoing(leader.index, 0, {"type": "next_node_idx", "next_node_idx": applied + 9,
+                                  "reset": False, "success": True})
+    e._outgoing(leader.index, 0, {"type": "next_node_idx", "next_node_idx": applied + 9,
+                                  "reset": False, "success": True})
+    after_drop, later = e._out[leader.index]
+    assert (after_drop.next_node_idx, after_drop.reset) == (applied + 1, True)
+    assert (later.next_node_idx, later.reset) == (applied + 9, False)    # only that answer

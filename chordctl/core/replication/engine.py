@@ -369,6 +369,7 @@ class Group(SyncObj):
         self.log_reads = 0           # reads handed back to go through the log
         self.installs = 0
         self.stale_dumps = 0         # transfers that ended behind what this replica applied
+        self.dropped_dump = False    # the last transfer was not installed (see _loadDumpFile)
         self.compactions = 0
         self.duplicates = 0          # resubmissions attached to their first copy
         self._compacted: collections.OrderedDict = collections.OrderedDict()
@@ -585,7 +586,14 @@ class Group(SyncObj):
                 os.unlink(path)
             except OSError:
                 pass
+            # PySyncObj answers a finished transfer with success at the end of
+            # this replica's log, as if it had installed it: that log may hold
+            # entries of a deposed leader past what was applied here, which the
+            # leader would then count as its own. The answer says "applied so
+            # far" instead (Engine._outgoing), and the leader goes on from there.
+            self.dropped_dump = True
             return
+        self.dropped_dump = False
         self.installs += 1
         incoming = self._SyncObj__serializer
         incoming.recent = None
@@ -875,11 +883,16 @@ class Engine:
                             else "no leader to learn from: a new group")
 
     def _outgoing(self, peer: int, group: int, message: dict) -> None:
-        if group in self._learning and message["type"] == "next_node_idx" \
-                and message.get("success"):
+        kind = message["type"]
+        if kind == "next_node_idx" and self.groups[group].dropped_dump:
+            g = self.groups[group]
+            g.dropped_dump = False
+            if message.get("success"):
+                message["next_node_idx"] = g.raftLastApplied + 1
+                message["reset"] = True
+        if group in self._learning and kind == "next_node_idx" and message.get("success"):
             self.acks_held += 1      # a learner's ack must not count (see __init__)
             return
-        kind = message["type"]
         if kind == "append_entries":
             message["probe"] = self.groups[group].probe
         elif kind == "next_node_idx":
