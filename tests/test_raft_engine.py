@@ -855,3 +855,39 @@ def test_a_dropped_transfer_is_answered_with_what_was_applied_not_the_log_end(ri
     after_drop, later = e._out[leader.index]
     assert (after_drop.next_node_idx, after_drop.reset) == (applied + 1, True)
     assert (later.next_node_idx, later.reset) == (applied + 9, False)    # only that answer
+
+
+def test_a_learner_does_not_learn_from_a_deposed_leader(ring):
+    # A leads term T and is cut off; B and C elect B in a later term and commit
+    # "W". C then loses its disk and, back as a learner, hears only A (B cut
+    # off from it). Learning A's log and counting as a full replica would let
+    # A commit over W with C. C must wait to hear the newest term first.
+    slow_fallback = Settings(election_timeout=0.25, heartbeat=0.04, tick=0.01,
+                             leader_fallback=60.0)     # A does not step down by itself
+    r = ring(3, settings=slow_fallback)
+    a = r.wait_leader()
+    assert r.commit(a, 0, b"before")[1] == FAIL_REASON.SUCCESS
+    b_i, c_i = [i for i in range(3) if i != a.index]
+    until(lambda: len(r.applied[c_i][0]) >= 1 and len(r.applied[b_i][0]) >= 1,
+          what="every replica applied 'before'")
+    r.isolate(a.index)
+    b = r.wait_leader(among=[b_i, c_i])
+    b_i, c_i = b.index, next(i for i in (b_i, c_i) if i != b.index)
+    assert r.commit(b, 0, b"W")[1] == FAIL_REASON.SUCCESS
+    r.crash(c_i)
+    r.journals[c_i] = Journals()             # its disk is gone
+    r.applied[c_i][0].clear()
+    r.cut |= {(b_i, c_i), (c_i, b_i)}
+    r.cut -= {(a.index, c_i), (c_i, a.index)}
+    c = r.start(c_i, learn_grace=30.0)
+    outcome = []
+    a.submit(0, b"X", lambda res, reason: outcome.append(reason))
+    until(lambda: c.status().get(0, {}).get("leader") == a.index,
+          what="the learner heard the deposed leader")
+    time.sleep(1.0)      # no event marks a commit that must not happen; A had the time
+    assert c.learning(0), "the learner took a deposed leader's log"
+    assert FAIL_REASON.SUCCESS not in outcome, "the deposed leader committed with the learner"
+    r.cut.clear()        # B reachable: C learns its term, then its log
+    until(lambda: not c.learning(0), what="the learner became a full replica")
+    until(lambda: any(cmd == b"W" for _, cmd in r.applied[c_i][0]), what="C applied W")
+    assert all(cmd != b"X" for _, cmd in r.applied[c_i][0])

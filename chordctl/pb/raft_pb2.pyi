@@ -17,6 +17,8 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     APPLY_COMMAND: _ClassVar[Kind]
     APPLY_COMMAND_RESPONSE: _ClassVar[Kind]
     TIMEOUT_NOW: _ClassVar[Kind]
+    TERM_QUERY: _ClassVar[Kind]
+    TERM_REPLY: _ClassVar[Kind]
 KIND_UNSPECIFIED: Kind
 REQUEST_VOTE: Kind
 RESPONSE_VOTE: Kind
@@ -25,6 +27,8 @@ NEXT_NODE_IDX: Kind
 APPLY_COMMAND: Kind
 APPLY_COMMAND_RESPONSE: Kind
 TIMEOUT_NOW: Kind
+TERM_QUERY: Kind
+TERM_REPLY: Kind
 
 class Entry(_message.Message):
     __slots__ = ("command", "idx", "term")

@@ -699,8 +699,18 @@ class Engine:
         # acknowledges (its acks would count towards commits it cannot
         # vouch for). Then it is a full replica. With no leader to hear within
         # *learn_grace* seconds (a new ring: every replica is new) it is one too.
+        # The leader it learns from must be of the group's newest term: a
+        # deposed leader still sending in an older term would teach it a log
+        # without the entries this replica acknowledged to the new one, and
+        # then have its acknowledgements. So it first asks the other members
+        # their terms (TERM_QUERY), and takes its target only from an append
+        # of a term at least the highest that enough of them answered that
+        # any majority it was part of before shows among them (_floor).
         self._learning: dict[int, int | None] = (
             {gid: None for gid in groups} if learn_grace > 0 else {})
+        self._terms: dict[int, dict[int, int]] = {}   # learning group -> member -> term
+        self._led: set[int] = set()      # learning groups that heard an append
+        self._query_at = 0.0
         self._learn_grace = learn_grace
         self._learn_until = 0.0
         self.votes_ignored = 0
@@ -871,12 +881,35 @@ class Engine:
         self._summary_at = now
         return out
 
+    def _floor(self, gid: int) -> int | None:
+        """The lowest term a learner of group *gid* may learn from, once enough
+        other members answered its TERM_QUERY: any majority it was part of
+        before its disk was lost leaves at least one of them; None until then."""
+        answers = self._terms.get(gid, {})
+        members = len(self.groups[gid].members)
+        need = members - (members // 2 + 1) + 1     # more than a minority of the others
+        return max(answers.values()) if len(answers) >= need else None
+
+    def _ask_terms(self, learning: dict[int, int | None]) -> None:
+        """A learner's TERM_QUERY to the other members, every heartbeat, while
+        it has no target (engine thread)."""
+        now = time.monotonic()
+        if now < self._query_at:
+            return
+        self._query_at = now + self.settings.heartbeat
+        for gid, target in learning.items():
+            if target is not None:
+                continue
+            for peer in self._peers[gid]:
+                self._out.setdefault(peer, []).append(
+                    rpb.Message(group=gid, kind=rpb.TERM_QUERY))
+
     def _learned(self, learning: dict[int, int | None]) -> None:
         now = time.monotonic()
         for gid, target in list(learning.items()):
             g = self.groups[gid]
             if (target is not None and g.raftLastApplied >= target) or \
-                    (target is None and now >= self._learn_until):
+                    (target is None and gid not in self._led and now >= self._learn_until):
                 del learning[gid]
                 logger.info("raft group %d: node %d is a full replica (%s)", gid, self.index,
                             f"holds the log up to {target}" if target is not None
@@ -970,13 +1003,25 @@ class Engine:
                 if g is None or member is None or sender not in self._peers[m.group]:
                     self.dropped += 1
                     continue
+                if m.kind == rpb.TERM_QUERY:
+                    if m.group not in learning:     # a learner's term proves nothing
+                        self._out.setdefault(sender, []).append(rpb.Message(
+                            group=m.group, kind=rpb.TERM_REPLY, term=g.raftCurrentTerm))
+                    continue
+                if m.kind == rpb.TERM_REPLY:
+                    if m.group in learning:
+                        self._terms.setdefault(m.group, {})[sender] = m.term
+                    continue
                 if learning and m.group in learning:
                     if m.kind == rpb.REQUEST_VOTE:
                         self.votes_ignored += 1
                         continue
                     if m.kind == rpb.APPEND_ENTRIES and learning[m.group] is None \
                             and m.HasField("commit_index"):
-                        learning[m.group] = m.commit_index   # what it must hold first
+                        self._led.add(m.group)
+                        floor = self._floor(m.group)
+                        if floor is not None and m.term >= floor:
+                            learning[m.group] = m.commit_index   # what it must hold first
                 try:
                     message = codec.decode(m)
                 except codec.UnsupportedMessage as e:
@@ -1038,6 +1083,8 @@ class Engine:
                 g.send_appends()
         if learning:
             self._learned(learning)
+            if learning:
+                self._ask_terms(learning)
         self._flush()
 
     def _flush(self) -> None:
