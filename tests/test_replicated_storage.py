@@ -195,3 +195,35 @@ def test_a_command_not_committed_is_answered_just_before_its_deadline():
     assert not sweep_due(10.0, 5.0, 9.80) and sweep_due(10.0, 5.0, 9.86)
     assert not sweep_due(10.2, 10.0, 10.1) and sweep_due(10.2, 10.0, 10.16)   # 0.2 s: 0.05 lead
     assert not sweep_due(float("inf"), 0.0, 1e9)           # a scan's barrier has no deadline
+
+
+def test_a_replica_restarted_before_it_finished_learning_learns_again(tmp_path):
+    """A new replica marks its directory LEARNING until it is a full replica: a
+    restart meanwhile (raft.journal exists by then) is a learner's again, not
+    a full replica's with votes and acknowledgements it cannot vouch for."""
+    from chordctl.core.replica import ReplicatedNode
+    from chordctl.core.storage import files
+    cfg = configmod.from_dict({
+        "ring": {"bits": 8, "replicas": 3},
+        "nodes": [{"host": "127.0.0.1", "port": 1 + i} for i in range(3)],
+        "storage": {"data_dir": str(tmp_path / "data")}})
+    d = cfg.node_dir(0)
+    mark = os.path.join(d, files.LEARNING)
+    node = ReplicatedNode(cfg, 0)
+    node.recover()
+    assert node.fresh and os.path.exists(mark)
+    node.journal.close()
+    node.lock.release()
+    assert os.path.exists(os.path.join(d, "raft.journal"))
+    again = ReplicatedNode(cfg, 0)
+    again.recover()
+    assert again.fresh                     # still learning: the mark says so
+    again._learned()                       # what the engine calls once it is full
+    assert not os.path.exists(mark)
+    again.journal.close()
+    again.lock.release()
+    full = ReplicatedNode(cfg, 0)
+    full.recover()
+    assert not full.fresh
+    full.journal.close()
+    full.lock.release()

@@ -112,6 +112,9 @@ def test_five_nodes_lose_one_for_good_and_every_key_stays_served_within_10s(make
     should_hold = sum(1 for k in keys if Ring(BITS, 5).owner(k) in mine)
     wait_until(lambda: held_keys(cfg, cluster.address(victim)) == should_hold, timeout=20,
                what="the replacement caught up")
+    # Full in every group: its directory no longer says it is learning.
+    wait_until(lambda: not os.path.exists(os.path.join(cfg.node_dir(victim), "LEARNING")),
+               timeout=20, what="the replacement a full replica (LEARNING removed)")
     # What it holds is the acknowledged data: take the other two replicas of
     # one of its arcs away and read that arc from it.
     read_all(cfg, cluster.address(victim),

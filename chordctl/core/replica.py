@@ -168,12 +168,19 @@ class ReplicatedNode(Node):
         for g, idx in report.raft_applied.items():
             if g in self.raft_applied:
                 self.raft_applied[g] = idx
-        self.fresh = not os.path.exists(os.path.join(self.directory, raftjournal.FILE_NAME))
+        # A replica that started without raft.journal learns its groups before
+        # it votes or acknowledges (engine.py); LEARNING marks one that has not
+        # finished, so that a restart meanwhile learns again.
+        self._learning_mark = os.path.join(self.directory, files.LEARNING)
+        no_journal = not os.path.exists(os.path.join(self.directory, raftjournal.FILE_NAME))
+        self.fresh = no_journal or os.path.exists(self._learning_mark)
+        if self.fresh:
+            self._mark_learning()
         self.journal = raftjournal.RaftJournal(self.directory)
         for g in self.groups:
             have = self.journal.group(g)
             last = have[-1][1] if len(have) else 0
-            if self.raft_applied[g] > last and not self.fresh:
+            if self.raft_applied[g] > last and not no_journal:
                 # A replica applies a committed entry in the round that brought
                 # it, before the round's fdatasync; a kill between the two
                 # leaves the map ahead of the journal. Those entries are
@@ -220,7 +227,8 @@ class ReplicatedNode(Node):
         grace = LEARN_GRACE * self.settings.election_timeout if self.fresh else 0.0
         self.engine = Engine(self.index, self.members, self.journal, self._apply_entry,
                              self.raft_send, self.settings, on_failed=self.fail,
-                             learn_grace=grace, dumps=self)
+                             learn_grace=grace, dumps=self,
+                             on_learned=self._learned if self.fresh else None)
         self.engine.every(SWEEP_EVERY, self._sweep)
         self.engine.every(RETRY_AFTER, self._resubmit)
         self.engine.every(LEAD_CHECK_EVERY, self.engine.lead_from_owners)
@@ -232,6 +240,29 @@ class ReplicatedNode(Node):
             self._install(g, d)
         self._reinstall = {}
         self.engine.start()
+
+    def _mark_learning(self) -> None:
+        try:
+            with open(self._learning_mark, "wb") as f:
+                f.write(b"learning its replica groups; removed once it is a full replica\n")
+                f.flush()
+                os.fsync(f.fileno())
+            files.fsync_dir(self.directory)
+        except OSError as e:
+            raise StorageError(f"storage: {self._learning_mark}: cannot write: "
+                               f"{e.strerror or e}; check the data directory's disk and "
+                               f"permissions") from None
+
+    def _learned(self) -> None:
+        """Engine thread: every group learned; a restart from now on is a full replica's."""
+        try:
+            os.unlink(self._learning_mark)
+            files.fsync_dir(self.directory)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            logger.error("%s: cannot remove %s: %s; a restart will learn its groups again",
+                         self.label, self._learning_mark, e)
 
     def stop(self, final_snapshot: bool = True) -> None:
         super().stop(final_snapshot)

@@ -659,7 +659,7 @@ class Engine:
     def __init__(self, index: int, groups: dict[int, tuple[int, ...]], journal,
                  apply: Apply, send: Send, settings: Settings = Settings(),
                  on_failed: Callable[[str], None] | None = None, learn_grace: float = 0.0,
-                 dumps=None):
+                 dumps=None, on_learned: Callable[[], None] | None = None):
         self.index = index
         self.settings = settings
         self.apply = apply
@@ -667,6 +667,7 @@ class Engine:
         self.journal = journal
         self._send = send
         self._on_failed = on_failed
+        self._on_learned = on_learned     # every group learned (engine thread)
         self.groups: dict[int, Group] = {}
         for gid, members in sorted(groups.items()):
             if index not in members:
@@ -914,6 +915,10 @@ class Engine:
                 logger.info("raft group %d: node %d is a full replica (%s)", gid, self.index,
                             f"holds the log up to {target}" if target is not None
                             else "no leader to learn from: a new group")
+        if not learning and self._on_learned is not None:
+            self._on_learned()
+            self._on_learned = None
+
 
     def _outgoing(self, peer: int, group: int, message: dict) -> None:
         kind = message["type"]

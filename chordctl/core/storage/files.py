@@ -20,6 +20,10 @@ _NAME = re.compile(r"^(log|snap)\.(\d+)$")
 # `cluster up`'s start lock, in storage.data_dir beside the node directories
 # (localcluster.starting); `ring migrate` leaves it with the old tree.
 CLUSTER_LOCK = ".cluster-up.lock"
+# In a node directory of a replicated ring: the node is still learning its
+# groups (it started without raft.journal, replica.py). Kept until it is a full
+# replica, so that a restart meanwhile starts it as a learner again.
+LEARNING = "LEARNING"
 
 def log_name(counter: int) -> str:
     return f"{LOG_PREFIX}{counter}"
