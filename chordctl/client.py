@@ -80,7 +80,8 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
     elif number == DEADLINE_EXCEEDED and "deadline" in message.lower() and not node_made:
         within = f"within {waited:g}s ({source})" if waited else "within the deadline"
         message = (f"client: no reply from {address} {within}; a write may still be "
-                   f"applied (read the key before retrying it); the node may be overloaded, "
+                   f"applied (read the key before retrying it; a read changed nothing); "
+                   f"the node may be overloaded, "
                    f"stuck, or without a majority of its replica group -- {RING_UP_HINT}")
     elif not node_made and "Channel closed!" in message:   # "Stream removed (...)" too
         # gRPC's words for a call cancelled by closing its channel: close(), or
@@ -97,7 +98,8 @@ def error_for(code: grpc.StatusCode | int, message: str, address: str = "",
         # gRPC's own words for a connection lost mid-call ("Socket closed",
         # "Connection reset by peer"); every node-made message names its node.
         message = (f"client: lost the connection to {address} before the reply; a write "
-                   f"may still be applied (read the key before retrying it); the node may "
+                   f"may still be applied (read the key before retrying it; a read changed "
+                   f"nothing); the node may "
                    f"have stopped -- {RING_UP_HINT}")
     return cls(message)
 
