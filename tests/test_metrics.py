@@ -93,16 +93,22 @@ def test_a_replicated_ring_counts_reads_by_confirmation_and_through_the_log(tmp_
                 pb.Operation(op=pb.UPDATE, key="50000", value=b"b"),
                 pb.Operation(op=pb.READ, key="50000")], unordered=True), timeout=5)
             assert [r.code for r in reply.results] == [0, 0]
-        # Node 1 holds a copy of arc 0 but does not lead it: through the log.
+        # Node 1 holds a copy of arc 0 but does not lead it: a client's read
+        # goes on to the leader, node 0, which answers it by confirmation ...
         with Client(cluster.config, target=cluster.address(1)) as c:
-            assert c.read("50000").value == b"b"
+            reply = c.read("50000")
+            assert reply.value == b"b" and reply.node_index == 0
+            # ... and one that was forwarded already goes through node 1's log.
+            reply = c._node_stub(1).Batch(pb.BatchRequest(ops=[
+                pb.Operation(op=pb.READ, key="50000", hops=1)]), timeout=5)
+            assert [(r.code, r.value, r.node_index) for r in reply.results] == [(0, b"b", 1)]
 
         def reads(port):
             return {s.labels["way"]: s.value for s in _scrape(port)["chordctl_raft_reads"]
                     if s.name == "chordctl_raft_reads_total" and s.labels["group"] == "0"}
 
         # The counts are the engine's summary, renewed every 50 ms.
-        wait_until(lambda: reads(ports[0]) == {"index": 7, "log": 0}, timeout=5,
+        wait_until(lambda: reads(ports[0]) == {"index": 8, "log": 0}, timeout=5,
                    what=f"node 0's reads of arc 0 counted (now {reads(ports[0])})")
         wait_until(lambda: reads(ports[1]) == {"index": 0, "log": 1}, timeout=5,
                    what=f"node 1's reads of arc 0 counted (now {reads(ports[1])})")

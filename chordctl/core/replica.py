@@ -283,10 +283,16 @@ class ReplicatedNode(Node):
         mine = set(self.groups)
         engine = self.engine
         by_index = self.read_index
+        me = self.index
+        leader_of = engine.leader
         while True:
             items = [get()]
             while len(items) < DRAIN_LIMIT and not empty():
                 items.append(get())
+            # Arcs this node holds whose owner leads them, another node: a
+            # client's read-only call for one goes to that leader (F4), which
+            # answers it by confirmation, rather than through the arc's log.
+            ask = {g for g in mine if g != me and leader_of(g) == g} if by_index else ()
             per_group: dict[int, list[Request]] = {}
             reads: dict[int, list[Request]] = {}
             foreign: list[Request] = []
@@ -307,11 +313,13 @@ class ReplicatedNode(Node):
                 # A call of reads only is answered by confirmation (engine.read);
                 # one with a mutation goes through the log whole, its reads in
                 # their place among its writes.
-                into = reads if by_index and all(r.op == OP_READ for r in item) \
-                    else per_group
+                only_reads = by_index and all(r.op == OP_READ for r in item)
+                into = reads if only_reads else per_group
                 for r in item:
                     g = owner(r.key)
-                    if g in mine:
+                    if only_reads and g in ask and r.hops == 0:
+                        foreign.append(r)      # once: a forwarded read is not sent on
+                    elif g in mine:
                         reqs = into.get(g)
                         if reqs is None:
                             into[g] = [r]
