@@ -1043,15 +1043,6 @@ class Engine:
                     if heard is None or (m.probe_term, m.probe) > heard:
                         g.heard[sender] = (m.probe_term, m.probe)
                 g.transport._onMessageReceived(member, message)
-        commands = self._commands
-        while commands:
-            gid, command, callback = commands.popleft()
-            g = self.groups.get(gid)
-            if g is None:
-                callback(None, FAIL_REASON.REQUEST_DENIED)
-                continue
-            busy.add(gid)
-            g._applyCommand(command, callback, REGULAR)
         reads = self._reads
         while reads:
             gid, ready, fallback = reads.popleft()
@@ -1062,9 +1053,19 @@ class Engine:
                 fallback()
                 continue
             # It needs a round of appends sent from now on, answered by a
-            # majority (Group.probe_wanted).
+            # majority (Group.probe_wanted). (Before the commands: a read
+            # handed back goes into them, in this round.)
             g.reads.append((g.probe + 1, g._SyncObj__raftCommitIndex, g.raftCurrentTerm,
                             time.monotonic(), ready, fallback))
+        commands = self._commands
+        while commands:
+            gid, command, callback = commands.popleft()
+            g = self.groups.get(gid)
+            if g is None:
+                callback(None, FAIL_REASON.REQUEST_DENIED)
+                continue
+            busy.add(gid)
+            g._applyCommand(command, callback, REGULAR)
         # A tick is PySyncObj's whole step (timers, commit, apply, sends), tens
         # of microseconds per group: a round ticks the groups it brought work
         # for, and every group at least every settings.tick for their timers.
