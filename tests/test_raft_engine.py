@@ -14,7 +14,8 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import MemoryJournal
 
 from chordctl.core.replication import dump
-from chordctl.core.replication.engine import RETRY_MARK, Engine, Settings, recent_digests
+from chordctl.core.replication.engine import (REGULAR, RETRY_MARK, Engine, Settings,
+                                               recent_digests)
 from chordctl.errors import StorageError
 from chordctl.pb import raft_pb2 as rpb
 
@@ -891,3 +892,46 @@ def test_a_learner_does_not_learn_from_a_deposed_leader(ring):
     until(lambda: not c.learning(0), what="the learner became a full replica")
     until(lambda: any(cmd == b"W" for _, cmd in r.applied[c_i][0]), what="C applied W")
     assert all(cmd != b"X" for _, cmd in r.applied[c_i][0])
+
+
+def test_a_learner_does_not_stand_for_election(ring):
+    # A new ring whose nodes started at different times: A is full, B and C
+    # still learning. Were a learner to campaign, it would win with A's vote
+    # and lead a group whose other learners cannot vouch for each other.
+    r = ring(3)
+    for i in range(3):
+        r.crash(i)
+        r.journals[i] = Journals()
+    a = r.start(0, learn_grace=0.0001)
+    until(lambda: not a.learning(0), what="A a full replica")
+    learners = [r.start(i, learn_grace=30.0) for i in (1, 2)]
+    until(lambda: a.groups[0].raftCurrentTerm >= 2, what="A campaigning")
+    time.sleep(8 * FAST.election_timeout)   # their timers ran out many times over
+    for e in learners:
+        assert e.learning(0)
+        assert e.groups[0].raftCurrentTerm == 0       # never a candidate
+        assert e.votes_ignored > 0                     # and no vote for A
+    assert r.leader(0) is None
+
+
+def test_a_dump_chunk_commits_nothing_its_log_was_not_checked_against(ring, tmp_path):
+    # PySyncObj, on a dump chunk (no log matching), set the commit index to
+    # min(leader's, its log's end): an entry of a deposed leader past what the
+    # follower applied would be committed and applied.
+    r = ring(3, dumps=str(tmp_path))
+    leader = r.wait_leader()
+    assert r.commit(leader, 0, b"one")[1] == FAIL_REASON.SUCCESS
+    f = next(x for x in r.engines.values() if x is not leader)
+    until(lambda: any(c == b"one" for _, c in r.applied[f.index][0]), what="f applied one")
+    r.crash(f.index)           # its thread stopped: the test drives it
+    g = f.groups[0]
+    log = g._SyncObj__raftLog
+    end = log[-1][1]
+    term = g.raftCurrentTerm
+    log.add(bytes([REGULAR]) + b"ghost", end + 1, term)    # never committed anywhere
+    g.transport._onMessageReceived(f._members[leader.index], {
+        "type": "append_entries", "term": term + 1, "commit_index": end + 50,
+        "serialized": (b"\0" * 16, True, False)})          # a transfer's first chunk
+    g.doTick(0.0)
+    assert g.raftCommitIndex <= end
+    assert all(c != b"ghost" for _, c in r.applied[f.index][0])

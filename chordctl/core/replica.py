@@ -285,6 +285,8 @@ class ReplicatedNode(Node):
         by_index = self.read_index
         me = self.index
         leader_of = engine.leader
+        heard = engine.heard_leader_within
+        fresh = 3 * self.settings.heartbeat
         while True:
             items = [get()]
             while len(items) < DRAIN_LIMIT and not empty():
@@ -292,7 +294,10 @@ class ReplicatedNode(Node):
             # Arcs this node holds whose owner leads them, another node: a
             # client's read-only call for one goes to that leader (F4), which
             # answers it by confirmation, rather than through the arc's log.
-            ask = {g for g in mine if g != me and leader_of(g) == g} if by_index else ()
+            # (Only while its appends arrive: a leader gone silent may be cut
+            # off, and the read is better waiting here for the next one.)
+            ask = {g for g in mine if g != me and leader_of(g) == g
+                   and heard(g, fresh)} if by_index else ()
             per_group: dict[int, list[Request]] = {}
             reads: dict[int, list[Request]] = {}
             foreign: list[Request] = []

@@ -348,6 +348,7 @@ class Group(SyncObj):
                                               dump_file=self.dump_file, install=install),
                          transport=self.transport)
         self._poller = _NO_POLLER
+        self.transport.setOnMessageReceivedCallback(self._received)
         if dumps is not None:
             self._SyncObj__serializer = _Incoming(self._SyncObj__serializer,
                                                   self.dump_file + INCOMING, install)
@@ -385,6 +386,23 @@ class Group(SyncObj):
         # peer counts as connected (PySyncObj only elects when "connected").
         for node in others:
             self.transport._onNodeConnected(node)
+
+    # PySyncObj's handler of a dump chunk (an append_entries without
+    # prevLogIdx) checks no log matching, yet sets the commit index to
+    # min(leader's, its own log's end): a follower whose log holds a deposed
+    # leader's entries past what it applied would commit and apply them. A
+    # chunk moves the commit index only when it completes an install (the
+    # log is then the dump's, all committed).
+    def _received(self, node, message) -> None:
+        if message["type"] != "append_entries" or "prevLogIdx" in message:
+            self._SyncObj__onMessageReceived(node, message)
+            return
+        before = self._SyncObj__raftCommitIndex
+        installs = self.installs
+        self._SyncObj__onMessageReceived(node, message)
+        if self.installs == installs and self._SyncObj__raftCommitIndex > before:
+            self._SyncObj__raftCommitIndex = before
+            self._SyncObj__raftLog.setRaftCommitIndex(before)
 
     # PySyncObj's private apply (name-mangled): REGULAR entries are our
     # commands; a no-op is a new leader's first entry; membership and code
@@ -718,6 +736,7 @@ class Engine:
         self.acks_held = 0
         self._summaries: dict[int, dict] = {}
         self._led_at: dict[int, float] = {}      # group -> when it last had a leader
+        self._appended_at: dict[int, float] = {}  # group -> when its leader's last append came
         self._summary_at = 0.0                   # when _summarize last ran
         self._thread = threading.Thread(target=self._run, name=f"chord-raft-{index}",
                                         daemon=True)
@@ -804,6 +823,11 @@ class Engine:
         thread."""
         at = self._summary_at
         return max(0.0, at - self._led_at.get(group, at))
+
+    def heard_leader_within(self, group: int, seconds: float) -> bool:
+        """This node, a follower of *group*, had an append from its leader in
+        the last *seconds* (any thread)."""
+        return time.monotonic() - self._appended_at.get(group, -1e9) < seconds
 
     def leader(self, group: int) -> int | None:
         s = self._summaries.get(group)
@@ -1034,6 +1058,7 @@ class Engine:
                     logger.warning("%s (from node %d): dropped", e, sender)
                     continue
                 if m.kind == rpb.APPEND_ENTRIES:
+                    self._appended_at[m.group] = time.monotonic()
                     g.echo = (m.probe, m.term) if m.HasField("probe") else None
                     g.transport._onMessageReceived(member, message)
                     g.echo = None
@@ -1066,6 +1091,14 @@ class Engine:
                 continue
             busy.add(gid)
             g._applyCommand(command, callback, REGULAR)
+        if learning:
+            # A learner does not stand for election: its log may lack what it
+            # acknowledged before, and it would win with a full member's vote
+            # and then lead a group of learners that cannot vouch for each
+            # other. Its timer is held off until it is a full replica.
+            hold = time.monotonic() + self.settings.election_timeout
+            for gid in learning:
+                self.groups[gid]._SyncObj__raftElectionDeadline = hold
         # A tick is PySyncObj's whole step (timers, commit, apply, sends), tens
         # of microseconds per group: a round ticks the groups it brought work
         # for, and every group at least every settings.tick for their timers.
