@@ -17,13 +17,19 @@ def _scrape(port: int) -> dict[str, list]:
     return {f.name: f.samples for f in text_string_to_metric_families(text)}
 
 
-def test_metrics_report_requests_latency_queues_hops_fsync_snapshots_keys(tmp_path):
-    path = write_config(tmp_path, 2)
+def _with_metrics_ports(path: str) -> list[int]:
+    """Give every node of the config at *path* a free metrics_port; the ports."""
     doc = yaml.safe_load(open(path))
-    ports = free_ports(2)
+    ports = free_ports(len(doc["nodes"]))
     for node, port in zip(doc["nodes"], ports):
         node["metrics_port"] = port
     yaml.safe_dump(doc, open(path, "w"))
+    return ports
+
+
+def test_metrics_report_requests_latency_queues_hops_fsync_snapshots_keys(tmp_path):
+    path = write_config(tmp_path, 2)
+    ports = _with_metrics_ports(path)
     cluster = Cluster(path).start()
     try:
         # Node 0 (id 65535) owns (32767, 65535]; key 10 is node 1's: one forward.
@@ -71,11 +77,7 @@ def test_a_replicated_ring_counts_reads_by_confirmation_and_through_the_log(tmp_
     from conftest import owners_lead, wait_until
     path = write_config(tmp_path, 3, replicas=3,
                         replication={"election_timeout": 0.5, "heartbeat": 0.05})
-    doc = yaml.safe_load(open(path))
-    ports = free_ports(3)
-    for node, port in zip(doc["nodes"], ports):
-        node["metrics_port"] = port
-    yaml.safe_dump(doc, open(path, "w"))
+    ports = _with_metrics_ports(path)
     cluster = Cluster(path).start()
     try:
         wait_until(lambda: owners_lead(cluster.config), timeout=20, what="owners lead")

@@ -337,12 +337,18 @@ class ReplicatedNode(Node):
             if foreign:
                 self.to_route.put(foreign)
 
-    def _submit(self, per_group: dict[int, list[Request]]) -> None:
-        if not per_group:
-            return
+    def _refused_all(self, per_group: dict[int, list[Request]]) -> bool:
+        """Nothing to do, or this node failed: every request refused."""
         if self.failed:
             for reqs in per_group.values():
                 self._refuse(reqs, f"{self.label}: {self.failed}")
+        return not per_group or bool(self.failed)
+
+    def _submit(self, per_group: dict[int, list[Request]],
+                submitted: float | None = None) -> None:
+        """Commands of the arcs' requests into the engine; *submitted*: when
+        they first went (a read handed back by confirmation), else now."""
+        if self._refused_all(per_group):
             return
         limit = self.settings.max_entry_bytes // 2
         leaderless = self.engine.leaderless_for
@@ -353,7 +359,7 @@ class ReplicatedNode(Node):
                 continue
             for run in _split(reqs, limit):
                 cid = next(self._ids)
-                self._pending[cid] = (run, time.monotonic(), g)
+                self._pending[cid] = (run, submitted or time.monotonic(), g)
                 self._submit_command(g, cid, run)
 
     def _submit_command(self, g: int, cid: int, run: list[Request]) -> None:
@@ -368,11 +374,7 @@ class ReplicatedNode(Node):
         """Reads of arcs this node holds, by confirmation (engine.read): the
         arc's leader answers them from its map once a majority confirmed it
         still leads; anywhere else they go through the log (_read_by_log)."""
-        if not per_group:
-            return
-        if self.failed:
-            for reqs in per_group.values():
-                self._refuse(reqs, f"{self.label}: {self.failed}")
+        if self._refused_all(per_group):
             return
         now = time.monotonic()
         for g, reqs in per_group.items():
@@ -390,30 +392,15 @@ class ReplicatedNode(Node):
     def _read_by_log(self, g: int, cid: int) -> None:
         """Engine thread: this replica cannot confirm the read (it does not
         lead the arc, ...): it goes as a command, like a write."""
-        pending = self._pending.get(cid)
+        pending = self._pending.pop(cid, None)
         if pending is None:
             return
         if self.engine.ended:       # stopped or failed: nothing will commit it
-            del self._pending[cid]
             self._refuse(pending[0], f"{self.label}: " + (
                 self.failed or "stopping: its replication engine has ended; not applied "
                                "-- retry on another node"))
             return
-        alone = self.engine.leaderless_for(g)
-        if alone > self._no_majority_after:
-            del self._pending[cid]
-            self._refuse(pending[0], self._no_majority(g, alone))
-            return
-        limit = self.settings.max_entry_bytes // 2
-        runs = _split(pending[0], limit)
-        if len(runs) == 1:
-            self._submit_command(g, cid, runs[0])
-            return
-        del self._pending[cid]
-        for run in runs:
-            c = next(self._ids)
-            self._pending[c] = (run, pending[1], g)
-            self._submit_command(g, c, run)
+        self._submit({g: pending[0]}, pending[1])
 
     def request_read(self, marker: ReadMarker) -> None:
         """A scan's or count's view. Of one arc (``marker.arc``): after a barrier

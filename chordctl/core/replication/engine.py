@@ -946,8 +946,8 @@ class Engine:
 
     def _outgoing(self, peer: int, group: int, message: dict) -> None:
         kind = message["type"]
-        if kind == "next_node_idx" and self.groups[group].dropped_dump:
-            g = self.groups[group]
+        g = self.groups[group]
+        if kind == "next_node_idx" and g.dropped_dump:
             g.dropped_dump = False
             if message.get("success"):
                 message["next_node_idx"] = g.raftLastApplied + 1
@@ -956,9 +956,9 @@ class Engine:
             self.acks_held += 1      # a learner's ack must not count (see __init__)
             return
         if kind == "append_entries":
-            message["probe"] = self.groups[group].probe
+            message["probe"] = g.probe
         elif kind == "next_node_idx":
-            echo = self.groups[group].echo
+            echo = g.echo
             if echo is not None and group not in self._learning:
                 message["probe"], message["probe_term"] = echo
         try:
