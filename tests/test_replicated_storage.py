@@ -227,3 +227,27 @@ def test_a_replica_restarted_before_it_finished_learning_learns_again(tmp_path):
     assert not full.fresh
     full.journal.close()
     full.lock.release()
+
+
+def test_a_learner_that_cannot_write_its_learning_mark_refuses_to_start(tmp_path, monkeypatch):
+    import builtins
+    import errno
+    from chordctl.core.replica import ReplicatedNode
+    from chordctl.core.storage import files
+    from chordctl.errors import StorageError
+    cfg = configmod.from_dict({
+        "ring": {"bits": 8, "replicas": 3},
+        "nodes": [{"host": "127.0.0.1", "port": 1 + i} for i in range(3)],
+        "storage": {"data_dir": str(tmp_path / "data")}})
+    real_open = builtins.open
+
+    def full_disk(path, *a, **kw):
+        if str(path).endswith(files.LEARNING):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(builtins, "open", full_disk)
+    node = ReplicatedNode(cfg, 0)
+    with pytest.raises(StorageError, match="LEARNING: cannot write: No space left on device"):
+        node.recover()
+    if node.lock is not None:
+        node.lock.release()
