@@ -267,6 +267,37 @@ def test_makedirs_durable_on_an_existing_directory_does_nothing(tmp_path) -> Non
         str(tmp_path / "x"), str(tmp_path / "x" / "y")]
 
 
+def test_makedirs_durable_when_another_node_makes_the_directory_meanwhile(tmp_path,
+                                                                         monkeypatch) -> None:
+    """Nodes of one ring share storage.data_dir and start together: the level
+    one of them finds missing may exist when it looks again. That is not a
+    file in the way (CI saw a node refuse to start, "not a directory")."""
+    target = tmp_path / "data"
+    real_isdir = os.path.isdir
+    calls = {"n": 0}
+
+    def racing_isdir(p):
+        if os.path.abspath(p) == str(target) and calls["n"] == 0:
+            calls["n"] += 1
+            answer = real_isdir(p)      # missing, as the first look saw it
+            os.mkdir(target)            # ... and another node makes it now
+            return answer
+        return real_isdir(p)
+
+    monkeypatch.setattr(files.os.path, "isdir", racing_isdir)
+    assert files.makedirs_durable(str(target / "node-1")) == [str(target / "node-1")]
+    assert calls["n"] == 1 and real_isdir(target / "node-1")
+
+
+def test_makedirs_durable_refuses_a_file_in_the_way(tmp_path) -> None:
+    (tmp_path / "data").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        files.makedirs_durable(str(tmp_path / "data" / "node-1"))
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    with pytest.raises(NotADirectoryError):
+        files.makedirs_durable(str(tmp_path / "dangling" / "node-1"))
+
+
 # -- with real node processes ----------------------------------------------------------------
 
 

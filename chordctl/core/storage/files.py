@@ -60,7 +60,9 @@ def makedirs_durable(directory: str) -> list[str]:
     missing: list[str] = []
     path = os.path.abspath(directory)
     while not os.path.isdir(path):
-        if os.path.lexists(path):       # a file (or a dangling link) in the way
+        # A file (or a dangling link) in the way; asked again, for another
+        # node sharing the parent may have made the directory just now.
+        if os.path.lexists(path) and not os.path.isdir(path):
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
         missing.append(path)
         parent = os.path.dirname(path)
