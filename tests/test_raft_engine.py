@@ -425,6 +425,7 @@ class Dumps:
         os.makedirs(directory, exist_ok=True)
         self.applied = None          # the Ring's applied lists of this node
         self.installed = []
+        self.install_threads = []
 
     def dump_path(self, g):
         return os.path.join(self.directory, dump.file_name(g))
@@ -434,6 +435,7 @@ class Dumps:
         dump.replace(path, self.dump_path(g))
         self.applied[g][:] = sorted(d.pairs.items())
         self.installed.append(d.last[1])
+        self.install_threads.append(threading.current_thread().name)
         return d.last, d.prev, set(), d.recent
 
     def compact(self, engine, g, done):
@@ -485,6 +487,9 @@ def test_a_compacted_log_reaches_a_replica_that_lost_everything_as_a_dump(ring, 
     want = r.applied[leader.index][0]
     until(lambda: r.applied[victim][0] == want, what="the new replica caught up")
     assert r.dumps[victim].installed == [at]
+    # An install waits for the applier: always on the replica's engine
+    # thread, never on the thread that delivered the chunk (an event loop).
+    assert r.dumps[victim].install_threads == [f"chord-raft-{victim}"]
     assert [c for _, c in want][-25:] == [b"b%d" % k for k in range(20)] + \
         [b"c%d" % k for k in range(5)]
     # The same dump again, after the replica applied entries past it (a
@@ -667,6 +672,58 @@ def test_spread_zero_sends_every_entry_to_every_follower_at_once(ring):
     for k in range(5):
         assert r.commit(leader, 0, b"z%d" % k)[1] == FAIL_REASON.SUCCESS
     assert leader.groups[0].partial_sends == 0
+
+
+def _rounds_of(engine):
+    """Spy on *engine*'s rounds: (thread name, inline) of each, in order."""
+    seen = []
+    real = engine._round
+
+    def spy(groups, inline=False):
+        seen.append((threading.current_thread().name, inline))
+        return real(groups, inline)
+    engine._round = spy
+    return seen
+
+
+def test_a_peers_message_is_taken_on_the_thread_that_delivers_it_while_the_engine_is_idle(ring):
+    """A peer's message is taken on the thread that delivers it when the
+    engine thread is between rounds: a write's path saves two wake-ups per
+    node. Commands and timers stay on the engine thread."""
+    r = ring(3)
+    leader = r.wait_leader()
+    assert r.commit(leader, 0, b"warm")[1] == FAIL_REASON.SUCCESS
+    on_leader = _rounds_of(leader)
+    on_follower = {e.index: _rounds_of(e) for e in r.engines.values() if e is not leader}
+    for k in range(20):
+        assert r.commit(leader, 0, b"w%d" % k)[1] == FAIL_REASON.SUCCESS
+    # Commands: on the engine thread (its rounds batch them), never here.
+    me = threading.current_thread().name
+    assert all(name != me for name, _ in on_leader), on_leader
+    # A follower (the one sent to first) takes an append on the thread that
+    # delivered it (here the leader's round's; on a node, the Raft stream's
+    # event loop).
+    assert any(inline and name != f"chord-raft-{i}"
+               for i, seen in on_follower.items() for name, inline in seen), on_follower
+    assert any(name == f"chord-raft-{leader.index}" and not inline for name, inline in on_leader)
+
+
+def test_a_round_stays_on_the_engine_thread_while_it_is_in_one(ring):
+    """While the engine thread is in a round, what arrives waits for it
+    (the lock is not taken twice, nor waited for by the bringer)."""
+    r = ring(3)
+    leader = r.wait_leader()
+    held, go = threading.Event(), threading.Event()
+    leader.run_soon(lambda: (held.set(), go.wait(5)))   # a round of the engine thread
+    assert held.wait(5)
+    before = leader.inline_rounds
+    done = []
+    leader.submit(0, b"while-held", lambda result, reason: done.append(reason))
+    leader.deliver(99, [])
+    assert leader.inline_rounds == before and done == []
+    go.set()
+    until(lambda: done, what="the engine thread took the command")
+    assert done == [FAIL_REASON.SUCCESS]
 
 
 def _lead(r, target):

@@ -18,12 +18,14 @@ leads; a follower, or a leader that cannot confirm it, puts it through the
 log like a write. Either way a read is answered at a point after every
 write acknowledged before it (linearizable; no lease, no clock).
 
-The replicator (the engine's thread, ``chord-raft-<i>``) runs Raft for every
-group (PySyncObj; a follower's command goes to its group's leader by Raft's
-own forwarding) and is the only producer of F2 and F3: each committed entry,
+The replicator (the engine's thread, ``chord-raft-<i>``; while it is between
+rounds, the event loop may run a round for a peer's message, engine.py)
+runs Raft for every group (PySyncObj; a follower's command goes to its
+group's leader by Raft's own forwarding), one round at a time, and its
+rounds are the only producer of F2 and F3: each committed entry,
 in commit order, becomes an OwnedBatch with its sequence numbers and the
 raft record that closes it in ``log.X``; markers (snapshots, scans) take
-their place between entries on the same thread, so the log and the map
+their place between entries in the engine thread's rounds, so the log and the map
 still see one order. The node that submitted a command answers its requests
 once the entry is applied and durable here, exactly as an unreplicated node
 answers; the other replicas apply it without answering.

@@ -3,7 +3,8 @@
 One long-lived client stream (``Raft.Push``) per ordered pair of nodes that
 share a group carries every group's messages, in the order the engine sent
 them. The sending side lives on the node's event loop: the engine thread
-hands each round's messages over with one ``call_soon_threadsafe``; a
+hands each round's messages over with one ``call_soon_threadsafe`` (a
+round that ran on the loop itself hands them over directly); a
 queue per peer feeds that peer's stream. A peer that is down loses what is
 sent to it (the queue keeps the newest ``max_queued`` batches while the
 stream reconnects): Raft resends what matters, and a restarted peer asks
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Callable
 
 import grpc
@@ -57,11 +59,16 @@ class Exchange:
         self._closed = False
         self.sent = 0
         self.lost = 0
+        self._loop_thread = threading.get_ident()   # built on the loop
 
     # -- engine thread ----------------------------------------------------------
 
     def send(self, out: dict[int, list[rpb.Message]]) -> None:
-        """The engine's *send*: one wake-up of the loop per round."""
+        """The engine's *send*: one wake-up of the loop per round, none for a
+        round that ran on the loop (Engine._take_round)."""
+        if threading.get_ident() == self._loop_thread:
+            self._enqueue(out)
+            return
         try:
             self.loop.call_soon_threadsafe(self._enqueue, out)
         except RuntimeError:   # the loop is closed: the node is stopping
