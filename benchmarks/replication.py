@@ -28,6 +28,7 @@ import datetime
 import json
 import pathlib
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,6 +166,37 @@ def ratio(a, b) -> str:
     return "-" if not a or not b else f"{a / b:.2f}x"
 
 
+def sequential(args) -> int:
+    """N pairs of the sequential cell, on one R = 1 and one R = 3 ring."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="chordctl-replication-"))
+    r1, r3 = Ring(tmp, 1), Ring(tmp, 3)
+    ratios = []
+    try:
+        for s in (r1, r3):
+            s.start()
+        for i in range(args.sequential):
+            one = ycsb(r1, "chordctl", "load", 1, args, 20 + 2 * i)
+            three = ycsb(r3, "chordctl", "load", 1, args, 21 + 2 * i)
+            if "failed" in one or "failed" in three:
+                print(f"pair {i + 1}: failed: {one.get('failed') or three.get('failed')}")
+                continue
+            ratios.append(three["p50_ms"] / one["p50_ms"])
+            print(f"pair {i + 1}: p50 R=1 {one['p50_ms']:.2f} ms, R=3 {three['p50_ms']:.2f} ms: "
+                  f"{ratios[-1]:.2f}x")
+    finally:
+        for s in (r1, r3):
+            try:
+                s.stop()
+            except Exception as e:   # never leave processes behind
+                print(f"replication: stopping {s.label}: {e}", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not ratios:
+        return 1
+    print(f"median {statistics.median(ratios):.2f}x of {len(ratios)} pairs "
+          f"({args.records} sequential creates each)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="replication.py", description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per YCSB cell [10]")
@@ -172,7 +204,12 @@ def main(argv=None) -> int:
     p.add_argument("--load-records", type=int, default=200_000,
                    help="records of the kv load cell [200000]")
     p.add_argument("--write", metavar="FILE", help="put the section into FILE")
+    p.add_argument("--sequential", type=int, default=0, metavar="N",
+                   help="only the sequential cell, N pairs of runs (R = 1, then R = 3), "
+                        "each pair's ratio and their median; no table")
     args = p.parse_args(argv)
+    if args.sequential:
+        return sequential(args)
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="chordctl-replication-"))
     r1, r3, etcd = Ring(tmp, 1), Ring(tmp, 3), EtcdCluster(tmp)

@@ -228,3 +228,17 @@ def test_a_peer_that_is_not_installed_is_skipped_with_how_to_install_it(monkeypa
         peers.RedisServer(tmp_path).check()
     with pytest.raises(peers.Skip, match=r"apt-get install etcd-server"):
         peers.EtcdServer(tmp_path).check()
+
+
+def test_replication_sequential_pairs_print_each_ratio_and_their_median():
+    """benchmarks/replication.py --sequential: R = 1 and R = 3 rings of its
+    own (free ports), tiny counts; every pair measured, the median said."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "replication.py"),
+                        "--sequential", "2", "--records", "40"],
+                       capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.strip().splitlines()
+    pairs = [line for line in lines if line.startswith("pair ")]
+    assert len(pairs) == 2 and all("failed" not in line and line.endswith("x") for line in pairs)
+    assert lines[-1].startswith("median ")
+    assert "of 2 pairs (40 sequential creates each)" in lines[-1]
