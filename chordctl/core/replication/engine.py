@@ -34,8 +34,8 @@ none of it is ours. What is ours is how it runs inside a node:
   is sent.
 - **Majority first.** A leader sends a new entry at once only to the
   followers its majority needs (with R = 3: one, the one furthest along),
-  and to the others with their next append, ``Settings.spread`` (10 ms)
-  after they last had one, every entry since in one message. A write then
+  and to the others once the first entry they lack is ``Settings.spread``
+  (10 ms) old, or at the heartbeat, every entry since in one message. A write then
   costs one follower round, not two (``Group.send_appends``). When entries
   go out is all that changes; what commits is PySyncObj's rule.
 - **No pickle.** Commands are our own bytes; PySyncObj's apply path (which
@@ -162,9 +162,9 @@ class Settings:
     every *heartbeat*; it steps down when no majority answered for
     *leader_fallback*. *max_entry_bytes*: the largest command (and the most
     one append_entries carries). *spread*: a leader sends a new entry at
-    once only to the followers its majority needs, and to the others with
-    its next append once this long passed since they last had one (at
-    most *heartbeat*; 0: every follower at once, PySyncObj's way)."""
+    once only to the followers its majority needs, and to the others once
+    the first entry they lack is this old (at most *heartbeat*; 0: every
+    follower at once, PySyncObj's way)."""
 
     election_timeout: float = 1.0
     heartbeat: float = 0.1
