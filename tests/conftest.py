@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,14 +24,35 @@ from chordctl.client import Client
 READY_TIMEOUT = 30.0
 
 
+# Each pytest-xdist worker takes its nodes' ports from a range of its own,
+# below the kernel's ephemeral range: a port the kernel hands out for
+# bind(0) or an outgoing connection, or that another worker picked, is never
+# one of them. (With bind(0), two workers were once given the same port
+# between one writing its config and its node binding it.)
+_PORTS_PER_WORKER = 1500
+_worker = int("".join(ch for ch in os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+                      if ch.isdigit()) or 0)
+_PORT_BASE = 20000 + (_worker % 8) * _PORTS_PER_WORKER
+_port_seq = itertools.count(random.randrange(_PORTS_PER_WORKER))
+
+
 def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (bound to 0 by the kernel, then released)."""
-    socks = []
+    """n distinct TCP ports on 127.0.0.1 that are free now (each bound, then
+    released), from this worker's range; a port still in use is skipped."""
+    socks: list[socket.socket] = []
     try:
-        for _ in range(n):
+        for _ in range(_PORTS_PER_WORKER):
+            if len(socks) == n:
+                break
+            port = _PORT_BASE + next(_port_seq) % _PORTS_PER_WORKER
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
+        assert len(socks) == n, f"no {n} free ports in {_PORT_BASE}+{_PORTS_PER_WORKER}"
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
