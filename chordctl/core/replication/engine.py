@@ -15,7 +15,7 @@ none of it is ours. What is ours is how it runs inside a node:
   rounds, the event loop that received a peer's message runs the round
   itself (``_take_round``), and the round's messages leave from there:
   two thread wake-ups fewer per node on a write's path (sequential
-  creates at R = 3 -6%). Commands, timers, ``run_soon`` functions and the
+  creates, BENCHMARKS.md). Commands, reads, timers, ``run_soon`` functions and the
   install of a dump stay on the engine thread. (Taking the dispatcher's
   commands the same way cost A@16 14%: the engine thread's rounds batch
   the commands that arrive meanwhile.) The loop then also waits out the
@@ -775,11 +775,9 @@ class Engine:
         self._wake = _Wake()
         # A round runs under this lock, on the engine thread or on the thread
         # that brought its work while the engine thread was between rounds
-        # (_take_round); _heavy: a dump chunk waits in the inbox, and its
-        # install waits for the applier: only the engine thread takes it.
+        # (_take_round).
         self._round_lock = threading.Lock()
         self._started = False
-        self._heavy = False
         self.inline_rounds = 0
         self._stopping = False
         self.failed: str | None = None
@@ -886,8 +884,6 @@ class Engine:
 
     def deliver(self, sender: int, messages) -> None:
         """Messages from peer *sender* (chord.raft.v1.Message), any thread."""
-        if any(m.HasField("serialized") for m in messages):
-            self._heavy = True           # before it is in the inbox
         self._inbox.append((sender, messages))
         if not self._take_round():
             self._wake.set()
@@ -906,7 +902,7 @@ class Engine:
         if not lock.acquire(blocking=False):
             return False
         try:
-            if self._stopping or self._heavy or not self._started:
+            if self._stopping or not self._started:
                 return False
             self.inline_rounds += 1
             try:
@@ -1002,6 +998,10 @@ class Engine:
                 owner = self._members[gid]
                 if g._SyncObj__raftMatchIndex.get(owner, 0) == g._SyncObj__getCurrentLogIndex():
                     g.transferLeadership(owner)
+                    # Its timeout_now leaves with the next round: that
+                    # round's entries go to every follower, or the owner
+                    # stands a log shorter than the other's (majority first).
+                    g.send_all = True
 
     def _summarize(self, groups: list[Group]) -> dict[int, dict]:
         out = {}
@@ -1094,7 +1094,6 @@ class Engine:
                 with self._round_lock:
                     if self._stopping:
                         break
-                    self._heavy = False          # this round takes what the inbox holds
                     self._round(groups)
                     now = time.monotonic()
                     for p in self._periodic:
@@ -1142,6 +1141,11 @@ class Engine:
         learning = self._learning
         while inbox:
             sender, messages = inbox.popleft()
+            if inline and any(m.HasField("serialized") for m in messages):
+                # A dump chunk: its install waits for the applier; it and
+                # what came after it are the engine thread's.
+                inbox.appendleft((sender, messages))
+                break
             member = self._members.get(sender)
             for m in messages:
                 busy.add(m.group)
@@ -1185,8 +1189,9 @@ class Engine:
                     if heard is None or (m.probe_term, m.probe) > heard:
                         g.heard[sender] = (m.probe_term, m.probe)
                 g.transport._onMessageReceived(member, message)
+        # Reads and commands are the engine thread's (its rounds batch them).
         reads = self._reads
-        while reads:
+        while reads and not inline:
             gid, ready, fallback = reads.popleft()
             g = self.groups.get(gid)
             if g is None or not g.confirmable():
@@ -1200,7 +1205,7 @@ class Engine:
             g.reads.append((g.probe + 1, g._SyncObj__raftCommitIndex, g.raftCurrentTerm,
                             time.monotonic(), ready, fallback))
         commands = self._commands
-        while commands:
+        while commands and not inline:
             gid, command, callback = commands.popleft()
             g = self.groups.get(gid)
             if g is None:
