@@ -777,7 +777,6 @@ class Engine:
         # that brought its work while the engine thread was between rounds
         # (_take_round).
         self._round_lock = threading.Lock()
-        self._started = False
         self.inline_rounds = 0
         self._stopping = False
         self.failed: str | None = None
@@ -822,7 +821,6 @@ class Engine:
         self._learn_until = now + self._learn_grace
         self._led_at = dict.fromkeys(self.groups, now)
         self._summary_at = now
-        self._started = True
         self._thread.start()
 
     @property
@@ -895,24 +893,20 @@ class Engine:
         a message from a peer, on the event loop that received it (the
         round's messages then leave from there), saves two thread wake-ups
         on a write's path. True if it ran and left nothing for the engine
-        thread; else the caller wakes it. Timers, summaries, commands (the
-        engine thread batches them) and run_soon functions stay on the
-        engine thread, as does any round with a dump chunk to install."""
+        thread; else the caller wakes it. Timers, summaries, commands and
+        reads (the engine thread batches them) and run_soon functions stay on
+        the engine thread, as does any round with a dump chunk to install."""
         lock = self._round_lock
         if not lock.acquire(blocking=False):
             return False
         try:
-            if self._stopping or not self._started:
+            if self._stopping or self._thread.ident is None:     # not started
                 return False
             self.inline_rounds += 1
             try:
                 self._round(self._groups_list, inline=True)
-            except StorageError as e:
-                self._fail(str(e))
-                return False
-            except Exception as e:   # a bug: stop replicating rather than go on half-broken
-                logger.exception("raft engine of node %d stopped", self.index)
-                self._fail(f"raft: engine stopped: {type(e).__name__}: {e}")
+            except Exception as e:
+                self._stop_on(e)
                 return False
         finally:
             lock.release()
@@ -1086,7 +1080,7 @@ class Engine:
     def _run(self) -> None:
         wake = self._wake
         tick = self.settings.tick
-        groups = list(self.groups.values())
+        groups = self._groups_list
         next_summary = 0.0
         try:
             while not self._stopping:
@@ -1103,11 +1097,8 @@ class Engine:
                     if now >= next_summary:
                         self._summaries = self._summarize(groups)
                         next_summary = now + 0.05
-        except StorageError as e:
-            self._fail(str(e))
-        except Exception as e:   # a bug: stop replicating rather than go on half-broken
-            logger.exception("raft engine of node %d stopped", self.index)
-            self._fail(f"raft: engine stopped: {type(e).__name__}: {e}")
+        except Exception as e:
+            self._stop_on(e)
         finally:
             # A round on another thread ends first, and none starts after:
             # the lock stays taken.
@@ -1265,6 +1256,15 @@ class Engine:
         if self._out:
             out, self._out = self._out, {}
             self._send(out)
+
+    def _stop_on(self, e: Exception) -> None:
+        """A round raised: a storage error fail-stops the node as it says; anything
+        else is a bug, and replicating stops rather than go on half-broken."""
+        if isinstance(e, StorageError):
+            self._fail(str(e))
+            return
+        logger.exception("raft engine of node %d stopped", self.index, exc_info=e)
+        self._fail(f"raft: engine stopped: {type(e).__name__}: {e}")
 
     def _fail(self, reason: str) -> None:
         self.failed = reason
