@@ -5,6 +5,7 @@ leaves a round before the journal is durable."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -724,6 +725,87 @@ def test_a_round_stays_on_the_engine_thread_while_it_is_in_one(ring):
     go.set()
     until(lambda: done, what="the engine thread took the command")
     assert done == [FAIL_REASON.SUCCESS]
+
+
+class _Events(list):
+    """A replica's applied entries of group 0 that also note each apply in *events*."""
+
+    def __init__(self, items, events):
+        super().__init__(items)
+        self.events = events
+
+    def append(self, item):
+        self.events.append(("apply", item[0]))
+        super().append(item)
+
+
+def _loop_delivery(r):
+    """Deliver each engine's messages on an event loop of its own, as a
+    node's Raft stream does (a round taken there puts its tick on the loop)."""
+    loops = {}
+    for i, e in r.engines.items():
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True, name=f"loop-{i}").start()
+        loops[i] = loop
+        real = e.deliver
+        e.deliver = lambda sender, messages, real=real, loop=loop: \
+            loop.call_soon_threadsafe(real, sender, messages)
+    return loops
+
+
+@pytest.mark.parametrize("on_a_loop", [False, True], ids=["thread", "event-loop"])
+def test_a_followers_answer_leaves_before_it_applies_what_the_append_committed(ring, on_a_loop):
+    """A follower's answer to an append is on its way (durable) before the
+    round's tick applies the entries that append's commit index covers: the
+    apply is not on the leader's wait for its majority. The tick follows on
+    the engine thread, or on the loop that took the round."""
+    slow = Settings(election_timeout=3.5, heartbeat=1.0, tick=0.01, spread=0)
+    r = ring(3, settings=slow)
+    leader = r.wait_leader()
+    assert r.commit(leader, 0, b"warm")[1] == FAIL_REASON.SUCCESS
+    f = next(e for e in r.engines.values() if e is not leader)
+    events = []
+    loops = {}
+    try:
+        r.applied[f.index][0] = _Events(r.applied[f.index][0], events)
+        real_deliver, real_send = f.deliver, f._send
+
+        def deliver(sender, messages):
+            for m in messages:
+                if m.kind == rpb.APPEND_ENTRIES and m.entries:
+                    events.append(("append", m.entries[-1].idx, m.commit_index))
+            real_deliver(sender, messages)
+
+        def send(out):
+            for m in out.get(leader.index, ()):
+                if m.kind == rpb.NEXT_NODE_IDX and m.success:
+                    events.append(("answer", m.next_node_idx - 1))
+            real_send(out)
+
+        f.deliver, f._send = deliver, send
+        # (the spy sees a message when the engine takes it, after the hop)
+        if on_a_loop:
+            loops.update(_loop_delivery(r))
+        for k in range(10):
+            assert r.commit(leader, 0, b"w%d" % k)[1] == FAIL_REASON.SUCCESS
+        until(lambda: any(c == b"w8" for _, c in r.applied[f.index][0]), what="w8 applied")
+        checked = 0
+        for n, ev in enumerate(events):
+            if ev[0] != "append":
+                continue
+            _, last, commit = ev
+            applied_before = max([e[1] for e in events[:n] if e[0] == "apply"], default=0)
+            if commit <= applied_before:
+                continue              # it committed nothing new here
+            rest = events[n + 1:]
+            answer = rest.index(("answer", last))
+            first_apply = next(k for k, e in enumerate(rest) if e[0] == "apply")
+            assert answer < first_apply, events[n:n + 6]
+            checked += 1
+        assert checked >= 5, events
+    finally:
+        for loop in loops.values():
+            loop.call_soon_threadsafe(loop.stop)
 
 
 def _lead(r, target):

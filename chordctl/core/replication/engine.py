@@ -24,7 +24,10 @@ none of it is ours. What is ours is how it runs inside a node:
   success) and a vote leave the node only after the round's
   ``journal.sync()`` (one fdatasync for every group of the node) returned:
   an entry counts towards a majority only on replicas that have it on
-  disk, and a vote is cast only once it is durable. A leader's
+  disk, and a vote is cast only once it is durable. They leave as soon as
+  it returned, before the round's tick applies what the append committed
+  (a round on the event loop leaves that tick to the loop's next turn,
+  once the answers are written). A leader's
   append_entries leave before that sync (Raft allows the leader to write
   its log in parallel with replicating it; to a peer that gets messages
   after the sync anyway they go with those): the followers' fdatasyncs run
@@ -78,6 +81,7 @@ directly), and ``deliver`` takes what arrived.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import hashlib
@@ -783,6 +787,7 @@ class Engine:
         self.rounds = 0
         self.partial_ticks = 0       # rounds that ticked only the groups with work
         self._full_tick_at = 0.0
+        self._tick_later: set[int] = set()
         self.dropped = 0
         # A replica that lost its state (started without a journal: new, or a
         # replacement) starts as a learner in each group: it forgot whom it
@@ -904,13 +909,23 @@ class Engine:
                 return False
             self.inline_rounds += 1
             try:
-                self._round(self._groups_list, inline=True)
+                later = self._round(self._groups_list, inline=True)
             except Exception as e:
                 self._stop_on(e)
                 return False
         finally:
             lock.release()
+        if later:                 # its tick: after the loop wrote its answers
+            try:
+                asyncio.get_running_loop().call_soon(self._take_tick)
+            except RuntimeError:  # not on a loop: the engine thread ticks
+                return False
         return not (self._inbox or self._commands or self._reads or self._local)
+
+    def _take_tick(self) -> None:
+        """On the loop: the tick a round taken there left (``_round``)."""
+        if not self._take_round():
+            self._wake.set()
 
     def status(self) -> dict[int, dict]:
         """Each group's summary as of the engine's last round (a copy)."""
@@ -1117,7 +1132,10 @@ class Engine:
             for fallback in reads:
                 fallback()
 
-    def _round(self, groups: list[Group], inline: bool = False) -> None:
+    def _round(self, groups: list[Group], inline: bool = False) -> bool:
+        """One round (the module docstring); True if it left its tick to the
+        next (``_tick_later``), a round taken on the event loop that only
+        had a follower's answers to send."""
         self.rounds += 1
         local = self._local
         everyone = False
@@ -1180,6 +1198,24 @@ class Engine:
                     if heard is None or (m.probe_term, m.probe) > heard:
                         g.heard[sender] = (m.probe_term, m.probe)
                 g.transport._onMessageReceived(member, message)
+        deferred = self._tick_later       # a tick the last round left to this one
+        if deferred:
+            busy |= deferred
+            self._tick_later = set()
+        if self._out and (inline or not self._commands):
+            # Answers first: a follower's next_node_idx (and a vote) leave
+            # once durable, before the tick applies what the append's commit
+            # index covers -- the apply is not on the leader's wait. (With
+            # commands to take, the round's one sync serves both.) A round
+            # on the event loop that only follows leaves its tick to a round
+            # of its own, after the loop wrote the answers (_take_round);
+            # never twice in a row, so the apply is late by one loop turn.
+            self._flush()
+            if inline and not deferred and not any(
+                    self.groups[gid]._SyncObj__raftState == _LEADER
+                    for gid in busy if gid in self.groups):
+                self._tick_later = busy
+                return True
         # Reads and commands are the engine thread's (its rounds batch them).
         reads = self._reads
         while reads and not inline:
