@@ -9,6 +9,8 @@ sync client sends them one at a time; the server's CPU time is read from
 
 from __future__ import annotations
 
+import chordctl.grpcenv  # noqa: F401  (first: gRPC's environment, as a node has it)
+
 import argparse
 import os
 import queue

@@ -7,6 +7,9 @@ import signal
 import subprocess
 import sys
 
+import grpc
+
+from chordctl import grpcenv
 from chordctl.client import Client
 from chordctl.localcluster import wait_serving
 from conftest import write_config
@@ -44,7 +47,13 @@ def test_json_logs_carry_node_index_and_id(tmp_path):
     for d in docs:
         assert d["node"] == 1 and d["id"] == str(2 ** 16 - 1 - 2 ** 15)
         assert {"time", "level", "logger", "thread", "msg"} <= set(d)
-    assert any("serving on" in d["msg"] for d in docs)
+    serving = [d["msg"] for d in docs if "serving on" in d["msg"]]
+    assert len(serving) == 1
+    # Which grpc, and the environment chordctl gave it (grpcenv.py).
+    assert f"grpc {grpc.__version__}" in serving[0]
+    release = grpcenv.grpcio_release()
+    if grpcenv.LISTENER_RELEASES[0] <= release < grpcenv.LISTENER_RELEASES[1]:
+        assert f"GRPC_EXPERIMENTS={grpcenv.LISTENER}" in serving[0]
     assert any("stopped" in d["msg"] for d in docs)
 
 

@@ -9,6 +9,8 @@ no log, no map: the ceiling that the real node is measured against.
 
 from __future__ import annotations
 
+import chordctl.grpcenv  # noqa: F401  (first: gRPC's environment, as a node has it)
+
 import argparse
 import asyncio
 import signal

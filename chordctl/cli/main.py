@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import chordctl.grpcenv  # noqa: F401  (first: gRPC's environment, before grpc loads)
+
 import logging
 import sys
 

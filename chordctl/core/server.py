@@ -222,10 +222,12 @@ class NodeServer:
             await self._not_serving()
         if isinstance(self.node, ReplicatedNode):
             self._arc_health = loop.create_task(self._watch_arcs(), name="arc-health")
-        logger.info("%s serving on %s (pid %d, cpus %s, %s, fsync %s, %s, %d keys, ready "
-                    "%.2fs after process start, rss %.1f MB)", self.node.label,
+        experiments = os.environ.get("GRPC_EXPERIMENTS")
+        logger.info("%s serving on %s (pid %d, cpus %s, %s, grpc %s%s, fsync %s, %s, %d keys, "
+                    "ready %.2fs after process start, rss %.1f MB)", self.node.label,
                     address, os.getpid(), cpulist.format_cpulist(affinity.available()),
-                    eventloop.name(asyncio.get_running_loop()),
+                    eventloop.name(asyncio.get_running_loop()), grpc.__version__,
+                    f" (GRPC_EXPERIMENTS={experiments})" if experiments else "",
                     cfg.storage.fsync,
                     "TLS" if credentials is not None else "plaintext", len(self.node.store),
                     self.node.ready_seconds, procinfo.rss_bytes() / 1e6)
