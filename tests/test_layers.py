@@ -27,6 +27,7 @@ FLOORS: dict[str, int] = {
     "chordctl.pb": 0,
     "chordctl.cpulist": 0,
     "chordctl.render": 0,
+    "chordctl.grpcenv": 0,
     # 1: configuration and what is read from it (TLS credentials).
     "chordctl.config": 1,
     "chordctl.security": 1,

@@ -354,4 +354,4 @@ def test_node_runs_on_either_event_loop(tmp_path, loop):
             crud_nok(c, "18", "19")
     finally:
         assert node.stop() == 0
-    assert f", {loop}, fsync" in node.log()
+    assert f", {loop}, grpc " in node.log()
