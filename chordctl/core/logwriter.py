@@ -5,7 +5,8 @@ ReadMarkers, which count as batches without mutations), SnapshotMarkers and
 STOP. It appends a drained group's mutations with one write and, under
 ``storage.fsync`` ``batch``/``always``, one fsync (``always``: one per batch;
 ``everysec``: at most a second apart; ``never``: none), then sets
-``durable_seq`` and calls each item's ``stage_done()``. At a SnapshotMarker it
+``durable_seq`` and calls each item's ``stage_done()`` (not a replica's
+committed entry, answered once applied: ``OwnedBatch.waits_for_log``). At a SnapshotMarker it
 closes ``log.(X-1)`` (fsynced) and opens ``log.X``, then sets
 ``marker.rotated``.
 
@@ -132,7 +133,8 @@ class LogWriter:
         elif done:
             self.durable_seq = done[-1].seq
         for batch in done:
-            batch.stage_done()
+            if batch.waits_for_log:
+                batch.stage_done()
 
     def _write_failed(self, lf: LogFile, good: int, syncing: bool, e: OSError) -> str:
         """Fail-stop after a failed append or fsync; return what the replies

@@ -52,6 +52,7 @@ class ReadMarker:
 
     __slots__ = ("freeze", "seq", "mutations", "reqs", "error", "chunks", "keys", "on_done",
                  "_pending", "_lock", "waiter", "arc", "deadline")
+    waits_for_log = True          # through F2, the log writer completes it too
 
     def __init__(self, freeze: bool, on_done: Callable[["ReadMarker"], None], waiter=None,
                  arc: int | None = None, deadline: float = 0.0):

@@ -115,18 +115,25 @@ class OwnedBatch:
 
     Each stage (the log writer, the applier) calls ``stage_done()``; the last
     one calls *on_done* (the node's answer step, given by the dispatcher).
+    A replica's committed entry (``waits_for_log=False``) is answered once
+    applied: the log writer writes it behind the raft journal.
     """
 
-    __slots__ = ("reqs", "mutations", "seq", "_pending", "_lock", "error", "_on_done", "raft")
+    __slots__ = ("reqs", "mutations", "seq", "_pending", "_lock", "error", "_on_done", "raft",
+                 "waits_for_log")
 
     def __init__(self, reqs: list[Request], mutations: int, seq: int,
                  on_done: Callable[["OwnedBatch"], None], stages: int = 2,
-                 raft: tuple | None = None):
+                 raft: tuple | None = None, waits_for_log: bool = True):
         self.reqs = reqs
         self.mutations = mutations   # log records it adds (its raft record included)
         self.seq = seq               # last sequence number given when it was dispatched
         # ring.replicas > 1: the raft record closing its entry (records.raft_record)
         self.raft = raft
+        # False: the log writer writes it, but its answer does not wait for
+        # that, and *stages* counts the applier alone (ring.replicas > 1: the
+        # raft journal made it durable on a majority before it committed).
+        self.waits_for_log = waits_for_log
         self._pending = stages
         # One stage (reads the applier alone answers) needs no lock.
         self._lock = threading.Lock() if stages > 1 else None

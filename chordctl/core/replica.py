@@ -27,8 +27,9 @@ in commit order, becomes an OwnedBatch with its sequence numbers and the
 raft record that closes it in ``log.X``; markers (snapshots, scans) take
 their place between entries in the engine thread's rounds, so the log and the map
 still see one order. The node that submitted a command answers its requests
-once the entry is applied and durable here, exactly as an unreplicated node
-answers; the other replicas apply it without answering.
+once the entry is applied here (F3): committed, it is durable in the
+journals of a majority, and ``log.X`` is written behind them (F2, with no
+answer waiting on it). The other replicas apply it without answering.
 
 Restart: the map comes back from ``snap.X`` and ``log.X`` with each group's
 last applied entry (the raft records); the group's journal (``raft.journal``)
@@ -510,22 +511,20 @@ class ReplicatedNode(Node):
         if mutations == 0:
             self._apply_reads(reqs, answer)
         else:
-            batch = OwnedBatch(reqs, mutations, seq, answer, raft=raft)
-            self.to_log.put(batch)
+            # Answered once applied (F3): the journal made it durable on a
+            # majority before it committed, and log.X is written behind that
+            # (F2, the same order). The applier first: it is the one waited for.
+            batch = OwnedBatch(reqs, mutations, seq, answer, stages=1, raft=raft,
+                               waits_for_log=False)
             self.to_apply.put(batch)
+            self.to_log.put(batch)
         return None
 
     def _apply_reads(self, reqs: list[Request], answer) -> None:
-        """Reads into F3 after every entry applied so far (engine thread);
-        through F2 too while it has not written them all (the answer step
-        waits for both, so a read never overtakes a write it sees)."""
-        seq = self.seq
-        if self.writer.durable_seq >= seq:
-            self.to_apply.put(OwnedBatch(reqs, 0, seq, answer, stages=1))
-        else:
-            batch = OwnedBatch(reqs, 0, seq, answer)
-            self.to_log.put(batch)
-            self.to_apply.put(batch)
+        """Reads into F3 after every entry applied so far (engine thread).
+        Only F3: every write they can see is committed, durable on a majority,
+        and answered once applied (log.X is not what makes it durable)."""
+        self.to_apply.put(OwnedBatch(reqs, 0, self.seq, answer, stages=1))
 
     def _sweep(self) -> None:
         """Answer commands not committed just before their callers give up (a

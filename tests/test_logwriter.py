@@ -1,0 +1,56 @@
+"""F2, the log writer (core/logwriter.py): what it completes and what it only writes."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import types
+
+from chordctl.core.logwriter import LogWriter
+from chordctl.core.markers import STOP
+from chordctl.core.metrics import NodeMetrics
+from chordctl.core.node import OwnedBatch
+from chordctl.core.request import Request
+from chordctl.core.storage import records
+from chordctl.core.storage.log import LogFile
+from chordctl.protocol import OP_CREATE
+
+
+def _batch(seq: int, key: int, done: list, **kw) -> OwnedBatch:
+    r = Request(OP_CREATE, key, str(key).encode(), b"v%d" % key, 0.0)
+    r.seq = seq
+    return OwnedBatch([r], 1, seq, lambda b: done.append(b.seq), **kw)
+
+
+def _run(tmp_path, *items) -> LogWriter:
+    w = LogWriter(str(tmp_path), "test", "batch", NodeMetrics(),
+                  types.SimpleNamespace(failed=None))
+    w.log = LogFile(str(tmp_path), 1)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    for item in (*items, STOP):
+        q.put(item)
+    t = threading.Thread(target=w.run, args=(q,))
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    return w
+
+
+def test_a_replicas_committed_entry_is_written_but_not_completed_by_the_log_writer(tmp_path):
+    """A batch that waits for the log writer (R = 1) is one stage short of its
+    answer after the write; a replica's committed entry (waits_for_log=False,
+    answered by the applier alone) is written as well, and the writer leaves
+    its answer to the applier: its on_done runs once, from the applier's
+    stage_done, never twice."""
+    done: list[int] = []
+    owned = _batch(1, 10, done)
+    behind = _batch(2, 11, done, stages=1, waits_for_log=False)
+    w = _run(tmp_path, owned, behind)
+    assert done == [] and w.durable_seq == 2
+    owned.stage_done()          # the applier's turn: each is answered once
+    behind.stage_done()
+    assert done == [1, 2]
+    with open(os.path.join(tmp_path, "log.1"), "rb") as f:
+        logged = records.scan(f.read()).records
+    assert [(r.seq, r.key, r.value) for r in logged] == [(1, b"10", b"v10"), (2, b"11", b"v11")]
