@@ -824,6 +824,41 @@ def _lead(r, target):
         time.sleep(0.1)
 
 
+def test_a_leader_handing_its_group_to_the_owner_sends_that_rounds_entries_to_every_follower(ring):
+    """lead_from_owners: the round that sends the owner its timeout_now sends
+    that round's new entries to every follower, the owner included, even
+    when majority first would pass the owner over. Else the owner stands for
+    election with a log shorter than the other follower's, loses, and the
+    group waits for an election timeout. So the owner wins in the very next
+    term."""
+    slow = Settings(election_timeout=3.5, heartbeat=1.0, tick=0.01, spread=0.6)
+    r = ring(3, settings=slow)
+    _lead(r, r.engines[1])             # group 0's owner is node 0: let node 1 lead
+    leader = r.engines[1]
+    g = leader.groups[0]
+    owner = leader._members[0]
+    assert r.commit(leader, 0, b"w0")[1] == FAIL_REASON.SUCCESS
+    match = g._SyncObj__raftMatchIndex
+    until(lambda: all(match.get(leader._members[i]) == g._SyncObj__getCurrentLogIndex()
+                      for i in (0, 2)), what="both followers caught up")
+    term = g.raftCurrentTerm
+    held, go = threading.Event(), threading.Event()
+    leader.run_soon(lambda: (held.set(), go.wait(5)))     # hold the engine thread
+    assert held.wait(5)
+
+    def hand():
+        # The owner answered last: majority first sends a new entry to the other.
+        g._SyncObj__lastResponseTime[owner] = 0.0
+        leader.lead_from_owners()
+
+    leader.run_soon(hand)                                 # the same round as ...
+    leader.submit(0, b"with-the-transfer", lambda result, reason: None)   # ... this entry
+    go.set()
+    until(lambda: r.leader() is r.engines[0], what="the owner leads")
+    assert r.engines[0].groups[0].raftCurrentTerm == term + 1
+    assert _holds(r, 0, b"with-the-transfer")
+
+
 def test_a_leader_that_only_has_the_dump_still_recognises_its_commands(ring, tmp_path):
     """The dedup of resubmissions (RETRY_MARK) reaches back into a dump: a
     replica that installed one and then leads, and a leader restarted on a
