@@ -36,11 +36,27 @@ def test_the_release_is_read_without_importing_grpc():
     assert out.stdout.strip() == "True"
 
 
+# Prints what GRPC_EXPERIMENTS was at the moment grpc was first imported
+# (its first submodule: grpcenv's find_spec("grpc") looks, it imports nothing).
+_WHEN_GRPC_LOADS = """
+import os, sys
+seen = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("grpc.") and not seen:
+            seen.append(os.environ.get("GRPC_EXPERIMENTS"))
+        return None
+sys.meta_path.insert(0, Spy())
+{imp}
+print(seen[0] if seen else "not-loaded", "grpc" in sys.modules)
+"""
+
+
 def test_the_cli_sets_it_before_grpc_loads_and_a_library_user_keeps_its_own():
-    """The CLI (and the nodes it starts) run with the default; a process that
-    only imports the client library is left as it was."""
-    code = ("import os, sys; {imp}; "
-            "print(os.environ.get('GRPC_EXPERIMENTS'), 'grpc' in sys.modules)")
+    """The CLI (and the nodes it starts) run with the default, set before
+    grpc is first imported (grpc reads it then); a process that only
+    imports the client library is left as it was."""
+    code = _WHEN_GRPC_LOADS
     env = {k: v for k, v in __import__("os").environ.items() if k != "GRPC_EXPERIMENTS"}
     expected = grpcenv.LISTENER if grpcenv.LISTENER_RELEASES[0] <= grpcenv.grpcio_release() \
         < grpcenv.LISTENER_RELEASES[1] else "None"

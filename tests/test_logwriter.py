@@ -54,3 +54,39 @@ def test_a_replicas_committed_entry_is_written_but_not_completed_by_the_log_writ
     with open(os.path.join(tmp_path, "log.1"), "rb") as f:
         logged = records.scan(f.read()).records
     assert [(r.seq, r.key, r.value) for r in logged] == [(1, b"10", b"v10"), (2, b"11", b"v11")]
+
+
+def test_a_failed_write_refuses_what_waits_for_it_and_leaves_a_committed_entry_alone(
+        tmp_path, monkeypatch):
+    """The log write fails: a batch that waits for the log writer gets its
+    verdict; a replica's committed entry (durable on a majority, answered by
+    the applier) gets no error, so its answer stays the applied result."""
+    done: list[int] = []
+    owned = _batch(1, 10, done)
+    behind = _batch(2, 11, done, stages=1, waits_for_log=False)
+    failed: list[str] = []
+
+    def fail(_lf, _data, _count):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LogFile, "append", fail)
+    stop = types.SimpleNamespace(failed=None)
+
+    def failstop(reason):
+        stop.failed = reason
+        failed.append(reason)
+
+    stop.fail = failstop
+    w = LogWriter(str(tmp_path), "test", "batch", NodeMetrics(), stop)
+    w.log = LogFile(str(tmp_path), 1)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    for item in (owned, behind, STOP):
+        q.put(item)
+    t = threading.Thread(target=w.run, args=(q,))
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and failed
+    assert owned.error is not None and owned.error[1].startswith("test: ")
+    assert behind.error is None
+    behind.stage_done()
+    assert done == [2]

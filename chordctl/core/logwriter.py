@@ -127,9 +127,12 @@ class LogWriter:
         if failstop.failed:
             # Batches of the failed write get its verdict; later ones were
             # never written (a definite refusal, as failstop.failed says).
+            # (Not a replica's committed entry: its outcome is known, it is
+            # durable on a majority and the applier answers it.)
             message = f"{self.label}: {verdict or failstop.failed}"
             for batch in done:
-                batch.error = (UNAVAILABLE, message)
+                if batch.waits_for_log:
+                    batch.error = (UNAVAILABLE, message)
         elif done:
             self.durable_seq = done[-1].seq
         for batch in done:

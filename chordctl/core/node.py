@@ -21,7 +21,10 @@ by the reply path, ``Replies.send``, which hops to the event loop once per
 list, where ``wake`` resolves each waiter and the handler builds the reply.
 A request is answered only when it is applied AND every mutation up to it
 is durable (reads included, so a read never returns a value that a crash
-could still take away). Foreign requests leave by F4; the router answers
+could still take away). With ``ring.replicas`` > 1 durable means in the
+raft journals of a majority, before an entry commits: a replica answers a
+committed entry once applied, and ``log.X`` is written behind (replica.py;
+scans and counts still pass F2 there, as here). Foreign requests leave by F4; the router answers
 them by the same Replies (server.py builds it and hands it to both).
 
 A snapshot is a marker that travels the same path: at the marker the log

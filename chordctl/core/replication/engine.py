@@ -24,10 +24,10 @@ none of it is ours. What is ours is how it runs inside a node:
   success) and a vote leave the node only after the round's
   ``journal.sync()`` (one fdatasync for every group of the node) returned:
   an entry counts towards a majority only on replicas that have it on
-  disk, and a vote is cast only once it is durable. They leave as soon as
-  it returned, before the round's tick applies what the append committed
-  (a round on the event loop leaves that tick to the loop's next turn,
-  once the answers are written). A leader's
+  disk, and a vote is cast only once it is durable. In a round taken by
+  the event loop that received the append, they leave as soon as it
+  returned, before the tick applies what the append committed: that tick
+  is left to the loop's next turn, once the answers are written. A leader's
   append_entries leave before that sync (Raft allows the leader to write
   its log in parallel with replicating it; to a peer that gets messages
   after the sync anyway they go with those): the followers' fdatasyncs run
@@ -1202,14 +1202,16 @@ class Engine:
         if deferred:
             busy |= deferred
             self._tick_later = set()
-        if self._out and (inline or not self._commands):
+        if self._out and inline:
             # Answers first: a follower's next_node_idx (and a vote) leave
             # once durable, before the tick applies what the append's commit
-            # index covers -- the apply is not on the leader's wait. (With
-            # commands to take, the round's one sync serves both.) A round
+            # index covers -- the apply is not on the leader's wait. A round
             # on the event loop that only follows leaves its tick to a round
             # of its own, after the loop wrote the answers (_take_round);
             # never twice in a row, so the apply is late by one loop turn.
+            # (Not on the engine thread: its rounds take commands, and what
+            # waits in _out -- a timeout_now of lead_from_owners -- leaves
+            # behind the round's entries, in its one sync.)
             self._flush()
             if inline and not deferred and not any(
                     self.groups[gid]._SyncObj__raftState == _LEADER
