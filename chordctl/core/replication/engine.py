@@ -1213,7 +1213,7 @@ class Engine:
             # waits in _out -- a timeout_now of lead_from_owners -- leaves
             # behind the round's entries, in its one sync.)
             self._flush()
-            if inline and not deferred and not any(
+            if not deferred and not any(
                     self.groups[gid]._SyncObj__raftState == _LEADER
                     for gid in busy if gid in self.groups):
                 self._tick_later = busy
