@@ -1133,6 +1133,55 @@ def test_a_learner_does_not_learn_from_a_deposed_leader(ring):
     assert all(cmd != b"X" for _, cmd in r.applied[c_i][0])
 
 
+def test_a_replacement_with_a_member_down_stays_a_learner_past_its_grace(ring):
+    # A leads and commits "W" with C while B is cut off (B lacks W). C then
+    # loses its disk and A goes down. No leader can be heard, but B has a log
+    # of its own: were C a full replica after its grace, it would vote B in,
+    # and B, without W, would overwrite A's W once A is back.
+    r = ring(3)
+    a = r.wait_leader()
+    b_i, c_i = [i for i in range(3) if i != a.index]
+    assert r.commit(a, 0, b"before")[1] == FAIL_REASON.SUCCESS
+    until(lambda: len(r.applied[b_i][0]) >= 1, what="B applied 'before'")
+    r.cut |= {(a.index, b_i), (b_i, a.index)}
+    assert r.commit(a, 0, b"W")[1] == FAIL_REASON.SUCCESS       # on A and C only
+    r.crash(c_i)
+    r.journals[c_i] = Journals()             # C's disk is gone
+    r.applied[c_i][0].clear()
+    a_i = a.index
+    r.crash(a_i)                             # A is down, its journal kept
+    r.cut.clear()
+    grace = 2 * FAST.election_timeout
+    c = r.start(c_i, learn_grace=grace)
+    until(lambda: c.votes_ignored >= 5, what="B campaigning at the learner, past its grace")
+    assert c.learning(0), "the replacement became a full replica with a member down"
+    assert r.leader(0, among=[b_i, c_i]) is None
+    r.start(a_i)                             # A back: the group elects, C learns W
+    until(lambda: not c.learning(0), what="C a full replica")
+    for i in (b_i, c_i):
+        until(lambda: any(cmd == b"W" for _, cmd in r.applied[i][0]), what=f"{i} applied W")
+
+
+def test_a_new_group_waits_for_every_member_before_its_grace_ends(ring):
+    # Three new replicas, one of them never started: the two cannot tell this
+    # from the case above (the third could hold what they forgot), so they
+    # stay learners; the third's start makes all three full.
+    r = ring(3)
+    for i in range(3):
+        r.crash(i)
+        r.journals[i] = Journals()
+    grace = FAST.election_timeout
+    two = [r.start(i, learn_grace=grace) for i in (0, 1)]
+    until(lambda: all(len(e._history.get(0, {})) == 1 for e in two),
+          what="each heard the other's answer")
+    time.sleep(3 * grace)      # past the grace; nothing marks a change that must not happen
+    assert all(e.learning(0) for e in two)
+    third = r.start(2, learn_grace=grace)
+    leader = r.wait_leader()
+    assert r.commit(leader, 0, b"first")[1] == FAIL_REASON.SUCCESS
+    assert not any(e.learning(0) for e in (*two, third))
+
+
 def test_a_learner_does_not_stand_for_election(ring):
     # A new ring whose nodes started at different times: A is full, B and C
     # still learning. Were a learner to campaign, it would win with A's vote
@@ -1142,8 +1191,8 @@ def test_a_learner_does_not_stand_for_election(ring):
         r.crash(i)
         r.journals[i] = Journals()
     a = r.start(0, learn_grace=0.0001)
-    until(lambda: not a.learning(0), what="A a full replica")
     learners = [r.start(i, learn_grace=30.0) for i in (1, 2)]
+    until(lambda: not a.learning(0), what="A a full replica (once B and C answered)")
     until(lambda: a.groups[0].raftCurrentTerm >= 2, what="A campaigning")
     time.sleep(8 * FAST.election_timeout)   # their timers ran out many times over
     for e in learners:

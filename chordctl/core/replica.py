@@ -226,7 +226,8 @@ class ReplicatedNode(Node):
         # A replica that lost its disk forgot the votes it cast and the entries
         # it acknowledged: it learns each group's log before it votes or
         # acknowledges again (engine.py), or, in a new ring where nobody leads
-        # yet, after a grace of a few election timeouts.
+        # yet, after a grace of a few election timeouts once every other
+        # member said its log holds nothing a leader appended.
         grace = LEARN_GRACE * self.settings.election_timeout if self.fresh else 0.0
         self.engine = Engine(self.index, self.members, self.journal, self._apply_entry,
                              self.raft_send, self.settings, on_failed=self.fail,

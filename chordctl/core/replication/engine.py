@@ -795,7 +795,13 @@ class Engine:
         # entry committed when it first heard a leader it neither votes nor
         # acknowledges (its acks would count towards commits it cannot
         # vouch for). Then it is a full replica. With no leader to hear within
-        # *learn_grace* seconds (a new ring: every replica is new) it is one too.
+        # *learn_grace* seconds it is one too, but only once every other member
+        # said its log holds no entry of a term above 0 (a new group: no
+        # leader ever appended, so nothing was committed). One member that is
+        # down or holds entries keeps it a learner: the entries it forgot may
+        # be committed on that member alone among the living (it and a member
+        # now down were a majority), and counting this empty replica as full
+        # would let a member without them lead and overwrite them.
         # The leader it learns from must be of the group's newest term: a
         # deposed leader still sending in an older term would teach it a log
         # without the entries this replica acknowledged to the new one, and
@@ -806,6 +812,9 @@ class Engine:
         self._learning: dict[int, int | None] = (
             {gid: None for gid in groups} if learn_grace > 0 else {})
         self._terms: dict[int, dict[int, int]] = {}   # learning group -> member -> term
+        # learning group -> member -> the term of its log's last entry (any
+        # member's answer, a learner's too; 0: no leader ever appended to it)
+        self._history: dict[int, dict[int, int]] = {}
         self._led: set[int] = set()      # learning groups that heard an append
         self._query_at = 0.0
         self._learn_grace = learn_grace
@@ -1034,6 +1043,15 @@ class Engine:
         need = members - (members // 2 + 1) + 1     # more than a minority of the others
         return max(answers.values()) if len(answers) >= need else None
 
+    def _unwritten(self, gid: int) -> bool:
+        """Whether every other member of group *gid* answered a TERM_QUERY that
+        its log holds no entry of a term above 0: no leader ever appended to
+        any of them, so no entry was ever committed (a majority is more than
+        the group tolerates losing, so every majority holds one of them that
+        kept its disk) and this empty replica forgot nothing that counts."""
+        answers = self._history.get(gid, {})
+        return len(answers) == len(self._peers[gid]) and not any(answers.values())
+
     def _ask_terms(self, learning: dict[int, int | None]) -> None:
         """A learner's TERM_QUERY to the other members, every heartbeat, while
         it has no target (engine thread)."""
@@ -1053,7 +1071,8 @@ class Engine:
         for gid, target in list(learning.items()):
             g = self.groups[gid]
             if (target is not None and g.raftLastApplied >= target) or \
-                    (target is None and gid not in self._led and now >= self._learn_until):
+                    (target is None and gid not in self._led and now >= self._learn_until
+                     and self._unwritten(gid)):
                 del learning[gid]
                 logger.info("raft group %d: node %d is a full replica (%s)", gid, self.index,
                             f"holds the log up to {target}" if target is not None
@@ -1163,13 +1182,19 @@ class Engine:
                     self.dropped += 1
                     continue
                 if m.kind == rpb.TERM_QUERY:
+                    reply = rpb.Message(group=m.group, kind=rpb.TERM_REPLY,
+                                        last_log_term=g._SyncObj__getCurrentLogTerm())
                     if m.group not in learning:     # a learner's term proves nothing
-                        self._out.setdefault(sender, []).append(rpb.Message(
-                            group=m.group, kind=rpb.TERM_REPLY, term=g.raftCurrentTerm))
+                        reply.term = g.raftCurrentTerm
+                    self._out.setdefault(sender, []).append(reply)
                     continue
                 if m.kind == rpb.TERM_REPLY:
                     if m.group in learning:
-                        self._terms.setdefault(m.group, {})[sender] = m.term
+                        if m.HasField("term"):
+                            self._terms.setdefault(m.group, {})[sender] = m.term
+                        # An older node says nothing of its log: it may hold entries.
+                        self._history.setdefault(m.group, {})[sender] = \
+                            m.last_log_term if m.HasField("last_log_term") else 1
                     continue
                 if learning and m.group in learning:
                     if m.kind == rpb.REQUEST_VOTE:
