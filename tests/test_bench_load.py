@@ -185,6 +185,18 @@ def test_kv_load_missing_file_is_a_usage_error(make_cluster, run_cli, tmp_path):
     assert "cannot read" in res.output
 
 
+def test_kv_load_with_the_ring_down_says_so_without_a_python_error(tmp_path):
+    from conftest import run_chordctl, write_config
+    config = write_config(tmp_path, 3)          # no node started
+    data = tmp_path / "keys.csv"
+    data.write_text("".join(f"{k},v{k}\n" for k in range(1, 2001)))
+    res = run_chordctl("-c", config, "kv", "load", str(data))
+    err = res.stderr.decode()
+    assert res.returncode == 3, err
+    assert "no node of the config answered" in err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
 def test_bench_runs_end_to_end_with_well_formed_json(make_cluster, run_cli):
     cluster = make_cluster(4)
     res = run_cli(cluster.config_path)(

@@ -240,11 +240,14 @@ def load(state: State, file: str, fmt: str | None, batch: int, depth: int) -> No
     cfg = state.config_or_none()
     from chordctl.client import Client
     client = Client(cfg, state.target) if state.target or cfg is None else Client(cfg)
+    records = None
     try:
         with _progress(sys.stderr.isatty(), total) as (on_bytes, on_records):
-            rep = bulk.load(client, bulk.records(stream, fmt, bad, on_bytes), batch, depth,
-                            progress=on_records)
+            records = bulk.records(stream, fmt, bad, on_bytes)
+            rep = bulk.load(client, records, batch, depth, progress=on_records)
     finally:
+        if records is not None:
+            records.close()     # lets go of the stream while it is open (a failed load too)
         client.close()
         if stream is not sys.stdin.buffer:
             stream.close()
