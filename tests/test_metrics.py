@@ -116,3 +116,134 @@ def test_a_replicated_ring_counts_reads_by_confirmation_and_through_the_log(tmp_
                    what=f"node 1's reads of arc 0 counted (now {reads(ports[1])})")
     finally:
         cluster.stop()
+
+
+def _replicated_ring(tmp_path):
+    """A settled 3-node ring with R = 3 (every node in every group) and metrics
+    ports: (cluster, ports); the caller stops it."""
+    path = write_config(tmp_path, 3, replicas=3,
+                        replication={"election_timeout": 0.5, "heartbeat": 0.05})
+    ports = _with_metrics_ports(path)
+    cluster = Cluster(path).start()
+    try:
+        cluster.settled()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster, ports
+
+
+def _samples(port: int, family: str, sample: str) -> list:
+    return [s for s in _scrape(port).get(family, []) if s.name == sample]
+
+
+def _lags(port: int) -> dict[tuple[str, str], float]:
+    """(group, follower) -> chordctl_raft_follower_lag_entries, as scraped."""
+    return {(s.labels["group"], s.labels["follower"]): s.value
+            for s in _samples(port, "chordctl_raft_follower_lag_entries",
+                              "chordctl_raft_follower_lag_entries")}
+
+
+def test_a_replicated_ring_reports_commit_latency_elections_and_follower_lag(tmp_path):
+    from conftest import wait_until
+    cluster, ports = _replicated_ring(tmp_path)
+    try:
+        def commit(port):
+            """(count, sum, +Inf bucket) of chordctl_raft_commit_seconds, one scrape."""
+            h = {(s.name, s.labels.get("le")): s.value
+                 for s in _scrape(port)["chordctl_raft_commit_seconds"]}
+            return (h[("chordctl_raft_commit_seconds_count", None)],
+                    h[("chordctl_raft_commit_seconds_sum", None)],
+                    h[("chordctl_raft_commit_seconds_bucket", "+Inf")])
+
+        # Node 0 (id 65535) owns (43690, 65535] and leads its group, 0; each
+        # sequential write it is sent is one command it submits, and observed
+        # once applied there, before the write is acknowledged.
+        count0, sum0, _ = commit(ports[0])
+        n = 12
+        with Client(cluster.config, target=cluster.address(0)) as c:
+            for i in range(n):
+                c.create(str(50000 + i), b"v")
+        count1, sum1, inf1 = commit(ports[0])
+        assert count1 >= count0 + n and inf1 == count1, (count0, count1, inf1)
+        assert sum1 > sum0 and sum1 > 0, (sum0, sum1)
+
+        # Elections: each group's leader (its owner) started a term in it.
+        members = {}
+        with Client(cluster.config, target=cluster.address(0)) as c:
+            for g in c.status(timeout=5).groups:
+                members[str(g.group)] = {str(m) for m in g.members}
+        assert set(members) == {"0", "1", "2"}
+
+        def elections(port):
+            return {s.labels["group"]: s.value
+                    for s in _samples(port, "chordctl_raft_elections",
+                                      "chordctl_raft_elections_total")}
+
+        for i, port in enumerate(ports):
+            wait_until(lambda: elections(port).get(str(i), 0) >= 1, timeout=5,
+                       what=f"node {i}'s elections of group {i} >= 1 "
+                            f"(now {elections(port)})")
+            terms = {s.labels["group"]: s.value
+                     for s in _samples(port, "chordctl_raft_term", "chordctl_raft_term")}
+            assert all(0 <= v <= terms[g] for g, v in elections(port).items())
+
+        # Lag: on each node, one gauge per follower of each group it leads, and
+        # none for a group it follows.
+        for i, port in enumerate(ports):
+            def led(port=port):
+                return {s.labels["group"] for s in _samples(
+                    port, "chordctl_raft_is_leader", "chordctl_raft_is_leader")
+                    if s.value == 1}
+            wait_until(lambda: str(i) in led() and
+                       {f for g, f in _lags(port) if g == str(i)} == members[str(i)] - {str(i)},
+                       timeout=5, what=f"node {i}'s lag of its followers (now {_lags(port)})")
+            lags = _lags(port)
+            assert {g for g, _f in lags} <= led()
+            for g in led():
+                assert {f for gg, f in lags if gg == g} == members[g] - {str(i)}
+            assert all(v >= 0 and v == int(v) for v in lags.values()), lags
+    finally:
+        cluster.stop()
+
+
+def test_a_stopped_followers_lag_rises_while_writes_go_on_and_returns_to_zero(tmp_path):
+    import signal
+
+    from conftest import wait_until
+    cluster, ports = _replicated_ring(tmp_path)
+    stopped = cluster.nodes[1]
+    try:
+        def lag(follower):
+            return _lags(ports[0]).get(("0", follower))
+
+        wait_until(lambda: lag("1") == 0, timeout=5,
+                   what=f"node 1 caught up in group 0 (lag {_lags(ports[0])})")
+        stopped.kill(signal.SIGSTOP)
+        n = 10
+        # Group 0 commits with nodes 0 and 2 while node 1 stands still.
+        with Client(cluster.config, target=cluster.address(0)) as c:
+            for i in range(n):
+                c.create(str(50000 + i), b"v")
+        wait_until(lambda: (lag("1") or 0) >= n and lag("2") == 0, timeout=5,
+                   what=f"node 1 {n} entries behind, node 2 not (lag {_lags(ports[0])})")
+        stopped.kill(signal.SIGCONT)
+        wait_until(lambda: lag("1") == 0, timeout=15,
+                   what=f"node 1 caught up again (lag {_lags(ports[0])})")
+    finally:
+        stopped.kill(signal.SIGCONT)
+        cluster.stop()
+
+
+def test_a_replicated_nodes_queue_depth_includes_the_replicator_queue(tmp_path):
+    cluster, ports = _replicated_ring(tmp_path)
+    try:
+        with Client(cluster.config, target=cluster.address(0)) as c:
+            c.create("50000", b"v")
+        for port in ports:
+            depth = {s.labels["queue"]: s.value
+                     for s in _samples(port, "chordctl_queue_depth", "chordctl_queue_depth")}
+            assert set(depth) == {"F1", "F2", "F3", "F4", "R"}, depth
+            assert all(v >= 0 and v == int(v) for v in depth.values()), depth
+    finally:
+        cluster.stop()

@@ -112,6 +112,9 @@ class _Collector:
         for name, queue in (("F1", node.incoming), ("F2", node.to_log), ("F3", node.to_apply),
                             ("F4", node.to_route)):
             q.add_metric(values + [name], queue.qsize())
+        replicator_depth = getattr(node, "replicator_depth", None)
+        if replicator_depth is not None:       # ring.replicas > 1: dispatcher -> replicator
+            q.add_metric(values + ["R"], replicator_depth())
         yield q
 
         hops = HistogramMetricFamily("chordctl_request_hops",

@@ -691,6 +691,13 @@ class ReplicatedNode(Node):
         """Each group's summary (engine.py), as of the replicator's last round."""
         return self.engine.status() if self.engine is not None else {}
 
+    def replicator_depth(self) -> int:
+        """R's depth (metrics): commands and reads by confirmation the
+        dispatcher handed the engine (``submit``, ``read``) that no round has
+        taken yet. Any thread (len of a deque)."""
+        e = self.engine
+        return 0 if e is None else e.pending()
+
 
 def sweep_due(deadline: float, submitted: float, now: float) -> bool:
     """Whether a command submitted at *submitted* is answered now, if not

@@ -845,6 +845,10 @@ class Engine:
     def learning(self, group: int) -> bool:
         return group in self._learning
 
+    def pending(self) -> int:
+        """Commands and reads handed in (submit, read) that no round took yet."""
+        return len(self._commands) + len(self._reads)
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
         self._wake.set()
