@@ -215,18 +215,50 @@ def test_a_replica_restarted_before_it_finished_learning_learns_again(tmp_path):
     node.journal.close()
     node.lock.release()
     assert os.path.exists(os.path.join(d, "raft.journal"))
+    groups = set(node.groups)
+    assert node.learners == groups and len(groups) == 3
     again = ReplicatedNode(cfg, 0)
     again.recover()
-    assert again.fresh                     # still learning: the mark says so
-    again._learned()                       # what the engine calls once it is full
-    assert not os.path.exists(mark)
+    assert again.fresh and again.learners == groups    # still learning: the mark says so
+    one = min(groups)
+    again._learned(frozenset(groups - {one}))    # what the engine calls as a group is learned
     again.journal.close()
     again.lock.release()
+    # A restart now learns the other groups again, not the one it is full in
+    # (were it a learner there too, and so the group's other members, no one
+    # would vote: the group would never lead again).
+    partly = ReplicatedNode(cfg, 0)
+    partly.recover()
+    assert partly.fresh and partly.learners == groups - {one}
+    partly._learned(frozenset())               # every group learned
+    assert not os.path.exists(mark)
+    partly.journal.close()
+    partly.lock.release()
     full = ReplicatedNode(cfg, 0)
     full.recover()
-    assert not full.fresh
+    assert not full.fresh and not full.learners
     full.journal.close()
     full.lock.release()
+
+
+def test_a_learning_mark_of_an_older_release_learns_every_group_again(tmp_path):
+    from chordctl.core.replica import ReplicatedNode
+    from chordctl.core.storage import files
+    cfg = configmod.from_dict({
+        "ring": {"bits": 8, "replicas": 3},
+        "nodes": [{"host": "127.0.0.1", "port": 1 + i} for i in range(3)],
+        "storage": {"data_dir": str(tmp_path / "data")}})
+    node = ReplicatedNode(cfg, 0)
+    node.recover()
+    node.journal.close()
+    node.lock.release()
+    with open(os.path.join(cfg.node_dir(0), files.LEARNING), "wb") as f:
+        f.write(b"learning its replica groups; removed once it is a full replica\n")
+    again = ReplicatedNode(cfg, 0)
+    again.recover()
+    assert again.learners == set(again.groups)
+    again.journal.close()
+    again.lock.release()
 
 
 def test_a_learner_that_cannot_write_its_learning_mark_refuses_to_start(tmp_path, monkeypatch):
@@ -242,7 +274,7 @@ def test_a_learner_that_cannot_write_its_learning_mark_refuses_to_start(tmp_path
     real_open = builtins.open
 
     def full_disk(path, *a, **kw):
-        if str(path).endswith(files.LEARNING):
+        if os.path.basename(str(path)).startswith(files.LEARNING):    # LEARNING(.tmp)
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, *a, **kw)
     monkeypatch.setattr(builtins, "open", full_disk)

@@ -14,7 +14,7 @@ import pytest
 
 from chordctl.client import Client
 from chordctl.core.ring import Ring
-from chordctl.errors import ChordError, NotFoundError, UnavailableError
+from chordctl.errors import AlreadyExistsError, ChordError, NotFoundError, UnavailableError
 from conftest import wait_until
 
 BITS = 16
@@ -119,6 +119,50 @@ def test_five_nodes_lose_one_for_good_and_every_key_stays_served_within_10s(make
     # one of its arcs away and read that arc from it.
     read_all(cfg, cluster.address(victim),
              {k: v for k, v in expect.items() if Ring(BITS, 5).owner(k) in mine})
+
+
+def test_a_new_ring_restarted_before_its_last_node_first_started_serves_again(make_cluster):
+    """Node 4 of a new 5-node R = 3 ring never starts: arcs 2 and 3 (replicas
+    2,1,0 and 3,2,1) serve, the others wait for it (a new replica cannot tell
+    it from a member holding what it forgot). The four are killed and started
+    again: each is still learning the groups with node 4, but a full replica
+    of arcs 2 and 3, and must come back as one there (were it a learner in
+    every group again, no member of arcs 2 and 3 would vote: never a leader)."""
+    cluster = make_cluster(5, bits=BITS, replicas=3, timeout=2, start=False)
+    cfg = cluster.config
+    four = cluster.nodes[:4]
+    for n in four:
+        n.start(wait=False)
+    for n in four:
+        n.wait_ready()
+    ring = Ring(BITS, 5)
+    keys = [k for k in keys_on_every_arc(5) if ring.owner(k) in (2, 3)]
+
+    def write(value: bytes):
+        def ok() -> bool:
+            try:
+                with Client(cfg, target=cluster.address(1), timeout=2) as c:
+                    for k in keys:
+                        try:
+                            c.create(str(k), value + b"%d" % k)
+                        except AlreadyExistsError:
+                            c.update(str(k), value + b"%d" % k)
+                return True
+            except ChordError:
+                return False
+        return ok
+
+    wait_until(write(b"v"), timeout=20, interval=0.1, what="arcs 2 and 3 take writes")
+    assert os.path.exists(os.path.join(cfg.node_dir(0), "LEARNING"))   # arcs 0, 1 wait
+    for n in four:
+        n.kill(signal.SIGKILL)
+    for n in four:
+        n.start(wait=False)
+    for n in four:
+        n.wait_ready()
+    wait_until(write(b"w"), timeout=20, interval=0.1, what="arcs 2 and 3 take writes again")
+    for i in range(4):
+        read_all(cfg, cluster.address(i), {k: b"w%d" % k for k in keys})
 
 
 def test_every_acknowledged_write_survives_a_kill_9_of_every_node(make_cluster):

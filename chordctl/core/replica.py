@@ -88,8 +88,10 @@ NO_MAJORITY_AFTER = 5.0
 NO_MAJORITY_MIN = 3.0
 LEAD_CHECK_EVERY = 0.5   # seconds between offers of a group's leadership to its owner
 # A replica started without raft.journal that hears no leader for this many
-# election timeouts (a candidacy lasts at most two) is in a new ring: it votes.
+# election timeouts (a candidacy lasts at most two) is in a new ring, once every other
+# member says its log holds nothing a leader appended: it votes (engine.py).
 LEARN_GRACE = 2.5
+LEARNING_GROUPS = "groups: "     # LEARNING's line listing the groups still learning
 RETRY_AFTER = 0.05       # seconds before a command a leader change left unapplied goes again
 INSTALL_WAIT = 60.0      # seconds an install waits for the applier to reach it
 # PySyncObj's outcomes that leave a command certainly not in the log (the
@@ -141,6 +143,7 @@ class ReplicatedNode(Node):
         # marker, when submitted, group).
         self._pending: dict[int, tuple[list[Request], float, int]] = {}
         self.fresh = False       # recover(): raft.journal did not exist (a new or replaced replica)
+        self.learners: frozenset[int] = frozenset()   # recover(): the groups it learns
         self.commit_seconds = Histogram(LATENCY_BUCKETS)   # submit -> applied here
         self._ids = itertools.count(1)
         self._retry: list[tuple[int, int, bytes, Callable]] = []   # engine thread only
@@ -172,13 +175,15 @@ class ReplicatedNode(Node):
             if g in self.raft_applied:
                 self.raft_applied[g] = idx
         # A replica that started without raft.journal learns its groups before
-        # it votes or acknowledges (engine.py); LEARNING marks one that has not
-        # finished, so that a restart meanwhile learns again.
+        # it votes or acknowledges (engine.py); LEARNING lists the groups it
+        # has not finished, so that a restart meanwhile learns those again
+        # (and only those: a group it is a full replica of restarts as one).
         self._learning_mark = os.path.join(self.directory, files.LEARNING)
         no_journal = not os.path.exists(os.path.join(self.directory, raftjournal.FILE_NAME))
-        self.fresh = no_journal or os.path.exists(self._learning_mark)
+        self.learners = frozenset(self.groups) if no_journal else self._marked_learning()
+        self.fresh = bool(self.learners)
         if self.fresh:
-            self._mark_learning()
+            self._mark_learning(self.learners)
         self.journal = raftjournal.RaftJournal(self.directory)
         for g in self.groups:
             have = self.journal.group(g)
@@ -231,7 +236,7 @@ class ReplicatedNode(Node):
         grace = LEARN_GRACE * self.settings.election_timeout if self.fresh else 0.0
         self.engine = Engine(self.index, self.members, self.journal, self._apply_entry,
                              self.raft_send, self.settings, on_failed=self.fail,
-                             learn_grace=grace, dumps=self,
+                             learn_grace=grace, dumps=self, learners=self.learners,
                              on_learned=self._learned if self.fresh else None)
         self.engine.every(SWEEP_EVERY, self._sweep)
         self.engine.every(RETRY_AFTER, self._resubmit)
@@ -245,27 +250,58 @@ class ReplicatedNode(Node):
         self._reinstall = {}
         self.engine.start()
 
-    def _mark_learning(self) -> None:
+    def _marked_learning(self) -> frozenset[int]:
+        """The groups LEARNING lists (none without the file; every group for
+        one an older release wrote, which lists none)."""
         try:
-            with open(self._learning_mark, "wb") as f:
-                f.write(b"learning its replica groups; removed once it is a full replica\n")
+            with open(self._learning_mark, "rb") as f:
+                text = f.read().decode("ascii", "replace")
+        except FileNotFoundError:
+            return frozenset()
+        except OSError as e:
+            raise StorageError(f"storage: {self._learning_mark}: cannot read: "
+                               f"{e.strerror or e}; check the data directory's disk and "
+                               f"permissions") from None
+        for line in text.splitlines():
+            if line.startswith(LEARNING_GROUPS):
+                try:
+                    listed = {int(w) for w in line[len(LEARNING_GROUPS):].split()}
+                except ValueError:
+                    break               # damaged: learn every group again (safe)
+                return frozenset(g for g in self.groups if g in listed)
+        return frozenset(self.groups)
+
+    def _mark_learning(self, groups: frozenset[int]) -> None:
+        """LEARNING listing *groups*, durable (written aside, renamed)."""
+        tmp = self._learning_mark + ".tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(b"learning its replica groups; removed once it is a full replica\n"
+                        + (LEARNING_GROUPS + " ".join(map(str, sorted(groups)))).encode()
+                        + b"\n")
                 f.flush()
                 os.fsync(f.fileno())
+            os.replace(tmp, self._learning_mark)
             files.fsync_dir(self.directory)
         except OSError as e:
             raise StorageError(f"storage: {self._learning_mark}: cannot write: "
                                f"{e.strerror or e}; check the data directory's disk and "
                                f"permissions") from None
 
-    def _learned(self) -> None:
-        """Engine thread: every group learned; a restart from now on is a full replica's."""
+    def _learned(self, still: frozenset[int]) -> None:
+        """Engine thread, before the group just learned sends as a full
+        replica: LEARNING lists the groups *still* learning, or is gone, so a
+        restart from now on is a full replica's in the others."""
         try:
+            if still:
+                self._mark_learning(still)
+                return
             os.unlink(self._learning_mark)
             files.fsync_dir(self.directory)
         except FileNotFoundError:
             pass
-        except OSError as e:
-            logger.error("%s: cannot remove %s: %s; a restart will learn its groups again",
+        except (OSError, StorageError) as e:
+            logger.error("%s: cannot update %s: %s; a restart will learn its groups again",
                          self.label, self._learning_mark, e)
 
     def stop(self, final_snapshot: bool = True) -> None:

@@ -748,7 +748,8 @@ class Engine:
     def __init__(self, index: int, groups: dict[int, tuple[int, ...]], journal,
                  apply: Apply, send: Send, settings: Settings = Settings(),
                  on_failed: Callable[[str], None] | None = None, learn_grace: float = 0.0,
-                 dumps=None, on_learned: Callable[[], None] | None = None):
+                 dumps=None, on_learned: Callable[[frozenset], None] | None = None,
+                 learners=None):
         self.index = index
         self.settings = settings
         self.apply = apply
@@ -756,7 +757,9 @@ class Engine:
         self.journal = journal
         self._send = send
         self._on_failed = on_failed
-        self._on_learned = on_learned     # every group learned (engine thread)
+        # a group learned: on_learned(the groups still learning), on the engine
+        # thread before any message of that group leaves as a full replica's
+        self._on_learned = on_learned
         self.groups: dict[int, Group] = {}
         for gid, members in sorted(groups.items()):
             if index not in members:
@@ -809,8 +812,10 @@ class Engine:
         # their terms (TERM_QUERY), and takes its target only from an append
         # of a term at least the highest that enough of them answered that
         # any majority it was part of before shows among them (_floor).
+        # *learners*: the groups it learns (default: every group, with a grace).
         self._learning: dict[int, int | None] = (
-            {gid: None for gid in groups} if learn_grace > 0 else {})
+            {} if learn_grace <= 0 else {gid: None for gid in groups} if learners is None
+            else {gid: None for gid in groups if gid in learners})
         self._terms: dict[int, dict[int, int]] = {}   # learning group -> member -> term
         # learning group -> member -> the term of its log's last entry (any
         # member's answer, a learner's too; 0: no leader ever appended to it)
@@ -1072,18 +1077,19 @@ class Engine:
 
     def _learned(self, learning: dict[int, int | None]) -> None:
         now = time.monotonic()
+        learned = False
         for gid, target in list(learning.items()):
             g = self.groups[gid]
             if (target is not None and g.raftLastApplied >= target) or \
                     (target is None and gid not in self._led and now >= self._learn_until
                      and self._unwritten(gid)):
                 del learning[gid]
+                learned = True
                 logger.info("raft group %d: node %d is a full replica (%s)", gid, self.index,
                             f"holds the log up to {target}" if target is not None
                             else "no leader to learn from: a new group")
-        if not learning and self._on_learned is not None:
-            self._on_learned()
-            self._on_learned = None
+        if learned and self._on_learned is not None:
+            self._on_learned(frozenset(learning))
 
 
     def _outgoing(self, peer: int, group: int, message: dict) -> None:
