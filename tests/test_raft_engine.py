@@ -1172,7 +1172,9 @@ def test_new_learners_stay_learners_past_their_grace_until_every_member_answers(
         r.journals[i] = Journals()
     grace = FAST.election_timeout
     two = [r.start(i, learn_grace=grace) for i in (0, 1)]
-    time.sleep(4 * grace)      # well past the grace; nothing marks a change that must not happen
+    until(lambda: all(len(e._history.get(0, {})) == 1 for e in two),
+          what="each heard the other's answer to its term query")
+    time.sleep(3 * grace)      # past the grace; nothing marks a change that must not happen
     assert all(e.learning(0) for e in two)
     third = r.start(2, learn_grace=grace)
     leader = r.wait_leader()
@@ -1192,6 +1194,23 @@ def test_a_replica_learns_only_the_groups_it_is_told_and_says_which_are_left(rin
     assert not e.learning(0) and e.learning(1)
     until(lambda: not e.learning(1), what="group 1 learned")
     assert told == [frozenset()]
+
+
+def test_a_group_learned_that_cannot_be_recorded_stays_a_learner_until_it_can(ring):
+    r = ring(3)
+    r.wait_leader()
+    r.crash(0)
+    r.journals[0] = Journals()
+    record = {"ok": False, "asked": []}
+
+    def on_learned(still):
+        record["asked"].append(still)
+        return record["ok"]
+    e = r.start(0, learn_grace=30.0, on_learned=on_learned)
+    until(lambda: len(record["asked"]) >= 3, what="asked to record it, more than once")
+    assert e.learning(0)           # not recorded: still a learner
+    record["ok"] = True
+    until(lambda: not e.learning(0), what="a full replica once it could be recorded")
 
 
 def test_a_learner_does_not_stand_for_election(ring):

@@ -241,7 +241,7 @@ def test_a_replica_restarted_before_it_finished_learning_learns_again(tmp_path):
     full.lock.release()
 
 
-def test_a_learning_mark_of_an_older_release_learns_every_group_again(tmp_path):
+def test_a_learning_mark_of_an_older_release_learns_every_group_again_and_an_empty_list_none(tmp_path):
     from chordctl.core.replica import ReplicatedNode
     from chordctl.core.storage import files
     cfg = configmod.from_dict({
@@ -259,6 +259,14 @@ def test_a_learning_mark_of_an_older_release_learns_every_group_again(tmp_path):
     assert again.learners == set(again.groups)
     again.journal.close()
     again.lock.release()
+    mark = os.path.join(cfg.node_dir(0), files.LEARNING)
+    with open(mark, "wb") as f:            # listing none: every group learned
+        f.write(b"learning its replica groups; removed once it is a full replica\ngroups: \n")
+    full = ReplicatedNode(cfg, 0)
+    full.recover()
+    assert not full.learners and not full.fresh and not os.path.exists(mark)
+    full.journal.close()
+    full.lock.release()
 
 
 def test_a_learner_that_cannot_write_its_learning_mark_refuses_to_start(tmp_path, monkeypatch):

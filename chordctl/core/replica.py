@@ -144,6 +144,7 @@ class ReplicatedNode(Node):
         self._pending: dict[int, tuple[list[Request], float, int]] = {}
         self.fresh = False       # recover(): raft.journal did not exist (a new or replaced replica)
         self.learners: frozenset[int] = frozenset()   # recover(): the groups it learns
+        self._learned_failing = False     # LEARNING could not be updated (logged once)
         self.commit_seconds = Histogram(LATENCY_BUCKETS)   # submit -> applied here
         self._ids = itertools.count(1)
         self._retry: list[tuple[int, int, bytes, Callable]] = []   # engine thread only
@@ -268,7 +269,10 @@ class ReplicatedNode(Node):
                     listed = {int(w) for w in line[len(LEARNING_GROUPS):].split()}
                 except ValueError:
                     break               # damaged: learn every group again (safe)
-                return frozenset(g for g in self.groups if g in listed)
+                mine = frozenset(g for g in self.groups if g in listed)
+                if not mine:        # every group learned, the file left behind
+                    self._learned(mine)
+                return mine
         return frozenset(self.groups)
 
     def _mark_learning(self, groups: frozenset[int]) -> None:
@@ -288,21 +292,30 @@ class ReplicatedNode(Node):
                                f"{e.strerror or e}; check the data directory's disk and "
                                f"permissions") from None
 
-    def _learned(self, still: frozenset[int]) -> None:
-        """Engine thread, before the group just learned sends as a full
-        replica: LEARNING lists the groups *still* learning, or is gone, so a
-        restart from now on is a full replica's in the others."""
+    def _learned(self, still: frozenset[int]) -> bool:
+        """In the round, before the groups just learned send as a full
+        replica's: LEARNING lists the groups *still* learning, or is gone, so a
+        restart from now on is a full replica's in the others. False when that
+        could not be written: the engine keeps those groups learning and asks
+        again next round (a full replica the file does not know of could, on
+        a restart, leave a group with no one to vote)."""
         try:
             if still:
                 self._mark_learning(still)
-                return
-            os.unlink(self._learning_mark)
-            files.fsync_dir(self.directory)
-        except FileNotFoundError:
-            pass
+            else:
+                try:
+                    os.unlink(self._learning_mark)
+                except FileNotFoundError:
+                    pass
+                files.fsync_dir(self.directory)
         except (OSError, StorageError) as e:
-            logger.error("%s: cannot update %s: %s; a restart will learn its groups again",
-                         self.label, self._learning_mark, e)
+            if not self._learned_failing:
+                logger.error("%s: cannot update %s: %s; its groups stay learners until it "
+                             "can", self.label, self._learning_mark, e)
+            self._learned_failing = True
+            return False
+        self._learned_failing = False
+        return True
 
     def stop(self, final_snapshot: bool = True) -> None:
         super().stop(final_snapshot)

@@ -757,8 +757,10 @@ class Engine:
         self.journal = journal
         self._send = send
         self._on_failed = on_failed
-        # a group learned: on_learned(the groups still learning), on the engine
-        # thread before any message of that group leaves as a full replica's
+        # a group learned: on_learned(the groups still learning), in the round
+        # (engine thread or an inline round on the event loop) before any
+        # message of that group leaves as a full replica's; False: it could not
+        # record that, and those groups stay learners this round (tried again)
         self._on_learned = on_learned
         self.groups: dict[int, Group] = {}
         for gid, members in sorted(groups.items()):
@@ -1077,19 +1079,23 @@ class Engine:
 
     def _learned(self, learning: dict[int, int | None]) -> None:
         now = time.monotonic()
-        learned = False
+        learned = {}
         for gid, target in list(learning.items()):
             g = self.groups[gid]
             if (target is not None and g.raftLastApplied >= target) or \
                     (target is None and gid not in self._led and now >= self._learn_until
                      and self._unwritten(gid)):
                 del learning[gid]
-                learned = True
-                logger.info("raft group %d: node %d is a full replica (%s)", gid, self.index,
-                            f"holds the log up to {target}" if target is not None
-                            else "no leader to learn from: a new group")
-        if learned and self._on_learned is not None:
-            self._on_learned(frozenset(learning))
+                learned[gid] = target
+        if not learned:
+            return
+        if self._on_learned is not None and self._on_learned(frozenset(learning)) is False:
+            learning.update(learned)    # not recorded: a restart would not know (next round)
+            return
+        for gid, target in learned.items():
+            logger.info("raft group %d: node %d is a full replica (%s)", gid, self.index,
+                        f"holds the log up to {target}" if target is not None
+                        else "no leader to learn from: a new group")
 
 
     def _outgoing(self, peer: int, group: int, message: dict) -> None:

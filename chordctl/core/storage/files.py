@@ -21,8 +21,9 @@ _NAME = re.compile(r"^(log|snap)\.(\d+)$")
 # (localcluster.starting); `ring migrate` leaves it with the old tree.
 CLUSTER_LOCK = ".cluster-up.lock"
 # In a node directory of a replicated ring: the node is still learning its
-# groups (it started without raft.journal, replica.py). Kept until it is a full
-# replica, so that a restart meanwhile starts it as a learner again.
+# groups (it started without raft.journal, replica.py); it lists the groups still
+# learning. Kept until it is a full replica in each, so that a restart meanwhile
+# starts it as a learner again in those.
 LEARNING = "LEARNING"
 
 def log_name(counter: int) -> str:
