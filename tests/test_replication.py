@@ -165,6 +165,36 @@ def test_a_new_ring_restarted_before_its_last_node_first_started_serves_again(ma
         read_all(cfg, cluster.address(i), {k: b"w%d" % k for k in keys})
 
 
+def test_a_node_routes_an_arc_to_its_owner_again_once_the_owner_is_back(make_cluster):
+    """Node 1 is no replica of arc 0 (nodes 0, 4, 3): it forwards arc 0's
+    requests to the owner, to the next replica while the owner is down, and
+    to the owner again a while after it is back (it leads its arc again; a
+    request through another replica would cost that replica a hop)."""
+    cluster = make_cluster(5, bits=BITS, replicas=3, timeout=2).settled()
+    cfg = cluster.config
+    ring = Ring(BITS, 5)
+    key = next(k for k in keys_on_every_arc(5) if ring.owner(k) == 0)
+    owner_id = str(ring.ids[0])
+
+    def answered_by() -> str | None:
+        try:
+            with Client(cfg, target=cluster.address(1), timeout=2) as c:
+                return c.read(str(key), trace=True).route[-1]
+        except ChordError:
+            return None
+
+    with Client(cfg, target=cluster.address(1)) as c:
+        c.create(str(key), b"v")
+    assert answered_by() == owner_id
+    cluster.nodes[0].kill(signal.SIGKILL)
+    wait_until(lambda: answered_by() not in (None, owner_id), timeout=10, interval=0.1,
+               what="arc 0 answered by another replica")
+    cluster.nodes[0].start()
+    cluster.settled()
+    wait_until(lambda: answered_by() == owner_id, timeout=10,     # router.PREFER_FOR: 2 s
+               interval=0.2, what="arc 0 routed to its owner again")
+
+
 def test_every_acknowledged_write_survives_a_kill_9_of_every_node(make_cluster):
     cluster = make_cluster(3, bits=BITS, replicas=3).settled()
     cfg = cluster.config

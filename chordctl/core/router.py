@@ -32,6 +32,10 @@ logger = logging.getLogger("chordctl.router")
 # further on is reported back before the caller's own deadline passes.
 FORWARD_BUDGET = 0.9
 MIN_TIMEOUT = 0.005
+# ring.replicas > 1: after an arc's replica could not be reached, its
+# requests go to the next replica for this long, then to the owner again
+# (back, it leads its arc again: a request through another replica costs a hop).
+PREFER_FOR = 2.0
 
 
 def message_limit(config: Config) -> int:
@@ -100,10 +104,11 @@ class Router:
         self._tasks: set[asyncio.Task] = set()
         self.metrics = metrics
         # ring.replicas > 1: an arc's requests go straight to one of its
-        # replicas (its owner first, or the last one that answered), and on to
-        # the next when one cannot be reached.
+        # replicas (its owner first, or for PREFER_FOR seconds the last one
+        # that answered when another could not be reached), and on to the next
+        # when one cannot be reached.
         self.replicas = config.ring.replicas
-        self._prefer: dict[int, int] = {}
+        self._prefer: dict[int, tuple[int, float]] = {}   # arc -> (replica, until)
 
     def peer_label(self, i: int) -> str:
         return f"node {i} (id {self.ring.ids[i]}, {self.config.nodes[i].address})"
@@ -119,6 +124,7 @@ class Router:
         me = self.index
         replicated = self.replicas > 1
         prefer = self._prefer
+        now = time.monotonic()
         for r in reqs:
             if r.hops >= self.max_hops:
                 r.fail(ABORTED, f"route: hop limit {self.max_hops} reached at {self.label}; "
@@ -127,7 +133,13 @@ class Router:
                 continue
             if replicated:
                 g = owner(r.key)       # one call per arc: a failover is per arc
-                target = (prefer.get(g, g), g)
+                p = prefer.get(g)
+                if p is None or p[1] <= now:
+                    target = (g, g)
+                    if p is not None:
+                        prefer.pop(g, None)
+                else:
+                    target = (p[0], g)
             else:
                 target = next_hop(me, position(r.key))
             group = groups.get(target)
@@ -225,7 +237,8 @@ class Router:
                 nxt = self._next_replica(nh, group, tried)
                 remaining = min(r.deadline for r in group) - time.monotonic()
                 if nxt is not None and remaining > MIN_TIMEOUT:
-                    self._prefer[self.ring.owner(group[0].key)] = nxt
+                    self._prefer[self.ring.owner(group[0].key)] = (
+                        nxt, time.monotonic() + PREFER_FOR)
                     await self._call(nxt, group, batch,
                                      max(MIN_TIMEOUT, remaining * FORWARD_BUDGET),
                                      may_retry=True, tried=tried)
