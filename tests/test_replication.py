@@ -195,6 +195,42 @@ def test_a_node_routes_an_arc_to_its_owner_again_once_the_owner_is_back(make_clu
                interval=0.2, what="arc 0 routed to its owner again")
 
 
+def test_an_owner_that_takes_calls_and_never_answers_is_passed_over(make_cluster):
+    """Node 0, owner of arc 0, is stopped (SIGSTOP: its kernel still takes
+    connections, so nothing is refused; a partition looks the same). Node 1,
+    no replica of arc 0, forwards there: a read waits part of its time, then
+    goes to the next replica, and once one call found node 0 silent, the
+    arc's next calls, writes too, go to the other replicas (the majority
+    elected one of them)."""
+    cluster = make_cluster(5, bits=BITS, replicas=3, timeout=3).settled()
+    cfg = cluster.config
+    ring = Ring(BITS, 5)
+    key = next(k for k in keys_on_every_arc(5) if ring.owner(k) == 0)
+    with Client(cfg, target=cluster.address(1)) as c:
+        c.create(str(key), b"v")
+    stopped = cluster.nodes[0]
+    stopped.kill(signal.SIGSTOP)
+    try:
+        def read_ok() -> bool:
+            try:
+                with Client(cfg, target=cluster.address(1), timeout=3) as c:
+                    return c.read(str(key)).value == b"v"
+            except ChordError:
+                return False
+        wait_until(read_ok, timeout=15, interval=0.1, what="a read of arc 0 through node 1")
+
+        def write_ok() -> bool:
+            try:
+                with Client(cfg, target=cluster.address(1), timeout=3) as c:
+                    c.update(str(key), b"w")
+                    return c.read(str(key)).value == b"w"
+            except ChordError:
+                return False
+        wait_until(write_ok, timeout=15, interval=0.1, what="a write of arc 0 through node 1")
+    finally:
+        stopped.kill(signal.SIGCONT)
+
+
 def test_every_acknowledged_write_survives_a_kill_9_of_every_node(make_cluster):
     cluster = make_cluster(3, bits=BITS, replicas=3).settled()
     cfg = cluster.config

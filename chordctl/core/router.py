@@ -36,6 +36,10 @@ MIN_TIMEOUT = 0.005
 # requests go to the next replica for this long, then to the owner again
 # (back, it leads its arc again: a request through another replica costs a hop).
 PREFER_FOR = 2.0
+# ring.replicas > 1: a call made only of reads gets this share of its time at
+# the first replica, so that one stopped or cut off (it takes the connection
+# and never answers) leaves time for the next; a read is safe to ask twice.
+READ_FIRST = 0.5
 
 
 def message_limit(config: Config) -> int:
@@ -204,9 +208,11 @@ class Router:
         task.add_done_callback(self._tasks.discard)
 
     def _start_calls(self, calls: list) -> None:
+        replicated = self.replicas > 1
         for nh, group, batch in calls:
+            share = READ_FIRST if replicated and _reads_only(group) else FORWARD_BUDGET
             timeout = max(MIN_TIMEOUT, (min(r.deadline for r in group) - time.monotonic())
-                          * FORWARD_BUDGET)
+                          * share)
             self._spawn(self._call(nh, group, batch, timeout, may_retry=True))
 
     async def _call(self, nh: int, group: list[Request], batch: pb.BatchRequest,
@@ -243,6 +249,21 @@ class Router:
                                      max(MIN_TIMEOUT, remaining * FORWARD_BUDGET),
                                      may_retry=True, tried=tried)
                     return
+            if self.replicas > 1 and code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                # Stopped, overloaded or cut off: the arc's next requests go to
+                # its next replica for a while; a call of reads goes there now
+                # (a mutation may have been applied: it is answered as unknown).
+                tried = tried + (nh,)
+                nxt = self._next_replica(nh, group, tried)
+                if nxt is not None:
+                    self._prefer[self.ring.owner(group[0].key)] = (
+                        nxt, time.monotonic() + PREFER_FOR)
+                    remaining = min(r.deadline for r in group) - time.monotonic()
+                    if _reads_only(group) and remaining > MIN_TIMEOUT:
+                        await self._call(nxt, group, batch,
+                                         max(MIN_TIMEOUT, remaining * FORWARD_BUDGET),
+                                         may_retry=True, tried=tried)
+                        return
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 why = f"no answer within {timeout:.2f}s"
             elif code == grpc.StatusCode.UNAVAILABLE and not details.startswith("node "):
@@ -317,3 +338,7 @@ class Router:
             self.loop.call_soon_threadsafe(close_all)
         except RuntimeError:   # the loop is already closed
             pass
+
+
+def _reads_only(group: list[Request]) -> bool:
+    return all(r.op == OP_READ for r in group)
