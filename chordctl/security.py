@@ -143,7 +143,8 @@ def connect_failure(details: str) -> str:
         return (f": TLS handshake failed ({why}); is the node serving TLS, with a "
                 f"certificate for this address signed by tls.ca?")
     if "socket closed" in low or "connection reset" in low:
-        return (f" ({reason}): the node closed the connection before any reply; if it "
+        return (f" ({reason}): the node closed the connection before any reply: it may "
+                f"have stopped or been killed meanwhile (`chordctl ring show`); if it "
                 f"uses TLS, the config needs a tls section (tls.ca), and tls.client_cert "
                 f"and tls.client_key if it requires client certificates; its log says why")
     detail = f" ({reason[:200]})" if reason else ""

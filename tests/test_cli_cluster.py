@@ -144,6 +144,12 @@ def test_cluster_up_in_foreground_stops_every_node_on_sigint(config4, tmp_path):
         rows = ring_rows(out_path.read_text())
         assert sorted(rows) == [0, 1, 2, 3] and all(" up " in r for r in rows.values())
 
+        # A node that dies is told at once, whichever it is (the wait used to
+        # take the nodes in order: node 2's end went unsaid while node 0 ran).
+        os.kill(started[2], signal.SIGKILL)
+        told = f"node 2 (pid {started[2]}) was killed by SIGKILL; the others keep running"
+        wait_until(lambda: told in err_path.read_text(), timeout=30, what="node 2's end told")
+        assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=UP_TIMEOUT)
     finally:

@@ -6,6 +6,7 @@ chordctl.localcluster; this module parses, reports and maps errors.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 
@@ -116,10 +117,20 @@ def _run_foreground(cfg: Config, procs: dict[int, subprocess.Popen]) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        for i, p in procs.items():
-            p.wait()
-            if not stopping["signal"]:
-                click.echo(f"node {i} exited with code {p.returncode}", err=True)
+        alive = dict(procs)
+        while alive:
+            # Each node's end is told as it happens, whichever ends first.
+            _wait_any_child(alive)
+            for i, p in list(alive.items()):
+                if p.poll() is None:
+                    continue
+                del alive[i]
+                if not stopping["signal"]:
+                    click.echo(f"node {i} (pid {p.pid}) {_ended(p.returncode)}"
+                               + (f"; the others keep running (start it again in another "
+                                  f"terminal: chordctl -c {cfg.path} cluster up --detach, "
+                                  f"which starts only the nodes not running)" if alive else
+                                  "; no node of this ring is left running"), err=True)
     except KeyboardInterrupt:
         click.echo("\nstopping every node...", err=True)
     finally:
@@ -129,6 +140,29 @@ def _run_foreground(cfg: Config, procs: dict[int, subprocess.Popen]) -> None:
             remove_pid_file(cfg, i)
         for i, what in sorted(outcome.items()):
             click.echo(f"node {i}: {what}", err=True)
+
+
+def _wait_any_child(procs: dict[int, subprocess.Popen]) -> None:
+    """Until one of this process's children ended, left for Popen to reap
+    (WNOWAIT) so that it keeps its exit code; any other child is reaped."""
+    try:
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:
+        return
+    if info is not None and all(p.pid != info.si_pid for p in procs.values()):
+        try:
+            os.waitpid(info.si_pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def _ended(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 @cluster.command()
