@@ -1213,6 +1213,20 @@ def test_a_group_learned_that_cannot_be_recorded_stays_a_learner_until_it_can(ri
     until(lambda: not e.learning(0), what="a full replica once it could be recorded")
 
 
+def test_a_full_replica_knows_which_peers_are_learning_from_their_queries(ring):
+    r = ring(3)
+    r.wait_leader()
+    for i in (1, 2):
+        r.crash(i)
+        r.journals[i] = Journals()
+    r.crash(0)
+    full = r.start(0)               # its journal kept: a full replica
+    learners = [r.start(i, learn_grace=30.0) for i in (1, 2)]
+    until(lambda: full.learners_of(0) == {1, 2}, what="node 0 knows 1 and 2 are learning")
+    assert all(e.learners_of(0) >= {e.index} for e in learners)
+    assert r.leader(0) is None      # one full replica of three: no election
+
+
 def test_a_learner_does_not_stand_for_election(ring):
     # A new ring whose nodes started at different times: A is full, B and C
     # still learning. Were a learner to campaign, it would win with A's vote

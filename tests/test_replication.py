@@ -231,6 +231,49 @@ def test_an_owner_that_takes_calls_and_never_answers_is_passed_over(make_cluster
         stopped.kill(signal.SIGCONT)
 
 
+def test_two_replicas_replaced_at_once_say_the_arc_cannot_elect(make_cluster):
+    """Two of three replicas start on empty directories: both learners, they
+    answer but cannot vote, and the one full replica is no majority. A
+    request says so (not "fewer than a majority answer"), and the arc serves
+    again once one of them is back on its old directory."""
+    cluster = make_cluster(3, bits=BITS, replicas=3, timeout=2).settled()
+    cfg = cluster.config
+    key = keys_on_every_arc(3)[0]
+    with Client(cfg, target=cluster.address(0)) as c:
+        c.create(str(key), b"v")
+    for i in (1, 2):
+        cluster.nodes[i].kill(signal.SIGKILL)
+    kept = str(cluster.config.node_dir(1)) + ".kept"
+    shutil.move(cfg.node_dir(1), kept)
+    shutil.rmtree(cfg.node_dir(2))
+    for i in (1, 2):
+        cluster.nodes[i].start()
+    said = []
+
+    def told() -> bool:
+        try:
+            with Client(cfg, target=cluster.address(0), timeout=2) as c:
+                c.read(str(key))
+        except ChordError as e:
+            said.append(str(e))
+            return "are learning" in str(e)
+        return False
+    wait_until(told, timeout=20, interval=0.2, what="the arc says its replicas are learning")
+    assert "node 1, node 2 are learning" in said[-1] and "cannot elect" in said[-1], said[-1]
+    cluster.nodes[1].kill(signal.SIGKILL)
+    shutil.rmtree(cfg.node_dir(1))
+    shutil.move(kept, cfg.node_dir(1))
+    cluster.nodes[1].start()
+
+    def served() -> bool:
+        try:
+            with Client(cfg, target=cluster.address(0), timeout=2) as c:
+                return c.read(str(key)).value == b"v"
+        except ChordError:
+            return False
+    wait_until(served, timeout=20, interval=0.2, what="the arc served again")
+
+
 def test_every_acknowledged_write_survives_a_kill_9_of_every_node(make_cluster):
     cluster = make_cluster(3, bits=BITS, replicas=3).settled()
     cfg = cluster.config

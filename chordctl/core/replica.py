@@ -586,7 +586,8 @@ class ReplicatedNode(Node):
         for cid in late:
             item, _t, g = self._pending.pop(cid)
             writes = type(item) is not ReadMarker and any(r.op != OP_READ for r in item)
-            why = ("it has no leader: fewer than a majority of its replicas answer"
+            why = (("it has no leader: " + (self._stuck(g) or "fewer than a majority of its "
+                                            "replicas answer"))
                    if self.engine.leader(g) is None else "its leader did not commit it in time")
             self._refuse(item, f"{self.label}: arc {g}: not committed before the deadline "
                                f"({why}); " + ("outcome unknown: a write may still be applied "
@@ -596,9 +597,27 @@ class ReplicatedNode(Node):
 
     def _no_majority(self, group: int, alone: float) -> str:
         members = ", ".join(str(i) for i in self.members[group])
+        stuck = self._stuck(group)
+        if stuck:
+            return (f"{self.label}: arc {group} has had no leader for {alone:.1f}s: {stuck}; "
+                    f"not applied. Start one of its lost replicas on its old directory (or "
+                    f"one restored from a backup) and the arc serves again (`chordctl ring "
+                    f"show`)")
         return (f"{self.label}: arc {group} has had no leader for {alone:.1f}s: fewer than a "
                 f"majority of its replicas (nodes {members}) answer; not applied -- safe to "
                 f"retry once a majority is back (`chordctl ring show`)")
+
+    def _stuck(self, group: int) -> str:
+        """Why arc *group* cannot elect, when its learners leave too few full
+        replicas for a majority (a learner neither votes nor stands); "" else."""
+        learners = self.engine.learners_of(group) if self.engine is not None else set()
+        full = [i for i in self.members[group] if i not in learners]
+        if not learners or len(full) > len(self.members[group]) // 2:
+            return ""
+        return (f"its replicas {_names(sorted(learners))} are learning (each started on an "
+                f"empty directory and waits for a leader to learn from) and the full ones "
+                f"({_names(full) or 'none'}) are not a majority: more of the arc was lost "
+                f"than it tolerates, so it cannot elect")
 
     def _place_marker(self, marker) -> None:
         if type(marker) is ReadMarker:
@@ -779,3 +798,7 @@ def _split(reqs: list[Request], limit: int) -> list[list[Request]]:
     if run:
         runs.append(run)
     return runs
+
+
+def _names(nodes) -> str:
+    return ", ".join(f"node {i}" for i in nodes)

@@ -823,6 +823,7 @@ class Engine:
         # member's answer, a learner's too; 0: no leader ever appended to it)
         self._history: dict[int, dict[int, int]] = {}
         self._led: set[int] = set()      # learning groups that heard an append
+        self._asked: dict[int, dict[int, float]] = {}   # group -> learner peer -> its last query
         self._query_at = 0.0
         self._learn_grace = learn_grace
         self._learn_until = 0.0
@@ -958,6 +959,16 @@ class Engine:
         thread."""
         at = self._summary_at
         return max(0.0, at - self._led_at.get(group, at))
+
+    def learners_of(self, group: int) -> set[int]:
+        """The members of *group* learning, as this node knows: itself, and
+        the peers that asked its term lately (a learner asks every heartbeat
+        until it has a leader to learn from). Any thread."""
+        recent = time.monotonic() - 3 * self.settings.heartbeat - 0.5
+        out = {p for p, at in dict(self._asked.get(group, {})).items() if at >= recent}
+        if group in self._learning:
+            out.add(self.index)
+        return out
 
     def heard_leader_within(self, group: int, seconds: float) -> bool:
         """This node, a follower of *group*, had an append from its leader in
@@ -1198,6 +1209,7 @@ class Engine:
                     self.dropped += 1
                     continue
                 if m.kind == rpb.TERM_QUERY:
+                    self._asked.setdefault(m.group, {})[sender] = time.monotonic()
                     reply = rpb.Message(group=m.group, kind=rpb.TERM_REPLY,
                                         last_log_term=g._SyncObj__getCurrentLogTerm())
                     if m.group not in learning:     # a learner's term proves nothing
