@@ -260,6 +260,13 @@ def test_a_learning_mark_of_an_older_release_learns_every_group_again_and_an_emp
     again.journal.close()
     again.lock.release()
     mark = os.path.join(cfg.node_dir(0), files.LEARNING)
+    with open(mark, "wb") as f:            # a flipped byte in the list: learn every group
+        f.write(b"learning its replica groups; removed once it is a full replica\ngroups: 1 \xb2\n")
+    damaged = ReplicatedNode(cfg, 0)
+    damaged.recover()
+    assert damaged.learners == set(damaged.groups)
+    damaged.journal.close()
+    damaged.lock.release()
     with open(mark, "wb") as f:            # listing none: every group learned
         f.write(b"learning its replica groups; removed once it is a full replica\ngroups: \n")
     full = ReplicatedNode(cfg, 0)

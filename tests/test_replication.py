@@ -36,6 +36,15 @@ def held_keys(config, address) -> int:
         return c.status(timeout=5).keys
 
 
+def reads_as(config, address, key: int, value: bytes, timeout: float = 2) -> bool:
+    """Whether *key* read through *address* is *value* now (False on any error)."""
+    try:
+        with Client(config, target=address, timeout=timeout) as c:
+            return c.read(str(key)).value == value
+    except ChordError:
+        return False
+
+
 def read_all(config, address, expect: dict[int, bytes], timeout: float = 5) -> None:
     with Client(config, target=address, timeout=timeout) as c:
         for k, v in expect.items():
@@ -211,13 +220,8 @@ def test_an_owner_that_takes_calls_and_never_answers_is_passed_over(make_cluster
     stopped = cluster.nodes[0]
     stopped.kill(signal.SIGSTOP)
     try:
-        def read_ok() -> bool:
-            try:
-                with Client(cfg, target=cluster.address(1), timeout=3) as c:
-                    return c.read(str(key)).value == b"v"
-            except ChordError:
-                return False
-        wait_until(read_ok, timeout=15, interval=0.1, what="a read of arc 0 through node 1")
+        wait_until(lambda: reads_as(cfg, cluster.address(1), key, b"v", timeout=3),
+                   timeout=15, interval=0.1, what="a read of arc 0 through node 1")
 
         def write_ok() -> bool:
             try:
@@ -264,14 +268,8 @@ def test_two_replicas_replaced_at_once_say_the_arc_cannot_elect(make_cluster):
     shutil.rmtree(cfg.node_dir(1))
     shutil.move(kept, cfg.node_dir(1))
     cluster.nodes[1].start()
-
-    def served() -> bool:
-        try:
-            with Client(cfg, target=cluster.address(0), timeout=2) as c:
-                return c.read(str(key)).value == b"v"
-        except ChordError:
-            return False
-    wait_until(served, timeout=20, interval=0.2, what="the arc served again")
+    wait_until(lambda: reads_as(cfg, cluster.address(0), key, b"v"), timeout=20,
+               interval=0.2, what="the arc served again")
 
 
 def test_every_acknowledged_write_survives_a_kill_9_of_every_node(make_cluster):

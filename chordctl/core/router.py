@@ -153,7 +153,6 @@ class Router:
                 group.append(r)
         if failed:
             self.send(failed)
-        now = time.monotonic()
         calls = []
         for target, group in groups.items():
             nh = target[0] if replicated else target
@@ -235,31 +234,22 @@ class Router:
                                      may_retry=False, tried=tried)
                     return
             details = e.details() or ""
-            if self.replicas > 1 and (never_sent(code.value[0], details) or (
-                    code == grpc.StatusCode.UNAVAILABLE and details.startswith("node "))):
-                # Not applied there (unreachable, or it refused: recovering,
-                # failed): another replica of the arc can take it.
+            # Not applied there (unreachable, or it refused: recovering,
+            # failed): another replica of the arc can take it. Silent
+            # (stopped, overloaded or cut off): the arc's next requests go to
+            # its next replica for a while, and a call of reads goes there now
+            # (a mutation may have been applied: it is answered as unknown).
+            passed = self.replicas > 1 and (never_sent(code.value[0], details) or (
+                code == grpc.StatusCode.UNAVAILABLE and details.startswith("node ")))
+            silent = self.replicas > 1 and code == grpc.StatusCode.DEADLINE_EXCEEDED
+            if passed or silent:
                 tried = tried + (nh,)
                 nxt = self._next_replica(nh, group, tried)
                 remaining = min(r.deadline for r in group) - time.monotonic()
-                if nxt is not None and remaining > MIN_TIMEOUT:
+                if nxt is not None and (silent or remaining > MIN_TIMEOUT):
                     self._prefer[self.ring.owner(group[0].key)] = (
                         nxt, time.monotonic() + PREFER_FOR)
-                    await self._call(nxt, group, batch,
-                                     max(MIN_TIMEOUT, remaining * FORWARD_BUDGET),
-                                     may_retry=True, tried=tried)
-                    return
-            if self.replicas > 1 and code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                # Stopped, overloaded or cut off: the arc's next requests go to
-                # its next replica for a while; a call of reads goes there now
-                # (a mutation may have been applied: it is answered as unknown).
-                tried = tried + (nh,)
-                nxt = self._next_replica(nh, group, tried)
-                if nxt is not None:
-                    self._prefer[self.ring.owner(group[0].key)] = (
-                        nxt, time.monotonic() + PREFER_FOR)
-                    remaining = min(r.deadline for r in group) - time.monotonic()
-                    if _reads_only(group) and remaining > MIN_TIMEOUT:
+                    if remaining > MIN_TIMEOUT and (passed or _reads_only(group)):
                         await self._call(nxt, group, batch,
                                          max(MIN_TIMEOUT, remaining * FORWARD_BUDGET),
                                          may_retry=True, tried=tried)
