@@ -170,4 +170,4 @@ def test_stubs_expose_every_rpc() -> None:
 
 def test_admin_service_exists() -> None:
     admin = chord_pb2.DESCRIPTOR.services_by_name["Admin"]
-    assert {m.name for m in admin.methods} == {"Status", "TakeSnapshot", "Files"}
+    assert {m.name for m in admin.methods} == {"Status", "TakeSnapshot", "Files", "Members"}

@@ -18,6 +18,7 @@ from chordctl import config as config_mod
 from chordctl.client import Client, Result
 from chordctl.core.node import Replies
 from chordctl.core.request import Request
+from chordctl.core.membership import Members, Membership
 from chordctl.core.ring import Ring
 from chordctl.core.router import Router, message_limit
 from chordctl.pb import chord_pb2 as pb
@@ -64,7 +65,7 @@ def forwarded(cfg: config_mod.Config, reqs: list[Request]) -> list[tuple[int, li
     ring = Ring(cfg.ring.bits, len(cfg.nodes), cfg.ring.placement, cfg.ring.routing)
     loop = FakeLoop()
     done: list[Request] = []
-    router = Router(cfg, 0, ring, loop, Replies(done.extend, done.extend))
+    router = Router(cfg, 0, Members(Membership.from_config(cfg)), loop, Replies(done.extend, done.extend))
     router.forward(reqs)
     assert not done, [r.message for r in done]
     calls = [c for fn, args in loop.scheduled for c in args[0]]
@@ -142,7 +143,7 @@ def test_peer_refusal_is_reported_as_refusal_not_as_unreachable(code, details, e
     async def run() -> list[Request]:
         loop = asyncio.get_running_loop()
         done: list[Request] = []
-        router = Router(cfg, 0, ring, loop, Replies(done.extend, done.extend))
+        router = Router(cfg, 0, Members(Membership.from_config(cfg)), loop, Replies(done.extend, done.extend))
         router._stubs[3] = RefusingStub(code, details)
         group = requests_for(ring, 3, 3)
         await router._call(3, group, pb.BatchRequest(), 1.0, may_retry=True)
@@ -163,7 +164,7 @@ def test_unreachable_peer_is_still_reported_as_unreachable() -> None:
 
     async def run() -> list[Request]:
         done: list[Request] = []
-        router = Router(cfg, 0, ring, asyncio.get_running_loop(), Replies(done.extend, done.extend))
+        router = Router(cfg, 0, Members(Membership.from_config(cfg)), asyncio.get_running_loop(), Replies(done.extend, done.extend))
         router._stubs[3] = RefusingStub(grpc.StatusCode.UNAVAILABLE, "Socket closed")
         await router._call(3, requests_for(ring, 3, 1), pb.BatchRequest(), 1.0,
                            may_retry=True)

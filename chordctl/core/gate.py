@@ -115,6 +115,13 @@ class Admission:
         if not self.gate.ready:
             await self.gate.refuse(context)
 
+    async def peer(self, context: grpc.aio.ServicerContext) -> None:
+        """A call nodes make to each other (Admin.Members): a ready node.
+        Not limited by admin.allow: peer traffic, like Raft.Push, which
+        every node of the ring sends from wherever it runs."""
+        if not self.gate.ready:
+            await self.gate.refuse(context)
+
     async def _allowed(self, context: grpc.aio.ServicerContext, method: str) -> None:
         if self.allow == "loopback":
             if security.peer_is_loopback(context.peer()):

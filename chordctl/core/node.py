@@ -58,6 +58,7 @@ from chordctl.core.logwriter import LogWriter
 from chordctl.core.markers import STOP, ReadMarker, SnapshotMarker
 from chordctl.core.request import Request
 from chordctl.core.metrics import NodeMetrics
+from chordctl.core.membership import Members, Membership
 from chordctl.core.ring import Ring
 from chordctl.core.snapshots import SnapshotWriter
 from chordctl.core.storage import files, identity, recovery, snapshot
@@ -164,7 +165,9 @@ class Node:
     def __init__(self, config: Config, index: int, replies: Replies | None = None):
         self.config = config
         self.index = index
-        self.ring = Ring.from_config(config)
+        # Where every node is (membership.py): the config's until recover()
+        # reads the directory's; routing reads it at use, never a copy.
+        self.membership = Members(Membership.from_config(config))
         self.node_id = self.ring.ids[index]
         self.identity = identity.RingIdentity.of(self.ring, index)
         self.label = f"node {index} (id {self.node_id})"
@@ -196,6 +199,11 @@ class Node:
         self.started_at = time.time()
         self.recovery_seconds = 0.0
         self.ready_seconds = 0.0        # process start -> serving (set by the server)
+
+    @property
+    def ring(self) -> Ring:
+        """The ring of the current membership (its shape never changes live)."""
+        return self.membership.current.ring
 
     # -- life cycle ---------------------------------------------------------
 
@@ -258,13 +266,24 @@ class Node:
                     self.directory, self.ring, self.index, count, first,
                     hint=identity.REPLICATED_HINT if self.replicated else identity.MIGRATE_HINT)
         recovery.repair(self.directory, report)   # keeps copies, logs what it did
-        if recorded is not None and recorded.addresses != addresses:
+        view = self._membership_from(recorded)
+
+        adopted = recorded is not None and recorded.adopted
+        created = recorded.created or None if recorded is not None else None
+
+        def persist(m: Membership) -> None:
+            identity.write(self.directory, expected, adopted, m.addresses, created,
+                           m.epoch, m.since)
+
+        if recorded is not None and (recorded.addresses, recorded.epoch, recorded.since) != (
+                view.addresses, view.epoch, view.since):
             # Where this ring's nodes are now (check_addresses at the next start).
-            identity.write(self.directory, expected, recorded.adopted, addresses,
-                           recorded.created or None)
+            persist(view)
+        self.membership.restore(view, persist)
         if recorded is None:
             data = bool(report.snapshot or report.records)
-            path = identity.write(self.directory, expected, adopted=data, addresses=addresses)
+            path = identity.write(self.directory, expected, adopted=data, addresses=addresses,
+                                  epoch=view.epoch, since=view.since)
             if data:
                 logger.warning(
                     "%s: %s had no ring identity (written by an older chordctl); every one "
@@ -287,6 +306,34 @@ class Node:
             ", ".join(f"log.{c}" for c, _ in report.logs) or "no logs",
             f", torn tail of {report.torn_bytes} bytes dropped" if report.torn_bytes else "")
         return report
+
+    def _membership_from(self, recorded: identity.IdentityFile | None) -> Membership:
+        """This start's membership: the directory's, with this node's own
+        entry from the config (a node is where it listens; a new address is
+        a new epoch). The config's other entries do not change it: only a
+        node moves itself, and tells its peers (server.py announces)."""
+        config_view = Membership.from_config(self.config)
+        if recorded is None or recorded.addresses is None \
+                or len(recorded.addresses) != config_view.n:
+            return config_view
+        view = Membership.from_config(self.config, recorded.epoch, recorded.addresses,
+                                      recorded.since)
+        me = self.index
+        mine = config_view.address(me)
+        if view.address(me) != mine:
+            logger.info("%s: moved from %s to %s: membership epoch %d", self.label,
+                        view.address(me), mine, view.epoch + 1)
+            view = view.moved(me, mine)
+        stale = [j for j in range(view.n) if j != me
+                 and view.address(j) != config_view.address(j)]
+        if stale:
+            logger.warning(
+                "%s: the config names %s, but the ring's membership (epoch %d) has %s; "
+                "routing by the membership (each node tells its peers where it is); "
+                "update the config to match",
+                self.label, ", ".join(f"node {j} at {config_view.address(j)}" for j in stale),
+                view.epoch, ", ".join(f"node {j} at {view.address(j)}" for j in stale))
+        return view
 
     def holds_key_test(self) -> Callable[[int], bool]:
         """Whether a key belongs in this node's map (its arc)."""

@@ -118,8 +118,10 @@ class ReplicatedNode(Node):
         self.replicated = True
         self.identity = identity.RingIdentity.of(self.ring, index, r)
         self.snapshots.identity = self.identity
-        self.groups = self.ring.groups_of(index, r)
-        self.members = {g: self.ring.replicas(g, r) for g in self.groups}
+        # (The shape of a membership never changes live, so neither do these.)
+        view = self.membership.current
+        self.groups = view.groups_of(index)
+        self.members = {g: view.replicas_of(g) for g in self.groups}
         self.raft_applied: dict[int, int] = {g: 0 for g in self.groups}
         self.journal: raftjournal.RaftJournal | None = None
         self.engine: Engine | None = None

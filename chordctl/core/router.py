@@ -20,6 +20,7 @@ import grpc
 from chordctl import protocol, security
 from chordctl.config import Config
 from chordctl.core.request import Request
+from chordctl.core.membership import Members
 from chordctl.core.ring import Ring
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
@@ -85,11 +86,11 @@ class Router:
     counts what is forwarded.
     """
 
-    def __init__(self, config: Config, index: int, ring: Ring,
+    def __init__(self, config: Config, index: int, members: Members,
                  loop: asyncio.AbstractEventLoop, replies, metrics=None):
         self.config = config
         self.index = index
-        self.ring = ring
+        self.members = members       # where each node is: read at each call
         self.loop = loop
         self.send = replies.send
         self.deliver = replies.deliver
@@ -99,12 +100,13 @@ class Router:
         self.max_ops = config.limits.max_batch_ops
         self.max_bytes = message_limit(config) - protocol.MESSAGE_MARGIN
         self.read_reply = config.limits.max_value_bytes + protocol.REPLY_OVERHEAD
-        self.label = f"node {index} (id {ring.ids[index]})"
+        self.label = f"node {index} (id {self.ring.ids[index]})"
         # Channels are opened lazily (on the loop), and next_hop only ever names
         # routing-table entries, so a node talks to O(log n) peers, never the
         # whole membership.
         self._stubs: dict[int, pb_grpc.KeyValueStub] = {}
         self._channels: dict[int, grpc.aio.Channel] = {}
+        self._addresses: dict[int, str] = {}     # what each open channel connects to
         self._tasks: set[asyncio.Task] = set()
         self.metrics = metrics
         # ring.replicas > 1: an arc's requests go straight to one of its
@@ -114,8 +116,12 @@ class Router:
         self.replicas = config.ring.replicas
         self._prefer: dict[int, tuple[int, float]] = {}   # arc -> (replica, until)
 
+    @property
+    def ring(self) -> Ring:
+        return self.members.current.ring
+
     def peer_label(self, i: int) -> str:
-        return f"node {i} (id {self.ring.ids[i]}, {self.config.nodes[i].address})"
+        return f"node {i} (id {self.ring.ids[i]}, {self.members.current.address(i)})"
 
     # -- router thread --------------------------------------------------------
 
@@ -188,9 +194,14 @@ class Router:
 
     def _stub(self, i: int) -> pb_grpc.KeyValueStub:
         stub = self._stubs.get(i)
+        address = self.members.current.addresses[i]
+        if stub is not None and self._addresses.get(i, address) != address:   # it moved (a new epoch)
+            self._reopen(i, stub)
+            stub = None
         if stub is None:
-            channel = security.aio_channel(self.config, self.config.nodes[i].address)
+            channel = security.aio_channel(self.config, address)
             self._channels[i] = channel
+            self._addresses[i] = address
             stub = self._stubs[i] = pb_grpc.KeyValueStub(channel)
         return stub
 

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from chordctl import cpulist, protocol, security
 from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
+from chordctl.core.announce import Announcer
 from chordctl.core.gate import Admission, ReadinessGate
 from chordctl.core.node import Node, Replies
 from chordctl.core.replica import ReplicatedNode
@@ -112,7 +113,8 @@ class NodeServer:
         self.exchange: Exchange | None = None
         self.raft: RaftServicer | None = None
         self._arc_health: asyncio.Task | None = None
-        self.router = Router(config, index, self.node.ring, self.loop, self.replies,
+        self._announce: asyncio.Task | None = None     # announce.py
+        self.router = Router(config, index, self.node.membership, self.loop, self.replies,
                              self.node.metrics)
         self.server: grpc.aio.Server | None = None
         self.kv: KeyValueServicer | None = None
@@ -172,7 +174,8 @@ class NodeServer:
             peers = {m for g in node.members.values() for m in g} - {self.index}
             fingerprint = node.identity.fingerprint
             self.exchange = Exchange(cfg, self.index, fingerprint, loop, peers,
-                                     retry_max=cfg.replication.heartbeat)
+                                     retry_max=cfg.replication.heartbeat,
+                                     members=node.membership)
             node.raft_send = self.exchange.send
 
             def deliver(sender: int, messages) -> None:
@@ -222,6 +225,9 @@ class NodeServer:
             await self._not_serving()
         if isinstance(self.node, ReplicatedNode):
             self._arc_health = loop.create_task(self._watch_arcs(), name="arc-health")
+        if self.node.ring.n > 1:
+            announcer = Announcer(cfg, self.index, self.node.membership, self.node.label, loop)
+            self._announce = loop.create_task(announcer.run(), name="membership")
         experiments = os.environ.get("GRPC_EXPERIMENTS")
         logger.info("%s serving on %s (pid %d, cpus %s, %s, grpc %s%s, fsync %s, %s, %d keys, "
                     "ready %.2fs after process start, rss %.1f MB)", self.node.label,
@@ -264,8 +270,9 @@ class NodeServer:
             await asyncio.sleep(0.01)
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
-        if self._arc_health is not None:
-            self._arc_health.cancel()
+        for task in (self._arc_health, self._announce):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         if self.kv is not None:
             self.kv.end_streams()   # BatchStream calls end between messages, with OK

@@ -11,6 +11,7 @@ functions below the servicers build the protobuf replies.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
@@ -18,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from chordctl import cpulist
-from chordctl.core import affinity, eventloop, procinfo
+from chordctl.core import affinity, eventloop, membership, procinfo
 from chordctl.core.storage import inventory
 from chordctl.core.gate import Admission
 from chordctl.core.markers import ReadMarker, SnapshotMarker
@@ -31,6 +32,8 @@ from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.protocol import (DEADLINE_EXCEEDED, INVALID_ARGUMENT, OK, OP_CREATE, OP_DELETE,
                                OP_NAMES, OP_READ, OP_UPDATE, RESOURCE_EXHAUSTED, UNAVAILABLE,
                                describe, parse_key, validate)
+
+logger = logging.getLogger("chordctl.node")
 
 STATUS = {sc.value[0]: sc for sc in grpc.StatusCode}   # protocol's codes -> gRPC's
 SCAN_PAGE = 1000              # entries per ScanPage unless the request asks fewer
@@ -554,6 +557,26 @@ class AdminServicer(pb_grpc.AdminServicer):
                                 f"{e.filename or self.node.directory}: {e.strerror}")
         return _files_reply(self.node.directory, docs)
 
+    async def Members(self, request, context):
+        """Merge the caller's view into ours (membership.py); answer with ours."""
+        await self.admission.peer(context)
+        members = self.node.membership
+        try:
+            incoming = membership.from_pb(request)
+            if incoming is not None and members.current != incoming:
+                # (Persisting it is an fsync: off the loop.)
+                if await self.loop.run_in_executor(None, members.install, incoming):
+                    logger.info("%s: membership %s", self.node.label,
+                                members.current.describe())
+        except membership.MembershipError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{self.node.label}: {e}")
+        except OSError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"{self.node.label} cannot record the membership: "
+                                f"{e.strerror or e}")
+        return membership.to_pb(members.current)
+
     def _files_done(self, _fut: asyncio.Future) -> None:
         self._files_pending = None
 
@@ -576,14 +599,15 @@ class AdminServicer(pb_grpc.AdminServicer):
 
 
 def _status_reply(node: Node, in_flight: int, loop) -> pb.NodeStatus:
-    ring = node.ring
+    view = node.membership.current
+    ring = view.ring
     low, _high = ring.arc(node.index)
     routing = [pb.RoutingEntry(role=e.role, node_index=e.index, node_id=str(ring.ids[e.index]),
-                               address=node.config.nodes[e.index].address)
+                               address=view.address(e.index))
                for e in ring.routing_table(node.index)]
     return pb.NodeStatus(
         node_index=node.index, node_id=str(node.node_id), arc_low=str(low),
-        address=node.config.nodes[node.index].address, keys=len(node.store),
+        address=view.address(node.index), keys=len(node.store),
         snapshot_counter=node.snapshot_counter,
         log_counter=node.log.counter if node.log else 0, last_seq=node.seq,
         routing=routing, fsync=node.fsync, uptime_seconds=time.time() - node.started_at,
@@ -592,7 +616,8 @@ def _status_reply(node: Node, in_flight: int, loop) -> pb.NodeStatus:
         recovery_seconds=node.recovery_seconds, in_flight=in_flight,
         cpus=cpulist.format_cpulist(affinity.available()),
         event_loop=eventloop.name(loop), failed=node.failed or "",
-        replicas=node.config.ring.replicas, groups=_groups(node))
+        replicas=node.config.ring.replicas, groups=_groups(node),
+        membership=membership.to_pb(view))
 
 
 def _groups(node: Node) -> list[pb.GroupStatus]:

@@ -168,6 +168,24 @@ class CountReply(_message.Message):
     last_seq: int
     def __init__(self, keys: _Optional[int] = ..., node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
+class Membership(_message.Message):
+    __slots__ = ("epoch", "bits", "placement", "routing", "replicas", "addresses", "since")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    bits: int
+    placement: str
+    routing: str
+    replicas: int
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    since: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, epoch: _Optional[int] = ..., bits: _Optional[int] = ..., placement: _Optional[str] = ..., routing: _Optional[str] = ..., replicas: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., since: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -185,7 +203,7 @@ class RoutingEntry(_message.Message):
     def __init__(self, role: _Optional[str] = ..., node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_index", "node_id", "arc_low", "address", "keys", "snapshot_counter", "log_counter", "last_seq", "routing", "fsync", "uptime_seconds", "pid", "placement", "routing_mode", "rss_bytes", "ready_seconds", "recovery_seconds", "in_flight", "cpus", "event_loop", "failed", "replicas", "groups")
+    __slots__ = ("node_index", "node_id", "arc_low", "address", "keys", "snapshot_counter", "log_counter", "last_seq", "routing", "fsync", "uptime_seconds", "pid", "placement", "routing_mode", "rss_bytes", "ready_seconds", "recovery_seconds", "in_flight", "cpus", "event_loop", "failed", "replicas", "groups", "membership")
     NODE_INDEX_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ARC_LOW_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +227,7 @@ class NodeStatus(_message.Message):
     FAILED_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
     node_index: int
     node_id: str
     arc_low: str
@@ -232,7 +251,8 @@ class NodeStatus(_message.Message):
     failed: str
     replicas: int
     groups: _containers.RepeatedCompositeFieldContainer[GroupStatus]
-    def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ..., rss_bytes: _Optional[int] = ..., ready_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., in_flight: _Optional[int] = ..., cpus: _Optional[str] = ..., event_loop: _Optional[str] = ..., failed: _Optional[str] = ..., replicas: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ...) -> None: ...
+    membership: Membership
+    def __init__(self, node_index: _Optional[int] = ..., node_id: _Optional[str] = ..., arc_low: _Optional[str] = ..., address: _Optional[str] = ..., keys: _Optional[int] = ..., snapshot_counter: _Optional[int] = ..., log_counter: _Optional[int] = ..., last_seq: _Optional[int] = ..., routing: _Optional[_Iterable[_Union[RoutingEntry, _Mapping]]] = ..., fsync: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., pid: _Optional[int] = ..., placement: _Optional[str] = ..., routing_mode: _Optional[str] = ..., rss_bytes: _Optional[int] = ..., ready_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., in_flight: _Optional[int] = ..., cpus: _Optional[str] = ..., event_loop: _Optional[str] = ..., failed: _Optional[str] = ..., replicas: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ..., membership: _Optional[_Union[Membership, _Mapping]] = ...) -> None: ...
 
 class GroupStatus(_message.Message):
     __slots__ = ("group", "members", "leader", "state", "term", "commit_index", "last_applied", "log_index", "match_index", "elections", "learning", "log_start", "installs", "compactions")

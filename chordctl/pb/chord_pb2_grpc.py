@@ -439,6 +439,11 @@ class AdminStub:
                 request_serializer=chordctl_dot_pb_dot_chord__pb2.FilesRequest.SerializeToString,
                 response_deserializer=chordctl_dot_pb_dot_chord__pb2.FilesReply.FromString,
                 _registered_method=True)
+        self.Members = channel.unary_unary(
+                '/chord.v1.Admin/Members',
+                request_serializer=chordctl_dot_pb_dot_chord__pb2.Membership.SerializeToString,
+                response_deserializer=chordctl_dot_pb_dot_chord__pb2.Membership.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -464,6 +469,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Members(self, request, context):
+        """Where every node is (membership.py): the node merges the view it is
+        given (none: epoch 0) into its own and answers with the result. Nodes
+        tell each other theirs with it at every start and after every change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -481,6 +495,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Files,
                     request_deserializer=chordctl_dot_pb_dot_chord__pb2.FilesRequest.FromString,
                     response_serializer=chordctl_dot_pb_dot_chord__pb2.FilesReply.SerializeToString,
+            ),
+            'Members': grpc.unary_unary_rpc_method_handler(
+                    servicer.Members,
+                    request_deserializer=chordctl_dot_pb_dot_chord__pb2.Membership.FromString,
+                    response_serializer=chordctl_dot_pb_dot_chord__pb2.Membership.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -565,6 +584,33 @@ class Admin:
             '/chord.v1.Admin/Files',
             chordctl_dot_pb_dot_chord__pb2.FilesRequest.SerializeToString,
             chordctl_dot_pb_dot_chord__pb2.FilesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Members(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chord.v1.Admin/Members',
+            chordctl_dot_pb_dot_chord__pb2.Membership.SerializeToString,
+            chordctl_dot_pb_dot_chord__pb2.Membership.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,6 +27,7 @@ import grpc
 
 from chordctl import security
 from chordctl.config import Config
+from chordctl.core.membership import Members, Membership
 from chordctl.pb import raft_pb2 as rpb
 from chordctl.pb import raft_pb2_grpc as rpb_grpc
 
@@ -45,8 +46,11 @@ class Exchange:
     def __init__(self, config: Config, index: int, ring_fingerprint: str,
                  loop: asyncio.AbstractEventLoop, peers: set[int], max_queued: int = 1024,
                  channel: Callable[[str], grpc.aio.Channel] | None = None,
-                 retry_max: float = RETRY_MAX):
+                 retry_max: float = RETRY_MAX, members: Members | None = None):
         self.config = config
+        # Where each peer is (membership.py): read at each (re)connection, so
+        # a peer that moved is reached at its new address.
+        self.members = members or Members(Membership.from_config(config))
         self.index = index
         self.ring = ring_fingerprint
         self.loop = loop
@@ -94,10 +98,9 @@ class Exchange:
                 q.put_nowait(rpb.RaftBatch(sender=self.index, ring=self.ring, messages=part))
 
     async def _pump(self, peer: int, q: asyncio.Queue) -> None:
-        address = self.config.nodes[peer].address
         delay = RETRY_MIN
         while not self._closed:
-            channel = self._channel(address)
+            channel = self._channel(self.members.current.address(peer))
             try:
                 stub = rpb_grpc.RaftStub(channel)
                 first = await q.get()

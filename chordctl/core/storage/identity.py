@@ -129,6 +129,10 @@ class IdentityFile:
     # The ring's node addresses (host:port, by index) as of the node's last
     # start; None in a file written before they were recorded.
     addresses: tuple[str, ...] | None = None
+    # The membership epoch of those addresses, and the epoch each was set at
+    # (membership.py); 1 and None in a file written before epochs.
+    epoch: int = 1
+    since: tuple[int, ...] | None = None
 
 
 def check_addresses(recorded: IdentityFile, addresses: tuple[str, ...], where: str) -> None:
@@ -161,7 +165,8 @@ def _canonical(doc: dict) -> bytes:
 
 
 def encode(identity: RingIdentity, adopted: bool = False, created: str | None = None,
-           addresses: Iterable[str] | None = None) -> bytes:
+           addresses: Iterable[str] | None = None, epoch: int = 1,
+           since: Iterable[int] | None = None) -> bytes:
     doc = {"format": FORMAT, "bits": identity.bits, "placement": identity.placement,
            "nodes": identity.nodes, "index": identity.index, "id": str(identity.id),
            "fingerprint": identity.fingerprint, "adopted": adopted,
@@ -170,6 +175,9 @@ def encode(identity: RingIdentity, adopted: bool = False, created: str | None = 
         doc["replicas"] = identity.replicas
     if addresses is not None:
         doc["addresses"] = list(addresses)
+        doc["epoch"] = epoch
+        if since is not None:
+            doc["since"] = list(since)
     doc["crc32"] = zlib.crc32(_canonical(doc))
     return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
 
@@ -203,8 +211,17 @@ def decode(data: bytes, path: str) -> IdentityFile:
     if addresses is not None and (not isinstance(addresses, list)
                                   or not all(isinstance(a, str) for a in addresses)):
         raise bad("field 'addresses' is not a list of addresses")
+    epoch, since = doc.get("epoch", 1), doc.get("since")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise bad("field 'epoch' is not a positive integer")
+    if since is not None and (
+            addresses is None or not isinstance(since, list) or len(since) != len(addresses)
+            or not all(isinstance(e, int) and not isinstance(e, bool) and 1 <= e <= epoch
+                       for e in since)):
+        raise bad("field 'since' is not one epoch per address")
     return IdentityFile(ident, str(doc.get("created", "")), bool(doc.get("adopted")), path,
-                        tuple(addresses) if addresses is not None else None)
+                        tuple(addresses) if addresses is not None else None, epoch,
+                        tuple(since) if since is not None else None)
 
 
 def read(directory: str) -> IdentityFile | None:
@@ -221,12 +238,13 @@ def read(directory: str) -> IdentityFile | None:
 
 
 def write(directory: str, identity: RingIdentity, adopted: bool = False,
-          addresses: Iterable[str] | None = None, created: str | None = None) -> str:
+          addresses: Iterable[str] | None = None, created: str | None = None,
+          epoch: int = 1, since: Iterable[int] | None = None) -> str:
     """Write IDENTITY atomically: .tmp, fsync, rename, fsync the directory."""
     final = path_of(directory)
     tmp = final + files.TMP_SUFFIX
     with open(tmp, "wb") as f:
-        f.write(encode(identity, adopted, created, addresses))
+        f.write(encode(identity, adopted, created, addresses, epoch, since))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)

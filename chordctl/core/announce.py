@@ -1,0 +1,120 @@
+"""Telling the peers where every node is (membership.py), on the node's loop.
+
+At start and after every change of its membership, a node calls
+``Admin.Members`` on each peer with its view; the peer merges it and answers
+with the result, which the node merges in turn. A peer is asked again (with
+a growing pause, up to ANNOUNCE_MAX) until it answered with this node's
+current view; one that is down is asked again until it is back. So a node
+that moved is found by every peer that was up, and by each one that comes
+back later; and a node that was down while another moved learns where it
+went from the first peer it reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from chordctl import security
+from chordctl.core import membership
+from chordctl.core.membership import Members, Membership
+from chordctl.pb import chord_pb2_grpc as pb_grpc
+
+logger = logging.getLogger("chordctl.node")
+
+ANNOUNCE_MIN = 0.05
+ANNOUNCE_MAX = 2.0
+CALL_TIMEOUT = 1.0
+
+
+class Announcer:
+    """Run ``run()`` as a task on the node's loop; cancel it to stop."""
+
+    def __init__(self, config, index: int, members: Members, label: str,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.index = index
+        self.members = members
+        self.label = label
+        self.loop = loop
+        self.changed = asyncio.Event()
+        # peer -> the view it last answered with (or this node's, for a peer
+        # that cannot take views: an older node, another ring's shape)
+        self.told: dict[int, Membership] = {}
+        self._given_up: set[int] = set()
+        members.subscribe(self._on_change)
+
+    def _on_change(self, _old: Membership, _new: Membership) -> None:
+        # From whichever thread installed it.
+        try:
+            self.loop.call_soon_threadsafe(self.changed.set)
+        except RuntimeError:   # the loop is closed: the node is stopping
+            pass
+
+    def pending(self) -> list[int]:
+        view = self.members.current
+        return [j for j in range(view.n) if j != self.index and j not in self._given_up
+                and self.told.get(j) != view]
+
+    async def run(self) -> None:
+        delay = ANNOUNCE_MIN
+        while True:
+            self.changed.clear()
+            peers = self.pending()
+            if not peers:
+                await self.changed.wait()
+                delay = ANNOUNCE_MIN
+                continue
+            view = self.members.current
+            await asyncio.gather(*(self._tell(j, view) for j in peers))
+            if self.pending():
+                try:   # a change wakes it early
+                    await asyncio.wait_for(self.changed.wait(), delay)
+                    delay = ANNOUNCE_MIN
+                except asyncio.TimeoutError:
+                    delay = min(ANNOUNCE_MAX, delay * 2)
+
+    async def _tell(self, j: int, view: Membership) -> None:
+        address = view.address(j)
+        channel = security.aio_channel(self.config, address)
+        try:
+            reply = await pb_grpc.AdminStub(channel).Members(membership.to_pb(view),
+                                                             timeout=CALL_TIMEOUT)
+            theirs = membership.from_pb(reply)
+        except grpc.aio.AioRpcError as e:
+            code = e.code()
+            if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION):
+                # An older node (routes by its config) or another ring's:
+                # asking again changes nothing.
+                logger.warning("%s: node %d at %s does not take this ring's membership "
+                               "(%s: %s)", self.label, j, address, code.name, e.details())
+                self._given_up.add(j)
+            else:
+                logger.debug("%s: membership to node %d: %s", self.label, j, code.name)
+            return
+        except membership.MembershipError as e:
+            logger.warning("%s: node %d at %s answered %s", self.label, j, address, e)
+            self._given_up.add(j)
+            return
+        finally:
+            await channel.close()
+        if theirs is None:
+            return
+        if theirs != self.members.current:
+            try:
+                # (Persisting it is an fsync: off the loop.)
+                changed = await self.loop.run_in_executor(None, self.members.install, theirs)
+            except membership.MembershipError as e:
+                logger.warning("%s: node %d at %s: %s", self.label, j, address, e)
+                self._given_up.add(j)
+                return
+            except OSError as e:   # IDENTITY cannot be written: asked again later
+                logger.warning("%s: cannot record the membership node %d told: %s",
+                               self.label, j, e)
+                return
+            if changed:
+                logger.info("%s: membership %s (from node %d)", self.label,
+                            self.members.current.describe(), j)
+        self.told[j] = theirs
