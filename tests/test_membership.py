@@ -5,6 +5,7 @@ address while the others keep running."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 import grpc
@@ -22,7 +23,7 @@ from chordctl.core.storage.identity import RingIdentity
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.errors import AlreadyExistsError, ChordError, ExitStatus, StorageError
-from conftest import NodeProc, free_ports, wait_until
+from conftest import NodeProc, free_ports, run_chordctl, wait_until
 
 BITS = 16
 
@@ -180,11 +181,14 @@ def test_an_identity_with_a_bad_epoch_is_damaged(epoch, since) -> None:
 # -- a node that moves, with real processes ---------------------------------------------
 
 
-def moved_config(path: str, index: int) -> str:
-    """A copy of the config at *path* with node *index* on a new free port."""
+def moved_config(path: str, index: int, data_dir: str | None = None) -> str:
+    """A copy of the config at *path* with node *index* on a new free port
+    (and *data_dir* for storage.data_dir, if given)."""
     with open(path) as f:
         doc = yaml.safe_load(f)
     doc["nodes"][index]["port"] = free_ports(1)[0]
+    if data_dir is not None:
+        doc["storage"]["data_dir"] = data_dir
     out = path.replace(".yaml", f"-moved{index}.yaml")
     with open(out, "w") as f:
         yaml.safe_dump(doc, f)
@@ -302,3 +306,65 @@ def test_a_peer_of_another_shape_is_told_so(make_cluster) -> None:
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "number of nodes is 3 there but 2 here" in e.value.details()
     assert status_view(cluster.config, cluster.address(0)).epoch == 1
+
+
+def test_a_second_process_for_a_running_node_is_refused_naming_it(make_cluster, tmp_path,
+                                                                   run_cli) -> None:
+    """Node 1 runs; another process started as node 1 at another port on
+    another data_dir would take node 1's requests from the ring. It exits 2,
+    naming the running one, and the ring goes on routing to node 1."""
+    cluster = make_cluster(3, bits=BITS)
+    cfg = cluster.config
+    k = key_of(3, 1)
+    with Client(cfg, target=cluster.address(0)) as c:
+        c.create(str(k), b"one")
+    other = moved_config(cluster.config_path, 1, data_dir=str(tmp_path / "elsewhere"))
+    r = run_chordctl("-c", other, "node", "serve", "--node", "1", timeout=60)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert f"node 1 is already running at {cluster.address(1)} (pid " \
+        f"{cluster.nodes[1].proc.pid})" in err, err
+    assert "Traceback" not in err
+    for i in range(3):
+        assert status_view(cfg, cluster.address(i)).epoch == 1
+    assert reads_as(cfg, cluster.address(0), k, b"one")
+
+
+def test_a_replacement_at_a_new_address_on_an_empty_directory_takes_its_place(
+        make_cluster) -> None:
+    """R = 3: node 2 is lost for good (kill -9, directory deleted) and its
+    replacement starts at another port on an empty directory. It takes the
+    ring's membership with its own entry moved (the next epoch, not the
+    config's epoch 1), catches up from its peers, and with node 0 then
+    killed every arc commits on nodes 1 and 2."""
+    cluster = make_cluster(3, bits=BITS, replicas=3, timeout=3).settled()
+    cfg = cluster.config
+    keys = [key_of(3, i) for i in range(3)]
+    with Client(cfg, target=cluster.address(0)) as c:
+        for k in keys:
+            c.create(str(k), b"v%d" % k)
+    cluster.nodes[2].kill(signal.SIGKILL)
+    shutil.rmtree(cfg.node_dir(2))
+    replacement = NodeProc(moved_config(cluster.config_path, 2), 2).start()
+    cluster.nodes[2] = replacement
+    assert "took the ring's membership" in replacement.log()
+    for i in (0, 1):
+        wait_until(lambda: status_view(cfg, cluster.address(i)).address(2)
+                   == replacement.address, timeout=15, what=f"node {i} learns node 2's place")
+    assert status_view(cfg, replacement.address).epoch == 2
+    wait_until(lambda: all(reads_as(cfg, replacement.address, k, b"v%d" % k) for k in keys),
+               timeout=20, interval=0.1, what="the replacement caught up")
+    cluster.nodes[0].kill(signal.SIGKILL)
+
+    def writes() -> bool:
+        try:
+            with Client(cfg, target=cluster.address(1), timeout=2) as c:
+                for k in keys:
+                    c.update(str(k), b"w%d" % k)
+            return True
+        except ChordError:
+            return False
+
+    wait_until(writes, timeout=20, interval=0.1, what="every arc commits on nodes 1 and 2")
+    for k in keys:
+        assert reads_as(cfg, replacement.address, k, b"w%d" % k)

@@ -20,13 +20,82 @@ import grpc
 from chordctl import security
 from chordctl.core import membership
 from chordctl.core.membership import Members, Membership
+from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 
 logger = logging.getLogger("chordctl.node")
 
+ASK_TIMEOUT = 1.0     # join: each peer's answer (one that is down refuses at once)
 ANNOUNCE_MIN = 0.05
 ANNOUNCE_MAX = 2.0
 CALL_TIMEOUT = 1.0
+
+
+async def join(node, config) -> None:
+    """Before a node serves (server.py, after recovery).
+
+    A node whose directory kept no membership (new, or a replacement on an
+    empty directory) asks its peers for theirs and takes it, with its own
+    entry where its config says it listens: the ring's view, not the
+    config's, so a replacement at a new address wins over the address its
+    predecessor had (the next epoch). A node that moves is refused
+    (MembershipError, exit 2) while another process still answers as this
+    node at the old address: two processes for one node would split its
+    arc's requests and its Raft messages between them.
+    """
+    members = node.membership
+    loop = asyncio.get_running_loop()
+    if node.membership_fresh:
+        learned = await _ask_peers(config, node.index, members.current)
+        if learned is not None:
+            view = node.moved_to_config(learned)
+            if view != members.current:
+                await loop.run_in_executor(None, members.replace, view)
+                logger.info("%s: took the ring's membership %s", node.label, view.describe())
+    if node.moved_from is not None:
+        await _refuse_if_running(config, node.index, node.moved_from, members.current)
+
+
+async def _ask_peers(config, me: int, view: Membership) -> Membership | None:
+    """The peers' views merged (epoch 0: a question), None if none answered."""
+    async def ask(j: int) -> Membership | None:
+        channel = security.aio_channel(config, view.address(j))
+        try:
+            reply = await pb_grpc.AdminStub(channel).Members(
+                membership.to_pb_question(), timeout=ASK_TIMEOUT)
+            theirs = membership.from_pb(reply)
+            if theirs is not None:
+                view.check_shape(theirs, f"node {j}'s membership")
+            return theirs
+        except (grpc.aio.AioRpcError, membership.MembershipError) as e:
+            logger.debug("membership: asking node %d: %s", j, e)
+            return None
+        finally:
+            await channel.close()
+
+    answers = await asyncio.gather(*(ask(j) for j in range(view.n) if j != me))
+    learned = None
+    for theirs in answers:
+        if theirs is not None:
+            learned = theirs if learned is None else learned.merge(theirs)
+    return learned
+
+
+async def _refuse_if_running(config, me: int, old: str, view: Membership) -> None:
+    channel = security.aio_channel(config, old)
+    try:
+        st = await pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=ASK_TIMEOUT)
+    except grpc.aio.AioRpcError:
+        return          # nothing answers there: the node that was there is gone
+    finally:
+        await channel.close()
+    theirs = membership.from_pb(st.membership) if st.HasField("membership") else None
+    if st.node_index == me and (theirs is None or theirs.shape == view.shape):
+        raise membership.MembershipError(
+            f"node: node {me} is already running at {old} (pid {st.pid}); two processes "
+            f"cannot both be node {me} -- stop that one first (a node moves, or is "
+            f"replaced, only once the one before it is gone), or give this one an entry of "
+            f"its own in nodes and its index")
 
 
 class Announcer:

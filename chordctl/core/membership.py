@@ -180,6 +180,17 @@ class Members:
             for listener in list(self._listeners):
                 listener(old, view)
 
+    def replace(self, view: Membership) -> None:
+        """Take *view* whole (persisted first), not merged: a node that kept
+        no membership adopting its ring's (announce.join)."""
+        with self._lock:
+            if self._persist is not None:
+                self._persist(view)
+            old, self.current = self.current, view
+        if old != view:
+            for listener in list(self._listeners):
+                listener(old, view)
+
     def install(self, incoming: Membership) -> bool:
         """Merge *incoming* into the current view; True when that changed it.
 
@@ -208,6 +219,11 @@ def to_pb(m: Membership):
     return pb.Membership(epoch=m.epoch, bits=m.bits, placement=m.placement,
                          routing=m.routing, replicas=m.replicas, addresses=m.addresses,
                          since=m.since)
+
+
+def to_pb_question():
+    from chordctl.pb import chord_pb2 as pb
+    return pb.Membership()
 
 
 def from_pb(msg) -> Membership | None:

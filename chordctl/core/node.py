@@ -168,6 +168,8 @@ class Node:
         # Where every node is (membership.py): the config's until recover()
         # reads the directory's; routing reads it at use, never a copy.
         self.membership = Members(Membership.from_config(config))
+        self.membership_fresh = False   # recover(): the directory recorded no membership
+        self.moved_from: str | None = None   # this start moved the node from that address
         self.node_id = self.ring.ids[index]
         self.identity = identity.RingIdentity.of(self.ring, index)
         self.label = f"node {index} (id {self.node_id})"
@@ -315,14 +317,23 @@ class Node:
         config_view = Membership.from_config(self.config)
         if recorded is None or recorded.addresses is None \
                 or len(recorded.addresses) != config_view.n:
+            self.membership_fresh = True     # the ring's view is asked at start (join)
             return config_view
         view = Membership.from_config(self.config, recorded.epoch, recorded.addresses,
                                       recorded.since)
+        return self.moved_to_config(view)
+
+    def moved_to_config(self, view: Membership) -> Membership:
+        """*view* with this node's own entry where the config says it listens
+        (the next epoch if that moved it: ``moved_from`` says from where);
+        the config's other entries are only compared, and logged."""
+        config_view = Membership.from_config(self.config)
         me = self.index
         mine = config_view.address(me)
         if view.address(me) != mine:
             logger.info("%s: moved from %s to %s: membership epoch %d", self.label,
                         view.address(me), mine, view.epoch + 1)
+            self.moved_from = view.address(me)
             view = view.moved(me, mine)
         stale = [j for j in range(view.n) if j != me
                  and view.address(j) != config_view.address(j)]

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from chordctl import cpulist, protocol, security
 from chordctl.config import Config
 from chordctl.core import affinity, eventloop, metrics, procinfo
-from chordctl.core.announce import Announcer
+from chordctl.core.announce import Announcer, join
 from chordctl.core.gate import Admission, ReadinessGate
 from chordctl.core.node import Node, Replies
 from chordctl.core.replica import ReplicatedNode
@@ -205,6 +205,7 @@ class NodeServer:
                 raise StorageError(f"storage: {self.node.label} cannot start: "
                                    f"{e.filename or self.node.directory}: {e.strerror or e}; "
                                    f"fix the disk or the directory and start it again") from None
+            await join(self.node, cfg)     # the ring's membership (announce.py)
             self.node.start(self.router)
         except BaseException:
             await server.stop(None)
