@@ -70,6 +70,7 @@ def test_metrics_report_requests_latency_queues_hops_fsync_snapshots_keys(tmp_pa
     assert value(m0["chordctl_fsync_seconds"], "chordctl_fsync_seconds_count") >= 2
     assert value(m0["chordctl_snapshot_seconds"], "chordctl_snapshot_seconds_count") == 1
     assert value(m0["chordctl_snapshot_bytes"], "chordctl_snapshot_bytes") > 0
+    assert value(m0["chordctl_membership_epoch"], "chordctl_membership_epoch") == 1
     assert all(s.labels["node"] == "0" for s in reqs)
 
 

@@ -141,7 +141,9 @@ class _Collector:
                 ("chordctl_snapshot_counter", "X of the newest snap.X", node.snapshot_counter),
                 ("chordctl_keys", "Keys held by this node", len(node.store)),
                 ("chordctl_log_sequence", "Sequence number of the last logged mutation",
-                 node.durable_seq)):
+                 node.durable_seq),
+                ("chordctl_membership_epoch", "Epoch of the ring membership this node routes "
+                 "by", node.membership.current.epoch)):
             g = GaugeMetricFamily(name, doc, labels=names)
             g.add_metric(values, value)
             yield g
