@@ -5,9 +5,9 @@ as running when a process is *verified* to be it: its command line is
 ``chordctl ... node serve --node I`` and it holds node I's directory -- the
 directory lock (``storage/lock.py``), a file open inside the directory, or
 the same config file as ours. Candidates come from three places: the pid
-file ``cluster up`` writes, the lock holder, and the pid the node reports in
-``Admin.Status`` on its port (so a node started by hand with ``node serve``
-is found too). Only a verified pid is ever signalled.
+file (``node.pid``, which every ``node serve`` writes once it holds its
+directory), the lock holder, and the pid the node reports in
+``Admin.Status`` on its port. Only a verified pid is ever signalled.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from chordctl.core import affinity
 from chordctl.core.storage import files, lock
 from chordctl.errors import ChordError, StorageAccessError, UnavailableError
 
-PID_FILE = "node.pid"
+PID_FILE = lock.PID_FILE      # written by the node itself once it holds its directory
 LOG_FILE = "node.log"
 STOP_TIMEOUT = 15.0
 PROBE_TIMEOUT = 1.0   # seconds a node gets to answer Admin.Status when we look for it
 
 
 def pid_path(cfg: Config, i: int) -> str:
-    return os.path.join(cfg.node_dir(i), PID_FILE)
+    return lock.pid_file_path(cfg.node_dir(i))
 
 
 def log_path(cfg: Config, i: int) -> str:
@@ -205,16 +205,13 @@ def start_node(cfg: Config, i: int, cpus: str | None = None) -> subprocess.Popen
              "serve", "--node", str(i), *pin],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
-    with open(pid_path(cfg, i), "w") as f:
-        f.write(f"{proc.pid}\n")
+    # node.pid: the node writes it itself once it holds the directory lock.
     return proc
 
 
 def remove_pid_file(cfg: Config, i: int) -> None:
-    try:
-        os.unlink(pid_path(cfg, i))
-    except FileNotFoundError:
-        pass
+    """A stale node.pid (the node is gone: killed, or it never got the lock)."""
+    lock.remove_pid_file(cfg.node_dir(i))
 
 
 def tail(path: str, lines: int = 8) -> str:

@@ -371,11 +371,13 @@ def test_cluster_up_starts_only_the_missing_nodes(tmp_path):
     started: dict[int, int] = {}
     try:
         r = run_chordctl("-c", path, "cluster", "up", "--detach", timeout=UP_TIMEOUT)
-        started.update(read_pids(cfg))
+        pids = read_pids(cfg)
+        started.update({i: pid for i, pid in pids.items() if i != 1})
         err = r.stderr.decode()
         assert r.returncode == 0, err
         assert f"node 1 already running on {hand.address} (pid {hand.proc.pid})" in err
-        assert sorted(started) == [0, 2]               # no pid file for the hand's node
+        assert sorted(started) == [0, 2]
+        assert pids[1] == hand.proc.pid                # the hand's node wrote its own
         rows = ring_rows(r.stdout.decode())
         assert all(" up " in line for line in rows.values()) and sorted(rows) == [0, 1, 2]
         assert hand.alive

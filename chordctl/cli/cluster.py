@@ -172,7 +172,7 @@ def _ended(code: int | None) -> str:
 def down(state: State, timeout: float) -> None:
     """Stop every node of the config running on this machine (SIGTERM, then wait).
 
-    A node is found through the pid file `cluster up` wrote, its data
+    A node is found through the node.pid it writes in its directory, the
     directory's lock, or the pid it reports on its port, so nodes started
     by hand with `node serve` are stopped too. Only a process verified to
     be `chordctl node serve --node I` holding node I's directory is

@@ -191,6 +191,7 @@ class Node:
         self._seq_at_snapshot = 0      # dispatcher: seq covered by the last snapshot
         self._next_counter = 0
         self.lock: DirectoryLock | None = None   # held from recover() to stop()
+        self.writes_pid_file = False   # `node serve`: node.pid beside the lock (lock.py)
         self.failed: str | None = None  # set by fail() when the log cannot be written
         self.on_failed: list[Callable[[str], None]] = []   # called once, from fail()
         self.metrics = NodeMetrics()
@@ -219,7 +220,7 @@ class Node:
         created = files.makedirs_durable(self.directory)
         if created:
             logger.info("%s: created %s", self.label, ", ".join(created))
-        self.lock = DirectoryLock(self.directory).acquire()
+        self.lock = DirectoryLock(self.directory, pid_file=self.writes_pid_file).acquire()
         try:
             return self._recover_locked()
         except BaseException:

@@ -101,7 +101,8 @@ class NodeServer:
     requests, a slow replay).
     """
 
-    def __init__(self, config: Config, index: int, node_class: type[Node] = Node):
+    def __init__(self, config: Config, index: int, node_class: type[Node] = Node,
+                 pid_file: bool = False):
         self.config = config
         self.index = index
         allow_key_digits(config.limits.max_key_digits)   # before the replay parses keys
@@ -110,6 +111,8 @@ class NodeServer:
         if config.ring.replicas > 1 and node_class is Node:
             node_class = ReplicatedNode
         self.node = node_class(config, index, self.replies)
+        # The process's own node (serve()) writes node.pid once it holds the directory.
+        self.node.writes_pid_file = pid_file
         self.exchange: Exchange | None = None
         self.raft: RaftServicer | None = None
         self._arc_health: asyncio.Task | None = None
@@ -299,7 +302,7 @@ class NodeServer:
 async def serve(config: Config, index: int, node_class: type[Node] = Node) -> None:
     """Run node *index* until SIGTERM or SIGINT; a second signal exits at once."""
     loop = asyncio.get_running_loop()
-    ns = NodeServer(config, index, node_class)
+    ns = NodeServer(config, index, node_class, pid_file=True)
     await ns.start()
     stop = asyncio.Event()
 

@@ -6,6 +6,13 @@ and writes its pid into the file, so a second process (another node, or
 The kernel drops the lock when the holder exits, even by ``kill -9``; a LOCK
 file left behind means nothing by itself. Offline readers take a shared lock:
 they may read side by side, never beside a running node.
+
+A ``node serve`` process also asks for ``<node_dir>/node.pid`` (*pid_file*):
+its pid in text, for ``kill $(cat node.pid)`` and ``cluster down``. It is
+written (``.tmp``, fsync, rename) only once the lock is held, so two nodes
+on one directory never both write it, and removed before the lock is let
+go on a clean stop; after a crash it stays, stale, until the next holder
+overwrites it (``localcluster.is_our_node`` verifies a pid before use).
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import fcntl
 import os
 import time
 
+from chordctl.core.storage import files
 from chordctl.errors import DirectoryLockedError
 
 LOCK_NAME = "LOCK"
+PID_FILE = "node.pid"
 # A probe by holder() takes the lock for microseconds; retry that long.
 _RETRY_SECONDS = 0.2
 
@@ -31,12 +40,16 @@ def _read_pid(fd: int) -> int | None:
 
 
 class DirectoryLock:
-    """``with DirectoryLock(dir):`` or acquire()/release(); exclusive by default."""
+    """``with DirectoryLock(dir):`` or acquire()/release(); exclusive by default.
 
-    def __init__(self, directory: str, shared: bool = False):
+    *pid_file* (exclusive only): write ``node.pid`` while the lock is held.
+    """
+
+    def __init__(self, directory: str, shared: bool = False, pid_file: bool = False):
         self.directory = directory
         self.path = os.path.join(directory, LOCK_NAME)
         self.shared = shared
+        self.pid_file = pid_file and not shared
         self._fd = -1
 
     def acquire(self) -> "DirectoryLock":
@@ -63,13 +76,22 @@ class DirectoryLock:
                     raise DirectoryLockedError(self.directory, pid) from None
                 time.sleep(0.01)
         if not self.shared:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                if self.pid_file:
+                    write_pid_file(self.directory)
+            except BaseException:
+                os.close(fd)
+                raise
         self._fd = fd
         return self
 
     def release(self) -> None:
         if self._fd >= 0:
+            if self.pid_file:
+                # While still held: after the close a new holder may write its own.
+                remove_pid_file(self.directory)
             os.close(self._fd)    # closing the descriptor drops the flock
             self._fd = -1
 
@@ -82,6 +104,30 @@ class DirectoryLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def pid_file_path(directory: str) -> str:
+    return os.path.join(directory, PID_FILE)
+
+
+def write_pid_file(directory: str, pid: int | None = None) -> str:
+    """``node.pid`` atomically: .tmp, fsync, rename, fsync the directory."""
+    final = pid_file_path(directory)
+    tmp = final + files.TMP_SUFFIX     # a leftover is removed by recovery
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid() if pid is None else pid}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    files.fsync_dir(directory)
+    return final
+
+
+def remove_pid_file(directory: str) -> None:
+    try:
+        os.unlink(pid_file_path(directory))
+    except FileNotFoundError:
+        pass
 
 
 def holder(directory: str) -> int | None:
