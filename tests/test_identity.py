@@ -403,3 +403,79 @@ def test_a_directory_of_another_ring_of_the_same_shape_is_refused(tmp_path) -> N
 def _doc(cfg) -> dict:
     return {"ring": {"bits": cfg.ring.bits},
             "storage": {"data_dir": cfg.storage.data_dir, "snapshot_interval": 0}}
+
+
+# -- this ring's directories in each other's place --------------------------------
+
+
+def test_swapped_node_directories_say_whose_each_is_and_where_it_goes(tmp_path) -> None:
+    """Node 1 started on node 2's directory (the two swapped, both intact, the
+    same ring) was told to `ring migrate`, which moves nothing here: the
+    message names the node the directory belongs to and its path in the
+    config, and exits 2; put back, the ring serves every key."""
+    import shutil
+    path = write_config(tmp_path, 3)
+    ring = Cluster(path).start()
+    keys = {}
+    try:
+        with Client(ring.config) as c:
+            for k in range(0, 65536, 4099):
+                keys[k] = b"v%d" % k
+                c.create(str(k), keys[k])
+    finally:
+        ring.stop()
+    cfg = ring.config
+    one, two, aside = cfg.node_dir(1), cfg.node_dir(2), cfg.node_dir(1) + ".aside"
+    os.rename(one, aside)
+    os.rename(two, one)
+    os.rename(aside, two)
+    node = NodeProc(path, 1).start(wait=False)
+    assert node.proc.wait(timeout=30) == 2, node.log()
+    out = node.log()
+    assert f"storage: {one} belongs to node 2 (id {Ring(16, 3).ids[2]}) of this ring" in out, out
+    assert f"this one to node 2's path, {two}" in out, out
+    assert f"node 1's own directory (there, if the two were swapped) to {one}" in out, out
+    assert "ring migrate" not in out and "Traceback" not in out, out
+    shutil.move(one, aside)
+    shutil.move(two, one)
+    shutil.move(aside, two)
+    ring = Cluster(path).start()
+    try:
+        with Client(ring.config) as c:
+            for k, v in keys.items():
+                assert c.read(str(k)).value == v
+    finally:
+        ring.stop()
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_another_node_of_this_ring_is_told_to_go_back_not_to_migrate(replicas) -> None:
+    with pytest.raises(RingMismatchError) as err:
+        identity.check(RingIdentity(16, "direct", 5, 3, replicas),
+                       RingIdentity(16, "direct", 5, 2, replicas), "/data/node-2",
+                       node_dir=lambda j: f"/data/node-{j}")
+    text = str(err.value)
+    assert err.value.exit_status == 2 and err.value.field == "node index"
+    assert "belongs to node 3" in text and "node 3's path, /data/node-3" in text
+    assert "ring migrate" not in text and "kv export" not in text
+
+
+def test_a_directory_of_another_ring_still_says_ring_migrate() -> None:
+    """Another shape (and another index): the data must move, `ring migrate` stays."""
+    with pytest.raises(RingMismatchError) as err:
+        identity.check(RingIdentity(16, "direct", 4, 3), RingIdentity(16, "direct", 5, 2),
+                       "/data/node-2", node_dir=lambda j: f"/data/node-{j}")
+    assert "chordctl ring migrate" in str(err.value)
+    assert "belongs to node" not in str(err.value)
+
+
+def test_another_ring_of_the_same_shape_at_another_index_is_not_called_a_swap(tmp_path) -> None:
+    """Same shape, none of this ring's addresses: another ring's directory,
+    whatever its index -- not one of this ring's to move back."""
+    a = _at_ports(tmp_path, 52101)
+    start_stop(a, 1, owned_keys(a, 1))
+    os.rename(a.node_dir(1), a.node_dir(2))
+    with pytest.raises(RingMismatchError) as err:
+        Node(_at_ports(tmp_path, 52121), 2).recover()
+    assert "another ring's directory" in str(err.value)
+    assert "belongs to node" not in str(err.value)

@@ -97,24 +97,50 @@ def differences(found: RingIdentity, expected: RingIdentity) -> list[tuple[str, 
 
 
 def check(found: RingIdentity, expected: RingIdentity, where: str,
-          adopted: bool = False) -> None:
-    """RingMismatchError (exit 2) naming every differing field, if any differs."""
+          adopted: bool = False, node_dir: Callable[[int], str] | None = None) -> None:
+    """RingMismatchError (exit 2) naming every differing field, if any differs.
+
+    Only the node index differing (same fingerprint: this very ring) means
+    another node's directory sits in this node's place: the message says
+    whose it is and to move it back, to ``node_dir(index)`` when given.
+    *where* is the node directory or a file in it.
+    """
     diff = differences(found, expected)
     if not diff:
         return
-    fields = "; ".join(f"{label} is {f} there but {e} in the config" for label, f, e in diff)
+    directory = where if os.path.isdir(where) else os.path.dirname(where)
     extra = ""
     if adopted:
         extra = (f" (that identity was adopted from a directory an older chordctl wrote; if "
                  f"it was adopted under the wrong config, delete "
-                 f"{os.path.join(os.path.dirname(where), IDENTITY_NAME)} and start the node "
+                 f"{os.path.join(directory, IDENTITY_NAME)} and start the node "
                  f"with the right one)")
+    if [label for label, _, _ in diff] == ["node index"]:
+        raise wrong_node_error(found, expected, where, directory, node_dir, extra)
+    fields = "; ".join(f"{label} is {f} there but {e} in the config" for label, f, e in diff)
     raise RingMismatchError(
         f"storage: {where} was written by {found.describe()}, not by this ring: {fields}; "
         f"its keys would sit on nodes that no longer own them -- "
         f"{REPLICATED_HINT if max(found.replicas, expected.replicas) > 1 else MIGRATE_HINT}"
         f"{extra}",
         field=diff[0][0])
+
+
+def wrong_node_error(found: RingIdentity, expected: RingIdentity, where: str, directory: str,
+                     node_dir: Callable[[int], str] | None, extra: str = "") -> RingMismatchError:
+    """Node *found*.index's directory in node *expected*.index's place (this
+    ring's directories swapped, or one restored to the wrong path): no
+    migration, each directory goes back to its own node."""
+    j, i = found.index, expected.index
+    home = f"node {j}'s path, {node_dir(j)}" if node_dir is not None else f"node {j}'s path"
+    mine = node_dir(i) if node_dir is not None else directory
+    return RingMismatchError(
+        f"storage: {where} belongs to node {j} (id {found.id}) of this ring, not to node {i} "
+        f"(id {expected.id}): its IDENTITY names node index {j}, and its keys are node {j}'s; "
+        f"node directories were swapped or restored to the wrong place -- put each node's "
+        f"own directory back: this one to {home}, and node {i}'s own directory (there, if "
+        f"the two were swapped) to {mine}; then start the nodes again{extra}",
+        field="node index")
 
 
 # -- the IDENTITY file ------------------------------------------------------------
