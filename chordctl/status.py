@@ -133,7 +133,12 @@ def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dic
 HEADERS = ["index", "id", "arc (low, id]", "address", "state", "keys", "snapshot", "log"]
 
 # ring.replicas > 1: one row per arc, from every replica's view of its group.
-ARC_HEADERS = ["arc", "(low, id]", "leader", "term", "replicas (state, entries behind)"]
+# Its state: serving (a leader, every replica up), degraded (a leader, a
+# replica down, catching up or learning), no leader, cannot elect (learners
+# leave too few full replicas for a majority); the last two serve nothing.
+ARC_HEADERS = ["arc", "(low, id]", "leader", "term", "replicas (state, entries behind)",
+               "state"]
+UNSERVED = ("no leader", "cannot elect")
 # A follower this many entries or fewer behind the leader's commit is "up"
 # (under load every follower is a round or two behind); more: "catching up".
 CAUGHT_UP = 8
@@ -170,16 +175,70 @@ def arc_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dict
                 state, behind = "leader", 0
             else:
                 behind = max(0, commit - v.last_applied)
-                state = "up" if behind <= CAUGHT_UP and not v.learning else "catching up"
+                state = ("learning" if v.learning else
+                         "up" if behind <= CAUGHT_UP else "catching up")
             cells.append(f"{m} {state}" + (f" {behind}" if behind else ""))
             replicas.append({"index": m, "state": state, "behind": behind})
+        arc_state = _arc_state(leader, replicas)
         low, high = ring.arc(g)
         rows.append([g, f"({low}, {high}]", "none" if leader is None else leader,
-                     lead.term if lead else "-", ", ".join(cells)])
+                     lead.term if lead else "-", ", ".join(cells), arc_state])
         docs.append({"arc": g, "range": [str(low), str(high)], "leader": leader,
                      "term": lead.term if lead else None, "commit_index": commit,
-                     "replicas": replicas})
+                     "state": arc_state, "replicas": replicas})
     return rows, docs
+
+
+def _arc_state(leader: int | None, replicas: list[dict]) -> str:
+    """serving | degraded | no leader | cannot elect (ARC_HEADERS), from arc_rows'
+    replicas. Cannot elect: a learner neither votes nor stands, and with the
+    replicas not learning (down ones too: they may be full) no majority, no
+    leader can ever be elected (core/replica.py's _stuck, as the ring sees it)."""
+    if leader is not None:
+        return "serving" if all(r["state"] in ("leader", "up") for r in replicas) \
+            else "degraded"
+    full = [r for r in replicas if r["state"] != "learning"]
+    return "cannot elect" if len(full) <= len(replicas) // 2 else "no leader"
+
+
+def unserved_arcs(arcs: list[dict]) -> str:
+    """One line naming the arcs of arc_rows' *arcs* that cannot serve, why, and
+    what brings each back; "" when every arc has a leader."""
+    said: dict[str, list[int]] = {}     # why -> the arcs it is said of
+    for a in arcs:
+        if a["state"] not in UNSERVED:
+            continue
+        reps = a["replicas"]
+        majority = len(reps) // 2 + 1
+
+        def named(states: tuple[str, ...]) -> list[int]:
+            return [r["index"] for r in reps if r["state"] in states]
+
+        if a["state"] == "cannot elect":
+            why = (f"cannot elect: {_nodes(sorted(named(('learning',))))} learning (started on "
+                   f"empty directories) and the full replicas are no majority; start one of "
+                   f"its lost replicas on its old directory (or one restored from a backup)")
+        else:
+            away = named(("down", "recovering")) + [r["index"] for r in reps
+                                                     if r["state"].startswith("failed")]
+            if len(reps) - len(away) < majority:
+                why = (f"no leader: {_nodes(sorted(away))} not up, and electing one takes "
+                       f"{majority} of its {len(reps)} replicas; bring "
+                       f"{'it' if len(away) == 1 else 'them'} back (`chordctl cluster up` "
+                       f"starts the nodes not running)")
+            else:
+                why = (f"no leader, though {len(reps) - len(away)} of its {len(reps)} "
+                       f"replicas are up: an election under way, or they cannot reach each "
+                       f"other; one is elected within a few election timeouts once they can")
+        said.setdefault(why, []).append(a["arc"])
+    return "; ".join(("arc " if len(g) == 1 else "arcs ") + ", ".join(map(str, g)) +
+                     f" cannot serve ({why})" for why, g in said.items())
+
+
+def _nodes(indexes: list[int]) -> str:
+    if len(indexes) == 1:
+        return f"node {indexes[0]} is"
+    return "nodes " + ", ".join(str(i) for i in indexes) + " are"
 
 
 def node_at(cfg: Config, address: str) -> int | None:

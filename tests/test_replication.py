@@ -272,6 +272,38 @@ def test_two_replicas_replaced_at_once_say_the_arc_cannot_elect(make_cluster):
                interval=0.2, what="the arc served again")
 
 
+def test_ring_show_exits_3_naming_arcs_whose_learners_cannot_elect(make_cluster):
+    """Two of three replicas replaced at once: every node is up and answers,
+    but no arc can elect. `ring show` says so (exit 3, each arc named, with
+    what brings it back), not exit 0 for a ring that serves nothing."""
+    from conftest import run_chordctl
+    cluster = make_cluster(3, bits=BITS, replicas=3, timeout=2).settled()
+    cfg = cluster.config
+    with Client(cfg, target=cluster.address(0)) as c:      # every arc holds entries
+        for k in keys_on_every_arc(3, per_arc=1):
+            c.create(str(k), b"v")
+    for i in (1, 2):
+        cluster.nodes[i].kill(signal.SIGKILL)
+        shutil.rmtree(cfg.node_dir(i))
+    for i in (1, 2):
+        cluster.nodes[i].start()
+    shown = []
+
+    def refused() -> bool:
+        shown.append(run_chordctl("-c", cluster.config_path, "ring", "show", timeout=30))
+        return shown[-1].returncode != 0 and "arcs 0, 1, 2 cannot" in shown[-1].stderr.decode()
+    wait_until(refused, timeout=20, interval=0.2, what="ring show refusing every arc")
+    p = shown[-1]
+    out, err = p.stdout.decode(), p.stderr.decode()
+    assert p.returncode == 3, (out, err)
+    assert "not up" not in err, err               # every node is up: it is the arcs
+    assert err == ("chordctl: ring: arcs 0, 1, 2 cannot serve (cannot elect: nodes 1, 2 are "
+                   "learning (started on empty directories) and the full replicas are no "
+                   "majority; start one of its lost replicas on its old directory (or one "
+                   "restored from a backup))\n"), err
+    assert out.count("cannot elect") == 3 and "1 learning" in out and "2 learning" in out, out
+
+
 def test_every_acknowledged_write_survives_a_kill_9_of_every_node(make_cluster):
     cluster = make_cluster(3, bits=BITS, replicas=3).settled()
     cfg = cluster.config
@@ -403,6 +435,84 @@ def test_arc_rows_say_catching_up_for_a_replica_far_behind():
     assert by_index[2]["state"] == "down"
     assert "1 catching up 460" in rows[0][4]
     assert members[0] == 0
+
+
+def _views(statuses_of: dict[int, list[tuple]], n: int = 3):
+    """NodeStatus answers from {node: [(group, state, learning), ...]}; others down."""
+    from chordctl.pb import chord_pb2 as pb
+    out = []
+    for i in range(n):
+        if i not in statuses_of:
+            out.append(ChordError("down"))
+            continue
+        out.append(pb.NodeStatus(groups=[
+            pb.GroupStatus(group=g, members=Ring(8, n).replicas(g, 3), state=state, term=2,
+                           commit_index=10, last_applied=10, log_index=10, learning=learning)
+            for g, state, learning in statuses_of[i]]))
+    return out
+
+
+def test_arc_rows_tell_an_arc_serving_degraded_leaderless_or_unable_to_elect():
+    from chordctl import config as configmod
+    from chordctl.status import arc_rows, unserved_arcs
+    cfg = configmod.from_dict({"ring": {"bits": 8, "replicas": 3},
+                               "nodes": [{"host": "127.0.0.1", "port": 7000 + i}
+                                         for i in range(3)]})
+
+    def state(statuses_of):
+        rows, docs = arc_rows(cfg, _views(statuses_of))
+        assert rows[0][-1] == docs[0]["state"]
+        return docs[0]["state"], unserved_arcs(docs[:1])
+
+    assert state({0: [(0, "leader", False)], 1: [(0, "follower", False)],
+                  2: [(0, "follower", False)]}) == ("serving", "")
+    # A leader and a majority: it serves, one replica down or learning.
+    assert state({0: [(0, "leader", False)], 1: [(0, "follower", False)]}) == ("degraded", "")
+    assert state({0: [(0, "leader", False)], 1: [(0, "follower", False)],
+                  2: [(0, "follower", True)]}) == ("degraded", "")
+    said, line = state({0: [(0, "follower", False)]})
+    assert said == "no leader"
+    assert line.startswith("arc 0 cannot serve (no leader: nodes 1, 2 are not up"), line
+    assert "takes 2 of its 3 replicas" in line and "cluster up" in line, line
+    said, line = state({0: [(0, "follower", False)], 1: [(0, "follower", True)],
+                        2: [(0, "follower", True)]})
+    assert said == "cannot elect"
+    assert "nodes 1, 2 are learning" in line and "its old directory" in line, line
+    said, line = state({0: [(0, "candidate", False)], 1: [(0, "follower", False)]})
+    assert said == "no leader" and "1 of its 3" not in line and "2 of its 3 replicas are up" \
+        in line, line
+
+
+def test_ring_show_exits_0_for_a_degraded_arc_and_3_for_one_without_a_leader(
+        tmp_path, monkeypatch):
+    """Every node up (so nothing else makes it exit 3): an arc whose leader
+    has a replica catching up is shown degraded and the ring serves (exit 0);
+    an arc whose learners cannot elect serves nothing (exit 3, named)."""
+    from click.testing import CliRunner
+
+    from chordctl.cli import ring as ring_cli
+    from chordctl.cli.main import cli
+    from conftest import write_config
+    path = write_config(tmp_path, 3, bits=8, replicas=3)
+    up = [[(g, "follower", False) for g in range(3)] for _ in range(3)]
+    for g in range(3):
+        up[g][g] = (g, "leader", False)
+    statuses = _views(dict(enumerate(up)))
+    statuses[1].groups[0].last_applied = 0          # 10 behind arc 0's leader: catching up
+    statuses[1].groups[0].commit_index = 0
+    monkeypatch.setattr(ring_cli, "poll_nodes", lambda cfg, timeout: statuses)
+    ok = CliRunner().invoke(cli, ["-c", path, "ring", "show"])
+    assert ok.exit_code == 0, ok.output
+    arc0 = next(line for line in ok.output.splitlines() if "catching up" in line)
+    assert "1 catching up 10" in arc0 and arc0.rstrip().endswith("degraded"), ok.output
+    learners = [[(g, "follower", i != 0) for g in range(3)] for i in range(3)]
+    monkeypatch.setattr(ring_cli, "poll_nodes",
+                        lambda cfg, timeout: _views(dict(enumerate(learners))))
+    bad = CliRunner().invoke(cli, ["-c", path, "ring", "show"])
+    assert bad.exit_code == 3, bad.output
+    assert "not up" not in bad.output
+    assert "chordctl: ring: arcs 0, 1, 2 cannot serve (cannot elect: nodes 1, 2 are " \
+        "learning" in bad.output, bad.output
 
 
 def test_scan_and_count_list_every_key_once_and_survive_a_lost_owner(make_cluster):

@@ -11,19 +11,23 @@ from chordctl.core.ring import Ring
 from chordctl.errors import ExitStatus, InvalidInputError
 from chordctl.protocol import check_key
 from chordctl.status import (ARC_HEADERS, HEADERS, STATUS_TIMEOUT, arc_rows, node_at, node_state,
-                             poll_nodes, ring_rows)
+                             poll_nodes, ring_rows, unserved_arcs)
 
 
-def print_ring(cfg: Config, fmt: str, timeout: float = STATUS_TIMEOUT) -> int:
-    """Print the ring table; returns how many nodes are not up."""
+def print_ring(cfg: Config, fmt: str, timeout: float = STATUS_TIMEOUT) -> tuple[int, str]:
+    """Print the ring table; returns how many nodes are not up, and (ring.replicas
+    > 1) a line naming the arcs that cannot serve ("" when every arc has a leader)."""
     statuses = poll_nodes(cfg, timeout)
     rows, docs = ring_rows(cfg, statuses)
     click.echo(render.render_rows(rows, HEADERS, fmt, docs))
-    if cfg.ring.replicas > 1 and fmt != "json":   # json: in each owner's "replication"
-        arcs, _ = arc_rows(cfg, statuses)
-        click.echo("")
-        click.echo(render.render_rows(arcs, ARC_HEADERS, fmt))
-    return sum(1 for s in statuses if node_state(s) != "up")
+    unserved = ""
+    if cfg.ring.replicas > 1:
+        arcs, arc_docs = arc_rows(cfg, statuses)
+        if fmt != "json":       # json: in each owner's "replication"
+            click.echo("")
+            click.echo(render.render_rows(arcs, ARC_HEADERS, fmt))
+        unserved = unserved_arcs(arc_docs)
+    return sum(1 for s in statuses if node_state(s) != "up"), unserved
 
 
 @click.group()
@@ -52,16 +56,26 @@ def show(state: State, timeout: float) -> None:
     reason under -o json), and the others are still shown. Exit 3 if any
     node is not up.
 
+    With ring.replicas > 1 a second table shows each arc: its leader, term,
+    each replica's state, and the arc's: serving, degraded (a leader, but a
+    replica down, catching up or learning: it still serves), no leader, or
+    cannot elect (its learners leave too few full replicas). Exit 3 too if
+    any arc has no leader, even with every node up; a line on stderr names
+    those arcs and what brings each back.
+
     \b
     Example:
         chordctl -c examples/configs/ring4.yaml ring show
         chordctl -o json ring show
     """
     cfg = state.config()
-    down = print_ring(cfg, state.fmt("table"), timeout)
+    down, unserved = print_ring(cfg, state.fmt("table"), timeout)
     if down:
         click.secho(f"chordctl: ring: {down} of {len(cfg.nodes)} node(s) not up; "
                     "`chordctl cluster up` starts the ones not running", fg="red", err=True)
+    if unserved:
+        click.secho(f"chordctl: ring: {unserved}", fg="red", err=True)
+    if down or unserved:
         click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))
 
 
