@@ -722,7 +722,7 @@ class AsyncClient(ClientBase):
                     continue
                 reply, index, label, address, ring_id = told or \
                     (reply, index, label, address, ring_id)
-            return node_count(reply, index, label, address, ring_id, _arc(request))
+            return node_count(reply, index, label, address, ring_id, _arc(request), options[0])
 
     async def _count_one(self, stub: pb_grpc.KeyValueStub,
                          request: pb.CountRequest) -> pb.CountReply | grpc.RpcError:

@@ -1322,7 +1322,8 @@ class Client(ClientBase):
                     if last or e.code() != grpc.StatusCode.UNAVAILABLE:
                         e, index, label, address, ring_id = told or \
                             (e, index, label, address, ring_id)
-                        out.append(node_count(e, index, label, address, ring_id, _arc(req)))
+                        out.append(node_count(e, index, label, address, ring_id, _arc(req),
+                                              options[0]))
                         break
         return out
 
@@ -1433,15 +1434,20 @@ def batch_messages(ops: Iterable[tuple[str, int | str, bytes | None]]
 
 
 def node_count(reply: pb.CountReply | grpc.RpcError, index: int | None, label: str,
-               address: str, ring_id: str, arc: int | None = None):
+               address: str, ring_id: str, arc: int | None = None,
+               owner: tuple | None = None):
     """The scan.NodeCount of one node's Count reply, or of its failure; *arc*:
-    the arc it was asked for (ring.replicas > 1)."""
+    the arc it was asked for (ring.replicas > 1), *owner*: that arc's first
+    option (index, label, address, stub, ring id). A failed arc's row is its
+    owner's (no replica counted it; the error names the one that said why)."""
     from chordctl import scan as scan_mod
     if isinstance(reply, grpc.RpcError):
         err = error_for(reply.code(), reply.details() or "", address)
         what = f"count of arc {arc}" if arc is not None else "count"
-        return scan_mod.NodeCount(index, ring_id, address, error=type(err)(
-            f"{what}: {label} at {address} failed: {err}"), arc=arc)
+        error = type(err)(f"{what}: {label} at {address} failed: {err}")
+        if arc is not None and owner is not None:
+            index, _label, address, _stub, ring_id = owner
+        return scan_mod.NodeCount(index, ring_id, address, error=error, arc=arc)
     return scan_mod.NodeCount(reply.node_index, reply.node_id, address, reply.keys,
                               reply.last_seq, arc=arc)
 

@@ -70,6 +70,20 @@ class NodeCount:
     error: ChordError | None = None
     arc: int | None = None  # ring.replicas > 1: the arc it counted (its owner's index)
 
+    @property
+    def state(self) -> str:
+        """up (counted) | no leader (a replica of the arc answered that it has
+        none: ring.replicas > 1) | down (no node answered)."""
+        if self.error is None:
+            return "up"
+        return "no leader" if self.arc is not None and leaderless(str(self.error)) else "down"
+
+
+def leaderless(text: str) -> bool:
+    """Whether a replica's refusal says its arc has no leader (core/replica.py:
+    "has had no leader", "it has no leader: ...", learners that cannot elect)."""
+    return said_by_a_node(text) and "no leader" in text
+
 
 def nodes_for_range(ring, start: int, end: int | None) -> list[int]:
     """Indexes of the nodes that can hold keys in [start, end), ascending.

@@ -323,7 +323,7 @@ class Shell:
                 counts = self.client.count(cmd.start, cmd.end)
                 down = [n for n in counts if n.error is not None]
                 total = sum(n.keys for n in counts if n.error is None)
-                keys = ["DOWN" if n.error else n.keys for n in counts]
+                keys = [n.state.upper() if n.error else n.keys for n in counts]
                 who = ["-" if n.index is None else n.index for n in counts]
                 if any(n.arc is not None for n in counts):   # ring.replicas > 1
                     table = render.table([[n.arc, w, k] for n, w, k in zip(counts, who, keys)],

@@ -1119,6 +1119,60 @@ def test_count_and_scan_of_an_arc_without_a_majority_say_why_at_once(make_cluste
     assert p.returncode == 3 and "has had no leader" in err and "--partial" in err, err
 
 
+def test_count_shows_a_leaderless_arc_as_its_own_not_as_another_node_down(make_cluster):
+    """Nodes 3 and 4 killed: arcs 0 (0, 4, 3) and 4 (4, 3, 2) have no leader.
+    Before, `kv count` showed arc 4 as node 2 DOWN (node 2 is up: it said
+    the arc has no leader) and arc 0 as node 0 DOWN; each is now its own
+    owner's row, NO LEADER, and the count still exits 3 (incomplete).
+    `ring show` names the same arcs as serving nothing, and arcs 1 and 3
+    (a leader, one replica down) as degraded."""
+    import asyncio
+
+    from chordctl import aio
+    from conftest import run_chordctl
+    cluster = make_cluster(5, bits=BITS, replicas=3, timeout=3).settled()
+    ring = Ring(BITS, 5)
+    with Client(cluster.config, target=cluster.address(0)) as c:
+        for k in keys_on_every_arc(5, per_arc=1):
+            c.create(str(k), b"v")
+    cluster.nodes[3].kill(signal.SIGKILL)
+    cluster.nodes[4].kill(signal.SIGKILL)
+    with Client(cluster.config, target=cluster.address(1)) as c:
+        for g in (0, 4):
+            wait_until(lambda: "no leader" in _failure(c, ring.arc(g)[1]), timeout=15,
+                       what=f"arc {g} refused for want of a leader")
+    p = run_chordctl("-c", cluster.config_path, "-o", "json", "kv", "count")
+    assert p.returncode == 3, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["complete"] is False and doc["total"] == 3, doc
+    rows = {n["arc"]: n for n in doc["nodes"]}
+    for g in (0, 4):
+        assert rows[g]["index"] == g and rows[g]["state"] == "no leader", rows[g]
+        assert rows[g]["address"] == cluster.address(g) and rows[g]["keys"] is None
+    assert {rows[g]["state"] for g in (1, 2, 3)} == {"up"}
+    p = run_chordctl("-c", cluster.config_path, "kv", "count")
+    assert p.returncode == 3, p.stderr
+    table = [line.split() for line in p.stdout.decode().splitlines()]
+    by_arc = {r[0]: r for r in table if r and r[0] in "01234"}
+    assert by_arc["4"][1] == "4" and by_arc["4"][-2:] == ["NO", "LEADER"], table
+    assert by_arc["0"][1] == "0" and by_arc["0"][-2:] == ["NO", "LEADER"], table
+    assert "DOWN" not in p.stdout.decode()
+
+    async def via_aio():
+        async with await aio.connect(cluster.config_path) as db:
+            return await db.count()
+    counts = {n.arc: n for n in asyncio.run(via_aio())}
+    assert [(counts[g].index, counts[g].state) for g in (0, 4)] == [(0, "no leader"),
+                                                                    (4, "no leader")]
+    p = run_chordctl("-c", cluster.config_path, "-o", "json", "ring", "show")
+    err = p.stderr.decode()
+    assert p.returncode == 3 and "2 of 5 node(s) not up" in err, err
+    assert "arcs 0, 4 cannot serve (no leader: nodes 3, 4 are not up" in err, err
+    states = {d["replication"]["arc"]: d["replication"]["state"] for d in json.loads(p.stdout)}
+    assert states == {0: "no leader", 1: "degraded", 2: "serving", 3: "degraded",
+                      4: "no leader"}, states
+
+
 def test_asyncio_streams_open_to_an_owner_that_dies_go_on_through_the_next_replica(
         make_cluster):
     """chordctl.aio coalesces onto BatchStream calls. With streams open to an

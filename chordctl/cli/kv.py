@@ -538,8 +538,11 @@ def count(state: State, start: str | None, end: str | None) -> None:
     Each node counts at one point in time after every earlier request; the
     whole map's size costs a node nothing, a --from/--to range one pass over
     its keys. Nodes that do not answer are shown as DOWN and the command
-    exits 3 (the total then covers the others only). -o plain prints the
-    total alone.
+    exits 3 (the total then covers the others only). With ring.replicas > 1
+    there is a row per arc, counted by one of its replicas; an arc none of
+    them could count is shown on its owner's row, as NO LEADER when a
+    replica answered that the arc has no leader, else DOWN (exit 3 too).
+    -o plain prints the total alone.
 
     \b
     Example:
@@ -557,13 +560,13 @@ def count(state: State, start: str | None, end: str | None) -> None:
             "total": total, "complete": not down,
             "nodes": [{"index": n.index, "id": n.node_id or None, "address": n.address,
                        "keys": n.keys, "last_seq": n.last_seq if n.error is None else None,
-                       **({"arc": n.arc} if n.arc is not None else {}),
+                       **({"arc": n.arc} if n.arc is not None else {}), "state": n.state,
                        **({"error": str(n.error)} if n.error else {})} for n in counts]}))
     elif fmt == "plain":
         click.echo(str(total))
     else:
         rows = [["-" if n.index is None else str(n.index), n.node_id or "-", n.address,
-                 "DOWN" if n.error else str(n.keys)] for n in counts]
+                 n.state.upper() if n.error else str(n.keys)] for n in counts]
         rows.append(["total", "", "", str(total) + (" (incomplete)" if down else "")])
         headers = ["index", "id", "address", "keys"]
         if any(n.arc is not None for n in counts):
