@@ -38,7 +38,7 @@ from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, RING_UP_HINT, STREAM
                              _batch_outcome, _ms, _remaining, _request, _unary,
                              batch_messages,
                              _arc, batch_outcomes, error_for, library_route, node_count,
-                             none_answered, probe_failure, reply_result)
+                             none_answered, probe_failure, reply_result, silent)
 from chordctl.config import Config
 from chordctl.config import load as load_config
 from chordctl.errors import ChordError, InternalError, InvalidInputError, UnavailableError
@@ -173,9 +173,14 @@ class _Lane(LaneBase):
             request = _request(only.op, only.key, only.msg.value, only.msg.trace)
         else:
             request = pb.BatchRequest(ops=[item.msg for item in batch], unordered=True)
-        for attempt in (0, 1):
+        # Reads only (R > 1): a share of the time here, the rest at the next
+        # node if this one takes the call and never answers (move_on).
+        share = self.client.read_share(all(item.op == "read" for item in batch))
+        resent = refreshed = False
+        while True:
             stub = self.stub
-            left = _remaining(batch)    # the items may have waited in the queue
+            # the items may have waited in the queue
+            left = max(_remaining(batch) * share, 0.001)
             try:
                 if single:
                     reply = await _unary(stub, only.op)(request, timeout=left)
@@ -183,17 +188,28 @@ class _Lane(LaneBase):
                 reply = await stub.Batch(request, timeout=left)
             except grpc.RpcError as e:
                 details = e.details() or ""
-                if attempt == 0 and never_sent(e.code().value[0], details):
+                if not resent and never_sent(e.code().value[0], details):
                     # Nothing left this process (the channel is backing off from
                     # an earlier outage): a fresh channel, and once more.
+                    resent = True
                     try:
                         await self._reopen(stub)
                     except ChordError as err:
                         return [err] * len(batch)
                     continue
+                if share < 1 and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    share = 1.0     # the rest of the time, here or at the next node
+                    if silent(details):
+                        try:
+                            await self.client.move_on(self.index, stub)
+                        except ChordError as err:
+                            return [err] * len(batch)
+                    self.follow()
+                    continue
                 return [error_for(e.code(), details, self.address, timeout)] * len(batch)
             except grpc.aio.UsageError:     # the channel was closed before the call
-                if attempt == 0 and self.refresh():
+                if not refreshed and self.refresh():
+                    refreshed = True
                     continue                # replaced by another call: nothing was sent
                 return [self.lost_channel()] * len(batch)
             except asyncio.CancelledError:
@@ -201,7 +217,6 @@ class _Lane(LaneBase):
                     raise
                 return [self.client.lost_error(self.address)] * len(batch)
             return batch_outcomes(batch, reply.results, self.address)
-        raise AssertionError("unreachable")
 
 
     async def _send_stream(self, batch: list[_Op]) -> list[Result | ChordError]:
@@ -359,6 +374,7 @@ class AsyncClient(ClientBase):
         self._node_stubs: dict[int, pb_grpc.KeyValueStub] = {}
         self._tasks: set[asyncio.Task] = set()     # lanes' senders, held until done
         self._closers: set[asyncio.Task] = set()   # replaced channels' closes (_retire)
+        self._lingering: set[grpc.aio.Channel] = set()    # replaced, closed later (move_on)
         self._loop: asyncio.AbstractEventLoop | None = None    # set by connect
 
     # -- connection -----------------------------------------------------------
@@ -447,12 +463,13 @@ class AsyncClient(ClientBase):
         i = self.serving(owner) if self._passed else owner
         return owner, self._node_stub(i), self.config.nodes[i].address
 
-    async def _reopen(self, index: int | None,
-                      failed: pb_grpc.KeyValueStub) -> pb_grpc.KeyValueStub:
+    async def _reopen(self, index: int | None, failed: pb_grpc.KeyValueStub,
+                      linger: float = 0.0) -> pb_grpc.KeyValueStub:
         """A stub on a fresh channel in place of *failed* (the entry node's when
         *index* is None), unless another failure replaced it already. With
         direct routing *index* is the arc's owner: *failed*'s node is passed
-        over (R > 1) and the stub is to the node serving the arc now."""
+        over (R > 1) and the stub is to the node serving the arc now.
+        *linger*: seconds before a replaced entry channel is closed."""
         if self._closed:
             raise self.closed_error()
         if index is None:
@@ -474,6 +491,10 @@ class AsyncClient(ClientBase):
                 finally:
                     if self._channel is None:       # cancelled meanwhile
                         self._channel = old
+                    elif linger > 0 and old is not None:
+                        # Closed after *linger* s, or by close() if that is sooner.
+                        self._lingering.add(old)
+                        asyncio.get_running_loop().call_later(linger, self._unlinger, old)
                     else:
                         self._retire(old)
                 if self._closed:                    # close() ran during the await
@@ -488,6 +509,25 @@ class AsyncClient(ClientBase):
                 self.pass_over(i)
                 break
         return self._node_stub(self.serving(index))
+
+    async def move_on(self, index: int | None, quiet: pb_grpc.KeyValueStub) -> bool:
+        """The sync Client.move_on: a call of reads had no answer from the node
+        behind *quiet* within its share; the arc's next replica (direct
+        routing, *index* its owner) or another entry node takes this call's
+        rest and the next calls. Whether there is another node to go to."""
+        if index is not None:
+            return self.pass_silent(index, next(
+                (i for i, stub in list(self._node_stubs.items()) if stub is quiet), None))
+        if quiet is not self._kv:
+            return True             # another call moved on already
+        before = self.address
+        await self._reopen(None, quiet, linger=self.timeout)
+        return self.address != before
+
+    def _unlinger(self, channel: grpc.aio.Channel) -> None:
+        if channel in self._lingering:
+            self._lingering.discard(channel)
+            self._retire(channel)
 
     def _retire(self, channel: grpc.aio.Channel | None) -> None:
         """Close a replaced channel, without waiting for it here (calls other
@@ -525,7 +565,8 @@ class AsyncClient(ClientBase):
     async def close(self) -> None:
         """Close every channel; calls in flight fail, later calls raise. Idempotent."""
         self._closed = True
-        channels = [self._channel, *self._node_channels.values()]
+        channels = [self._channel, *self._node_channels.values(), *self._lingering]
+        self._lingering.clear()
         self._channel = self._kv = None
         self._node_channels.clear()
         self._node_stubs.clear()
@@ -570,18 +611,29 @@ class AsyncClient(ClientBase):
     async def _call_unary(self, op: str, key: str, value: bytes | None, trace: bool,
                           t: float) -> Result | ChordError:
         request = _request(op, key, value, trace)
-        for attempt in (0, 1):
+        deadline = time.monotonic() + t
+        share = self.read_share(op == "read")     # as the sync Client's _call_unary
+        resent = refreshed = False
+        while True:
             index, kv, address = self._stub_for(key)
             try:
-                reply = await _unary(kv, op)(request, timeout=t)
+                reply = await _unary(kv, op)(
+                    request, timeout=max(deadline - time.monotonic(), 0.001) * share)
             except grpc.RpcError as e:
                 details = e.details() or ""
-                if attempt == 0 and never_sent(e.code().value[0], details):
+                if not resent and never_sent(e.code().value[0], details):
+                    resent = True
                     await self._reopen(index, kv)
+                    continue
+                if share < 1 and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    share = 1.0
+                    if silent(details):
+                        await self.move_on(index, kv)
                     continue
                 return error_for(e.code(), details, address, t)
             except grpc.aio.UsageError:     # its channel was closed: by close(), or replaced
-                if attempt == 0 and not self._closed:
+                if not refreshed and not self._closed:
+                    refreshed = True
                     continue
                 return self.closed_error()
             except asyncio.CancelledError:

@@ -28,8 +28,8 @@ from chordctl.errors import ChordError, InternalError, InvalidInputError, Unavai
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.protocol import (DEADLINE_EXCEEDED, OPS, UNAVAILABLE, BatchFit, allow_key_digits,
-                               code_name, describe, error_class, key_text, never_sent,
-                               parse_key, unknown_operation, validate)
+                               code_name, describe, error_class, first_share, key_text,
+                               never_sent, parse_key, unknown_operation, validate)
 
 STREAM_GRACE = 0.05     # s past a stream message's deadline before the client gives up on
 #                         its stream (the node answers an expired message itself by then)
@@ -288,17 +288,22 @@ class _Lane(LaneBase):
             batch = self._take()
         self._send_async(batch)
 
-    def _send_async(self, batch: list[_Op]) -> None:
+    def _send_async(self, batch: list[_Op], share: float | None = None) -> None:
         """Send *batch* with a future (this caller holds a slot). A send that
         fails at once (the channel closed) is answered here, and the slot goes
-        on in this loop, not in a recursion as deep as the queue."""
+        on in this loop, not in a recursion as deep as the queue. *share*: of
+        the time left, what this node gets (Client.read_share; 1 once a call
+        of reads moved on)."""
         refreshed = False
         while batch:
             if self.moved():
                 self.follow()
             timeout = min(item.timeout for item in batch)
+            if share is None:
+                share = self.client.read_share(all(b.op == "read" for b in batch))
+            stub = self.stub
             try:
-                fut = _call(self.stub, batch, _remaining(batch), future=True)
+                fut = _call(stub, batch, max(_remaining(batch) * share, 0.001), future=True)
             except ValueError:          # the channel was closed under us
                 if not refreshed and self.refresh():
                     refreshed = True    # replaced by another thread: nothing was sent
@@ -308,12 +313,34 @@ class _Lane(LaneBase):
                 outcomes = [InternalError(f"client: could not send to {self.address} "
                                           f"({e!r})")] * len(batch)
             else:
-                fut.add_done_callback(lambda f, b=batch, t=timeout: self._async_done(f, b, t))
+                fut.add_done_callback(lambda f, b=batch, t=timeout, s=share, k=stub:
+                                      self._async_done(f, b, t, s, k))
                 return
             self._deliver(batch, outcomes)
-            batch = self._pass_on()
+            batch, share = self._pass_on(), None
 
-    def _async_done(self, fut: grpc.Future, batch: list[_Op], timeout: float) -> None:
+    def _move_on(self, batch: list[_Op], details: str, stub: pb_grpc.KeyValueStub) -> None:
+        """A call of reads had no answer within its share: the rest of its time
+        at the next node (Client.move_on), on a thread of its own (not the
+        failed channel's: moving on may close it), the slot still held."""
+        try:
+            if silent(details):
+                self.client.move_on(self.index, stub)
+        except ChordError as e:
+            self._next()
+            self._deliver(batch, [e] * len(batch))
+            return
+        self.follow()
+        self._send_async(batch, share=1.0)
+
+    def _async_done(self, fut: grpc.Future, batch: list[_Op], timeout: float,
+                    share: float = 1.0, stub: pb_grpc.KeyValueStub | None = None) -> None:
+        if share < 1:
+            details = _timed_out(fut)
+            if details is not None:
+                threading.Thread(target=self._move_on, args=(batch, details, stub),
+                                 name="chordctl-move-on", daemon=True).start()
+                return
         try:
             outcomes = self._outcomes(batch, fut.result())
         except grpc.RpcError as e:
@@ -405,23 +432,35 @@ class _Lane(LaneBase):
         if self.streaming and len(batch) > 1:
             return self._send_stream(batch)
         timeout = min(item.timeout for item in batch)
-        for attempt in (0, 1):
+        # Reads only (R > 1): a share of the time here, the rest at the next
+        # node if this one takes the call and never answers (Client.move_on).
+        share = self.client.read_share(all(b.op == "read" for b in batch))
+        resent = refreshed = False
+        while True:
             try:
-                return self._outcomes(batch, _call(self.stub, batch, _remaining(batch)))
+                return self._outcomes(batch, _call(self.stub, batch,
+                                                   max(_remaining(batch) * share, 0.001)))
             except grpc.RpcError as e:
                 details = e.details() or ""
-                if attempt == 0 and never_sent(e.code().value[0], details):
+                if not resent and never_sent(e.code().value[0], details):
                     # Nothing left this process (the channel is backing off from
                     # an earlier outage, or the node is down): a fresh channel,
                     # to another entry node if this one does not answer.
+                    resent = True
                     self._reopen()
+                    continue
+                if share < 1 and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    share = 1.0     # the rest of the time, here or at the next node
+                    if silent(details):
+                        self.client.move_on(self.index, self.stub)
+                    self.follow()
                     continue
                 return [error_for(e.code(), details, self.address, timeout)] * len(batch)
             except ValueError:      # the channel was closed under us
-                if attempt == 0 and self.refresh():
+                if not refreshed and self.refresh():
+                    refreshed = True
                     continue        # replaced by another thread: nothing was sent
                 return [self.lost_channel()] * len(batch)
-        raise AssertionError("unreachable")
 
     def _send_stream(self, batch: list[_Op]) -> list[Result | ChordError]:
         """Send *batch* as one message of a BatchStream call and wait for its
@@ -715,6 +754,23 @@ class ClientBase:
                 log.info("client: %s cannot be reached; its arcs' operations go to their "
                          "next replica for %.0f s", self.config.nodes[index].address, PASS_OVER)
 
+    def read_share(self, reads_only: bool) -> float:
+        """The share of its time a call gets at its first node (protocol.first_share,
+        as a node's router gives one): READ_FIRST for a call of reads only on a
+        ring.replicas > 1 ring with another node to go to (not a --target)."""
+        return first_share(reads_only, self._replicas > 1 and not self.target and
+                           self.config is not None and len(self.config.nodes) > 1)
+
+    def pass_silent(self, owner: int, node: int | None) -> bool:
+        """Direct routing: node *node* took a call of reads on *owner*'s arc and
+        did not answer within its share; pass it over (its arcs' next replica
+        takes their calls for PASS_OVER s). Whether the arc goes elsewhere now
+        (True too for *node* None: its channel was replaced, serving() says)."""
+        if node is None:
+            return True
+        self.pass_over(node)
+        return self.serving(owner) != node
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -950,6 +1006,24 @@ class Client(ClientBase):
                 return self._node_stub(i), nodes[i].address
         return None
 
+    def move_on(self, index: int | None, quiet: pb_grpc.KeyValueStub) -> bool:
+        """A call of reads to the node behind *quiet* had no answer within its
+        share (read_share): the node takes calls and does not answer (stopped,
+        cut off, starved). This call's rest and the next calls go elsewhere:
+        with direct routing (*index*: the arc's owner) to the arc's next
+        replica, the quiet node passed over for PASS_OVER s; with entry
+        routing (*index* None) through another entry node (the quiet one
+        last; its channel closed once the calls on it had their time, as it
+        may only be slow). Whether there is another node to go to."""
+        if index is not None:
+            return self.pass_silent(index, next(
+                (i for i, stub in list(self._node_stubs.items()) if stub is quiet), None))
+        if quiet is not self._kv:
+            return True             # another call moved on already
+        before = self.address
+        self.reopen(None, quiet, linger=self.timeout)   # it logs the new entry node
+        return self.address != before
+
     def _node_stub(self, index: int) -> pb_grpc.KeyValueStub:
         """A stub for the config's node *index*, on a channel of its own (kept)."""
         stub = self._node_stubs.get(index)
@@ -964,11 +1038,13 @@ class Client(ClientBase):
                     stub = self._node_stubs[index] = pb_grpc.KeyValueStub(channel)
         return stub
 
-    def reopen(self, index: int | None, failed: pb_grpc.KeyValueStub) -> pb_grpc.KeyValueStub:
+    def reopen(self, index: int | None, failed: pb_grpc.KeyValueStub,
+               linger: float = 0.0) -> pb_grpc.KeyValueStub:
         """A stub on a fresh channel in place of *failed* (the entry node's when
         *index* is None), unless another failure replaced it already. With
         direct routing *index* is the arc's owner: *failed*'s node is passed
-        over (R > 1) and the stub is to the node serving the arc now."""
+        over (R > 1) and the stub is to the node serving the arc now.
+        *linger*: seconds before a replaced entry channel is closed."""
         with self._lock:
             if self._closed:
                 raise self.closed_error()
@@ -988,7 +1064,7 @@ class Client(ClientBase):
                             self.open(dead)
                     else:
                         self.open(self.address)
-                    _close_later(old)
+                    _close_later(old, linger)
                 return self._kv
             for i, stub in self._node_stubs.items():
                 if stub is failed:
@@ -1046,13 +1122,21 @@ class Client(ClientBase):
 
     def _send_unary(self, op: str, key: str, value: bytes | None, trace: bool,
                     callback: Callable[[Result | ChordError], None], t: float,
-                    retry: bool) -> None:
+                    retry: bool, share: float | None = None,
+                    deadline: float | None = None) -> None:
+        # *share*: of the time left, what this node gets (read_share; 1 once
+        # a read moved on); *deadline*: the operation's, kept when it does.
+        if share is None:
+            share = self.read_share(op == "read")
+        if deadline is None:
+            deadline = time.monotonic() + t
         kv, address = self.stub_for(key)
         try:
-            fut = _unary(kv, op).future(_request(op, key, value, trace), timeout=t)
+            fut = _unary(kv, op).future(_request(op, key, value, trace),
+                                        timeout=max(deadline - time.monotonic(), 0.001) * share)
         except ValueError:          # its channel was closed: by close(), or replaced
             if retry and not self._closed:
-                self._send_unary(op, key, value, trace, callback, t, retry=False)
+                self._send_unary(op, key, value, trace, callback, t, False, share, deadline)
             else:
                 callback(self.closed_error())
             return
@@ -1060,7 +1144,15 @@ class Client(ClientBase):
         def again() -> None:
             try:
                 self._reopen_for(key, kv)
-                self._send_unary(op, key, value, trace, callback, t, retry=False)
+                self._send_unary(op, key, value, trace, callback, t, retry=False, share=share)
+            except ChordError as e:
+                callback(e)
+
+        def elsewhere(details: str) -> None:
+            try:
+                if silent(details):
+                    self.move_on(self._arc_of(key), kv)
+                self._send_unary(op, key, value, trace, callback, t, retry, 1.0, deadline)
             except ChordError as e:
                 callback(e)
 
@@ -1070,13 +1162,20 @@ class Client(ClientBase):
                 # reopening closes that channel (a close from its own thread
                 # waits for itself: the client hung for good).
                 threading.Thread(target=again, name="chordctl-resend", daemon=True).start()
+            elif share < 1 and _timed_out(f) is not None:
+                threading.Thread(target=elsewhere, args=(_timed_out(f),),
+                                 name="chordctl-move-on", daemon=True).start()
             else:
                 callback(_outcome(f, op, key, address, t))
 
         fut.add_done_callback(done)
 
+    def _arc_of(self, key: str) -> int | None:
+        """With direct routing the owner of *key* (its arc), else None (the entry node)."""
+        return None if self._ring is None else self._ring.owner(int(key))
+
     def _reopen_for(self, key: str, failed: pb_grpc.KeyValueStub) -> None:
-        self.reopen(None if self._ring is None else self._ring.owner(int(key)), failed)
+        self.reopen(self._arc_of(key), failed)
 
     def submit_ordered(self, op: str, key: str, value: bytes | None,
                        callback: Callable[[Result | ChordError], None],
@@ -1165,24 +1264,36 @@ class Client(ClientBase):
     def _call_unary(self, op: str, key: str, value: bytes | None, trace: bool,
                     t: float) -> Result | ChordError:
         request = _request(op, key, value, trace)
-        for attempt in (0, 1):
+        deadline = time.monotonic() + t
+        # A read (R > 1): a share of the time at the first node, the rest at
+        # the next if it takes the call and never answers (move_on).
+        share = self.read_share(op == "read")
+        resent = refreshed = False
+        while True:
             kv, address = self.stub_for(key)
             try:
-                reply = _unary(kv, op)(request, timeout=t)
+                reply = _unary(kv, op)(request,
+                                       timeout=max(deadline - time.monotonic(), 0.001) * share)
             except grpc.RpcError as e:
                 details = e.details() or ""
-                if attempt == 0 and never_sent(e.code().value[0], details):
+                if not resent and never_sent(e.code().value[0], details):
+                    resent = True
                     self._reopen_for(key, kv)
+                    continue
+                if share < 1 and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    share = 1.0     # the rest of the time, here or at the next node
+                    if silent(details):
+                        self.move_on(self._arc_of(key), kv)
                     continue
                 return error_for(e.code(), details, address, t)
             except ValueError:      # its channel was closed: by close(), or replaced
-                if attempt == 0 and not self._closed:
+                if not refreshed and not self._closed:
+                    refreshed = True
                     continue
                 return self.closed_error() if self._closed else UnavailableError(
                     f"client: the channel to {address} was replaced twice under this call "
                     f"(nothing was sent); try again")
             return reply_result(op, key, reply)
-        raise AssertionError("unreachable")
 
     def create(self, key: int | str, value: bytes, trace: bool = False) -> Result:
         """Create *key* with *value*; AlreadyExistsError if it exists."""
@@ -1514,6 +1625,25 @@ def _request(op: str, key: str, value: bytes | None, trace: bool):
     return pb.KeyRequest(key=key, trace=trace)
 
 
+def silent(details: str) -> bool:
+    """Whether a DEADLINE_EXCEEDED call had no answer at all (gRPC's own words),
+    not a node's (which name it: it answered, e.g. "arc 0: not committed before
+    the deadline")."""
+    return not details.startswith("node ")
+
+
+def _timed_out(fut: grpc.Future) -> str | None:
+    """The details of a finished call that failed with DEADLINE_EXCEEDED, else None."""
+    try:
+        fut.result()
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return e.details() or ""
+    except Exception:
+        pass
+    return None
+
+
 def _never_sent(fut: grpc.Future) -> bool:
     """True when the call failed before leaving this process (no connection)."""
     try:
@@ -1545,13 +1675,19 @@ def _batch_outcome(res: pb.Result, op: str, key: str, address: str) -> Result | 
                   message, tuple(res.route))
 
 
-def _close_later(channel: grpc.Channel | None) -> None:
+def _close_later(channel: grpc.Channel | None, after: float = 0.0) -> None:
     """Close a replaced channel on a thread of its own: the caller may be one
     of that channel's callbacks, and a close from there never returns. Calls
     other threads still have on it fail (they were on a connection that had
-    failed; one never sent is sent again on the current channel)."""
-    if channel is not None:
-        threading.Thread(target=channel.close, name="chordctl-close", daemon=True).start()
+    failed; one never sent is sent again on the current channel). *after*:
+    seconds to wait first (a node that was only silent may still answer the
+    calls in flight on it)."""
+    if channel is None:
+        return
+    closer = threading.Timer(after, channel.close) if after > 0 else \
+        threading.Thread(target=channel.close)
+    closer.name, closer.daemon = "chordctl-close", True
+    closer.start()
 
 
 def _probe(channel: grpc.Channel, address: str) -> str | None:

@@ -83,6 +83,21 @@ def never_sent(code: int, details: str) -> bool:
     return code == UNAVAILABLE and details.lower().startswith("failed to connect")
 
 
+# ring.replicas > 1: a call made only of reads gets this share of its time at
+# the first replica (a node's router, core/router.py) or node (a client's own
+# route, client.py) it goes to, so that one stopped or cut off -- it takes the
+# connection and never answers -- leaves time for the next; a read is safe to
+# ask twice. A call with a write waits its whole time: its outcome is unknown.
+READ_FIRST = 0.5
+
+
+def first_share(reads_only: bool, replicated: bool, otherwise: float = 1.0) -> float:
+    """The share of a call's remaining time its first node gets: READ_FIRST for
+    a call made only of reads that has another replica to go to if that node
+    is silent, else *otherwise* (a node's router keeps some time for itself)."""
+    return READ_FIRST if reads_only and replicated else otherwise
+
+
 # -- ring parameters every node and client must agree on -----------------------
 
 PLACEMENTS = ("direct", "hash")

@@ -235,6 +235,95 @@ def test_an_owner_that_takes_calls_and_never_answers_is_passed_over(make_cluster
         stopped.kill(signal.SIGCONT)
 
 
+def test_a_client_moves_a_read_on_from_a_node_that_takes_it_and_never_answers(make_cluster):
+    """Node 0, owner of arc 0 and the entry node, is stopped (SIGSTOP: it takes
+    connections and never answers). A client's own route -- direct to the
+    owner, or through its entry node -- gave a read all its time there and
+    failed at its deadline. Now a read gets half its time there and the
+    rest at the next node (the arc's next replica, or another entry node),
+    the one-by-one, coalesced and submitted flavours alike, and the next
+    read does not wait on the stopped node again."""
+    import asyncio
+    import threading
+
+    import chordctl
+    from chordctl import aio
+    timeout = 3
+    cluster = make_cluster(5, bits=BITS, replicas=3, timeout=timeout).settled()
+    cfg = cluster.config
+    ring = Ring(BITS, 5)
+    key = next(k for k in keys_on_every_arc(5) if ring.owner(k) == 0)
+    with Client(cfg, target=cluster.address(1)) as c:
+        c.create(str(key), b"v")
+
+    def submitted(c) -> bytes:
+        got: list = []
+        done = threading.Event()
+        c.submit("read", str(key), callback=lambda outcome: (got.append(outcome), done.set()))
+        assert done.wait(timeout + 5), "no outcome"
+        if isinstance(got[0], ChordError):
+            raise got[0]
+        return got[0].value
+
+    flavours = {
+        "direct": (lambda: Client(cfg, route="direct"), lambda c: c.read(str(key)).value),
+        "direct, coalesced": (lambda: chordctl.connect(cluster.config_path),
+                              lambda c: c.read(key).value),
+        "direct, submitted": (lambda: Client(cfg, route="direct"), submitted),
+        "direct, coalesced, submitted": (lambda: chordctl.connect(cluster.config_path),
+                                         submitted),
+        "entry, coalesced, submitted": (
+            lambda: chordctl.connect(cluster.config_path, route="entry"), submitted),
+        "entry": (lambda: Client(cfg, route="entry"), lambda c: c.read(str(key)).value),
+        "entry, submitted": (lambda: Client(cfg, route="entry"), submitted),
+    }
+    # chordctl.aio's clients, on a loop of their own in another thread.
+    loop = asyncio.new_event_loop()
+    looper = threading.Thread(target=loop.run_forever, daemon=True)
+    looper.start()
+
+    def on_loop(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout + 10)
+
+    async def aread(db) -> bytes:
+        return (await db.read(key)).value
+
+    for route in ("direct", "entry"):
+        for coalesce in (False, True):
+            flavours[f"aio {route}" + (", coalesced" if coalesce else "")] = (
+                lambda route=route, coalesce=coalesce: on_loop(aio.connect(
+                    cluster.config_path, route=route, coalesce=coalesce)),
+                lambda db: on_loop(aread(db)))
+    clients = {name: make() for name, (make, _read) in flavours.items()}
+    stopped = cluster.nodes[0]
+    try:
+        for name, c in clients.items():       # channels open before the stop
+            assert flavours[name][1](c) == b"v", name
+            if name.startswith("entry"):
+                assert c.address == cluster.address(0), name
+        stopped.kill(signal.SIGSTOP)
+        for name, c in clients.items():
+            read = flavours[name][1]
+            t0 = time.monotonic()
+            try:
+                assert read(c) == b"v", name
+            except ChordError as e:
+                raise AssertionError(f"{name}: {e} after {time.monotonic() - t0:.2f}s")
+            assert time.monotonic() - t0 < timeout, name
+            t0 = time.monotonic()
+            assert read(c) == b"v", name      # the stopped node passed over: no wait there
+            assert time.monotonic() - t0 < timeout * 0.4, (name, time.monotonic() - t0)
+    finally:
+        stopped.kill(signal.SIGCONT)
+        for name, c in clients.items():
+            if name.startswith("aio"):
+                on_loop(c.close())
+            else:
+                c.close()
+        loop.call_soon_threadsafe(loop.stop)
+        looper.join(10)
+
+
 def test_two_replicas_replaced_at_once_say_the_arc_cannot_elect(make_cluster):
     """Two of three replicas start on empty directories: both learners, they
     answer but cannot vote, and the one full replica is no majority. A

@@ -25,7 +25,7 @@ from chordctl.core.ring import Ring
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
 from chordctl.protocol import (ABORTED, DEADLINE_EXCEEDED, INTERNAL, OP_READ, UNAVAILABLE,
-                               never_sent)
+                               first_share, never_sent)
 
 logger = logging.getLogger("chordctl.router")
 
@@ -37,10 +37,8 @@ MIN_TIMEOUT = 0.005
 # requests go to the next replica for this long, then to the owner again
 # (back, it leads its arc again: a request through another replica costs a hop).
 PREFER_FOR = 2.0
-# ring.replicas > 1: a call made only of reads gets this share of its time at
-# the first replica, so that one stopped or cut off (it takes the connection
-# and never answers) leaves time for the next; a read is safe to ask twice.
-READ_FIRST = 0.5
+# ring.replicas > 1: a call made only of reads gets protocol.READ_FIRST of its
+# time at the first replica (protocol.first_share, which clients use too).
 
 
 def message_limit(config: Config) -> int:
@@ -220,7 +218,7 @@ class Router:
     def _start_calls(self, calls: list) -> None:
         replicated = self.replicas > 1
         for nh, group, batch in calls:
-            share = READ_FIRST if replicated and _reads_only(group) else FORWARD_BUDGET
+            share = first_share(_reads_only(group), replicated, FORWARD_BUDGET)
             timeout = max(MIN_TIMEOUT, (min(r.deadline for r in group) - time.monotonic())
                           * share)
             self._spawn(self._call(nh, group, batch, timeout, may_retry=True))
