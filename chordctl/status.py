@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from chordctl.client import Client
 from chordctl.config import Config
+from chordctl.core import membership
+from chordctl.core.membership import Membership, MembershipError
 from chordctl.core.ring import Ring
 from chordctl.errors import ChordError
 
@@ -58,7 +60,42 @@ def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
             return e
 
     with ThreadPoolExecutor(max_workers=min(32, len(cfg.nodes))) as pool:
-        return list(pool.map(one, [n.address for n in cfg.nodes]))
+        statuses = list(pool.map(one, [n.address for n in cfg.nodes]))
+        # A node that moved (membership.py) is asked where its peers say it is.
+        view = ring_view(cfg, statuses)
+        moved = [i for i, st in enumerate(statuses) if isinstance(st, Exception)
+                 and view is not None and view.address(i) != cfg.nodes[i].address]
+        for i, st in zip(moved, pool.map(one, [view.address(i) for i in moved])):
+            statuses[i] = st
+        return statuses
+
+
+def ring_view(cfg: Config, statuses: list[object]) -> Membership | None:
+    """The ring's membership as its answering nodes know it (their views
+    merged), or None when none said (older nodes) or one of another shape."""
+    mine = Membership.from_config(cfg)
+    view = None
+    for st in statuses:
+        if isinstance(st, Exception) or not st.HasField("membership"):
+            continue
+        try:
+            theirs = membership.from_pb(st.membership)
+            if theirs is None:
+                continue
+            view = theirs if view is None else view.merge(theirs)
+            mine.check_shape(view, "a node's membership")
+        except MembershipError:
+            return None
+    return view
+
+
+def moved_nodes(cfg: Config, view: Membership | None) -> list[tuple[int, str, str]]:
+    """(index, where the ring has it, where the config says) of each node
+    whose config address is not the ring's."""
+    if view is None:
+        return []
+    return [(i, view.address(i), n.address) for i, n in enumerate(cfg.nodes)
+            if view.address(i) != n.address]
 
 
 def poll_files(cfg: Config, timeout: float = 10.0) -> list[object]:
@@ -94,6 +131,7 @@ def node_state(st: object) -> str:
 
 def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dict]]:
     ring = Ring.from_config(cfg)
+    view = ring_view(cfg, statuses)
     rows, docs = [], []
     for i, node in enumerate(cfg.nodes):
         low, high = ring.arc(i)
@@ -102,12 +140,18 @@ def ring_rows(cfg: Config, statuses: list[object]) -> tuple[list[list], list[dic
         answered = not isinstance(st, Exception)    # Status answered: its fields are known
         arc = f"({low}, {high}]"
         cell = f"failed: {short_reason(st.failed)}" if state == "failed" else state
-        rows.append([i, ring.ids[i], arc, node.address, cell,
-                     st.keys if answered else "-", st.snapshot_counter if answered else "-",
+        address = view.address(i) if view is not None else node.address
+        rows.append([i, ring.ids[i], arc, address if address == node.address else f"{address} *",
+                     cell, st.keys if answered else "-",
+                     st.snapshot_counter if answered else "-",
                      st.log_counter if answered else "-"])
         doc = {"index": i, "id": str(ring.ids[i]), "arc": [str(low), str(high)],
-               "arc_size": str(ring.arc_size(i)), "address": node.address,
+               "arc_size": str(ring.arc_size(i)), "address": address,
                "up": state == "up", "state": state}
+        if address != node.address:
+            doc["config_address"] = node.address
+        if view is not None:
+            doc["epoch"] = view.epoch
         if answered:
             doc.update({"keys": st.keys, "snapshot": st.snapshot_counter,
                         "log": st.log_counter, "last_seq": st.last_seq, "pid": st.pid,

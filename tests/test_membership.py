@@ -4,6 +4,7 @@ address while the others keep running."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -232,6 +233,19 @@ def test_a_node_that_moves_is_reached_at_its_new_address_without_restarting_the_
         assert reads_as(cfg, cluster.address(i), k, b"two")
     with Client(cfg, target=cluster.address(1)) as c:
         c.update(str(k), b"two again")
+    # `ring show` on the config of before the move finds node 2 where the
+    # ring has it, marks the address and says to update the config.
+    r = run_chordctl("-c", cluster.config_path, "ring", "show")
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, out + err
+    assert f"{new} *" in out and "down" not in out, out
+    assert (f"node 2 is at {new} by the ring's membership (epoch 2), not at "
+            f"{cfg.nodes[2].address} as this config says") in err, err
+    r = run_chordctl("-c", cluster.config_path, "-o", "json", "ring", "show")
+    doc = json.loads(r.stdout)
+    nodes = doc if isinstance(doc, list) else doc["nodes"]
+    assert (nodes[2]["address"], nodes[2]["config_address"], nodes[2]["epoch"]) == (
+        new, cfg.nodes[2].address, 2), nodes[2]
     # Each node keeps it in its directory: node 0 started again from the old
     # config (which still names node 2's old port) routes to the new one.
     recorded = identity.read(cfg.node_dir(0))

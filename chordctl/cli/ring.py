@@ -10,8 +10,9 @@ from chordctl.config import Config
 from chordctl.core.ring import Ring
 from chordctl.errors import ExitStatus, InvalidInputError
 from chordctl.protocol import check_key
-from chordctl.status import (ARC_HEADERS, HEADERS, STATUS_TIMEOUT, arc_rows, node_at, node_state,
-                             poll_nodes, ring_rows, unserved_arcs)
+from chordctl.status import (ARC_HEADERS, HEADERS, STATUS_TIMEOUT, arc_rows, moved_nodes,
+                             node_at, node_state, poll_nodes, ring_rows, ring_view,
+                             unserved_arcs)
 
 
 def print_ring(cfg: Config, fmt: str, timeout: float = STATUS_TIMEOUT) -> tuple[int, str]:
@@ -20,6 +21,13 @@ def print_ring(cfg: Config, fmt: str, timeout: float = STATUS_TIMEOUT) -> tuple[
     statuses = poll_nodes(cfg, timeout)
     rows, docs = ring_rows(cfg, statuses)
     click.echo(render.render_rows(rows, HEADERS, fmt, docs))
+    view = ring_view(cfg, statuses)
+    for i, there, config_says in moved_nodes(cfg, view):
+        # (stderr: the tables stay parseable; not an error, the exit code is the state's)
+        click.secho(f"chordctl: ring: * node {i} is at {there} by the ring's membership "
+                    f"(epoch {view.epoch}), not at {config_says} as this config says: it "
+                    f"moved, and its peers route there; update nodes[{i}] in the config",
+                    fg="yellow", err=True)
     unserved = ""
     if cfg.ring.replicas > 1:
         arcs, arc_docs = arc_rows(cfg, statuses)
