@@ -33,7 +33,8 @@ from typing import Iterable
 import grpc
 
 from chordctl import security
-from chordctl.client import (CONNECT_TIMEOUT, PROBE_METHOD, RING_UP_HINT, STREAM_GRACE,
+from chordctl.client import (CONNECT_TIMEOUT, LEARN_TIMEOUT, PROBE_METHOD, RING_UP_HINT,
+                             STREAM_GRACE,
                              ClientBase, LaneBase, Result,
                              _batch_outcome, _ms, _remaining, _request, _unary,
                              batch_messages,
@@ -449,7 +450,7 @@ class AsyncClient(ClientBase):
         if stub is None:
             if self._closed:
                 raise self.closed_error()
-            channel = security.aio_channel(self.config, self.config.nodes[index].address)
+            channel = security.aio_channel(self.config, self.node_address(index))
             self._node_channels[index] = channel
             stub = self._node_stubs[index] = pb_grpc.KeyValueStub(channel)
         return stub
@@ -461,7 +462,7 @@ class AsyncClient(ClientBase):
             return None, self._entry(), self.address
         owner = self._ring.owner(int(key))
         i = self.serving(owner) if self._passed else owner
-        return owner, self._node_stub(i), self.config.nodes[i].address
+        return owner, self._node_stub(i), self.node_address(i)
 
     async def _reopen(self, index: int | None, failed: pb_grpc.KeyValueStub,
                       linger: float = 0.0) -> pb_grpc.KeyValueStub:
@@ -502,13 +503,29 @@ class AsyncClient(ClientBase):
                     self._retire(new)
                     raise self.closed_error()
             return self._kv
-        for i, stub in self._node_stubs.items():
+        for i, stub in list(self._node_stubs.items()):
             if stub is failed:
                 del self._node_stubs[i]
                 self._retire(self._node_channels.pop(i, None))
-                self.pass_over(i)
+                if not await self._learn_moves(i):     # moved: its new address next
+                    self.pass_over(i)
                 break
         return self._node_stub(self.serving(index))
+
+    async def _learn_moves(self, failed: int) -> bool:
+        """The sync Client._learn_moves: ask the other nodes where the ring has
+        node *failed*; whether it moved."""
+        for i in self._learn_order(failed) or ():
+            channel = security.aio_channel(self.config, self.node_address(i))
+            try:
+                reply = await pb_grpc.AdminStub(channel).Members(
+                    pb.Membership(), timeout=LEARN_TIMEOUT)
+            except grpc.aio.AioRpcError:
+                continue
+            finally:
+                await channel.close()
+            return self._learned(reply, failed)
+        return False
 
     async def move_on(self, index: int | None, quiet: pb_grpc.KeyValueStub) -> bool:
         """The sync Client.move_on: a call of reads had no answer from the node
@@ -545,7 +562,7 @@ class AsyncClient(ClientBase):
             if index is None:
                 stub, address = self._entry(), self.address
             else:       # the owner's: a lane follows a passed-over owner as it sends
-                stub, address = self._node_stub(index), self.config.nodes[index].address
+                stub, address = self._node_stub(index), self.node_address(index)
             lane = self._lanes[index] = _Lane(self, index, stub, address, self.coalesce_depth)
         return lane
 

@@ -23,6 +23,8 @@ import grpc
 from chordctl import security
 from chordctl.config import ClientConfig, Config, LimitsConfig
 from chordctl.config import load as load_config
+from chordctl.core import membership
+from chordctl.core.membership import Membership
 from chordctl.core.ring import Ring
 from chordctl.errors import ChordError, InternalError, InvalidInputError, UnavailableError
 from chordctl.pb import chord_pb2 as pb
@@ -39,6 +41,11 @@ CONNECT_TIMEOUT = 1.0
 # never left: its connection was refused) is passed over for this long, its
 # arcs' next replica taking its operations, then it is tried again.
 PASS_OVER = 2.0
+# Direct routing: a node that cannot be reached makes the client ask the
+# others where the ring has it (it may have moved), at most this often, each
+# asked at most this long.
+LEARN_EVERY = 1.0
+LEARN_TIMEOUT = 0.5
 # Seconds; longer timeouts (inf too) are this: gRPC's deadline overflows past
 # ~9.2e9 s from now, and such a call failed at once with DEADLINE_EXCEEDED.
 MAX_TIMEOUT = 1e9
@@ -196,7 +203,7 @@ class LaneBase:
         if node != self.node:
             self.node = node
             self.stub = client._node_stub(node)
-            self.address = client.config.nodes[node].address
+            self.address = client.node_address(node)
 
     @staticmethod
     def close_deadlines(pending: list, n: int) -> int:
@@ -725,6 +732,46 @@ class ClientBase:
         # passed over (it could not be reached; serving()).
         self._passed: dict[int, float] = {}
         self._replicas = config.ring.replicas if config is not None else 1
+        # Direct routing: where the ring has each node (membership.py), the
+        # config's until a node that cannot be reached makes the client ask
+        # the others (learn_moves).
+        self.membership = (Membership.from_config(config)
+                           if config is not None and self.route == "direct" else None)
+        self._learn_after = 0.0
+
+    def node_address(self, i: int) -> str:
+        """Where node *i* is: the ring's membership as this client knows it."""
+        if self.membership is not None:
+            return self.membership.address(i)
+        return self.config.nodes[i].address
+
+    def _learn_order(self, failed: int) -> list[int] | None:
+        """Direct routing, node *failed* could not be reached: the nodes to ask
+        where the ring has it (the others, in order), or None when it is not
+        the time (at most once per LEARN_EVERY s)."""
+        now = time.monotonic()
+        if self.membership is None or self.membership.n < 2 or now < self._learn_after:
+            return None
+        self._learn_after = now + LEARN_EVERY
+        return [i for i in range(self.membership.n) if i != failed]
+
+    def _learned(self, reply: pb.Membership, failed: int) -> bool:
+        """Merge a node's membership into this client's; whether node *failed*
+        moved (its next call goes to its new address)."""
+        try:
+            theirs = membership.from_pb(reply)
+            if theirs is None:
+                return False
+            new = self.membership.merge(theirs)
+        except membership.MembershipError as e:
+            log.debug("client: %s", e)
+            return False
+        old, self.membership = self.membership, new
+        moved = old.address(failed) != new.address(failed)
+        if moved:
+            log.info("client: node %d moved from %s to %s (membership epoch %d); update the "
+                     "config", failed, old.address(failed), new.address(failed), new.epoch)
+        return moved
 
     def serving(self, owner: int) -> int:
         """The node to send an operation on the arc of node *owner* to (direct
@@ -752,7 +799,7 @@ class ClientBase:
             self._passed[index] = time.monotonic() + PASS_OVER
             if fresh:
                 log.info("client: %s cannot be reached; its arcs' operations go to their "
-                         "next replica for %.0f s", self.config.nodes[index].address, PASS_OVER)
+                         "next replica for %.0f s", self.node_address(index), PASS_OVER)
 
     def read_share(self, reads_only: bool) -> float:
         """The share of its time a call gets at its first node (protocol.first_share,
@@ -844,7 +891,7 @@ class ClientBase:
             for i in ring.replicas(g, r):
                 ring_id = str(ring.ids[i])
                 members.append((i, f"arc {g} on node {i} (id {ring_id})",
-                                self.config.nodes[i].address, ring_id))
+                                self.node_address(i), ring_id))
             out.append((g, members))
         return out
 
@@ -856,7 +903,7 @@ class ClientBase:
         out = []
         for i in nodes_for_range(ring, int(start or 0), int(end) if end else None):
             ring_id = str(ring.ids[i])
-            out.append((i, f"node {i} (id {ring_id})", self.config.nodes[i].address, ring_id))
+            out.append((i, f"node {i} (id {ring_id})", self.node_address(i), ring_id))
         return out
 
 
@@ -982,7 +1029,7 @@ class Client(ClientBase):
         i = self._ring.owner(int(key))
         if self._passed:
             i = self.serving(i)
-        return self._node_stub(i), self.config.nodes[i].address
+        return self._node_stub(i), self.node_address(i)
 
     def alternate_for(self, key: str, tried: set[str]) -> tuple[pb_grpc.KeyValueStub, str] | None:
         """Another node to send an operation on *key* to, after the nodes at the
@@ -1000,10 +1047,10 @@ class Client(ClientBase):
         else:
             return None
         for i in candidates:
-            if nodes[i].address in tried:
+            if self.node_address(i) in tried:
                 self.pass_over(i)
             else:
-                return self._node_stub(i), nodes[i].address
+                return self._node_stub(i), self.node_address(i)
         return None
 
     def move_on(self, index: int | None, quiet: pb_grpc.KeyValueStub) -> bool:
@@ -1033,7 +1080,7 @@ class Client(ClientBase):
                     raise self.closed_error()
                 stub = self._node_stubs.get(index)
                 if stub is None:
-                    channel = security.channel(self.config, self.config.nodes[index].address)
+                    channel = security.channel(self.config, self.node_address(index))
                     self._node_channels[index] = channel
                     stub = self._node_stubs[index] = pb_grpc.KeyValueStub(channel)
         return stub
@@ -1070,9 +1117,23 @@ class Client(ClientBase):
                 if stub is failed:
                     del self._node_stubs[i]
                     _close_later(self._node_channels.pop(i, None))
-                    self.pass_over(i)
+                    if not self._learn_moves(i):     # moved: its new address next
+                        self.pass_over(i)
                     break
             return self._node_stub(self.serving(index))
+
+    def _learn_moves(self, failed: int) -> bool:
+        """Ask the other nodes where the ring has node *failed* (the first that
+        answers); whether it moved (Admin.Members, a question)."""
+        for i in self._learn_order(failed) or ():
+            with security.channel(self.config, self.node_address(i)) as channel:
+                try:
+                    reply = pb_grpc.AdminStub(channel).Members(pb.Membership(),
+                                                               timeout=LEARN_TIMEOUT)
+                except grpc.RpcError:
+                    continue
+            return self._learned(reply, failed)
+        return False
 
     def _lane(self, key: str) -> _Lane:
         index = None if self._ring is None else self._ring.owner(int(key))
@@ -1081,7 +1142,7 @@ class Client(ClientBase):
             if index is None:
                 stub, address = self.stub_for(key)
             else:       # the owner's: a lane follows a passed-over owner as it sends
-                stub, address = self._node_stub(index), self.config.nodes[index].address
+                stub, address = self._node_stub(index), self.node_address(index)
             with self._lock:
                 lane = self._lanes.get(index)
                 if lane is None:

@@ -382,3 +382,42 @@ def test_a_replacement_at_a_new_address_on_an_empty_directory_takes_its_place(
     wait_until(writes, timeout=20, interval=0.1, what="every arc commits on nodes 1 and 2")
     for k in keys:
         assert reads_as(cfg, replacement.address, k, b"w%d" % k)
+
+
+def test_a_library_client_of_the_old_config_follows_a_node_that_moved(make_cluster) -> None:
+    """connect()'s direct route sends node 2's keys to node 2 itself. Node 2
+    moves; the same clients (sync and asyncio), on the config of before,
+    find it: the call to the old address never left, the client asks the
+    other nodes where the ring has node 2, and sends it there."""
+    import asyncio
+
+    import chordctl
+    from chordctl import aio
+    cluster = make_cluster(3, bits=BITS)
+    cfg = cluster.config
+    k = key_of(3, 2)
+    sync = chordctl.connect(cluster.config_path, coalesce=False)
+
+    async def make():
+        return await aio.connect(cluster.config_path)
+
+    loop = asyncio.new_event_loop()
+    try:
+        db = loop.run_until_complete(make())
+        assert sync.route == db.route == "direct"
+        sync.create(k, b"two")
+        assert loop.run_until_complete(db.read(k)).value == b"two"
+        cluster.nodes[2].stop()
+        moved = NodeProc(moved_config(cluster.config_path, 2), 2).start()
+        cluster.nodes[2] = moved
+        wait_until(lambda: status_view(cfg, cluster.address(0)).address(2) == moved.address,
+                   timeout=15, what="node 0 learns where node 2 went")
+        assert sync.read(k).value == b"two"
+        assert sync.node_address(2) == moved.address
+        loop.run_until_complete(db.update(k, b"two again"))
+        assert db.node_address(2) == moved.address
+        assert sync.read(k).value == b"two again"
+    finally:
+        sync.close()
+        loop.run_until_complete(db.close())
+        loop.close()
