@@ -17,6 +17,7 @@ from chordctl.core import membership
 from chordctl.core.membership import Membership, MembershipError
 from chordctl.core.ring import Ring
 from chordctl.errors import ChordError
+from chordctl.pb import chord_pb2 as pb
 
 # A node that is down refuses the connection at once; this bounds only a node
 # that accepts but does not answer (hung, or starved on a loaded machine: 1 s
@@ -67,7 +68,11 @@ def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
                  and view is not None and view.address(i) != cfg.nodes[i].address]
         for i, st in zip(moved, pool.map(one, [view.address(i) for i in moved])):
             statuses[i] = st
-        return statuses
+    for i, st in enumerate(statuses):
+        if isinstance(st, pb.NodeStatus) and st.node_index != i:
+            statuses[i] = ChordError(f"ring: {st.address} answers as node {st.node_index}, "
+                                     f"not as node {i}: check nodes[{i}] in the config")
+    return statuses
 
 
 def ring_view(cfg: Config, statuses: list[object]) -> Membership | None:

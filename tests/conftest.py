@@ -109,8 +109,9 @@ class NodeProc:
 
     def __init__(self, config_path: str, index: int, env: dict | None = None,
                  hold: str | None = None, replay_delay: float = 0.0,
-                 journal_fault: str | None = None):
+                 journal_fault: str | None = None, args: tuple[str, ...] = ()):
         self.config_path = config_path
+        self.args = args          # more `node serve` options
         self.index = index
         self.hold = hold
         self.replay_delay = replay_delay
@@ -135,7 +136,7 @@ class NodeProc:
                 argv += ["--journal-fault", self.journal_fault]
         else:
             argv = [sys.executable, "-m", "chordctl", "-c", self.config_path, "node", "serve",
-                    "--node", str(self.index)]
+                    "--node", str(self.index), *self.args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,

@@ -31,9 +31,13 @@ def node() -> None:
               help="Pin the node process to these CPUs (0, 0-3, 0,2), or `none` to "
                    "leave it unpinned [default: the node's `cpus` in the config, "
                    "else unpinned].")
+@click.option("--take-over", is_flag=True,
+              help="This node moved to the address the config gives it, and the address "
+                   "the ring has it at does not answer at all: its old host is gone for "
+                   "good, take its place (a refused connection needs no flag).")
 @pass_state
 def serve(state: State, index: int, log_level: str, log_format: str,
-          cpus: str | None) -> None:
+          cpus: str | None, take_over: bool) -> None:
     """Run node I of the config in the foreground until SIGTERM or Ctrl-C.
 
     The node replays its snapshot and log before it answers any request.
@@ -68,6 +72,6 @@ def serve(state: State, index: int, log_level: str, log_format: str,
         raise InvalidInputError(f"node: {e}") from None
     nodelog.setup(index, node_id(cfg.ring.bits, len(cfg.nodes), index), log_level, log_format)
     try:
-        eventloop.run(serve_node(cfg, index), loop)
+        eventloop.run(serve_node(cfg, index, take_over=take_over), loop)
     except KeyboardInterrupt:
         pass

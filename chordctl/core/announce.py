@@ -22,6 +22,7 @@ from chordctl.core import membership
 from chordctl.core.membership import Members, Membership
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
+from chordctl.protocol import never_sent
 
 logger = logging.getLogger("chordctl.node")
 
@@ -31,29 +32,42 @@ ANNOUNCE_MAX = 2.0
 CALL_TIMEOUT = 1.0
 
 
-async def join(node, config) -> None:
-    """Before a node serves (server.py, after recovery).
+async def join(node, config, take_over: bool = False) -> None:
+    """Before a node serves (server.py, after recovery): the ring's
+    membership, with this node where its config says it listens.
 
-    A node whose directory kept no membership (new, or a replacement on an
-    empty directory) asks its peers for theirs and takes it, with its own
-    entry where its config says it listens: the ring's view, not the
-    config's, so a replacement at a new address wins over the address its
-    predecessor had (the next epoch). A node that moves is refused
-    (MembershipError, exit 2) while another process still answers as this
-    node at the old address: two processes for one node would split its
-    arc's requests and its Raft messages between them.
+    The node asks its peers for their views (at the addresses its directory
+    recorded) and merges them into the one it recorded; a directory that
+    recorded none (a new node, or a replacement on an empty directory) takes
+    the peers' view whole. If the ring has this node elsewhere, this start
+    moves it: only once nothing still serves as this node there (a refused
+    connection; with *take_over*, also an address that does not answer at
+    all) -- else MembershipError (exit 2), with nothing written. Then the
+    move is the next epoch, persisted before the node serves.
     """
     members = node.membership
-    loop = asyncio.get_running_loop()
-    if node.membership_fresh:
-        learned = await _ask_peers(config, node.index, members.current)
-        if learned is not None:
-            view = node.moved_to_config(learned)
-            if view != members.current:
-                await loop.run_in_executor(None, members.replace, view)
-                logger.info("%s: took the ring's membership %s", node.label, view.describe())
-    if node.moved_from is not None:
-        await _refuse_if_running(config, node.index, node.moved_from, members.current)
+    me = node.index
+    recorded = members.current
+    learned = await _ask_peers(config, me, recorded)
+    if learned is None:
+        ring = recorded
+    elif node.membership_fresh:
+        ring = learned
+    else:
+        ring = recorded.merge(learned)
+    # Where the ring routes this node's traffic: the peers' view of it (a tie
+    # in a merge with what this directory recorded must not hide it).
+    there, mine = (learned or recorded).address(me), config.node(me).address
+    if there != mine:
+        await _check_gone(config, me, there, ring, take_over)
+        logger.info("%s: moved from %s to %s: membership epoch %d", node.label, there, mine,
+                    ring.epoch + 1)
+        ring = ring.claim(me, mine)      # past every view that had it elsewhere
+    view = node.moved_to_config(ring)
+    if view != recorded:
+        await asyncio.get_running_loop().run_in_executor(None, members.replace, view)
+        if learned is not None and node.membership_fresh:
+            logger.info("%s: took the ring's membership %s", node.label, view.describe())
 
 
 async def _ask_peers(config, me: int, view: Membership) -> Membership | None:
@@ -81,21 +95,45 @@ async def _ask_peers(config, me: int, view: Membership) -> Membership | None:
     return learned
 
 
-async def _refuse_if_running(config, me: int, old: str, view: Membership) -> None:
-    channel = security.aio_channel(config, old)
+async def _check_gone(config, me: int, there: str, view: Membership, take_over: bool) -> None:
+    """MembershipError unless nothing serves as node *me* at *there* (where the
+    ring has it): a refused connection, or another node there; with
+    *take_over* also an address that takes no call within ASK_TIMEOUT."""
+    channel = security.aio_channel(config, there)
     try:
         st = await pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=ASK_TIMEOUT)
-    except grpc.aio.AioRpcError:
-        return          # nothing answers there: the node that was there is gone
+    except grpc.aio.AioRpcError as e:
+        code, details = e.code(), e.details() or ""
+        sent = not never_sent(code.value[0], details)
+        if not sent and "connection refused" in details.lower():
+            return          # nothing listens there: the node that was there is gone
+        if not sent or code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # Connected and no answer, or no connection within the time: the
+            # host may be cut off or stopped with node *me* still on it.
+            if take_over:
+                logger.warning("node %d: nothing answers at %s, where the ring has this "
+                               "node; taking its place (--take-over)", me, there)
+                return
+            raise membership.MembershipError(
+                f"node: the ring has node {me} at {there}, and nothing answers there within "
+                f"{ASK_TIMEOUT:.0f}s, but it does not refuse connections either (a host cut "
+                f"off or stopped may still run node {me}); if node {me} at {there} is gone "
+                f"for good, start this one with --take-over") from None
+        raise membership.MembershipError(
+            f"node: a node answers at {there}, where the ring has node {me} ({code.name}: "
+            f"{details}); two processes cannot both be node {me} -- stop that one first "
+            f"(a node moves, or is replaced, only once the one before it is gone)") from None
     finally:
         await channel.close()
     theirs = membership.from_pb(st.membership) if st.HasField("membership") else None
     if st.node_index == me and (theirs is None or theirs.shape == view.shape):
         raise membership.MembershipError(
-            f"node: node {me} is already running at {old} (pid {st.pid}); two processes "
-            f"cannot both be node {me} -- stop that one first (a node moves, or is "
-            f"replaced, only once the one before it is gone), or give this one an entry of "
-            f"its own in nodes and its index")
+            f"node: node {me} is already running at {there} (pid {st.pid}), where the ring "
+            f"has it; two processes cannot both be node {me} -- stop that one first (a node "
+            f"moves, or is replaced, only once the one before it is gone), or start this "
+            f"process with the index of the node it is meant to be")
+    logger.warning("node %d: %s serves node %d now, not this node; taking this node's place "
+                   "in the ring's membership", me, there, st.node_index)
 
 
 class Announcer:

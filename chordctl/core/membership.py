@@ -41,6 +41,12 @@ from chordctl.core.ring import Ring
 from chordctl.errors import ChordError, ExitStatus
 
 
+# What a view from the wire may hold: one change a second for a million
+# years is far below the epoch's cap, and every epoch + 1 stays a uint64.
+MAX_EPOCH = 1 << 48
+MAX_ADDRESS = 300
+
+
 class MembershipError(ChordError):
     """A membership that cannot follow the current one (another ring's shape)."""
 
@@ -112,6 +118,11 @@ class Membership:
         it already does."""
         if self.addresses[index] == address:
             return self
+        return self.claim(index, address)
+
+    def claim(self, index: int, address: str) -> "Membership":
+        """Node *index* is at *address* as of the next epoch, whatever this
+        view says of it (a move that must win over every view before it)."""
         epoch = self.epoch + 1
         return dataclasses.replace(
             self, epoch=epoch,
@@ -165,6 +176,17 @@ class Members:
         self._lock = threading.Lock()
         self._persist = persist
         self._listeners: list[Callable[[Membership, Membership], None]] = []
+        self._me: int | None = None
+        self._mine = ""
+        self._on_claimed: Callable[[str, Membership], None] | None = None
+
+    def pin(self, index: int, address: str,
+            on_claimed: Callable[[str, Membership], None] | None = None) -> None:
+        """This process is node *index*, at *address*: a view that has it
+        elsewhere does not move it (only a node moves itself). Such a view
+        is answered by claiming the entry back, at an epoch past it, and
+        *on_claimed* (the other address, the view) is told."""
+        self._me, self._mine, self._on_claimed = index, address, on_claimed
 
     def subscribe(self, listener: Callable[[Membership, Membership], None]) -> None:
         self._listeners.append(listener)
@@ -198,14 +220,21 @@ class Members:
         reads it: a node that routed by it and then crashed comes back with
         it. MembershipError when *incoming* is of another shape.
         """
+        claimed = None
         with self._lock:
             old = self.current
             new = old.merge(incoming)
-            if new is old:
+            me = self._me
+            if me is not None and new.address(me) != self._mine:
+                claimed = new.address(me)
+                new = new.moved(me, self._mine)
+            if new == old:
                 return False
             if self._persist is not None:
                 self._persist(new)
             self.current = new
+        if claimed is not None and self._on_claimed is not None:
+            self._on_claimed(claimed, incoming)
         for listener in list(self._listeners):
             listener(old, new)
         return True
@@ -231,6 +260,9 @@ def from_pb(msg) -> Membership | None:
     MembershipError for one that does not hold together."""
     if msg.epoch == 0:
         return None
+    if msg.epoch > MAX_EPOCH or any(not 0 < len(a) <= MAX_ADDRESS for a in msg.addresses):
+        raise MembershipError(f"membership: a malformed view (epoch {msg.epoch}, or an "
+                              f"address empty or over {MAX_ADDRESS} characters)")
     try:
         return Membership(msg.epoch, msg.bits, msg.placement, msg.routing, msg.replicas,
                           tuple(msg.addresses), tuple(msg.since))

@@ -69,6 +69,11 @@ from chordctl.protocol import INTERNAL, OP_READ, UNAVAILABLE
 
 logger = logging.getLogger("chordctl.node")
 
+# A node whose entry peers' views keep moving elsewhere shares its index with
+# another process (Members.pin): this many times within this many seconds.
+CLAIMS_BEFORE_FAIL = 3
+CLAIMS_WITHIN = 60.0
+
 DRAIN_LIMIT = 4096           # F1 items merged into one batch at most
 JOIN_TIMEOUT = 10.0
 
@@ -169,7 +174,7 @@ class Node:
         # reads the directory's; routing reads it at use, never a copy.
         self.membership = Members(Membership.from_config(config))
         self.membership_fresh = False   # recover(): the directory recorded no membership
-        self.moved_from: str | None = None   # this start moved the node from that address
+        self._claims: list[float] = []  # when peers' views had this node elsewhere
         self.node_id = self.ring.ids[index]
         self.identity = identity.RingIdentity.of(self.ring, index)
         self.label = f"node {index} (id {self.node_id})"
@@ -239,10 +244,12 @@ class Node:
             recorded = None
         addresses = tuple(n.address for n in self.config.nodes)
         if recorded is not None:
-            if recorded.identity.fingerprint == expected.fingerprint:
+            if recorded.identity.fingerprint == expected.fingerprint and recorded.epoch == 1:
                 # Another ring of this shape first: only then is another index
                 # this ring's other node's directory (a fingerprint that differs
-                # fails check() below, as it always did).
+                # fails check() below, as it always did). (A ring whose nodes
+                # moved while it ran, epoch > 1, may share no address with a
+                # config of before; its membership is checked at join.)
                 identity.check_addresses(recorded, addresses, self.directory)
             identity.check(recorded.identity, expected, self.directory, recorded.adopted,
                            node_dir=self.config.node_dir)
@@ -284,11 +291,12 @@ class Node:
             identity.write(self.directory, expected, adopted, m.addresses, created,
                            m.epoch, m.since)
 
-        if recorded is not None and (recorded.addresses, recorded.epoch, recorded.since) != (
-                view.addresses, view.epoch, view.since):
-            # Where this ring's nodes are now (check_addresses at the next start).
-            persist(view)
+        if recorded is not None and recorded.addresses is None:
+            persist(view)     # a file of before addresses were recorded: the config's
+        # (A move of this node is persisted by join() once it checked that no
+        # other process still answers as this node where the ring has it.)
         self.membership.restore(view, persist)
+        self.membership.pin(self.index, self.config.node(self.index).address, self._claimed)
         if recorded is None:
             data = bool(report.snapshot or report.records)
             path = identity.write(self.directory, expected, adopted=data, addresses=addresses,
@@ -317,30 +325,27 @@ class Node:
         return report
 
     def _membership_from(self, recorded: identity.IdentityFile | None) -> Membership:
-        """This start's membership: the directory's, with this node's own
-        entry from the config (a node is where it listens; a new address is
-        a new epoch). The config's other entries do not change it: only a
-        node moves itself, and tells its peers (server.py announces)."""
+        """The membership the directory recorded (the config's for one that
+        recorded none: ``membership_fresh``). Where this node listens now is
+        join()'s (announce.py): the ring's view, then this node's move."""
         config_view = Membership.from_config(self.config)
         if recorded is None or recorded.addresses is None \
                 or len(recorded.addresses) != config_view.n:
             self.membership_fresh = True     # the ring's view is asked at start (join)
             return config_view
-        view = Membership.from_config(self.config, recorded.epoch, recorded.addresses,
+        return Membership.from_config(self.config, recorded.epoch, recorded.addresses,
                                       recorded.since)
-        return self.moved_to_config(view)
 
     def moved_to_config(self, view: Membership) -> Membership:
         """*view* with this node's own entry where the config says it listens
-        (the next epoch if that moved it: ``moved_from`` says from where);
-        the config's other entries are only compared, and logged."""
+        (the next epoch if that moves it); the config's other entries are only
+        compared, and logged."""
         config_view = Membership.from_config(self.config)
         me = self.index
         mine = config_view.address(me)
         if view.address(me) != mine:
             logger.info("%s: moved from %s to %s: membership epoch %d", self.label,
                         view.address(me), mine, view.epoch + 1)
-            self.moved_from = view.address(me)
             view = view.moved(me, mine)
         stale = [j for j in range(view.n) if j != me
                  and view.address(j) != config_view.address(j)]
@@ -352,6 +357,22 @@ class Node:
                 self.label, ", ".join(f"node {j} at {config_view.address(j)}" for j in stale),
                 view.epoch, ", ".join(f"node {j} at {view.address(j)}" for j in stale))
         return view
+
+    def _claimed(self, there: str, view: Membership) -> None:
+        """A peer's view had this node at *there*: claimed back (Members.pin).
+        Once is a tie this node's next epoch settles (a replacement that heard
+        no peer at its start); again and again is another process claiming to
+        be this node: fail-stop rather than split the arc between the two."""
+        now = time.monotonic()
+        self._claims = [t for t in self._claims if now - t < CLAIMS_WITHIN] + [now]
+        logger.warning("%s: a peer's membership (epoch %d) has this node at %s; it listens "
+                       "at %s and claims its entry back", self.label, view.epoch, there,
+                       self.config.node(self.index).address)
+        if len(self._claims) >= CLAIMS_BEFORE_FAIL:
+            self.fail(f"another process claims to be node {self.index}, at {there} (the "
+                      f"ring's membership moved this node there {len(self._claims)} times "
+                      f"within {CLAIMS_WITHIN:.0f}s); two processes cannot both be one "
+                      f"node: stop the one that should not run, then start this one again")
 
     def holds_key_test(self) -> Callable[[int], bool]:
         """Whether a key belongs in this node's map (its arc)."""

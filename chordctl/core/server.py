@@ -102,9 +102,10 @@ class NodeServer:
     """
 
     def __init__(self, config: Config, index: int, node_class: type[Node] = Node,
-                 pid_file: bool = False):
+                 pid_file: bool = False, take_over: bool = False):
         self.config = config
         self.index = index
+        self.take_over = take_over     # announce.join: the old address may not answer
         allow_key_digits(config.limits.max_key_digits)   # before the replay parses keys
         self.loop = asyncio.get_running_loop()
         self.replies = Replies.over(self.loop)   # pipeline and router -> waiting receivers
@@ -208,7 +209,7 @@ class NodeServer:
                 raise StorageError(f"storage: {self.node.label} cannot start: "
                                    f"{e.filename or self.node.directory}: {e.strerror or e}; "
                                    f"fix the disk or the directory and start it again") from None
-            await join(self.node, cfg)     # the ring's membership (announce.py)
+            await join(self.node, cfg, self.take_over)   # the ring's membership (announce.py)
             self.node.start(self.router)
         except BaseException:
             await server.stop(None)
@@ -299,10 +300,11 @@ class NodeServer:
         logger.info("%s stopped; log flushed", self.node.label)
 
 
-async def serve(config: Config, index: int, node_class: type[Node] = Node) -> None:
+async def serve(config: Config, index: int, node_class: type[Node] = Node,
+                take_over: bool = False) -> None:
     """Run node *index* until SIGTERM or SIGINT; a second signal exits at once."""
     loop = asyncio.get_running_loop()
-    ns = NodeServer(config, index, node_class, pid_file=True)
+    ns = NodeServer(config, index, node_class, pid_file=True, take_over=take_over)
     await ns.start()
     stop = asyncio.Event()
 
