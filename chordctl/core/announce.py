@@ -57,7 +57,11 @@ async def join(node, config, take_over: bool = False) -> None:
         ring = recorded.merge(learned)
     # Where the ring routes this node's traffic: the peers' view of it (a tie
     # in a merge with what this directory recorded must not hide it).
-    there, mine = (learned or recorded).address(me), config.node(me).address
+    # (Unless this directory's own setting of it is newer: a peer that did
+    # not hear this node's last move yet.)
+    peers_say = learned is not None and learned.since[me] >= recorded.since[me]
+    there = (learned if peers_say else recorded).address(me)
+    mine = config.node(me).address
     if there != mine:
         await _check_gone(config, me, there, ring, take_over)
         logger.info("%s: moved from %s to %s: membership epoch %d", node.label, there, mine,
@@ -104,21 +108,28 @@ async def _check_gone(config, me: int, there: str, view: Membership, take_over: 
         st = await pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=ASK_TIMEOUT)
     except grpc.aio.AioRpcError as e:
         code, details = e.code(), e.details() or ""
-        sent = not never_sent(code.value[0], details)
-        if not sent and "connection refused" in details.lower():
+        low = details.lower()
+        # No server said anything: no connection (refused, timed out, a name
+        # that no longer resolves), or no answer within the time.
+        unanswered = (never_sent(code.value[0], details)
+                      or code == grpc.StatusCode.DEADLINE_EXCEEDED
+                      or (code == grpc.StatusCode.UNAVAILABLE
+                          and ("resolv" in low or "dns" in low)))
+        if unanswered and "connection refused" in low:
             return          # nothing listens there: the node that was there is gone
-        if not sent or code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            # Connected and no answer, or no connection within the time: the
-            # host may be cut off or stopped with node *me* still on it.
+        if unanswered:
+            # The host may be cut off or stopped with node *me* still on it.
             if take_over:
                 logger.warning("node %d: nothing answers at %s, where the ring has this "
-                               "node; taking its place (--take-over)", me, there)
+                               "node (%s); taking its place (--take-over)", me, there,
+                               details or code.name)
                 return
             raise membership.MembershipError(
                 f"node: the ring has node {me} at {there}, and nothing answers there within "
-                f"{ASK_TIMEOUT:.0f}s, but it does not refuse connections either (a host cut "
-                f"off or stopped may still run node {me}); if node {me} at {there} is gone "
-                f"for good, start this one with --take-over") from None
+                f"{ASK_TIMEOUT:.0f}s ({details or code.name}), but nothing refuses the "
+                f"connection either (a host cut off or stopped may still run node {me}); if "
+                f"node {me} at {there} is gone for good, start this one with "
+                f"--take-over") from None
         raise membership.MembershipError(
             f"node: a node answers at {there}, where the ring has node {me} ({code.name}: "
             f"{details}); two processes cannot both be node {me} -- stop that one first "

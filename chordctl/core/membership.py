@@ -39,12 +39,14 @@ from collections.abc import Callable, Sequence
 
 from chordctl.core.ring import Ring
 from chordctl.errors import ChordError, ExitStatus
+from chordctl.protocol import MAX_BITS, MIN_BITS
 
 
 # What a view from the wire may hold: one change a second for a million
 # years is far below the epoch's cap, and every epoch + 1 stays a uint64.
 MAX_EPOCH = 1 << 48
 MAX_ADDRESS = 300
+MAX_NODES = 1 << 16
 
 
 class MembershipError(ChordError):
@@ -188,6 +190,11 @@ class Members:
         *on_claimed* (the other address, the view) is told."""
         self._me, self._mine, self._on_claimed = index, address, on_claimed
 
+    def unpin(self) -> None:
+        """Claim nothing back any more (a node that fail-stopped: the other
+        process's claim then settles the entry)."""
+        self._me, self._on_claimed = None, None
+
     def subscribe(self, listener: Callable[[Membership, Membership], None]) -> None:
         self._listeners.append(listener)
 
@@ -260,9 +267,13 @@ def from_pb(msg) -> Membership | None:
     MembershipError for one that does not hold together."""
     if msg.epoch == 0:
         return None
-    if msg.epoch > MAX_EPOCH or any(not 0 < len(a) <= MAX_ADDRESS for a in msg.addresses):
-        raise MembershipError(f"membership: a malformed view (epoch {msg.epoch}, or an "
-                              f"address empty or over {MAX_ADDRESS} characters)")
+    # (Bounded before a Ring is built of it: 2**bits is computed there.)
+    if msg.epoch > MAX_EPOCH or not MIN_BITS <= msg.bits <= MAX_BITS \
+            or not 0 < len(msg.addresses) <= MAX_NODES \
+            or any(not 0 < len(a) <= MAX_ADDRESS for a in msg.addresses):
+        raise MembershipError(f"membership: a malformed view (epoch {msg.epoch}, ring.bits "
+                              f"{msg.bits}, {len(msg.addresses)} node(s), or an address "
+                              f"empty or over {MAX_ADDRESS} characters)")
     try:
         return Membership(msg.epoch, msg.bits, msg.placement, msg.routing, msg.replicas,
                           tuple(msg.addresses), tuple(msg.since))

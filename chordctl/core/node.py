@@ -369,6 +369,9 @@ class Node:
                        "at %s and claims its entry back", self.label, view.epoch, there,
                        self.config.node(self.index).address)
         if len(self._claims) >= CLAIMS_BEFORE_FAIL:
+            # Stop claiming (and, server.py, announcing): the other claim
+            # settles the entry instead of both processes failing.
+            self.membership.unpin()
             self.fail(f"another process claims to be node {self.index}, at {there} (the "
                       f"ring's membership moved this node there {len(self._claims)} times "
                       f"within {CLAIMS_WITHIN:.0f}s); two processes cannot both be one "

@@ -161,9 +161,11 @@ class NodeServer:
                              f"nodes[{self.index}].port")
 
         def on_failed(reason: str) -> None:
-            # From a pipeline thread (Node.fail): health follows on the loop.
+            # From a pipeline thread (Node.fail): health follows on the loop,
+            # and the node stops telling peers its membership.
             try:
                 loop.call_soon_threadsafe(lambda: loop.create_task(self._not_serving()))
+                loop.call_soon_threadsafe(self._stop_announcing)
             except RuntimeError:   # the loop is closed: the process is ending anyway
                 pass
 
@@ -243,6 +245,10 @@ class NodeServer:
                     "TLS" if credentials is not None else "plaintext", len(self.node.store),
                     self.node.ready_seconds, procinfo.rss_bytes() / 1e6)
         return self.port
+
+    def _stop_announcing(self) -> None:
+        if self._announce is not None:
+            self._announce.cancel()
 
     async def _watch_arcs(self) -> None:
         """Health "arc/<g>" for each arc this node holds a copy of: SERVING while
