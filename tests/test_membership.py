@@ -241,6 +241,23 @@ def moved_config(path: str, index: int, data_dir: str | None = None) -> str:
     return out
 
 
+def start_moved(cluster, index: int) -> NodeProc:
+    """Node *index* started at a new port (its old process stopped by the
+    caller); it takes the old one's place in *cluster* (stopped at teardown)."""
+    moved = NodeProc(moved_config(cluster.config_path, index), index).start()
+    cluster.nodes[index] = moved
+    return moved
+
+
+def ring_with_key(make_cluster, owner: int, value: bytes, n: int = 3):
+    """A started n-node ring, its config, and a key of node *owner* written as *value*."""
+    cluster = make_cluster(n, bits=BITS)
+    k = key_of(n, owner)
+    with Client(cluster.config, target=cluster.address(0)) as c:
+        c.create(str(k), value)
+    return cluster, cluster.config, k
+
+
 def key_of(n: int, owner: int) -> int:
     return Ring(BITS, n).ids[owner]          # a node's own id lies in its arc
 
@@ -260,15 +277,10 @@ def reads_as(config, address, key: int, value: bytes) -> bool:
 
 def test_a_node_that_moves_is_reached_at_its_new_address_without_restarting_the_others(
         make_cluster) -> None:
-    cluster = make_cluster(3, bits=BITS)
-    cfg = cluster.config
-    k = key_of(3, 2)
-    with Client(cfg, target=cluster.address(0)) as c:
-        c.create(str(k), b"two")
+    cluster, cfg, k = ring_with_key(make_cluster, 2, b"two")
     assert status_view(cfg, cluster.address(0)).epoch == 1
     cluster.nodes[2].stop()
-    moved = NodeProc(moved_config(cluster.config_path, 2), 2).start()
-    cluster.nodes[2] = moved            # (stopped at teardown)
+    moved = start_moved(cluster, 2)
     new = moved.address
     for i in (0, 1):
         wait_until(lambda: status_view(cfg, cluster.address(i)).address(2) == new,
@@ -305,15 +317,10 @@ def test_a_node_that_moves_is_reached_at_its_new_address_without_restarting_the_
 
 def test_a_node_down_while_another_moved_learns_where_it_went_when_it_starts(
         make_cluster) -> None:
-    cluster = make_cluster(3, bits=BITS)
-    cfg = cluster.config
-    k = key_of(3, 2)
-    with Client(cfg, target=cluster.address(0)) as c:
-        c.create(str(k), b"two")
+    cluster, cfg, k = ring_with_key(make_cluster, 2, b"two")
     cluster.nodes[1].stop()
     cluster.nodes[2].stop()
-    moved = NodeProc(moved_config(cluster.config_path, 2), 2).start()
-    cluster.nodes[2] = moved
+    moved = start_moved(cluster, 2)
     wait_until(lambda: status_view(cfg, cluster.address(0)).epoch == 2, timeout=15,
                what="node 0 learns where node 2 went")
     cluster.nodes[1].start()             # with the config of before the move
@@ -331,8 +338,7 @@ def test_a_replica_that_moves_takes_part_in_its_groups_at_its_new_address(
     cfg = cluster.config
     keys = [key_of(3, i) for i in range(3)]
     cluster.nodes[2].stop()
-    moved = NodeProc(moved_config(cluster.config_path, 2), 2).start()
-    cluster.nodes[2] = moved
+    moved = start_moved(cluster, 2)
     wait_until(lambda: status_view(cfg, cluster.address(1)).address(2) == moved.address,
                timeout=15, what="node 1 learns where node 2 went")
     cluster.nodes[0].kill(signal.SIGKILL)
@@ -406,8 +412,7 @@ def test_a_replacement_at_a_new_address_on_an_empty_directory_takes_its_place(
             c.create(str(k), b"v%d" % k)
     cluster.nodes[2].kill(signal.SIGKILL)
     shutil.rmtree(cfg.node_dir(2))
-    replacement = NodeProc(moved_config(cluster.config_path, 2), 2).start()
-    cluster.nodes[2] = replacement
+    replacement = start_moved(cluster, 2)
     assert "took the ring's membership" in replacement.log()
     for i in (0, 1):
         wait_until(lambda: status_view(cfg, cluster.address(i)).address(2)
@@ -455,8 +460,7 @@ def test_a_library_client_of_the_old_config_follows_a_node_that_moved(make_clust
         sync.create(k, b"two")
         assert loop.run_until_complete(db.read(k)).value == b"two"
         cluster.nodes[2].stop()
-        moved = NodeProc(moved_config(cluster.config_path, 2), 2).start()
-        cluster.nodes[2] = moved
+        moved = start_moved(cluster, 2)
         wait_until(lambda: status_view(cfg, cluster.address(0)).address(2) == moved.address,
                    timeout=15, what="node 0 learns where node 2 went")
         assert sync.read(k).value == b"two"
@@ -477,11 +481,7 @@ def test_a_move_from_an_address_that_takes_connections_and_never_answers_needs_t
     is refused (exit 2, naming --take-over), and with --take-over it takes
     its place."""
     import socket
-    cluster = make_cluster(3, bits=BITS)
-    cfg = cluster.config
-    k = key_of(3, 2)
-    with Client(cfg, target=cluster.address(0)) as c:
-        c.create(str(k), b"two")
+    cluster, cfg, k = ring_with_key(make_cluster, 2, b"two")
     cluster.nodes[2].stop()
     host, port = cfg.nodes[2].host, cfg.nodes[2].port
     silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
