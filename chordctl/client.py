@@ -1113,14 +1113,20 @@ class Client(ClientBase):
                         self.open(self.address)
                     _close_later(old, linger)
                 return self._kv
+            lost = None
             for i, stub in self._node_stubs.items():
                 if stub is failed:
                     del self._node_stubs[i]
                     _close_later(self._node_channels.pop(i, None))
-                    if not self._learn_moves(i):     # moved: its new address next
-                        self.pass_over(i)
+                    lost = i
                     break
-            return self._node_stub(self.serving(index))
+            if lost is None:
+                return self._node_stub(self.serving(index))
+        # Asked without the lock (up to LEARN_TIMEOUT a node): close() and the
+        # other lanes go on meanwhile.
+        if not self._learn_moves(lost):     # moved: its new address next
+            self.pass_over(lost)
+        return self._node_stub(self.serving(index))
 
     def _learn_moves(self, failed: int) -> bool:
         """Ask the other nodes where the ring has node *failed* (the first that

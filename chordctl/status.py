@@ -62,12 +62,19 @@ def poll_nodes(cfg: Config, timeout: float = STATUS_TIMEOUT) -> list[object]:
 
     with ThreadPoolExecutor(max_workers=min(32, len(cfg.nodes))) as pool:
         statuses = list(pool.map(one, [n.address for n in cfg.nodes]))
-        # A node that moved (membership.py) is asked where its peers say it is.
+        # A node that moved (membership.py) is asked where its peers say it
+        # is (also one whose old address another node took: a swap).
         view = ring_view(cfg, statuses)
+        _as_indexed(statuses)
         moved = [i for i, st in enumerate(statuses) if isinstance(st, Exception)
                  and view is not None and view.address(i) != cfg.nodes[i].address]
         for i, st in zip(moved, pool.map(one, [view.address(i) for i in moved])):
             statuses[i] = st
+    return _as_indexed(statuses)
+
+
+def _as_indexed(statuses: list[object]) -> list[object]:
+    """A Status answered as another node than its row's is no answer of that node."""
     for i, st in enumerate(statuses):
         if isinstance(st, pb.NodeStatus) and st.node_index != i:
             statuses[i] = ChordError(f"ring: {st.address} answers as node {st.node_index}, "

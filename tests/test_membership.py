@@ -502,3 +502,31 @@ def test_a_move_from_an_address_that_takes_connections_and_never_answers_needs_t
                    what="node 0 reaches node 2 at its new address")
     finally:
         silent.close()
+
+
+def test_ring_show_finds_two_nodes_that_swapped_addresses(make_cluster) -> None:
+    """Nodes 1 and 2 swap ports (each stopped, then started on the other's):
+    at each old address the other node answers. `ring show` on the config
+    of before does not take one for the other: it asks each where the ring
+    has it."""
+    cluster, cfg, k = ring_with_key(make_cluster, 2, b"two")
+    with open(cluster.config_path) as f:
+        doc = yaml.safe_load(f)
+    doc["nodes"][1]["port"], doc["nodes"][2]["port"] = (doc["nodes"][2]["port"],
+                                                        doc["nodes"][1]["port"])
+    swapped = cluster.config_path.replace(".yaml", "-swapped.yaml")
+    with open(swapped, "w") as f:
+        yaml.safe_dump(doc, f)
+    cluster.nodes[1].stop()
+    cluster.nodes[2].stop()
+    for i in (1, 2):
+        cluster.nodes[i] = NodeProc(swapped, i).start()
+    wait_until(lambda: status_view(cfg, cluster.address(0)).epoch >= 3, timeout=15,
+               what="node 0 learns both moves")
+    r = run_chordctl("-c", cluster.config_path, "-o", "json", "ring", "show")
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    nodes = json.loads(r.stdout)
+    nodes = nodes if isinstance(nodes, list) else nodes["nodes"]
+    assert [(n["index"], n["state"], n["address"]) for n in nodes[1:]] == [
+        (1, "up", cluster.nodes[1].address), (2, "up", cluster.nodes[2].address)], nodes
+    assert reads_as(cfg, cluster.address(0), k, b"two")
