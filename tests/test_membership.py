@@ -5,7 +5,6 @@ address while the others keep running."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 
