@@ -419,6 +419,16 @@ def test_a_replacement_at_a_new_address_on_an_empty_directory_takes_its_place(
     assert status_view(cfg, replacement.address).epoch == 2
     wait_until(lambda: all(reads_as(cfg, replacement.address, k, b"v%d" % k) for k in keys),
                timeout=20, interval=0.1, what="the replacement caught up")
+
+    def full() -> bool:      # a learner neither votes nor counts towards commits
+        try:
+            with Client(cfg, target=replacement.address, timeout=2) as c:
+                groups = c.status(timeout=2).groups
+            return len(groups) == 3 and not any(g.learning for g in groups)
+        except ChordError:
+            return False
+
+    wait_until(full, timeout=20, interval=0.1, what="the replacement a full replica")
     cluster.nodes[0].kill(signal.SIGKILL)
 
     def writes() -> bool:
