@@ -342,25 +342,25 @@ def test_a_replica_that_moves_takes_part_in_its_groups_at_its_new_address(
                timeout=15, what="node 1 learns where node 2 went")
     cluster.nodes[0].kill(signal.SIGKILL)
 
-    def writes() -> bool:
-        try:
-            with Client(cfg, target=cluster.address(1), timeout=2) as c:
-                for k in keys:
-                    _upsert(c, k)
-            return True
-        except ChordError:
-            return False
-
-    wait_until(writes, timeout=20, interval=0.1, what="every arc commits on nodes 1 and 2")
+    wait_until(lambda: writes_all(cfg, cluster.address(1), keys, b"v"), timeout=20,
+               interval=0.1, what="every arc commits on nodes 1 and 2")
     for k in keys:
         assert reads_as(cfg, moved.address, k, b"v%d" % k)
 
 
-def _upsert(c: Client, k: int) -> None:
+def writes_all(config, address, keys: list[int], prefix: bytes) -> bool:
+    """Whether every key could be written (created or updated) as prefix + key
+    through *address* now (False on any error)."""
     try:
-        c.create(str(k), b"v%d" % k)
-    except AlreadyExistsError:
-        c.update(str(k), b"v%d" % k)
+        with Client(config, target=address, timeout=2) as c:
+            for k in keys:
+                try:
+                    c.create(str(k), prefix + b"%d" % k)
+                except AlreadyExistsError:
+                    c.update(str(k), prefix + b"%d" % k)
+        return True
+    except ChordError:
+        return False
 
 
 def test_a_peer_of_another_shape_is_told_so(make_cluster) -> None:
@@ -431,16 +431,8 @@ def test_a_replacement_at_a_new_address_on_an_empty_directory_takes_its_place(
     wait_until(full, timeout=20, interval=0.1, what="the replacement a full replica")
     cluster.nodes[0].kill(signal.SIGKILL)
 
-    def writes() -> bool:
-        try:
-            with Client(cfg, target=cluster.address(1), timeout=2) as c:
-                for k in keys:
-                    c.update(str(k), b"w%d" % k)
-            return True
-        except ChordError:
-            return False
-
-    wait_until(writes, timeout=20, interval=0.1, what="every arc commits on nodes 1 and 2")
+    wait_until(lambda: writes_all(cfg, cluster.address(1), keys, b"w"), timeout=20,
+               interval=0.1, what="every arc commits on nodes 1 and 2")
     for k in keys:
         assert reads_as(cfg, replacement.address, k, b"w%d" % k)
 

@@ -80,7 +80,7 @@ async def _ask_peers(config, me: int, view: Membership) -> Membership | None:
         channel = security.aio_channel(config, view.address(j))
         try:
             reply = await pb_grpc.AdminStub(channel).Members(
-                membership.to_pb_question(), timeout=ASK_TIMEOUT)
+                pb.Membership(), timeout=ASK_TIMEOUT)
             theirs = membership.from_pb(reply)
             if theirs is not None:
                 view.check_shape(theirs, f"node {j}'s membership")

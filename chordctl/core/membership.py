@@ -257,11 +257,6 @@ def to_pb(m: Membership):
                          since=m.since)
 
 
-def to_pb_question():
-    from chordctl.pb import chord_pb2 as pb
-    return pb.Membership()
-
-
 def from_pb(msg) -> Membership | None:
     """The Membership a message carries; None for none (epoch 0: a question);
     MembershipError for one that does not hold together."""
