@@ -653,18 +653,55 @@ def test_a_write_commits_when_the_follower_it_went_to_first_is_gone(ring):
     r = ring(3, settings=slow)
     leader = r.wait_leader()
     g = leader.groups[0]
-    assert r.commit(leader, 0, b"w0")[1] == FAIL_REASON.SUCCESS
-    assert r.commit(leader, 0, b"w1")[1] == FAIL_REASON.SUCCESS
-    match = g._SyncObj__raftMatchIndex
-    first = max(match, key=lambda n: (match[n], g._SyncObj__lastResponseTime[n]))
-    r.isolate(first.index)
-    survivor = next(i for i in range(3) if i not in (leader.index, first.index))
+    for k in range(5):         # until a round went to one follower alone
+        assert r.commit(leader, 0, b"s%d" % k)[1] == FAIL_REASON.SUCCESS
+        if k >= 1 and g.chosen:
+            break
+    first = g.chosen[0]
+    r.isolate(first)
+    survivor = next(i for i in range(3) if i not in (leader.index, first))
     assert r.commit(leader, 0, b"w2")[1] == FAIL_REASON.SUCCESS
     assert _holds(r, survivor, b"w2")
     before = g.partial_sends
     assert r.commit(leader, 0, b"w3")[1] == FAIL_REASON.SUCCESS
     assert g.partial_sends > before and _holds(r, survivor, b"w3")
-    assert not _holds(r, first.index, b"w2")
+    assert not _holds(r, first, b"w2")
+    assert g.chosen == (survivor,)
+
+
+def test_new_entries_go_first_to_the_follower_that_answers_fastest(ring):
+    """Fastest first: of two followers, the one whose answers come back
+    sooner gets each new entry at once; the slower one (its answers held
+    back 50 ms here, as a slow disk would) gets it in its turn. (The rule
+    before it preferred the latest to answer: the slow one.)"""
+    slow = Settings(election_timeout=3.5, heartbeat=1.0, tick=0.01, spread=0.6)
+    r = ring(3, settings=slow)
+    leader = r.wait_leader()
+    g = leader.groups[0]
+    fast, lagging = [i for i in range(3) if i != leader.index]
+    held = []
+
+    def hold_back(sender, peer, messages):
+        if sender == lagging and peer == leader.index:
+            t = threading.Timer(0.05, leader.deliver, (sender, messages))
+            held.append(t)
+            t.start()
+            return []
+        return messages
+
+    r.filter = hold_back
+    try:
+        # The first rounds time each follower (an untimed one goes first).
+        for k in range(6):
+            assert r.commit(leader, 0, b"v%d" % k)[1] == FAIL_REASON.SUCCESS
+        assert g.round_trip[lagging] > g.round_trip[fast]
+        assert g.chosen == (fast,)
+        assert _holds(r, fast, b"v5") and not _holds(r, lagging, b"v5")
+        until(lambda: _holds(r, lagging, b"v5"), what="the slow follower's turn")
+    finally:
+        r.filter = None
+        for t in held:
+            t.cancel()
 
 
 def test_spread_zero_sends_every_entry_to_every_follower_at_once(ring):

@@ -390,6 +390,19 @@ class Group(SyncObj):
         self._full_term = -1
         self.send_all = False
         self.partial_sends = 0
+        # Fastest first (first_followers): per follower, a moving average of
+        # its round trips in the rounds that went to it and not to every
+        # follower (seconds: the append out, its answer in, the follower's
+        # fdatasync between), the numbers of the latest such rounds, and
+        # the (number, time) of each append of this term it has not
+        # answered yet; the followers new entries went to first, last time
+        # (node indices), and the rounds that went to those first.
+        self.round_trip: dict[int, float] = {}
+        self._timed_rounds: collections.deque = collections.deque(maxlen=8)
+        self._unanswered: dict[int, collections.deque] = {}
+        self._first_rounds = 0
+        self._trip_term = -1
+        self.chosen: tuple[int, ...] = ()
         # Read confirmation (module docstring, "Reads"): the number of this
         # group's last round of appends; per follower, the (term, number) of
         # the newest append it answered; reads waiting here, oldest first:
@@ -462,8 +475,8 @@ class Group(SyncObj):
     # Majority first (Settings.spread). An entry commits once a majority
     # holds it, so a leader of three needs one follower's answer, not two:
     # a round's appends go at once only to the followers a majority needs
-    # (the ones furthest along: highest match index, then the latest to
-    # answer). The others get theirs -- every entry since, in one message --
+    # (the fastest to answer: first_followers). The others get theirs --
+    # every entry since, in one message --
     # once the first entry they lack is spread seconds old, and at every
     # heartbeat: PySyncObj's own timer, brought forward to then. That halves
     # a write's Raft messages and fdatasyncs at R = 3. The commit rule is
@@ -482,10 +495,8 @@ class Group(SyncObj):
             due = self._SyncObj__newAppendEntriesTime     # the others' turn
             term = self.raftCurrentTerm
             if not self.send_all and term == self._full_term and now < due:
-                match = self._SyncObj__raftMatchIndex
-                answered = self._SyncObj__lastResponseTime
-                first = sorted(others, key=lambda n: (match.get(n, 0), answered.get(n, 0.0)),
-                               reverse=True)[:need]
+                first = self.first_followers(need)
+                self._timed_rounds.append(self.probe)
                 if self._behind_since is None:
                     self._behind_since = now
                 self.partial_sends += 1
@@ -500,6 +511,94 @@ class Group(SyncObj):
             self._full_term = term
             self._behind_since = None
         SyncObj._SyncObj__sendAppendEntries(self)
+
+    # Fastest first: the followers a new entry goes to at once are the ones
+    # whose answers come back soonest: a moving average of each one's round
+    # trips (its disk's fdatasync included) ranks them, a follower with an
+    # append unanswered for longer counting as that slow. The commit waits
+    # for the slowest of the chosen, so on a ring whose followers differ (a
+    # slower disk, a busier machine, a CPU far from the disk's interrupts)
+    # each write waits for the fast ones. Only rounds sent to the chosen
+    # alone are timed: in a round to every follower the later answers wait
+    # behind the leader's work on the first, which would keep the first
+    # choice whatever it was. So one round in EXPLORE goes to the others
+    # instead (those not gone silent), to time them too. The choice changes
+    # only for a follower a tenth faster (no flapping between two alike);
+    # untimed followers rank first, so each is timed early; the ties go to
+    # the ones furthest along (highest match index, then the latest to
+    # answer), the rule before round trips were kept.
+    EXPLORE = 16
+
+    def first_followers(self, need: int) -> list:
+        """The *need* followers a new entry goes to at once (engine thread)."""
+        others = self._SyncObj__otherNodes
+        match = self._SyncObj__raftMatchIndex
+        answered = self._SyncObj__lastResponseTime
+        now = time.monotonic()
+        trip = self.round_trip
+        unanswered = self._sent_this_term()
+
+        def cost(n) -> float:
+            est = trip.get(n.index, 0.0)
+            waiting = unanswered.get(n.index)
+            if waiting and now - waiting[0][1] > est:
+                est = now - waiting[0][1]
+            return est
+
+        ranked = sorted(others, key=lambda n: (cost(n), -match.get(n, 0),
+                                               -answered.get(n, 0.0)))
+        first = ranked[:need]
+        before = [n for n in ranked if n.index in self.chosen]
+        if len(before) == need and first != before:
+            slowest = max(map(cost, before))
+            if slowest * 0.9 > max(map(cost, first)):
+                before = first          # a tenth faster: the new choice
+        else:
+            before = first
+        self.chosen = tuple(n.index for n in before)
+        self._first_rounds += 1
+        if self._first_rounds % self.EXPLORE == 0:
+            # The best of the others in the slowest chosen one's place, if
+            # it has not gone silent (twice the chosen's time unanswered).
+            rest = [n for n in ranked if n not in before]
+            if rest and cost(rest[0]) <= 2 * max(map(cost, before)):
+                return sorted(before, key=cost)[:need - 1] + rest[:1]
+        return before
+
+    def _sent_this_term(self) -> dict[int, collections.deque]:
+        if self._trip_term != self.raftCurrentTerm:
+            self._trip_term = self.raftCurrentTerm
+            self._unanswered = {}
+        return self._unanswered
+
+    def sent_append(self, peer: int, number: int) -> None:
+        """An append numbered *number* (self.probe) leaves for *peer*."""
+        waiting = self._sent_this_term().get(peer)
+        if waiting is None:
+            waiting = self._unanswered[peer] = collections.deque(maxlen=64)
+        elif waiting and waiting[-1][0] == number:
+            return                   # a round's second message to it (a dump chunk)
+        waiting.append((number, time.monotonic()))
+
+    def answered_append(self, peer: int, term: int | None, number: int | None) -> None:
+        """*peer* answered an append: the one numbered *number* of *term*
+        (None: a node too old to say which; its appends count as answered)."""
+        waiting = self._sent_this_term().get(peer)
+        if not waiting:
+            return
+        if term is None:
+            waiting.clear()
+            return
+        if term != self._trip_term:
+            return
+        while waiting and waiting[0][0] < number:
+            waiting.popleft()
+        if waiting and waiting[0][0] == number:
+            sample = time.monotonic() - waiting.popleft()[1]
+            if number not in self._timed_rounds:
+                return               # a round to every follower (first_followers)
+            old = self.round_trip.get(peer)
+            self.round_trip[peer] = sample if old is None else old + (sample - old) / 8
 
     def confirmable(self) -> bool:
         """This replica leads and has committed an entry of its own term, so
@@ -1122,6 +1221,7 @@ class Engine:
             return
         if kind == "append_entries":
             message["probe"] = g.probe
+            g.sent_append(peer, g.probe)
         elif kind == "next_node_idx":
             echo = g.echo
             if echo is not None and group not in self._learning:
@@ -1246,10 +1346,14 @@ class Engine:
                     g.transport._onMessageReceived(member, message)
                     g.echo = None
                     continue
-                if m.kind == rpb.NEXT_NODE_IDX and m.HasField("probe_term"):
-                    heard = g.heard.get(sender)
-                    if heard is None or (m.probe_term, m.probe) > heard:
-                        g.heard[sender] = (m.probe_term, m.probe)
+                if m.kind == rpb.NEXT_NODE_IDX:
+                    if m.HasField("probe_term"):
+                        heard = g.heard.get(sender)
+                        if heard is None or (m.probe_term, m.probe) > heard:
+                            g.heard[sender] = (m.probe_term, m.probe)
+                        g.answered_append(sender, m.probe_term, m.probe)
+                    else:
+                        g.answered_append(sender, None, None)
                 g.transport._onMessageReceived(member, message)
         deferred = self._tick_later       # a tick the last round left to this one
         if deferred:
