@@ -34,7 +34,7 @@ import grpc
 
 from chordctl import security
 from chordctl.client import (CONNECT_TIMEOUT, LEARN_TIMEOUT, PROBE_METHOD, RING_UP_HINT,
-                             STREAM_GRACE,
+                             STREAM_GRACE, _SILENT, _SPENT,
                              ClientBase, LaneBase, Result,
                              _batch_outcome, _ms, _remaining, _request, _unary,
                              batch_messages,
@@ -226,7 +226,26 @@ class _Lane(LaneBase):
         was read: sent again on a fresh one; broken mid-flight: failed, maybe
         applied; no reply by the deadline: DEADLINE_EXCEEDED; UNIMPLEMENTED:
         Batch calls for this lane). The deadline is a timer that cancels the
-        stream, as a stream has none per message."""
+        stream, as a stream has none per message. Reads only (R > 1): a share
+        of the time at this node, the rest at the next if it takes the message
+        and never answers (Client.move_on), as a Batch call's reads."""
+        share = self.client.read_share(all(item.op == "read" for item in batch))
+        while True:
+            outcomes = await self._stream_once(batch, share)
+            if outcomes is not _SILENT and outcomes is not _SPENT:
+                return outcomes
+            share = 1.0         # the rest of the time, here or at the next node
+            if outcomes is _SILENT:
+                try:
+                    await self.client.move_on(self.index, self.stub)
+                except ChordError as err:
+                    return [err] * len(batch)
+            self.follow()
+
+    async def _stream_once(self, batch: list[_Op], share: float):
+        """_send_stream's one try with *share* of the time left: the outcomes,
+        or (share < 1) _SILENT for no reply at all within it, _SPENT for the
+        node's own answer that it ran out of it."""
         timeout = min(item.timeout for item in batch)
         ops = [item.msg for item in batch]
         streams = self.streams
@@ -243,6 +262,8 @@ class _Lane(LaneBase):
                         continue
                     return [self.lost_channel()] * len(batch)
             left = _remaining(batch)
+            if share < 1:
+                left = max(left * share, 0.001)
             seq = s.seq = s.seq + 1
             request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left), unordered=True)
             timer = loop.call_later(left + STREAM_GRACE, s.expire)
@@ -290,6 +311,8 @@ class _Lane(LaneBase):
             except asyncio.CancelledError:
                 s.call.cancel()
                 if s.expired:
+                    if share < 1 and not _cancelling():
+                        return _SILENT
                     return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
                                       timeout)] * len(batch)
                 if _cancelling():
@@ -314,6 +337,8 @@ class _Lane(LaneBase):
             code = reply.code
             if code:
                 if code == DEADLINE_EXCEEDED:   # in the words of a call's deadline
+                    if share < 1:
+                        return _SPENT
                     return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
                                       timeout)] * len(batch)
                 return [error_for(code, reply.message, self.address, timeout)] * len(batch)

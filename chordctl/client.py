@@ -33,6 +33,11 @@ from chordctl.protocol import (DEADLINE_EXCEEDED, OPS, UNAVAILABLE, BatchFit, al
                                code_name, describe, error_class, first_share, key_text,
                                never_sent, parse_key, unknown_operation, validate)
 
+# _Lane._stream_once's reads with their share of the time spent: no reply at
+# all (the node takes messages and does not answer), or the node's own answer.
+_SILENT = object()
+_SPENT = object()
+
 STREAM_GRACE = 0.05     # s past a stream message's deadline before the client gives up on
 #                         its stream (the node answers an expired message itself by then)
 
@@ -484,8 +489,24 @@ class _Lane(LaneBase):
         a reply by the deadline (the node answers an expired message itself;
         a node that cannot answer at all) the watchdog cancels the stream:
         DEADLINE_EXCEEDED. A node without BatchStream (UNIMPLEMENTED): this
-        lane goes back to Batch calls.
+        lane goes back to Batch calls. Reads only (R > 1): a share of the time
+        at this node, the rest at the next if it takes the message and never
+        answers (Client.move_on), as a Batch call's reads.
         """
+        share = self.client.read_share(all(b.op == "read" for b in batch))
+        while True:
+            outcomes = self._stream_once(batch, share)
+            if outcomes is not _SILENT and outcomes is not _SPENT:
+                return outcomes
+            share = 1.0         # the rest of the time, here or at the next node
+            if outcomes is _SILENT:
+                self.client.move_on(self.index, self.stub)
+            self.follow()
+
+    def _stream_once(self, batch: list[_Op], share: float):
+        """_send_stream's one try with *share* of the time left: the outcomes,
+        or (share < 1) _SILENT for no reply at all within it, _SPENT for the
+        node's own answer that it ran out of it."""
         timeout = min(item.timeout for item in batch)
         ops = [pb.Operation(op=OPS[b.op], key=b.key, value=b.value or b"", trace=b.trace)
                for b in batch]
@@ -503,6 +524,8 @@ class _Lane(LaneBase):
                         continue
                     return [self.lost_channel()] * len(batch)
             left = _remaining(batch)
+            if share < 1:
+                left = max(left * share, 0.001)
             seq = s.seq = s.seq + 1
             request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left), unordered=True)
             watchdog.arm(s, time.monotonic() + left + STREAM_GRACE)
@@ -523,6 +546,8 @@ class _Lane(LaneBase):
                 watchdog.disarm(s)
                 s.discard()
                 if s.expired:
+                    if share < 1:
+                        return _SILENT
                     return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
                                       timeout)] * len(batch)
                 code = e.code()
@@ -551,6 +576,8 @@ class _Lane(LaneBase):
             code = reply.code
             if code:
                 if code == DEADLINE_EXCEEDED:   # in the words of a call's deadline
+                    if share < 1:
+                        return _SPENT
                     return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
                                       timeout)] * len(batch)
                 return [error_for(code, reply.message, self.address, timeout)] * len(batch)

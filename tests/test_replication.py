@@ -324,6 +324,66 @@ def test_a_client_moves_a_read_on_from_a_node_that_takes_it_and_never_answers(ma
         looper.join(10)
 
 
+def test_a_stream_batch_of_reads_moves_on_from_a_node_that_never_answers(make_cluster):
+    """A coalesced lane's BatchStream message (the aio client's default; the
+    sync client's with stream=True) of reads only, at an arc's owner that is
+    stopped (SIGSTOP: it takes the message and never answers), gets half its
+    time there and the rest at the arc's next replica, as a Batch call's
+    reads do; the next batch goes there at once. (Before, it waited its
+    whole time and failed at its deadline.)"""
+    import asyncio
+
+    import chordctl
+    from chordctl import aio
+    from chordctl.client import _Op
+    from chordctl.pb import chord_pb2 as pb
+    from chordctl.protocol import OPS
+    timeout = 3
+    cluster = make_cluster(5, bits=BITS, replicas=3, timeout=timeout).settled()
+    ring = Ring(BITS, 5)
+    keys = [k for k in keys_on_every_arc(5) if ring.owner(k) == 0][:2]
+    with Client(cluster.config, target=cluster.address(1)) as c:
+        for k in keys:
+            c.create(str(k), b"v%d" % k)
+    want = [b"v%d" % k for k in keys]
+    loop = asyncio.new_event_loop()
+    sync_db = chordctl.connect(cluster.config_path, route="direct", stream=True)
+    aio_db = loop.run_until_complete(aio.connect(cluster.config_path, route="direct"))
+    assert aio_db.stream
+
+    def sync_batch():
+        return sync_db._lane(str(keys[0]))._send_stream(
+            [_Op("read", str(k), None, False, timeout) for k in keys])
+
+    async def aio_send():      # on the client's loop: its lane's channel is made there
+        batch = [aio._Op(pb.Operation(op=OPS["read"], key=str(k)), "read", str(k), timeout,
+                         None) for k in keys]
+        return await aio_db._lane(str(keys[0]))._send_stream(batch)
+
+    def aio_batch():
+        return loop.run_until_complete(asyncio.wait_for(aio_send(), timeout + 5))
+
+    stopped = cluster.nodes[0]
+    try:
+        for name, batch in (("sync", sync_batch), ("aio", aio_batch)):
+            assert [o.value for o in batch()] == want, name     # its stream to node 0 open
+        stopped.kill(signal.SIGSTOP)
+        for name, batch in (("sync", sync_batch), ("aio", aio_batch)):
+            t0 = time.monotonic()
+            outs = batch()
+            took = time.monotonic() - t0
+            assert [getattr(o, "value", o) for o in outs] == want, (name, outs, took)
+            assert timeout * 0.4 < took < timeout, (name, took)
+            t0 = time.monotonic()
+            assert [o.value for o in batch()] == want, name   # node 0 passed over
+            assert time.monotonic() - t0 < timeout * 0.4, (name, time.monotonic() - t0)
+    finally:
+        stopped.kill(signal.SIGCONT)
+        sync_db.close()
+        loop.run_until_complete(aio_db.close())
+        loop.close()
+
+
 def test_two_replicas_replaced_at_once_say_the_arc_cannot_elect(make_cluster):
     """Two of three replicas start on empty directories: both learners, they
     answer but cannot vote, and the one full replica is no majority. A
