@@ -6,6 +6,7 @@ leaves a round before the journal is durable."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import threading
 import time
@@ -702,6 +703,49 @@ def test_new_entries_go_first_to_the_follower_that_answers_fastest(ring):
         r.filter = None
         for t in held:
             t.cancel()
+
+
+def _on_engine(engine, fn):
+    """fn() on *engine*'s thread (between its rounds); its result."""
+    done = threading.Event()
+    out = []
+    engine.run_soon(lambda: (out.append(fn()), done.set()))
+    assert done.wait(WAIT), "the engine thread did not run it"
+    return out[0]
+
+
+def test_fastest_first_times_a_slow_follower_again_and_passes_over_a_silent_one(ring):
+    """The choice itself (Group.first_followers), on the engine thread: a
+    follower timed slow (five times the chosen one) still gets one round in
+    EXPLORE, so a bad first sample is not for good; and a chosen follower
+    that stops answering counts as slow as its oldest unanswered append,
+    however many appends went to it since (UNANSWERED of them kept)."""
+    slow = Settings(election_timeout=3.5, heartbeat=1.0, tick=0.01, spread=0.6)
+    r = ring(3, settings=slow)
+    leader = r.wait_leader()
+    g = leader.groups[0]
+    fast, lagging = [i for i in range(3) if i != leader.index]
+
+    def explored():
+        g._unanswered = {}
+        g.round_trip = {fast: 0.001, lagging: 0.005}
+        g.chosen = (fast,)
+        picks = [g.first_followers(1)[0].index for _ in range(3 * g.EXPLORE)]
+        return picks.count(lagging), g.chosen
+
+    assert _on_engine(leader, explored) == (3, (fast,))
+
+    def silent():
+        g._unanswered = {}
+        g.round_trip = {fast: 0.001, lagging: 0.05}
+        g.chosen = (fast,)
+        term = g._sent_this_term()
+        term[fast] = collections.deque([(g.probe, time.monotonic() - 0.2, True)])
+        for k in range(2 * g.UNANSWERED):
+            g.sent_append(fast, g.probe + 1 + k)
+        return len(term[fast]), g.first_followers(1)[0].index, g.chosen
+
+    assert _on_engine(leader, silent) == (g.UNANSWERED, lagging, (lagging,))
 
 
 def test_spread_zero_sends_every_entry_to_every_follower_at_once(ring):

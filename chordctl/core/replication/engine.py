@@ -36,7 +36,8 @@ none of it is ours. What is ours is how it runs inside a node:
   returned. A failed sync fail-stops the node: nothing else of that round
   is sent.
 - **Majority first.** A leader sends a new entry at once only to the
-  followers its majority needs (with R = 3: one, the one furthest along),
+  followers its majority needs (with R = 3: one, the fastest to answer:
+  ``Group.first_followers``),
   and to the others once the first entry they lack is ``Settings.spread``
   (10 ms) old, or at the heartbeat, every entry since in one message. A write then
   costs one follower round, not two (``Group.send_appends``). When entries
@@ -393,12 +394,12 @@ class Group(SyncObj):
         # Fastest first (first_followers): per follower, a moving average of
         # its round trips in the rounds that went to it and not to every
         # follower (seconds: the append out, its answer in, the follower's
-        # fdatasync between), the numbers of the latest such rounds, and
-        # the (number, time) of each append of this term it has not
-        # answered yet; the followers new entries went to first, last time
+        # fdatasync between), and the (number, time, timed) of each append
+        # of this term it has not answered yet (the oldest kept, up to
+        # UNANSWERED); the followers new entries went to first, last time
         # (node indices), and the rounds that went to those first.
         self.round_trip: dict[int, float] = {}
-        self._timed_rounds: collections.deque = collections.deque(maxlen=8)
+        self._timed = -1             # the number of the round being sent to those alone
         self._unanswered: dict[int, collections.deque] = {}
         self._first_rounds = 0
         self._trip_term = -1
@@ -496,7 +497,7 @@ class Group(SyncObj):
             term = self.raftCurrentTerm
             if not self.send_all and term == self._full_term and now < due:
                 first = self.first_followers(need)
-                self._timed_rounds.append(self.probe)
+                self._timed = self.probe
                 if self._behind_since is None:
                     self._behind_since = now
                 self.partial_sends += 1
@@ -521,48 +522,48 @@ class Group(SyncObj):
     # each write waits for the fast ones. Only rounds sent to the chosen
     # alone are timed: in a round to every follower the later answers wait
     # behind the leader's work on the first, which would keep the first
-    # choice whatever it was. So one round in EXPLORE goes to the others
-    # instead (those not gone silent), to time them too. The choice changes
-    # only for a follower a tenth faster (no flapping between two alike);
-    # untimed followers rank first, so each is timed early; the ties go to
-    # the ones furthest along (highest match index, then the latest to
-    # answer), the rule before round trips were kept.
+    # choice whatever it was. So one round in EXPLORE goes to another
+    # follower instead (one with no append unanswered for twice the chosen
+    # one's time), to time it too. The choice changes only for a follower a
+    # tenth faster (no flapping between two alike); untimed followers rank
+    # first, so each is timed early; the ties go to the ones furthest along
+    # (highest match index, then the latest to answer), the rule before
+    # round trips were kept. A follower's appends are kept until answered,
+    # the oldest UNANSWERED of them: how long the oldest has waited is how
+    # slow a silent follower counts.
     EXPLORE = 16
+    UNANSWERED = 256
 
     def first_followers(self, need: int) -> list:
         """The *need* followers a new entry goes to at once (engine thread)."""
-        others = self._SyncObj__otherNodes
         match = self._SyncObj__raftMatchIndex
         answered = self._SyncObj__lastResponseTime
         now = time.monotonic()
         trip = self.round_trip
         unanswered = self._sent_this_term()
-
-        def cost(n) -> float:
-            est = trip.get(n.index, 0.0)
+        silent: dict = {}        # follower -> how long its oldest append is unanswered
+        cost: dict = {}
+        for n in self._SyncObj__otherNodes:
             waiting = unanswered.get(n.index)
-            if waiting and now - waiting[0][1] > est:
-                est = now - waiting[0][1]
-            return est
-
-        ranked = sorted(others, key=lambda n: (cost(n), -match.get(n, 0),
-                                               -answered.get(n, 0.0)))
+            silent[n] = now - waiting[0][1] if waiting else 0.0
+            cost[n] = max(trip.get(n.index, 0.0), silent[n])
+        ranked = sorted(cost, key=lambda n: (cost[n], -match.get(n, 0),
+                                             -answered.get(n, 0.0)))
         first = ranked[:need]
         before = [n for n in ranked if n.index in self.chosen]
-        if len(before) == need and first != before:
-            slowest = max(map(cost, before))
-            if slowest * 0.9 > max(map(cost, first)):
-                before = first          # a tenth faster: the new choice
-        else:
-            before = first
+        if len(before) != need or (first != before and max(cost[n] for n in before) * 0.9
+                                   > max(cost[n] for n in first)):
+            before = first              # a tenth faster (or no choice yet): the new one
         self.chosen = tuple(n.index for n in before)
         self._first_rounds += 1
         if self._first_rounds % self.EXPLORE == 0:
-            # The best of the others in the slowest chosen one's place, if
-            # it has not gone silent (twice the chosen's time unanswered).
+            # The best of the others in the slowest chosen one's place,
+            # unless it left an append unanswered for twice the chosen's time.
             rest = [n for n in ranked if n not in before]
-            if rest and cost(rest[0]) <= 2 * max(map(cost, before)):
-                return sorted(before, key=cost)[:need - 1] + rest[:1]
+            limit = 2 * max(cost[n] for n in before)
+            rest = [n for n in rest if silent[n] <= limit]
+            if rest:
+                return sorted(before, key=cost.get)[:need - 1] + rest[:1]
         return before
 
     def _sent_this_term(self) -> dict[int, collections.deque]:
@@ -575,28 +576,35 @@ class Group(SyncObj):
         """An append numbered *number* (self.probe) leaves for *peer*."""
         waiting = self._sent_this_term().get(peer)
         if waiting is None:
-            waiting = self._unanswered[peer] = collections.deque(maxlen=64)
+            waiting = self._unanswered[peer] = collections.deque()
         elif waiting and waiting[-1][0] == number:
             return                   # a round's second message to it (a dump chunk)
-        waiting.append((number, time.monotonic()))
+        if len(waiting) < self.UNANSWERED:   # full: the oldest, what counts, stays
+            waiting.append((number, time.monotonic(), number == self._timed))
 
-    def answered_append(self, peer: int, term: int | None, number: int | None) -> None:
+    def answered_append(self, peer: int, term: int | None, number: int | None,
+                        success: bool = True) -> None:
         """*peer* answered an append: the one numbered *number* of *term*
-        (None: a node too old to say which; its appends count as answered)."""
+        (None: a node too old to say which, timed from its oldest append
+        unanswered: an overestimate). Only an append it took is timed (a
+        refusal is quick and says nothing of its disk)."""
         waiting = self._sent_this_term().get(peer)
         if not waiting:
             return
         if term is None:
+            sent = waiting[0][1]
+            timed = any(w[2] for w in waiting)
             waiting.clear()
+        elif term != self._trip_term:
             return
-        if term != self._trip_term:
-            return
-        while waiting and waiting[0][0] < number:
-            waiting.popleft()
-        if waiting and waiting[0][0] == number:
-            sample = time.monotonic() - waiting.popleft()[1]
-            if number not in self._timed_rounds:
-                return               # a round to every follower (first_followers)
+        else:
+            while waiting and waiting[0][0] < number:
+                waiting.popleft()
+            if not waiting or waiting[0][0] != number:
+                return
+            _n, sent, timed = waiting.popleft()
+        if timed and success:       # not a round to every follower (first_followers)
+            sample = time.monotonic() - sent
             old = self.round_trip.get(peer)
             self.round_trip[peer] = sample if old is None else old + (sample - old) / 8
 
@@ -1351,9 +1359,9 @@ class Engine:
                         heard = g.heard.get(sender)
                         if heard is None or (m.probe_term, m.probe) > heard:
                             g.heard[sender] = (m.probe_term, m.probe)
-                        g.answered_append(sender, m.probe_term, m.probe)
+                        g.answered_append(sender, m.probe_term, m.probe, m.success)
                     else:
-                        g.answered_append(sender, None, None)
+                        g.answered_append(sender, None, None, m.success)
                 g.transport._onMessageReceived(member, message)
         deferred = self._tick_later       # a tick the last round left to this one
         if deferred:
