@@ -232,20 +232,22 @@ class _Lane(LaneBase):
         share = self.client.read_share(all(item.op == "read" for item in batch))
         while True:
             outcomes = await self._stream_once(batch, share)
-            if outcomes is not _SILENT and outcomes is not _SPENT:
+            if type(outcomes) is not tuple:
                 return outcomes
+            spent, stub = outcomes
             share = 1.0         # the rest of the time, here or at the next node
-            if outcomes is _SILENT:
+            if spent is _SILENT:    # the node it went to (another batch may have moved on)
                 try:
-                    await self.client.move_on(self.index, self.stub)
+                    await self.client.move_on(self.index, stub)
                 except ChordError as err:
                     return [err] * len(batch)
             self.follow()
 
     async def _stream_once(self, batch: list[_Op], share: float):
         """_send_stream's one try with *share* of the time left: the outcomes,
-        or (share < 1) _SILENT for no reply at all within it, _SPENT for the
-        node's own answer that it ran out of it."""
+        or (share < 1) (_SILENT, the stub it went to) for no reply at all
+        within it, (_SPENT, the stub) for the node's own answer that it ran
+        out of it."""
         timeout = min(item.timeout for item in batch)
         ops = [item.msg for item in batch]
         streams = self.streams
@@ -262,8 +264,8 @@ class _Lane(LaneBase):
                         continue
                     return [self.lost_channel()] * len(batch)
             left = _remaining(batch)
-            if share < 1:
-                left = max(left * share, 0.001)
+            if share < 1:       # the watchdog's grace included: the rest is the next node's
+                left = max(left * share - STREAM_GRACE, 0.001)
             seq = s.seq = s.seq + 1
             request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left), unordered=True)
             timer = loop.call_later(left + STREAM_GRACE, s.expire)
@@ -310,13 +312,13 @@ class _Lane(LaneBase):
                 return [error_for(code, details, self.address, timeout)] * len(batch)
             except asyncio.CancelledError:
                 s.call.cancel()
+                if _cancelling():       # the caller's task itself: not ours to answer
+                    raise
                 if s.expired:
-                    if share < 1 and not _cancelling():
-                        return _SILENT
+                    if share < 1:
+                        return _SILENT, s.stub
                     return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
                                       timeout)] * len(batch)
-                if _cancelling():
-                    raise
                 return [self.client.lost_error(self.address)] * len(batch)
             finally:
                 timer.cancel()
@@ -338,7 +340,7 @@ class _Lane(LaneBase):
             if code:
                 if code == DEADLINE_EXCEEDED:   # in the words of a call's deadline
                     if share < 1:
-                        return _SPENT
+                        return _SPENT, s.stub
                     return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
                                       timeout)] * len(batch)
                 return [error_for(code, reply.message, self.address, timeout)] * len(batch)

@@ -449,8 +449,9 @@ class _Lane(LaneBase):
         share = self.client.read_share(all(b.op == "read" for b in batch))
         resent = refreshed = False
         while True:
+            stub = self.stub
             try:
-                return self._outcomes(batch, _call(self.stub, batch,
+                return self._outcomes(batch, _call(stub, batch,
                                                    max(_remaining(batch) * share, 0.001)))
             except grpc.RpcError as e:
                 details = e.details() or ""
@@ -463,8 +464,8 @@ class _Lane(LaneBase):
                     continue
                 if share < 1 and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     share = 1.0     # the rest of the time, here or at the next node
-                    if silent(details):
-                        self.client.move_on(self.index, self.stub)
+                    if silent(details):     # the node it went to: another call may have moved
+                        self.client.move_on(self.index, stub)
                     self.follow()
                     continue
                 return [error_for(e.code(), details, self.address, timeout)] * len(batch)
@@ -496,17 +497,19 @@ class _Lane(LaneBase):
         share = self.client.read_share(all(b.op == "read" for b in batch))
         while True:
             outcomes = self._stream_once(batch, share)
-            if outcomes is not _SILENT and outcomes is not _SPENT:
+            if type(outcomes) is not tuple:
                 return outcomes
+            spent, stub = outcomes
             share = 1.0         # the rest of the time, here or at the next node
-            if outcomes is _SILENT:
-                self.client.move_on(self.index, self.stub)
+            if spent is _SILENT:    # the node it went to (another batch may have moved on)
+                self.client.move_on(self.index, stub)
             self.follow()
 
     def _stream_once(self, batch: list[_Op], share: float):
         """_send_stream's one try with *share* of the time left: the outcomes,
-        or (share < 1) _SILENT for no reply at all within it, _SPENT for the
-        node's own answer that it ran out of it."""
+        or (share < 1) (_SILENT, the stub it went to) for no reply at all
+        within it, (_SPENT, the stub) for the node's own answer that it ran
+        out of it."""
         timeout = min(item.timeout for item in batch)
         ops = [pb.Operation(op=OPS[b.op], key=b.key, value=b.value or b"", trace=b.trace)
                for b in batch]
@@ -524,8 +527,8 @@ class _Lane(LaneBase):
                         continue
                     return [self.lost_channel()] * len(batch)
             left = _remaining(batch)
-            if share < 1:
-                left = max(left * share, 0.001)
+            if share < 1:       # the watchdog's grace included: the rest is the next node's
+                left = max(left * share - STREAM_GRACE, 0.001)
             seq = s.seq = s.seq + 1
             request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left), unordered=True)
             watchdog.arm(s, time.monotonic() + left + STREAM_GRACE)
@@ -547,7 +550,7 @@ class _Lane(LaneBase):
                 s.discard()
                 if s.expired:
                     if share < 1:
-                        return _SILENT
+                        return _SILENT, s.stub
                     return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
                                       timeout)] * len(batch)
                 code = e.code()
@@ -577,7 +580,7 @@ class _Lane(LaneBase):
             if code:
                 if code == DEADLINE_EXCEEDED:   # in the words of a call's deadline
                     if share < 1:
-                        return _SPENT
+                        return _SPENT, s.stub
                     return [error_for(DEADLINE_EXCEEDED, "Deadline Exceeded", self.address,
                                       timeout)] * len(batch)
                 return [error_for(code, reply.message, self.address, timeout)] * len(batch)

@@ -329,9 +329,11 @@ def test_a_stream_batch_of_reads_moves_on_from_a_node_that_never_answers(make_cl
     sync client's with stream=True) of reads only, at an arc's owner that is
     stopped (SIGSTOP: it takes the message and never answers), gets half its
     time there and the rest at the arc's next replica, as a Batch call's
-    reads do; the next batch goes there at once. (Before, it waited its
-    whole time and failed at its deadline.)"""
+    reads do; the next batch goes there at once. Three batches in flight
+    at once pass over the stopped node only, not the replica the first one
+    moved to. (Before, each waited its whole time and failed.)"""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     import chordctl
     from chordctl import aio
@@ -351,31 +353,40 @@ def test_a_stream_batch_of_reads_moves_on_from_a_node_that_never_answers(make_cl
     aio_db = loop.run_until_complete(aio.connect(cluster.config_path, route="direct"))
     assert aio_db.stream
 
-    def sync_batch():
-        return sync_db._lane(str(keys[0]))._send_stream(
-            [_Op("read", str(k), None, False, timeout) for k in keys])
+    def sync_batches(n):
+        lane = sync_db._lane(str(keys[0]))
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(lambda _: lane._send_stream(
+                [_Op("read", str(k), None, False, timeout) for k in keys]), range(n)))
 
     async def aio_send():      # on the client's loop: its lane's channel is made there
         batch = [aio._Op(pb.Operation(op=OPS["read"], key=str(k)), "read", str(k), timeout,
                          None) for k in keys]
         return await aio_db._lane(str(keys[0]))._send_stream(batch)
 
-    def aio_batch():
-        return loop.run_until_complete(asyncio.wait_for(aio_send(), timeout + 5))
+    async def aio_gather(n):
+        return await asyncio.wait_for(asyncio.gather(*(aio_send() for _ in range(n))),
+                                      timeout + 5)
 
+    def aio_batches(n):
+        return loop.run_until_complete(aio_gather(n))
+
+    flavours = (("sync", sync_batches, sync_db), ("aio", aio_batches, aio_db))
     stopped = cluster.nodes[0]
     try:
-        for name, batch in (("sync", sync_batch), ("aio", aio_batch)):
-            assert [o.value for o in batch()] == want, name     # its stream to node 0 open
+        for name, batches, _db in flavours:       # its streams to node 0 open
+            assert [[o.value for o in outs] for outs in batches(3)] == [want] * 3, name
         stopped.kill(signal.SIGSTOP)
-        for name, batch in (("sync", sync_batch), ("aio", aio_batch)):
+        for name, batches, db in flavours:
             t0 = time.monotonic()
-            outs = batch()
+            got = batches(3)
             took = time.monotonic() - t0
-            assert [getattr(o, "value", o) for o in outs] == want, (name, outs, took)
+            assert [[getattr(o, "value", o) for o in outs] for outs in got] == [want] * 3, \
+                (name, got, took)
             assert timeout * 0.4 < took < timeout, (name, took)
+            assert sorted(db._passed) == [0], (name, db._passed)
             t0 = time.monotonic()
-            assert [o.value for o in batch()] == want, name   # node 0 passed over
+            assert [[o.value for o in outs] for outs in batches(1)] == [want], name
             assert time.monotonic() - t0 < timeout * 0.4, (name, time.monotonic() - t0)
     finally:
         stopped.kill(signal.SIGCONT)
