@@ -265,7 +265,8 @@ class _Lane(LaneBase):
                     return [self.lost_channel()] * len(batch)
             left = _remaining(batch)
             if share < 1:       # the watchdog's grace included: the rest is the next node's
-                left = max(left * share - STREAM_GRACE, 0.001)
+                left *= share
+                left = max(left - min(STREAM_GRACE, left / 2), 0.001)
             seq = s.seq = s.seq + 1
             request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left), unordered=True)
             timer = loop.call_later(left + STREAM_GRACE, s.expire)

@@ -747,6 +747,25 @@ def test_fastest_first_times_a_slow_follower_again_and_passes_over_a_silent_one(
 
     assert _on_engine(leader, silent) == (g.UNANSWERED, lagging, (lagging,))
 
+    def paused():
+        # Answered 0.3 s late (it was stopped): counted already while it was
+        # silent, so the average moves as for at most 4x its old value. An
+        # append without entries (a read's confirmation) asks no fdatasync:
+        # not timed.
+        g._unanswered = {}
+        g.round_trip = {fast: 0.001}
+        term = g._sent_this_term()
+        term[fast] = collections.deque([(g.probe + 1, time.monotonic() - 0.3, True)])
+        g.answered_append(fast, g.raftCurrentTerm, g.probe + 1)
+        after = g.round_trip[fast]
+        g._timed = g.probe + 2
+        g.sent_append(fast, g.probe + 2, entries=False)
+        g.answered_append(fast, g.raftCurrentTerm, g.probe + 2)
+        return after, g.round_trip[fast]
+
+    after, then = _on_engine(leader, paused)
+    assert after == pytest.approx(0.001 + 3 * 0.001 / 8) and then == after
+
 
 def test_spread_zero_sends_every_entry_to_every_follower_at_once(ring):
     r = ring(3, settings=Settings(election_timeout=3.5, heartbeat=1.0, tick=0.01, spread=0))

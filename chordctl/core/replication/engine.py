@@ -572,15 +572,17 @@ class Group(SyncObj):
             self._unanswered = {}
         return self._unanswered
 
-    def sent_append(self, peer: int, number: int) -> None:
-        """An append numbered *number* (self.probe) leaves for *peer*."""
+    def sent_append(self, peer: int, number: int, entries: bool = True) -> None:
+        """An append numbered *number* (self.probe) leaves for *peer*; with
+        *entries* (one without, a read's confirmation or a heartbeat, asks no
+        fdatasync of it: not timed)."""
         waiting = self._sent_this_term().get(peer)
         if waiting is None:
             waiting = self._unanswered[peer] = collections.deque()
         elif waiting and waiting[-1][0] == number:
             return                   # a round's second message to it (a dump chunk)
         if len(waiting) < self.UNANSWERED:   # full: the oldest, what counts, stays
-            waiting.append((number, time.monotonic(), number == self._timed))
+            waiting.append((number, time.monotonic(), entries and number == self._timed))
 
     def answered_append(self, peer: int, term: int | None, number: int | None,
                         success: bool = True) -> None:
@@ -591,9 +593,8 @@ class Group(SyncObj):
         waiting = self._sent_this_term().get(peer)
         if not waiting:
             return
-        if term is None:
-            sent = waiting[0][1]
-            timed = any(w[2] for w in waiting)
+        if term is None:             # answers come in order: the oldest's
+            _n, sent, timed = waiting[0]
             waiting.clear()
         elif term != self._trip_term:
             return
@@ -606,7 +607,12 @@ class Group(SyncObj):
         if timed and success:       # not a round to every follower (first_followers)
             sample = time.monotonic() - sent
             old = self.round_trip.get(peer)
-            self.round_trip[peer] = sample if old is None else old + (sample - old) / 8
+            if old is None:
+                self.round_trip[peer] = sample
+            else:
+                # A pause (the follower stopped, then answered what waited)
+                # counted already while it was silent: at most 4x per sample.
+                self.round_trip[peer] = old + (min(sample, 4 * old) - old) / 8
 
     def confirmable(self) -> bool:
         """This replica leads and has committed an entry of its own term, so
@@ -1229,7 +1235,7 @@ class Engine:
             return
         if kind == "append_entries":
             message["probe"] = g.probe
-            g.sent_append(peer, g.probe)
+            g.sent_append(peer, g.probe, bool(message.get("entries")))
         elif kind == "next_node_idx":
             echo = g.echo
             if echo is not None and group not in self._learning:
