@@ -22,8 +22,9 @@ from chordctl.core.storage import identity
 from chordctl.core.storage.identity import RingIdentity
 from chordctl.pb import chord_pb2 as pb
 from chordctl.pb import chord_pb2_grpc as pb_grpc
-from chordctl.errors import AlreadyExistsError, ChordError, ExitStatus, StorageError
+from chordctl.errors import ChordError, ExitStatus, StorageError
 from conftest import NodeProc, free_ports, run_chordctl, wait_until
+from test_replication import writes_all
 
 BITS = 16
 
@@ -346,21 +347,6 @@ def test_a_replica_that_moves_takes_part_in_its_groups_at_its_new_address(
                interval=0.1, what="every arc commits on nodes 1 and 2")
     for k in keys:
         assert reads_as(cfg, moved.address, k, b"v%d" % k)
-
-
-def writes_all(config, address, keys: list[int], prefix: bytes) -> bool:
-    """Whether every key could be written (created or updated) as prefix + key
-    through *address* now (False on any error)."""
-    try:
-        with Client(config, target=address, timeout=2) as c:
-            for k in keys:
-                try:
-                    c.create(str(k), prefix + b"%d" % k)
-                except AlreadyExistsError:
-                    c.update(str(k), prefix + b"%d" % k)
-        return True
-    except ChordError:
-        return False
 
 
 def test_a_peer_of_another_shape_is_told_so(make_cluster) -> None:

@@ -51,6 +51,21 @@ def read_all(config, address, expect: dict[int, bytes], timeout: float = 5) -> N
             assert c.read(str(k)).value == v, f"key {k} through {address}"
 
 
+def writes_all(config, address, keys: list[int], prefix: bytes) -> bool:
+    """Whether every key could be written (created or updated) as prefix + key
+    through *address* now (False on any error)."""
+    try:
+        with Client(config, target=address, timeout=2) as c:
+            for k in keys:
+                try:
+                    c.create(str(k), prefix + b"%d" % k)
+                except AlreadyExistsError:
+                    c.update(str(k), prefix + b"%d" % k)
+        return True
+    except ChordError:
+        return False
+
+
 def test_three_replicas_hold_every_key_and_answer_through_every_node(make_cluster):
     cluster = make_cluster(3, bits=BITS, replicas=3).settled()
     cfg = cluster.config
@@ -148,18 +163,7 @@ def test_a_new_ring_restarted_before_its_last_node_first_started_serves_again(ma
     keys = [k for k in keys_on_every_arc(5) if ring.owner(k) in (2, 3)]
 
     def write(value: bytes):
-        def ok() -> bool:
-            try:
-                with Client(cfg, target=cluster.address(1), timeout=2) as c:
-                    for k in keys:
-                        try:
-                            c.create(str(k), value + b"%d" % k)
-                        except AlreadyExistsError:
-                            c.update(str(k), value + b"%d" % k)
-                return True
-            except ChordError:
-                return False
-        return ok
+        return lambda: writes_all(cfg, cluster.address(1), keys, value)
 
     wait_until(write(b"v"), timeout=20, interval=0.1, what="arcs 2 and 3 take writes")
     assert os.path.exists(os.path.join(cfg.node_dir(0), "LEARNING"))   # arcs 0, 1 wait
