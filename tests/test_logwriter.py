@@ -90,3 +90,66 @@ def test_a_failed_write_refuses_what_waits_for_it_and_leaves_a_committed_entry_a
     assert behind.error is None
     behind.stage_done()
     assert done == [2]
+
+
+def _writer(tmp_path, behind: float, appends: list, monkeypatch) -> LogWriter:
+    real = LogFile.append
+
+    def append(lf, data, count):
+        appends.append(count)
+        return real(lf, data, count)
+
+    monkeypatch.setattr(LogFile, "append", append)
+    w = LogWriter(str(tmp_path), "test", "everysec", NodeMetrics(),
+                  types.SimpleNamespace(failed=None))
+    w.behind = behind
+    w.log = LogFile(str(tmp_path), 1)
+    return w
+
+
+def test_committed_entries_behind_the_journal_are_written_by_windows(tmp_path, monkeypatch):
+    """A replica's committed entries (nobody waits for them) that arrive
+    within one window of the first are written with one append; the records
+    are all there, in order."""
+    appends: list[int] = []
+    w = _writer(tmp_path, 0.5, appends, monkeypatch)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    done: list[int] = []
+    t = threading.Thread(target=w.run, args=(q,))
+    t.start()
+    q.put(_batch(1, 10, done, stages=1, waits_for_log=False))
+    taken = threading.Event()
+    for _ in range(1000):                 # the writer took the first: its window runs
+        if q.empty():
+            taken.set()
+            break
+        taken.wait(0.005)
+    assert taken.is_set()
+    q.put(_batch(2, 11, done, stages=1, waits_for_log=False))
+    q.put(_batch(3, 12, done, stages=1, waits_for_log=False))
+    q.put(STOP)
+    t.join(10)
+    assert not t.is_alive()
+    assert appends == [3]
+    with open(os.path.join(tmp_path, "log.1"), "rb") as f:
+        logged = records.scan(f.read()).records
+    assert [r.seq for r in logged] == [1, 2, 3]
+
+
+def test_what_waits_for_the_log_is_written_at_once_whatever_the_window(tmp_path, monkeypatch):
+    """A batch that waits for the log writer is not held for a window (here
+    far longer than the test waits)."""
+    appends: list[int] = []
+    w = _writer(tmp_path, 60.0, appends, monkeypatch)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    written = threading.Event()
+    r = Request(OP_CREATE, 10, b"10", b"v10", 0.0)
+    r.seq = 1
+    q.put(OwnedBatch([r], 1, 1, lambda b: written.set(), stages=1))
+    t = threading.Thread(target=w.run, args=(q,), daemon=True)
+    t.start()
+    assert written.wait(10)
+    assert appends == [1]
+    q.put(STOP)
+    t.join(10)
+    assert not t.is_alive()

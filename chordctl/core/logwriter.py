@@ -8,7 +8,8 @@ STOP. It appends a drained group's mutations with one write and, under
 ``durable_seq`` and calls each item's ``stage_done()`` (not a replica's
 committed entry, answered once applied: ``OwnedBatch.waits_for_log``). At a SnapshotMarker it
 closes ``log.(X-1)`` (fsynced) and opens ``log.X``, then sets
-``marker.rotated``.
+``marker.rotated``. A replica's committed entries, which nobody waits for,
+are taken in windows of ``behind`` seconds instead of each at once.
 
 A failed append or fsync fail-stops the node (``failstop.fail``): nothing is
 written after it, the write is cut back where it can be, and the replies say
@@ -38,6 +39,16 @@ class LogWriter:
     None) and ``.fail(reason)``. *log* is opened by the node's recovery.
     """
 
+    # Seconds a replica's committed entries may wait to be written (replica.py
+    # sets it; 0: every batch at once). Nobody waits for them -- the raft
+    # journal made them durable on a majority -- so the writer takes them in
+    # windows of this long: one wake-up and one write per window, never one
+    # per entry in the middle of the next write's round (a wake-up there, and
+    # its GIL, cost a sequential write at R = 3 30-40 us; BENCHMARKS.md).
+    # What waits for the log (a marker, an install, STOP) waits at most one
+    # window.
+    behind = 0.0
+
     def __init__(self, directory: str, label: str, fsync: str, metrics, failstop):
         self.directory = directory
         self.label = label
@@ -61,8 +72,16 @@ class LogWriter:
         sync_group = self.fsync in ("always", "batch")
         everysec = self.fsync == "everysec"
         last_sync = time.monotonic()
+        behind = self.behind
+        windows = False      # entries behind the journal keep coming: write them by windows
         while True:
-            if everysec:
+            if windows:
+                time.sleep(behind)
+                if empty():
+                    windows = False
+                    continue
+                items = [get()]
+            elif everysec:
                 try:
                     first = get(timeout=max(0.0, 1.0 - (time.monotonic() - last_sync)))
                 except queue.Empty:
@@ -72,6 +91,9 @@ class LogWriter:
                 items = [first]
             else:
                 items = [get()]
+            if behind and not windows and _behind(items[0]):
+                time.sleep(behind)
+                windows = not empty()
             while not empty():
                 items.append(get())
             done: list = []
@@ -212,3 +234,8 @@ class LogWriter:
                                f"fixed")
         finally:
             marker.rotated.set()
+
+
+def _behind(item) -> bool:
+    """A replica's committed entry: written behind its journal, nobody waits."""
+    return getattr(item, "waits_for_log", True) is False     # only an OwnedBatch's can be

@@ -76,6 +76,7 @@ from chordctl.protocol import (DEADLINE_EXCEEDED, OP_CREATE, OP_DELETE, OP_READ,
 logger = logging.getLogger("chordctl.node")
 
 DRAIN_LIMIT = 4096
+BEHIND = 0.005    # seconds committed entries wait to be written to log.X (logwriter.py)
 SWEEP_EVERY = 0.1      # seconds between looks for submitted commands near their deadline
 # A command is answered this long before its deadline if it is not committed
 # by then, so that the answer (and why) reaches a forwarding node or the
@@ -140,6 +141,7 @@ class ReplicatedNode(Node):
         # the way of each answer: at most once a second (and at every rotation).
         if self.writer.fsync in ("always", "batch"):
             self.writer.fsync = "everysec"
+        self.writer.behind = BEHIND
         # command id -> (its waiting requests, or a scan's marker; when submitted)
         # Submitted, not yet answered: command id -> (requests or a scan's
         # marker, when submitted, group).
