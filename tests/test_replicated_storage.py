@@ -298,3 +298,23 @@ def test_a_learner_that_cannot_write_its_learning_mark_refuses_to_start(tmp_path
         node.recover()
     if node.lock is not None:
         node.lock.release()
+
+
+def test_a_replicas_view_goes_to_the_applier_alone_not_behind_the_log_writer(tmp_path):
+    """At R > 1 an applied entry is durable already (the journals of a
+    majority), and log.X is written behind by windows: a scan's view waits
+    for the applier only, even when log.X lags the map. Its log writer takes
+    the committed entries by windows (logwriter.py)."""
+    from chordctl.core.markers import ReadMarker
+    from chordctl.core.replica import BEHIND, ReplicatedNode
+    cfg = configmod.from_dict({
+        "ring": {"bits": 8, "replicas": 3},
+        "nodes": [{"host": "127.0.0.1", "port": 1 + i} for i in range(3)],
+        "storage": {"data_dir": str(tmp_path / "data")}})
+    node = ReplicatedNode(cfg, 0)
+    assert node.writer.behind == BEHIND > 0
+    node.seq, node.writer.durable_seq = 10, 4     # log.X behind the map
+    marker = ReadMarker(False, lambda m: None)
+    node._dispatch_read(marker)
+    assert node.to_log.empty()
+    assert node.to_apply.get_nowait() is marker and marker.seq == 10

@@ -623,6 +623,17 @@ class ReplicatedNode(Node):
                 f"({_names(full) or 'none'}) are not a majority: more of the arc was lost "
                 f"than it tolerates, so it cannot elect")
 
+    def _dispatch_read(self, marker: ReadMarker) -> None:
+        """A scan's or count's view, after every entry applied before it.
+        Only the applier: an applied entry is durable already (in the
+        journals of a majority), so the view does not wait for log.X, which
+        is written behind them by windows (logwriter.py)."""
+        if self.failed:
+            super()._dispatch_read(marker)
+            return
+        marker.seq = self.seq
+        self.to_apply.put(marker)
+
     def _place_marker(self, marker) -> None:
         if type(marker) is ReadMarker:
             self._dispatch_read(marker)
