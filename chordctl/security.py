@@ -76,11 +76,22 @@ def channel_credentials(config: Config) -> grpc.ChannelCredentials:
                                         certificate_chain=chain)
 
 
+# How long one connection attempt may take (TCP, TLS, HTTP/2 settings): as
+# long as a probe waits for an answer (client.CONNECT_TIMEOUT).
+CONNECT_ATTEMPT_MS = 1000
+
 # Every channel chordctl opens, client's or node's.
 CHANNEL_OPTIONS = (
+    # Reconnect soon after a failure (a restarted node is back in 0.1-1 s)...
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # ... but give each attempt CONNECT_ATTEMPT_MS to finish. gRPC takes this
+    # option as its minimum connect timeout (doc/connection-backoff.md's
+    # MIN_CONNECT_TIMEOUT): at 100 ms, a node busy for 100 ms when a client
+    # connects (starting, a loaded machine, a TLS handshake over a long
+    # round trip) failed every call of that client at once with "cannot
+    # connect (no answer)".
+    ("grpc.min_reconnect_backoff_ms", CONNECT_ATTEMPT_MS),
     ("grpc.max_send_message_length", REPLY_LIMIT),
     ("grpc.max_receive_message_length", REPLY_LIMIT),
     # Channels to the same address otherwise share one subchannel and with it

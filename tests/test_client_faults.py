@@ -249,3 +249,86 @@ def test_a_coalesced_batch_holds_calls_of_close_deadlines_only() -> None:
     assert cut(mixed, 4) == 2
     assert cut([Op(100.001, 0.001), Op(105, 5)], 2) == 1
     assert cut([Op(1, 1)], 1) == 1 and cut([], 0) == 0
+
+
+# -- a node slow to finish a connection ----------------------------------------------
+
+class _SlowHandshake:
+    """A TCP proxy in front of a gRPC server that holds each new connection
+    *delay* seconds before passing bytes on: a node too busy to answer a
+    connection at once (starting, a loaded machine, a long round trip)."""
+
+    def __init__(self, port: int, delay: float):
+        import socket
+        self.port, self.delay = port, delay
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._hold_then_pipe, args=(client, upstream),
+                             daemon=True).start()
+
+    def _hold_then_pipe(self, client, upstream) -> None:
+        threading.Event().wait(self.delay)
+        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
+
+    @staticmethod
+    def _pipe(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+
+
+def test_a_node_slow_to_finish_a_connection_is_still_reached() -> None:
+    """Every channel chordctl opens gives a connection attempt as long as a
+    probe waits (security.CONNECT_ATTEMPT_MS), not gRPC's reconnect backoff:
+    a node that answers a new connection only after 0.3 s is reached, by the
+    sync and the asyncio channels, on the first call (it failed at once with
+    "cannot connect (no answer)" when an attempt had 100 ms)."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from chordctl import security
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    proxy = _SlowHandshake(port, 0.3)
+    try:
+        with security.channel(None, proxy.address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        async def check() -> int:
+            async with security.aio_channel(None, proxy.address) as channel:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=10)
+            return reply.status
+
+        assert asyncio.run(check()) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        proxy.close()
+        server.stop(None)
