@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 import types
 
 from chordctl.core.logwriter import LogWriter
@@ -107,33 +108,85 @@ def _writer(tmp_path, behind: float, appends: list, monkeypatch) -> LogWriter:
     return w
 
 
+def _windows(monkeypatch, during: list) -> list[float]:
+    """The writer's sleeps (its windows), recorded; the first puts *during*
+    (queue, item) pairs in, as if they arrived within that window."""
+    from chordctl.core import logwriter
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 1:
+            for q, item in during:
+                q.put(item)
+
+    monkeypatch.setattr(logwriter, "time", types.SimpleNamespace(
+        sleep=sleep, monotonic=time.monotonic, perf_counter=time.perf_counter))
+    return slept
+
+
+def _run_until_stopped(w: LogWriter, q: queue.SimpleQueue) -> None:
+    """Run the writer until STOP; fail if it raised or did not stop."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            w.run(q)
+        except BaseException as e:
+            raised.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():
+        q.put(STOP)
+        raise AssertionError("the log writer did not stop")
+    assert raised == []
+
+
 def test_committed_entries_behind_the_journal_are_written_by_windows(tmp_path, monkeypatch):
     """A replica's committed entries (nobody waits for them) that arrive
-    within one window of the first are written with one append; the records
-    are all there, in order."""
+    within one window of the first are written with one append, in order;
+    while entries keep coming the writer sleeps a window before each write;
+    after a window that brought nothing it blocks again (and STOP, arriving
+    after that, ends it)."""
     appends: list[int] = []
-    w = _writer(tmp_path, 0.5, appends, monkeypatch)
+    w = _writer(tmp_path, 0.005, appends, monkeypatch)
     q: queue.SimpleQueue = queue.SimpleQueue()
     done: list[int] = []
-    t = threading.Thread(target=w.run, args=(q,))
-    t.start()
+    slept = _windows(monkeypatch, [(q, _batch(2, 11, done, stages=1, waits_for_log=False)),
+                                   (q, _batch(3, 12, done, stages=1, waits_for_log=False))])
     q.put(_batch(1, 10, done, stages=1, waits_for_log=False))
-    taken = threading.Event()
-    for _ in range(1000):                 # the writer took the first: its window runs
-        if q.empty():
-            taken.set()
-            break
-        taken.wait(0.005)
-    assert taken.is_set()
-    q.put(_batch(2, 11, done, stages=1, waits_for_log=False))
-    q.put(_batch(3, 12, done, stages=1, waits_for_log=False))
-    q.put(STOP)
-    t.join(10)
-    assert not t.is_alive()
+    stop_later = threading.Timer(0.5, q.put, args=(STOP,))
+    stop_later.start()
+    try:
+        _run_until_stopped(w, q)
+    finally:
+        stop_later.cancel()
     assert appends == [3]
+    # The first window, the next (it brought nothing), then a blocking get: STOP.
+    assert slept == [0.005, 0.005]
     with open(os.path.join(tmp_path, "log.1"), "rb") as f:
         logged = records.scan(f.read()).records
     assert [r.seq for r in logged] == [1, 2, 3]
+
+
+def test_a_marker_or_stop_arriving_in_a_window_is_written_after_what_came_before(
+        tmp_path, monkeypatch):
+    """What waits for the log and arrives within a window is taken at the
+    window's end, after the entries before it: STOP there writes them all
+    and ends the writer."""
+    appends: list[int] = []
+    w = _writer(tmp_path, 0.005, appends, monkeypatch)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    done: list[int] = []
+    _windows(monkeypatch, [(q, _batch(2, 11, done, stages=1, waits_for_log=False)), (q, STOP)])
+    q.put(_batch(1, 10, done, stages=1, waits_for_log=False))
+    _run_until_stopped(w, q)
+    assert sum(appends) == 2
+    with open(os.path.join(tmp_path, "log.1"), "rb") as f:
+        logged = records.scan(f.read()).records
+    assert [r.seq for r in logged] == [1, 2]
 
 
 def test_what_waits_for_the_log_is_written_at_once_whatever_the_window(tmp_path, monkeypatch):

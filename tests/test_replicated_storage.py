@@ -318,3 +318,9 @@ def test_a_replicas_view_goes_to_the_applier_alone_not_behind_the_log_writer(tmp
     node._dispatch_read(marker)
     assert node.to_log.empty()
     assert node.to_apply.get_nowait() is marker and marker.seq == 10
+    # A fail-stopped node refuses the view at once, as at R = 1.
+    node.failed = "storage: the disk is full"
+    refused: list = []
+    node._dispatch_read(ReadMarker(False, refused.append))
+    assert [m.error[1] for m in refused] == [f"{node.label}: storage: the disk is full"]
+    assert node.to_log.empty() and node.to_apply.empty()

@@ -42,11 +42,12 @@ class LogWriter:
     # Seconds a replica's committed entries may wait to be written (replica.py
     # sets it; 0: every batch at once). Nobody waits for them -- the raft
     # journal made them durable on a majority -- so the writer takes them in
-    # windows of this long: one wake-up and one write per window, never one
-    # per entry in the middle of the next write's round (a wake-up there, and
-    # its GIL, cost a sequential write at R = 3 30-40 us; BENCHMARKS.md).
-    # What waits for the log (a marker, an install, STOP) waits at most one
-    # window.
+    # windows of this long: while they keep coming, one wake-up and one write
+    # per window, not one per entry in the middle of the next write's round
+    # (a wake-up there, and its GIL, cost a sequential write at R = 3 37-100
+    # us; BENCHMARKS.md). After a window that brought nothing it blocks
+    # again: the next entry wakes it as before. What waits for the log (a
+    # snapshot's cut, an install, STOP) waits at most one window longer.
     behind = 0.0
 
     def __init__(self, directory: str, label: str, fsync: str, metrics, failstop):
