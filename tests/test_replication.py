@@ -10,6 +10,7 @@ import shutil
 import signal
 import time
 
+import grpc
 import pytest
 
 from chordctl.client import Client
@@ -1107,6 +1108,19 @@ def test_a_client_whose_entry_node_dies_goes_on_through_another(make_cluster):
         assert c.connect() == cluster.address(0)
         c.create(str(keys[0]), b"before")
         cluster.nodes[0].kill(signal.SIGKILL)
+        # Until the client's channel has seen the connection end, a call may
+        # still go out on it and be lost with it: a write's outcome is then
+        # unknown and said so ("lost the connection ... may still be
+        # applied"), which is right, and not what this test is about.
+        gone = threading.Event()
+
+        def watch(state):
+            if state != grpc.ChannelConnectivity.READY:
+                gone.set()
+
+        c._channel.subscribe(watch)
+        assert gone.wait(10), "the client's channel never saw node 0 go"
+        c._channel.unsubscribe(watch)
         outcomes: list = []
         done = threading.Event()
 
