@@ -36,7 +36,7 @@ from chordctl import security
 from chordctl.client import (CONNECT_TIMEOUT, LEARN_TIMEOUT, PROBE_METHOD, RING_UP_HINT,
                              STREAM_GRACE, _SILENT, _SPENT,
                              ClientBase, LaneBase, Result,
-                             _batch_outcome, _ms, _remaining, _request, _unary,
+                             _batch_outcome, _ms, _remaining, _request, _stream_left, _unary,
                              batch_messages,
                              _arc, batch_outcomes, error_for, library_route, node_count,
                              none_answered, probe_failure, reply_result, silent)
@@ -263,10 +263,7 @@ class _Lane(LaneBase):
                     if attempt < 2 and self.refresh():
                         continue
                     return [self.lost_channel()] * len(batch)
-            left = _remaining(batch)
-            if share < 1:       # the watchdog's grace included: the rest is the next node's
-                left *= share
-                left = max(left - min(STREAM_GRACE, left / 2), 0.001)
+            left = _stream_left(batch, share)
             seq = s.seq = s.seq + 1
             request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left), unordered=True)
             timer = loop.call_later(left + STREAM_GRACE, s.expire)

@@ -526,10 +526,7 @@ class _Lane(LaneBase):
                     if attempt < 2 and self.refresh():
                         continue
                     return [self.lost_channel()] * len(batch)
-            left = _remaining(batch)
-            if share < 1:       # the watchdog's grace included: the rest is the next node's
-                left *= share
-                left = max(left - min(STREAM_GRACE, left / 2), 0.001)
+            left = _stream_left(batch, share)
             seq = s.seq = s.seq + 1
             request = pb.BatchRequest(ops=ops, seq=seq, timeout_ms=_ms(left), unordered=True)
             watchdog.arm(s, time.monotonic() + left + STREAM_GRACE)
@@ -1681,6 +1678,17 @@ def _remaining(batch) -> float:
     leads a batch waited longest); a later one in it may be answered at that
     deadline, a little before its own."""
     return max(min(item.deadline for item in batch) - time.monotonic(), 0.001)
+
+
+def _stream_left(batch, share: float) -> float:
+    """Seconds a stream message of *batch* gets at its node: all that is left,
+    or (reads only, R > 1) *share* of it, the watchdog's grace included, the
+    rest being the next node's."""
+    left = _remaining(batch)
+    if share < 1:
+        left *= share
+        left = max(left - min(STREAM_GRACE, left / 2), 0.001)
+    return left
 
 
 def _ms(seconds: float) -> int:

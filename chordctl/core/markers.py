@@ -48,8 +48,8 @@ class SnapshotMarker:
 class ReadMarker:
     """A point-in-time read of the whole map (scan, count): F1 -> F3, and F2 too
     when a mutation before it is not durable yet (ring.replicas 1 only: a
-    replica's applied entries are durable in the journals already). Completes like an OwnedBatch
-    without mutations (the log writer treats it as one)."""
+    replica's applied entries are durable in the journals already). Completes
+    like an OwnedBatch without mutations (the log writer treats it as one)."""
 
     __slots__ = ("freeze", "seq", "mutations", "reqs", "error", "chunks", "keys", "on_done",
                  "_pending", "_lock", "waiter", "arc", "deadline")

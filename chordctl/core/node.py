@@ -24,8 +24,9 @@ is durable (reads included, so a read never returns a value that a crash
 could still take away). With ``ring.replicas`` > 1 durable means in the
 raft journals of a majority, before an entry commits: a replica answers a
 committed entry once applied, and ``log.X`` is written behind (replica.py;
-there a scan's or count's view goes to F3 alone: what it sees is durable). Foreign requests leave by F4; the router answers
-them by the same Replies (server.py builds it and hands it to both).
+there a scan's or count's view goes to F3 alone: what it sees is durable).
+Foreign requests leave by F4; the router answers them by the same Replies
+(server.py builds it and hands it to both).
 
 A snapshot is a marker that travels the same path: at the marker the log
 writer closes ``log.(X-1)`` and opens ``log.X``, and the applier freezes the
