@@ -145,7 +145,7 @@ def _lags(port: int) -> dict[tuple[str, str], float]:
                               "chordctl_raft_follower_lag_entries")}
 
 
-def test_a_replicated_ring_reports_commit_latency_elections_and_follower_lag(tmp_path):
+def test_a_replicated_ring_reports_commit_latency_elections_follower_lag_and_round_trips(tmp_path):
     from conftest import wait_until
     cluster, ports = _replicated_ring(tmp_path)
     try:
@@ -175,6 +175,24 @@ def test_a_replicated_ring_reports_commit_latency_elections_and_follower_lag(tmp
             for g in c.status(timeout=5).groups:
                 members[str(g.group)] = {str(m) for m in g.members}
         assert set(members) == {"0", "1", "2"}
+
+        # Fastest first: node 0, leading group 0, times the followers its
+        # writes went to first and counts those rounds, per follower.
+        def of_group_0(family, sample):
+            return {s.labels["follower"]: s.value for s in _samples(ports[0], family, sample)
+                    if s.labels["group"] == "0"}
+
+        def first_sends():
+            return of_group_0("chordctl_raft_first_sends", "chordctl_raft_first_sends_total")
+
+        wait_until(lambda: sum(first_sends().values()) >= 1, timeout=5,
+                   what=f"node 0's first sends in group 0 (now {first_sends()})")
+        trips = of_group_0("chordctl_raft_follower_round_trip_seconds",
+                           "chordctl_raft_follower_round_trip_seconds")
+        followers = members["0"] - {"0"}
+        assert set(first_sends()) <= followers, first_sends()
+        assert trips and set(trips) <= set(first_sends()), (trips, first_sends())
+        assert all(0 < t < 1 for t in trips.values()), trips
 
         def elections(port):
             return {s.labels["group"]: s.value

@@ -717,9 +717,10 @@ def _on_engine(engine, fn):
 def test_fastest_first_times_a_slow_follower_again_and_passes_over_a_silent_one(ring):
     """The choice itself (Group.first_followers), on the engine thread: a
     follower timed slow (five times the chosen one) still gets one round in
-    EXPLORE, so a bad first sample is not for good; and a chosen follower
+    EXPLORE, so a bad first sample is not for good; a chosen follower
     that stops answering counts as slow as its oldest unanswered append,
-    however many appends went to it since (UNANSWERED of them kept)."""
+    however many appends went to it since (UNANSWERED of them kept); and
+    one slow answer does not move its time (the median of its last TRIPS)."""
     slow = Settings(election_timeout=3.5, heartbeat=1.0, tick=0.01, spread=0.6)
     r = ring(3, settings=slow)
     leader = r.wait_leader()
@@ -747,24 +748,34 @@ def test_fastest_first_times_a_slow_follower_again_and_passes_over_a_silent_one(
 
     assert _on_engine(leader, silent) == (g.UNANSWERED, lagging, (lagging,))
 
-    def paused():
-        # Answered 0.3 s late (it was stopped): counted already while it was
-        # silent, so the average moves as for at most 4x its old value. An
-        # append without entries (a read's confirmation) asks no fdatasync:
-        # not timed.
-        g._unanswered = {}
-        g.round_trip = {fast: 0.001}
+    def answer(after: float, entries: bool = True) -> float:
+        # One append to *fast*, timed, answered *after* seconds; its time then.
+        number = g.probe + 1 + len(g._trips.get(fast, ()))
+        g._timed = number if entries else -1
         term = g._sent_this_term()
-        term[fast] = collections.deque([(g.probe + 1, time.monotonic() - 0.3, True)])
-        g.answered_append(fast, g.raftCurrentTerm, g.probe + 1)
-        after = g.round_trip[fast]
-        g._timed = g.probe + 2
-        g.sent_append(fast, g.probe + 2, entries=False)
-        g.answered_append(fast, g.raftCurrentTerm, g.probe + 2)
-        return after, g.round_trip[fast]
+        term[fast] = collections.deque([(number, time.monotonic() - after, entries)])
+        g.answered_append(fast, g.raftCurrentTerm, number)
+        return g.round_trip[fast]
 
-    after, then = _on_engine(leader, paused)
-    assert after == pytest.approx(0.001 + 3 * 0.001 / 8) and then == after
+    def paused():
+        # Answered 0.3 s late once (it was stopped; counted already while it
+        # was silent): the median of its rounds stays where the others put
+        # it. An append without entries (a read's confirmation) asks no
+        # fdatasync: not timed. A follower that did become slower is ranked
+        # so within TRIPS // 2 + 1 of its rounds, not after one.
+        g._unanswered = {}
+        g._trips = {}
+        g.round_trip = {}
+        steady = [answer(0.001) for _ in range(g.TRIPS - 1)]
+        spike = answer(0.3)
+        untimed = answer(0.05, entries=False)
+        slower = [answer(0.004) for _ in range(g.TRIPS // 2 + 1)]
+        return steady, spike, untimed, slower
+
+    steady, spike, untimed, slower = _on_engine(leader, paused)
+    assert all(t == pytest.approx(0.001, abs=1e-4) for t in steady)
+    assert spike == pytest.approx(0.001, abs=1e-4) and untimed == spike
+    assert slower[0] < 0.003 and slower[-1] == pytest.approx(0.004, abs=1e-4)
 
 
 def test_spread_zero_sends_every_entry_to_every_follower_at_once(ring):

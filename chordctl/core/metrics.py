@@ -191,6 +191,16 @@ def _raft_families(node, names: list[str], values: list[str], groups: dict):
     lag = GaugeMetricFamily("chordctl_raft_follower_lag_entries",
                             "Leader only: entries a follower's log is behind the leader's",
                             labels=gl + ["follower"])
+    trip = GaugeMetricFamily("chordctl_raft_follower_round_trip_seconds",
+                             "Leader only: the median of a follower's last round trips "
+                             "(an append with entries out, its answer back, the "
+                             "follower's fdatasync between), what fastest first ranks "
+                             "followers by", labels=gl + ["follower"])
+    first = CounterMetricFamily("chordctl_raft_first_sends",
+                                "Leader only: rounds whose new entries went at once to "
+                                "this follower and not to the others, whose turn comes "
+                                "later (majority first: the fastest a majority needs)",
+                                labels=gl + ["follower"])
     for g in groups.values():
         v = values + [str(g["group"])]
         gauges["term"].add_metric(v, g["term"])
@@ -205,12 +215,18 @@ def _raft_families(node, names: list[str], values: list[str], groups: dict):
         reads.add_metric(v + ["log"], g.get("log_reads", 0))
         for follower, match in sorted(g["match_index"].items()):
             lag.add_metric(v + [str(follower)], max(0, g["log_index"] - match))
+        for follower, seconds in sorted(g.get("round_trip", {}).items()):
+            trip.add_metric(v + [str(follower)], seconds)
+        for follower, rounds in sorted(g.get("first_sends", {}).items()):
+            first.add_metric(v + [str(follower)], rounds)
     yield from gauges.values()
     yield elections
     yield installs
     yield compactions
     yield reads
     yield lag
+    yield trip
+    yield first
     h = node.commit_seconds
     c = HistogramMetricFamily("chordctl_raft_commit_seconds",
                               "From a command's submit to its entry applied here",

@@ -391,19 +391,21 @@ class Group(SyncObj):
         self._full_term = -1
         self.send_all = False
         self.partial_sends = 0
-        # Fastest first (first_followers): per follower, a moving average of
-        # its round trips in the rounds that went to it and not to every
-        # follower (seconds: the append out, its answer in, the follower's
-        # fdatasync between), and the (number, time, timed) of each append
+        # Fastest first (first_followers): per follower, the median of its
+        # last TRIPS round trips (kept in _trips) in the rounds that went to
+        # it and not to every follower (seconds: the append out, its answer
+        # in, the follower's fdatasync between), and the (number, time, timed) of each append
         # of this term it has not answered yet (the oldest kept, up to
         # UNANSWERED); the followers new entries went to first, last time
         # (node indices), and the rounds that went to those first.
         self.round_trip: dict[int, float] = {}
+        self._trips: dict[int, collections.deque] = {}
         self._timed = -1             # the number of the round being sent to those alone
         self._unanswered: dict[int, collections.deque] = {}
         self._first_rounds = 0
         self._trip_term = -1
         self.chosen: tuple[int, ...] = ()
+        self.first_sends: collections.Counter = collections.Counter()   # per follower
         # Read confirmation (module docstring, "Reads"): the number of this
         # group's last round of appends; per follower, the (term, number) of
         # the newest append it answered; reads waiting here, oldest first:
@@ -501,6 +503,8 @@ class Group(SyncObj):
                 if self._behind_since is None:
                     self._behind_since = now
                 self.partial_sends += 1
+                for n in first:
+                    self.first_sends[n.index] += 1
                 try:
                     self._SyncObj__otherNodes = set(first)   # what PySyncObj's send walks
                     SyncObj._SyncObj__sendAppendEntries(self)
@@ -514,8 +518,8 @@ class Group(SyncObj):
         SyncObj._SyncObj__sendAppendEntries(self)
 
     # Fastest first: the followers a new entry goes to at once are the ones
-    # whose answers come back soonest: a moving average of each one's round
-    # trips (its disk's fdatasync included) ranks them, a follower with an
+    # whose answers come back soonest: the median of each one's last TRIPS
+    # round trips (its disk's fdatasync included) ranks them, a follower with an
     # append unanswered for longer counting as that slow. The commit waits
     # for the slowest of the chosen, so on a ring whose followers differ (a
     # slower disk, a busier machine, a CPU far from the disk's interrupts)
@@ -530,9 +534,16 @@ class Group(SyncObj):
     # (highest match index, then the latest to answer), the rule before
     # round trips were kept. A follower's appends are kept until answered,
     # the oldest UNANSWERED of them: how long the oldest has waited is how
-    # slow a silent follower counts.
+    # slow a silent follower counts. A median, not a moving average: one
+    # slow answer (a page fault, a busy CPU, the pause of a follower that
+    # was stopped, counted already while it was silent) moves it by one
+    # rank at most, where it moved an average past the tenth and sent the
+    # writes to the slower follower until enough of the rounds in EXPLORE
+    # had timed the faster one again; a follower that did become slower is
+    # ranked so after TRIPS // 2 + 1 of its rounds.
     EXPLORE = 16
     UNANSWERED = 256
+    TRIPS = 9
 
     def first_followers(self, need: int) -> list:
         """The *need* followers a new entry goes to at once (engine thread)."""
@@ -605,14 +616,12 @@ class Group(SyncObj):
                 return
             _n, sent, timed = waiting.popleft()
         if timed and success:       # not a round to every follower (first_followers)
-            sample = time.monotonic() - sent
-            old = self.round_trip.get(peer)
-            if old is None:
-                self.round_trip[peer] = sample
-            else:
-                # A pause (the follower stopped, then answered what waited)
-                # counted already while it was silent: at most 4x per sample.
-                self.round_trip[peer] = old + (min(sample, 4 * old) - old) / 8
+            trips = self._trips.get(peer)
+            if trips is None:
+                trips = self._trips[peer] = collections.deque(maxlen=self.TRIPS)
+            trips.append(time.monotonic() - sent)
+            ranked = sorted(trips)
+            self.round_trip[peer] = ranked[(len(ranked) - 1) // 2]
 
     def confirmable(self) -> bool:
         """This replica leads and has committed an entry of its own term, so
@@ -828,6 +837,11 @@ class Group(SyncObj):
             "log_index": self._SyncObj__getCurrentLogIndex(),
             "match_index": {n.index: i for n, i in self._SyncObj__raftMatchIndex.items()}
             if state == 2 else {},
+            # Fastest first, leader only: each follower's round trip (the
+            # median first_followers ranks by, seconds) and how many rounds
+            # of this node's leadership went to it first.
+            "round_trip": dict(self.round_trip) if state == 2 else {},
+            "first_sends": dict(self.first_sends) if state == 2 else {},
             "elections": self.raftCurrentTerm - self.first_term,
             "learning": False,
             "log_start": self.log_start(),
