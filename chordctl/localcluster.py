@@ -195,10 +195,24 @@ def running_pid(cfg: Config, i: int) -> int | None:
 
 # -- starting -------------------------------------------------------------------
 
-def start_node(cfg: Config, i: int, cpus: str | None = None) -> subprocess.Popen:
+def is_new_ring(cfg: Config) -> bool:
+    """Whether no node of *cfg* has ever started as a replica (ring.replicas
+    > 1, and no node directory holds a raft journal): `cluster up` then
+    starts the nodes with --new-ring, each a full replica at once. A
+    directory that lost its journal while another kept one is a
+    replacement, and must learn its arcs first."""
+    return cfg.ring.replicas > 1 and not any(
+        os.path.exists(os.path.join(cfg.node_dir(i), files.RAFT_JOURNAL))
+        for i in range(len(cfg.nodes)))
+
+
+def start_node(cfg: Config, i: int, cpus: str | None = None,
+               new_ring: bool = False) -> subprocess.Popen:
     """Start node *i* as a detached `chordctl node serve` logging to its node.log."""
     files.makedirs_durable(cfg.node_dir(i))   # the node finds it made: sync it here
     pin = ["--cpus", cpus] if cpus is not None else []
+    if new_ring:
+        pin.append("--new-ring")
     with open(log_path(cfg, i), "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "chordctl", "-c", os.path.abspath(cfg.path), "node",
@@ -398,13 +412,15 @@ def start_missing(cfg: Config, missing: list[int], cpus_mode: str, wait_s: float
             notify("cluster: this system does not let processes choose their CPUs; "
                    "the nodes run unpinned")
             pins = None
+    # Every node starting, none ever started: a new ring (is_new_ring).
+    new_ring = len(missing) == len(cfg.nodes) and is_new_ring(cfg)
     for i in missing:
         cpus = None
         if cpus_mode == "none":
             cpus = cpulist.NONE
         elif pins is not None and cfg.nodes[i].cpus is None:
             cpus = cpulist.format_cpulist(pins[i])
-        procs[i] = start_node(cfg, i, cpus)
+        procs[i] = start_node(cfg, i, cpus, new_ring)
     for i in missing:
         node = cfg.nodes[i]
         try:

@@ -474,6 +474,53 @@ def test_cluster_up_of_an_even_ring_replicas_warns_the_operator(tmp_path):
         kill_leftovers(cfg, path, started)
 
 
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().decode().split("\0")
+
+
+def test_cluster_up_starts_a_new_replicated_ring_with_new_ring_and_never_a_replacement(
+        tmp_path):
+    """`cluster up` passes --new-ring (each node a full replica at once) only
+    when no node of the config has started before: not on a restart, and
+    not to a node whose directory was lost (a replacement learns first)."""
+    import shutil
+
+    from chordctl.localcluster import is_new_ring
+    path = write_config(tmp_path, 3, timeout=5, replicas=3)
+    cfg = config_mod.load(path)
+    assert is_new_ring(cfg)
+    single = tmp_path / "r1"
+    single.mkdir()
+    assert not is_new_ring(config_mod.load(write_config(single, 3, timeout=5)))
+    started: dict[int, int] = {}
+    try:
+        r = up_detached(path, cfg, started)
+        assert r.returncode == 0, r.stderr.decode()
+        assert all("--new-ring" in _cmdline(pid) for pid in started.values()), started
+        assert not is_new_ring(cfg)
+        r = run_chordctl("-c", path, "cluster", "down", timeout=UP_TIMEOUT)
+        assert r.returncode == 0, r.stderr.decode()
+        shutil.rmtree(cfg.node_dir(2))        # node 2's disk is lost: a replacement
+        started.clear()
+        r = up_detached(path, cfg, started)
+        assert r.returncode == 0, r.stderr.decode()
+        assert sorted(started) == [0, 1, 2]
+        assert not any("--new-ring" in _cmdline(pid) for pid in started.values()), started
+        wait_until(lambda: not os.path.exists(os.path.join(cfg.node_dir(2), "LEARNING")),
+                   timeout=30, what="the replacement learned its arcs")
+
+        def logged(i: int) -> str:
+            with open(log_path(cfg, i)) as f:
+                return f.read()
+        assert "a new ring's first start (--new-ring)" in logged(0)
+        wait_until(lambda: logged(2).count("node 2 is a full replica") == 3, timeout=10,
+                   what="node 2 learned each of its 3 groups")
+        assert "--new-ring" not in logged(2)
+    finally:
+        kill_leftovers(cfg, path, started)
+
+
 def test_two_cluster_up_at_once_leave_one_running_ring(config4):
     """Two `cluster up --detach` of one config at the same moment: each won
     some ports and lost others, then stopped what it had started (or the

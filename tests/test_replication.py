@@ -179,6 +179,41 @@ def test_a_new_ring_restarted_before_its_last_node_first_started_serves_again(ma
         read_all(cfg, cluster.address(i), {k: b"w%d" % k for k in keys})
 
 
+def test_a_new_ring_started_with_new_ring_serves_every_arc_before_its_last_node_starts(
+        make_cluster):
+    """`node serve --new-ring` (what `cluster up` passes to a new ring): node
+    4 of a new 5-node R = 3 ring never starts, and every arc serves anyway,
+    those with node 4 among their replicas (0, 1 and 4) on the other two:
+    no replica learns first, since nobody voted or acknowledged anything
+    before. Node 4 then starts on its empty directory without the flag, a
+    replacement as any other: it learns its arcs and catches up."""
+    cluster = make_cluster(5, bits=BITS, replicas=3, timeout=2, start=False)
+    cfg = cluster.config
+    four = cluster.nodes[:4]
+    for n in four:
+        n.args = ("--new-ring",)
+        n.start(wait=False)
+    for n in four:
+        n.wait_ready()
+    for i in range(4):
+        assert not os.path.exists(os.path.join(cfg.node_dir(i), "LEARNING"))
+    keys = keys_on_every_arc(5)
+    wait_until(lambda: writes_all(cfg, cluster.address(1), keys, b"v"), timeout=20,
+               interval=0.1, what="every arc takes writes with node 4 never started")
+    for i in range(4):
+        read_all(cfg, cluster.address(i), {k: b"v%d" % k for k in keys})
+
+    late = cluster.nodes[4]
+    late.start()
+    ring = Ring(BITS, 5)
+    mine = ring.groups_of(4, 3)
+    should_hold = sum(1 for k in keys if ring.owner(k) in mine)
+    wait_until(lambda: held_keys(cfg, cluster.address(4)) == should_hold, timeout=20,
+               what="node 4 caught up")
+    wait_until(lambda: not os.path.exists(os.path.join(cfg.node_dir(4), "LEARNING")),
+               timeout=20, what="node 4 a full replica (LEARNING removed)")
+
+
 def test_a_node_routes_an_arc_to_its_owner_again_once_the_owner_is_back(make_cluster):
     """Node 1 is no replica of arc 0 (nodes 0, 4, 3): it forwards arc 0's
     requests to the owner, to the next replica while the owner is down, and

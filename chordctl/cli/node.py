@@ -35,9 +35,16 @@ def node() -> None:
               help="This node moved to the address the config gives it, and the address "
                    "the ring has it at does not answer at all: its old host is gone for "
                    "good, take its place (a refused connection needs no flag).")
+@click.option("--new-ring", is_flag=True,
+              help="With ring.replicas > 1: this is the first start of a new ring, whose "
+                   "nodes all start on empty directories. Each is then a full replica at "
+                   "once, and an arc serves once a majority of its replicas is up. Never "
+                   "give it to a node replacing one whose directory was lost: that one "
+                   "must learn its arcs first (`cluster up` passes it only when no node "
+                   "of the config has started before). A node that started before ignores it.")
 @pass_state
 def serve(state: State, index: int, log_level: str, log_format: str,
-          cpus: str | None, take_over: bool) -> None:
+          cpus: str | None, take_over: bool, new_ring: bool) -> None:
     """Run node I of the config in the foreground until SIGTERM or Ctrl-C.
 
     The node replays its snapshot and log before it answers any request.
@@ -72,6 +79,6 @@ def serve(state: State, index: int, log_level: str, log_format: str,
         raise InvalidInputError(f"node: {e}") from None
     nodelog.setup(index, node_id(cfg.ring.bits, len(cfg.nodes), index), log_level, log_format)
     try:
-        eventloop.run(serve_node(cfg, index, take_over=take_over), loop)
+        eventloop.run(serve_node(cfg, index, take_over=take_over, new_ring=new_ring), loop)
     except KeyboardInterrupt:
         pass

@@ -147,6 +147,9 @@ class ReplicatedNode(Node):
         # marker, when submitted, group).
         self._pending: dict[int, tuple[list[Request], float, int]] = {}
         self.fresh = False       # recover(): raft.journal did not exist (a new or replaced replica)
+        # `node serve --new-ring`: the operator's word that this is a new
+        # ring's first start, so an empty directory forgot nothing (below).
+        self.new_ring = False
         self.learners: frozenset[int] = frozenset()   # recover(): the groups it learns
         self._learned_failing = False     # LEARNING could not be updated (logged once)
         self.commit_seconds = Histogram(LATENCY_BUCKETS)   # submit -> applied here
@@ -183,9 +186,22 @@ class ReplicatedNode(Node):
         # it votes or acknowledges (engine.py); LEARNING lists the groups it
         # has not finished, so that a restart meanwhile learns those again
         # (and only those: a group it is a full replica of restarts as one).
+        # A new ring's first start (--new-ring) is the exception: nobody
+        # voted or acknowledged anything before, so each replica is a full
+        # one at once, and an arc serves as soon as a majority of it is up
+        # (without it, a new replica cannot tell a new group from one whose
+        # members hold what it forgot, and waits for all of them).
         self._learning_mark = os.path.join(self.directory, files.LEARNING)
         no_journal = not os.path.exists(os.path.join(self.directory, raftjournal.FILE_NAME))
-        self.learners = frozenset(self.groups) if no_journal else self._marked_learning()
+        if no_journal and self.new_ring:
+            self.learners = frozenset()
+            logger.info("%s: a new ring's first start (--new-ring): a full replica of groups "
+                        "%s at once", self.label, list(self.groups))
+        else:
+            if self.new_ring:
+                logger.info("%s: --new-ring: this directory started before (it holds "
+                            "%s); it starts as it was", self.label, raftjournal.FILE_NAME)
+            self.learners = frozenset(self.groups) if no_journal else self._marked_learning()
         self.fresh = bool(self.learners)
         if self.fresh:
             self._mark_learning(self.learners)

@@ -102,7 +102,7 @@ class NodeServer:
     """
 
     def __init__(self, config: Config, index: int, node_class: type[Node] = Node,
-                 pid_file: bool = False, take_over: bool = False):
+                 pid_file: bool = False, take_over: bool = False, new_ring: bool = False):
         self.config = config
         self.index = index
         self.take_over = take_over     # announce.join: the old address may not answer
@@ -112,6 +112,8 @@ class NodeServer:
         if config.ring.replicas > 1 and node_class is Node:
             node_class = ReplicatedNode
         self.node = node_class(config, index, self.replies)
+        if isinstance(self.node, ReplicatedNode):
+            self.node.new_ring = new_ring      # read by its recovery (replica.py)
         # The process's own node (serve()) writes node.pid once it holds the directory.
         self.node.writes_pid_file = pid_file
         self.exchange: Exchange | None = None
@@ -307,10 +309,11 @@ class NodeServer:
 
 
 async def serve(config: Config, index: int, node_class: type[Node] = Node,
-                take_over: bool = False) -> None:
+                take_over: bool = False, new_ring: bool = False) -> None:
     """Run node *index* until SIGTERM or SIGINT; a second signal exits at once."""
     loop = asyncio.get_running_loop()
-    ns = NodeServer(config, index, node_class, pid_file=True, take_over=take_over)
+    ns = NodeServer(config, index, node_class, pid_file=True, take_over=take_over,
+                    new_ring=new_ring)
     await ns.start()
     stop = asyncio.Event()
 

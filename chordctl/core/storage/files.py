@@ -25,6 +25,9 @@ CLUSTER_LOCK = ".cluster-up.lock"
 # learning. Kept until it is a full replica in each, so that a restart meanwhile
 # starts it as a learner again in those.
 LEARNING = "LEARNING"
+# A replicated node's Raft journal (raftjournal.py), named here for those
+# that only look for it (`cluster up`: has any node started before?).
+RAFT_JOURNAL = "raft.journal"
 
 def log_name(counter: int) -> str:
     return f"{LOG_PREFIX}{counter}"

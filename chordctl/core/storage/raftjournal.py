@@ -95,7 +95,7 @@ from chordctl.errors import (CorruptRecordError, InvalidInputError, StorageAcces
 
 logger = logging.getLogger("chordctl.storage")
 
-FILE_NAME = "raft.journal"
+FILE_NAME = files.RAFT_JOURNAL
 TMP_SUFFIX = ".tmp"
 MAGIC = b"CHRDRJNL"
 VERSION = 1
