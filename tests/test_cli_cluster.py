@@ -513,7 +513,7 @@ def test_cluster_up_starts_a_new_replicated_ring_with_new_ring_and_never_a_repla
         def logged(i: int) -> str:
             with open(log_path(cfg, i)) as f:
                 return f.read()
-        assert "a new ring's first start (--new-ring)" in logged(0)
+        assert "--new-ring: a new ring's first start" in logged(0)
         wait_until(lambda: logged(2).count("node 2 is a full replica") == 3, timeout=10,
                    what="node 2 learned each of its 3 groups")
         assert "--new-ring" not in logged(2)

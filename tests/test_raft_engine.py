@@ -103,7 +103,7 @@ class Ring:
         for i in range(n):
             self.start(i)
 
-    def start(self, i, learn_grace=0.0, learners=None, on_learned=None):
+    def start(self, i, learn_grace=0.0, learners=None, on_learned=None, new_ring=False):
         mine = {g: m for g, m in self.groups.items() if i in m}
         applied = self.applied[i]
 
@@ -128,7 +128,7 @@ class Ring:
         if dumps is not None:
             dumps.applied = applied
         e = Engine(i, mine, journals, apply, send, self.settings, learn_grace=learn_grace,
-                   dumps=dumps, learners=learners, on_learned=on_learned)
+                   dumps=dumps, learners=learners, on_learned=on_learned, new_ring=new_ring)
         self.engines[i] = e
         e.start()
         return e
@@ -1291,6 +1291,58 @@ def test_new_learners_stay_learners_past_their_grace_until_every_member_answers(
     leader = r.wait_leader()
     assert r.commit(leader, 0, b"first")[1] == FAIL_REASON.SUCCESS
     until(lambda: not any(e.learning(0) for e in (*two, third)), what="all three full")
+
+
+def test_with_new_ring_two_of_three_new_replicas_are_full_once_past_their_grace(ring):
+    # The case above with the operator's word that the ring is new (`node
+    # serve --new-ring`): a majority saying so is enough once the grace is
+    # over, so the two elect and commit without the third; the third, started
+    # later without the word, learns from their leader.
+    r = ring(3)
+    for i in range(3):
+        r.crash(i)
+        r.journals[i] = Journals()
+    grace = FAST.election_timeout
+    two = [r.start(i, learn_grace=grace, new_ring=True) for i in (0, 1)]
+    leader = r.wait_leader()
+    assert not any(e.learning(0) for e in two)
+    assert r.commit(leader, 0, b"first")[1] == FAIL_REASON.SUCCESS
+    third = r.start(2, learn_grace=30.0)
+    until(lambda: not third.learning(0), what="the third learned from the leader")
+    until(lambda: any(c == b"first" for _, c in r.applied[2][0]), what="the third has 'first'")
+
+
+def test_with_new_ring_a_replica_every_member_answered_for_is_full_before_its_grace(ring):
+    r = ring(3)
+    for i in range(3):
+        r.crash(i)
+        r.journals[i] = Journals()
+    engines = [r.start(i, learn_grace=30.0, new_ring=True) for i in range(3)]
+    leader = r.wait_leader()      # long before 30 s: each heard both others
+    assert not any(e.learning(0) for e in engines)
+    assert r.commit(leader, 0, b"first")[1] == FAIL_REASON.SUCCESS
+
+
+def test_with_new_ring_a_replacement_that_hears_a_written_log_stays_a_learner(ring):
+    # The word given by mistake to a replacement (or to a node that starts
+    # late into a ring that began without it): one answer of a log holding
+    # entries keeps it a learner however long, with the other members down,
+    # so it never counts as a full replica that forgot nothing.
+    r = ring(3)
+    leader = r.wait_leader()
+    assert r.commit(leader, 0, b"W")[1] == FAIL_REASON.SUCCESS
+    others = [i for i in range(3) if i != leader.index]
+    victim, keeper = others
+    until(lambda: any(c == b"W" for _, c in r.applied[keeper][0]), what="the keeper has W")
+    r.crash(leader.index)
+    r.crash(victim)
+    r.journals[victim] = Journals()          # its disk is gone
+    grace = FAST.election_timeout
+    e = r.start(victim, learn_grace=grace, new_ring=True)
+    until(lambda: len(e._history.get(0, {})) == 1, what="the keeper answered its term query")
+    time.sleep(3 * grace)
+    assert e.learning(0), "a replacement given --new-ring became full beside a written log"
+    assert r.leader(0, among=[victim, keeper]) is None
 
 
 def test_a_replica_learns_only_the_groups_it_is_told_and_says_which_are_left(ring):

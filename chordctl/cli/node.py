@@ -37,11 +37,12 @@ def node() -> None:
                    "good, take its place (a refused connection needs no flag).")
 @click.option("--new-ring", is_flag=True,
               help="With ring.replicas > 1: this is the first start of a new ring, whose "
-                   "nodes all start on empty directories. Each is then a full replica at "
-                   "once, and an arc serves once a majority of its replicas is up. Never "
-                   "give it to a node replacing one whose directory was lost: that one "
-                   "must learn its arcs first (`cluster up` passes it only when no node "
-                   "of the config has started before). A node that started before ignores it.")
+                   "nodes all start on empty directories. A replica is then full once a "
+                   "majority of its arc says it is new, and an arc serves once a majority "
+                   "of its replicas is up (without it: once all are). Never give it to a "
+                   "node replacing one whose directory was lost: that one must learn its "
+                   "arcs first (`cluster up` passes it only when no node of the config has "
+                   "started before). A node that started before ignores it.")
 @pass_state
 def serve(state: State, index: int, log_level: str, log_format: str,
           cpus: str | None, take_over: bool, new_ring: bool) -> None:

@@ -92,6 +92,10 @@ LEAD_CHECK_EVERY = 0.5   # seconds between offers of a group's leadership to its
 # election timeouts (a candidacy lasts at most two) is in a new ring, once every other
 # member says its log holds nothing a leader appended: it votes (engine.py).
 LEARN_GRACE = 2.5
+# With `node serve --new-ring` (the operator's word that the ring is new):
+# as soon as every other member says so, or after this many election
+# timeouts once a majority of the group, this replica among it, does.
+NEW_RING_GRACE = 1.0
 LEARNING_GROUPS = "groups: "     # LEARNING's line listing the groups still learning
 RETRY_AFTER = 0.05       # seconds before a command a leader change left unapplied goes again
 INSTALL_WAIT = 60.0      # seconds an install waits for the applier to reach it
@@ -186,22 +190,15 @@ class ReplicatedNode(Node):
         # it votes or acknowledges (engine.py); LEARNING lists the groups it
         # has not finished, so that a restart meanwhile learns those again
         # (and only those: a group it is a full replica of restarts as one).
-        # A new ring's first start (--new-ring) is the exception: nobody
-        # voted or acknowledged anything before, so each replica is a full
-        # one at once, and an arc serves as soon as a majority of it is up
-        # (without it, a new replica cannot tell a new group from one whose
-        # members hold what it forgot, and waits for all of them).
         self._learning_mark = os.path.join(self.directory, files.LEARNING)
         no_journal = not os.path.exists(os.path.join(self.directory, raftjournal.FILE_NAME))
-        if no_journal and self.new_ring:
-            self.learners = frozenset()
-            logger.info("%s: a new ring's first start (--new-ring): a full replica of groups "
-                        "%s at once", self.label, list(self.groups))
-        else:
-            if self.new_ring:
-                logger.info("%s: --new-ring: this directory started before (it holds "
-                            "%s); it starts as it was", self.label, raftjournal.FILE_NAME)
-            self.learners = frozenset(self.groups) if no_journal else self._marked_learning()
+        self.learners = frozenset(self.groups) if no_journal else self._marked_learning()
+        if self.new_ring:
+            logger.info("%s: --new-ring: %s", self.label,
+                        "a new ring's first start: a full replica of each group once a "
+                        "majority of it says it is new" if self.learners else
+                        f"this directory started before (it holds {raftjournal.FILE_NAME}); "
+                        f"it starts as it was")
         self.fresh = bool(self.learners)
         if self.fresh:
             self._mark_learning(self.learners)
@@ -254,11 +251,15 @@ class ReplicatedNode(Node):
         # acknowledges again (engine.py), or, in a new ring where nobody leads
         # yet, after a grace of a few election timeouts once every other
         # member said its log holds nothing a leader appended.
-        grace = LEARN_GRACE * self.settings.election_timeout if self.fresh else 0.0
+        # With --new-ring, after one election timeout, as soon as a majority of
+        # the group (this replica among it) says it is new (engine.py).
+        grace = ((NEW_RING_GRACE if self.new_ring else LEARN_GRACE)
+                 * self.settings.election_timeout if self.fresh else 0.0)
         self.engine = Engine(self.index, self.members, self.journal, self._apply_entry,
                              self.raft_send, self.settings, on_failed=self.fail,
                              learn_grace=grace, dumps=self, learners=self.learners,
-                             on_learned=self._learned if self.fresh else None)
+                             on_learned=self._learned if self.fresh else None,
+                             new_ring=self.new_ring)
         self.engine.every(SWEEP_EVERY, self._sweep)
         self.engine.every(RETRY_AFTER, self._resubmit)
         self.engine.every(LEAD_CHECK_EVERY, self.engine.lead_from_owners)

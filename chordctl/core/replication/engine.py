@@ -876,7 +876,7 @@ class Engine:
                  apply: Apply, send: Send, settings: Settings = Settings(),
                  on_failed: Callable[[str], None] | None = None, learn_grace: float = 0.0,
                  dumps=None, on_learned: Callable[[frozenset], None] | None = None,
-                 learners=None):
+                 learners=None, new_ring: bool = False):
         self.index = index
         self.settings = settings
         self.apply = apply
@@ -942,6 +942,15 @@ class Engine:
         # of a term at least the highest that enough of them answered that
         # any majority it was part of before shows among them (_floor).
         # *learners*: the groups it learns (default: every group, with a grace).
+        # *new_ring* (`node serve --new-ring`, the operator's word that no
+        # member of the ring ever started before): the members it must hear
+        # say so are fewer (_new_group): all of them, or once the grace is
+        # over, enough to make a majority with this one, so that an arc
+        # serves with a member that is not up yet. The operator's word is
+        # what makes that safe; any answer of a written log (a late start
+        # into a ring that began without it, or the flag given to a
+        # replacement by mistake) still keeps it a learner.
+        self._new_ring = new_ring
         self._learning: dict[int, int | None] = (
             {} if learn_grace <= 0 else {gid: None for gid in groups} if learners is None
             else {gid: None for gid in groups if gid in learners})
@@ -1192,14 +1201,24 @@ class Engine:
         need = members - (members // 2 + 1) + 1     # more than a minority of the others
         return max(answers.values()) if len(answers) >= need else None
 
-    def _unwritten(self, gid: int) -> bool:
-        """Whether every other member of group *gid* answered a TERM_QUERY that
-        its log holds no entry of a term above 0: no leader ever appended to
-        any of them, so no entry was ever committed (a majority is more than
-        the group tolerates losing, so every majority holds one of them that
-        kept its disk) and this empty replica forgot nothing that counts."""
+    def _new_group(self, gid: int, now: float) -> bool:
+        """Whether this learner of group *gid* with no leader to learn from is
+        a full replica of a new group: after the grace, every other member
+        answered a TERM_QUERY that its log holds no entry of a term above 0
+        (no leader ever appended to any of them, so no entry was ever
+        committed: a majority is more than the group tolerates losing, so
+        every majority holds one of them that kept its disk, and this empty
+        replica forgot nothing that counts). With *new_ring*: every other
+        member at once, or after the grace, as many as make a majority with
+        this one; none of those that answered may hold an entry."""
         answers = self._history.get(gid, {})
-        return len(answers) == len(self._peers[gid]) and not any(answers.values())
+        if any(answers.values()):
+            return False
+        everyone = len(answers) == len(self._peers[gid])
+        if self._new_ring:
+            majority = len(answers) >= len(self.groups[gid].members) // 2
+            return everyone or (majority and now >= self._learn_until)
+        return everyone and now >= self._learn_until
 
     def _ask_terms(self, learning: dict[int, int | None]) -> None:
         """A learner's TERM_QUERY to the other members, every heartbeat, while
@@ -1221,8 +1240,7 @@ class Engine:
         for gid, target in list(learning.items()):
             g = self.groups[gid]
             if (target is not None and g.raftLastApplied >= target) or \
-                    (target is None and gid not in self._led and now >= self._learn_until
-                     and self._unwritten(gid)):
+                    (target is None and gid not in self._led and self._new_group(gid, now)):
                 del learning[gid]
                 learned[gid] = target
         if not learned:
